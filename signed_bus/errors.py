@@ -1,0 +1,178 @@
+"""One error tree for signed-bus.
+
+Every library error derives from :class:`SignedBusError`. Verification failures derive from
+:class:`VerificationError` and carry a stable ``reason`` code (used for metrics, dead-letter
+headers and log lines) plus optional context: the key id, the issuer and the record position.
+Context never includes key material or payload bytes, so an error can be logged as is.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import ClassVar
+
+__all__ = [
+    "AlgorithmMismatch",
+    "BadSignature",
+    "ConfigurationError",
+    "EnvelopeTooLarge",
+    "Expired",
+    "MalformedEnvelope",
+    "MalformedPayload",
+    "NotYetValid",
+    "ReplayDetected",
+    "ReplayGuardUnavailable",
+    "SignedBusError",
+    "UnknownKey",
+    "UnsupportedContentType",
+    "UnsupportedVersion",
+    "UntrustedIssuer",
+    "VerificationError",
+    "WrongKey",
+    "WrongTopic",
+]
+
+
+class SignedBusError(Exception):
+    """Root of every error raised by signed-bus."""
+
+
+class ConfigurationError(SignedBusError, ValueError):
+    """Bad options, bad keys or bad key files (also a ValueError, like any bad argument)."""
+
+
+class ReplayGuardUnavailable(SignedBusError):
+    """The replay guard's Redis was unreachable or returned an error."""
+
+
+class UnsupportedContentType(SignedBusError, ValueError):
+    """``VerifiedMessage.payload`` was read for a body whose content type it cannot decode.
+
+    The message itself verified; read ``VerifiedMessage.body`` and decode it yourself.
+    """
+
+
+class VerificationError(SignedBusError):
+    """A record value failed verification. ``reason`` is a stable code, one per subclass."""
+
+    reason: ClassVar[str] = "verification_failed"
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        kid: str | None = None,
+        issuer: str | None = None,
+        topic: str | None = None,
+        partition: int | None = None,
+        offset: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.kid = kid
+        self.issuer = issuer
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
+
+    def with_position(self, topic: str, partition: int, offset: int) -> VerificationError:
+        """Return a copy of this error (same class, message and context) at a record position."""
+        new = copy.copy(self)
+        new.topic = topic
+        new.partition = partition
+        new.offset = offset
+        return new
+
+    def __str__(self) -> str:
+        context = [
+            f"{name}={value!r}"
+            for name, value in (
+                ("kid", self.kid),
+                ("issuer", self.issuer),
+                ("topic", self.topic),
+                ("partition", self.partition),
+                ("offset", self.offset),
+            )
+            if value is not None
+        ]
+        text = f"{self.reason}: {self.message}" if self.message else self.reason
+        return f"{text} ({', '.join(context)})" if context else text
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self)!r})"
+
+
+class MalformedEnvelope(VerificationError):
+    """The value is not a well-formed envelope v1 (bad msgpack, wrong types, trailing bytes)."""
+
+    reason = "malformed"
+
+
+class MalformedPayload(MalformedEnvelope):
+    """An authentic body of content type application/msgpack does not decode."""
+
+
+class EnvelopeTooLarge(VerificationError):
+    """The value exceeds the verifier's size cap; rejected before any decoding."""
+
+    reason = "oversized"
+
+
+class UnsupportedVersion(VerificationError):
+    """The envelope's version tag is not one this library verifies."""
+
+    reason = "unsupported_version"
+
+
+class UnknownKey(VerificationError):
+    """The header names a kid the keyring does not hold (never heard of it, or rotated out)."""
+
+    reason = "unknown_key"
+
+
+class AlgorithmMismatch(VerificationError):
+    """The header's alg differs from the key's algorithm, or is none/unknown."""
+
+    reason = "algorithm_mismatch"
+
+
+class UntrustedIssuer(VerificationError):
+    """The key exists but may not sign for the issuer the header names."""
+
+    reason = "untrusted_issuer"
+
+
+class BadSignature(VerificationError):
+    """The signature does not verify over the tag, protected header and body."""
+
+    reason = "bad_signature"
+
+
+class WrongTopic(VerificationError):
+    """The envelope was signed for another topic than the one it was read from."""
+
+    reason = "wrong_topic"
+
+
+class WrongKey(VerificationError):
+    """The envelope was signed for another record key than the record carries."""
+
+    reason = "wrong_key"
+
+
+class Expired(VerificationError):
+    """created_at is older than the freshness window, or expires_at has passed."""
+
+    reason = "expired"
+
+
+class NotYetValid(VerificationError):
+    """created_at lies further in the future than the allowed clock skew."""
+
+    reason = "not_yet_valid"
+
+
+class ReplayDetected(VerificationError):
+    """The envelope's nonce was already claimed at another record position."""
+
+    reason = "replay"
