@@ -1,0 +1,547 @@
+"""The replay guard: one Redis nonce set shared by every consumer group (DESIGN.md section 5).
+
+A claim is *set-if-absent-and-return-previous* with position binding. Each nonce remembers the
+record position (topic, partition, offset) it was first claimed at:
+
+* nothing stored -> :attr:`ClaimVerdict.NEW` (deliver);
+* the same position stored -> :attr:`ClaimVerdict.SAME_POSITION` (deliver: another group's
+  fan-out, a redelivery after a crash or rebalance, or redis-py re-sending the script after a
+  timeout, which makes the claim idempotent);
+* another position stored -> :attr:`ClaimVerdict.REPLAY` (drop and dead-letter).
+
+Layout (v1), chosen for bytes per nonce (see docs/OPERATIONS.md, "Redis replay guard"):
+
+* key ``{prefix}:n:{<bucket>}:<shard>``, a hash. ``bucket = created_at // bucket_ms``: the
+  envelope's signed creation time was authenticated before the claim, so every copy of an
+  envelope maps to the same bucket and exactly one bucket is checked per nonce. ``shard`` spreads
+  one bucket over a few small hashes so each stays in Redis's compact listpack encoding (about
+  a third of the memory of a hashtable-encoded hash). The hash tag ``{<bucket>}`` keeps all shards
+  of a bucket in one cluster slot, so a batch costs one call per bucket it touches on a cluster.
+* field: 16 bytes of SHA-256(u16 len(issuer) || issuer || nonce): nonces are issuer-scoped, so a
+  holder of one issuer's key cannot pre-empt another issuer's nonce.
+* value: 8 bytes of SHA-256 over the position. Only equality is ever asked of it.
+* the bucket's TTL is extended (never shortened) on every claim into it to
+  ``max_age_ms + 2 * future_skew_ms + bucket_ms`` from the claim.
+
+One Lua script claims a whole batch in one round trip on a single node; on Redis Cluster the
+batch is split per hash slot and the calls run concurrently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import hashlib
+import logging
+import math
+import struct
+import urllib.parse
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Final, Self
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.commands.core import AsyncScript
+from redis.crc import key_slot
+from redis.exceptions import RedisClusterException, RedisError
+
+from signed_bus.errors import ConfigurationError, ReplayGuardUnavailable
+
+__all__ = [
+    "LAYOUT_VERSION",
+    "Claim",
+    "ClaimVerdict",
+    "RedisReplayGuard",
+    "bucket_key",
+    "bucket_of",
+    "estimate_memory_bytes",
+    "nonce_field",
+    "nonce_shard",
+    "position_value",
+]
+
+_log = logging.getLogger(__name__)
+
+LAYOUT_VERSION: Final = 1
+FIELD_BYTES: Final = 16
+POSITION_BYTES: Final = 8
+#: Bytes per nonce of Redis ``used_memory`` assumed by :func:`estimate_memory_bytes`. Measured
+#: with benchmarks/bench_replay.py on Redis 7.0 (about 40 with the default layout at the rate the
+#: shards were sized for; up to about 100 where a hash outgrows listpack); rounded up for margin.
+DEFAULT_BYTES_PER_NONCE: Final = 64.0
+
+# One packed record per claim: u16 index into KEYS (0-based), field, position value.
+_RECORD: Final = struct.Struct(f">H{FIELD_BYTES}s{POSITION_BYTES}s")
+_U16: Final = struct.Struct(">H")
+_POSITION: Final = struct.Struct(">iq")
+_MAX_KEYS_PER_CALL: Final = 0xFFFF
+
+# KEYS: the distinct bucket keys of this call. ARGV[1]: TTL in ms. ARGV[2]: packed records.
+# Returns one byte per record: "0" new, "1" same position, "2" replay. Records are processed in
+# order, so two records with one nonce in the same batch get NEW then SAME_POSITION/REPLAY.
+# PTTL + PEXPIRE rather than PEXPIRE ... GT: GT needs Redis 7 and never sets a TTL on a key that
+# has none (a persistent key counts as infinite), and TTLs must only grow because consumers with
+# a longer freshness window may share the set.
+_CLAIM_LUA: Final = f"""
+local ttl = tonumber(ARGV[1])
+local blob = ARGV[2]
+local size = {_RECORD.size}
+if #blob % size ~= 0 then
+  return redis.error_reply('ERR signed-bus replay claim: bad record blob')
+end
+local out = {{}}
+local n = 0
+local byte, sub = string.byte, string.sub
+for p = 1, #blob, size do
+  local hi, lo = byte(blob, p, p + 1)
+  local key = KEYS[hi * 256 + lo + 1]
+  local field = sub(blob, p + 2, p + {1 + FIELD_BYTES})
+  local pos = sub(blob, p + {2 + FIELD_BYTES}, p + {_RECORD.size - 1})
+  n = n + 1
+  if redis.call('HSETNX', key, field, pos) == 1 then
+    out[n] = '0'
+  elseif redis.call('HGET', key, field) == pos then
+    out[n] = '1'
+  else
+    out[n] = '2'
+  end
+end
+for i = 1, #KEYS do
+  if redis.call('PTTL', KEYS[i]) < ttl then
+    redis.call('PEXPIRE', KEYS[i], ttl)
+  end
+end
+return table.concat(out)
+"""
+
+# Everything a Redis client can raise for an unreachable or failing server.
+_REDIS_FAILURES: Final = (RedisError, RedisClusterException, OSError, asyncio.TimeoutError)
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """One verified envelope at one record position.
+
+    ``issuer``, ``nonce`` and ``created_at`` come from the *verified* protected header; the
+    position is where the record was read.
+    """
+
+    issuer: str
+    nonce: bytes
+    created_at: int
+    topic: str
+    partition: int
+    offset: int
+
+
+class ClaimVerdict(enum.Enum):
+    """What the shared nonce set said about a claim."""
+
+    NEW = "new"
+    SAME_POSITION = "same_position"
+    REPLAY = "replay"
+
+    @property
+    def deliver(self) -> bool:
+        """True for NEW and SAME_POSITION: the record goes to the application."""
+        return self is not ClaimVerdict.REPLAY
+
+
+_VERDICTS: Final = {
+    ord("0"): ClaimVerdict.NEW,
+    ord("1"): ClaimVerdict.SAME_POSITION,
+    ord("2"): ClaimVerdict.REPLAY,
+}
+
+
+def _nonce_digest(issuer: str, nonce: bytes) -> bytes:
+    raw = issuer.encode("utf-8")
+    if len(raw) > 0xFFFF:
+        raise ValueError("issuer is longer than 65535 bytes")
+    return hashlib.sha256(_U16.pack(len(raw)) + raw + nonce).digest()
+
+
+def nonce_field(issuer: str, nonce: bytes) -> bytes:
+    """The hash field of a nonce: SHA-256(u16 len(issuer) || issuer || nonce)[:16]."""
+    return _nonce_digest(issuer, nonce)[:FIELD_BYTES]
+
+
+def nonce_shard(issuer: str, nonce: bytes, shards: int) -> int:
+    """The shard of a nonce: digest bytes 16-17 (not stored in the field) modulo ``shards``."""
+    return _shard_of(_nonce_digest(issuer, nonce), shards)
+
+
+def _shard_of(digest: bytes, shards: int) -> int:
+    return int.from_bytes(digest[FIELD_BYTES : FIELD_BYTES + 2], "big") % shards
+
+
+def position_value(topic: str, partition: int, offset: int) -> bytes:
+    """The stored position: SHA-256(u16 len(topic) || topic || i32 partition || i64 offset)[:8].
+
+    Only equality is compared. Two positions of one envelope colliding would let a copy through
+    as SAME_POSITION; the verifier pins the topic to the signed destination and the broker picks
+    partition and offset, so a copy would need a write at one specific unknowable position out
+    of 2**64: not reachable.
+    """
+    raw = topic.encode("utf-8")
+    if len(raw) > 0xFFFF:
+        raise ValueError("topic is longer than 65535 bytes")
+    try:
+        packed = _POSITION.pack(partition, offset)
+    except struct.error:
+        raise ValueError(f"partition {partition} / offset {offset} out of range") from None
+    return hashlib.sha256(_U16.pack(len(raw)) + raw + packed).digest()[:POSITION_BYTES]
+
+
+def bucket_of(created_at: int, bucket_ms: int) -> int:
+    """The time bucket of a signed creation time (floor division, also for negatives)."""
+    return created_at // bucket_ms
+
+
+def bucket_key(prefix: str, bucket: int, shard: int) -> bytes:
+    """``{prefix}:n:{<bucket>}:<shard>``: the hash tag keeps a bucket's shards in one slot."""
+    return f"{prefix}:n:{{{bucket}}}:{shard}".encode()
+
+
+def estimate_memory_bytes(
+    rate_per_second: float,
+    *,
+    retention_ms: int,
+    bytes_per_nonce: float = DEFAULT_BYTES_PER_NONCE,
+) -> int:
+    """Redis memory the nonce set needs: bytes per nonce x claim rate x retention.
+
+    ``rate_per_second`` counts distinct envelopes (fan-out to more groups adds none);
+    ``retention_ms`` is :attr:`RedisReplayGuard.retention_ms`. Measure ``bytes_per_nonce`` for
+    your Redis with ``python benchmarks/bench_replay.py``.
+    """
+    if rate_per_second < 0 or retention_ms < 0 or bytes_per_nonce <= 0:
+        raise ConfigurationError("rate, retention and bytes per nonce must be positive")
+    return math.ceil(rate_per_second * retention_ms / 1000 * bytes_per_nonce)
+
+
+def _redact_url(url: str) -> str:
+    """The URL with its password (in the userinfo or a ``password=`` query item) masked.
+
+    A userinfo without a colon is masked too: it is a username, but often a misplaced password.
+    """
+    try:
+        parts = urllib.parse.urlsplit(url)
+        netloc = parts.netloc
+        if "@" in netloc:
+            userinfo, host = netloc.rsplit("@", 1)
+            user, colon, _ = userinfo.partition(":")
+            netloc = f"{user}:***@{host}" if colon else f"***@{host}"
+        query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+        masked = [(k, "***" if k.lower() == "password" else v) for k, v in query]
+        query_text = urllib.parse.urlencode(masked, safe="*")
+        return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query_text, ""))
+    except ValueError:
+        return "<unparseable url>"
+
+
+def _url_secrets(url: str) -> list[str]:
+    try:
+        parts = urllib.parse.urlsplit(url)
+        userinfo = parts.password or parts.username  # a lone userinfo is masked as well
+        found = [urllib.parse.unquote(userinfo)] if userinfo else []
+        found += [v for k, v in urllib.parse.parse_qsl(parts.query) if k.lower() == "password"]
+    except ValueError:
+        return []
+    return [s for s in found if s]
+
+
+class _Call:
+    """The claims of one script call: distinct keys, packed records, input indexes."""
+
+    __slots__ = ("blob", "indexes", "keys")
+
+    def __init__(self) -> None:
+        self.keys: dict[bytes, int] = {}
+        self.blob = bytearray()
+        self.indexes: list[int] = []
+
+
+class RedisReplayGuard:
+    """Claims the nonces of verified envelopes in a Redis nonce set shared by all groups.
+
+    ``client`` is a built ``redis.asyncio.Redis`` or ``redis.asyncio.cluster.RedisCluster``;
+    it is not closed by :meth:`stop` (use :meth:`from_url` to let the guard own one).
+
+    Every consumer sharing ``prefix`` must use the same ``bucket_ms`` and ``shards`` (they decide
+    where a nonce lives); :meth:`start` records them in ``{prefix}:layout`` and refuses a
+    mismatch. Size ``shards`` so one hash holds at most ~100 nonces: ``peak distinct envelopes per
+    second x bucket_ms / 1000 / 100``. Too few shards costs memory (a hash that outgrows Redis's
+    ``hash-max-listpack-entries`` switches to a hashtable), never correctness.
+    """
+
+    def __init__(
+        self,
+        client: aioredis.Redis | RedisCluster,
+        *,
+        max_age_ms: int,
+        future_skew_ms: int,
+        prefix: str = "signed-bus",
+        bucket_ms: int = 1_000,
+        shards: int = 16,
+        max_claims_per_call: int = 4_096,
+        check_layout: bool = True,
+    ) -> None:
+        _check_int("max_age_ms", max_age_ms, minimum=1)
+        _check_int("future_skew_ms", future_skew_ms, minimum=0)
+        _check_int("bucket_ms", bucket_ms, minimum=1)
+        _check_int("shards", shards, minimum=1, maximum=0xFFFF)
+        _check_int(
+            "max_claims_per_call", max_claims_per_call, minimum=1, maximum=_MAX_KEYS_PER_CALL
+        )
+        if not isinstance(prefix, str) or not prefix or "{" in prefix or "}" in prefix:
+            raise ConfigurationError("prefix must be a non-empty string without '{' or '}'")
+        if not isinstance(client, aioredis.Redis | RedisCluster):
+            raise ConfigurationError(
+                "client must be a redis.asyncio.Redis or redis.asyncio.cluster.RedisCluster"
+            )
+        self._client = client
+        self._cluster = isinstance(client, RedisCluster)
+        self.max_age_ms = max_age_ms
+        self.future_skew_ms = future_skew_ms
+        self.prefix = prefix
+        self.bucket_ms = bucket_ms
+        self.shards = shards
+        self.max_claims_per_call = max_claims_per_call
+        self.check_layout = check_layout
+        self._ttl_ms = max_age_ms + 2 * future_skew_ms + bucket_ms
+        self._script: AsyncScript = client.register_script(_CLAIM_LUA)
+        self._owns_client = False
+        self._where = f"client={type(client).__name__}"
+        self._secrets: list[str] = []
+        self._started = False
+        self._stopped = False
+        self._start_lock = asyncio.Lock()
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        max_age_ms: int,
+        future_skew_ms: int,
+        cluster: bool = False,
+        prefix: str = "signed-bus",
+        bucket_ms: int = 1_000,
+        shards: int = 16,
+        max_claims_per_call: int = 4_096,
+        check_layout: bool = True,
+        **client_options: Any,
+    ) -> RedisReplayGuard:
+        """Build a guard that owns its client, from ``redis://`` or ``rediss://`` (TLS).
+
+        Credentials go in the URL (``rediss://user:password@host:6380/0``). ``cluster=True``
+        makes a ``RedisCluster`` from the same URL (a seed node). ``client_options`` go to the
+        client (``socket_timeout``, ``retry``, ``ssl_ca_certs`` ...); the defaults are short
+        timeouts (2 s) so an outage is reported, not waited out.
+        """
+        scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+        if scheme not in ("redis", "rediss"):
+            raise ConfigurationError("Redis URL must start with redis:// or rediss://")
+        client_options.setdefault("socket_timeout", 2.0)
+        client_options.setdefault("socket_connect_timeout", 2.0)
+        try:
+            client: aioredis.Redis | RedisCluster
+            if cluster:
+                client = RedisCluster.from_url(url, **client_options)
+            else:
+                client = aioredis.Redis.from_url(url, **client_options)
+        except (ValueError, TypeError) as exc:
+            secrets = _url_secrets(url)
+            raise ConfigurationError(
+                f"bad Redis URL or option for {_redact_url(url)}: {_scrub(str(exc), secrets)}"
+            ) from None
+        guard = cls(
+            client,
+            max_age_ms=max_age_ms,
+            future_skew_ms=future_skew_ms,
+            prefix=prefix,
+            bucket_ms=bucket_ms,
+            shards=shards,
+            max_claims_per_call=max_claims_per_call,
+            check_layout=check_layout,
+        )
+        guard._owns_client = True
+        guard._where = f"url={_redact_url(url)!r}"
+        guard._secrets = _url_secrets(url)
+        return guard
+
+    @property
+    def retention_ms(self) -> int:
+        """The TTL a bucket gets from each claim into it: max_age + 2 x skew + one bucket."""
+        return self._ttl_ms
+
+    @property
+    def layout(self) -> str:
+        """The layout descriptor every consumer sharing the prefix must agree on."""
+        return f"v{LAYOUT_VERSION} bucket_ms={self.bucket_ms} shards={self.shards}"
+
+    def __repr__(self) -> str:
+        return (
+            f"RedisReplayGuard({self._where}, prefix={self.prefix!r}, cluster={self._cluster}, "
+            f"layout={self.layout!r}, retention_ms={self._ttl_ms})"
+        )
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Load the script and check the layout record. Claims start the guard if needed."""
+        if self._stopped:
+            raise ReplayGuardUnavailable("the replay guard was stopped")
+        if self._started:
+            return
+        async with self._start_lock:
+            if self._started:
+                return
+            try:
+                if self.check_layout:
+                    await self._check_layout()
+                # On a cluster this loads on every primary; a node that lacks it later (a
+                # failover) answers NOSCRIPT and the script object loads it again.
+                await self._client.script_load(_CLAIM_LUA)
+                if not self._cluster:
+                    await self._warn_if_evicting()
+            except _REDIS_FAILURES as exc:
+                raise self._unavailable(exc) from exc
+            self._started = True
+
+    async def _check_layout(self) -> None:
+        key = f"{self.prefix}:layout".encode()
+        wanted = self.layout.encode()
+        # SET NX then GET (not SET NX GET, which needs Redis 7): the record never changes once
+        # written, so the two steps cannot interleave badly.
+        await self._client.set(key, wanted, nx=True)
+        stored = await self._client.get(key)
+        if stored is not None and stored != wanted:
+            shown = stored.decode("utf-8", "replace") if isinstance(stored, bytes) else stored
+            raise ConfigurationError(
+                f"replay guard layout mismatch under prefix {self.prefix!r}: Redis has "
+                f"{shown!r}, this consumer uses {self.layout!r}; every consumer sharing a "
+                "prefix must use the same bucket_ms and shards (use a new prefix to change them)"
+            )
+
+    async def _warn_if_evicting(self) -> None:
+        # An evicted bucket forgets its nonces: replays inside the window would pass.
+        try:
+            info = await self._client.info("memory")
+        except RedisError:  # INFO may be forbidden by an ACL; the docs say what to set
+            return
+        policy = info.get("maxmemory_policy") if isinstance(info, dict) else None
+        if policy not in (None, "noeviction", b"noeviction"):
+            _log.warning(
+                "Redis maxmemory-policy is %s: it may evict replay-guard buckets and let "
+                "replays through; set maxmemory-policy noeviction",
+                policy,
+            )
+
+    async def stop(self) -> None:
+        """Close the client if the guard created it. Idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._owns_client:
+            try:
+                await self._client.aclose()
+            except _REDIS_FAILURES as exc:  # closing a dead connection is not worth raising
+                _log.debug("closing the replay guard's Redis client failed: %s", type(exc))
+
+    async def claim(self, claims: Sequence[Claim]) -> list[ClaimVerdict]:
+        """Claim a batch of nonces; verdicts come back in the order of ``claims``.
+
+        One Redis round trip for the batch on a single node (unless it has more than
+        ``max_claims_per_call`` claims); on a cluster one per hash slot, concurrently.
+        Raises :class:`ReplayGuardUnavailable` when Redis fails; claims are idempotent, so
+        retry the same batch (claims already stored come back as SAME_POSITION).
+        """
+        if not claims:
+            return []
+        if not self._started:
+            await self.start()
+        if self._stopped:
+            raise ReplayGuardUnavailable("the replay guard was stopped")
+        calls = self._plan(claims)
+        try:
+            if len(calls) == 1:
+                replies = [await self._run(calls[0])]
+            else:
+                replies = await asyncio.gather(*(self._run(call) for call in calls))
+        except _REDIS_FAILURES as exc:
+            raise self._unavailable(exc) from exc
+        verdicts: list[ClaimVerdict | None] = [None] * len(claims)
+        for call, reply in zip(calls, replies, strict=True):
+            if not isinstance(reply, bytes) or len(reply) != len(call.indexes):
+                raise ReplayGuardUnavailable("Redis returned a malformed replay claim reply")
+            for index, code in zip(call.indexes, reply, strict=True):
+                verdicts[index] = _VERDICTS[code]
+        return [v for v in verdicts if v is not None]
+
+    def _plan(self, claims: Sequence[Claim]) -> list[_Call]:
+        """Encode the claims and split them into script calls (per slot on a cluster)."""
+        bucket_ms, shards, prefix = self.bucket_ms, self.shards, self.prefix
+        limit = self.max_claims_per_call
+        open_calls: dict[int, _Call] = {}
+        done: list[_Call] = []
+        slot_of_bucket: dict[int, int] = {}
+        pack = _RECORD.pack
+        for index, c in enumerate(claims):
+            digest = _nonce_digest(c.issuer, c.nonce)
+            bucket = c.created_at // bucket_ms
+            key = bucket_key(prefix, bucket, _shard_of(digest, shards))
+            group = 0
+            if self._cluster:
+                group = slot_of_bucket.get(bucket, -1)
+                if group < 0:
+                    group = slot_of_bucket[bucket] = key_slot(key)
+            call = open_calls.get(group)
+            if call is None or len(call.indexes) >= limit:
+                if call is not None:
+                    done.append(call)
+                call = open_calls[group] = _Call()
+            key_index = call.keys.setdefault(key, len(call.keys))
+            value = position_value(c.topic, c.partition, c.offset)
+            call.blob += pack(key_index, digest[:FIELD_BYTES], value)
+            call.indexes.append(index)
+        done.extend(open_calls.values())
+        return done
+
+    async def _run(self, call: _Call) -> Any:
+        return await self._script(
+            keys=list(call.keys), args=[self._ttl_ms, bytes(call.blob)], client=self._client
+        )
+
+    def _unavailable(self, exc: BaseException) -> ReplayGuardUnavailable:
+        detail = _scrub(str(exc), self._secrets)
+        return ReplayGuardUnavailable(
+            f"Redis replay guard unavailable ({self._where}): {type(exc).__name__}: {detail}"
+        )
+
+
+def _scrub(text: str, secrets: Sequence[str]) -> str:
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text
+
+
+def _check_int(name: str, value: object, *, minimum: int, maximum: int | None = None) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ConfigurationError(f"{name} must be an integer")
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f">= {minimum}" if maximum is None else f"between {minimum} and {maximum}"
+        raise ConfigurationError(f"{name} must be {bound}, got {value}")

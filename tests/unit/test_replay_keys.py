@@ -1,0 +1,253 @@
+"""Replay guard key layout and options, without a Redis server."""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections import Counter
+
+import pytest
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.crc import key_slot
+
+from signed_bus.errors import ConfigurationError
+from signed_bus.replay import (
+    Claim,
+    ClaimVerdict,
+    RedisReplayGuard,
+    bucket_key,
+    bucket_of,
+    estimate_memory_bytes,
+    nonce_field,
+    nonce_shard,
+    position_value,
+)
+
+NONCE = bytes(range(16))
+
+
+def make_guard(**options: object) -> RedisReplayGuard:
+    settings: dict[str, object] = {"max_age_ms": 300_000, "future_skew_ms": 5_000}
+    settings.update(options)
+    return RedisReplayGuard(aioredis.Redis(), **settings)  # type: ignore[arg-type]
+
+
+# --- field, shard, position ---------------------------------------------------------------
+
+
+def test_nonce_field_is_issuer_scoped_sha256_prefix() -> None:
+    expected = hashlib.sha256(b"\x00\x05alice" + NONCE).digest()[:16]
+    assert nonce_field("alice", NONCE) == expected
+    assert len(nonce_field("alice", NONCE)) == 16
+
+
+def test_nonce_field_differs_per_issuer_and_has_no_boundary_ambiguity() -> None:
+    assert nonce_field("alice", NONCE) != nonce_field("bob", NONCE)
+    # the length prefix keeps issuer||nonce splits apart: ("ab", "c...") vs ("a", "bc...")
+    assert nonce_field("ab", b"c" + NONCE) != nonce_field("a", b"bc" + NONCE)
+    # non-ASCII issuers hash their UTF-8 bytes
+    raw = "agent-é".encode()
+    assert (
+        nonce_field("agent-é", NONCE)
+        == (hashlib.sha256(struct.pack(">H", len(raw)) + raw + NONCE).digest()[:16])
+    )
+
+
+def test_nonce_shard_uses_digest_bytes_outside_the_field() -> None:
+    digest = hashlib.sha256(b"\x00\x05alice" + NONCE).digest()
+    assert nonce_shard("alice", NONCE, 1000) == int.from_bytes(digest[16:18], "big") % 1000
+    assert nonce_shard("alice", NONCE, 1) == 0
+
+
+def test_nonce_shards_spread_evenly() -> None:
+    counts = Counter(nonce_shard("a", i.to_bytes(16, "big"), 16) for i in range(16_000))
+    assert set(counts) == set(range(16))
+    assert min(counts.values()) > 800  # 1000 expected per shard
+
+
+def test_position_value_known_answer_and_size() -> None:
+    expected = hashlib.sha256(b"\x00\x07results" + struct.pack(">iq", 3, 42)).digest()[:8]
+    assert position_value("results", 3, 42) == expected
+    assert len(expected) == 8
+
+
+@pytest.mark.parametrize(
+    ("topic", "partition", "offset"),
+    [("results", 3, 43), ("results", 4, 42), ("results-b", 3, 42), ("result", 3, 42)],
+)
+def test_position_value_differs_for_any_other_position(
+    topic: str, partition: int, offset: int
+) -> None:
+    assert position_value(topic, partition, offset) != position_value("results", 3, 42)
+
+
+def test_position_value_is_deterministic() -> None:
+    assert position_value("t", 0, 2**62) == position_value("t", 0, 2**62)
+
+
+@pytest.mark.parametrize(("partition", "offset"), [(2**31, 0), (0, 2**63), (-(2**31) - 1, 0)])
+def test_position_value_rejects_out_of_range(partition: int, offset: int) -> None:
+    with pytest.raises(ValueError, match="out of range"):
+        position_value("t", partition, offset)
+
+
+def test_overlong_issuer_and_topic_are_rejected() -> None:
+    with pytest.raises(ValueError, match="issuer"):
+        nonce_field("x" * 65_536, NONCE)
+    with pytest.raises(ValueError, match="topic"):
+        position_value("x" * 65_536, 0, 0)
+
+
+# --- buckets and keys -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("created_at", "bucket_ms", "bucket"),
+    [(0, 1000, 0), (999, 1000, 0), (1000, 1000, 1), (1_700_000_000_123, 1000, 1_700_000_000),
+     (-1, 1000, -1), (-1000, 1000, -1), (-1001, 1000, -2), (59_999, 60_000, 0)],
+)  # fmt: skip
+def test_bucket_of_floors(created_at: int, bucket_ms: int, bucket: int) -> None:
+    assert bucket_of(created_at, bucket_ms) == bucket
+
+
+def test_bucket_key_format() -> None:
+    assert bucket_key("signed-bus", 1_700_000_000, 7) == b"signed-bus:n:{1700000000}:7"
+
+
+def test_all_shards_of_a_bucket_share_one_cluster_slot() -> None:
+    slots = {key_slot(bucket_key(p, 123456, s)) for p in ("a", "signed-bus") for s in range(64)}
+    assert slots == {key_slot(b"123456")}
+    assert key_slot(bucket_key("a", 123457, 0)) != key_slot(bucket_key("a", 123456, 0))
+
+
+# --- what a script call carries -------------------------------------------------------------
+
+
+def claim(i: int, *, created_at: int = 1_700_000_000_000, offset: int | None = None) -> Claim:
+    return Claim(
+        issuer="alice",
+        nonce=i.to_bytes(16, "big"),
+        created_at=created_at,
+        topic="results",
+        partition=i % 3,
+        offset=i if offset is None else offset,
+    )
+
+
+def test_plan_packs_key_index_field_and_position_per_claim() -> None:
+    guard = make_guard(prefix="p", shards=4)
+    claims = [claim(i, created_at=1_000 * (i % 2)) for i in range(10)]
+    (call,) = guard._plan(claims)
+    keys = list(call.keys)
+    assert call.indexes == list(range(10))
+    assert len(call.blob) == 26 * 10
+    for i, c in enumerate(claims):
+        record = call.blob[26 * i : 26 * (i + 1)]
+        key_index = int.from_bytes(record[:2], "big")
+        shard = nonce_shard(c.issuer, c.nonce, 4)
+        assert keys[key_index] == bucket_key("p", c.created_at // 1000, shard)
+        assert record[2:18] == nonce_field(c.issuer, c.nonce)
+        assert record[18:] == position_value(c.topic, c.partition, c.offset)
+    assert len(keys) == len(set(keys)) <= 8  # two buckets x four shards, each named once
+
+
+def test_plan_splits_batches_above_max_claims_per_call() -> None:
+    guard = make_guard(max_claims_per_call=4)
+    calls = guard._plan([claim(i) for i in range(10)])
+    assert [c.indexes for c in calls] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+
+
+def test_plan_groups_by_slot_on_a_cluster() -> None:
+    guard = RedisReplayGuard(
+        RedisCluster(host="127.0.0.1", port=1), max_age_ms=1000, future_skew_ms=0
+    )
+    claims = [claim(i, created_at=1_000 * (i % 5)) for i in range(50)]
+    calls = guard._plan(claims)
+    assert sorted(i for c in calls for i in c.indexes) == list(range(50))
+    for call in calls:
+        assert len({key_slot(k) for k in call.keys}) == 1
+    assert len(calls) == len({key_slot(str(b).encode()) for b in range(5)})
+
+
+# --- options, lifecycle, sizing -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"max_age_ms": 0},
+        {"max_age_ms": -5},
+        {"max_age_ms": 1.5},
+        {"max_age_ms": True},
+        {"future_skew_ms": -1},
+        {"bucket_ms": 0},
+        {"shards": 0},
+        {"shards": 70_000},
+        {"max_claims_per_call": 0},
+        {"max_claims_per_call": 65_536},
+        {"prefix": ""},
+        {"prefix": "a{b}"},
+        {"prefix": "a}"},
+    ],
+)
+def test_bad_options_raise_configuration_error(options: dict[str, object]) -> None:
+    with pytest.raises(ConfigurationError):
+        make_guard(**options)
+    assert issubclass(ConfigurationError, ValueError)
+
+
+def test_client_must_be_a_redis_asyncio_client() -> None:
+    with pytest.raises(ConfigurationError, match=r"redis\.asyncio"):
+        RedisReplayGuard(object(), max_age_ms=1, future_skew_ms=0)  # type: ignore[arg-type]
+
+
+def test_retention_covers_max_age_twice_the_skew_and_a_bucket() -> None:
+    guard = make_guard(max_age_ms=300_000, future_skew_ms=5_000, bucket_ms=1_000)
+    assert guard.retention_ms == 311_000
+    assert guard.layout == "v1 bucket_ms=1000 shards=16"
+
+
+def test_from_url_rejects_other_schemes() -> None:
+    with pytest.raises(ConfigurationError, match="redis:// or rediss://"):
+        RedisReplayGuard.from_url("http://x", max_age_ms=1, future_skew_ms=0)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://user:hunter2-secret@127.0.0.1:6379/0",
+        "rediss://:hunter2-secret@127.0.0.1:6380/1",
+        "redis://127.0.0.1:6379/0?password=hunter2-secret",
+        "redis://hunter2-secret@127.0.0.1:6379/0",
+    ],
+)
+async def test_url_credentials_never_show_in_repr(url: str) -> None:
+    guard = RedisReplayGuard.from_url(url, max_age_ms=1000, future_skew_ms=0)
+    try:
+        assert "hunter2" not in repr(guard)
+        assert "***" in repr(guard)
+    finally:
+        await guard.stop()
+
+
+def test_bad_url_error_hides_the_password() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        RedisReplayGuard.from_url(
+            "redis://:hunter2-secret@127.0.0.1:notaport/0", max_age_ms=1, future_skew_ms=0
+        )
+    assert "hunter2" not in str(info.value)
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+def test_verdict_deliver() -> None:
+    assert ClaimVerdict.NEW.deliver and ClaimVerdict.SAME_POSITION.deliver
+    assert not ClaimVerdict.REPLAY.deliver
+
+
+def test_estimate_memory_bytes() -> None:
+    # 1,000 envelopes/s kept 311 s at 40 B each
+    assert estimate_memory_bytes(1000, retention_ms=311_000, bytes_per_nonce=40) == 12_440_000
+    assert estimate_memory_bytes(0, retention_ms=311_000) == 0
+    with pytest.raises(ConfigurationError):
+        estimate_memory_bytes(-1, retention_ms=1)
