@@ -1,0 +1,520 @@
+"""Envelope v1: the bytes of a signed Kafka record value (spec: docs/ENVELOPE.md).
+
+value     = msgpack array [TAG: str, protected: bin, body: bin, sig: bin]
+protected = msgpack map of the header fields (``HEADER_KEYS``), carried as bytes
+signed    = SIGNATURE_DOMAIN || u32be(len(tag)) || tag || u32be(len(protected)) || protected
+            || u32be(len(body)) || body
+
+The signature covers bytes, never a re-serialised object: msgpack has no canonical form, so the
+verifier checks exactly the bytes the signer produced and hands those same bytes to the
+application. The outer framing must use the shortest msgpack encodings, so that one signed
+(protected, body, sig) triple has exactly one envelope value and therefore one digest.
+
+Encoding is built by hand (the framing is four fixed items; a generic packer would spend more time
+on dispatch than on bytes). Decoding is strict: every failure raises ``MalformedEnvelope`` (or
+``UnsupportedVersion`` for another version tag), never anything else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import msgpack
+
+from signed_bus.errors import MalformedEnvelope, UnsupportedVersion
+
+__all__ = [
+    "CONTENT_TYPE_MSGPACK",
+    "DIGEST_BYTES",
+    "HEADER_KEYS",
+    "MAX_INT",
+    "MAX_PARENTS",
+    "MAX_TEXT_BYTES",
+    "NONCE_BYTES",
+    "SIGNATURE_DOMAIN",
+    "TAG",
+    "Envelope",
+    "Header",
+    "decode_envelope",
+    "decode_header",
+    "encode_envelope",
+    "encode_header",
+    "envelope_digest",
+    "key_digest",
+    "signed_message",
+    "split_envelope",
+]
+
+TAG: Final = "signed-bus/v1"
+CONTENT_TYPE_MSGPACK: Final = "application/msgpack"
+#: Prefix of every signed message; the NUL ends the text so no tag can extend it.
+SIGNATURE_DOMAIN: Final = b"signed-bus/v1 sig\x00"
+NONCE_BYTES: Final = 16
+DIGEST_BYTES: Final = 32
+MAX_PARENTS: Final = 64
+#: Limit on the UTF-8 length of every text field of the header (alg, kid, iss, mdl, cty, tpc).
+MAX_TEXT_BYTES: Final = 255
+#: Timestamps are msgpack unsigned integers that fit a signed 64-bit integer (Java long, int64).
+MAX_INT: Final = 2**63 - 1
+
+# Header keys, in the order the encoder writes them. A verifier accepts any order.
+K_ALG: Final = "alg"  # signature algorithm: "HS256" | "EdDSA"
+K_KID: Final = "kid"  # key id
+K_ISS: Final = "iss"  # issuer: the agent id the envelope speaks for
+K_MDL: Final = "mdl"  # model: name and version or digest
+K_CTY: Final = "cty"  # content type of the body
+K_TPC: Final = "tpc"  # destination topic
+K_RKD: Final = "rkd"  # SHA-256 of the Kafka record key, or nil for a null key
+K_IAT: Final = "iat"  # created_at, integer ms since the epoch
+K_NCE: Final = "nce"  # nonce, 16 random bytes
+K_PAR: Final = "par"  # parents: array of 32-byte envelope digests
+K_EXP: Final = "exp"  # optional expires_at, integer ms since the epoch (absent when unset)
+
+HEADER_KEYS: Final = (K_ALG, K_KID, K_ISS, K_MDL, K_CTY, K_TPC, K_RKD, K_IAT, K_NCE, K_PAR, K_EXP)
+_REQUIRED: Final = frozenset(HEADER_KEYS[:-1])
+_WITH_EXP: Final = frozenset(HEADER_KEYS)
+
+_TAG_BYTES: Final = TAG.encode()
+#: Start of every v1 value: fixarray(4) then the tag as a fixstr.
+_VALUE_PREFIX: Final = b"\x94" + bytes([0xA0 | len(_TAG_BYTES)]) + _TAG_BYTES
+_PREFIX_LEN: Final = len(_VALUE_PREFIX)
+#: Constant start of every signed message.
+_SIGNED_PREFIX: Final = SIGNATURE_DOMAIN + len(_TAG_BYTES).to_bytes(4, "big") + _TAG_BYTES
+
+_sha256 = hashlib.sha256
+_unpackb = msgpack.unpackb
+
+
+# -- hand-built msgpack ---------------------------------------------------------------------------
+
+
+def pack_str(text: str) -> bytes:
+    """msgpack str, shortest form."""
+    raw = text.encode("utf-8")
+    n = len(raw)
+    if n < 32:
+        return bytes((0xA0 | n,)) + raw
+    if n < 0x100:
+        return b"\xd9" + bytes((n,)) + raw
+    if n < 0x10000:
+        return b"\xda" + n.to_bytes(2, "big") + raw
+    return b"\xdb" + n.to_bytes(4, "big") + raw
+
+
+def pack_bin_header(n: int) -> bytes:
+    """The type-and-length prefix of a msgpack bin of n bytes, shortest form."""
+    if n < 0x100:
+        return b"\xc4" + bytes((n,))
+    if n < 0x10000:
+        return b"\xc5" + n.to_bytes(2, "big")
+    if n < 0x100000000:
+        return b"\xc6" + n.to_bytes(4, "big")
+    raise ValueError("msgpack bin is limited to 2**32 - 1 bytes")
+
+
+def pack_uint(value: int) -> bytes:
+    """msgpack non-negative integer, shortest form."""
+    if value < 0x80:
+        return bytes((value,))
+    if value < 0x100:
+        return b"\xcc" + bytes((value,))
+    if value < 0x10000:
+        return b"\xcd" + value.to_bytes(2, "big")
+    if value < 0x100000000:
+        return b"\xce" + value.to_bytes(4, "big")
+    return b"\xcf" + value.to_bytes(8, "big")
+
+
+def pack_array_header(n: int) -> bytes:
+    if n < 16:
+        return bytes((0x90 | n,))
+    if n < 0x10000:
+        return b"\xdc" + n.to_bytes(2, "big")
+    return b"\xdd" + n.to_bytes(4, "big")
+
+
+# Constant key encodings (all keys are 3-character fixstrs).
+_KEY_BYTES: Final = {key: pack_str(key) for key in HEADER_KEYS}
+_P_RKD: Final = _KEY_BYTES[K_RKD]
+_P_RKD_NIL: Final = _KEY_BYTES[K_RKD] + b"\xc0"
+_P_RKD_BIN: Final = _KEY_BYTES[K_RKD] + pack_bin_header(DIGEST_BYTES)
+_P_IAT: Final = _KEY_BYTES[K_IAT]
+_P_NCE: Final = _KEY_BYTES[K_NCE] + pack_bin_header(NONCE_BYTES)
+_P_PAR: Final = _KEY_BYTES[K_PAR]
+_P_PAR_EMPTY: Final = _KEY_BYTES[K_PAR] + b"\x90"
+_P_EXP: Final = _KEY_BYTES[K_EXP]
+_P_PARENT: Final = pack_bin_header(DIGEST_BYTES)
+_MAP_10: Final = b"\x8a"
+_MAP_11: Final = b"\x8b"
+
+
+def check_text(name: str, value: object) -> str:
+    """Validate a header text field at signing time (ValueError/TypeError, caller's mistake)."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str")
+    n = len(value.encode("utf-8"))
+    if not 0 < n <= MAX_TEXT_BYTES:
+        raise ValueError(f"{name} must be 1 to {MAX_TEXT_BYTES} UTF-8 bytes")
+    return value
+
+
+def check_int(name: str, value: object) -> int:
+    if type(value) is not int or not 0 <= value <= MAX_INT:
+        raise ValueError(f"{name} must be an int from 0 to 2**63 - 1 (ms since the epoch)")
+    return value
+
+
+def check_parents(parents: Sequence[bytes]) -> bytes:
+    """Validate parents and return their msgpack encoding (the ``par`` value)."""
+    if isinstance(parents, bytes | bytearray | memoryview | str):
+        raise TypeError("parents must be a sequence of 32-byte digests, not a single value")
+    items = list(parents)
+    if len(items) > MAX_PARENTS:
+        raise ValueError(f"at most {MAX_PARENTS} parents")
+    out = [pack_array_header(len(items))]
+    for parent in items:
+        if type(parent) is not bytes or len(parent) != DIGEST_BYTES:
+            raise ValueError(f"each parent must be {DIGEST_BYTES} bytes (an envelope digest)")
+        out.append(_P_PARENT)
+        out.append(parent)
+    return b"".join(out)
+
+
+def header_prefix(alg: str, kid: str, issuer: str, model: str, content_type: str) -> bytes:
+    """Encoded alg..cty entries: constant for one signer and content type (no map header)."""
+    return b"".join(
+        (
+            _KEY_BYTES[K_ALG],
+            pack_str(check_text("alg", alg)),
+            _KEY_BYTES[K_KID],
+            pack_str(check_text("kid", kid)),
+            _KEY_BYTES[K_ISS],
+            pack_str(check_text("issuer", issuer)),
+            _KEY_BYTES[K_MDL],
+            pack_str(check_text("model", model)),
+            _KEY_BYTES[K_CTY],
+            pack_str(check_text("content_type", content_type)),
+        )
+    )
+
+
+def topic_entry(topic: str) -> bytes:
+    """Encoded tpc entry."""
+    return _KEY_BYTES[K_TPC] + pack_str(check_text("topic", topic))
+
+
+def assemble_header(
+    prefix: bytes,
+    topic_part: bytes,
+    rkd: bytes | None,
+    created_at: int,
+    nonce: bytes,
+    parents_part: bytes,
+    expires_at: int | None,
+) -> bytes:
+    """The protected header from pre-encoded parts; the signer's hot path.
+
+    ``prefix`` comes from :func:`header_prefix`, ``topic_part`` from :func:`topic_entry`,
+    ``parents_part`` from :func:`check_parents`; the other arguments are already validated.
+    """
+    rkd_part = _P_RKD_NIL if rkd is None else _P_RKD_BIN + rkd
+    if expires_at is None:
+        return b"".join(
+            (
+                _MAP_10,
+                prefix,
+                topic_part,
+                rkd_part,
+                _P_IAT,
+                pack_uint(created_at),
+                _P_NCE,
+                nonce,
+                _P_PAR,
+                parents_part,
+            )
+        )
+    return b"".join(
+        (
+            _MAP_11,
+            prefix,
+            topic_part,
+            rkd_part,
+            _P_IAT,
+            pack_uint(created_at),
+            _P_NCE,
+            nonce,
+            _P_PAR,
+            parents_part,
+            _P_EXP,
+            pack_uint(expires_at),
+        )
+    )
+
+
+def encode_header(
+    *,
+    alg: str,
+    kid: str,
+    issuer: str,
+    model: str,
+    content_type: str,
+    topic: str,
+    key_digest: bytes | None,
+    created_at: int,
+    nonce: bytes,
+    parents: Sequence[bytes] = (),
+    expires_at: int | None = None,
+) -> bytes:
+    """Encode a protected header, validating every field (ValueError/TypeError on bad input)."""
+    if key_digest is not None and (type(key_digest) is not bytes or len(key_digest) != 32):
+        raise ValueError(f"key_digest must be None or {DIGEST_BYTES} bytes")
+    if type(nonce) is not bytes or len(nonce) != NONCE_BYTES:
+        raise ValueError(f"nonce must be {NONCE_BYTES} bytes")
+    check_int("created_at", created_at)
+    if expires_at is not None:
+        check_int("expires_at", expires_at)
+    return assemble_header(
+        header_prefix(alg, kid, issuer, model, content_type),
+        topic_entry(topic),
+        key_digest,
+        created_at,
+        nonce,
+        check_parents(parents),
+        expires_at,
+    )
+
+
+def signed_message(protected: bytes, body: bytes) -> bytes:
+    """The exact bytes the signature covers."""
+    return b"".join(
+        (
+            _SIGNED_PREFIX,
+            len(protected).to_bytes(4, "big"),
+            protected,
+            len(body).to_bytes(4, "big"),
+            body,
+        )
+    )
+
+
+def encode_envelope(protected: bytes, body: bytes, signature: bytes) -> bytes:
+    """The record value: [TAG, protected, body, signature] in shortest-form msgpack."""
+    return b"".join(
+        (
+            _VALUE_PREFIX,
+            pack_bin_header(len(protected)),
+            protected,
+            pack_bin_header(len(body)),
+            body,
+            pack_bin_header(len(signature)),
+            signature,
+        )
+    )
+
+
+def envelope_digest(value: bytes) -> bytes:
+    """SHA-256 of the whole record value: the digest a downstream envelope's parents name."""
+    return _sha256(value).digest()
+
+
+def key_digest(key: bytes | None) -> bytes | None:
+    """The ``rkd`` header value for a Kafka record key: SHA-256 of it, None for a null key."""
+    return None if key is None else _sha256(key).digest()
+
+
+# -- strict decoding -----------------------------------------------------------------------------
+
+
+def split_envelope(value: bytes) -> tuple[bytes, bytes, bytes]:
+    """Split a record value into (protected, body, signature); framing checks only.
+
+    Raises UnsupportedVersion for a msgpack array that starts with another version tag, and
+    MalformedEnvelope for everything else that is not the shortest-form v1 framing.
+    """
+    if not value.startswith(_VALUE_PREFIX):
+        _classify_foreign(value)
+    try:
+        protected, pos = _read_bin(value, _PREFIX_LEN)
+        body, pos = _read_bin(value, pos)
+        signature, pos = _read_bin(value, pos)
+    except IndexError:
+        raise MalformedEnvelope("envelope is truncated") from None
+    if pos != len(value):
+        raise MalformedEnvelope("trailing bytes after the envelope")
+    return protected, body, signature
+
+
+def _read_bin(value: bytes, pos: int) -> tuple[bytes, int]:
+    marker = value[pos]
+    if marker == 0xC4:
+        n = value[pos + 1]
+        start = pos + 2
+    elif marker == 0xC5:
+        n = (value[pos + 1] << 8) | value[pos + 2]
+        start = pos + 3
+        if n < 0x100:
+            raise MalformedEnvelope("envelope framing is not in shortest form")
+    elif marker == 0xC6:
+        n = int.from_bytes(value[pos + 1 : pos + 5], "big")
+        start = pos + 5
+        if n < 0x10000 or start > len(value):
+            raise MalformedEnvelope("envelope framing is not in shortest form or truncated")
+    else:
+        raise MalformedEnvelope("envelope item is not a msgpack bin")
+    end = start + n
+    if end > len(value):
+        raise MalformedEnvelope("envelope is truncated")
+    return value[start:end], end
+
+
+def _classify_foreign(value: bytes) -> None:
+    """Explain a value that does not start with the v1 prefix. Always raises."""
+    try:
+        outer = _unpackb(
+            value,
+            raw=False,
+            max_str_len=1024,
+            max_bin_len=len(value),
+            max_array_len=16,
+            max_map_len=16,
+            max_ext_len=1024,
+        )
+    except Exception:  # any msgpack or decoding failure is just "not an envelope"
+        raise MalformedEnvelope("value is not a msgpack envelope") from None
+    if type(outer) is list and outer and type(outer[0]) is str and outer[0] != TAG:
+        # The tag is attacker-controlled text: it is not echoed into the message.
+        raise UnsupportedVersion("envelope version tag is not supported")
+    raise MalformedEnvelope("value is not a v1 envelope in shortest-form msgpack")
+
+
+def _map_len(protected: bytes) -> int:
+    first = protected[0]
+    if first & 0xF0 == 0x80:
+        return first & 0x0F
+    if first == 0xDE:
+        return int.from_bytes(protected[1:3], "big")
+    if first == 0xDF:
+        return int.from_bytes(protected[1:5], "big")
+    return -1
+
+
+def decode_header(protected: bytes) -> dict[str, Any]:
+    """Decode and type-check a protected header; returns the map (``HEADER_KEYS`` keys).
+
+    Every field is checked for its exact type (bool is not int, float is not int), length and
+    range; unknown, missing and duplicate keys are rejected. Raises MalformedEnvelope only.
+    """
+    try:
+        header = _unpackb(
+            protected,
+            raw=False,
+            strict_map_key=True,
+            max_str_len=MAX_TEXT_BYTES,
+            max_bin_len=DIGEST_BYTES,
+            max_array_len=MAX_PARENTS,
+            max_map_len=len(HEADER_KEYS),
+            max_ext_len=0,
+        )
+    except Exception as exc:  # msgpack raises ValueError subclasses, TypeError, ...
+        raise MalformedEnvelope(
+            f"protected header does not decode ({type(exc).__name__})"
+        ) from None
+    if type(header) is not dict:
+        raise MalformedEnvelope("protected header is not a map")
+    keys = header.keys()
+    if keys != _REQUIRED and keys != _WITH_EXP:
+        raise MalformedEnvelope("protected header has missing or unknown keys")
+    # A decoded dict keeps the last of duplicate keys; counting entries catches them, so no two
+    # implementations can read different values from the same signed bytes.
+    if _map_len(protected) != len(header):
+        raise MalformedEnvelope("protected header has duplicate keys")
+    for name in (K_ALG, K_KID, K_ISS, K_MDL, K_CTY, K_TPC):
+        text = header[name]
+        if type(text) is not str or not text:
+            raise MalformedEnvelope(f"header field {name!r} must be a non-empty str")
+    rkd = header[K_RKD]
+    if rkd is not None and (type(rkd) is not bytes or len(rkd) != DIGEST_BYTES):
+        raise MalformedEnvelope(f"header field 'rkd' must be nil or bin({DIGEST_BYTES})")
+    iat = header[K_IAT]
+    if type(iat) is not int or not 0 <= iat <= MAX_INT:
+        raise MalformedEnvelope("header field 'iat' must be an int from 0 to 2**63 - 1")
+    nonce = header[K_NCE]
+    if type(nonce) is not bytes or len(nonce) != NONCE_BYTES:
+        raise MalformedEnvelope(f"header field 'nce' must be bin({NONCE_BYTES})")
+    parents = header[K_PAR]
+    if type(parents) is not list:
+        raise MalformedEnvelope("header field 'par' must be an array")
+    for parent in parents:
+        if type(parent) is not bytes or len(parent) != DIGEST_BYTES:
+            raise MalformedEnvelope(f"each parent must be bin({DIGEST_BYTES})")
+    if len(header) == len(HEADER_KEYS):
+        exp = header[K_EXP]
+        if type(exp) is not int or not 0 <= exp <= MAX_INT:
+            raise MalformedEnvelope("header field 'exp' must be an int from 0 to 2**63 - 1")
+    return header
+
+
+# -- an inspectable, unverified view (CLI, debugging) --------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    """The protected header's fields. Decoded but NOT verified: do not trust it."""
+
+    alg: str
+    kid: str
+    issuer: str
+    model: str
+    content_type: str
+    topic: str
+    key_digest: bytes | None
+    created_at: int
+    nonce: bytes
+    parents: tuple[bytes, ...]
+    expires_at: int | None
+
+    @classmethod
+    def from_map(cls, header: dict[str, Any]) -> Header:
+        return cls(
+            alg=header[K_ALG],
+            kid=header[K_KID],
+            issuer=header[K_ISS],
+            model=header[K_MDL],
+            content_type=header[K_CTY],
+            topic=header[K_TPC],
+            key_digest=header[K_RKD],
+            created_at=header[K_IAT],
+            nonce=header[K_NCE],
+            parents=tuple(header[K_PAR]),
+            expires_at=header.get(K_EXP),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """A decoded envelope. NOT verified: use ``Verifier.verify`` before trusting any of it."""
+
+    header: Header
+    protected: bytes
+    body: bytes
+    signature: bytes
+    digest: bytes
+
+    @property
+    def signed_message(self) -> bytes:
+        return signed_message(self.protected, self.body)
+
+
+def decode_envelope(value: bytes) -> Envelope:
+    """Strictly decode a record value without verifying it (for inspection tools).
+
+    Raises MalformedEnvelope or UnsupportedVersion.
+    """
+    if type(value) is not bytes:
+        raise MalformedEnvelope("envelope value must be bytes")
+    protected, body, signature = split_envelope(value)
+    header = Header.from_map(decode_header(protected))
+    return Envelope(header, protected, body, signature, envelope_digest(value))

@@ -1,0 +1,195 @@
+"""Signer: turns an inference result into a signed envelope v1 record value.
+
+Everything that is constant for a signer (the key object, the encoded alg/kid/issuer/model
+header entries, the encoded topic entries) is computed once; a sign call encodes the body, the
+per-message header fields, signs and frames.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+from collections.abc import Callable, Sequence
+from typing import Final
+
+import msgpack
+
+from signed_bus.clock import Clock, system_clock
+from signed_bus.envelope import (
+    CONTENT_TYPE_MSGPACK,
+    MAX_INT,
+    NONCE_BYTES,
+    assemble_header,
+    check_int,
+    check_parents,
+    encode_envelope,
+    header_prefix,
+    signed_message,
+    topic_entry,
+)
+from signed_bus.errors import ConfigurationError
+from signed_bus.keys import Keyring
+
+__all__ = ["NonceSource", "Signer"]
+
+#: Returns 16 fresh random bytes per call. Tests inject a fixed one to get known-answer vectors.
+NonceSource = Callable[[], bytes]
+
+_random_nonce: Final[NonceSource] = functools.partial(os.urandom, NONCE_BYTES)
+_EMPTY_PARENTS: Final = check_parents(())
+# Encoded topic and content-type entries are cached; the caps bound memory if a caller feeds
+# unbounded distinct values (they are then encoded per call, which is only slower).
+_MAX_CACHED_TOPICS: Final = 1024
+_MAX_CACHED_CONTENT_TYPES: Final = 64
+_sha256 = hashlib.sha256
+_packb = msgpack.packb
+
+
+class Signer:
+    """Signs results with one key (``kid``) for one issuer and model.
+
+    Rotation: build a new Signer with the new kid once every verifier's ring holds the new key.
+    """
+
+    __slots__ = (
+        "_alg",
+        "_clock",
+        "_cty_prefixes",
+        "_issuer",
+        "_kid",
+        "_model",
+        "_msgpack_prefix",
+        "_nonce",
+        "_sign",
+        "_topics",
+    )
+
+    def __init__(
+        self,
+        keyring: Keyring,
+        *,
+        kid: str,
+        issuer: str,
+        model: str,
+        clock: Clock = system_clock,
+        nonce_source: NonceSource = _random_nonce,
+    ) -> None:
+        key = keyring.get(kid)
+        if key is None:
+            raise ConfigurationError(f"kid {kid!r} is not in the keyring")
+        if not key.can_sign:
+            raise ConfigurationError(f"key {kid!r} cannot sign (it holds only a public key)")
+        if not isinstance(issuer, str) or not key.may_sign_for(issuer):
+            raise ConfigurationError(f"key {kid!r} may not sign for issuer {issuer!r}")
+        self._alg = key.alg
+        self._kid = kid
+        self._issuer = issuer
+        self._model = model
+        try:
+            self._msgpack_prefix = header_prefix(key.alg, kid, issuer, model, CONTENT_TYPE_MSGPACK)
+        except (TypeError, ValueError) as exc:
+            raise ConfigurationError(str(exc)) from None
+        self._cty_prefixes: dict[str, bytes] = {CONTENT_TYPE_MSGPACK: self._msgpack_prefix}
+        self._topics: dict[str, bytes] = {}
+        self._sign = key.sign
+        self._clock = clock
+        self._nonce = nonce_source
+
+    @property
+    def kid(self) -> str:
+        return self._kid
+
+    @property
+    def issuer(self) -> str:
+        return self._issuer
+
+    @property
+    def model(self) -> str:
+        return self._model
+
+    @property
+    def alg(self) -> str:
+        return self._alg
+
+    def __repr__(self) -> str:
+        return (
+            f"Signer(kid={self._kid!r}, alg={self._alg!r}, issuer={self._issuer!r}, "
+            f"model={self._model!r})"
+        )
+
+    def sign(
+        self,
+        result: object,
+        *,
+        topic: str,
+        key: bytes | None = None,
+        parents: Sequence[bytes] = (),
+        expires_at: int | None = None,
+    ) -> bytes:
+        """Encode ``result`` with msgpack and sign it for ``topic`` and record ``key``.
+
+        Returns the Kafka record value. Raises TypeError if msgpack cannot encode ``result``.
+        """
+        return self._seal(_packb(result), self._msgpack_prefix, topic, key, parents, expires_at)
+
+    def sign_bytes(
+        self,
+        body: bytes,
+        *,
+        content_type: str,
+        topic: str,
+        key: bytes | None = None,
+        parents: Sequence[bytes] = (),
+        expires_at: int | None = None,
+    ) -> bytes:
+        """Sign an already-encoded body of the given content type; returns the record value."""
+        if type(body) is not bytes:
+            if not isinstance(body, bytearray | memoryview):
+                raise TypeError("body must be bytes")
+            body = bytes(body)
+        prefix = self._cty_prefixes.get(content_type)
+        if prefix is None:
+            prefix = header_prefix(self._alg, self._kid, self._issuer, self._model, content_type)
+            if len(self._cty_prefixes) < _MAX_CACHED_CONTENT_TYPES:
+                self._cty_prefixes[content_type] = prefix
+        return self._seal(body, prefix, topic, key, parents, expires_at)
+
+    def _seal(
+        self,
+        body: bytes,
+        prefix: bytes,
+        topic: str,
+        key: bytes | None,
+        parents: Sequence[bytes],
+        expires_at: int | None,
+    ) -> bytes:
+        topic_part = self._topics.get(topic)
+        if topic_part is None:
+            topic_part = topic_entry(topic)
+            if len(self._topics) < _MAX_CACHED_TOPICS:
+                self._topics[topic] = topic_part
+        if key is None:
+            rkd = None
+        elif type(key) is bytes:
+            rkd = _sha256(key).digest()
+        else:
+            raise TypeError("key must be bytes or None")
+        created_at = self._clock()
+        if type(created_at) is not int or not 0 <= created_at <= MAX_INT:
+            raise ConfigurationError("the clock must return int milliseconds since the epoch")
+        nonce = self._nonce()
+        if type(nonce) is not bytes or len(nonce) != NONCE_BYTES:
+            raise ConfigurationError(f"the nonce source must return {NONCE_BYTES} bytes")
+        if expires_at is not None:
+            check_int("expires_at", expires_at)
+        protected = assemble_header(
+            prefix,
+            topic_part,
+            rkd,
+            created_at,
+            nonce,
+            check_parents(parents) if parents else _EMPTY_PARENTS,
+            expires_at,
+        )
+        return encode_envelope(protected, body, self._sign(signed_message(protected, body)))

@@ -1,0 +1,415 @@
+"""Verifier: checks an envelope v1 record value and returns the verified message.
+
+Check order (cheapest first, docs/ENVELOPE.md "Verification"): size cap -> strict decode ->
+policy (version tag, alg, kid, alg pinned to the key, issuer allowed for the key) -> signature ->
+destination (topic, record key) -> freshness (skipped in audit mode). The first failing check
+raises its VerificationError subclass; nothing else escapes for any input bytes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from typing import Any, Final, NoReturn
+
+import msgpack
+
+from signed_bus.clock import Clock, system_clock
+from signed_bus.envelope import (
+    CONTENT_TYPE_MSGPACK,
+    K_ALG,
+    K_CTY,
+    K_EXP,
+    K_IAT,
+    K_ISS,
+    K_KID,
+    K_MDL,
+    K_NCE,
+    K_PAR,
+    K_RKD,
+    K_TPC,
+    decode_header,
+    envelope_digest,
+    signed_message,
+    split_envelope,
+)
+from signed_bus.errors import (
+    AlgorithmMismatch,
+    BadSignature,
+    ConfigurationError,
+    EnvelopeTooLarge,
+    Expired,
+    MalformedEnvelope,
+    MalformedPayload,
+    NotYetValid,
+    UnknownKey,
+    UnsupportedContentType,
+    UntrustedIssuer,
+    WrongKey,
+    WrongTopic,
+)
+from signed_bus.keys import EDDSA, HS256, Keyring
+
+__all__ = ["CONTENT_TYPE_JSON", "VerifiedMessage", "Verifier"]
+
+CONTENT_TYPE_JSON: Final = "application/json"
+#: Signature length per algorithm: a wrong length is a bad signature before any crypto runs.
+_SIG_BYTES: Final = {HS256: 32, EDDSA: 64}
+_UNSET: Final = object()
+_sha256 = hashlib.sha256
+
+
+class VerifiedMessage:
+    """An envelope that passed verification: its exact body bytes and its header fields.
+
+    Immutable. ``payload`` decodes the body once, on first access (msgpack or JSON content
+    types). ``digest`` (SHA-256 of the whole record value, the value downstream envelopes name
+    as a parent) is also computed on first access: most consumers never need it.
+    """
+
+    # The verifier builds instances through ``_verified`` (a view over the checked header map,
+    # three slot writes); the keyword constructor below serves tests and other producers.
+    __slots__ = ("_digest", "_header", "_payload", "_value", "body")
+
+    _header: dict[str, Any]
+    body: bytes
+    _value: bytes | None
+    _digest: bytes | None
+    _payload: object
+
+    def __init__(
+        self,
+        *,
+        body: bytes,
+        content_type: str,
+        issuer: str,
+        model: str,
+        kid: str,
+        alg: str,
+        created_at: int,
+        expires_at: int | None,
+        nonce: bytes,
+        parents: Sequence[bytes],
+        digest: bytes,
+        topic: str,
+    ) -> None:
+        header: dict[str, Any] = {
+            K_ALG: alg,
+            K_KID: kid,
+            K_ISS: issuer,
+            K_MDL: model,
+            K_CTY: content_type,
+            K_TPC: topic,
+            K_IAT: created_at,
+            K_NCE: nonce,
+            K_PAR: list(parents),
+        }
+        if expires_at is not None:
+            header[K_EXP] = expires_at
+        _set_header(self, header)
+        _set_body(self, body)
+        _set_value(self, None)
+        _set_digest(self, digest)
+        _set_payload(self, _UNSET)
+
+    @classmethod
+    def _verified(cls, header: dict[str, Any], body: bytes, value: bytes) -> VerifiedMessage:
+        msg = _new(cls)
+        _set_header(msg, header)
+        _set_body(msg, body)
+        _set_value(msg, value)
+        _set_digest(msg, None)
+        _set_payload(msg, _UNSET)
+        return msg
+
+    def __setattr__(self, name: str, value: object) -> NoReturn:
+        raise dataclasses.FrozenInstanceError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name: str) -> NoReturn:
+        raise dataclasses.FrozenInstanceError(f"cannot delete field {name!r}")
+
+    @property
+    def content_type(self) -> str:
+        return self._header[K_CTY]  # type: ignore[no-any-return]
+
+    @property
+    def issuer(self) -> str:
+        return self._header[K_ISS]  # type: ignore[no-any-return]
+
+    @property
+    def model(self) -> str:
+        return self._header[K_MDL]  # type: ignore[no-any-return]
+
+    @property
+    def kid(self) -> str:
+        return self._header[K_KID]  # type: ignore[no-any-return]
+
+    @property
+    def alg(self) -> str:
+        return self._header[K_ALG]  # type: ignore[no-any-return]
+
+    @property
+    def created_at(self) -> int:
+        return self._header[K_IAT]  # type: ignore[no-any-return]
+
+    @property
+    def expires_at(self) -> int | None:
+        return self._header.get(K_EXP)
+
+    @property
+    def nonce(self) -> bytes:
+        return self._header[K_NCE]  # type: ignore[no-any-return]
+
+    @property
+    def parents(self) -> tuple[bytes, ...]:
+        return tuple(self._header[K_PAR])
+
+    @property
+    def topic(self) -> str:
+        return self._header[K_TPC]  # type: ignore[no-any-return]
+
+    @property
+    def digest(self) -> bytes:
+        digest = self._digest
+        if digest is None:
+            assert self._value is not None
+            digest = envelope_digest(self._value)
+            _set_digest(self, digest)
+        return digest
+
+    @property
+    def payload(self) -> object:
+        """The body decoded per its content type, once.
+
+        application/msgpack and application/json are decoded; any other content type raises
+        UnsupportedContentType (read ``body`` instead). An authentic body that does not decode
+        raises MalformedPayload (reason "malformed").
+        """
+        payload = self._payload
+        if payload is _UNSET:
+            payload = self._decode_payload()
+            _set_payload(self, payload)
+        return payload
+
+    def _decode_payload(self) -> object:
+        content_type = self.content_type
+        if content_type == CONTENT_TYPE_MSGPACK:
+            try:
+                return msgpack.unpackb(self.body, raw=False, strict_map_key=False)
+            except Exception as exc:  # msgpack raises several unrelated types
+                self._payload_error(exc)
+        if content_type == CONTENT_TYPE_JSON:
+            try:
+                return json.loads(self.body)
+            except (ValueError, RecursionError) as exc:
+                self._payload_error(exc)
+        raise UnsupportedContentType(
+            f"no decoder for content type {content_type!r}; read .body instead"
+        )
+
+    def _payload_error(self, exc: Exception) -> NoReturn:
+        raise MalformedPayload(
+            f"body does not decode as {self.content_type} ({type(exc).__name__})",
+            kid=self.kid,
+            issuer=self.issuer,
+            topic=self.topic,
+        ) from None
+
+    def _fields(self) -> tuple[object, ...]:
+        return (
+            self.body,
+            self.content_type,
+            self.issuer,
+            self.model,
+            self.kid,
+            self.alg,
+            self.created_at,
+            self.expires_at,
+            self.nonce,
+            self.parents,
+            self.digest,
+            self.topic,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, VerifiedMessage):
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self.digest)
+
+    def __repr__(self) -> str:
+        # The body is the application's data: its size is shown, never its bytes.
+        return (
+            f"VerifiedMessage(issuer={self.issuer!r}, model={self.model!r}, kid={self.kid!r}, "
+            f"alg={self.alg!r}, topic={self.topic!r}, created_at={self.created_at}, "
+            f"expires_at={self.expires_at}, content_type={self.content_type!r}, "
+            f"body=<{len(self.body)} bytes>, nonce={self.nonce.hex()}, "
+            f"parents={len(self._header[K_PAR])}, digest={self.digest.hex()})"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (self._header, self.body, self._value, self._digest))
+
+
+def _rebuild(
+    header: dict[str, Any], body: bytes, value: bytes | None, digest: bytes | None
+) -> VerifiedMessage:
+    msg = VerifiedMessage._verified(header, body, value if value is not None else b"")
+    _set_value(msg, value)
+    _set_digest(msg, digest)
+    return msg
+
+
+_new = object.__new__
+
+
+def _slot_setter(name: str) -> Callable[[VerifiedMessage, Any], None]:
+    # Slot descriptors write past the frozen __setattr__ (what a frozen dataclass does via
+    # object.__setattr__, at half the cost).
+    descriptor: Any = VerifiedMessage.__dict__[name]
+    return descriptor.__set__  # type: ignore[no-any-return]
+
+
+_set_header = _slot_setter("_header")
+_set_body = _slot_setter("body")
+_set_value = _slot_setter("_value")
+_set_digest = _slot_setter("_digest")
+_set_payload = _slot_setter("_payload")
+
+
+class Verifier:
+    """Verifies record values against a keyring (which it reads live: rotation needs no restart).
+
+    ``max_age_ms`` and ``future_skew_ms`` bound created_at around the reference time (the caller's
+    ``reference_ms``, e.g. the broker's LogAppendTime, else ``clock()``). ``audit=True`` checks
+    everything except freshness, for tools that read old records on purpose.
+    """
+
+    __slots__ = ("_audit", "_clock", "_future_skew", "_keyring", "_max_age", "_max_bytes")
+
+    def __init__(
+        self,
+        keyring: Keyring,
+        *,
+        max_age_ms: int = 300_000,
+        future_skew_ms: int = 5_000,
+        max_envelope_bytes: int = 1_048_576,
+        clock: Clock = system_clock,
+        audit: bool = False,
+    ) -> None:
+        for name, number in (
+            ("max_age_ms", max_age_ms),
+            ("future_skew_ms", future_skew_ms),
+            ("max_envelope_bytes", max_envelope_bytes),
+        ):
+            if type(number) is not int or number < 0:
+                raise ConfigurationError(f"{name} must be a non-negative int")
+        if not isinstance(keyring, Keyring):
+            raise ConfigurationError("keyring must be a Keyring")
+        self._keyring = keyring
+        self._max_age = max_age_ms
+        self._future_skew = future_skew_ms
+        self._max_bytes = max_envelope_bytes
+        self._clock = clock
+        self._audit = bool(audit)
+
+    @property
+    def audit(self) -> bool:
+        return self._audit
+
+    @property
+    def max_age_ms(self) -> int:
+        return self._max_age
+
+    @property
+    def future_skew_ms(self) -> int:
+        return self._future_skew
+
+    @property
+    def max_envelope_bytes(self) -> int:
+        return self._max_bytes
+
+    def __repr__(self) -> str:
+        return (
+            f"Verifier(keys={len(self._keyring)}, max_age_ms={self._max_age}, "
+            f"future_skew_ms={self._future_skew}, max_envelope_bytes={self._max_bytes}, "
+            f"audit={self._audit})"
+        )
+
+    def verify(
+        self,
+        value: bytes,
+        *,
+        topic: str,
+        key: bytes | None,
+        reference_ms: int | None = None,
+    ) -> VerifiedMessage:
+        """Verify a record value read from ``topic`` with record ``key``.
+
+        Returns the verified message; raises a VerificationError subclass whose ``reason`` says
+        which check failed.
+        """
+        if type(value) is not bytes:
+            if not isinstance(value, bytearray | memoryview):
+                raise MalformedEnvelope("record value is not bytes", topic=topic)
+            value = bytes(value)
+        if len(value) > self._max_bytes:
+            raise EnvelopeTooLarge(
+                f"{len(value)} bytes exceeds the {self._max_bytes}-byte cap", topic=topic
+            )
+        protected, body, signature = split_envelope(value)
+        header = decode_header(protected)
+
+        kid: str = header[K_KID]
+        issuer: str = header[K_ISS]
+        alg = header[K_ALG]
+        sig_bytes = _SIG_BYTES.get(alg)
+        if sig_bytes is None:
+            raise AlgorithmMismatch("algorithm is not supported", kid=kid, issuer=issuer)
+        signing_key = self._keyring.get(kid)
+        if signing_key is None:
+            raise UnknownKey("kid is not in the keyring", kid=kid, issuer=issuer)
+        if alg != signing_key.alg:
+            raise AlgorithmMismatch(
+                f"header alg {alg} does not match the key's {signing_key.alg}",
+                kid=kid,
+                issuer=issuer,
+            )
+        if issuer not in signing_key.issuers:
+            raise UntrustedIssuer("the key may not sign for this issuer", kid=kid, issuer=issuer)
+        if len(signature) != sig_bytes:
+            raise BadSignature("signature has the wrong length", kid=kid, issuer=issuer)
+        signing_key.verify(signed_message(protected, body), signature)
+
+        if header[K_TPC] != topic:
+            raise WrongTopic("envelope was signed for another topic", kid=kid, issuer=issuer)
+        rkd = header[K_RKD]
+        if key is None:
+            if rkd is not None:
+                raise WrongKey("envelope was signed for a keyed record", kid=kid, issuer=issuer)
+        elif rkd is None or rkd != _sha256(key).digest():
+            raise WrongKey("envelope was signed for another record key", kid=kid, issuer=issuer)
+
+        if not self._audit:
+            reference = self._clock() if reference_ms is None else reference_ms
+            created_at: int = header[K_IAT]
+            if created_at > reference + self._future_skew:
+                raise NotYetValid(
+                    f"created {created_at - reference} ms after the reference time",
+                    kid=kid,
+                    issuer=issuer,
+                )
+            if created_at < reference - self._max_age:
+                raise Expired(
+                    f"created {reference - created_at} ms before the reference time",
+                    kid=kid,
+                    issuer=issuer,
+                )
+            expires_at = header.get(K_EXP)
+            if expires_at is not None and expires_at < reference:
+                raise Expired("expires_at has passed", kid=kid, issuer=issuer)
+        return VerifiedMessage._verified(header, body, value)
