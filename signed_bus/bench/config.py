@@ -1,0 +1,70 @@
+"""Benchmark settings: one frozen object built from the command line and handed to every part."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["PARTS", "BenchConfig"]
+
+#: Every measurement, in the order the runner executes them (cheap, service-free ones first).
+PARTS: tuple[str, ...] = ("codec", "redis", "produce", "consume", "latency")
+
+
+@dataclass(frozen=True, slots=True)
+class BenchConfig:
+    """What to measure and how much of it.
+
+    ``messages`` sizes the throughput runs (parts 1 and 2), ``duration_s`` and ``rate`` the
+    fixed-rate latency run (part 3), ``nonces`` the Redis memory run (part 4: at least 100,000
+    for a figure worth quoting) and ``codec_ops`` the per-message codec timings (part 5).
+    """
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    out_dir: Path = Path("results")
+    parts: tuple[str, ...] = PARTS
+    quick: bool = False
+    messages: int = 50_000
+    duration_s: float = 15.0
+    rate: int = 1_000
+    nonces: int = 200_000
+    codec_ops: int = 20_000
+    repeats: int = 3
+    payload_bytes: int = 512
+    #: Verifier defaults; they fix the replay guard's retention (max_age + 2 * skew).
+    max_age_ms: int = 300_000
+    future_skew_ms: int = 5_000
+    #: Start a private redis-server for part 4 so other clients cannot move used_memory or
+    #: commandstats; falls back to ``redis_url`` when no redis-server binary is on PATH.
+    private_redis: bool = True
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> BenchConfig:
+        """Defaults with the service addresses from the environment, then ``overrides``."""
+        defaults = cls()
+        base = dataclasses.replace(
+            defaults,
+            bootstrap_servers=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", defaults.bootstrap_servers),
+            redis_url=os.environ.get("REDIS_URL", defaults.redis_url),
+        )
+        return dataclasses.replace(base, **overrides)  # type: ignore[arg-type]
+
+    def quick_mode(self) -> BenchConfig:
+        """Sizes for a run of about a minute (explicit options given later still win)."""
+        return dataclasses.replace(
+            self,
+            quick=True,
+            messages=10_000,
+            duration_s=4.0,
+            nonces=100_000,
+            codec_ops=5_000,
+            repeats=3,
+        )
+
+    @property
+    def retention_ms(self) -> int:
+        """How long the replay guard keeps a nonce: max_age + 2 * future_skew."""
+        return self.max_age_ms + 2 * self.future_skew_ms
