@@ -1,0 +1,214 @@
+"""What every reference agent shares: configuration from the environment, logging, a status
+hash in Redis, and a clean stop on SIGTERM/SIGINT.
+
+Environment (all agents):
+
+=============================  ===============================================================
+``KAFKA_BOOTSTRAP_SERVERS``    Kafka bootstrap servers (default ``127.0.0.1:9092``)
+``REDIS_URL``                  Redis for the replay guard and agent state
+                               (default ``redis://127.0.0.1:6379/0``)
+``SIGNED_BUS_KEYRING_FILE``    key file to load (or ``SIGNED_BUS_KEYRING``: its contents)
+``SIGNED_BUS_KID``             kid of the agent's own signing key (signing agents)
+``AGENT_ID``                   the issuer the agent signs as / its name in logs and status
+``SIGNED_BUS_REPLAY_PREFIX``   replay-guard key prefix; the SAME for every consumer, that is
+                               what makes the nonce set shared (default ``signed-bus``)
+``AGENT_STATE_PREFIX``         prefix of agent state: status hashes, delivery ledgers,
+                               execution records, provenance index (default ``signed-bus``)
+``RESULTS_TOPIC``              inference results (default ``inference.results``)
+``PLANS_TOPIC``                plans (default ``agent.plans``)
+``RESULTS_DLQ_TOPIC``          dead letters of the results topic (default ``<results>.dlq``)
+``PLANS_DLQ_TOPIC``            dead letters of the plans topic (default ``<plans>.dlq``)
+``SIGNED_BUS_MAX_AGE_MS``      freshness window (default 300000)
+``LOG_LEVEL``                  default ``INFO``; logs go to stderr
+=============================  ===============================================================
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from signed_bus import ConfigurationError, Keyring
+
+__all__ = [
+    "AgentEnv",
+    "StatusBoard",
+    "env_float",
+    "env_int",
+    "env_list",
+    "env_str",
+    "install_stop_signals",
+    "load_keyring",
+    "setup_logging",
+]
+
+
+def env_str(name: str, default: str | None = None) -> str:
+    value = os.environ.get(name, "").strip()
+    if value:
+        return value
+    if default is None:
+        raise ConfigurationError(f"environment variable {name} is required")
+    return default
+
+
+def env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be an integer, got {raw!r}") from None
+
+
+def env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be a number, got {raw!r}") from None
+
+
+def env_list(name: str, default: str = "") -> list[str]:
+    return [item.strip() for item in env_str(name, default).split(",") if item.strip()]
+
+
+def env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigurationError(f"{name} must be true or false, got {raw!r}")
+
+
+def load_keyring() -> Keyring:
+    """The agent's key ring: ``SIGNED_BUS_KEYRING_FILE`` if set, else ``SIGNED_BUS_KEYRING``."""
+    path = os.environ.get("SIGNED_BUS_KEYRING_FILE", "").strip()
+    if path:
+        return Keyring.from_file(path)
+    return Keyring.from_env("SIGNED_BUS_KEYRING")
+
+
+@dataclass(frozen=True, slots=True)
+class AgentEnv:
+    """The settings every agent reads (see the module docstring)."""
+
+    agent_id: str
+    bootstrap_servers: str
+    redis_url: str
+    replay_prefix: str
+    state_prefix: str
+    results_topic: str
+    plans_topic: str
+    results_dlq: str
+    plans_dlq: str
+    max_age_ms: int
+
+    @classmethod
+    def load(cls, default_agent_id: str) -> AgentEnv:
+        results = env_str("RESULTS_TOPIC", "inference.results")
+        plans = env_str("PLANS_TOPIC", "agent.plans")
+        return cls(
+            agent_id=env_str("AGENT_ID", default_agent_id),
+            bootstrap_servers=env_str("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
+            redis_url=env_str("REDIS_URL", "redis://127.0.0.1:6379/0"),
+            replay_prefix=env_str("SIGNED_BUS_REPLAY_PREFIX", "signed-bus"),
+            state_prefix=env_str("AGENT_STATE_PREFIX", "signed-bus"),
+            results_topic=results,
+            plans_topic=plans,
+            results_dlq=env_str("RESULTS_DLQ_TOPIC", f"{results}.dlq"),
+            plans_dlq=env_str("PLANS_DLQ_TOPIC", f"{plans}.dlq"),
+            max_age_ms=env_int("SIGNED_BUS_MAX_AGE_MS", 300_000),
+        )
+
+    def status_key(self, agent: str | None = None) -> str:
+        return f"{self.state_prefix}:status:{agent or self.agent_id}"
+
+    def ledger_key(self, name: str) -> str:
+        return f"{self.state_prefix}:ledger:{name}"
+
+
+def setup_logging(agent_id: str) -> logging.Logger:
+    level = env_str("LOG_LEVEL", "INFO").upper()
+    logging.basicConfig(
+        level=level,
+        stream=sys.stderr,
+        format=f"%(asctime)s {agent_id} %(levelname)s %(name)s: %(message)s",
+    )
+    # aiokafka logs every coordinator change at INFO; keep the agents' logs readable.
+    logging.getLogger("aiokafka").setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    return logging.getLogger(agent_id)
+
+
+def install_stop_signals(stop: asyncio.Event) -> None:
+    """Set ``stop`` on SIGTERM or SIGINT: the agent finishes its batch, commits and exits."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+
+
+@dataclass(slots=True)
+class StatusBoard:
+    """An agent's counters, published as one Redis hash so an operator (or the demo) can watch.
+
+    ``{state_prefix}:status:{agent}`` holds ``state`` (starting/running/done/failed),
+    ``updated_ms`` and one JSON field ``counters``. Publishing is best effort: a Redis hiccup
+    must not stop the agent's real work.
+    """
+
+    client: aioredis.Redis
+    key: str
+    counters: dict[str, Any] = field(default_factory=dict)
+    state: str = "starting"
+
+    async def publish(self, state: str | None = None, **extra: Mapping[str, Any] | int) -> None:
+        if state is not None:
+            self.state = state
+        self.counters.update(extra)
+        with contextlib.suppress(Exception):
+            await self.client.hset(
+                self.key,
+                mapping={
+                    "state": self.state,
+                    "updated_ms": str(int(time.time() * 1000)),
+                    "counters": json.dumps(self.counters, sort_keys=True, default=str),
+                },
+            )
+
+    async def run_every(self, seconds: float, stop: asyncio.Event) -> None:
+        """Publish every ``seconds`` until ``stop`` is set (run it as a task)."""
+        while not stop.is_set():
+            await self.publish()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), seconds)
+
+
+async def read_status(client: aioredis.Redis, key: str) -> dict[str, Any]:
+    """A status hash as published by :class:`StatusBoard` (empty if the agent never wrote it)."""
+    raw = await client.hgetall(key)
+    if not raw:
+        return {}
+    decoded = {
+        (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+        for k, v in raw.items()
+    }
+    counters = json.loads(decoded.get("counters", "{}"))
+    return {"state": decoded.get("state"), "updated_ms": decoded.get("updated_ms"), **counters}
