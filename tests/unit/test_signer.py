@@ -155,3 +155,19 @@ def test_repr_has_no_key_material(ring: Keyring) -> None:
     text = repr(make_signer(ring))
     assert "hmac-1" in text
     assert "secret" not in text.lower()
+
+
+@pytest.mark.parametrize("secret_len", [32, 63, 64, 65, 100])
+def test_hs256_key_is_plain_hmac_sha256(secret_len: int) -> None:
+    # HmacKey precomputes the padded-key states; the MAC must stay standard HMAC-SHA256.
+    import hmac
+    import os
+
+    from signed_bus.keys import HmacKey
+
+    secret = os.urandom(secret_len)
+    key = HmacKey("k", secret, issuers=["a"])
+    for message in (b"", b"x", os.urandom(64), os.urandom(1000)):
+        expected = hmac.digest(secret, message, "sha256")
+        assert key.sign(message) == expected
+        key.verify(message, expected)
