@@ -200,6 +200,7 @@ class RecordFetcher:
         )
         self._timeout_s = timeout_s
         self._started = False
+        self._known: dict[str, set[int]] = {}
 
     async def start(self) -> None:
         if self._owns_consumer and not self._started:
@@ -262,10 +263,20 @@ class RecordFetcher:
                 return None
 
     async def _partitions(self, topic: str) -> set[int]:
-        # topics() refreshes cluster metadata; partitions_for_topic then reads the cache.
+        known = self._known.get(topic)
+        if known is not None:
+            return known
+        # topics() asks the broker without creating anything; a consumer's own metadata only
+        # covers assigned topics, so partition 0 (every topic has it) is assigned and probed to
+        # load this topic's partition list.
         if topic not in await self._consumer.topics():
             return set()
-        return set(self._consumer.partitions_for_topic(topic) or ())
+        probe = TopicPartition(topic, 0)
+        self._consumer.assign([probe])
+        await self._consumer.end_offsets([probe])
+        partitions = set(self._consumer.partitions_for_topic(topic) or ())
+        self._known[topic] = partitions
+        return partitions
 
 
 class PositionLookup(Protocol):
