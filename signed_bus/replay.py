@@ -24,7 +24,8 @@ Layout (v1), chosen for bytes per nonce (see docs/OPERATIONS.md, "Redis replay g
   ``max_age_ms + 2 * future_skew_ms + bucket_ms`` from the claim.
 
 One Lua script claims a whole batch in one round trip on a single node; on Redis Cluster the
-batch is split per hash slot and the calls run concurrently.
+batch is split into one script call per hash slot (one per bucket in the batch, usually one or
+two), run concurrently.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 from redis.crc import key_slot
-from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from signed_bus.errors import ConfigurationError, ReplayGuardUnavailable
 
@@ -77,6 +78,7 @@ _RECORD: Final = struct.Struct(f">H{FIELD_BYTES}s{POSITION_BYTES}s")
 _U16: Final = struct.Struct(">H")
 _POSITION: Final = struct.Struct(">iq")
 _MAX_KEYS_PER_CALL: Final = 0xFFFF
+_CLUSTER_CONCURRENCY: Final = 16
 
 # KEYS: the distinct bucket keys of this call. ARGV[1]: TTL in ms. ARGV[2]: packed records.
 # Returns one byte per record: "0" new, "1" same position, "2" replay. Records are processed in
@@ -465,8 +467,9 @@ class RedisReplayGuard:
     async def claim(self, claims: Sequence[Claim]) -> list[ClaimVerdict]:
         """Claim a batch of nonces; verdicts come back in the order of ``claims``.
 
-        One Redis round trip for the batch on a single node (unless it has more than
-        ``max_claims_per_call`` claims); on a cluster one per hash slot, concurrently.
+        One Redis round trip for the batch on a single node: one script call, or one per
+        ``max_claims_per_call`` claims sent as one pipeline. On a cluster, one script call per
+        hash slot the batch touches (a slot per time bucket), run concurrently.
         Raises :class:`ReplayGuardUnavailable` when Redis fails; claims are idempotent, so
         retry the same batch (claims already stored come back as SAME_POSITION).
         """
@@ -478,10 +481,7 @@ class RedisReplayGuard:
             raise ReplayGuardUnavailable("the replay guard was stopped")
         calls = self._plan(claims)
         try:
-            if len(calls) == 1:
-                replies = [await self._run(calls[0])]
-            else:
-                replies = await asyncio.gather(*(self._run(call) for call in calls))
+            replies = await self._execute(calls)
         except _REDIS_FAILURES as exc:
             raise self._unavailable(exc) from exc
         verdicts: list[ClaimVerdict | None] = [None] * len(claims)
@@ -521,10 +521,48 @@ class RedisReplayGuard:
         done.extend(open_calls.values())
         return done
 
+    async def _execute(self, calls: list[_Call]) -> list[Any]:
+        """Run the script calls: one EVALSHA, or one pipeline (per node on a cluster)."""
+        if len(calls) == 1:
+            return [await self._run(calls[0])]
+        if self._cluster:
+            # redis-py refuses EVALSHA in cluster pipelines: one call per slot, concurrently,
+            # at most _CLUSTER_CONCURRENCY at a time (a node's pool fails rather than waits
+            # when it runs out of connections).
+            limit = asyncio.Semaphore(_CLUSTER_CONCURRENCY)
+
+            async def bounded(call: _Call) -> Any:
+                async with limit:
+                    return await self._run(call)
+
+            return list(await asyncio.gather(*(bounded(call) for call in calls)))
+        # A batch over max_claims_per_call: its calls go in one pipeline, one round trip.
+        ttl = self._ttl_ms
+        replies: list[Any] = [None] * len(calls)
+        pending = list(range(len(calls)))
+        for _ in range(2):
+            pipe = self._client.pipeline(transaction=False)
+            for i in pending:
+                keys = list(calls[i].keys)
+                pipe.evalsha(self._script.sha, len(keys), *keys, ttl, bytes(calls[i].blob))
+            results = await pipe.execute(raise_on_error=False)
+            missing = []
+            for i, result in zip(pending, results, strict=True):
+                if isinstance(result, NoScriptError):
+                    missing.append(i)
+                elif isinstance(result, BaseException):
+                    raise result
+                else:
+                    replies[i] = result
+            if not missing:
+                return replies
+            await self._client.script_load(_CLAIM_LUA)  # flushed, or a node that never had it
+            pending = missing
+        raise NoScriptError("the claim script is still missing after SCRIPT LOAD")
+
     async def _run(self, call: _Call) -> Any:
-        return await self._script(
-            keys=list(call.keys), args=[self._ttl_ms, bytes(call.blob)], client=self._client
-        )
+        # the script object loads the script again when Redis answers NOSCRIPT
+        return await self._script(keys=list(call.keys), args=[self._ttl_ms, bytes(call.blob)])
 
     def _unavailable(self, exc: BaseException) -> ReplayGuardUnavailable:
         detail = _scrub(str(exc), self._secrets)
