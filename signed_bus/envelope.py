@@ -18,9 +18,10 @@ on dispatch than on bytes). Decoding is strict: every failure raises ``Malformed
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from operator import itemgetter
+from typing import Any, Final, NoReturn
 
 import msgpack
 
@@ -40,10 +41,12 @@ __all__ = [
     "Header",
     "decode_envelope",
     "decode_header",
+    "decode_parts",
     "encode_envelope",
     "encode_header",
     "envelope_digest",
     "key_digest",
+    "seal",
     "signed_message",
     "split_envelope",
 ]
@@ -74,8 +77,6 @@ K_PAR: Final = "par"  # parents: array of 32-byte envelope digests
 K_EXP: Final = "exp"  # optional expires_at, integer ms since the epoch (absent when unset)
 
 HEADER_KEYS: Final = (K_ALG, K_KID, K_ISS, K_MDL, K_CTY, K_TPC, K_RKD, K_IAT, K_NCE, K_PAR, K_EXP)
-_REQUIRED: Final = frozenset(HEADER_KEYS[:-1])
-_WITH_EXP: Final = frozenset(HEADER_KEYS)
 
 _TAG_BYTES: Final = TAG.encode()
 #: Start of every v1 value: fixarray(4) then the tag as a fixstr.
@@ -138,13 +139,11 @@ def pack_array_header(n: int) -> bytes:
 
 # Constant key encodings (all keys are 3-character fixstrs).
 _KEY_BYTES: Final = {key: pack_str(key) for key in HEADER_KEYS}
-_P_RKD: Final = _KEY_BYTES[K_RKD]
 _P_RKD_NIL: Final = _KEY_BYTES[K_RKD] + b"\xc0"
 _P_RKD_BIN: Final = _KEY_BYTES[K_RKD] + pack_bin_header(DIGEST_BYTES)
 _P_IAT: Final = _KEY_BYTES[K_IAT]
 _P_NCE: Final = _KEY_BYTES[K_NCE] + pack_bin_header(NONCE_BYTES)
 _P_PAR: Final = _KEY_BYTES[K_PAR]
-_P_PAR_EMPTY: Final = _KEY_BYTES[K_PAR] + b"\x90"
 _P_EXP: Final = _KEY_BYTES[K_EXP]
 _P_PARENT: Final = pack_bin_header(DIGEST_BYTES)
 _MAP_10: Final = b"\x8a"
@@ -206,7 +205,10 @@ def topic_entry(topic: str) -> bytes:
     return _KEY_BYTES[K_TPC] + pack_str(check_text("topic", topic))
 
 
-def assemble_header(
+_BIN8: Final = tuple(b"\xc4" + bytes((n,)) for n in range(0x100))
+
+
+def seal(
     prefix: bytes,
     topic_part: bytes,
     rkd: bytes | None,
@@ -214,42 +216,57 @@ def assemble_header(
     nonce: bytes,
     parents_part: bytes,
     expires_at: int | None,
+    body: bytes,
+    sign: Callable[[bytes], bytes],
 ) -> bytes:
-    """The protected header from pre-encoded parts; the signer's hot path.
+    """Build the protected header, sign it with the body, and frame the record value.
 
-    ``prefix`` comes from :func:`header_prefix`, ``topic_part`` from :func:`topic_entry`,
-    ``parents_part`` from :func:`check_parents`; the other arguments are already validated.
+    The signer's hot path: ``prefix`` comes from :func:`header_prefix`, ``topic_part`` from
+    :func:`topic_entry`, ``parents_part`` from :func:`check_parents`; the other arguments are
+    already validated. Returns the record value.
     """
-    rkd_part = _P_RKD_NIL if rkd is None else _P_RKD_BIN + rkd
-    if expires_at is None:
-        return b"".join(
-            (
-                _MAP_10,
-                prefix,
-                topic_part,
-                rkd_part,
-                _P_IAT,
-                pack_uint(created_at),
-                _P_NCE,
-                nonce,
-                _P_PAR,
-                parents_part,
-            )
-        )
-    return b"".join(
+    iat = (
+        b"\xcf" + created_at.to_bytes(8, "big")
+        if created_at > 0xFFFFFFFF
+        else pack_uint(created_at)
+    )
+    protected = b"".join(
         (
-            _MAP_11,
+            _MAP_10 if expires_at is None else _MAP_11,
             prefix,
             topic_part,
-            rkd_part,
+            _P_RKD_NIL if rkd is None else _P_RKD_BIN + rkd,
             _P_IAT,
-            pack_uint(created_at),
+            iat,
             _P_NCE,
             nonce,
             _P_PAR,
             parents_part,
-            _P_EXP,
-            pack_uint(expires_at),
+            b"" if expires_at is None else _P_EXP + pack_uint(expires_at),
+        )
+    )
+    n_protected = len(protected)
+    n_body = len(body)
+    signature = sign(
+        b"".join(
+            (
+                _SIGNED_PREFIX,
+                n_protected.to_bytes(4, "big"),
+                protected,
+                n_body.to_bytes(4, "big"),
+                body,
+            )
+        )
+    )
+    return b"".join(
+        (
+            _VALUE_PREFIX,
+            _BIN8[n_protected] if n_protected < 0x100 else pack_bin_header(n_protected),
+            protected,
+            _BIN8[n_body] if n_body < 0x100 else pack_bin_header(n_body),
+            body,
+            _BIN8[len(signature)],
+            signature,
         )
     )
 
@@ -276,14 +293,20 @@ def encode_header(
     check_int("created_at", created_at)
     if expires_at is not None:
         check_int("expires_at", expires_at)
-    return assemble_header(
-        header_prefix(alg, kid, issuer, model, content_type),
-        topic_entry(topic),
-        key_digest,
-        created_at,
-        nonce,
-        check_parents(parents),
-        expires_at,
+    return b"".join(
+        (
+            _MAP_10 if expires_at is None else _MAP_11,
+            header_prefix(alg, kid, issuer, model, content_type),
+            topic_entry(topic),
+            _P_RKD_NIL if key_digest is None else _P_RKD_BIN + key_digest,
+            _P_IAT,
+            pack_uint(created_at),
+            _P_NCE,
+            nonce,
+            _P_PAR,
+            check_parents(parents),
+            b"" if expires_at is None else _P_EXP + pack_uint(expires_at),
+        )
     )
 
 
@@ -334,60 +357,44 @@ def split_envelope(value: bytes) -> tuple[bytes, bytes, bytes]:
     Raises UnsupportedVersion for a msgpack array that starts with another version tag, and
     MalformedEnvelope for everything else that is not the shortest-form v1 framing.
     """
-    if not value.startswith(_VALUE_PREFIX):
-        _classify_foreign(value)
     try:
-        protected, pos = _read_bin(value, _PREFIX_LEN)
-        body, pos = _read_bin(value, pos)
-        signature, pos = _read_bin(value, pos)
-    except IndexError:
-        raise MalformedEnvelope("envelope is truncated") from None
-    if pos != len(value):
-        raise MalformedEnvelope("trailing bytes after the envelope")
+        outer = _unpackb(value, raw=False, max_array_len=4, max_map_len=0, max_ext_len=0)
+    except Exception as exc:  # msgpack raises ValueError subclasses, TypeError, ...
+        _classify_foreign(value, exc)
+    if type(outer) is not list or len(outer) != 4 or outer[0] != TAG:
+        _classify_foreign(value, None)
+    _, protected, body, signature = outer
+    if type(protected) is not bytes or type(body) is not bytes or type(signature) is not bytes:
+        raise MalformedEnvelope("envelope items 2 to 4 must be msgpack bin")
+    # Every item was decoded from exactly len(value) bytes and each item's encoding is at least
+    # its shortest form, so the sizes add up only if every item is in shortest form.
+    n_protected = len(protected)
+    n_body = len(body)
+    n_signature = len(signature)
+    size = _PREFIX_LEN + 6 + n_protected + n_body + n_signature  # as if all were bin8
+    if n_body > 0xFF:
+        size += 1 if n_body <= 0xFFFF else 3
+    if n_protected > 0xFF:
+        size += 1 if n_protected <= 0xFFFF else 3
+    if n_signature > 0xFF:
+        size += 1 if n_signature <= 0xFFFF else 3
+    if len(value) != size:
+        raise MalformedEnvelope("envelope framing is not in shortest form")
     return protected, body, signature
 
 
-def _read_bin(value: bytes, pos: int) -> tuple[bytes, int]:
-    marker = value[pos]
-    if marker == 0xC4:
-        n = value[pos + 1]
-        start = pos + 2
-    elif marker == 0xC5:
-        n = (value[pos + 1] << 8) | value[pos + 2]
-        start = pos + 3
-        if n < 0x100:
-            raise MalformedEnvelope("envelope framing is not in shortest form")
-    elif marker == 0xC6:
-        n = int.from_bytes(value[pos + 1 : pos + 5], "big")
-        start = pos + 5
-        if n < 0x10000 or start > len(value):
-            raise MalformedEnvelope("envelope framing is not in shortest form or truncated")
-    else:
-        raise MalformedEnvelope("envelope item is not a msgpack bin")
-    end = start + n
-    if end > len(value):
-        raise MalformedEnvelope("envelope is truncated")
-    return value[start:end], end
-
-
-def _classify_foreign(value: bytes) -> None:
-    """Explain a value that does not start with the v1 prefix. Always raises."""
+def _classify_foreign(value: bytes, error: Exception | None) -> NoReturn:
+    """Explain a value that is not a v1 envelope. Always raises."""
+    if type(error) is msgpack.ExtraData:
+        raise MalformedEnvelope("trailing bytes after the envelope")
     try:
-        outer = _unpackb(
-            value,
-            raw=False,
-            max_str_len=1024,
-            max_bin_len=len(value),
-            max_array_len=16,
-            max_map_len=16,
-            max_ext_len=1024,
-        )
-    except Exception:  # any msgpack or decoding failure is just "not an envelope"
-        raise MalformedEnvelope("value is not a msgpack envelope") from None
+        outer = _unpackb(value, raw=False, max_array_len=16, max_map_len=16)
+    except Exception:  # any msgpack or decoding failure: not an envelope at all
+        raise MalformedEnvelope("value is not a msgpack envelope (truncated or invalid)") from None
     if type(outer) is list and outer and type(outer[0]) is str and outer[0] != TAG:
         # The tag is attacker-controlled text: it is not echoed into the message.
         raise UnsupportedVersion("envelope version tag is not supported")
-    raise MalformedEnvelope("value is not a v1 envelope in shortest-form msgpack")
+    raise MalformedEnvelope("value is not a v1 envelope [tag, protected, body, signature]")
 
 
 def _map_len(protected: bytes) -> int:
@@ -399,6 +406,11 @@ def _map_len(protected: bytes) -> int:
     if first == 0xDF:
         return int.from_bytes(protected[1:5], "big")
     return -1
+
+
+_required_values = itemgetter(K_ALG, K_KID, K_ISS, K_MDL, K_CTY, K_TPC, K_RKD, K_IAT, K_NCE, K_PAR)
+_TYPES_KEYED: Final = (str, str, str, str, str, str, bytes, int, bytes, list)
+_TYPES_NULL_KEY: Final = (str, str, str, str, str, str, type(None), int, bytes, list)
 
 
 def decode_header(protected: bytes) -> dict[str, Any]:
@@ -424,37 +436,46 @@ def decode_header(protected: bytes) -> dict[str, Any]:
         ) from None
     if type(header) is not dict:
         raise MalformedEnvelope("protected header is not a map")
-    keys = header.keys()
-    if keys != _REQUIRED and keys != _WITH_EXP:
-        raise MalformedEnvelope("protected header has missing or unknown keys")
+    try:
+        values = _required_values(header)
+    except KeyError:
+        raise MalformedEnvelope("protected header lacks a required key") from None
+    size = len(header)
+    if size != 10 and (size != 11 or K_EXP not in header):
+        raise MalformedEnvelope("protected header has unknown keys")
     # A decoded dict keeps the last of duplicate keys; counting entries catches them, so no two
     # implementations can read different values from the same signed bytes.
-    if _map_len(protected) != len(header):
+    if _map_len(protected) != size:
         raise MalformedEnvelope("protected header has duplicate keys")
-    for name in (K_ALG, K_KID, K_ISS, K_MDL, K_CTY, K_TPC):
-        text = header[name]
-        if type(text) is not str or not text:
-            raise MalformedEnvelope(f"header field {name!r} must be a non-empty str")
-    rkd = header[K_RKD]
-    if rkd is not None and (type(rkd) is not bytes or len(rkd) != DIGEST_BYTES):
+    types = tuple(map(type, values))
+    if types != _TYPES_KEYED and types != _TYPES_NULL_KEY:
+        raise MalformedEnvelope("protected header field has the wrong type")
+    if "" in values[:6]:
+        raise MalformedEnvelope("protected header text fields must not be empty")
+    rkd, iat, nonce, parents = values[6:]
+    if rkd is not None and len(rkd) != DIGEST_BYTES:
         raise MalformedEnvelope(f"header field 'rkd' must be nil or bin({DIGEST_BYTES})")
-    iat = header[K_IAT]
-    if type(iat) is not int or not 0 <= iat <= MAX_INT:
+    if not 0 <= iat <= MAX_INT:
         raise MalformedEnvelope("header field 'iat' must be an int from 0 to 2**63 - 1")
-    nonce = header[K_NCE]
-    if type(nonce) is not bytes or len(nonce) != NONCE_BYTES:
+    if len(nonce) != NONCE_BYTES:
         raise MalformedEnvelope(f"header field 'nce' must be bin({NONCE_BYTES})")
-    parents = header[K_PAR]
-    if type(parents) is not list:
-        raise MalformedEnvelope("header field 'par' must be an array")
     for parent in parents:
         if type(parent) is not bytes or len(parent) != DIGEST_BYTES:
             raise MalformedEnvelope(f"each parent must be bin({DIGEST_BYTES})")
-    if len(header) == len(HEADER_KEYS):
+    if size == 11:
         exp = header[K_EXP]
         if type(exp) is not int or not 0 <= exp <= MAX_INT:
             raise MalformedEnvelope("header field 'exp' must be an int from 0 to 2**63 - 1")
     return header
+
+
+def decode_parts(value: bytes) -> tuple[dict[str, Any], bytes, bytes, bytes]:
+    """Strictly decode a record value into (header map, protected, body, signature).
+
+    The verifier's hot path. Raises MalformedEnvelope or UnsupportedVersion.
+    """
+    protected, body, signature = split_envelope(value)
+    return decode_header(protected), protected, body, signature
 
 
 # -- an inspectable, unverified view (CLI, debugging) --------------------------------------------

@@ -7,10 +7,9 @@ per-message header fields, signs and frames.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Final
 
 import msgpack
@@ -20,12 +19,10 @@ from signed_bus.envelope import (
     CONTENT_TYPE_MSGPACK,
     MAX_INT,
     NONCE_BYTES,
-    assemble_header,
     check_int,
     check_parents,
-    encode_envelope,
     header_prefix,
-    signed_message,
+    seal,
     topic_entry,
 )
 from signed_bus.errors import ConfigurationError
@@ -36,7 +33,6 @@ __all__ = ["NonceSource", "Signer"]
 #: Returns 16 fresh random bytes per call. Tests inject a fixed one to get known-answer vectors.
 NonceSource = Callable[[], bytes]
 
-_random_nonce: Final[NonceSource] = functools.partial(os.urandom, NONCE_BYTES)
 _EMPTY_PARENTS: Final = check_parents(())
 # Encoded topic and content-type entries are cached; the caps bound memory if a caller feeds
 # unbounded distinct values (they are then encoded per call, which is only slower).
@@ -45,9 +41,35 @@ _MAX_CACHED_CONTENT_TYPES: Final = 64
 _sha256 = hashlib.sha256
 _packb = msgpack.packb
 
+# Default nonces come from the OS CSPRNG, read 4 KiB at a time: one getrandom call per 256
+# nonces instead of one per message. A list iterator hands them out atomically under the GIL, so
+# threads sharing signers never get the same nonce; a forked child drops the parent's unused
+# nonces (it would otherwise hand out the same ones as the parent).
+_POOL_NONCES: Final = 256
+_pool: Iterator[bytes] = iter(())
+
+
+def _refill_pool() -> bytes:
+    global _pool
+    block = os.urandom(NONCE_BYTES * _POOL_NONCES)
+    nonces = [block[i : i + NONCE_BYTES] for i in range(0, len(block), NONCE_BYTES)]
+    _pool = iter(nonces[1:])
+    return nonces[0]
+
+
+def _drop_pool() -> None:
+    global _pool
+    _pool = iter(())
+
+
+os.register_at_fork(after_in_child=_drop_pool)
+
 
 class Signer:
     """Signs results with one key (``kid``) for one issuer and model.
+
+    ``clock`` gives created_at (int ms). ``nonce_source`` returns the 16-byte nonce per message;
+    leave it unset (fresh CSPRNG bytes) except to produce known-answer test vectors.
 
     Rotation: build a new Signer with the new kid once every verifier's ring holds the new key.
     """
@@ -73,7 +95,7 @@ class Signer:
         issuer: str,
         model: str,
         clock: Clock = system_clock,
-        nonce_source: NonceSource = _random_nonce,
+        nonce_source: NonceSource | None = None,
     ) -> None:
         key = keyring.get(kid)
         if key is None:
@@ -178,12 +200,18 @@ class Signer:
         created_at = self._clock()
         if type(created_at) is not int or not 0 <= created_at <= MAX_INT:
             raise ConfigurationError("the clock must return int milliseconds since the epoch")
-        nonce = self._nonce()
-        if type(nonce) is not bytes or len(nonce) != NONCE_BYTES:
-            raise ConfigurationError(f"the nonce source must return {NONCE_BYTES} bytes")
+        if self._nonce is None:
+            try:
+                nonce = next(_pool)
+            except StopIteration:
+                nonce = _refill_pool()
+        else:
+            nonce = self._nonce()
+            if type(nonce) is not bytes or len(nonce) != NONCE_BYTES:
+                raise ConfigurationError(f"the nonce source must return {NONCE_BYTES} bytes")
         if expires_at is not None:
             check_int("expires_at", expires_at)
-        protected = assemble_header(
+        return seal(
             prefix,
             topic_part,
             rkd,
@@ -191,5 +219,6 @@ class Signer:
             nonce,
             check_parents(parents) if parents else _EMPTY_PARENTS,
             expires_at,
+            body,
+            self._sign,
         )
-        return encode_envelope(protected, body, self._sign(signed_message(protected, body)))

@@ -19,6 +19,7 @@ import msgpack
 from signed_bus.clock import Clock, system_clock
 from signed_bus.envelope import (
     CONTENT_TYPE_MSGPACK,
+    HEADER_KEYS,
     K_ALG,
     K_CTY,
     K_EXP,
@@ -30,10 +31,9 @@ from signed_bus.envelope import (
     K_PAR,
     K_RKD,
     K_TPC,
-    decode_header,
+    decode_parts,
     envelope_digest,
     signed_message,
-    split_envelope,
 )
 from signed_bus.errors import (
     AlgorithmMismatch,
@@ -57,8 +57,8 @@ __all__ = ["CONTENT_TYPE_JSON", "VerifiedMessage", "Verifier"]
 CONTENT_TYPE_JSON: Final = "application/json"
 #: Signature length per algorithm: a wrong length is a bad signature before any crypto runs.
 _SIG_BYTES: Final = {HS256: 32, EDDSA: 64}
-_UNSET: Final = object()
 _sha256 = hashlib.sha256
+_WITH_EXPIRY: Final = len(HEADER_KEYS)  # a header map holds exp only when it has every key
 
 
 class VerifiedMessage:
@@ -69,14 +69,15 @@ class VerifiedMessage:
     as a parent) is also computed on first access: most consumers never need it.
     """
 
-    # The verifier builds instances through ``_verified`` (a view over the checked header map,
-    # three slot writes); the keyword constructor below serves tests and other producers.
+    # The verifier builds instances through ``_verified``: a view over the checked header map,
+    # three slot writes. ``_digest`` and ``_payload`` stay unset until first read. The keyword
+    # constructor below serves tests and code that builds messages by hand.
     __slots__ = ("_digest", "_header", "_payload", "_value", "body")
 
     _header: dict[str, Any]
     body: bytes
     _value: bytes | None
-    _digest: bytes | None
+    _digest: bytes
     _payload: object
 
     def __init__(
@@ -112,7 +113,6 @@ class VerifiedMessage:
         _set_body(self, body)
         _set_value(self, None)
         _set_digest(self, digest)
-        _set_payload(self, _UNSET)
 
     @classmethod
     def _verified(cls, header: dict[str, Any], body: bytes, value: bytes) -> VerifiedMessage:
@@ -120,8 +120,6 @@ class VerifiedMessage:
         _set_header(msg, header)
         _set_body(msg, body)
         _set_value(msg, value)
-        _set_digest(msg, None)
-        _set_payload(msg, _UNSET)
         return msg
 
     def __setattr__(self, name: str, value: object) -> NoReturn:
@@ -172,12 +170,13 @@ class VerifiedMessage:
 
     @property
     def digest(self) -> bytes:
-        digest = self._digest
-        if digest is None:
+        try:
+            return self._digest
+        except AttributeError:  # first read
             assert self._value is not None
             digest = envelope_digest(self._value)
             _set_digest(self, digest)
-        return digest
+            return digest
 
     @property
     def payload(self) -> object:
@@ -187,11 +186,12 @@ class VerifiedMessage:
         UnsupportedContentType (read ``body`` instead). An authentic body that does not decode
         raises MalformedPayload (reason "malformed").
         """
-        payload = self._payload
-        if payload is _UNSET:
+        try:
+            return self._payload
+        except AttributeError:  # first read
             payload = self._decode_payload()
             _set_payload(self, payload)
-        return payload
+            return payload
 
     def _decode_payload(self) -> object:
         content_type = self.content_type
@@ -252,14 +252,14 @@ class VerifiedMessage:
         )
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild, (self._header, self.body, self._value, self._digest))
+        return (_rebuild, (self._header, self.body, self.digest))
 
 
-def _rebuild(
-    header: dict[str, Any], body: bytes, value: bytes | None, digest: bytes | None
-) -> VerifiedMessage:
-    msg = VerifiedMessage._verified(header, body, value if value is not None else b"")
-    _set_value(msg, value)
+def _rebuild(header: dict[str, Any], body: bytes, digest: bytes) -> VerifiedMessage:
+    msg: VerifiedMessage = _new(VerifiedMessage)
+    _set_header(msg, header)
+    _set_body(msg, body)
+    _set_value(msg, None)
     _set_digest(msg, digest)
     return msg
 
@@ -279,6 +279,7 @@ _set_body = _slot_setter("body")
 _set_value = _slot_setter("_value")
 _set_digest = _slot_setter("_digest")
 _set_payload = _slot_setter("_payload")
+_verified = VerifiedMessage._verified
 
 
 class Verifier:
@@ -361,9 +362,9 @@ class Verifier:
             raise EnvelopeTooLarge(
                 f"{len(value)} bytes exceeds the {self._max_bytes}-byte cap", topic=topic
             )
-        protected, body, signature = split_envelope(value)
-        header = decode_header(protected)
+        header, protected, body, signature = decode_parts(value)
 
+        # Policy: the header names the key; the key decides the algorithm and the issuers.
         kid: str = header[K_KID]
         issuer: str = header[K_ISS]
         alg = header[K_ALG]
@@ -381,17 +382,21 @@ class Verifier:
             )
         if issuer not in signing_key.issuers:
             raise UntrustedIssuer("the key may not sign for this issuer", kid=kid, issuer=issuer)
+
         if len(signature) != sig_bytes:
             raise BadSignature("signature has the wrong length", kid=kid, issuer=issuer)
-        signing_key.verify(signed_message(protected, body), signature)
+        try:
+            signing_key.verify(signed_message(protected, body), signature)
+        except BadSignature as exc:
+            raise BadSignature(exc.message, kid=kid, issuer=issuer) from None
 
         if header[K_TPC] != topic:
             raise WrongTopic("envelope was signed for another topic", kid=kid, issuer=issuer)
         rkd = header[K_RKD]
-        if key is None:
-            if rkd is not None:
-                raise WrongKey("envelope was signed for a keyed record", kid=kid, issuer=issuer)
-        elif rkd is None or rkd != _sha256(key).digest():
+        if rkd is None:
+            if key is not None:
+                raise WrongKey("envelope was signed for a null record key", kid=kid, issuer=issuer)
+        elif key is None or rkd != _sha256(key).digest():
             raise WrongKey("envelope was signed for another record key", kid=kid, issuer=issuer)
 
         if not self._audit:
@@ -409,7 +414,6 @@ class Verifier:
                     kid=kid,
                     issuer=issuer,
                 )
-            expires_at = header.get(K_EXP)
-            if expires_at is not None and expires_at < reference:
+            if len(header) == _WITH_EXPIRY and header[K_EXP] < reference:
                 raise Expired("expires_at has passed", kid=kid, issuer=issuer)
-        return VerifiedMessage._verified(header, body, value)
+        return _verified(header, body, value)
