@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import stat
+import sys
 from pathlib import Path
 
 import pytest
 
 from signed_bus.cli import main
-from signed_bus.keys import Ed25519Key, HmacKey, Keyring
+from signed_bus.keys import Ed25519Key, HmacKey, Keyring, generate_hmac_key
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -128,7 +131,7 @@ def test_keygen_usage_errors_exit_2(
 
 def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
     code, stdout, _ = run(capsys, "--help")
-    assert code == 0 and "keygen" in stdout and "export-public" in stdout
+    assert code == 0 and "keygen" in stdout and "inspect" in stdout
 
 
 # -- export-public --------------------------------------------------------------------------------
@@ -173,3 +176,185 @@ def test_export_public_refuses_a_readable_secret_file(
     assert code == 2 and "0644" in stderr and str(out) in stderr
     for secret in material(out):
         assert secret not in stdout + stderr
+
+
+# -- inspect --------------------------------------------------------------------------------------
+
+NOW_MS = 1_750_000_000_000
+
+
+class _Stdin:
+    """Stands in for sys.stdin: inspect reads raw bytes from .buffer."""
+
+    def __init__(self, data: bytes) -> None:
+        self.buffer = io.BytesIO(data)
+
+
+@pytest.fixture
+def signed(tmp_path: Path) -> tuple[Path, bytes, Keyring]:
+    """A key file and an envelope signed with it for topic 'results' and record key b'order-1'."""
+    from signed_bus.signer import Signer
+
+    ring = Keyring([generate_hmac_key("k1", ["agent-a"])])
+    path = tmp_path / "ring.json"
+    ring.dump(path)
+    signer = Signer(ring, kid="k1", issuer="agent-a", model="m-1", clock=lambda: NOW_MS)
+    value = signer.sign({"label": "cat"}, topic="results", key=b"order-1")
+    return path, value, ring
+
+
+def inspect_args(path: Path, *extra: str) -> list[str]:
+    return ["inspect", "--keyring", str(path), "--reference-ms", str(NOW_MS), *extra]
+
+
+def test_inspect_good_envelope_from_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], signed: tuple[Path, bytes, Keyring]
+) -> None:
+    ring_path, value, _ = signed
+    envelope_path = tmp_path / "value.bin"
+    envelope_path.write_bytes(value)
+    code, stdout, stderr = run(
+        capsys,
+        *inspect_args(ring_path, str(envelope_path), "--topic", "results", "--key", "order-1"),
+    )
+    assert code == 0, stdout + stderr
+    assert "verdict: OK" in stdout
+    assert "agent-a" in stdout and "m-1" in stdout and "results" in stdout
+    assert "2025-06-15T15:06:40.000Z" in stdout  # created_at in ISO form
+    digest = hashlib.sha256(b"order-1").hexdigest()
+    assert digest in stdout  # key digest in hex
+    assert hashlib.sha256(value).hexdigest() in stdout  # envelope digest
+    for secret in material(ring_path):
+        assert secret not in stdout + stderr
+
+
+def test_inspect_defaults_topic_to_the_header_and_says_so(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    signed: tuple[Path, bytes, Keyring],
+) -> None:
+    ring_path, value, _ = signed
+    monkeypatch.setattr(sys, "stdin", _Stdin(value))
+    code, stdout, _ = run(capsys, *inspect_args(ring_path, "--key", "order-1"))
+    assert code == 0 and "verdict: OK" in stdout
+    assert "--topic not given" in stdout
+
+
+def test_inspect_stdin_hex_and_json(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    signed: tuple[Path, bytes, Keyring],
+) -> None:
+    ring_path, value, _ = signed
+    text = value.hex()
+    monkeypatch.setattr(sys, "stdin", _Stdin((text[:40] + "\n" + text[40:] + "\n").encode()))
+    code, stdout, _ = run(
+        capsys,
+        *inspect_args(ring_path, "-", "--hex", "--json", "--topic", "results", "--key", "order-1"),
+    )
+    assert code == 0
+    document = json.loads(stdout)
+    assert document["verified"] is True and document["reason"] is None
+    header = document["header"]
+    assert header["issuer"] == "agent-a" and header["kid"] == "k1" and header["alg"] == "HS256"
+    assert header["created_at"] == NOW_MS and len(bytes.fromhex(header["nonce"])) == 16
+    assert header["digest"] == hashlib.sha256(value).hexdigest()
+
+
+def test_inspect_tampered_envelope_exits_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], signed: tuple[Path, bytes, Keyring]
+) -> None:
+    ring_path, value, _ = signed
+    tampered = value[:-1] + bytes([value[-1] ^ 1])  # last signature byte
+    path = tmp_path / "value.bin"
+    path.write_bytes(tampered)
+    code, stdout, _ = run(
+        capsys, *inspect_args(ring_path, str(path), "--topic", "results", "--key", "order-1")
+    )
+    assert code == 1
+    assert "verdict: FAILED bad_signature" in stdout
+    assert "agent-a" in stdout  # the header is still shown
+
+
+@pytest.mark.parametrize(
+    ("extra", "reason"),
+    [
+        (["--topic", "other", "--key", "order-1"], "wrong_topic"),
+        (["--topic", "results", "--key", "order-2"], "wrong_key"),
+        (["--topic", "results"], "wrong_key"),
+    ],
+)
+def test_inspect_destination_failures(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    signed: tuple[Path, bytes, Keyring],
+    extra: list[str],
+    reason: str,
+) -> None:
+    ring_path, value, _ = signed
+    path = tmp_path / "value.bin"
+    path.write_bytes(value)
+    code, stdout, _ = run(capsys, *inspect_args(ring_path, str(path), *extra))
+    assert code == 1 and f"verdict: FAILED {reason}" in stdout
+
+
+def test_inspect_freshness_and_audit(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], signed: tuple[Path, bytes, Keyring]
+) -> None:
+    ring_path, value, _ = signed
+    path = tmp_path / "value.bin"
+    path.write_bytes(value)
+    late = ["inspect", "--keyring", str(ring_path), str(path), "--key", "order-1"]
+    late += ["--reference-ms", str(NOW_MS + 3_600_000)]
+    code, stdout, _ = run(capsys, *late)
+    assert code == 1 and "verdict: FAILED expired" in stdout
+    code, stdout, _ = run(capsys, *late, "--audit")
+    assert code == 0 and "verdict: OK" in stdout and "audit mode" in stdout
+
+
+def test_inspect_unknown_key_and_garbage(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    signed: tuple[Path, bytes, Keyring],
+) -> None:
+    _, value, _ = signed
+    other = tmp_path / "other.json"
+    Keyring([generate_hmac_key("k2", ["agent-a"])]).dump(other)
+    monkeypatch.setattr(sys, "stdin", _Stdin(value))
+    code, stdout, _ = run(capsys, *inspect_args(other, "--key", "order-1"))
+    assert code == 1 and "verdict: FAILED unknown_key" in stdout
+    monkeypatch.setattr(sys, "stdin", _Stdin(b"\x00not an envelope"))
+    code, stdout, _ = run(capsys, *inspect_args(other))
+    assert code == 1 and "verdict: FAILED malformed" in stdout
+
+
+def test_inspect_keyring_from_env(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    signed: tuple[Path, bytes, Keyring],
+) -> None:
+    _, value, ring = signed
+    monkeypatch.setenv("SIGNED_BUS_KEYRING", ring.to_json())
+    monkeypatch.setattr(sys, "stdin", _Stdin(value))
+    code, stdout, _ = run(capsys, "inspect", "--reference-ms", str(NOW_MS), "--key", "order-1")
+    assert code == 0 and "verdict: OK" in stdout
+
+
+def test_inspect_usage_and_config_errors_exit_2(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    signed: tuple[Path, bytes, Keyring],
+) -> None:
+    ring_path, value, _ = signed
+    monkeypatch.delenv("SIGNED_BUS_KEYRING", raising=False)
+    monkeypatch.setattr(sys, "stdin", _Stdin(value))
+    assert run(capsys, "inspect")[0] == 2  # no keyring anywhere
+    assert run(capsys, *inspect_args(ring_path, str(tmp_path / "absent.bin")))[0] == 2
+    monkeypatch.setattr(sys, "stdin", _Stdin(b"zz not hex"))
+    assert run(capsys, *inspect_args(ring_path, "--hex"))[0] == 2
+    ring_path.chmod(0o644)
+    code, _, stderr = run(capsys, *inspect_args(ring_path))
+    assert code == 2 and "0644" in stderr
+    assert run(capsys, "inspect", "--key", "a", "--null-key")[0] == 2
