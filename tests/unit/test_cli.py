@@ -358,3 +358,29 @@ def test_inspect_usage_and_config_errors_exit_2(
     code, _, stderr = run(capsys, *inspect_args(ring_path))
     assert code == 2 and "0644" in stderr
     assert run(capsys, "inspect", "--key", "a", "--null-key")[0] == 2
+
+
+def test_inspect_ed25519_with_public_only_ring_and_escaped_header_text(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from signed_bus.signer import Signer
+
+    ring_path, pub_path = tmp_path / "ring.json", tmp_path / "pub.json"
+    argv = ["keygen", "--alg", "ed25519", "--kid", "e1", "--issuer", "agent-b"]
+    assert run(capsys, *argv, "--out", str(ring_path), "--public-out", str(pub_path))[0] == 0
+    assert stat.S_IMODE(pub_path.stat().st_mode) & 0o077 in (0o044, 0o000)  # umask decides
+    signer = Signer(
+        Keyring.from_file(ring_path),
+        kid="e1",
+        issuer="agent-b",
+        model="m\x1b[31m-red",  # header text is shown to a terminal before it is trusted
+        clock=lambda: NOW_MS,
+    )
+    path = tmp_path / "value.bin"
+    path.write_bytes(signer.sign([1, 2, 3], topic="plans", key=None))
+    code, stdout, _ = run(capsys, *inspect_args(pub_path, str(path), "--null-key"))
+    assert code == 0 and "verdict: OK" in stdout
+    assert "\x1b" not in stdout and "\\x1b" in stdout
+    assert "none (null record key)" in stdout
+    for secret in material(ring_path):
+        assert secret not in stdout
