@@ -61,7 +61,7 @@ Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 Handler = Callable[[argparse.Namespace], int]
 
 # Modules contributing subcommands besides the ones defined here, each with register(subparsers).
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("signed_bus.cli_trace", "signed_bus.cli_tail")
 
 
 class _UsageError(Exception):

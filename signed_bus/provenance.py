@@ -46,6 +46,7 @@ __all__ = [
     "TraceLink",
     "TraceReport",
     "Tracer",
+    "partitions_of",
 ]
 
 RedisClient = aioredis.Redis | aioredis.RedisCluster
@@ -266,17 +267,25 @@ class RecordFetcher:
         known = self._known.get(topic)
         if known is not None:
             return known
-        # topics() asks the broker without creating anything; a consumer's own metadata only
-        # covers assigned topics, so partition 0 (every topic has it) is assigned and probed to
-        # load this topic's partition list.
-        if topic not in await self._consumer.topics():
-            return set()
-        probe = TopicPartition(topic, 0)
-        self._consumer.assign([probe])
-        await self._consumer.end_offsets([probe])
-        partitions = set(self._consumer.partitions_for_topic(topic) or ())
+        partitions = await partitions_of(self._consumer, topic)
         self._known[topic] = partitions
         return partitions
+
+
+async def partitions_of(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
+    """The partition numbers of ``topic`` (empty if it does not exist), for a group-less
+    consumer; leaves the consumer assigned to the topic's partition 0.
+
+    ``topics()`` asks the broker without creating anything (assigning an unknown topic would
+    auto-create it on brokers that allow that). A consumer's own metadata only covers assigned
+    topics, so partition 0, which every topic has, is assigned and probed to load the list.
+    """
+    if topic not in await consumer.topics():
+        return set()
+    probe = TopicPartition(topic, 0)
+    consumer.assign([probe])
+    await consumer.end_offsets([probe])
+    return set(consumer.partitions_for_topic(topic) or ())
 
 
 class PositionLookup(Protocol):

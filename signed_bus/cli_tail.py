@@ -1,0 +1,136 @@
+"""``signed-bus tail TOPIC``: verify each record of a topic as it arrives and print the verdict.
+
+A quick look for an operator. It reads with no consumer group (nothing committed, no other
+group disturbed) and does not claim nonces in the shared replay set (a look must not change
+what the pipeline delivers), so replays show as OK here: the consumers' dead-letter topics say
+which copies they dropped. Freshness is judged against the broker's append time when the topic
+uses LogAppendTime, as the consumers do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import sys
+from typing import TYPE_CHECKING, Any, TextIO
+
+from signed_bus.cli_trace import add_connection_options, keyring_from_args
+
+if TYPE_CHECKING:
+    from signed_bus.cli import Subparsers
+    from signed_bus.keys import Keyring
+
+__all__ = ["register"]
+
+_LOG_APPEND_TIME = 1
+
+
+def register(subparsers: Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "tail",
+        help="verify records of a topic live and print one verdict per record",
+        description=(
+            "Read TOPIC (every partition, no consumer group), verify each record and print its "
+            "position and verdict: OK with issuer, model, created_at and digest, or the "
+            "rejection reason. Replays are not checked (tail never writes to the shared nonce "
+            "set). Stops on Ctrl-C, after --count records or after --idle-timeout seconds "
+            "without records."
+        ),
+    )
+    parser.add_argument("topic", metavar="TOPIC")
+    parser.add_argument(
+        "--from-beginning", action="store_true", help="start at the oldest record, not the end"
+    )
+    parser.add_argument("--count", type=int, help="exit after this many records")
+    parser.add_argument(
+        "--idle-timeout", type=float, help="exit after this many seconds without a record"
+    )
+    parser.add_argument(
+        "--audit", action="store_true", help="audit mode: do not judge freshness (old records)"
+    )
+    parser.add_argument(
+        "--max-age-ms", type=int, default=300_000, help="freshness window (default 300000)"
+    )
+    add_connection_options(parser, redis=False)
+    parser.set_defaults(handler=_tail)
+
+
+def _tail(args: argparse.Namespace) -> int:
+    keyring = keyring_from_args(args)
+    try:
+        return asyncio.run(_run(args, keyring, sys.stdout))
+    except KeyboardInterrupt:
+        return 0
+
+
+async def _run(args: argparse.Namespace, keyring: Keyring, out: TextIO) -> int:
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from signed_bus.errors import ConfigurationError, VerificationError
+    from signed_bus.provenance import partitions_of
+    from signed_bus.verifier import Verifier
+
+    verifier = Verifier(keyring, max_age_ms=args.max_age_ms, audit=args.audit)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=args.bootstrap_servers,
+        group_id=None,
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+    )
+    await consumer.start()
+    seen = 0
+    counts: dict[str, int] = {}
+    try:
+        partitions = sorted(await partitions_of(consumer, args.topic))
+        if not partitions:
+            raise ConfigurationError(f"topic {args.topic!r} does not exist")
+        tps = [TopicPartition(args.topic, p) for p in partitions]
+        consumer.assign(tps)
+        if args.from_beginning:
+            await consumer.seek_to_beginning(*tps)
+        else:
+            await consumer.seek_to_end(*tps)
+        loop = asyncio.get_running_loop()
+        last = loop.time()
+        while args.count is None or seen < args.count:
+            batch = await consumer.getmany(timeout_ms=500, max_records=500)
+            records = [r for tp_records in batch.values() for r in tp_records]
+            if not records:
+                if args.idle_timeout is not None and loop.time() - last >= args.idle_timeout:
+                    break
+                continue
+            last = loop.time()
+            for record in records:
+                reference = record.timestamp if record.timestamp_type == _LOG_APPEND_TIME else None
+                where = f"{record.topic}[{record.partition}]@{record.offset}"
+                try:
+                    message = verifier.verify(
+                        record.value, topic=record.topic, key=record.key, reference_ms=reference
+                    )
+                except VerificationError as exc:
+                    verdict = exc.reason
+                    print(f"{where}  REJECT {exc}", file=out)
+                else:
+                    verdict = "ok"
+                    print(f"{where}  OK {_describe(message)}", file=out)
+                counts[verdict] = counts.get(verdict, 0) + 1
+                seen += 1
+                if args.count is not None and seen >= args.count:
+                    break
+            out.flush()
+    finally:
+        await consumer.stop()
+        summary = ", ".join(f"{k}={v}" for k, v in sorted(counts.items())) or "no records"
+        print(f"-- {seen} record(s): {summary}", file=out)
+    return 0
+
+
+def _describe(message: Any) -> str:
+    created = dt.datetime.fromtimestamp(message.created_at / 1000, tz=dt.UTC)
+    stamp = created.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    parents = f" parents={len(message.parents)}" if message.parents else ""
+    return (
+        f"issuer={message.issuer} model={message.model} created_at={stamp} "
+        f"digest={message.digest.hex()[:16]}{parents}"
+    )

@@ -1,0 +1,262 @@
+"""Trace against a real broker and Redis: a three-hop chain verifies end to end; a tampered,
+missing or aborted link is reported at that link, by the library and by `signed-bus trace`."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from signed_bus import Keyring, Signer, Verifier, generate_ed25519_key
+from signed_bus.provenance import Position, ProvenanceIndex, RecordFetcher, Tracer
+from signed_bus.topics import create_topics
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class Chain:
+    topics: list[str]
+    digests: list[bytes]  # [action, plan, result]
+    positions: list[Position]
+    values: list[bytes]
+    keys: list[bytes]
+
+
+@pytest.fixture
+async def ring() -> Keyring:
+    return Keyring(
+        [
+            generate_ed25519_key("inf-1", ["inference-agent"]),
+            generate_ed25519_key("plan-1", ["planner"]),
+            generate_ed25519_key("act-1", ["action-agent"]),
+        ]
+    )
+
+
+@pytest.fixture
+async def index(redis_url: str) -> AsyncIterator[ProvenanceIndex]:
+    async with ProvenanceIndex.from_url(
+        redis_url, ttl_ms=600_000, prefix=f"test-trace-{uuid.uuid4().hex[:8]}"
+    ) as idx:
+        yield idx
+
+
+@pytest.fixture
+async def producer(kafka_bootstrap: str) -> AsyncIterator[AIOKafkaProducer]:
+    prod = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, enable_idempotence=True)
+    await prod.start()
+    yield prod
+    await prod.stop()
+
+
+async def _publish(
+    producer: AIOKafkaProducer, signer: Signer, topic: str, key: bytes, parents: tuple[bytes, ...]
+) -> tuple[bytes, Position, bytes]:
+    value = signer.sign({"step": topic}, topic=topic, key=key, parents=parents)
+    meta = await producer.send_and_wait(topic, value, key=key)
+    return hashlib.sha256(value).digest(), Position(topic, meta.partition, meta.offset), value
+
+
+@pytest.fixture
+async def chain(
+    kafka_bootstrap: str, ring: Keyring, index: ProvenanceIndex, producer: AIOKafkaProducer
+) -> Chain:
+    run = uuid.uuid4().hex[:8]
+    topics = [f"trace-{name}-{run}" for name in ("results", "plans", "actions")]
+    await create_topics(kafka_bootstrap, topics, partitions=2)
+    signers = [
+        Signer(ring, kid="inf-1", issuer="inference-agent", model="incident-lm@1.3.0"),
+        Signer(ring, kid="plan-1", issuer="planner", model="planner-rules@2"),
+        Signer(ring, kid="act-1", issuer="action-agent", model="executor@1"),
+    ]
+    digests: list[bytes] = []
+    positions: list[Position] = []
+    values: list[bytes] = []
+    keys: list[bytes] = []
+    parents: tuple[bytes, ...] = ()
+    for signer, topic in zip(signers, topics, strict=True):
+        key = f"k-{topic}".encode()
+        digest, position, value = await _publish(producer, signer, topic, key, parents)
+        parents = (digest,)
+        digests.insert(0, digest)
+        positions.insert(0, position)
+        values.insert(0, value)
+        keys.insert(0, key)
+    await index.record(zip(digests, positions, strict=True))
+    return Chain(topics, digests, positions, values, keys)
+
+
+async def _trace(
+    kafka_bootstrap: str, ring: Keyring, index: ProvenanceIndex, start: Position
+) -> object:
+    async with RecordFetcher(bootstrap_servers=kafka_bootstrap) as fetcher:
+        tracer = Tracer(index=index, verifier=Verifier(ring.public(), audit=True), fetcher=fetcher)
+        return await tracer.trace_position(start)
+
+
+async def test_full_chain_verifies(
+    kafka_bootstrap: str, ring: Keyring, index: ProvenanceIndex, chain: Chain
+) -> None:
+    report = await _trace(kafka_bootstrap, ring, index, chain.positions[0])
+    assert report.ok, report.format()  # type: ignore[attr-defined]
+    links = report.links  # type: ignore[attr-defined]
+    assert [link.position for link in links] == chain.positions
+    assert [link.message.issuer for link in links] == ["action-agent", "planner", "inference-agent"]
+    assert links[-1].message.model == "incident-lm@1.3.0"
+
+
+async def test_index_keeps_the_first_position(index: ProvenanceIndex, chain: Chain) -> None:
+    other = Position(chain.topics[1], 0, 999)
+    assert await index.record([(chain.digests[1], other)]) == 0
+    assert await index.lookup(chain.digests[1]) == chain.positions[1]
+
+
+async def test_tampered_link_is_reported_at_that_link(
+    kafka_bootstrap: str,
+    ring: Keyring,
+    index: ProvenanceIndex,
+    chain: Chain,
+    producer: AIOKafkaProducer,
+) -> None:
+    # Someone with produce rights writes a modified plan and points the index at it.
+    tampered = bytearray(chain.values[1])
+    tampered[len(tampered) // 2] ^= 0x40
+    meta = await producer.send_and_wait(chain.topics[1], bytes(tampered), key=chain.keys[1])
+    await index.forget(chain.digests[1])
+    await index.record([(chain.digests[1], Position(chain.topics[1], meta.partition, meta.offset))])
+    report = await _trace(kafka_bootstrap, ring, index, chain.positions[0])
+    statuses = [link.status for link in report.links]  # type: ignore[attr-defined]
+    assert statuses == ["ok", "digest_mismatch"]
+    assert "TAMPERED" in report.format()  # type: ignore[attr-defined]
+
+
+async def test_missing_link_is_reported_at_that_link(
+    kafka_bootstrap: str, ring: Keyring, index: ProvenanceIndex, chain: Chain
+) -> None:
+    await index.forget(chain.digests[2])
+    report = await _trace(kafka_bootstrap, ring, index, chain.positions[0])
+    statuses = [link.status for link in report.links]  # type: ignore[attr-defined]
+    assert statuses == ["ok", "ok", "not_indexed"]
+
+
+async def test_aborted_record_is_not_found(
+    kafka_bootstrap: str, ring: Keyring, index: ProvenanceIndex, chain: Chain
+) -> None:
+    # The plan's digest pointed at a position whose transaction aborted: nothing readable there.
+    txn = AIOKafkaProducer(
+        bootstrap_servers=kafka_bootstrap, transactional_id=f"trace-{uuid.uuid4().hex[:8]}"
+    )
+    await txn.start()
+    try:
+        await txn.begin_transaction()
+        meta = await (await txn.send(chain.topics[1], chain.values[1], key=chain.keys[1]))
+        await txn.abort_transaction()
+    finally:
+        await txn.stop()
+    await index.forget(chain.digests[1])
+    await index.record([(chain.digests[1], Position(chain.topics[1], meta.partition, meta.offset))])
+    report = await _trace(kafka_bootstrap, ring, index, chain.positions[0])
+    statuses = [link.status for link in report.links]  # type: ignore[attr-defined]
+    assert statuses == ["ok", "not_found"]
+
+
+async def test_cli_trace(
+    kafka_bootstrap: str,
+    redis_url: str,
+    ring: Keyring,
+    index: ProvenanceIndex,
+    chain: Chain,
+    tmp_path: object,
+) -> None:
+    from pathlib import Path
+
+    folder = Path(str(tmp_path))
+    keyfile = folder / "public.keyring"
+    ring.public().dump(keyfile, mode=0o644)
+    envelope = folder / "action.env"
+    envelope.write_bytes(chain.values[0])
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "REDIS_URL": redis_url,
+        "SIGNED_BUS_KEYRING_FILE": str(keyfile),
+    }
+    prefix = ["--index-prefix", index.key(b"").rsplit(":prov:", 1)[0]]
+    base = [sys.executable, "-m", "signed_bus.cli", "trace", *prefix]
+    start = chain.positions[0]
+    by_position = await asyncio.to_thread(
+        subprocess.run,
+        [*base, "--position", f"{start.topic}:{start.partition}:{start.offset}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert by_position.returncode == 0, by_position.stderr + by_position.stdout
+    assert "chain verified: 3 link(s)" in by_position.stdout
+    assert "issuer=inference-agent" in by_position.stdout
+    by_file = await asyncio.to_thread(
+        subprocess.run,
+        [*base, "--file", str(envelope), "--key", chain.keys[0].decode()],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert by_file.returncode == 0, by_file.stderr + by_file.stdout
+    await index.forget(chain.digests[1])
+    broken = await asyncio.to_thread(
+        subprocess.run,
+        [*base, "--position", str(start)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert broken.returncode == 1
+    assert "MISSING" in broken.stdout and "BROKEN at depth 1" in broken.stdout
+
+
+async def test_cli_tail_prints_verdicts(
+    kafka_bootstrap: str, ring: Keyring, chain: Chain, producer: AIOKafkaProducer, tmp_path: object
+) -> None:
+    from pathlib import Path
+
+    keyfile = Path(str(tmp_path)) / "public.keyring"
+    ring.public().dump(keyfile, mode=0o644)
+    topic = chain.topics[1]
+    await producer.send_and_wait(topic, b"not an envelope", key=b"x")
+    env = {**os.environ, "SIGNED_BUS_KEYRING_FILE": str(keyfile)}
+    tail = await asyncio.to_thread(
+        subprocess.run,
+        [
+            sys.executable,
+            "-m",
+            "signed_bus.cli",
+            "tail",
+            topic,
+            "--from-beginning",
+            "--count",
+            "2",
+            "--bootstrap-servers",
+            kafka_bootstrap,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert tail.returncode == 0, tail.stderr
+    lines = tail.stdout.splitlines()
+    assert " OK issuer=planner model=planner-rules@2" in lines[0]
+    assert "REJECT malformed" in lines[1]
+    assert lines[-1] == "-- 2 record(s): malformed=1, ok=1"
