@@ -1,0 +1,185 @@
+"""Known-answer vectors (tests/vectors/*.json): the library must match them byte for byte.
+
+Each positive vector is checked twice: against the library (sign reproduces the envelope,
+verify accepts it) and against the spec in docs/ENVELOPE.md using only hashlib/hmac,
+cryptography and msgpack, so a change in the library cannot silently move both sides.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import importlib.util
+import json
+import struct
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from signed_bus.envelope import SIGNATURE_DOMAIN, TAG
+from signed_bus.errors import VerificationError
+from signed_bus.keys import Keyring
+from signed_bus.signer import Signer
+from signed_bus.verifier import Verifier
+
+VECTORS = Path(__file__).resolve().parents[1] / "vectors"
+
+
+def load(name: str) -> Any:
+    return json.loads((VECTORS / name).read_text())
+
+
+KEYS_TEXT = (VECTORS / "keys.json").read_text()
+KEY_ENTRIES = {entry["kid"]: entry for entry in json.loads(KEYS_TEXT)["keys"]}
+POSITIVE = load("positive.json")
+NEGATIVE = load("negative.json")
+
+
+def ring() -> Keyring:
+    return Keyring.from_json(KEYS_TEXT, source="tests/vectors/keys.json")
+
+
+def b64u(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def unhex(text: str | None) -> bytes | None:
+    return None if text is None else bytes.fromhex(text)
+
+
+def verifier(options: dict[str, Any]) -> Verifier:
+    return Verifier(
+        ring(),
+        max_age_ms=options["max_age_ms"],
+        future_skew_ms=options["future_skew_ms"],
+        max_envelope_bytes=options["max_envelope_bytes"],
+        audit=options["audit"],
+        clock=lambda: pytest.fail("the vectors pass reference_ms; the clock must not be read"),
+    )
+
+
+def test_files_hold_both_algorithms_and_many_negative_cases() -> None:
+    assert POSITIVE["tag"] == TAG
+    assert bytes.fromhex(POSITIVE["signature_domain_hex"]) == SIGNATURE_DOMAIN
+    algs = {v["header"]["alg"] for v in POSITIVE["vectors"]}
+    assert algs == {"HS256", "EdDSA"}
+    reasons = {v["reason"] for v in NEGATIVE["vectors"]}
+    assert reasons == {
+        "oversized",
+        "malformed",
+        "unsupported_version",
+        "bad_signature",
+        "wrong_topic",
+        "wrong_key",
+        "algorithm_mismatch",
+        "unknown_key",
+        "untrusted_issuer",
+        "not_yet_valid",
+        "expired",
+    }
+
+
+@pytest.mark.parametrize("vector", POSITIVE["vectors"], ids=lambda v: v["name"])
+def test_library_signs_the_vector_byte_for_byte(vector: dict[str, Any]) -> None:
+    sign = vector["sign"]
+    nonce = bytes.fromhex(sign["nonce_hex"])
+    signer = Signer(
+        ring(),
+        kid=sign["kid"],
+        issuer=sign["issuer"],
+        model=sign["model"],
+        clock=lambda: sign["created_at"],
+        nonce_source=lambda: nonce,
+    )
+    value = signer.sign_bytes(
+        bytes.fromhex(sign["body_hex"]),
+        content_type=sign["content_type"],
+        topic=sign["topic"],
+        key=unhex(sign["record_key_hex"]),
+        parents=[bytes.fromhex(p) for p in sign["parents_hex"]],
+        expires_at=sign["expires_at"],
+    )
+    assert value.hex() == vector["envelope_hex"]
+
+
+@pytest.mark.parametrize("vector", POSITIVE["vectors"], ids=lambda v: v["name"])
+def test_vector_matches_the_spec_without_the_library(vector: dict[str, Any]) -> None:
+    value = bytes.fromhex(vector["envelope_hex"])
+    protected = bytes.fromhex(vector["protected_hex"])
+    signature = bytes.fromhex(vector["signature_hex"])
+    body = bytes.fromhex(vector["sign"]["body_hex"])
+    # Framing: a 4-array of str tag and three bins, shortest form (what msgpack.packb writes).
+    assert msgpack.packb([TAG, protected, body, signature]) == value
+    # Signed message: domain, then u32be length + bytes of tag, protected, body.
+    message = b"".join(
+        [SIGNATURE_DOMAIN]
+        + [struct.pack(">I", len(part)) + part for part in (TAG.encode(), protected, body)]
+    )
+    assert message.hex() == vector["signed_message_hex"]
+    header = msgpack.unpackb(protected)
+    entry = KEY_ENTRIES[header["kid"]]
+    assert header["alg"] == entry["alg"]
+    if entry["alg"] == "HS256":
+        assert hmac.digest(b64u(entry["secret"]), message, "sha256") == signature
+    else:
+        public = Ed25519PrivateKey.from_private_bytes(b64u(entry["private"])).public_key()
+        public.verify(signature, message)  # raises InvalidSignature if not
+    decoded = {
+        k: (v.hex() if isinstance(v, bytes) else [p.hex() for p in v] if k == "par" else v)
+        for k, v in header.items()
+    }
+    assert decoded == vector["header"]
+    record_key = unhex(vector["sign"]["record_key_hex"])
+    expected_rkd = None if record_key is None else hashlib.sha256(record_key).hexdigest()
+    assert header["rkd"] == unhex(expected_rkd)
+    assert hashlib.sha256(value).hexdigest() == vector["digest_hex"]
+
+
+@pytest.mark.parametrize("vector", POSITIVE["vectors"], ids=lambda v: v["name"])
+def test_library_verifies_the_vector(vector: dict[str, Any]) -> None:
+    options = vector["verify"]
+    msg = verifier(options).verify(
+        bytes.fromhex(vector["envelope_hex"]),
+        topic=options["topic"],
+        key=unhex(options["record_key_hex"]),
+        reference_ms=options["reference_ms"],
+    )
+    sign = vector["sign"]
+    assert msg.body.hex() == sign["body_hex"]
+    assert msg.kid == sign["kid"]
+    assert msg.issuer == sign["issuer"]
+    assert msg.model == sign["model"]
+    assert msg.topic == sign["topic"]
+    assert msg.content_type == sign["content_type"]
+    assert msg.created_at == sign["created_at"]
+    assert msg.expires_at == sign["expires_at"]
+    assert msg.nonce.hex() == sign["nonce_hex"]
+    assert [p.hex() for p in msg.parents] == sign["parents_hex"]
+    assert msg.digest.hex() == vector["digest_hex"]
+    assert msg.alg == vector["header"]["alg"]
+
+
+@pytest.mark.parametrize("vector", NEGATIVE["vectors"], ids=lambda v: v["name"])
+def test_negative_vector_fails_with_its_reason(vector: dict[str, Any]) -> None:
+    options = vector["verify"]
+    with pytest.raises(VerificationError) as caught:
+        verifier(options).verify(
+            bytes.fromhex(vector["envelope_hex"]),
+            topic=options["topic"],
+            key=unhex(options["record_key_hex"]),
+            reference_ms=options["reference_ms"],
+        )
+    assert caught.value.reason == vector["reason"]
+
+
+def test_generator_reproduces_the_files() -> None:
+    spec = importlib.util.spec_from_file_location("vector_generator", VECTORS / "generate.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for name, text in module.files().items():
+        assert (VECTORS / name).read_text() == text, f"{name} is stale: run generate.py"
