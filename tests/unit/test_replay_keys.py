@@ -22,6 +22,7 @@ from signed_bus.replay import (
     nonce_field,
     nonce_shard,
     position_value,
+    recommended_shards,
 )
 
 NONCE = bytes(range(16))
@@ -251,3 +252,13 @@ def test_estimate_memory_bytes() -> None:
     assert estimate_memory_bytes(0, retention_ms=311_000) == 0
     with pytest.raises(ConfigurationError):
         estimate_memory_bytes(-1, retention_ms=1)
+
+
+def test_recommended_shards() -> None:
+    assert recommended_shards(1_000) == 16  # the default layout
+    assert recommended_shards(10_000) == 157
+    assert recommended_shards(10_000, bucket_ms=100) == 16
+    assert recommended_shards(0) == 1
+    assert recommended_shards(10**12) == 0xFFFF
+    with pytest.raises(ConfigurationError):
+        recommended_shards(1_000, bucket_ms=0)
