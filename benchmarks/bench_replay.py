@@ -211,11 +211,14 @@ async def time_per_nonce(
     return elapsed / len(claims) * 1e6, (CountingConnection.sends - sends) / len(parts)
 
 
-async def script_calls(client: aioredis.Redis) -> int:
+async def script_stats(client: aioredis.Redis) -> tuple[int, int]:
+    """(script calls, microseconds the server spent in them) so far."""
     stats = await client.info("commandstats")
-    return int(stats.get("cmdstat_evalsha", {}).get("calls", 0)) + int(
-        stats.get("cmdstat_eval", {}).get("calls", 0)
-    )
+    calls = usec = 0
+    for name in ("cmdstat_evalsha", "cmdstat_eval"):
+        calls += int(stats.get(name, {}).get("calls", 0))
+        usec += int(stats.get(name, {}).get("usec", 0))
+    return calls, usec
 
 
 # --- the run --------------------------------------------------------------------------------
@@ -257,7 +260,6 @@ async def run(args: argparse.Namespace) -> int:
                 f"{baseline_bytes:7.1f} B/nonce"
             )
             ours: float | None = None
-            rows: list[tuple[str, float, str]] = []
             for rate in args.rates:
                 for shards in sorted({16, 1, recommended_shards(rate)}, reverse=True):
                     g = guard(f"g{rate}s{shards}", shards=shards)
@@ -271,7 +273,6 @@ async def run(args: argparse.Namespace) -> int:
                         label += ", the default"
                         ours = per_nonce
                     detail = f"{keys:,} hashes, {fill:.0f} nonces each, {kinds}"
-                    rows.append((label, per_nonce, detail))
                     print(f"  {label:62s} {per_nonce:7.1f} B/nonce   {detail}")
             assert ours is not None
             print(f"  ratio default/baseline: {ours / baseline_bytes:.2f}")
@@ -289,11 +290,11 @@ async def run(args: argparse.Namespace) -> int:
             await g.start()
             base = Baseline(client, "speed-base", MAX_AGE_MS + 2 * SKEW_MS)
             claims = make_claims(args.speed_claims, rate=args.rate, start_ms=start_ms)
-            before_scripts = await script_calls(observer)
+            calls_before, usec_before = await script_stats(observer)
             lua_us, lua_trips = await time_per_nonce(g.claim, claims, args.batch)
-            scripts = (await script_calls(observer) - before_scripts) / len(
-                batches(claims, args.batch)
-            )
+            calls_after, usec_after = await script_stats(observer)
+            scripts = (calls_after - calls_before) / len(batches(claims, args.batch))
+            server_us = (usec_after - usec_before) / len(claims)
             again_us, _ = await time_per_nonce(g.claim, claims, args.batch)  # all SAME_POSITION
             claims = make_claims(args.speed_claims, rate=args.rate, start_ms=start_ms)
             pipe_us, pipe_trips = await time_per_nonce(base.claim_pipelined, claims, args.batch)
@@ -304,6 +305,7 @@ async def run(args: argparse.Namespace) -> int:
                 f"  {'Lua script, whole batch (guard.claim)':44s} {lua_us:9.2f} "
                 f"{lua_trips:18.2f}   script calls/batch: {scripts:.2f}"
             )
+            print(f"  {'  of which Redis ran the script':44s} {server_us:9.2f}")
             print(f"  {'  the same batches again (SAME_POSITION)':44s} {again_us:9.2f}")
             print(f"  {'redis-py pipeline, SET NX GET per record':44s} {pipe_us:9.2f} "
                   f"{pipe_trips:18.2f}")  # fmt: skip

@@ -70,9 +70,9 @@ LAYOUT_VERSION: Final = 1
 FIELD_BYTES: Final = 16
 POSITION_BYTES: Final = 8
 #: Bytes per nonce of Redis ``used_memory`` assumed by :func:`estimate_memory_bytes`. Measured
-#: with benchmarks/bench_replay.py on Redis 7.0 (about 40 with the default layout at the rate the
-#: shards were sized for; up to about 100 where a hash outgrows listpack); rounded up for margin.
-DEFAULT_BYTES_PER_NONCE: Final = 64.0
+#: with benchmarks/bench_replay.py on Redis 7.0: about 33 with shards sized for the rate (hashes
+#: stay listpacks), about 96 where hashes outgrow listpack; this covers both.
+DEFAULT_BYTES_PER_NONCE: Final = 100.0
 
 # One packed record per claim: u16 index into KEYS (0-based), field, position value.
 _RECORD: Final = struct.Struct(f">H{FIELD_BYTES}s{POSITION_BYTES}s")
