@@ -448,8 +448,10 @@ class RedisReplayGuard:
         # written, so the two steps cannot interleave badly.
         await self._client.set(key, wanted, nx=True)
         stored = await self._client.get(key)
+        if isinstance(stored, str):  # a client built with decode_responses=True
+            stored = stored.encode()
         if stored is not None and stored != wanted:
-            shown = stored.decode("utf-8", "replace") if isinstance(stored, bytes) else stored
+            shown = stored.decode("utf-8", "replace")
             raise ConfigurationError(
                 f"replay guard layout mismatch under prefix {self.prefix!r}: Redis has "
                 f"{shown!r}, this consumer uses {self.layout!r}; every consumer sharing a "
@@ -503,10 +505,14 @@ class RedisReplayGuard:
             raise self._unavailable(exc) from exc
         verdicts: list[ClaimVerdict | None] = [None] * len(claims)
         for call, reply in zip(calls, replies, strict=True):
+            if isinstance(reply, str):  # a client built with decode_responses=True
+                reply = reply.encode()
             if not isinstance(reply, bytes) or len(reply) != len(call.indexes):
                 raise ReplayGuardUnavailable("Redis returned a malformed replay claim reply")
             for index, code in zip(call.indexes, reply, strict=True):
-                verdicts[index] = _VERDICTS[code]
+                verdicts[index] = _VERDICTS.get(code)
+        if None in verdicts:
+            raise ReplayGuardUnavailable("Redis returned a malformed replay claim reply")
         return [v for v in verdicts if v is not None]
 
     def _plan(self, claims: Sequence[Claim]) -> list[_Call]:

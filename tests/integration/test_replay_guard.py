@@ -399,6 +399,19 @@ async def test_a_client_handed_in_is_not_closed(redis_url: str, prefix: str) -> 
         await client.aclose()
 
 
+async def test_a_client_decoding_responses_works_too(redis_url: str, prefix: str) -> None:
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        for _ in range(2):  # the second guard reads the layout record as str
+            async with RedisReplayGuard(
+                client, max_age_ms=MAX_AGE_MS, future_skew_ms=SKEW_MS, prefix=prefix
+            ) as g:
+                n = os.urandom(16)
+                assert await g.claim([at(n), at(n, offset=1), at(n)]) == [NEW, REPLAY, SAME]
+    finally:
+        await client.aclose()
+
+
 async def test_claims_start_the_guard_lazily(redis_url: str, prefix: str) -> None:
     guard = RedisReplayGuard.from_url(
         redis_url, max_age_ms=MAX_AGE_MS, future_skew_ms=SKEW_MS, prefix=prefix
