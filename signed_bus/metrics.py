@@ -17,8 +17,9 @@ class ConsumerMetrics:
     """What a :class:`~signed_bus.consumer.VerifyingConsumer` did since it was created.
 
     ``rejected`` counts rejected records by reason code (``"bad_signature"``, ``"replay"``, ...).
-    ``same_position`` counts deliveries whose nonce was already claimed at this very position:
-    another consumer group's copy of the fan-out, or a redelivery after a crash or rebalance.
+    ``same_position`` counts verified records whose nonce was already claimed at this very
+    position (they are delivered): another consumer group's copy of the fan-out, or a record
+    read again after a crash, a rebalance or a stop before it was committed.
     ``unchecked`` counts records delivered without a replay check (fail-open during a Redis
     outage). ``guard_waiting`` is true while a fail-closed consumer holds a batch and retries the
     replay guard; ``committed`` maps (topic, partition) to the last committed next offset.

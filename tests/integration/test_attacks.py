@@ -1,0 +1,210 @@
+"""Forged, tampered and foreign records written by a plain aiokafka producer.
+
+None may reach the application; each lands in the dead-letter topic with its reason, and the
+honest records interleaved with them are all delivered, in order.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import msgpack
+import pytest
+
+from signed_bus.consumer import VerifyingConsumer
+from signed_bus.deadletter import (
+    HEADER_ERROR,
+    HEADER_REASON,
+    HEADER_VALUE_OMITTED,
+    DeadLetter,
+    header_map,
+)
+from signed_bus.envelope import decode_header, encode_envelope, split_envelope
+from signed_bus.keys import Keyring, generate_hmac_key
+from signed_bus.signer import Signer
+from tests.integration.bus import (
+    Running,
+    consumer_options,
+    end_offsets,
+    guard,
+    keyring,
+    make_topics,
+    plain_producer,
+    read_all,
+    signer,
+    unique,
+    verifier,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+MAX_BYTES = 8_192
+
+
+@dataclass(frozen=True)
+class Bad:
+    name: str
+    value: bytes
+    reason: str
+    key: bytes | None = None
+
+
+def flip(value: bytes, index: int, bit: int = 0) -> bytes:
+    changed = bytearray(value)
+    changed[index] ^= 1 << bit
+    return bytes(changed)
+
+
+def forgeries(topic: str, ring: Keyring) -> list[Bad]:
+    sign = signer(ring).sign
+    honest = sign({"seq": "victim", "action": "transfer", "amount": 10}, topic=topic)
+    other = sign({"seq": "other", "action": "noop"}, topic=topic)
+    protected, body, signature = split_envelope(honest)
+    _, other_body, _ = split_envelope(other)
+    body_at = honest.index(body)
+    sig_at = len(honest) - len(signature)
+    nonce_at = honest.index(decode_header(protected)["nce"])
+
+    header = decode_header(protected)
+    header["mdl"] = "a-better-model"
+    edited = encode_envelope(msgpack.packb(header), body, signature)
+    header = decode_header(protected)
+    header["iss"] = "agent-b"
+    reissued = encode_envelope(msgpack.packb(header), body, signature)
+
+    stranger = Keyring([generate_hmac_key("k-stranger", ["agent-a"])])
+    unknown_kid = Signer(stranger, kid="k-stranger", issuer="agent-a", model="m").sign(
+        {"seq": "x"}, topic=topic
+    )
+    big = sign({"seq": "big", "blob": "y" * (2 * MAX_BYTES)}, topic=topic)
+
+    return [
+        Bad("flip in body", flip(honest, body_at + 3), "bad_signature"),
+        Bad("flip in body, high bit", flip(honest, body_at + len(body) - 1, 7), "bad_signature"),
+        Bad("flip in nonce", flip(honest, nonce_at + 5, 2), "bad_signature"),
+        Bad("flip in signature", flip(honest, sig_at + 10), "bad_signature"),
+        Bad("flip in last byte", flip(honest, len(honest) - 1, 6), "bad_signature"),
+        Bad("flip in tag", flip(honest, 3), "unsupported_version"),
+        Bad("flip in array header", flip(honest, 0, 0), "malformed"),
+        Bad("swapped body", encode_envelope(protected, other_body, signature), "bad_signature"),
+        Bad("edited header", edited, "bad_signature"),
+        Bad("header claims another issuer", reissued, "untrusted_issuer"),
+        Bad("unsigned msgpack", msgpack.packb({"seq": "u", "action": "transfer"}), "malformed"),
+        Bad(
+            "unsigned envelope-shaped", msgpack.packb(["signed-bus/v1", b"", b"", b""]), "malformed"
+        ),
+        Bad("garbage", b"\xc1" + os.urandom(299), "malformed"),  # 0xc1: never msgpack
+        Bad("empty value", b"", "malformed"),
+        Bad("oversized garbage", os.urandom(3 * MAX_BYTES), "oversized"),
+        Bad("oversized signed", big, "oversized"),
+        Bad("unknown kid", unknown_kid, "unknown_key"),
+        Bad("signed for another topic", sign({"seq": "t"}, topic=topic + "-x"), "wrong_topic"),
+        Bad("signed for another key", sign({"seq": "k"}, topic=topic, key=b"a"), "wrong_key", b"b"),
+    ]
+
+
+async def test_forgeries_are_dead_lettered_and_honest_records_flow_around_them(
+    kafka_bootstrap: str, redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    ring = keyring()
+    topic, dead = unique("attack"), unique("dlq")
+    await make_topics(kafka_bootstrap, topic, partitions=2)
+    await make_topics(kafka_bootstrap, dead, partitions=1)
+    sign = signer(ring).sign
+    bad = forgeries(topic, ring)
+    # Honest record i and forgery i alternate on each partition, so every forgery sits
+    # between two honest records.
+    honest_count = 0
+    written: dict[tuple[int, int], Bad] = {}
+    async with plain_producer(kafka_bootstrap) as producer:
+        for round_ in range(2):
+            for partition in (0, 1):
+                for item in bad:
+                    seq = f"{partition}-{honest_count}"
+                    await producer.send(topic, sign({"seq": seq}, topic=topic), partition=partition)
+                    honest_count += 1
+                    meta = await (
+                        await producer.send(topic, item.value, key=item.key, partition=partition)
+                    )
+                    written[(meta.partition, meta.offset)] = item
+            await producer.send(topic, sign({"seq": f"tail-{round_}"}, topic=topic), partition=0)
+            honest_count += 1
+        await producer.flush()
+    ends = await end_offsets(kafka_bootstrap, [topic])
+    assert sum(ends.values()) == honest_count + len(written)
+
+    async with guard(redis_url) as g:
+        consumer = VerifyingConsumer(
+            consumer_options(kafka_bootstrap, [topic]),
+            verifier=verifier(ring, max_envelope_bytes=MAX_BYTES),
+            guard=g,
+            dead_letter_topic=dead,
+        )
+        with caplog.at_level(logging.WARNING, logger="signed_bus.consumer"):
+            async with Running(consumer) as running:
+                await running.caught_up(ends)
+
+    # Exactly the honest records, each once, in offset order per partition.
+    delivered = running.delivered
+    assert len(delivered) == honest_count
+    assert len({m.payload["seq"] for m in delivered}) == honest_count  # type: ignore[index]
+    for partition in (0, 1):
+        offsets = [m.offset for m in delivered if m.partition == partition]
+        assert offsets == sorted(offsets)
+    assert not any((m.partition, m.offset) in written for m in delivered)
+
+    # Every forgery is dead-lettered once: original bytes and key, its reason, its position.
+    letters = await read_all(kafka_bootstrap, dead, len(written))
+    assert len(letters) == len(written)
+    seen = set()
+    for record in letters:
+        letter = DeadLetter.from_record(record)
+        position = (letter.source_partition, letter.source_offset)
+        item = written[position]
+        assert letter.source_topic == topic
+        assert letter.reason == item.reason, item.name
+        assert record.key == item.key
+        assert record.value == item.value
+        assert not letter.value_omitted
+        headers = header_map(record.headers)
+        assert headers[HEADER_REASON] == item.reason.encode()
+        assert HEADER_VALUE_OMITTED not in headers
+        # Nothing of the payload travels in the headers, only codes and positions.
+        assert b"transfer" not in headers[HEADER_ERROR] and b"victim" not in headers[HEADER_ERROR]
+        assert f"offset={letter.source_offset}".encode() in headers[HEADER_ERROR]
+        seen.add(position)
+    assert seen == set(written)
+
+    expected: dict[str, int] = {}
+    for item in written.values():
+        expected[item.reason] = expected.get(item.reason, 0) + 1
+    assert dict(consumer.metrics.rejected) == expected
+    assert consumer.metrics.dead_lettered == len(written)
+    # One WARNING per rejected record, none carrying payload bytes.
+    rejected_logs = [r for r in caplog.records if r.getMessage().startswith("rejected record")]
+    assert len(rejected_logs) == len(written)
+    assert not any("transfer" in r.getMessage() for r in rejected_logs)
+
+
+async def test_without_a_dead_letter_topic_rejects_are_counted_and_committed(
+    kafka_bootstrap: str, redis_url: str
+) -> None:
+    ring = keyring()
+    topic = unique("nodlq")
+    await make_topics(kafka_bootstrap, topic, partitions=1)
+    async with plain_producer(kafka_bootstrap) as producer:
+        await producer.send(topic, b"garbage")
+        await producer.send(topic, signer(ring).sign({"seq": 1}, topic=topic))
+        await producer.send(topic, b"more garbage")
+        await producer.flush()
+    async with guard(redis_url) as g:
+        consumer = VerifyingConsumer(
+            consumer_options(kafka_bootstrap, [topic]), verifier=verifier(ring), guard=g
+        )
+        async with Running(consumer) as running:
+            await running.caught_up({(topic, 0): 3})
+    assert [m.payload for m in running.delivered] == [{"seq": 1}]
+    assert consumer.metrics.rejected == {"malformed": 2}
+    assert consumer.metrics.committed == {(topic, 0): 3}

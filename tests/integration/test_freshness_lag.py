@@ -1,0 +1,123 @@
+"""Freshness against the broker's append time, for consumers that read long after the fact.
+
+The consumer's clock is injected an hour ahead (as if it caught up on an hour-old backlog, or its
+clock were wrong): on a LogAppendTime topic the reference is when the broker stored the record,
+so honest records stay fresh; an old envelope published now is expired whatever the consumer's
+clock says. On a CreateTime topic the same consumer can only use its own clock (and warns once).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from signed_bus.clock import system_clock
+from signed_bus.consumer import VerifyingConsumer
+from signed_bus.deadletter import DeadLetter
+from tests.integration.bus import (
+    MAX_AGE_MS,
+    Running,
+    consumer_options,
+    end_offsets,
+    guard,
+    keyring,
+    make_create_time_topic,
+    make_topics,
+    plain_producer,
+    read_all,
+    signer,
+    unique,
+    verifier,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+HOUR_MS = 3_600_000
+
+
+def an_hour_ahead() -> int:
+    return system_clock() + HOUR_MS
+
+
+def an_hour_ago() -> int:
+    return system_clock() - HOUR_MS
+
+
+async def test_lagging_consumer_accepts_honest_records_by_append_time_and_rejects_old_envelopes(
+    kafka_bootstrap: str, redis_url: str
+) -> None:
+    assert HOUR_MS > MAX_AGE_MS
+    ring = keyring()
+    topic, dead = unique("lag"), unique("dlq")
+    await make_topics(kafka_bootstrap, topic, partitions=2)
+    await make_topics(kafka_bootstrap, dead, partitions=1)
+    honest = signer(ring)
+    stale = signer(ring, clock=an_hour_ago)  # an envelope captured an hour ago
+    early = signer(ring, clock=an_hour_ahead)  # a producer whose clock runs an hour ahead
+    async with plain_producer(kafka_bootstrap) as producer:
+        for i in range(20):
+            await producer.send(topic, honest.sign({"seq": i}, topic=topic), partition=i % 2)
+        old = await producer.send_and_wait(topic, stale.sign({"seq": "old"}, topic=topic))
+        ahead = await producer.send_and_wait(topic, early.sign({"seq": "ahead"}, topic=topic))
+    ends = await end_offsets(kafka_bootstrap, [topic])
+
+    async with guard(redis_url) as g:
+        consumer = VerifyingConsumer(
+            consumer_options(kafka_bootstrap, [topic]),
+            verifier=verifier(ring, clock=an_hour_ahead),
+            guard=g,
+            dead_letter_topic=dead,
+        )
+        async with Running(consumer) as running:
+            await running.caught_up(ends)
+
+    assert sorted(m.payload["seq"] for m in running.delivered) == list(range(20))  # type: ignore[index]
+    for m in running.delivered:
+        assert m.timestamp_type == 1  # LogAppendTime: the broker's clock, not the producer's
+        # By the consumer's (injected) clock every one of them is an hour old.
+        assert an_hour_ahead() - m.verified.created_at > MAX_AGE_MS
+    letters = {
+        (d.source_partition, d.source_offset): d.reason
+        for d in map(DeadLetter.from_record, await read_all(kafka_bootstrap, dead, 2))
+    }
+    assert letters == {
+        (old.partition, old.offset): "expired",
+        (ahead.partition, ahead.offset): "not_yet_valid",
+    }
+    assert consumer.metrics.rejected == {"expired": 1, "not_yet_valid": 1}
+
+
+async def test_create_time_topic_falls_back_to_the_consumer_clock_and_warns_once(
+    kafka_bootstrap: str, redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    ring = keyring()
+    topic = unique("createtime")
+    await make_create_time_topic(kafka_bootstrap, topic)
+    honest = signer(ring)
+    async with plain_producer(kafka_bootstrap) as producer:
+        for i in range(5):
+            await producer.send(topic, honest.sign({"seq": i}, topic=topic))
+        await producer.flush()
+
+    async with guard(redis_url) as g:
+        lagging = VerifyingConsumer(
+            consumer_options(kafka_bootstrap, [topic]),
+            verifier=verifier(ring, clock=an_hour_ahead),
+            guard=g,
+        )
+        punctual = VerifyingConsumer(
+            consumer_options(kafka_bootstrap, [topic]), verifier=verifier(ring), guard=g
+        )
+        with caplog.at_level(logging.WARNING, logger="signed_bus.consumer"):
+            async with Running(lagging) as slow, Running(punctual) as fast:
+                await slow.caught_up({(topic, 0): 5})
+                await fast.caught_up({(topic, 0): 5})
+
+    # Without append time the lagging consumer judges by its own clock: honest records expire.
+    assert slow.delivered == [] and lagging.metrics.rejected == {"expired": 5}
+    assert [m.payload["seq"] for m in fast.delivered] == list(range(5))  # type: ignore[index]
+    assert all(m.timestamp_type == 0 for m in fast.delivered)
+    warnings = [r.getMessage() for r in caplog.records if "CreateTime" in r.getMessage()]
+    assert len(warnings) == 2  # once per consumer for the topic, not once per record
+    assert all(topic in w for w in warnings)
