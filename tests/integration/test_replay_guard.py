@@ -91,8 +91,17 @@ def private_redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
 
 
 @pytest.fixture
-def prefix() -> str:
-    return f"test-replay-{uuid.uuid4().hex[:12]}"
+async def prefix(redis_url: str) -> AsyncIterator[str]:
+    """A key prefix of this test's own; its keys on the shared server are removed after."""
+    name = f"test-replay-{uuid.uuid4().hex[:12]}"
+    yield name
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        keys = [k async for k in client.scan_iter(match=f"{name}:*", count=1000)]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()
 
 
 @pytest.fixture
