@@ -1,0 +1,341 @@
+"""Pure logic of the Kafka wrappers: options, backoff, batch verification, delivery bookkeeping
+and dead-letter headers. No broker and no Redis: the aiokafka objects are built, never started."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+
+from signed_bus.consumer import Backoff, ConsumedMessage, ConsumerOptions, VerifyingConsumer
+from signed_bus.deadletter import (
+    HEADER_ERROR,
+    HEADER_REASON,
+    HEADER_SOURCE_OFFSET,
+    HEADER_SOURCE_PARTITION,
+    HEADER_SOURCE_TIMESTAMP,
+    HEADER_SOURCE_TOPIC,
+    DeadLetter,
+    dead_letter_headers,
+    header_map,
+)
+from signed_bus.errors import BadSignature, ConfigurationError, Expired
+from signed_bus.keys import Keyring, generate_hmac_key
+from signed_bus.metrics import ConsumerMetrics
+from signed_bus.producer import ProducerOptions
+from signed_bus.replay import ClaimVerdict, RedisReplayGuard
+from signed_bus.signer import Signer
+from signed_bus.verifier import Verifier
+
+NOW = 1_800_000_000_000
+TOPIC = "results"
+
+
+def ring() -> Keyring:
+    return Keyring([generate_hmac_key("k1", ["agent"])])
+
+
+def record(
+    value: bytes | None,
+    *,
+    offset: int,
+    partition: int = 0,
+    topic: str = TOPIC,
+    timestamp: int = NOW,
+    timestamp_type: int = 1,
+    key: bytes | None = None,
+) -> ConsumerRecord[bytes, bytes]:
+    return ConsumerRecord(
+        topic=topic,
+        partition=partition,
+        offset=offset,
+        timestamp=timestamp,
+        timestamp_type=timestamp_type,
+        key=key,
+        value=value,
+        checksum=None,
+        serialized_key_size=0,
+        serialized_value_size=len(value or b""),
+        headers=(),
+    )
+
+
+@pytest.fixture
+async def built() -> AsyncIterator[AIOKafkaConsumer]:
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers="127.0.0.1:1", group_id="g", enable_auto_commit=False
+    )
+    yield consumer
+    await consumer.stop()
+
+
+@pytest.fixture
+async def guard() -> AsyncIterator[RedisReplayGuard]:
+    # Never connects: from_url builds a lazy client; these tests make no claims.
+    g = RedisReplayGuard.from_url("redis://127.0.0.1:1/0", max_age_ms=1, future_skew_ms=0)
+    yield g
+    await g.stop()
+
+
+# -- options ------------------------------------------------------------------------------------
+
+
+def test_backoff_grows_to_its_cap_with_bounded_jitter() -> None:
+    backoff = Backoff(initial_ms=100, max_ms=1_000, multiplier=2.0, jitter=0.2)
+    middle = [backoff.delay(n, rand=lambda: 0.5) for n in range(1, 7)]
+    assert middle == pytest.approx([0.1, 0.2, 0.4, 0.8, 1.0, 1.0])
+    assert backoff.delay(1, rand=lambda: 0.0) == pytest.approx(0.08)
+    assert backoff.delay(1, rand=lambda: 1.0) == pytest.approx(0.12)
+    assert backoff.delay(10_000, rand=lambda: 1.0) == pytest.approx(1.2)  # no overflow
+    bad: dict[str, Any]
+    for bad in (
+        {"initial_ms": 0},
+        {"initial_ms": 500, "max_ms": 100},
+        {"multiplier": 0.5},
+        {"jitter": 1.0},
+    ):
+        with pytest.raises(ConfigurationError):
+            Backoff(**bad)
+
+
+def test_consumer_options_validate_and_hide_security() -> None:
+    options = ConsumerOptions(
+        bootstrap_servers="b:9092",
+        group_id="g",
+        topics=["t"],
+        security={"sasl_plain_password": "hunter2", "security_protocol": "SASL_SSL"},
+    )
+    assert "hunter2" not in repr(options)
+    bad: dict[str, Any]
+    for bad in (
+        {"topics": []},
+        {"topics": "t"},
+        {"group_id": ""},
+        {"auto_offset_reset": "none"},
+        {"security": {"enable_auto_commit": True}},
+    ):
+        kwargs: dict[str, Any] = {"bootstrap_servers": "b", "group_id": "g", "topics": ["t"]}
+        kwargs.update(bad)
+        with pytest.raises(ConfigurationError):
+            ConsumerOptions(**kwargs)
+    dead_letters = options.dead_letter_producer()
+    assert dead_letters.enable_idempotence and dead_letters.security == options.security
+
+
+def test_producer_options_validate_and_hide_security() -> None:
+    options = ProducerOptions(bootstrap_servers="b", security={"sasl_plain_password": "hunter2"})
+    assert "hunter2" not in repr(options)
+    assert options.acks == "all" and options.enable_idempotence
+    with pytest.raises(ConfigurationError, match="acks"):
+        ProducerOptions(bootstrap_servers="b", acks=1)
+    ProducerOptions(bootstrap_servers="b", acks=1, enable_idempotence=False)
+    with pytest.raises(ConfigurationError, match="unknown"):
+        ProducerOptions(bootstrap_servers="b", security={"linger_ms": 5})
+
+
+async def test_consumer_refuses_auto_commit_and_missing_group(guard: RedisReplayGuard) -> None:
+    verifier = Verifier(ring())
+    for kwargs in ({"group_id": "g"}, {"group_id": None, "enable_auto_commit": False}):
+        consumer = AIOKafkaConsumer(bootstrap_servers="127.0.0.1:1", **kwargs)
+        try:
+            with pytest.raises(ConfigurationError):
+                VerifyingConsumer(consumer, verifier=verifier, guard=guard)
+        finally:
+            await consumer.stop()
+
+
+async def test_consumer_needs_a_guard_unless_auditing(
+    built: AIOKafkaConsumer, guard: RedisReplayGuard
+) -> None:
+    keys = ring()
+    with pytest.raises(ConfigurationError, match="replay guard"):
+        VerifyingConsumer(built, verifier=Verifier(keys))
+    with pytest.raises(ConfigurationError, match="audit"):
+        VerifyingConsumer(built, verifier=Verifier(keys, audit=True), guard=guard)
+    VerifyingConsumer(built, verifier=Verifier(keys, audit=True))
+    with pytest.raises(ConfigurationError, match="dead_letter_producer"):
+        VerifyingConsumer(built, verifier=Verifier(keys), guard=guard, dead_letter_topic="dlq")
+    with pytest.raises(ConfigurationError):
+        VerifyingConsumer(built, verifier=Verifier(keys), guard=guard, max_records=0)
+    with pytest.raises(ConfigurationError):
+        VerifyingConsumer(object(), verifier=Verifier(keys), guard=guard)
+
+
+# -- batch verification ------------------------------------------------------------------------
+
+
+async def test_verify_uses_append_time_and_warns_once_per_create_time_topic(
+    built: AIOKafkaConsumer, guard: RedisReplayGuard, caplog: pytest.LogCaptureFixture
+) -> None:
+    keys = ring()
+    hour_ago = NOW - 3_600_000
+    signer = Signer(keys, kid="k1", issuer="agent", model="m", clock=lambda: hour_ago)
+    # The consumer's own clock says NOW: by it every envelope is an hour old.
+    consumer = VerifyingConsumer(built, verifier=Verifier(keys, clock=lambda: NOW), guard=guard)
+    value = signer.sign({"x": 1}, topic=TOPIC)
+    tp0, tp1 = TopicPartition(TOPIC, 0), TopicPartition("legacy", 0)
+    records = {
+        tp0: [
+            record(value, offset=7, timestamp=hour_ago + 10),  # append time: fresh
+            record(None, offset=8),  # tombstone
+            record(b"\xc1junk", offset=9),
+            record(signer.sign({"x": 2}, topic=TOPIC), offset=10, timestamp=NOW),  # old by now
+        ],
+        tp1: [
+            record(
+                signer.sign({"x": 3}, topic="legacy"), offset=0, topic="legacy", timestamp_type=0
+            ),
+            record(
+                signer.sign({"x": 4}, topic="legacy"), offset=1, topic="legacy", timestamp_type=0
+            ),
+        ],
+    }
+    with caplog.at_level(logging.WARNING, logger="signed_bus.consumer"):
+        batch = consumer._verify(records)
+    assert [(e[0], e[1]) for e in batch.entries] == [
+        (tp0, 8),
+        (tp0, 9),
+        (tp0, 10),
+        (tp0, 11),
+        (tp1, 1),
+        (tp1, 2),
+    ]
+    assert all(e[2] is None for e in batch.entries)  # nothing deliverable before the claim
+    assert [(index, r.offset) for index, r, _ in batch.verified] == [(0, 7)]
+    reasons = [(r.offset, e.reason) for r, e in batch.rejected]
+    assert reasons == [
+        (8, "malformed"),
+        (9, "malformed"),
+        (10, "expired"),
+        (0, "expired"),
+        (1, "expired"),
+    ]
+    warnings = [r for r in caplog.records if "CreateTime" in r.getMessage()]
+    assert len(warnings) == 1 and "legacy" in warnings[0].getMessage()
+    assert consumer.metrics.records == 6 and consumer.metrics.batches == 1
+
+
+async def test_a_verifier_bug_rejects_the_record_instead_of_stopping(
+    built: AIOKafkaConsumer, guard: RedisReplayGuard, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Broken(Verifier):
+        def verify(self, *args: Any, **kwargs: Any) -> Any:
+            raise ZeroDivisionError("bug")
+
+    consumer = VerifyingConsumer(built, verifier=Broken(ring()), guard=guard)
+    with caplog.at_level(logging.ERROR, logger="signed_bus.consumer"):
+        batch = consumer._verify({TopicPartition(TOPIC, 0): [record(b"v", offset=0)]})
+    ((_, error),) = batch.rejected
+    assert error.reason == "malformed" and "ZeroDivisionError" in str(error)
+
+
+# -- delivery bookkeeping --------------------------------------------------------------------------
+
+
+def message(offset: int, partition: int = 0) -> ConsumedMessage:
+    keys = ring()
+    value = Signer(keys, kid="k1", issuer="agent", model="m").sign({"o": offset}, topic=TOPIC)
+    verified = Verifier(keys).verify(value, topic=TOPIC, key=None)
+    return ConsumedMessage(verified, TOPIC, partition, offset, NOW, 1, None, (), ClaimVerdict.NEW)
+
+
+async def test_offsets_finish_in_order_and_an_unfinished_message_comes_again(
+    built: AIOKafkaConsumer, guard: RedisReplayGuard
+) -> None:
+    consumer = VerifyingConsumer(built, verifier=Verifier(ring()), guard=guard)
+    p0, p1 = TopicPartition(TOPIC, 0), TopicPartition(TOPIC, 1)
+    # p0: 0 delivered, 1 rejected, 2 delivered; p1: 5 rejected, 6 delivered, 7 rejected.
+    consumer._queue = [
+        (p0, 1, message(0)),
+        (p0, 2, None),
+        (p0, 3, message(2)),
+        (p1, 6, None),
+        (p1, 7, message(6, 1)),
+        (p1, 8, None),
+    ]
+    first = consumer._next()
+    assert first is not None and first.offset == 0
+    assert consumer._done == {}  # handed out, not finished
+    consumer._finish()
+    assert consumer._done == {p0: 1}
+    second = consumer._next()
+    assert second is not None and second.offset == 2
+    assert consumer._done == {p0: 2}  # the rejected record before it is finished
+    consumer._rewind()  # the handler failed: 2 was never finished and comes again
+    again = consumer._next()
+    assert again is second and consumer._done == {p0: 2}
+    consumer._finish()
+    third = consumer._next()
+    assert third is not None and (third.partition, third.offset) == (1, 6)
+    assert consumer._done == {p0: 3, p1: 6}
+    consumer._finish()
+    assert consumer._next() is None
+    assert consumer._done == {p0: 3, p1: 8}  # trailing rejected records finished too
+    assert consumer.metrics.delivered == 4  # 2 was handed out twice
+
+
+async def test_revoked_partitions_are_skipped_and_never_marked_finished(
+    built: AIOKafkaConsumer, guard: RedisReplayGuard
+) -> None:
+    consumer = VerifyingConsumer(built, verifier=Verifier(ring()), guard=guard)
+    p0, p1 = TopicPartition(TOPIC, 0), TopicPartition(TOPIC, 1)
+    consumer._queue = [(p0, 1, message(0)), (p1, 1, message(0, 1)), (p1, 2, None)]
+    first = consumer._next()
+    assert first is not None
+    consumer._revoked |= {p0, p1}  # a rebalance took both while 0 was being handled
+    consumer._finish()
+    assert consumer._next() is None
+    assert consumer._done == {}
+
+
+def test_consumed_message_exposes_the_verified_body() -> None:
+    m = message(3)
+    assert m.payload == {"o": 3} and m.body == m.verified.body
+
+
+# -- dead letters -------------------------------------------------------------------------------
+
+
+def test_dead_letter_headers_round_trip_without_payload() -> None:
+    error = BadSignature("signature does not verify", kid="k1", issuer="agent").with_position(
+        TOPIC, 2, 41
+    )
+    headers = dead_letter_headers(error, topic=TOPIC, partition=2, offset=41, timestamp=NOW)
+    found = header_map(headers)
+    assert found[HEADER_REASON] == b"bad_signature"
+    assert found[HEADER_SOURCE_TOPIC] == TOPIC.encode()
+    assert found[HEADER_SOURCE_PARTITION] == b"2" and found[HEADER_SOURCE_OFFSET] == b"41"
+    assert found[HEADER_SOURCE_TIMESTAMP] == str(NOW).encode()
+    assert found[HEADER_ERROR] == str(error).encode()
+    stored = record(b"original", offset=0, key=b"k")
+    stored.headers = tuple(headers)
+    letter = DeadLetter.from_record(stored)
+    assert (letter.reason, letter.source_topic, letter.source_partition, letter.source_offset) == (
+        "bad_signature",
+        TOPIC,
+        2,
+        41,
+    )
+    assert letter.value == b"original" and letter.key == b"k" and letter.source_timestamp == NOW
+    assert "offset=41" in letter.error and not letter.value_omitted
+
+
+def test_dead_letter_error_header_is_capped_and_foreign_records_are_refused() -> None:
+    error = Expired("x" * 5_000)
+    headers = header_map(dead_letter_headers(error, topic=TOPIC, partition=0, offset=0))
+    assert len(headers[HEADER_ERROR]) == 512
+    with pytest.raises(ValueError, match="dead letter"):
+        DeadLetter.from_record(record(b"v", offset=0))
+
+
+def test_metrics_snapshot_is_a_plain_copy() -> None:
+    metrics = ConsumerMetrics()
+    metrics.rejected["replay"] += 2
+    metrics.committed[(TOPIC, 0)] = 5
+    snapshot = metrics.snapshot()
+    metrics.rejected["replay"] += 1
+    assert snapshot["rejected"] == {"replay": 2} and snapshot["rejected_total"] == 2
+    assert snapshot["committed"] == {f"{TOPIC}:0": 5}
