@@ -415,8 +415,14 @@ async def run() -> int:
 
 
 async def _partitions(consumer: Any, topic: str) -> list[int]:
+    from aiokafka import TopicPartition
+
     for _ in range(50):
         if topic in await consumer.topics():
+            # A group-less consumer only knows assigned topics: probe partition 0 to load it.
+            probe = TopicPartition(topic, 0)
+            consumer.assign([probe])
+            await consumer.end_offsets([probe])
             return sorted(consumer.partitions_for_topic(topic) or ())
         await asyncio.sleep(0.2)
     raise RuntimeError(f"topic {topic} does not exist")

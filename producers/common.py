@@ -1,26 +1,23 @@
 """What every reference agent shares: configuration from the environment, logging, a status
 hash in Redis, and a clean stop on SIGTERM/SIGINT.
 
-Environment (all agents):
+Environment (all agents; defaults in brackets):
 
-=============================  ===============================================================
-``KAFKA_BOOTSTRAP_SERVERS``    Kafka bootstrap servers (default ``127.0.0.1:9092``)
-``REDIS_URL``                  Redis for the replay guard and agent state
-                               (default ``redis://127.0.0.1:6379/0``)
-``SIGNED_BUS_KEYRING_FILE``    key file to load (or ``SIGNED_BUS_KEYRING``: its contents)
-``SIGNED_BUS_KID``             kid of the agent's own signing key (signing agents)
-``AGENT_ID``                   the issuer the agent signs as / its name in logs and status
-``SIGNED_BUS_REPLAY_PREFIX``   replay-guard key prefix; the SAME for every consumer, that is
-                               what makes the nonce set shared (default ``signed-bus``)
-``AGENT_STATE_PREFIX``         prefix of agent state: status hashes, delivery ledgers,
-                               execution records, provenance index (default ``signed-bus``)
-``RESULTS_TOPIC``              inference results (default ``inference.results``)
-``PLANS_TOPIC``                plans (default ``agent.plans``)
-``RESULTS_DLQ_TOPIC``          dead letters of the results topic (default ``<results>.dlq``)
-``PLANS_DLQ_TOPIC``            dead letters of the plans topic (default ``<plans>.dlq``)
-``SIGNED_BUS_MAX_AGE_MS``      freshness window (default 300000)
-``LOG_LEVEL``                  default ``INFO``; logs go to stderr
-=============================  ===============================================================
+- ``KAFKA_BOOTSTRAP_SERVERS`` [``127.0.0.1:9092``]
+- ``REDIS_URL``: Redis for the replay guard and agent state [``redis://127.0.0.1:6379/0``]
+- ``SIGNED_BUS_KEYRING_FILE``: the agent's own key file (or ``SIGNED_BUS_KEYRING``: its
+  contents)
+- ``SIGNED_BUS_VERIFY_KEYRING_FILE``: the public keys it verifies with [the key file above]
+- ``SIGNED_BUS_KID``: kid of the agent's own signing key (signing agents)
+- ``AGENT_ID``: the issuer the agent signs as, its name in logs and status
+- ``SIGNED_BUS_REPLAY_PREFIX``: replay-guard key prefix; the SAME for every consumer, which is
+  what makes the nonce set shared [``signed-bus``]
+- ``AGENT_STATE_PREFIX``: prefix of agent state in Redis: status hashes, delivery ledgers,
+  execution records, the provenance index [``signed-bus``]
+- ``RESULTS_TOPIC`` [``inference.results``], ``PLANS_TOPIC`` [``agent.plans``]
+- ``RESULTS_DLQ_TOPIC`` / ``PLANS_DLQ_TOPIC``: their dead-letter topics [``<topic>.dlq``]
+- ``SIGNED_BUS_MAX_AGE_MS``: freshness window [300000]
+- ``LOG_LEVEL`` [``INFO``]; logs go to stderr
 """
 
 from __future__ import annotations
@@ -33,7 +30,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +47,7 @@ __all__ = [
     "env_str",
     "install_stop_signals",
     "load_keyring",
+    "load_verify_keyring",
     "setup_logging",
 ]
 
@@ -104,6 +102,15 @@ def load_keyring() -> Keyring:
     if path:
         return Keyring.from_file(path)
     return Keyring.from_env("SIGNED_BUS_KEYRING")
+
+
+def load_verify_keyring() -> Keyring:
+    """The ring verifiers use: ``SIGNED_BUS_VERIFY_KEYRING_FILE`` (public keys) if set, else the
+    agent's own ring. Keeping them apart lets a signing agent hold only its own private key."""
+    path = os.environ.get("SIGNED_BUS_VERIFY_KEYRING_FILE", "").strip()
+    if path:
+        return Keyring.from_file(path)
+    return load_keyring()
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,7 +186,7 @@ class StatusBoard:
     counters: dict[str, Any] = field(default_factory=dict)
     state: str = "starting"
 
-    async def publish(self, state: str | None = None, **extra: Mapping[str, Any] | int) -> None:
+    async def publish(self, state: str | None = None, **extra: object) -> None:
         if state is not None:
             self.state = state
         self.counters.update(extra)
@@ -193,9 +200,17 @@ class StatusBoard:
                 },
             )
 
-    async def run_every(self, seconds: float, stop: asyncio.Event) -> None:
-        """Publish every ``seconds`` until ``stop`` is set (run it as a task)."""
+    async def run_every(
+        self,
+        seconds: float,
+        stop: asyncio.Event,
+        refresh: Callable[[], Mapping[str, object]] | None = None,
+    ) -> None:
+        """Publish every ``seconds`` until ``stop`` is set (run it as a task); ``refresh``
+        returns counters to merge in before each publication."""
         while not stop.is_set():
+            if refresh is not None:
+                self.counters.update(refresh())
             await self.publish()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), seconds)

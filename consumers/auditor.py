@@ -1,0 +1,206 @@
+"""The auditor: tails every topic and the dead-letter topics, counts verdicts by reason while it
+runs, and maintains the provenance index.
+
+Per data topic it runs a verifying consumer in its own group (the shared replay guard makes a
+re-published copy a replay here too, while honest records are same-position fan-out), so its
+counts are what any consumer group would see. Every verified record is indexed: digest ->
+(topic, partition, offset) with ``SET NX`` (first position wins) and a TTL equal to the topics'
+retention, which is what ``signed-bus trace`` walks. The auditor reads ``read_committed``, so an
+aborted transaction's output is never indexed, and it does not dead-letter (the hops that act on
+records do; the auditor reads their dead-letter topics and counts them by source and reason).
+
+Run: ``python -m consumers.auditor``. Environment (besides :mod:`producers.common`):
+
+- ``AUDIT_TOPICS``: data topics to verify and index [results and plans topics]
+- ``AUDIT_DLQ_TOPICS``: dead-letter topics to count [their ``.dlq`` topics]
+- ``GROUP_ID``: consumer group prefix [``auditor``]
+- ``PROVENANCE_TTL_MS``: index entry lifetime; set it to the topics' retention.ms [604800000]
+- ``STATUS_INTERVAL_S``: how often the verdict counts are logged [5]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+from collections import Counter
+from typing import Any
+
+import redis.asyncio as aioredis
+from aiokafka import AIOKafkaConsumer
+
+from producers.common import (
+    AgentEnv,
+    StatusBoard,
+    env_float,
+    env_int,
+    env_list,
+    env_str,
+    install_stop_signals,
+    load_verify_keyring,
+    setup_logging,
+)
+from signed_bus import Verifier
+
+# Not re-exported from signed_bus yet (see docs/PIPELINES.md).
+from signed_bus.consumer import ConsumedMessage, ConsumerOptions, VerifyingConsumer
+from signed_bus.deadletter import DeadLetter
+from signed_bus.provenance import Position, ProvenanceIndex
+from signed_bus.replay import RedisReplayGuard
+
+AGENT = "auditor"
+
+
+class Auditor:
+    """Counts and indexes; the lifecycles of its consumers belong to :func:`run`."""
+
+    def __init__(self, index: ProvenanceIndex) -> None:
+        self.index = index
+        self.accepted: Counter[str] = Counter()
+        self.indexed = 0
+        self.dead_letters: dict[str, Counter[str]] = {}
+
+    async def on_verified(self, message: ConsumedMessage) -> None:
+        self.accepted[message.topic] += 1
+        position = Position(message.topic, message.partition, message.offset)
+        self.indexed += await self.index.record([(message.verified.digest, position)])
+
+    def on_dead_letter(self, letter: DeadLetter) -> None:
+        self.dead_letters.setdefault(letter.source_topic, Counter())[letter.reason] += 1
+
+    def summary(self, consumers: dict[str, VerifyingConsumer]) -> dict[str, Any]:
+        topics = {}
+        for topic, consumer in consumers.items():
+            metrics = consumer.metrics
+            topics[topic] = {
+                "ok": self.accepted[topic],
+                "rejected": dict(metrics.rejected),
+                "records": metrics.records,
+            }
+        return {
+            "topics": topics,
+            "dead_letters": {t: dict(c) for t, c in self.dead_letters.items()},
+            "indexed": self.indexed,
+        }
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    parts = []
+    for topic, counts in summary["topics"].items():
+        rejected = ",".join(f"{r}={n}" for r, n in sorted(counts["rejected"].items())) or "-"
+        parts.append(f"{topic}: ok={counts['ok']} rejected[{rejected}]")
+    for topic, counts in summary["dead_letters"].items():
+        dead = ",".join(f"{r}={n}" for r, n in sorted(counts.items()))
+        parts.append(f"dlq({topic}): {dead}")
+    parts.append(f"indexed={summary['indexed']}")
+    return " | ".join(parts)
+
+
+async def tail_dead_letters(
+    auditor: Auditor, consumer: AIOKafkaConsumer, stop: asyncio.Event, log: logging.Logger
+) -> None:
+    while not stop.is_set():
+        batch = await consumer.getmany(timeout_ms=500, max_records=500)
+        for records in batch.values():
+            for record in records:
+                try:
+                    auditor.on_dead_letter(DeadLetter.from_record(record))
+                except ValueError:
+                    log.warning("a record on %s is not a dead letter", record.topic)
+        if batch:
+            await consumer.commit()
+
+
+async def run() -> int:
+    env = AgentEnv.load(AGENT)
+    log = setup_logging(env.agent_id)
+    topics = env_list("AUDIT_TOPICS", f"{env.results_topic},{env.plans_topic}")
+    dlq_topics = env_list("AUDIT_DLQ_TOPICS", f"{env.results_dlq},{env.plans_dlq}")
+    group = env_str("GROUP_ID", AGENT)
+    interval = env_float("STATUS_INTERVAL_S", 5.0)
+    redis = aioredis.Redis.from_url(env.redis_url)
+    index = ProvenanceIndex(
+        redis, ttl_ms=env_int("PROVENANCE_TTL_MS", 7 * 24 * 3600 * 1000), prefix=env.state_prefix
+    )
+    auditor = Auditor(index)
+    guard = RedisReplayGuard.from_url(
+        env.redis_url, max_age_ms=env.max_age_ms, future_skew_ms=5_000, prefix=env.replay_prefix
+    )
+    verifier = Verifier(load_verify_keyring(), max_age_ms=env.max_age_ms)
+    consumers = {
+        topic: VerifyingConsumer(
+            ConsumerOptions(
+                bootstrap_servers=env.bootstrap_servers,
+                group_id=f"{group}.{topic}",
+                topics=[topic],
+                client_id=f"{env.agent_id}-{topic}",
+            ),
+            verifier=verifier,
+            guard=guard,
+        )
+        for topic in topics
+    }
+    dlq = AIOKafkaConsumer(
+        *dlq_topics,
+        bootstrap_servers=env.bootstrap_servers,
+        group_id=f"{group}.dead-letters",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
+    stop = asyncio.Event()
+    install_stop_signals(stop)
+    status = StatusBoard(redis, env.status_key())
+
+    async def log_summary() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
+            log.info("%s", format_summary(auditor.summary(consumers)))
+
+    code = 0
+    tasks: list[asyncio.Task[Any]] = []
+    reporter = asyncio.create_task(status.run_every(1.0, stop, lambda: auditor.summary(consumers)))
+    logger = asyncio.create_task(log_summary())
+    try:
+        await guard.start()
+        await dlq.start()
+        for consumer in consumers.values():
+            await consumer.start()
+        await status.publish("running")
+        tasks = [asyncio.create_task(c.run(auditor.on_verified)) for c in consumers.values()]
+        tasks.append(asyncio.create_task(tail_dead_letters(auditor, dlq, stop, log)))
+        waiter = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait({*tasks, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        for task in done:
+            failure = None if task is waiter else task.exception()
+            if failure is not None:
+                raise failure
+    except Exception:
+        log.exception("auditor failed")
+        code = 1
+    finally:
+        stop.set()
+        for consumer in consumers.values():
+            await consumer.stop()
+        for task in tasks:
+            with contextlib.suppress(Exception):
+                await task
+        await reporter
+        await logger
+        await dlq.stop()
+        await guard.stop()
+        summary = auditor.summary(consumers)
+        await status.publish("failed" if code else "done", **summary)
+        log.info("final: %s", format_summary(summary))
+        await redis.aclose()
+    return code
+
+
+def main() -> None:
+    sys.exit(asyncio.run(run()))
+
+
+if __name__ == "__main__":
+    main()
