@@ -1,6 +1,7 @@
 """The ``signed-bus`` console script.
 
-Subcommands (``signed-bus COMMAND --help`` for each):
+Subcommands defined in this module (``signed-bus COMMAND --help`` for each; the modules in
+:data:`COMMAND_MODULES` add more, such as ``trace`` and ``tail``):
 
 - ``keygen``: generate an HS256 or EdDSA key into a key file (mode 0600).
 - ``export-public``: write the public part of a key file (EdDSA public keys only).
