@@ -70,7 +70,9 @@ class ProducerOptions:
         if self.enable_idempotence and self.acks not in ("all", -1):
             raise ConfigurationError("enable_idempotence requires acks='all'")
         if self.linger_ms < 0 or self.max_batch_size <= 0 or self.request_timeout_ms <= 0:
-            raise ConfigurationError("linger_ms, max_batch_size and request_timeout_ms")
+            raise ConfigurationError(
+                "linger_ms must be >= 0, max_batch_size and request_timeout_ms > 0"
+            )
 
     def build(self) -> AIOKafkaProducer:
         """A new, unstarted producer (needs a running event loop, as aiokafka does)."""
