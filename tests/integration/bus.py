@@ -10,14 +10,12 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from signed_bus.clock import Clock, system_clock
 from signed_bus.consumer import ConsumedMessage, ConsumerOptions, VerifyingConsumer
 from signed_bus.keys import Keyring, generate_hmac_key
 from signed_bus.replay import RedisReplayGuard
 from signed_bus.signer import Signer
-from signed_bus.topics import create_topics
 from signed_bus.verifier import Verifier
 
 ISSUER = "agent-a"
@@ -40,24 +38,15 @@ def signer(ring: Keyring, *, clock: Clock = system_clock) -> Signer:
     return Signer(ring, kid=KID, issuer=ISSUER, model="model-v1", clock=clock)
 
 
-def guard(redis_url: str, **kw: Any) -> RedisReplayGuard:
+#: ``unique_topic(..., config=CREATE_TIME)``: a topic with producer-set timestamps.
+CREATE_TIME = {"message.timestamp.type": "CreateTime"}
+
+
+def guard(redis_url: str, prefix: str, **kw: Any) -> RedisReplayGuard:
+    """A guard on the test's own key prefix (the ``redis_prefix`` fixture)."""
     return RedisReplayGuard.from_url(
-        redis_url, max_age_ms=MAX_AGE_MS, future_skew_ms=SKEW_MS, prefix=unique("t"), **kw
+        redis_url, max_age_ms=MAX_AGE_MS, future_skew_ms=SKEW_MS, prefix=prefix, **kw
     )
-
-
-async def make_topics(bootstrap: str, *names: str, partitions: int = 3) -> None:
-    await create_topics(bootstrap, names, partitions=partitions)
-
-
-async def make_create_time_topic(bootstrap: str, name: str, partitions: int = 1) -> None:
-    """A topic with the broker's default CreateTime timestamps (not via create_topics)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(name, partitions, 1)])
-    finally:
-        await admin.close()
 
 
 @contextlib.asynccontextmanager

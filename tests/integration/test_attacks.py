@@ -24,17 +24,16 @@ from signed_bus.deadletter import (
 from signed_bus.envelope import decode_header, encode_envelope, split_envelope
 from signed_bus.keys import Keyring, generate_hmac_key
 from signed_bus.signer import Signer
+from tests.conftest import TopicFactory
 from tests.integration.bus import (
     Running,
     consumer_options,
     end_offsets,
     guard,
     keyring,
-    make_topics,
     plain_producer,
     read_all,
     signer,
-    unique,
     verifier,
 )
 
@@ -106,12 +105,15 @@ def forgeries(topic: str, ring: Keyring) -> list[Bad]:
 
 
 async def test_forgeries_are_dead_lettered_and_honest_records_flow_around_them(
-    kafka_bootstrap: str, redis_url: str, caplog: pytest.LogCaptureFixture
+    kafka_bootstrap: str,
+    redis_url: str,
+    redis_prefix: str,
+    unique_topic: TopicFactory,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     ring = keyring()
-    topic, dead = unique("attack"), unique("dlq")
-    await make_topics(kafka_bootstrap, topic, partitions=2)
-    await make_topics(kafka_bootstrap, dead, partitions=1)
+    topic = await unique_topic("attack", partitions=2)
+    dead = await unique_topic("dlq")
     sign = signer(ring).sign
     bad = forgeries(topic, ring)
     # Honest record i and forgery i alternate on each partition, so every forgery sits
@@ -135,7 +137,7 @@ async def test_forgeries_are_dead_lettered_and_honest_records_flow_around_them(
     ends = await end_offsets(kafka_bootstrap, [topic])
     assert sum(ends.values()) == honest_count + len(written)
 
-    async with guard(redis_url) as g:
+    async with guard(redis_url, redis_prefix) as g:
         consumer = VerifyingConsumer(
             consumer_options(kafka_bootstrap, [topic]),
             verifier=verifier(ring, max_envelope_bytes=MAX_BYTES),
@@ -189,17 +191,16 @@ async def test_forgeries_are_dead_lettered_and_honest_records_flow_around_them(
 
 
 async def test_without_a_dead_letter_topic_rejects_are_counted_and_committed(
-    kafka_bootstrap: str, redis_url: str
+    kafka_bootstrap: str, redis_url: str, redis_prefix: str, unique_topic: TopicFactory
 ) -> None:
     ring = keyring()
-    topic = unique("nodlq")
-    await make_topics(kafka_bootstrap, topic, partitions=1)
+    topic = await unique_topic("nodlq")
     async with plain_producer(kafka_bootstrap) as producer:
         await producer.send(topic, b"garbage")
         await producer.send(topic, signer(ring).sign({"seq": 1}, topic=topic))
         await producer.send(topic, b"more garbage")
         await producer.flush()
-    async with guard(redis_url) as g:
+    async with guard(redis_url, redis_prefix) as g:
         consumer = VerifyingConsumer(
             consumer_options(kafka_bootstrap, [topic]), verifier=verifier(ring), guard=g
         )

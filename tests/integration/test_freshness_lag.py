@@ -15,19 +15,18 @@ import pytest
 from signed_bus.clock import system_clock
 from signed_bus.consumer import VerifyingConsumer
 from signed_bus.deadletter import DeadLetter
+from tests.conftest import TopicFactory
 from tests.integration.bus import (
+    CREATE_TIME,
     MAX_AGE_MS,
     Running,
     consumer_options,
     end_offsets,
     guard,
     keyring,
-    make_create_time_topic,
-    make_topics,
     plain_producer,
     read_all,
     signer,
-    unique,
     verifier,
 )
 
@@ -45,13 +44,12 @@ def an_hour_ago() -> int:
 
 
 async def test_lagging_consumer_accepts_honest_records_by_append_time_and_rejects_old_envelopes(
-    kafka_bootstrap: str, redis_url: str
+    kafka_bootstrap: str, redis_url: str, redis_prefix: str, unique_topic: TopicFactory
 ) -> None:
     assert HOUR_MS > MAX_AGE_MS
     ring = keyring()
-    topic, dead = unique("lag"), unique("dlq")
-    await make_topics(kafka_bootstrap, topic, partitions=2)
-    await make_topics(kafka_bootstrap, dead, partitions=1)
+    topic = await unique_topic("lag", partitions=2)
+    dead = await unique_topic("dlq")
     honest = signer(ring)
     stale = signer(ring, clock=an_hour_ago)  # an envelope captured an hour ago
     early = signer(ring, clock=an_hour_ahead)  # a producer whose clock runs an hour ahead
@@ -62,7 +60,7 @@ async def test_lagging_consumer_accepts_honest_records_by_append_time_and_reject
         ahead = await producer.send_and_wait(topic, early.sign({"seq": "ahead"}, topic=topic))
     ends = await end_offsets(kafka_bootstrap, [topic])
 
-    async with guard(redis_url) as g:
+    async with guard(redis_url, redis_prefix) as g:
         consumer = VerifyingConsumer(
             consumer_options(kafka_bootstrap, [topic]),
             verifier=verifier(ring, clock=an_hour_ahead),
@@ -89,18 +87,21 @@ async def test_lagging_consumer_accepts_honest_records_by_append_time_and_reject
 
 
 async def test_create_time_topic_falls_back_to_the_consumer_clock_and_warns_once(
-    kafka_bootstrap: str, redis_url: str, caplog: pytest.LogCaptureFixture
+    kafka_bootstrap: str,
+    redis_url: str,
+    redis_prefix: str,
+    unique_topic: TopicFactory,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     ring = keyring()
-    topic = unique("createtime")
-    await make_create_time_topic(kafka_bootstrap, topic)
+    topic = await unique_topic("createtime", config=CREATE_TIME)
     honest = signer(ring)
     async with plain_producer(kafka_bootstrap) as producer:
         for i in range(5):
             await producer.send(topic, honest.sign({"seq": i}, topic=topic))
         await producer.flush()
 
-    async with guard(redis_url) as g:
+    async with guard(redis_url, redis_prefix) as g:
         lagging = VerifyingConsumer(
             consumer_options(kafka_bootstrap, [topic]),
             verifier=verifier(ring, clock=an_hour_ahead),

@@ -8,19 +8,20 @@ import time
 
 import pytest
 from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
 
 from signed_bus.consumer import ConsumedMessage, VerifyingConsumer
 from signed_bus.producer import Outgoing, ProducerOptions, SignedProducer
 from signed_bus.replay import ClaimVerdict
 from signed_bus.topics import create_topics, topic_timestamp_types
+from tests.conftest import TopicFactory
 from tests.integration.bus import (
+    CREATE_TIME,
     Running,
     consumer_options,
     end_offsets,
     guard,
     keyring,
-    make_create_time_topic,
-    make_topics,
     per_partition,
     signer,
     unique,
@@ -33,11 +34,10 @@ N = 10_000
 
 
 async def test_ten_thousand_results_round_trip_once_each_in_partition_order(
-    kafka_bootstrap: str, redis_url: str
+    kafka_bootstrap: str, redis_url: str, redis_prefix: str, unique_topic: TopicFactory
 ) -> None:
     ring = keyring()
-    topic = unique("rt")
-    await make_topics(kafka_bootstrap, topic, partitions=3)
+    topic = await unique_topic("rt", partitions=3)
     options = ProducerOptions(bootstrap_servers=kafka_bootstrap)
     started = time.monotonic()
     async with SignedProducer(options, signer=signer(ring)) as producer:
@@ -62,7 +62,7 @@ async def test_ten_thousand_results_round_trip_once_each_in_partition_order(
 
     ends = await end_offsets(kafka_bootstrap, [topic])
     assert sum(ends.values()) == N
-    async with guard(redis_url) as g:
+    async with guard(redis_url, redis_prefix) as g:
         consumer = VerifyingConsumer(
             consumer_options(kafka_bootstrap, [topic]), verifier=verifier(ring), guard=g
         )
@@ -94,10 +94,11 @@ async def test_ten_thousand_results_round_trip_once_each_in_partition_order(
     print(f"produced {N} in {produced:.2f}s, consumed in {consumed:.2f}s")
 
 
-async def test_send_send_and_wait_and_send_bytes(kafka_bootstrap: str, redis_url: str) -> None:
+async def test_send_send_and_wait_and_send_bytes(
+    kafka_bootstrap: str, redis_url: str, redis_prefix: str, unique_topic: TopicFactory
+) -> None:
     ring = keyring()
-    topic = unique("send")
-    await make_topics(kafka_bootstrap, topic, partitions=1)
+    topic = await unique_topic("send")
     raw = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, enable_idempotence=True)
     await raw.start()
     try:
@@ -120,7 +121,7 @@ async def test_send_send_and_wait_and_send_bytes(kafka_bootstrap: str, redis_url
     assert producer.metrics.signed == 3
 
     ends = {(topic, 0): 4}
-    async with guard(redis_url) as g:
+    async with guard(redis_url, redis_prefix) as g:
         consumer = VerifyingConsumer(
             consumer_options(kafka_bootstrap, [topic]), verifier=verifier(ring), guard=g
         )
@@ -134,27 +135,32 @@ async def test_send_send_and_wait_and_send_bytes(kafka_bootstrap: str, redis_url
 
 
 async def test_create_topics_is_idempotent_and_warns_on_create_time(
-    kafka_bootstrap: str, caplog: pytest.LogCaptureFixture
+    kafka_bootstrap: str, unique_topic: TopicFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
-    name, legacy = unique("ct"), unique("legacy")
-    assert await create_topics(kafka_bootstrap, [name], partitions=2) == [name]
-    assert await create_topics(kafka_bootstrap, [name], partitions=2) == []
-    await make_create_time_topic(kafka_bootstrap, legacy)
-    with caplog.at_level(logging.WARNING, logger="signed_bus.topics"):
-        assert await create_topics(kafka_bootstrap, [name, legacy]) == []
+    name = unique("ct")
+    legacy = await unique_topic("legacy", config=CREATE_TIME)
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        assert await create_topics(admin, [name], partitions=2) == [name]
+        assert await create_topics(admin, [name], partitions=2) == []
+        with caplog.at_level(logging.WARNING, logger="signed_bus.topics"):
+            assert await create_topics(kafka_bootstrap, [name, legacy]) == []
+        types = await topic_timestamp_types(admin, [name, legacy])
+    finally:
+        await admin.delete_topics([name])
+        await admin.close()
     warnings = [r.getMessage() for r in caplog.records if r.name == "signed_bus.topics"]
     assert len(warnings) == 1 and legacy in warnings[0] and "CreateTime" in warnings[0]
-    types = await topic_timestamp_types(kafka_bootstrap, [name, legacy])
     assert types == {name: "LogAppendTime", legacy: "CreateTime"}
 
 
 async def test_handler_error_commits_finished_records_and_redelivers_the_failed_one(
-    kafka_bootstrap: str, redis_url: str
+    kafka_bootstrap: str, redis_url: str, redis_prefix: str, unique_topic: TopicFactory
 ) -> None:
     ring = keyring()
-    topic = unique("fail")
+    topic = await unique_topic("fail")
     group = unique("g")
-    await make_topics(kafka_bootstrap, topic, partitions=1)
     async with SignedProducer(
         ProducerOptions(bootstrap_servers=kafka_bootstrap), signer=signer(ring)
     ) as producer:
@@ -167,7 +173,7 @@ async def test_handler_error_commits_finished_records_and_redelivers_the_failed_
         if message.payload["seq"] == 5:  # type: ignore[index]
             raise RuntimeError("handler failed")
 
-    async with guard(redis_url) as g:
+    async with guard(redis_url, redis_prefix) as g:
         first = VerifyingConsumer(
             consumer_options(kafka_bootstrap, [topic], group=group),
             verifier=verifier(ring),
@@ -206,18 +212,17 @@ async def test_handler_error_commits_finished_records_and_redelivers_the_failed_
 
 
 async def test_async_for_commits_what_was_asked_past_and_redelivers_the_last(
-    kafka_bootstrap: str, redis_url: str
+    kafka_bootstrap: str, redis_url: str, redis_prefix: str, unique_topic: TopicFactory
 ) -> None:
     ring = keyring()
-    topic = unique("iter")
+    topic = await unique_topic("iter")
     group = unique("g")
-    await make_topics(kafka_bootstrap, topic, partitions=1)
     async with SignedProducer(
         ProducerOptions(bootstrap_servers=kafka_bootstrap), signer=signer(ring)
     ) as producer:
         await producer.send_batch(topic, [Outgoing({"seq": i}) for i in range(6)])
 
-    async with guard(redis_url) as g:
+    async with guard(redis_url, redis_prefix) as g:
 
         def make() -> VerifyingConsumer:
             return VerifyingConsumer(

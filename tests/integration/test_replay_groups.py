@@ -17,17 +17,16 @@ from signed_bus.deadletter import DeadLetter
 from signed_bus.keys import Keyring
 from signed_bus.producer import Outgoing, ProducerOptions, SignedProducer
 from signed_bus.replay import ClaimVerdict, RedisReplayGuard
+from tests.conftest import TopicFactory
 from tests.integration.bus import (
     Running,
     consumer_options,
     end_offsets,
     guard,
     keyring,
-    make_topics,
     plain_producer,
     read_all,
     signer,
-    unique,
     verifier,
 )
 
@@ -57,13 +56,12 @@ def group_consumer(
 
 
 async def test_copies_are_dropped_in_every_group_and_each_group_gets_every_record_once(
-    kafka_bootstrap: str, redis_url: str
+    kafka_bootstrap: str, redis_url: str, redis_prefix: str, unique_topic: TopicFactory
 ) -> None:
     ring = keyring()
-    topic, other = unique("orders"), unique("other")
-    dead = {name: unique(f"dlq-{name}") for name in "ABC"}
-    await make_topics(kafka_bootstrap, topic, other, partitions=3)
-    await make_topics(kafka_bootstrap, *dead.values(), partitions=1)
+    topic = await unique_topic("orders", partitions=3)
+    other = await unique_topic("other", partitions=3)
+    dead = {name: await unique_topic(f"dlq-{name}") for name in "ABC"}
 
     await produce_honest(kafka_bootstrap, ring, topic, "first", 200)
     await produce_honest(kafka_bootstrap, ring, other, "other", 20)
@@ -71,7 +69,7 @@ async def test_copies_are_dropped_in_every_group_and_each_group_gets_every_recor
     async with plain_producer(kafka_bootstrap) as producer:
         original = await producer.send_and_wait(topic, victim, partition=0)
 
-    async with guard(redis_url) as g:
+    async with guard(redis_url, redis_prefix) as g:
         a = Running(group_consumer(kafka_bootstrap, ring, g, [topic, other], dead["A"]))
         async with a:
             await a.caught_up(await end_offsets(kafka_bootstrap, [topic, other]))
@@ -131,19 +129,17 @@ async def test_copies_are_dropped_in_every_group_and_each_group_gets_every_recor
 
 
 async def test_a_group_starting_later_or_at_the_end_still_drops_copies(
-    kafka_bootstrap: str, redis_url: str
+    kafka_bootstrap: str, redis_url: str, redis_prefix: str, unique_topic: TopicFactory
 ) -> None:
     ring = keyring()
-    topic = unique("late")
-    dead = {name: unique(f"dlq-{name}") for name in "ABC"}
-    await make_topics(kafka_bootstrap, topic, partitions=3)
-    await make_topics(kafka_bootstrap, *dead.values(), partitions=1)
+    topic = await unique_topic("late", partitions=3)
+    dead = {name: await unique_topic(f"dlq-{name}") for name in "ABC"}
     victim = signer(ring).sign({"seq": "victim"}, topic=topic)
     async with plain_producer(kafka_bootstrap) as producer:
         original = await producer.send_and_wait(topic, victim, partition=0)
     await produce_honest(kafka_bootstrap, ring, topic, "h", 30)
 
-    async with guard(redis_url) as g:
+    async with guard(redis_url, redis_prefix) as g:
         a = Running(group_consumer(kafka_bootstrap, ring, g, [topic], dead["A"]))
         async with a:
             await a.caught_up(await end_offsets(kafka_bootstrap, [topic]))
