@@ -16,6 +16,7 @@
 #   --dir DIR             state folder            (env SERVICES_DIR, default <repo>/.services)
 #   --only kafka|redis|kafka,redis                which services (default both)
 #   --record FILE         up: append the names of the services this call started to FILE
+#   --no-reuse            up: fail instead of reusing a port served by a process not started here
 # Extra instances for fault tests: `up --dir .services/extra --kafka-port 19092
 # --controller-port 19093 --redis-port 6390` (tests/integration/services.py drives exactly that).
 #
@@ -39,6 +40,7 @@ redis_port=${REDIS_PORT:-6379}
 dir=${SERVICES_DIR:-$repo/.services}
 only=kafka,redis
 record=
+reuse=yes
 while [ $# -gt 0 ]; do
     case $1 in
         --kafka-port) kafka_port=$2; shift 2 ;;
@@ -47,6 +49,7 @@ while [ $# -gt 0 ]; do
         --dir) dir=$2; shift 2 ;;
         --only) only=$2; shift 2 ;;
         --record) record=$2; shift 2 ;;
+        --no-reuse) reuse=no; shift ;;
         -h|--help) usage; exit 0 ;;
         *) echo "local.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
     esac
@@ -210,6 +213,7 @@ kafka_up() {
     if port_open "$kafka_port"; then
         kafka_metadata 5 >/dev/null \
             || die "port $host:$kafka_port is taken by something that does not answer a Kafka metadata request"
+        [ "$reuse" = yes ] || die "kafka: $host:$kafka_port already serves a broker not started here (--no-reuse)"
         say "kafka: $host:$kafka_port already serves Kafka, not started by this launcher; reusing it (down leaves it alone)"
         return 0
     fi
@@ -264,7 +268,7 @@ kafka_down() {
         rm -f "$kafka_pidfile"
         say "kafka: stopped"
     else
-        [ -f "$kafka_pidfile" ] && { say "kafka: removing stale pid file"; rm -f "$kafka_pidfile"; }
+        if [ -f "$kafka_pidfile" ]; then say "kafka: removing stale pid file"; rm -f "$kafka_pidfile"; fi
         if port_open "$kafka_port"; then
             say "kafka: $host:$kafka_port is served by a process this launcher did not start; left alone"
         else
@@ -324,6 +328,7 @@ redis_up() {
     ensure_redis
     if port_open "$redis_port"; then
         redis_ping || die "port $host:$redis_port is taken by something that does not answer Redis PING"
+        [ "$reuse" = yes ] || die "redis: $host:$redis_port already serves a Redis not started here (--no-reuse)"
         say "redis: $host:$redis_port already serves Redis, not started by this launcher; reusing it (down leaves it alone)"
         return 0
     fi
@@ -357,7 +362,7 @@ redis_down() {
         rm -f "$redis_pidfile"
         say "redis: stopped"
     else
-        [ -f "$redis_pidfile" ] && { say "redis: removing stale pid file"; rm -f "$redis_pidfile"; }
+        if [ -f "$redis_pidfile" ]; then say "redis: removing stale pid file"; rm -f "$redis_pidfile"; fi
         if port_open "$redis_port"; then
             say "redis: $host:$redis_port is served by a process this launcher did not start; left alone"
         else
@@ -385,28 +390,28 @@ redis_status() {
 
 print_env() {
     local parts=()
-    wants kafka && parts+=("KAFKA_BOOTSTRAP_SERVERS=$host:$kafka_port")
-    wants redis && parts+=("REDIS_URL=redis://$host:$redis_port/0")
+    if wants kafka; then parts+=("KAFKA_BOOTSTRAP_SERVERS=$host:$kafka_port"); fi
+    if wants redis; then parts+=("REDIS_URL=redis://$host:$redis_port/0"); fi
     echo "export ${parts[*]}"
 }
 
 case $cmd in
     up)
         lock
-        wants redis && redis_up
-        wants kafka && kafka_up
+        if wants redis; then redis_up; fi
+        if wants kafka; then kafka_up; fi
         say "state, data and logs under $dir"
         say "environment for clients: $(print_env)"
         ;;
     down)
         lock
-        wants kafka && kafka_down
-        wants redis && redis_down
+        if wants kafka; then kafka_down; fi
+        if wants redis; then redis_down; fi
         ;;
     clean)
         lock
-        wants kafka && { kafka_down; rm -rf "$kafka_home"; say "kafka: deleted $kafka_home"; }
-        wants redis && { redis_down; rm -rf "$redis_home"; say "redis: deleted $redis_home"; }
+        if wants kafka; then kafka_down; rm -rf "$kafka_home"; say "kafka: deleted $kafka_home"; fi
+        if wants redis; then redis_down; rm -rf "$redis_home"; say "redis: deleted $redis_home"; fi
         ;;
     status)
         rc=0
