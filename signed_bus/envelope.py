@@ -358,7 +358,7 @@ def split_envelope(value: bytes) -> tuple[bytes, bytes, bytes]:
     MalformedEnvelope for everything else that is not the shortest-form v1 framing.
     """
     try:
-        outer = _unpackb(value, raw=False, max_array_len=4, max_map_len=0, max_ext_len=0)
+        outer = _unpackb(value, max_array_len=4, max_map_len=0, max_ext_len=0)
     except Exception as exc:  # msgpack raises ValueError subclasses, TypeError, ...
         _classify_foreign(value, exc)
     if type(outer) is not list or len(outer) != 4 or outer[0] != TAG:
@@ -397,17 +397,6 @@ def _classify_foreign(value: bytes, error: Exception | None) -> NoReturn:
     raise MalformedEnvelope("value is not a v1 envelope [tag, protected, body, signature]")
 
 
-def _map_len(protected: bytes) -> int:
-    first = protected[0]
-    if first & 0xF0 == 0x80:
-        return first & 0x0F
-    if first == 0xDE:
-        return int.from_bytes(protected[1:3], "big")
-    if first == 0xDF:
-        return int.from_bytes(protected[1:5], "big")
-    return -1
-
-
 _required_values = itemgetter(K_ALG, K_KID, K_ISS, K_MDL, K_CTY, K_TPC, K_RKD, K_IAT, K_NCE, K_PAR)
 _TYPES_KEYED: Final = (str, str, str, str, str, str, bytes, int, bytes, list)
 _TYPES_NULL_KEY: Final = (str, str, str, str, str, str, type(None), int, bytes, list)
@@ -419,11 +408,16 @@ def decode_header(protected: bytes) -> dict[str, Any]:
     Every field is checked for its exact type (bool is not int, float is not int), length and
     range; unknown, missing and duplicate keys are rejected. Raises MalformedEnvelope only.
     """
+    return _decode_header(protected)[0]
+
+
+def _decode_header(protected: bytes) -> tuple[dict[str, Any], tuple[Any, ...]]:
+    """decode_header, also returning the values of the required keys in HEADER_KEYS order."""
     try:
+        # raw=False and strict_map_key=True are msgpack's defaults (>= 1.0): str is decoded as
+        # UTF-8 text, and map keys may only be str or bin.
         header = _unpackb(
             protected,
-            raw=False,
-            strict_map_key=True,
             max_str_len=MAX_TEXT_BYTES,
             max_bin_len=DIGEST_BYTES,
             max_array_len=MAX_PARENTS,
@@ -443,10 +437,11 @@ def decode_header(protected: bytes) -> dict[str, Any]:
     size = len(header)
     if size != 10 and (size != 11 or K_EXP not in header):
         raise MalformedEnvelope("protected header has unknown keys")
-    # A decoded dict keeps the last of duplicate keys; counting entries catches them, so no two
-    # implementations can read different values from the same signed bytes.
-    if _map_len(protected) != size:
-        raise MalformedEnvelope("protected header has duplicate keys")
+    # 10 or 11 entries always fit a fixmap, so the first byte announces the entry count. A dict
+    # keeps only the last of duplicate keys, so a count above len(header) means duplicates: no
+    # two implementations may read different values from the same signed bytes.
+    if protected[0] != 0x80 | size:
+        raise MalformedEnvelope("protected header has duplicate keys or is not a fixmap")
     types = tuple(map(type, values))
     if types != _TYPES_KEYED and types != _TYPES_NULL_KEY:
         raise MalformedEnvelope("protected header field has the wrong type")
@@ -466,16 +461,18 @@ def decode_header(protected: bytes) -> dict[str, Any]:
         exp = header[K_EXP]
         if type(exp) is not int or not 0 <= exp <= MAX_INT:
             raise MalformedEnvelope("header field 'exp' must be an int from 0 to 2**63 - 1")
-    return header
+    return header, values
 
 
-def decode_parts(value: bytes) -> tuple[dict[str, Any], bytes, bytes, bytes]:
-    """Strictly decode a record value into (header map, protected, body, signature).
+def decode_parts(value: bytes) -> tuple[dict[str, Any], tuple[Any, ...], bytes, bytes, bytes]:
+    """Strictly decode a record value: (header map, required values in HEADER_KEYS order,
+    protected, body, signature). The verifier's hot path.
 
-    The verifier's hot path. Raises MalformedEnvelope or UnsupportedVersion.
+    Raises MalformedEnvelope or UnsupportedVersion.
     """
     protected, body, signature = split_envelope(value)
-    return decode_header(protected), protected, body, signature
+    header, values = _decode_header(protected)
+    return header, values, protected, body, signature
 
 
 # -- an inspectable, unverified view (CLI, debugging) --------------------------------------------

@@ -29,7 +29,6 @@ from signed_bus.envelope import (
     K_MDL,
     K_NCE,
     K_PAR,
-    K_RKD,
     K_TPC,
     decode_parts,
     envelope_digest,
@@ -362,12 +361,10 @@ class Verifier:
             raise EnvelopeTooLarge(
                 f"{len(value)} bytes exceeds the {self._max_bytes}-byte cap", topic=topic
             )
-        header, protected, body, signature = decode_parts(value)
+        header, values, protected, body, signature = decode_parts(value)
+        alg, kid, issuer, _, _, signed_topic, rkd, created_at, _, _ = values
 
         # Policy: the header names the key; the key decides the algorithm and the issuers.
-        kid: str = header[K_KID]
-        issuer: str = header[K_ISS]
-        alg = header[K_ALG]
         sig_bytes = _SIG_BYTES.get(alg)
         if sig_bytes is None:
             raise AlgorithmMismatch("algorithm is not supported", kid=kid, issuer=issuer)
@@ -390,9 +387,8 @@ class Verifier:
         except BadSignature as exc:
             raise BadSignature(exc.message, kid=kid, issuer=issuer) from None
 
-        if header[K_TPC] != topic:
+        if signed_topic != topic:
             raise WrongTopic("envelope was signed for another topic", kid=kid, issuer=issuer)
-        rkd = header[K_RKD]
         if rkd is None:
             if key is not None:
                 raise WrongKey("envelope was signed for a null record key", kid=kid, issuer=issuer)
@@ -401,7 +397,6 @@ class Verifier:
 
         if not self._audit:
             reference = self._clock() if reference_ms is None else reference_ms
-            created_at: int = header[K_IAT]
             if created_at > reference + self._future_skew:
                 raise NotYetValid(
                     f"created {created_at - reference} ms after the reference time",
