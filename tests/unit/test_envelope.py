@@ -397,3 +397,11 @@ def test_decode_errors_are_verification_errors() -> None:
     assert issubclass(UnsupportedVersion, VerificationError)
     with pytest.raises(MalformedEnvelope):
         decode_envelope(None)  # type: ignore[arg-type]
+
+
+def test_header_map_must_be_a_fixmap() -> None:
+    # 10 entries as map16 (0xde 0x000a): valid msgpack, but not the shortest form.
+    protected = msgpack.packb(header_map())
+    assert protected[0] == 0x8A
+    with pytest.raises(MalformedEnvelope):
+        decode_header(b"\xde\x00\x0a" + protected[1:])
