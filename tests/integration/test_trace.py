@@ -11,13 +11,13 @@ import sys
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaProducer
 
 from signed_bus import Keyring, Signer, Verifier, generate_ed25519_key
 from signed_bus.provenance import Position, ProvenanceIndex, RecordFetcher, Tracer
-from signed_bus.topics import create_topics
 
 pytestmark = pytest.mark.integration
 
@@ -43,10 +43,8 @@ async def ring() -> Keyring:
 
 
 @pytest.fixture
-async def index(redis_url: str) -> AsyncIterator[ProvenanceIndex]:
-    async with ProvenanceIndex.from_url(
-        redis_url, ttl_ms=600_000, prefix=f"test-trace-{uuid.uuid4().hex[:8]}"
-    ) as idx:
+async def index(redis_url: str, redis_prefix: str) -> AsyncIterator[ProvenanceIndex]:
+    async with ProvenanceIndex.from_url(redis_url, ttl_ms=600_000, prefix=redis_prefix) as idx:
         yield idx
 
 
@@ -68,11 +66,12 @@ async def _publish(
 
 @pytest.fixture
 async def chain(
-    kafka_bootstrap: str, ring: Keyring, index: ProvenanceIndex, producer: AIOKafkaProducer
+    unique_topic: Any, ring: Keyring, index: ProvenanceIndex, producer: AIOKafkaProducer
 ) -> Chain:
-    run = uuid.uuid4().hex[:8]
-    topics = [f"trace-{name}-{run}" for name in ("results", "plans", "actions")]
-    await create_topics(kafka_bootstrap, topics, partitions=2)
+    topics = [
+        await unique_topic(f"trace-{name}", partitions=2)
+        for name in ("results", "plans", "actions")
+    ]
     signers = [
         Signer(ring, kid="inf-1", issuer="inference-agent", model="incident-lm@1.3.0"),
         Signer(ring, kid="plan-1", issuer="planner", model="planner-rules@2"),
@@ -172,6 +171,7 @@ async def test_aborted_record_is_not_found(
 async def test_cli_trace(
     kafka_bootstrap: str,
     redis_url: str,
+    redis_prefix: str,
     ring: Keyring,
     index: ProvenanceIndex,
     chain: Chain,
@@ -190,7 +190,7 @@ async def test_cli_trace(
         "REDIS_URL": redis_url,
         "SIGNED_BUS_KEYRING_FILE": str(keyfile),
     }
-    prefix = ["--index-prefix", index.key(b"").rsplit(":prov:", 1)[0]]
+    prefix = ["--index-prefix", redis_prefix]
     base = [sys.executable, "-m", "signed_bus.cli", "trace", *prefix]
     start = chain.positions[0]
     by_position = await asyncio.to_thread(
@@ -234,7 +234,10 @@ async def test_cli_tail_prints_verdicts(
     keyfile = Path(str(tmp_path)) / "public.keyring"
     ring.public().dump(keyfile, mode=0o644)
     topic = chain.topics[1]
-    await producer.send_and_wait(topic, b"not an envelope", key=b"x")
+    # Same partition as the plan, so the two verdicts come in a known order.
+    await producer.send_and_wait(
+        topic, b"not an envelope", key=b"x", partition=chain.positions[1].partition
+    )
     env = {**os.environ, "SIGNED_BUS_KEYRING_FILE": str(keyfile)}
     tail = await asyncio.to_thread(
         subprocess.run,
