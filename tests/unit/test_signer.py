@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 
 import msgpack
 import pytest
@@ -161,7 +162,6 @@ def test_repr_has_no_key_material(ring: Keyring) -> None:
 def test_hs256_key_is_plain_hmac_sha256(secret_len: int) -> None:
     # HmacKey precomputes the padded-key states; the MAC must stay standard HMAC-SHA256.
     import hmac
-    import os
 
     from signed_bus.keys import HmacKey
 
@@ -171,3 +171,23 @@ def test_hs256_key_is_plain_hmac_sha256(secret_len: int) -> None:
         expected = hmac.digest(secret, message, "sha256")
         assert key.sign(message) == expected
         key.verify(message, expected)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_forked_child_does_not_reuse_the_parents_buffered_nonces(ring: Keyring) -> None:
+    signer = Signer(ring, kid="hmac-1", issuer="agent-a", model="m")
+    signer.sign(1, topic="t")  # the parent now holds unused buffered nonces
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: sign once, report the nonce, exit without running pytest teardown
+        try:
+            os.write(write_end, decode_envelope(signer.sign(1, topic="t")).header.nonce)
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    child_nonce = os.read(read_end, 16)
+    os.close(read_end)
+    os.waitpid(pid, 0)
+    parent_nonce = decode_envelope(signer.sign(1, topic="t")).header.nonce
+    assert len(child_nonce) == 16
+    assert child_nonce != parent_nonce
