@@ -6,7 +6,9 @@ Workload: 1,000 distinct inference results, each exactly 512 bytes as msgpack (t
 shared with the full benchmark, signed_bus.bench.payloads), signed for a topic and a 16-byte
 record key; the timed loops cycle through them.
 
-Contenders, each timed with time.perf_counter_ns over a loop, after a warm-up, best of N:
+Contenders, each timed with time.perf_counter_ns over a loop after a warm-up; every round
+times each contender once (interleaved, so load from other processes hits all alike) and the
+best round counts (the median is printed beside it):
 
 - ours, HS256 / EdDSA: ``Signer.sign(result)`` (msgpack-encode, header with a fresh nonce,
   sign, frame) and ``Verifier.verify`` (size cap, strict decode, policy, signature, destination,
@@ -29,6 +31,7 @@ import hmac
 import json
 import os
 import platform
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -60,33 +63,44 @@ def pin_to_one_core() -> str:
         return "not pinned (no sched_setaffinity)"
 
 
-def per_op_us(
-    step: Callable[[int], object], *, repeats: int, seconds: float, warmup: int = 2_000
-) -> float:
-    """Best-of-``repeats`` microseconds per call of ``step(i)``, loops sized to ~``seconds``."""
+def calibrate(step: Callable[[int], object], *, seconds: float, warmup: int) -> int:
+    """Warm ``step`` up and return the call count of a loop lasting about ``seconds``."""
     for i in range(warmup):
         step(i)
     start = time.perf_counter_ns()
     calls = 0
-    while time.perf_counter_ns() - start < 20_000_000:  # size the loop from ~20 ms of calls
+    while time.perf_counter_ns() - start < 20_000_000:
         step(calls)
         calls += 1
     per_call_ns = (time.perf_counter_ns() - start) / calls
-    number = max(50, int(seconds * 1e9 / per_call_ns))
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter_ns()
-        for i in range(number):
-            step(i)
-        best = min(best, (time.perf_counter_ns() - t0) / number)
-    return best / 1000
+    return max(20, int(seconds * 1e9 / per_call_ns))
+
+
+def measure_all(
+    steps: dict[str, Callable[[int], object]], *, rounds: int, seconds: float
+) -> dict[str, tuple[float, float]]:
+    """(best, median) microseconds per call for each step.
+
+    Contenders are interleaved: every round times one loop of each, so a burst of load from
+    other processes hits all of them alike and the best round of each is a quiet one.
+    """
+    numbers = {name: calibrate(step, seconds=seconds, warmup=500) for name, step in steps.items()}
+    samples: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, step in steps.items():
+            number = numbers[name]
+            t0 = time.perf_counter_ns()
+            for i in range(number):
+                step(i)
+            samples[name].append((time.perf_counter_ns() - t0) / number / 1000)
+    return {name: (min(v), statistics.median(v)) for name, v in samples.items()}
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=15, help="best of N loops (default 15)")
+    parser.add_argument("--repeats", type=int, default=25, help="rounds; best is kept (default 25)")
     parser.add_argument(
-        "--seconds", type=float, default=0.05, help="target seconds per loop (default 0.05)"
+        "--seconds", type=float, default=0.02, help="seconds per timed loop (default 0.02)"
     )
     args = parser.parse_args(argv)
     where = pin_to_one_core()
@@ -139,51 +153,43 @@ def main(argv: list[str]) -> int:
     ed_messages = [signed_message(*split_envelope(v)[:2]) for v in ed_values]
     ed_sigs = [split_envelope(v)[2] for v in ed_values]
 
-    def measure(step: Callable[[int], object]) -> float:
-        return per_op_us(step, repeats=args.repeats, seconds=args.seconds)
-
-    def slow(step: Callable[[int], object]) -> float:  # Ed25519: ~10x fewer calls per loop
-        return per_op_us(step, repeats=max(5, args.repeats // 3), seconds=args.seconds, warmup=200)
-
-    m: dict[str, float] = {}
-    m["hs_sign"] = measure(
-        lambda i: hs_signer.sign(results[i % n], topic=TOPIC, key=record_keys[i % n])
+    steps: dict[str, Callable[[int], object]] = {}
+    steps["hs_sign"] = lambda i: hs_signer.sign(results[i % n], topic=TOPIC, key=record_keys[i % n])
+    steps["hs_sign_bytes"] = lambda i: hs_signer.sign_bytes(
+        bodies[i % n], content_type="application/msgpack", topic=TOPIC, key=record_keys[i % n]
     )
-    m["hs_sign_bytes"] = measure(
-        lambda i: hs_signer.sign_bytes(
-            bodies[i % n], content_type="application/msgpack", topic=TOPIC, key=record_keys[i % n]
-        )
+    steps["hs_verify"] = lambda i: verifier.verify(
+        hs_values[i % n], topic=TOPIC, key=record_keys[i % n]
     )
-    m["hs_verify"] = measure(
-        lambda i: verifier.verify(hs_values[i % n], topic=TOPIC, key=record_keys[i % n])
+    steps["hs_verify_payload"] = lambda i: (
+        verifier.verify(hs_values[i % n], topic=TOPIC, key=record_keys[i % n]).payload
     )
-    m["hs_verify_payload"] = measure(
-        lambda i: verifier.verify(hs_values[i % n], topic=TOPIC, key=record_keys[i % n]).payload
-    )
-    m["naive_sign"] = measure(lambda i: naive_sign(results[i % n]))
-    m["naive_verify"] = measure(lambda i: naive_verify(parsed[i % n]))
-    m["naive_verify_parse"] = measure(lambda i: naive_verify(json.loads(naive_wire[i % n])))
+    steps["naive_sign"] = lambda i: naive_sign(results[i % n])
+    steps["naive_verify"] = lambda i: naive_verify(parsed[i % n])
+    steps["naive_verify_parse"] = lambda i: naive_verify(json.loads(naive_wire[i % n]))
     # Where verify's time goes: the C-level calls it cannot avoid, on the same bytes.
     hs_parts = [split_envelope(v) for v in hs_values]
     hs_messages = [signed_message(p, b) for p, b, _ in hs_parts]
-    m["floor_outer"] = measure(lambda i: msgpack.unpackb(hs_values[i % n]))
-    m["floor_header"] = measure(lambda i: msgpack.unpackb(hs_parts[i % n][0]))
-    m["floor_hmac"] = measure(lambda i: hs.sign(hs_messages[i % n]))
-    m["floor_keyhash"] = measure(lambda i: hashlib.sha256(record_keys[i % n]).digest())
-    m["ed_sign"] = slow(
-        lambda i: ed_signer.sign(results[i % n], topic=TOPIC, key=record_keys[i % n])
+    steps["floor_outer"] = lambda i: msgpack.unpackb(hs_values[i % n])
+    steps["floor_header"] = lambda i: msgpack.unpackb(hs_parts[i % n][0])
+    steps["floor_hmac"] = lambda i: hs.sign(hs_messages[i % n])
+    steps["floor_keyhash"] = lambda i: hashlib.sha256(record_keys[i % n]).digest()
+    steps["ed_sign"] = lambda i: ed_signer.sign(results[i % n], topic=TOPIC, key=record_keys[i % n])
+    steps["bare_ed_sign"] = lambda i: ed_private.sign(ed_messages[i % n])
+    steps["ed_verify"] = lambda i: ed_verifier.verify(
+        ed_values[i % n], topic=TOPIC, key=record_keys[i % n]
     )
-    m["bare_ed_sign"] = slow(lambda i: ed_private.sign(ed_messages[i % n]))
-    m["ed_verify"] = slow(
-        lambda i: ed_verifier.verify(ed_values[i % n], topic=TOPIC, key=record_keys[i % n])
-    )
-    m["bare_ed_verify"] = slow(lambda i: ed_public.verify(ed_sigs[i % n], ed_messages[i % n]))
+    steps["bare_ed_verify"] = lambda i: ed_public.verify(ed_sigs[i % n], ed_messages[i % n])
+
+    timed = measure_all(steps, rounds=args.repeats, seconds=args.seconds)
+    m = {name: best for name, (best, _) in timed.items()}
+    median = {name: med for name, (_, med) in timed.items()}
 
     print("signed-bus core benchmark: one 512-byte msgpack inference result per message")
     print(
         f"python {platform.python_version()} ({platform.machine()}), msgpack "
         f"{'.'.join(map(str, msgpack.version))}, cryptography {cryptography.__version__}, "
-        f"{where}, best of {args.repeats} loops of ~{args.seconds * 1000:.0f} ms"
+        f"{where}, {args.repeats} interleaved rounds of ~{args.seconds * 1000:.0f} ms loops"
     )
     print(f"envelope size: HS256 {len(hs_values[0])} bytes, EdDSA {len(ed_values[0])} bytes")
     print()
@@ -207,13 +213,14 @@ def main(argv: list[str]) -> int:
         ("  sha256(record key)", "floor_keyhash"),
     ]
     width = max(len(label) for label, _ in rows + floor)
+    print(f"  {'':<{width}}  {'best':>8}  {'median':>8}  (us per message)")
     for label, key in rows:
-        print(f"  {label:<{width}}  {m[key]:8.2f} us/msg")
+        print(f"  {label:<{width}}  {m[key]:8.2f}  {median[key]:8.2f}")
     print("  HS256 verify: unavoidable C calls on the same bytes (the rest is Python checks)")
     for label, key in floor:
-        print(f"  {label:<{width}}  {m[key]:8.2f} us/msg")
+        print(f"  {label:<{width}}  {m[key]:8.2f}  {median[key]:8.2f}")
     total = sum(m[key] for _, key in floor)
-    print(f"  {'  sum':<{width}}  {total:8.2f} us/msg")
+    print(f"  {'  sum':<{width}}  {total:8.2f}")
     print()
 
     checks = [
