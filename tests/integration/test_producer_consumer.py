@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import socket
 import time
 
 import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
-from signed_bus.consumer import ConsumedMessage, VerifyingConsumer
+from signed_bus.consumer import Backoff, ConsumedMessage, VerifyingConsumer
 from signed_bus.producer import Outgoing, ProducerOptions, SignedProducer
 from signed_bus.replay import ClaimVerdict
 from signed_bus.topics import create_topics, topic_timestamp_types
@@ -23,6 +25,7 @@ from tests.integration.bus import (
     guard,
     keyring,
     per_partition,
+    plain_producer,
     signer,
     unique,
     verifier,
@@ -252,3 +255,109 @@ async def test_async_for_commits_what_was_asked_past_and_redelivers_the_last(
         # The first consumer claimed its whole batch (0-5): records 2-5 are read again at
         # their own positions, SAME_POSITION, never a replay.
         assert consumer.metrics.same_position == 4 and consumer.metrics.rejected_total == 0
+
+
+def unreachable_redis_url() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"redis://127.0.0.1:{port}/0"  # nothing listens once the socket is closed
+
+
+async def test_fail_closed_holds_the_batch_until_redis_answers_and_loses_nothing(
+    kafka_bootstrap: str, redis_url: str, redis_prefix: str, unique_topic: TopicFactory
+) -> None:
+    ring = keyring()
+    topic = await unique_topic("closed", partitions=2)
+    group = unique("g")
+    async with SignedProducer(
+        ProducerOptions(bootstrap_servers=kafka_bootstrap), signer=signer(ring)
+    ) as producer:
+        await producer.send_batch(topic, [Outgoing({"seq": i}) for i in range(20)])
+    ends = await end_offsets(kafka_bootstrap, [topic])
+
+    fast = Backoff(initial_ms=20, max_ms=100)
+    down = guard(unreachable_redis_url(), redis_prefix)  # not started: start() would raise
+    try:
+        consumer = VerifyingConsumer(
+            consumer_options(kafka_bootstrap, [topic], group=group),
+            verifier=verifier(ring),
+            guard=down,
+            backoff=fast,
+            timeout_ms=200,
+        )
+        async with Running(consumer) as running:
+            for _ in range(300):
+                if consumer.metrics.guard_retries >= 3:
+                    break
+                await asyncio.sleep(0.05)
+            assert consumer.metrics.guard_waiting
+            assert running.delivered == [] and consumer.metrics.committed == {}
+    finally:
+        await down.stop()
+    assert consumer.metrics.guard_retries >= 3 and consumer.metrics.unchecked == 0
+
+    # The held batch was never committed: the group gets all of it once Redis answers.
+    async with guard(redis_url, redis_prefix) as up:
+        again = VerifyingConsumer(
+            consumer_options(kafka_bootstrap, [topic], group=group),
+            verifier=verifier(ring),
+            guard=up,
+        )
+        async with Running(again) as running:
+            await running.caught_up(ends)
+    assert sorted(m.payload["seq"] for m in running.delivered) == list(range(20))  # type: ignore[index]
+    assert all(m.claim is ClaimVerdict.NEW for m in running.delivered)
+
+
+async def test_fail_open_delivers_and_counts_unchecked_records(
+    kafka_bootstrap: str,
+    redis_prefix: str,
+    unique_topic: TopicFactory,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    ring = keyring()
+    topic = await unique_topic("open")
+    async with SignedProducer(
+        ProducerOptions(bootstrap_servers=kafka_bootstrap), signer=signer(ring)
+    ) as producer:
+        await producer.send_batch(topic, [Outgoing({"seq": i}) for i in range(5)])
+    down = guard(unreachable_redis_url(), redis_prefix)
+    try:
+        consumer = VerifyingConsumer(
+            consumer_options(kafka_bootstrap, [topic]),
+            verifier=verifier(ring),
+            guard=down,
+            fail_open=True,
+        )
+        with caplog.at_level(logging.WARNING, logger="signed_bus.consumer"):
+            async with Running(consumer) as running:
+                await running.caught_up({(topic, 0): 5})
+    finally:
+        await down.stop()
+    assert [m.payload["seq"] for m in running.delivered] == list(range(5))  # type: ignore[index]
+    assert all(m.claim is None for m in running.delivered)
+    assert consumer.metrics.unchecked == 5 and consumer.metrics.guard_retries == 0
+    assert any("UNCHECKED" in r.getMessage() for r in caplog.records)
+
+
+async def test_audit_mode_skips_freshness_and_replay_but_not_signatures(
+    kafka_bootstrap: str, unique_topic: TopicFactory
+) -> None:
+    ring = keyring()
+    topic = await unique_topic("audit")
+    stale = signer(ring, clock=lambda: 1_000_000_000_000)  # created in 2001
+    old = stale.sign({"seq": "old"}, topic=topic)
+    async with plain_producer(kafka_bootstrap) as producer:
+        await producer.send(topic, old)
+        await producer.send(topic, old)  # a copy: audit mode does not check replays
+        await producer.send(topic, old[:-1] + bytes([old[-1] ^ 1]))  # still verified
+        await producer.flush()
+    consumer = VerifyingConsumer(
+        consumer_options(kafka_bootstrap, [topic]), verifier=verifier(ring, audit=True)
+    )
+    async with Running(consumer) as running:
+        await running.caught_up({(topic, 0): 3})
+    assert [m.offset for m in running.delivered] == [0, 1]
+    assert all(m.claim is None for m in running.delivered)
+    assert consumer.metrics.rejected == {"bad_signature": 1} and consumer.metrics.unchecked == 0
