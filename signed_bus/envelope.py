@@ -41,6 +41,7 @@ __all__ = [
     "Header",
     "decode_envelope",
     "decode_header",
+    "decode_header_values",
     "decode_parts",
     "encode_envelope",
     "encode_header",
@@ -408,11 +409,12 @@ def decode_header(protected: bytes) -> dict[str, Any]:
     Every field is checked for its exact type (bool is not int, float is not int), length and
     range; unknown, missing and duplicate keys are rejected. Raises MalformedEnvelope only.
     """
-    return _decode_header(protected)[0]
+    return decode_header_values(protected)[0]
 
 
-def _decode_header(protected: bytes) -> tuple[dict[str, Any], tuple[Any, ...]]:
-    """decode_header, also returning the values of the required keys in HEADER_KEYS order."""
+def decode_header_values(protected: bytes) -> tuple[dict[str, Any], tuple[Any, ...]]:
+    """decode_header, also returning the values of the required keys in HEADER_KEYS order
+    (alg, kid, iss, mdl, cty, tpc, rkd, iat, nce, par): the verifier's hot path."""
     try:
         # raw=False and strict_map_key=True are msgpack's defaults (>= 1.0): str is decoded as
         # UTF-8 text, and map keys may only be str or bin.
@@ -471,7 +473,7 @@ def decode_parts(value: bytes) -> tuple[dict[str, Any], tuple[Any, ...], bytes, 
     Raises MalformedEnvelope or UnsupportedVersion.
     """
     protected, body, signature = split_envelope(value)
-    header, values = _decode_header(protected)
+    header, values = decode_header_values(protected)
     return header, values, protected, body, signature
 
 

@@ -30,9 +30,10 @@ from signed_bus.envelope import (
     K_NCE,
     K_PAR,
     K_TPC,
-    decode_parts,
+    decode_header_values,
     envelope_digest,
     signed_message,
+    split_envelope,
 )
 from signed_bus.errors import (
     AlgorithmMismatch,
@@ -68,7 +69,7 @@ class VerifiedMessage:
     as a parent) is also computed on first access: most consumers never need it.
     """
 
-    # The verifier builds instances through ``_verified``: a view over the checked header map,
+    # Verifier.verify builds instances without __init__: a view over the checked header map,
     # three slot writes. ``_digest`` and ``_payload`` stay unset until first read. The keyword
     # constructor below serves tests and code that builds messages by hand.
     __slots__ = ("_digest", "_header", "_payload", "_value", "body")
@@ -112,14 +113,6 @@ class VerifiedMessage:
         _set_body(self, body)
         _set_value(self, None)
         _set_digest(self, digest)
-
-    @classmethod
-    def _verified(cls, header: dict[str, Any], body: bytes, value: bytes) -> VerifiedMessage:
-        msg = _new(cls)
-        _set_header(msg, header)
-        _set_body(msg, body)
-        _set_value(msg, value)
-        return msg
 
     def __setattr__(self, name: str, value: object) -> NoReturn:
         raise dataclasses.FrozenInstanceError(f"cannot assign to field {name!r}")
@@ -278,7 +271,6 @@ _set_body = _slot_setter("body")
 _set_value = _slot_setter("_value")
 _set_digest = _slot_setter("_digest")
 _set_payload = _slot_setter("_payload")
-_verified = VerifiedMessage._verified
 
 
 class Verifier:
@@ -361,7 +353,8 @@ class Verifier:
             raise EnvelopeTooLarge(
                 f"{len(value)} bytes exceeds the {self._max_bytes}-byte cap", topic=topic
             )
-        header, values, protected, body, signature = decode_parts(value)
+        protected, body, signature = split_envelope(value)
+        header, values = decode_header_values(protected)
         alg, kid, issuer, _, _, signed_topic, rkd, created_at, _, _ = values
 
         # Policy: the header names the key; the key decides the algorithm and the issuers.
@@ -411,4 +404,8 @@ class Verifier:
                 )
             if len(header) == _WITH_EXPIRY and header[K_EXP] < reference:
                 raise Expired("expires_at has passed", kid=kid, issuer=issuer)
-        return _verified(header, body, value)
+        msg: VerifiedMessage = _new(VerifiedMessage)  # no __init__: see VerifiedMessage
+        _set_header(msg, header)
+        _set_body(msg, body)
+        _set_value(msg, value)
+        return msg
