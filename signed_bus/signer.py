@@ -62,7 +62,8 @@ def _drop_pool() -> None:
     _pool = iter(())
 
 
-os.register_at_fork(after_in_child=_drop_pool)
+if hasattr(os, "register_at_fork"):  # POSIX; where there is no fork there is nothing to reset
+    os.register_at_fork(after_in_child=_drop_pool)
 
 
 class Signer:
