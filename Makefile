@@ -54,7 +54,7 @@ services-status:
 # code (5 = no tests collected included) is make's
 test: lint
 	SIGNED_BUS_FORBID_SKIPS=1 $(SERVICES) run -- \
-		$(PY) -m pytest --timeout=$(PYTEST_TIMEOUT) $(PYTEST_ARGS)
+		$(PY) -m pytest --timeout=$(PYTEST_TIMEOUT) --durations=10 $(PYTEST_ARGS)
 
 demo: venv services-up
 	eval "$$($(SERVICES) env)" && $(PY) $(DEMO)

@@ -135,7 +135,7 @@ ensure_java() {
 }
 
 ensure_jars() {
-    local pom=$here/kafka/pom.xml stamp=$lib_dir/.complete want tmp tree
+    local pom=$here/kafka/pom.xml stamp=$lib_dir/.complete want tmp tree mvn_log
     want=$(sha256sum "$pom" | cut -d' ' -f1)
     if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
         return 0
@@ -150,12 +150,19 @@ ensure_jars() {
     say "fetching Kafka jars from Maven Central into $lib_dir (first run only; cached in ~/.m2)"
     tmp=$lib_dir.tmp
     rm -rf "$tmp"
-    mvn -B -q -Dstyle.color=never -f "$pom" dependency:copy-dependencies -DoutputDirectory="$tmp" -DincludeScope=runtime \
-        || die "mvn dependency:copy-dependencies failed (is Maven Central reachable?)"
+    mvn_log=$(dirname "$lib_dir")/mvn.log
+    if ! mvn -B -Dstyle.color=never -f "$pom" dependency:copy-dependencies \
+        -DoutputDirectory="$tmp" -DincludeScope=runtime >"$mvn_log" 2>&1; then
+        tail -n 30 "$mvn_log" >&2
+        die "mvn dependency:copy-dependencies failed (is Maven Central reachable?); full log: $mvn_log"
+    fi
     # Kafka logs through SLF4J 1.x; an slf4j-api 2.x would silently ignore log4j-slf4j-impl
     tree=$(mktemp)
-    mvn -B -q -Dstyle.color=never -f "$pom" dependency:tree -Dincludes=org.slf4j -DoutputFile="$tree" >/dev/null \
-        || die "mvn dependency:tree failed"
+    if ! mvn -B -Dstyle.color=never -f "$pom" dependency:tree -Dincludes=org.slf4j \
+        -DoutputFile="$tree" >>"$mvn_log" 2>&1; then
+        tail -n 30 "$mvn_log" >&2
+        die "mvn dependency:tree failed; full log: $mvn_log"
+    fi
     if grep -q 'slf4j-api:jar:2\.' "$tree" || compgen -G "$tmp/slf4j-api-2.*" >/dev/null; then
         cat "$tree" >&2
         rm -f "$tree"
