@@ -692,7 +692,10 @@ class VerifyingConsumer:
         """Count, log and dead-letter rejected records; False if stopped before durable."""
         metrics = self.metrics
         positioned: list[tuple[Record, VerificationError]] = []
-        for record, error in rejected:
+        # Replays are found after the verification failures: restore offset order so the dead
+        # letters of a partition follow its records.
+        ordered = sorted(rejected, key=lambda item: (item[0].partition, item[0].offset))
+        for record, error in ordered:
             error = error.with_position(record.topic, record.partition, record.offset)
             metrics.rejected[error.reason] += 1
             log.warning("rejected record: %s", error)

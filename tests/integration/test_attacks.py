@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import msgpack
 import pytest
+from aiokafka import AIOKafkaProducer
 
 from signed_bus.consumer import VerifyingConsumer
 from signed_bus.deadletter import (
@@ -209,3 +210,37 @@ async def test_without_a_dead_letter_topic_rejects_are_counted_and_committed(
     assert [m.payload for m in running.delivered] == [{"seq": 1}]
     assert consumer.metrics.rejected == {"malformed": 2}
     assert consumer.metrics.committed == {(topic, 0): 3}
+
+
+async def test_a_value_too_large_for_the_dead_letter_producer_is_omitted_not_lost(
+    kafka_bootstrap: str, redis_url: str, redis_prefix: str, unique_topic: TopicFactory
+) -> None:
+    ring = keyring()
+    topic = await unique_topic("big")
+    dead = await unique_topic("dlq")
+    huge = b"\xc1" + os.urandom(20_000)
+    async with plain_producer(kafka_bootstrap) as producer:
+        await producer.send(topic, huge, key=b"k")
+        await producer.send(topic, signer(ring).sign({"seq": 1}, topic=topic))
+        await producer.flush()
+    small = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, max_request_size=4_096)
+    await small.start()
+    try:
+        async with guard(redis_url, redis_prefix) as g:
+            consumer = VerifyingConsumer(
+                consumer_options(kafka_bootstrap, [topic]),
+                verifier=verifier(ring, max_envelope_bytes=MAX_BYTES),
+                guard=g,
+                dead_letter_topic=dead,
+                dead_letter_producer=small,
+            )
+            async with Running(consumer) as running:
+                await running.caught_up({(topic, 0): 2})
+        await small.send_and_wait(topic, b"the producer handed in is still open")
+    finally:
+        await small.stop()
+    assert [m.payload for m in running.delivered] == [{"seq": 1}]
+    (record,) = await read_all(kafka_bootstrap, dead, 1)
+    letter = DeadLetter.from_record(record)
+    assert (letter.reason, letter.source_offset, letter.value_omitted) == ("oversized", 0, True)
+    assert letter.value is None and record.value == b"" and record.key == b"k"
