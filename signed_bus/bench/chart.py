@@ -22,7 +22,10 @@ def _panels(report: BenchReport) -> list[tuple[str, str, list[Row]]]:
             if row.baseline is None and row.signed is None:
                 continue
             panels.setdefault((part.title, row.unit), []).append(row)
-    return [(title, unit, rows) for (title, unit), rows in panels.items()]
+    # Titles start with the part's number: show the parts in the order.
+    return sorted(
+        ((title, unit, rows) for (title, unit), rows in panels.items()), key=lambda p: p[0]
+    )
 
 
 def _finite(value: float | None) -> float:
@@ -53,8 +56,12 @@ def write_chart(report: BenchReport, path: Path) -> None:
         for bars, values in ((left, [r.baseline for r in rows]), (right, [r.signed for r in rows])):
             axes.bar_label(bars, labels=[format_number(v) for v in values], fontsize=7)
         axes.set_xticks(positions)
+        crowded = len(rows) > 3
         axes.set_xticklabels(
-            [f"{row.measurement}\n(vs {row.baseline_label})" for row in rows], fontsize=7
+            [f"{row.measurement}\n(vs {row.baseline_label})" for row in rows],
+            fontsize=6 if crowded else 7,
+            rotation=20 if crowded else 0,
+            ha="right" if crowded else "center",
         )
         axes.set_title(title, fontsize=10)
         axes.set_ylabel(unit, fontsize=8)
@@ -69,6 +76,6 @@ def write_chart(report: BenchReport, path: Path) -> None:
         f"Redis {machine.get('redis')}",
         fontsize=9,
     )
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0, 1, 0.97))
     figure.savefig(path, dpi=110)
     plt.close(figure)

@@ -33,12 +33,14 @@ class BenchConfig:
     nonces: int = 200_000
     codec_ops: int = 20_000
     repeats: int = 3
+    #: Rounds of the latency run (each ``duration_s`` per variant).
+    latency_rounds: int = 3
     payload_bytes: int = 512
     #: Verifier defaults; they fix the replay guard's retention (max_age + 2 * skew).
     max_age_ms: int = 300_000
     future_skew_ms: int = 5_000
-    #: Start a private redis-server for part 4 so other clients cannot move used_memory or
-    #: commandstats; falls back to ``redis_url`` when no redis-server binary is on PATH.
+    #: Run the replay guard of parts 2 and 3 on a private redis-server (part 4 always does):
+    #: the development Redis is shared with other test runs.
     private_redis: bool = True
 
     @classmethod
@@ -62,6 +64,7 @@ class BenchConfig:
             nonces=100_000,
             codec_ops=5_000,
             repeats=3,
+            latency_rounds=1,
         )
 
     @property

@@ -47,7 +47,11 @@ def kafka_version(search_roots: list[Path] | None = None) -> str:
     """
     if override := os.environ.get("KAFKA_VERSION"):
         return override
-    roots = search_roots if search_roots is not None else [Path.cwd() / ".services"]
+    if search_roots is None:
+        search_roots = [Path.cwd() / ".services", Path(__file__).resolve().parents[2] / ".services"]
+        if lib_dir := os.environ.get("KAFKA_LIB_DIR"):
+            search_roots.insert(0, Path(lib_dir))
+    roots = search_roots
     for root in roots:
         if not root.is_dir():
             continue
