@@ -62,7 +62,11 @@ Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 Handler = Callable[[argparse.Namespace], int]
 
 # Modules contributing subcommands besides the ones defined here, each with register(subparsers).
-COMMAND_MODULES: tuple[str, ...] = ("signed_bus.cli_trace", "signed_bus.cli_tail")
+COMMAND_MODULES: tuple[str, ...] = (
+    "signed_bus.cli_trace",
+    "signed_bus.cli_tail",
+    "signed_bus.bench.command",
+)
 
 
 class _UsageError(Exception):
