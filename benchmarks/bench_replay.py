@@ -21,211 +21,40 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
-import shutil
-import socket
-import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.asyncio.connection import Connection
 
-from signed_bus.replay import (
-    Claim,
-    ClaimVerdict,
-    RedisReplayGuard,
-    estimate_memory_bytes,
-    nonce_field,
-    recommended_shards,
+# The measuring primitives live in the package, shared with `signed-bus bench` (part 4).
+from signed_bus.bench.redis_cost import (
+    Baseline,
+    CountingConnection,
+    batches,
+    encodings,
+    make_claims,
+    memory_per_nonce,
+    script_stats,
+    time_per_nonce,
 )
+from signed_bus.bench.redis_server import private_redis
+from signed_bus.replay import RedisReplayGuard, estimate_memory_bytes, recommended_shards
 
 TARGET_BYTES_PER_NONCE = 120
 MAX_AGE_MS, SKEW_MS = 300_000, 5_000
-TOPIC, PARTITIONS = "bench.results", 6
-
-
-class CountingConnection(Connection):
-    """Counts client writes: each is one request flight, i.e. one round trip when awaited."""
-
-    sends = 0
-
-    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
-        CountingConnection.sends += 1
-        await super().send_packed_command(command, check_health)
-
-
-# --- a private redis-server -----------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextlib.asynccontextmanager
-async def private_redis(listpack_entries: int) -> AsyncIterator[str]:
-    server = shutil.which("redis-server")
-    if not server:
-        sys.exit("redis-server is not installed")
-    port = free_port()
-    with tempfile.TemporaryDirectory(prefix="bench-replay-") as directory:
-        args = ["--bind", "127.0.0.1", "--port", str(port), "--save", "",
-                "--appendonly", "no", "--dir", directory,
-                "--hash-max-listpack-entries", str(listpack_entries)]  # fmt: skip
-        proc = await asyncio.create_subprocess_exec(
-            server, *args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        url = f"redis://127.0.0.1:{port}/0"
-        try:
-            client = aioredis.Redis.from_url(url)
-            for _ in range(200):
-                with contextlib.suppress(Exception):
-                    await client.ping()
-                    break
-                await asyncio.sleep(0.05)
-            await client.aclose()
-            yield url
-        finally:
-            proc.terminate()
-            await asyncio.wait_for(proc.wait(), 10)
-
-
-# --- workloads ------------------------------------------------------------------------------
-
-
-def make_claims(count: int, *, rate: float, start_ms: int, first_offset: int = 0) -> list[Claim]:
-    """A stream at ``rate``/s: created_at advances 1/rate s per claim, offsets per partition."""
-    return [
-        Claim(
-            issuer="bench-agent",
-            nonce=os.urandom(16),
-            created_at=start_ms + int(i * 1000 / rate),
-            topic=TOPIC,
-            partition=i % PARTITIONS,
-            offset=first_offset + i // PARTITIONS,
-        )
-        for i in range(count)
-    ]
-
-
-def batches(claims: Sequence[Claim], size: int) -> list[Sequence[Claim]]:
-    return [claims[i : i + size] for i in range(0, len(claims), size)]
-
-
-class Baseline:
-    """The naive layout: one string key per nonce, the position as text, SET NX GET PX."""
-
-    def __init__(self, client: aioredis.Redis, prefix: str, ttl_ms: int) -> None:
-        self.client, self.prefix, self.ttl_ms = client, prefix, ttl_ms
-
-    def args(self, c: Claim) -> tuple[bytes, str]:
-        key = f"{self.prefix}:n:".encode() + nonce_field(c.issuer, c.nonce).hex().encode()
-        return key, f"{c.topic}:{c.partition}:{c.offset}"
-
-    @staticmethod
-    def verdict(previous: bytes | None, position: str) -> ClaimVerdict:
-        if previous is None:
-            return ClaimVerdict.NEW
-        if previous == position.encode():
-            return ClaimVerdict.SAME_POSITION
-        return ClaimVerdict.REPLAY
-
-    async def claim_pipelined(self, claims: Sequence[Claim]) -> list[ClaimVerdict]:
-        pipe = self.client.pipeline(transaction=False)
-        positions = []
-        for c in claims:
-            key, position = self.args(c)
-            positions.append(position)
-            pipe.set(key, position, nx=True, get=True, px=self.ttl_ms)
-        replies = await pipe.execute()
-        return [self.verdict(r, p) for r, p in zip(replies, positions, strict=True)]
-
-    async def claim_per_record(self, claims: Sequence[Claim]) -> list[ClaimVerdict]:
-        out = []
-        for c in claims:
-            key, position = self.args(c)
-            previous = await self.client.set(key, position, nx=True, get=True, px=self.ttl_ms)
-            out.append(self.verdict(previous if isinstance(previous, bytes) else None, position))
-        return out
-
-
-async def used_memory(client: aioredis.Redis) -> int:
-    # Let clientsCron shrink the query buffer a big script call left behind.
-    await asyncio.sleep(1.2)
-    return int((await client.info("memory"))["used_memory"])
 
 
 def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-async def memory_per_nonce(
-    client: aioredis.Redis,
-    claim_batch: Callable[[Sequence[Claim]], Awaitable[list[ClaimVerdict]]],
-    claims: Sequence[Claim],
-    batch: int,
-) -> float:
-    await client.flushdb()
-    await claim_batch(claims[:1])  # warm-up: connection, layout record, script
-    before = await used_memory(client)
-    for part in batches(claims[1:], batch):
-        verdicts = await claim_batch(part)
-        assert all(v is ClaimVerdict.NEW for v in verdicts)
-    after = await used_memory(client)
-    return (after - before) / (len(claims) - 1)
-
-
-async def encodings(client: aioredis.Redis, prefix: str) -> tuple[int, float, dict[str, int]]:
-    keys = [k async for k in client.scan_iter(match=f"{prefix}:n:*", count=1000)]
-    pipe = client.pipeline(transaction=False)
-    for k in keys:
-        pipe.object("encoding", k)
-        pipe.hlen(k)
-    replies = await pipe.execute()
-    kinds: dict[str, int] = {}
-    for kind in replies[0::2]:
-        name = kind.decode() if isinstance(kind, bytes) else str(kind)
-        kinds[name] = kinds.get(name, 0) + 1
-    sizes = replies[1::2]
-    return len(keys), sum(sizes) / max(len(sizes), 1), kinds
-
-
-async def time_per_nonce(
-    claim_batch: Callable[[Sequence[Claim]], Awaitable[list[ClaimVerdict]]],
-    claims: Sequence[Claim],
-    batch: int,
-) -> tuple[float, float]:
-    """(microseconds per nonce, client round trips per batch)."""
-    parts = batches(claims, batch)
-    sends = CountingConnection.sends
-    started = time.perf_counter()
-    for part in parts:
-        await claim_batch(part)
-    elapsed = time.perf_counter() - started
-    return elapsed / len(claims) * 1e6, (CountingConnection.sends - sends) / len(parts)
-
-
-async def script_stats(client: aioredis.Redis) -> tuple[int, int]:
-    """(script calls, microseconds the server spent in them) so far."""
-    stats = await client.info("commandstats")
-    calls = usec = 0
-    for name in ("cmdstat_evalsha", "cmdstat_eval"):
-        calls += int(stats.get(name, {}).get("calls", 0))
-        usec += int(stats.get(name, {}).get("usec", 0))
-    return calls, usec
-
-
 # --- the run --------------------------------------------------------------------------------
 
 
 async def run(args: argparse.Namespace) -> int:
-    async with private_redis(args.listpack_entries) as url:
+    async with private_redis(listpack_entries=args.listpack_entries) as url:
         pool = aioredis.ConnectionPool.from_url(url, connection_class=CountingConnection)
         client = aioredis.Redis(connection_pool=pool)
         observer = aioredis.Redis.from_url(url)
