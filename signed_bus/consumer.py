@@ -28,9 +28,9 @@ import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, TypeAlias
+from typing import Any, Protocol
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
@@ -47,9 +47,30 @@ from .producer import ProducerOptions, SignedProducer, check_security
 from .replay import Claim, ClaimVerdict, RedisReplayGuard
 from .verifier import VerifiedMessage, Verifier
 
-__all__ = ["Backoff", "ConsumedMessage", "ConsumerOptions", "Handler", "VerifyingConsumer"]
+__all__ = [
+    "Backoff",
+    "ConsumedMessage",
+    "ConsumerOptions",
+    "Handler",
+    "Record",
+    "VerifyingConsumer",
+]
 
 log = logging.getLogger("signed_bus.consumer")
+
+
+class Record(Protocol):
+    """What signed-bus reads of aiokafka's ``ConsumerRecord`` (aiokafka ships no types)."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+    timestamp_type: int
+    key: bytes | None
+    value: bytes | None
+    headers: Sequence[tuple[str, bytes]]
+
 
 _LOG_APPEND_TIME = 1
 _NEW = ClaimVerdict.NEW
@@ -141,26 +162,20 @@ class Backoff:
         return base * (1 - self.jitter + 2 * self.jitter * rand()) / 1000
 
 
-# Not frozen on purpose: a frozen dataclass's __init__ costs ~0.8 us more per record (it sets
-# each field through object.__setattr__), which shows at consumer throughput. Treat as read-only.
-@dataclass(slots=True, eq=False)
+@dataclass(frozen=True, slots=True)
 class ConsumedMessage:
     """A delivered record: the verified envelope plus where and when Kafka stored it.
 
     ``claim`` is the replay guard's verdict: NEW (first position seen) or SAME_POSITION (this
     record was claimed before at this very position: another group's fan-out or a redelivery);
     None when no claim was made (audit mode, or ``fail_open`` during a Redis outage).
+    ``record`` is aiokafka's ``ConsumerRecord``; its value is exactly the verified envelope.
     ``headers`` are the record's unsigned Kafka headers (tracing); never trust them.
     """
 
+    # Three fields, the rest read through: built once per record, so kept small.
     verified: VerifiedMessage
-    topic: str
-    partition: int
-    offset: int
-    timestamp: int
-    timestamp_type: int
-    key: bytes | None
-    headers: Sequence[tuple[str, bytes]]
+    record: Record
     claim: ClaimVerdict | None
 
     @property
@@ -173,11 +188,41 @@ class ConsumedMessage:
         """The body bytes exactly as the producer signed them."""
         return self.verified.body
 
+    @property
+    def topic(self) -> str:
+        return self.record.topic
+
+    @property
+    def partition(self) -> int:
+        return self.record.partition
+
+    @property
+    def offset(self) -> int:
+        return self.record.offset
+
+    @property
+    def timestamp(self) -> int:
+        """The record's Kafka timestamp (the broker's append time on a LogAppendTime topic)."""
+        return self.record.timestamp
+
+    @property
+    def timestamp_type(self) -> int:
+        """1 for LogAppendTime, 0 for CreateTime."""
+        return self.record.timestamp_type
+
+    @property
+    def key(self) -> bytes | None:
+        return self.record.key
+
+    @property
+    def headers(self) -> Sequence[tuple[str, bytes]]:
+        """The record's Kafka headers: NOT signed (tracing adds them); never trust them."""
+        return self.record.headers
+
 
 Handler = Callable[[ConsumedMessage], Awaitable[object]]
 
-Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
-_Verified = tuple[int, Record, VerifiedMessage]
+_Verified = tuple[int, TopicPartition, Record, VerifiedMessage]
 
 # One entry per consumed record, in delivery order: (partition, offset + 1, message), where the
 # message is None for a rejected record (already dead-lettered when the entry is handed out).
@@ -191,7 +236,7 @@ class _Batch:
 
     def __init__(self) -> None:
         self.entries: list[_Entry] = []
-        # (index in entries, record, message) for every record that verified
+        # (index in entries, partition, record, message) for every record that verified
         self.verified: list[_Verified] = []
         self.rejected: list[tuple[Record, VerificationError]] = []
         # partitions revoked since the batch was fetched: their new owner delivers them
@@ -545,7 +590,7 @@ class VerifyingConsumer:
                     error = MalformedEnvelope(f"the verifier raised {type(exc).__name__}")
                     rejected.append((record, error))
                 else:
-                    verified.append((len(entries), record, message))
+                    verified.append((len(entries), tp, record, message))
                 entries.append((tp, record.offset + 1, None))
         self.metrics.records += count
         self.metrics.batches += 1
@@ -561,7 +606,7 @@ class VerifyingConsumer:
                 return None
             entries, rejected = batch.entries, batch.rejected
             metrics = self.metrics
-            for (index, record, message), verdict in zip(verified, verdicts, strict=True):
+            for (index, tp, record, message), verdict in zip(verified, verdicts, strict=True):
                 if verdict is _REPLAY:
                     error = ReplayDetected(
                         "nonce already claimed at another position",
@@ -572,21 +617,7 @@ class VerifyingConsumer:
                     continue
                 if verdict is _SAME:
                     metrics.same_position += 1
-                entries[index] = (
-                    entries[index][0],
-                    record.offset + 1,
-                    ConsumedMessage(
-                        message,
-                        record.topic,
-                        record.partition,
-                        record.offset,
-                        record.timestamp,
-                        record.timestamp_type,
-                        record.key,
-                        record.headers,
-                        verdict,
-                    ),
-                )
+                entries[index] = (tp, record.offset + 1, ConsumedMessage(message, record, verdict))
         if batch.rejected and not await self._reject(batch.rejected):
             return None
         return batch.entries
@@ -611,7 +642,7 @@ class VerifyingConsumer:
             return [None] * len(verified)
         claims = [
             Claim(m.issuer, m.nonce, m.created_at, r.topic, r.partition, r.offset)
-            for _, r, m in verified
+            for _, _, r, m in verified
         ]
         result: list[ClaimVerdict | None] | None
         try:

@@ -204,7 +204,7 @@ async def test_verify_uses_append_time_and_warns_once_per_create_time_topic(
         (tp1, 2),
     ]
     assert all(e[2] is None for e in batch.entries)  # nothing deliverable before the claim
-    assert [(index, r.offset) for index, r, _ in batch.verified] == [(0, 7)]
+    assert [(index, tp, r.offset) for index, tp, r, _ in batch.verified] == [(0, tp0, 7)]
     reasons = [(r.offset, e.reason) for r, e in batch.rejected]
     assert reasons == [
         (8, "malformed"),
@@ -239,7 +239,9 @@ def message(offset: int, partition: int = 0) -> ConsumedMessage:
     keys = ring()
     value = Signer(keys, kid="k1", issuer="agent", model="m").sign({"o": offset}, topic=TOPIC)
     verified = Verifier(keys).verify(value, topic=TOPIC, key=None)
-    return ConsumedMessage(verified, TOPIC, partition, offset, NOW, 1, None, (), ClaimVerdict.NEW)
+    return ConsumedMessage(
+        verified, record(value, offset=offset, partition=partition), ClaimVerdict.NEW
+    )
 
 
 async def test_offsets_finish_in_order_and_an_unfinished_message_comes_again(
@@ -291,9 +293,13 @@ async def test_revoked_partitions_are_skipped_and_never_marked_finished(
     assert consumer._done == {}
 
 
-def test_consumed_message_exposes_the_verified_body() -> None:
-    m = message(3)
+def test_consumed_message_reads_through_to_the_envelope_and_the_record() -> None:
+    m = message(3, partition=1)
     assert m.payload == {"o": 3} and m.body == m.verified.body
+    assert (m.topic, m.partition, m.offset, m.timestamp, m.timestamp_type) == (TOPIC, 1, 3, NOW, 1)
+    assert m.key is None and m.headers == () and m.claim is ClaimVerdict.NEW
+    with pytest.raises(AttributeError):
+        m.claim = None  # type: ignore[misc]
 
 
 # -- dead letters -------------------------------------------------------------------------------
