@@ -25,7 +25,7 @@ from aiokafka import AIOKafkaProducer
 
 from signed_bus.bench.codec import ED25519_KID, HMAC_KID, ISSUER, MODEL, bench_keyring
 from signed_bus.bench.config import BenchConfig
-from signed_bus.bench.kafka import consumer_options, make_topics, start_consumer, start_producer
+from signed_bus.bench.kafka import bench_topics, consumer_options, start_consumer, start_producer
 from signed_bus.bench.payloads import inference_results
 from signed_bus.bench.redis_cost import CountingConnection, counting_client, script_stats
 from signed_bus.bench.redis_server import private_redis_url
@@ -38,6 +38,8 @@ from signed_bus.signer import Signer
 from signed_bus.verifier import Verifier
 
 __all__ = ["measure_consume"]
+
+_VARIANTS = ("raw", "hs256", "eddsa")
 
 MAX_RECORDS = 500
 _COUNTING_PASS_RECORDS = 5_000
@@ -118,12 +120,16 @@ async def _verified_rate(
 
 
 async def measure_consume(config: BenchConfig) -> PartResult:
+    async with bench_topics(config, _VARIANTS) as topics:
+        return await _measure(config, topics)
+
+
+async def _measure(config: BenchConfig, topics: dict[str, str]) -> PartResult:
     part = PartResult(name="consume", title="2. consume throughput (getmany batches)")
     count = config.messages
     results = inference_results(count, size=config.payload_bytes)
     keyring = bench_keyring()
     verifier = Verifier(keyring, max_age_ms=config.max_age_ms, future_skew_ms=config.future_skew_ms)
-    topics = await make_topics(config, ["raw", "hs256", "eddsa"])
     producer = await start_producer(config)
     try:
         await _fill(producer, keyring, topics, results)

@@ -7,19 +7,25 @@ Raw and signed runs get their aiokafka clients from the same :class:`ProducerOpt
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 
 from signed_bus.bench.config import BenchConfig
 from signed_bus.consumer import ConsumerOptions
 from signed_bus.producer import ProducerOptions
 from signed_bus.topics import create_topics
 
+log = logging.getLogger("signed_bus.bench")
+
 __all__ = [
+    "bench_topics",
     "consumer_options",
-    "make_topics",
     "producer_options",
     "start_consumer",
     "start_producer",
@@ -32,11 +38,32 @@ def unique_name(kind: str) -> str:
     return f"signed-bus-bench.{kind}.{uuid.uuid4().hex[:8]}"
 
 
-async def make_topics(config: BenchConfig, kinds: Sequence[str]) -> dict[str, str]:
-    """Create one new single-partition LogAppendTime topic per kind; kind -> topic name."""
+@contextlib.asynccontextmanager
+async def bench_topics(config: BenchConfig, kinds: Sequence[str]) -> AsyncIterator[dict[str, str]]:
+    """One new single-partition LogAppendTime topic per kind (kind -> name), deleted after.
+
+    Yields once each partition's leader answers (a ListOffsets round trip), so the first
+    produce does not meet a leader still being elected.
+    """
     names = {kind: unique_name(kind) for kind in kinds}
-    await create_topics(config.bootstrap_servers, names.values(), partitions=1)
-    return names
+    admin = AIOKafkaAdminClient(bootstrap_servers=config.bootstrap_servers)
+    await admin.start()
+    try:
+        await create_topics(admin, names.values(), partitions=1)
+        probe = AIOKafkaConsumer(bootstrap_servers=config.bootstrap_servers)
+        await probe.start()
+        try:
+            await probe.end_offsets([TopicPartition(name, 0) for name in names.values()])
+        finally:
+            await probe.stop()
+        yield names
+    finally:
+        try:
+            await admin.delete_topics(list(names.values()))
+        except KafkaError as exc:  # leftovers are harmless: unique names
+            log.warning("could not delete bench topics %s: %s", list(names.values()), exc)
+        finally:
+            await admin.close()
 
 
 def producer_options(config: BenchConfig) -> ProducerOptions:

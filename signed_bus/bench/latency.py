@@ -26,7 +26,7 @@ import redis.asyncio as aioredis
 
 from signed_bus.bench.codec import bench_keyring
 from signed_bus.bench.config import BenchConfig
-from signed_bus.bench.kafka import consumer_options, make_topics, start_consumer
+from signed_bus.bench.kafka import bench_topics, consumer_options, start_consumer
 from signed_bus.bench.redis_server import private_redis_url
 from signed_bus.bench.results import PartResult, Row, Target
 from signed_bus.bench.stats import percentile, summarize_latencies
@@ -35,6 +35,8 @@ from signed_bus.replay import RedisReplayGuard
 from signed_bus.verifier import Verifier
 
 __all__ = ["measure_latency"]
+
+_VARIANTS = ("raw", "hs256", "eddsa")
 
 _WARMUP_S = 0.5
 
@@ -170,13 +172,17 @@ def _summary(samples: list[Sample]) -> dict[str, float]:
 
 
 async def measure_latency(config: BenchConfig) -> PartResult:
+    async with bench_topics(config, _VARIANTS) as topics:
+        return await _measure(config, topics)
+
+
+async def _measure(config: BenchConfig, topics: dict[str, str]) -> PartResult:
     part = PartResult(
         name="latency", title=f"3. end-to-end latency per hop at {config.rate:,} msg/s"
     )
     keyring = bench_keyring()
     verifier = Verifier(keyring, max_age_ms=config.max_age_ms, future_skew_ms=config.future_skew_ms)
-    variants = ("raw", "hs256", "eddsa")
-    topics = await make_topics(config, variants)
+    variants = _VARIANTS
     rounds: dict[str, list[dict[str, float]]] = {variant: [] for variant in variants}
     async with private_redis_url(config.redis_url, enabled=config.private_redis) as (url, _):
         client = aioredis.Redis.from_url(url)

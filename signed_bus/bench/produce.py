@@ -18,13 +18,15 @@ import msgpack
 
 from signed_bus.bench.codec import ED25519_KID, HMAC_KID, ISSUER, MODEL, bench_keyring
 from signed_bus.bench.config import BenchConfig
-from signed_bus.bench.kafka import make_topics, start_producer
+from signed_bus.bench.kafka import bench_topics, start_producer
 from signed_bus.bench.payloads import inference_results
 from signed_bus.bench.results import PartResult, Row, Target
 from signed_bus.producer import SignedProducer
 from signed_bus.signer import Signer
 
 __all__ = ["measure_produce"]
+
+_VARIANTS = ("raw", "hs256", "eddsa")
 
 Send = Callable[[str, object], Awaitable["asyncio.Future[Any]"]]
 _WARMUP = 200
@@ -39,11 +41,15 @@ async def _rate(send: Send, topic: str, results: Sequence[object]) -> float:
 
 
 async def measure_produce(config: BenchConfig) -> PartResult:
+    async with bench_topics(config, _VARIANTS) as topics:
+        return await _measure(config, topics)
+
+
+async def _measure(config: BenchConfig, topics: dict[str, str]) -> PartResult:
     part = PartResult(name="produce", title="1. produce throughput (send per record)")
     results = inference_results(config.messages, size=config.payload_bytes)
     warmup = inference_results(_WARMUP, size=config.payload_bytes, seed=7)
     keyring = bench_keyring()
-    topics = await make_topics(config, ["raw", "hs256", "eddsa"])
     producer = await start_producer(config)
     try:
         packb = msgpack.packb

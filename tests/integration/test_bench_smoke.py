@@ -1,0 +1,71 @@
+"""`signed-bus bench` in its smallest mode against the real services: complete and sane output.
+
+No timing assertions (figures depend on the machine); only that every part ran, every figure
+is a positive finite number, the targets were evaluated, and the JSON and PNG were written.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from signed_bus.bench.config import PARTS
+
+pytestmark = pytest.mark.integration
+
+SMALLEST = [
+    "--quick",
+    "--messages", "300",
+    "--duration", "1",
+    "--nonces", "2000",
+    "--codec-ops", "200",
+    "--repeats", "1",
+]  # fmt: skip
+
+
+def test_bench_smallest_mode_writes_a_complete_sane_report(
+    tmp_path: Path, kafka_bootstrap: str, redis_url: str
+) -> None:
+    command = [sys.executable, "-m", "signed_bus.cli", "bench", *SMALLEST, "--out", str(tmp_path)]
+    command += ["--bootstrap-servers", kafka_bootstrap, "--redis-url", redis_url]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+    [json_path] = tmp_path.glob("bench-*.json")
+    [png_path] = tmp_path.glob("bench-*.png")
+    assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = json.loads(json_path.read_text())
+
+    assert set(report["parts"]) == set(PARTS)
+    for name, part in report["parts"].items():
+        assert part["error"] is None, (name, part["error"])
+        assert part["rows"], name
+        for row in part["rows"]:
+            for key in ("baseline", "signed", "ratio"):
+                value = row[key]
+                assert isinstance(value, float | int) and math.isfinite(value), (name, row)
+                assert value > 0, (name, row)
+
+    targets = report["targets"]
+    assert len(targets) == 6
+    assert {t["status"] for t in targets} <= {"PASS", "MISS"}
+    trips = report["parts"]["redis"]["details"]["round_trips_per_batch"]
+    assert float(trips).is_integer()
+    consumed = report["parts"]["consume"]["details"]["counting_pass"]["round_trips_per_batch"]
+    assert float(consumed).is_integer()
+
+    machine = report["machine"]
+    assert machine["cores"] >= 1 and machine["cpu"] and machine["python"]
+    assert machine["redis"] != "unknown"
+
+    out = done.stdout
+    assert "targets (from this run's figures)" in out
+    assert out.count("PASS") + out.count("MISS") == len(targets)
+    for name in PARTS:
+        assert f"\n{name} " in out
+    assert str(json_path) in out and str(png_path) in out
