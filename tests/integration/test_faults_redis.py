@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
+import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -43,10 +45,31 @@ RETRIES_WHILE_DOWN = 4
 Position = tuple[int, int]
 
 
+def fixed_ports(start: int, count: int = 1) -> int:
+    """The first of ``count`` consecutive free loopback ports at ``start`` and up (a random
+    step in, so concurrent runs spread apart). Below the ephemeral range: while a service is
+    down, no outgoing connection can take its port and answer for it after the restart."""
+    first = start + count * random.randrange(50)  # not security relevant
+    for port in range(first, first + 100 * count, count):
+        if all(_free(p) for p in range(port, port + count)):
+            return port
+    raise RuntimeError(f"no {count} free loopback port(s) at {start} and up")
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 @pytest.fixture
 def redis_server() -> Iterator[RedisProcess]:
-    """A redis-server of this test's own on a free loopback port (empty after each start)."""
-    with RedisProcess() as server:
+    """A redis-server of this test's own at 6390 and up (no persistence: empty after a
+    restart, like a Redis that lost its data)."""
+    with RedisProcess(fixed_ports(6390)) as server:
         yield server
 
 
