@@ -1,0 +1,114 @@
+"""Fault: the Kafka broker restarted mid-stream (issue 4, #7).
+
+A private broker (tests/integration/services.py; never the shared one on 9092) is restarted
+while a SignedProducer keeps sending and a VerifyingConsumer keeps consuming. Both recover by
+themselves: every acknowledged record is in the log once (idempotent producer) and delivered;
+a record delivered twice (read again from the committed offset after the group lost its
+member) comes back as SAME_POSITION, never as a replay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from signed_bus.consumer import VerifyingConsumer
+from signed_bus.producer import ProducerOptions, SignedProducer
+from signed_bus.replay import ClaimVerdict
+from signed_bus.topics import create_topics
+from tests.integration.bus import (
+    Running,
+    consumer_options,
+    end_offsets,
+    guard,
+    keyring,
+    signer,
+    unique,
+    verifier,
+)
+from tests.integration.services import KafkaProcess
+from tests.integration.test_faults_redis import FAST_BACKOFF, Stream, fixed_ports, until
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
+
+
+@pytest.fixture(scope="module")
+def private_broker() -> Iterator[KafkaProcess]:
+    port = fixed_ports(19_092, count=2)
+    with KafkaProcess(port, port + 1) as kafka:
+        yield kafka
+
+
+@pytest.fixture
+def broker(private_broker: KafkaProcess) -> KafkaProcess:
+    """The module's broker, serving (a failed test may have left it stopped)."""
+    if not private_broker.is_running():
+        private_broker.start()
+    return private_broker
+
+
+def restart(broker: KafkaProcess) -> None:
+    """Graceful: SIGTERM, controlled shutdown, start."""
+    broker.restart()
+
+
+def crash(broker: KafkaProcess) -> None:
+    """SIGKILL (no shutdown: unflushed log, producer state from the last snapshot), a few
+    seconds down, then start (log recovery)."""
+    broker.kill()
+    time.sleep(3)
+    broker.start()
+
+
+@pytest.mark.parametrize("fault", [restart, crash], ids=["restart", "crash"])
+async def test_producer_and_consumer_ride_out_a_broker_restart(
+    broker: KafkaProcess, redis_url: str, redis_prefix: str, fault: Callable[[KafkaProcess], None]
+) -> None:
+    ring = keyring()
+    topic = unique("restart")
+    await create_topics(broker.bootstrap, [topic], partitions=2)
+    async with guard(redis_url, redis_prefix) as g:
+        consumer = VerifyingConsumer(
+            consumer_options(broker.bootstrap, [topic]),
+            verifier=verifier(ring),
+            guard=g,
+            backoff=FAST_BACKOFF,
+            max_records=50,
+        )
+        options = ProducerOptions(bootstrap_servers=broker.bootstrap)  # idempotent by default
+        async with (
+            SignedProducer(options, signer=signer(ring)) as producer,
+            Running(consumer) as running,
+        ):
+            stream = Stream(producer, topic)
+            async with stream.running():
+                await until(lambda: len(running.delivered) >= 30, "30 deliveries first")
+                before = stream.sent
+                await asyncio.to_thread(fault, broker)
+                while_down = stream.sent - before
+                await stream.more(30)  # sends after the restart
+            produced = await stream.positions()  # every send acknowledged: no failed future
+            ends = await end_offsets(broker.bootstrap, [topic])
+            await running.caught_up(ends, within=45)
+
+    metrics = consumer.metrics
+    assert while_down > 0, "sends went on while the broker was down"
+    assert sum(ends.values()) == len(produced) == stream.sent, "each record in the log once"
+    assert metrics.rejected_total == 0, f"no replay false positive: {metrics.rejected}"
+    assert metrics.unchecked == 0
+    seen = Counter((m.partition, m.offset) for m in running.delivered)
+    assert set(seen) == produced, "every acknowledged record delivered"
+    first: set[tuple[int, int]] = set()
+    for m in running.delivered:
+        position = (m.partition, m.offset)
+        if position in first:
+            # at-least-once: read again after the restart, and it is the same record
+            assert m.claim is ClaimVerdict.SAME_POSITION
+        else:
+            first.add(position)
+            assert m.claim is ClaimVerdict.NEW
+    assert metrics.same_position == sum(n - 1 for n in seen.values())
