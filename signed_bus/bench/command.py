@@ -85,6 +85,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "redis-server (part 4 always uses a private one)"
         ),
     )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also profile an untimed HS256 produce round and consume pass (pyinstrument)",
+    )
     parser.set_defaults(handler=_bench)
 
 
@@ -118,6 +123,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         out_dir=args.out,
         parts=_parts(args.only),
         private_redis=not args.shared_redis,
+        profile=args.profile,
         **overrides,
     )
 
@@ -134,7 +140,19 @@ def _command_line(args: argparse.Namespace) -> str:
         words += ["--out", str(args.out)]
     if args.shared_redis:
         words.append("--shared-redis")
+    if args.profile:
+        words.append("--profile")
     return shlex.join(words)
+
+
+def _profiles(details: object) -> list[str]:
+    """Every path listed under a "profiles" key, at any depth of a part's details."""
+    if not isinstance(details, dict):
+        return []
+    found = [str(path) for path in details.get("profiles", [])]
+    for value in details.values():
+        found += _profiles(value)
+    return found
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -151,4 +169,7 @@ def _bench(args: argparse.Namespace) -> int:
     print(f"wrote {output.json_path}")
     if output.png_path is not None:
         print(f"wrote {output.png_path}")
+    for part in output.report.parts:
+        for path in _profiles(part.details):
+            print(f"wrote {path}")
     return 1 if any(part.error for part in output.report.parts) else 0

@@ -42,6 +42,8 @@ class BenchConfig:
     #: Run the replay guard of parts 2 and 3 on a private redis-server (part 4 always does):
     #: the development Redis is shared with other test runs.
     private_redis: bool = True
+    #: Profile an extra, untimed HS256 produce round and consume pass (pyinstrument).
+    profile: bool = False
 
     @classmethod
     def from_env(cls, **overrides: object) -> BenchConfig:

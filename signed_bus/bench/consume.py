@@ -27,6 +27,7 @@ from signed_bus.bench.codec import ED25519_KID, HMAC_KID, ISSUER, MODEL, bench_k
 from signed_bus.bench.config import BenchConfig
 from signed_bus.bench.kafka import bench_topics, consumer_options, start_consumer, start_producer
 from signed_bus.bench.payloads import inference_results
+from signed_bus.bench.profiling import profiled
 from signed_bus.bench.redis_cost import CountingConnection, counting_client, script_stats
 from signed_bus.bench.redis_server import private_redis_url
 from signed_bus.bench.results import PartResult, Row, Target
@@ -195,7 +196,8 @@ async def _count_round_trips(
     """Untimed: Redis round trips per consumed batch while a VerifyingConsumer reads ``topic``.
 
     The guard gets a client whose connection counts its writes; INFO commandstats gives the
-    script calls as a cross-check (private server only: commandstats is server-wide).
+    script calls as a cross-check (private server only: commandstats is server-wide). With
+    ``config.profile`` this is the pass that gets profiled.
     """
     client = counting_client(url)
     observer = aioredis.Redis.from_url(url)
@@ -209,9 +211,10 @@ async def _count_round_trips(
         await guard.start()  # layout check and script load happen once, not per batch
         calls_before, _ = await script_stats(observer)
         sends = CountingConnection.sends
-        run = await _verified_rate(
-            config, topic, min(config.messages, _COUNTING_PASS_RECORDS), verifier, guard
-        )
+        async with profiled(config, "consume-hs256") as profiles:
+            run = await _verified_rate(
+                config, topic, min(config.messages, _COUNTING_PASS_RECORDS), verifier, guard
+            )
         round_trips = CountingConnection.sends - sends
         calls_after, _ = await script_stats(observer)
     finally:
@@ -222,6 +225,7 @@ async def _count_round_trips(
         "records": int(run["records"]),
         "batches": batches,
         "round_trips": round_trips,
+        "profiles": [str(path) for path in profiles],
         "round_trips_per_batch": round_trips / batches if batches else None,
         "script_calls_per_batch": (
             (calls_after - calls_before) / batches if batches and private else None

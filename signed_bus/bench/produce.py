@@ -20,6 +20,7 @@ from signed_bus.bench.codec import ED25519_KID, HMAC_KID, ISSUER, MODEL, bench_k
 from signed_bus.bench.config import BenchConfig
 from signed_bus.bench.kafka import bench_topics, start_producer
 from signed_bus.bench.payloads import inference_results
+from signed_bus.bench.profiling import profiled
 from signed_bus.bench.results import PartResult, Row, Target
 from signed_bus.producer import SignedProducer
 from signed_bus.signer import Signer
@@ -68,6 +69,9 @@ async def _measure(config: BenchConfig, topics: dict[str, str]) -> PartResult:
         for _ in range(config.repeats):
             for variant, send in sends.items():
                 rates[variant].append(await _rate(send, topics[variant], results))
+        async with profiled(config, "produce-hs256") as profiles:
+            if config.profile:
+                await _rate(sends["hs256"], topics["hs256"], results)
     finally:
         await producer.stop()
 
@@ -88,5 +92,6 @@ async def _measure(config: BenchConfig, topics: dict[str, str]) -> PartResult:
         "estimator": "best of interleaved rounds",
         "producer": "one AIOKafkaProducer for all variants: acks=all, idempotence, linger_ms=0",
         "topics": topics,
+        "profiles": [str(path) for path in profiles],
     }
     return part
