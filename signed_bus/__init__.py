@@ -1,10 +1,13 @@
 """signed-bus: signed, verified, replay-protected inference results over Kafka.
 
-The signing core is re-exported here; the Kafka and Redis pieces live in their own modules
-(``signed_bus.producer``, ``signed_bus.consumer``, ``signed_bus.replay``, ...).
+Everything an application needs is re-exported here: the signing core, the Kafka wrappers
+(SignedProducer, VerifyingConsumer), the Redis replay guard and the topic helper. Submodules hold
+the rest (``signed_bus.deadletter`` for the dead-letter header names, ``signed_bus.bench``...).
 """
 
 from signed_bus.clock import Clock, system_clock
+from signed_bus.consumer import Backoff, ConsumedMessage, ConsumerOptions, VerifyingConsumer
+from signed_bus.deadletter import DeadLetter
 from signed_bus.envelope import CONTENT_TYPE_MSGPACK, TAG, envelope_digest
 from signed_bus.errors import (
     AlgorithmMismatch,
@@ -36,7 +39,11 @@ from signed_bus.keys import (
     generate_ed25519_key,
     generate_hmac_key,
 )
+from signed_bus.metrics import ConsumerMetrics, ProducerMetrics
+from signed_bus.producer import Outgoing, ProducerOptions, SignedProducer
+from signed_bus.replay import Claim, ClaimVerdict, RedisReplayGuard
 from signed_bus.signer import Signer
+from signed_bus.topics import create_topics
 from signed_bus.verifier import VerifiedMessage, Verifier
 
 __version__ = "0.1.0"
@@ -47,9 +54,16 @@ __all__ = [
     "HS256",
     "TAG",
     "AlgorithmMismatch",
+    "Backoff",
     "BadSignature",
+    "Claim",
+    "ClaimVerdict",
     "Clock",
     "ConfigurationError",
+    "ConsumedMessage",
+    "ConsumerMetrics",
+    "ConsumerOptions",
+    "DeadLetter",
     "Ed25519Key",
     "EnvelopeTooLarge",
     "Expired",
@@ -59,9 +73,14 @@ __all__ = [
     "MalformedEnvelope",
     "MalformedPayload",
     "NotYetValid",
+    "Outgoing",
+    "ProducerMetrics",
+    "ProducerOptions",
+    "RedisReplayGuard",
     "ReplayDetected",
     "ReplayGuardUnavailable",
     "SignedBusError",
+    "SignedProducer",
     "Signer",
     "UnknownKey",
     "UnsupportedContentType",
@@ -70,9 +89,11 @@ __all__ = [
     "VerificationError",
     "VerifiedMessage",
     "Verifier",
+    "VerifyingConsumer",
     "WrongKey",
     "WrongTopic",
     "__version__",
+    "create_topics",
     "envelope_digest",
     "generate_ed25519_key",
     "generate_hmac_key",
