@@ -145,3 +145,22 @@ def test_importing_the_library_and_the_bench_does_not_load_dev_extras() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert out.strip() == ""
+
+
+def test_kafka_version_comes_from_the_broker_jar(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from signed_bus.bench.machine import describe_machine, kafka_version
+
+    monkeypatch.delenv("KAFKA_VERSION", raising=False)
+    lib = tmp_path / "kafka" / "lib"
+    lib.mkdir(parents=True)
+    (lib / "kafka-clients-4.1.2.jar").touch()
+    assert kafka_version([tmp_path]).startswith("unknown")
+    (lib / "kafka_2.13-4.1.2.jar").touch()
+    assert kafka_version([tmp_path]) == "4.1.2"
+    monkeypatch.setenv("KAFKA_VERSION", "3.9.0")
+    assert kafka_version([tmp_path]) == "3.9.0"
+    machine = describe_machine(redis_info={"redis_version": "7.0.15"})
+    assert machine["redis"] == "7.0.15" and machine["kafka"] == "3.9.0"
+    assert machine["cores"] >= 1
