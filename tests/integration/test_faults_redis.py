@@ -286,3 +286,55 @@ async def test_a_hung_redis_times_out_claims_and_the_held_batch_is_delivered_onc
     delivered = [(m.partition, m.offset) for m in running.delivered]
     assert len(delivered) == len(set(delivered)), "each record once"
     assert set(delivered) == produced
+
+
+async def test_a_consumer_stopped_while_holding_leaves_the_held_batch_to_the_group(
+    kafka_bootstrap: str, unique_topic: TopicFactory, redis_server: RedisProcess
+) -> None:
+    """Stopped during the outage, the consumer commits only what it delivered; the group's
+    next consumer, after Redis is back, delivers the rest: nothing lost, nothing twice."""
+    ring = keyring()
+    topic = await unique_topic("redis-stop", partitions=2)
+    group = unique("g")
+    prefix = unique("p")
+    options = ProducerOptions(bootstrap_servers=kafka_bootstrap)
+    async with SignedProducer(options, signer=signer(ring)) as producer:
+        async with guard(redis_server.url, prefix) as g:
+            first = VerifyingConsumer(
+                consumer_options(kafka_bootstrap, [topic], group),
+                verifier=verifier(ring),
+                guard=g,
+                backoff=FAST_BACKOFF,
+                max_records=20,
+            )
+            async with Running(first) as running:
+                stream = Stream(producer, topic)
+                async with stream.running():
+                    await until(lambda: len(running.delivered) >= 30, "30 deliveries first")
+                    await asyncio.to_thread(redis_server.stop)
+                    await until(lambda: first.metrics.guard_waiting, "the consumer to hold")
+                    await stream.more(20)
+                started = time.monotonic()
+                await running.stop()
+                assert time.monotonic() - started < 10, "stop does not wait for Redis"
+        produced = await stream.positions()
+    before = {(m.partition, m.offset) for m in running.delivered}
+    assert len(before) == len(running.delivered) < len(produced)
+    # committed: exactly up to what was delivered, per partition
+    last: dict[tuple[str, int], int] = {}
+    for m in running.delivered:
+        last[(m.topic, m.partition)] = max(last.get((m.topic, m.partition), 0), m.offset + 1)
+    assert first.metrics.committed == last
+
+    await asyncio.to_thread(redis_server.start)
+    async with guard(redis_server.url, prefix) as g:
+        second = VerifyingConsumer(
+            consumer_options(kafka_bootstrap, [topic], group), verifier=verifier(ring), guard=g
+        )
+        async with Running(second) as rest:
+            await rest.caught_up(await end_offsets(kafka_bootstrap, [topic]), within=30)
+    after = {(m.partition, m.offset) for m in rest.delivered}
+    assert len(after) == len(rest.delivered)
+    assert after == produced - before, "the held records, and only those, come next"
+    assert all(m.claim is ClaimVerdict.NEW for m in rest.delivered)
+    assert second.metrics.rejected_total == 0
