@@ -33,6 +33,8 @@ from tests.integration.bus import (
 from tests.integration.services import KafkaProcess
 from tests.integration.test_faults_redis import FAST_BACKOFF, Stream, fixed_ports, until
 
+NEW, SAME = ClaimVerdict.NEW, ClaimVerdict.SAME_POSITION
+
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
 
@@ -102,13 +104,10 @@ async def test_producer_and_consumer_ride_out_a_broker_restart(
     assert metrics.unchecked == 0
     seen = Counter((m.partition, m.offset) for m in running.delivered)
     assert set(seen) == produced, "every acknowledged record delivered"
-    first: set[tuple[int, int]] = set()
-    for m in running.delivered:
-        position = (m.partition, m.offset)
-        if position in first:
-            # at-least-once: read again after the restart, and it is the same record
-            assert m.claim is ClaimVerdict.SAME_POSITION
-        else:
-            first.add(position)
-            assert m.claim is ClaimVerdict.NEW
-    assert metrics.same_position == sum(n - 1 for n in seen.values())
+    # At most one NEW per position; any other delivery of it (read again from the committed
+    # offset after a rebalance) is SAME_POSITION. A batch claimed and then revoked before it
+    # was delivered is first delivered as SAME_POSITION too.
+    new = Counter((m.partition, m.offset) for m in running.delivered if m.claim is NEW)
+    assert max(new.values()) == 1
+    assert all(m.claim in (NEW, SAME) for m in running.delivered)
+    assert metrics.same_position == sum(1 for m in running.delivered if m.claim is SAME)
