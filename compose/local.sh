@@ -83,15 +83,17 @@ pid_alive() {
     [ -s "$pidfile" ] || return 1
     pid=$(tr -dc '0-9' <"$pidfile")
     [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
-    cmdline=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || return 1
+    cmdline="$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) " || return 1
     for pattern in "$@"; do
         case $cmdline in *"$pattern"*) ;; *) return 1 ;; esac
     done
     echo "$pid"
 }
 
-kafka_pid() { pid_alive "$kafka_pidfile" kafka.Kafka "$kafka_props"; }
-redis_pid() { pid_alive "$redis_pidfile" redis-server ":$redis_port"; }
+kafka_pid() { pid_alive "$kafka_pidfile" kafka.Kafka "$kafka_props "; }
+# redis rewrites its command line to "redis-server 127.0.0.1:PORT"; the trailing space keeps
+# port 639 from matching 6399
+redis_pid() { pid_alive "$redis_pidfile" redis-server ":$redis_port "; }
 
 port_open() { timeout 2 bash -c "exec 3<>/dev/tcp/$host/$1" 2>/dev/null; }
 

@@ -73,7 +73,7 @@ def _pid_alive(pid_file: Path, *patterns: str) -> int | None:
     """The pid in ``pid_file`` if that process lives and its command line has every pattern."""
     try:
         pid = int(pid_file.read_text().strip())
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode() + " "
     except (OSError, ValueError):
         return None
     if all(p in cmdline for p in patterns):
@@ -235,7 +235,7 @@ class RedisProcess(_Service):
         return self.directory / "redis" / str(self.port) / "redis.pid"
 
     def _patterns(self) -> tuple[str, ...]:
-        return ("redis-server", f":{self.port}")
+        return ("redis-server", f":{self.port} ")  # the space: port 639 must not match 6399
 
     def _serving_port(self) -> int:
         return self.port
@@ -286,7 +286,8 @@ class KafkaProcess(_Service):
         return self.directory / "kafka" / str(self.port) / "kafka.pid"
 
     def _patterns(self) -> tuple[str, ...]:
-        return ("kafka.Kafka", str(self.directory / "kafka" / str(self.port) / "server.properties"))
+        props = self.directory / "kafka" / str(self.port) / "server.properties"
+        return ("kafka.Kafka", f"{props} ")
 
     def _serving_port(self) -> int:
         return self.port
