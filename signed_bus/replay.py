@@ -37,7 +37,7 @@ import logging
 import math
 import struct
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final, Self
@@ -78,6 +78,7 @@ DEFAULT_BYTES_PER_NONCE: Final = 100.0
 _RECORD: Final = struct.Struct(f">H{FIELD_BYTES}s{POSITION_BYTES}s")
 _U16: Final = struct.Struct(">H")
 _POSITION: Final = struct.Struct(">iq")
+_PARTITION: Final = struct.Struct(">i")
 _MAX_KEYS_PER_CALL: Final = 0xFFFF
 _CLUSTER_CONCURRENCY: Final = 16
 
@@ -157,6 +158,17 @@ _VERDICTS: Final = {
     ord("1"): ClaimVerdict.SAME_POSITION,
     ord("2"): ClaimVerdict.REPLAY,
 }
+# The same as a table indexed by the reply byte (None: not a verdict code).
+_VERDICT_OF_BYTE: Final[tuple[ClaimVerdict | None, ...]] = tuple(
+    _VERDICTS.get(code) for code in range(256)
+)
+
+#: A claim as plain values: (issuer, nonce, created_at, topic, partition, offset), the fields
+#: of :class:`Claim` in order. The consumer's fast path builds these instead of Claim objects.
+ClaimRow = tuple[str, bytes, int, str, int, int]
+#: Cached hashing states (issuers, topic partitions) beyond this many are dropped and rebuilt:
+#: a consumer sees a handful, but claim() takes any values.
+_MAX_CACHED_STATES: Final = 4_096
 
 
 def _nonce_digest(issuer: str, nonce: bytes) -> bytes:
@@ -274,12 +286,19 @@ def _url_secrets(url: str) -> list[str]:
 class _Call:
     """The claims of one script call: distinct keys, packed records, input indexes."""
 
-    __slots__ = ("blob", "indexes", "keys")
+    __slots__ = ("indexes", "key_ids", "keys", "records")
 
     def __init__(self) -> None:
         self.keys: dict[bytes, int] = {}
-        self.blob = bytearray()
+        # bucket * shards + shard -> the packed u16 index of its key in ``keys``
+        self.key_ids: dict[int, bytes] = {}
+        self.records: list[bytes] = []
         self.indexes: list[int] = []
+
+    @property
+    def blob(self) -> bytes:
+        """The packed records: u16 key index || field || position value, per claim."""
+        return b"".join(self.records)
 
 
 class RedisReplayGuard:
@@ -332,6 +351,10 @@ class RedisReplayGuard:
         self.check_layout = check_layout
         self._ttl_ms = max_age_ms + 2 * future_skew_ms + bucket_ms
         self._script: AsyncScript = client.register_script(_CLAIM_LUA)
+        # SHA-256 states already fed the per-issuer prefix of a nonce field and the
+        # per-(topic, partition) prefix of a position value: a claim copies and finishes them.
+        self._issuer_states: dict[str, Any] = {}
+        self._position_states: dict[tuple[str, int], Any] = {}
         self._owns_client = False
         self._where = f"client={type(client).__name__}"
         self._secrets: list[str] = []
@@ -492,57 +515,133 @@ class RedisReplayGuard:
         Raises :class:`ReplayGuardUnavailable` when Redis fails; claims are idempotent, so
         retry the same batch (claims already stored come back as SAME_POSITION).
         """
-        if not claims:
+        return await self._claim_rows(
+            [(c.issuer, c.nonce, c.created_at, c.topic, c.partition, c.offset) for c in claims]
+        )
+
+    async def _claim_rows(self, rows: Sequence[ClaimRow]) -> list[ClaimVerdict]:
+        """:meth:`claim` for claims given as plain tuples (:data:`ClaimRow`), in that order:
+
+        The consumer's hot path: it saves building a :class:`Claim` per record.
+        """
+        if not rows:
             return []
         if not self._started:
             await self.start()
         if self._stopped:
             raise ReplayGuardUnavailable("the replay guard was stopped")
-        calls = self._plan(claims)
+        calls = self._plan_rows(rows)
         try:
             replies = await self._execute(calls)
         except _REDIS_FAILURES as exc:
             raise self._unavailable(exc) from exc
-        verdicts: list[ClaimVerdict | None] = [None] * len(claims)
-        for call, reply in zip(calls, replies, strict=True):
-            if isinstance(reply, str):  # a client built with decode_responses=True
-                reply = reply.encode()
-            if not isinstance(reply, bytes) or len(reply) != len(call.indexes):
-                raise ReplayGuardUnavailable("Redis returned a malformed replay claim reply")
-            for index, code in zip(call.indexes, reply, strict=True):
-                verdicts[index] = _VERDICTS.get(code)
+        table = _VERDICT_OF_BYTE
+        verdicts: list[ClaimVerdict | None]
+        if len(calls) == 1:  # one call holds the claims in input order
+            verdicts = [table[code] for code in _reply_bytes(replies[0], len(rows))]
+        else:
+            verdicts = [None] * len(rows)
+            for call, reply in zip(calls, replies, strict=True):
+                codes = _reply_bytes(reply, len(call.indexes))
+                for index, code in zip(call.indexes, codes, strict=True):
+                    verdicts[index] = table[code]
         if None in verdicts:
             raise ReplayGuardUnavailable("Redis returned a malformed replay claim reply")
-        return [v for v in verdicts if v is not None]
+        return verdicts  # type: ignore[return-value]  # no None left
 
     def _plan(self, claims: Sequence[Claim]) -> list[_Call]:
         """Encode the claims and split them into script calls (per slot on a cluster)."""
+        return self._plan_rows(
+            [(c.issuer, c.nonce, c.created_at, c.topic, c.partition, c.offset) for c in claims]
+        )
+
+    def _plan_rows(self, rows: Iterable[ClaimRow]) -> list[_Call]:
+        """Encode claims and split them into script calls (per slot on a cluster).
+
+        Produces exactly what :func:`nonce_field`, :func:`nonce_shard`, :func:`position_value`
+        and :func:`bucket_key` define, with the hashing of the per-issuer and per-partition
+        prefixes done once (cached SHA-256 states, copied per claim).
+        """
         bucket_ms, shards, prefix = self.bucket_ms, self.shards, self.prefix
         limit = self.max_claims_per_call
+        cluster = self._cluster
+        issuer_states, position_states = self._issuer_states, self._position_states
         open_calls: dict[int, _Call] = {}
         done: list[_Call] = []
         slot_of_bucket: dict[int, int] = {}
-        pack = _RECORD.pack
-        for index, c in enumerate(claims):
-            digest = _nonce_digest(c.issuer, c.nonce)
-            bucket = c.created_at // bucket_ms
-            key = bucket_key(prefix, bucket, _shard_of(digest, shards))
+        last_issuer: str | None = None
+        last_topic: str | None = None
+        last_partition = -1
+        issuer_state: Any = None
+        position_state: Any = None
+        for index, (issuer, nonce, created_at, topic, partition, offset) in enumerate(rows):
+            if issuer != last_issuer:
+                issuer_state = issuer_states.get(issuer)
+                if issuer_state is None:
+                    issuer_state = self._issuer_state(issuer)
+                last_issuer = issuer
+            if partition != last_partition or topic != last_topic:
+                position_state = position_states.get((topic, partition))
+                if position_state is None:
+                    position_state = self._position_state(topic, partition)
+                last_topic, last_partition = topic, partition
+            h = issuer_state.copy()
+            h.update(nonce)
+            digest = h.digest()
+            try:
+                packed_offset = offset.to_bytes(8, "big", signed=True)
+            except (OverflowError, AttributeError, TypeError):
+                raise ValueError(f"partition {partition} / offset {offset} out of range") from None
+            h = position_state.copy()
+            h.update(packed_offset)
+            bucket = created_at // bucket_ms
+            shard = (digest[FIELD_BYTES] << 8 | digest[FIELD_BYTES + 1]) % shards
             group = 0
-            if self._cluster:
+            if cluster:
                 group = slot_of_bucket.get(bucket, -1)
                 if group < 0:
-                    group = slot_of_bucket[bucket] = key_slot(key)
+                    group = slot_of_bucket[bucket] = key_slot(bucket_key(prefix, bucket, 0))
             call = open_calls.get(group)
             if call is None or len(call.indexes) >= limit:
                 if call is not None:
                     done.append(call)
                 call = open_calls[group] = _Call()
-            key_index = call.keys.setdefault(key, len(call.keys))
-            value = position_value(c.topic, c.partition, c.offset)
-            call.blob += pack(key_index, digest[:FIELD_BYTES], value)
+            where = bucket * shards + shard
+            key_id = call.key_ids.get(where)
+            if key_id is None:
+                keys = call.keys
+                key_id = call.key_ids[where] = _U16.pack(len(keys))
+                keys[bucket_key(prefix, bucket, shard)] = len(keys)
+            call.records.append(key_id + digest[:FIELD_BYTES] + h.digest()[:POSITION_BYTES])
             call.indexes.append(index)
         done.extend(open_calls.values())
         return done
+
+    def _issuer_state(self, issuer: str) -> Any:
+        """A SHA-256 state fed u16 len(issuer) || issuer (see :func:`nonce_field`)."""
+        raw = issuer.encode("utf-8")
+        if len(raw) > 0xFFFF:
+            raise ValueError("issuer is longer than 65535 bytes")
+        if len(self._issuer_states) >= _MAX_CACHED_STATES:
+            self._issuer_states.clear()
+        state = self._issuer_states[issuer] = hashlib.sha256(_U16.pack(len(raw)) + raw)
+        return state
+
+    def _position_state(self, topic: str, partition: int) -> Any:
+        """A SHA-256 state fed u16 len(topic) || topic || i32 partition (see
+        :func:`position_value`)."""
+        raw = topic.encode("utf-8")
+        if len(raw) > 0xFFFF:
+            raise ValueError("topic is longer than 65535 bytes")
+        try:
+            packed = _PARTITION.pack(partition)
+        except struct.error:
+            raise ValueError(f"partition {partition} out of range") from None
+        if len(self._position_states) >= _MAX_CACHED_STATES:
+            self._position_states.clear()
+        state = hashlib.sha256(_U16.pack(len(raw)) + raw + packed)
+        self._position_states[(topic, partition)] = state
+        return state
 
     async def _execute(self, calls: list[_Call]) -> list[Any]:
         """Run the script calls: one EVALSHA, or one pipeline (per node on a cluster)."""
@@ -567,7 +666,7 @@ class RedisReplayGuard:
             pipe = self._client.pipeline(transaction=False)
             for i in pending:
                 keys = list(calls[i].keys)
-                pipe.evalsha(self._script.sha, len(keys), *keys, ttl, bytes(calls[i].blob))
+                pipe.evalsha(self._script.sha, len(keys), *keys, ttl, calls[i].blob)
             results = await pipe.execute(raise_on_error=False)
             missing = []
             for i, result in zip(pending, results, strict=True):
@@ -585,13 +684,22 @@ class RedisReplayGuard:
 
     async def _run(self, call: _Call) -> Any:
         # the script object loads the script again when Redis answers NOSCRIPT
-        return await self._script(keys=list(call.keys), args=[self._ttl_ms, bytes(call.blob)])
+        return await self._script(keys=list(call.keys), args=[self._ttl_ms, call.blob])
 
     def _unavailable(self, exc: BaseException) -> ReplayGuardUnavailable:
         detail = _scrub(str(exc), self._secrets)
         return ReplayGuardUnavailable(
             f"Redis replay guard unavailable ({self._where}): {type(exc).__name__}: {detail}"
         )
+
+
+def _reply_bytes(reply: Any, expected: int) -> bytes:
+    """One script reply as bytes of verdict codes; ReplayGuardUnavailable if malformed."""
+    if isinstance(reply, str):  # a client built with decode_responses=True
+        reply = reply.encode()
+    if not isinstance(reply, bytes) or len(reply) != expected:
+        raise ReplayGuardUnavailable("Redis returned a malformed replay claim reply")
+    return reply
 
 
 def _scrub(text: str, secrets: Sequence[str]) -> str:

@@ -153,6 +153,41 @@ def test_plan_packs_key_index_field_and_position_per_claim() -> None:
     assert len(keys) == len(set(keys)) <= 8  # two buckets x four shards, each named once
 
 
+def test_plan_matches_the_reference_encoding_across_issuers_and_positions() -> None:
+    # The plan caches hashing state per issuer and per (topic, partition): interleave them so
+    # every switch between cached states is exercised, and compare with the layout functions.
+    guard = make_guard(prefix="p", shards=16)
+    claims = [
+        Claim(
+            issuer=("alice", "bob", "agent-é")[i % 3],
+            nonce=i.to_bytes(16, "big"),
+            created_at=1_700_000_000_000 + 700 * (i % 4),
+            topic=("results", "results-b")[(i // 2) % 2],
+            partition=(i // 3) % 3,
+            offset=i * 1_000_003,
+        )
+        for i in range(60)
+    ]
+    for _ in range(2):  # the second pass runs on warm caches
+        (call,) = guard._plan(claims)
+        keys = list(call.keys)
+        blob = call.blob
+        for i, c in enumerate(claims):
+            record = blob[26 * i : 26 * (i + 1)]
+            shard = nonce_shard(c.issuer, c.nonce, 16)
+            assert keys[int.from_bytes(record[:2], "big")] == bucket_key(
+                "p", c.created_at // 1000, shard
+            )
+            assert record[2:18] == nonce_field(c.issuer, c.nonce)
+            assert record[18:] == position_value(c.topic, c.partition, c.offset)
+
+
+@pytest.mark.parametrize(("partition", "offset"), [(2**31, 0), (0, 2**63), (0, -(2**63) - 1)])
+def test_plan_rejects_out_of_range_positions(partition: int, offset: int) -> None:
+    with pytest.raises(ValueError, match="out of range"):
+        make_guard()._plan([Claim("a", NONCE, 0, "t", partition, offset)])
+
+
 def test_plan_splits_batches_above_max_claims_per_call() -> None:
     guard = make_guard(max_claims_per_call=4)
     calls = guard._plan([claim(i) for i in range(10)])
