@@ -49,6 +49,7 @@ from .verifier import VerifiedMessage, Verifier
 
 __all__ = [
     "Backoff",
+    "ConsumedBatch",
     "ConsumedMessage",
     "ConsumerOptions",
     "Handler",
@@ -218,6 +219,24 @@ class ConsumedMessage:
     def headers(self) -> Sequence[tuple[str, bytes]]:
         """The record's Kafka headers: NOT signed (tracing adds them); never trust them."""
         return self.record.headers
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumedBatch:
+    """One ``getmany`` worth of records from :meth:`VerifyingConsumer.getbatch`, not committed.
+
+    ``messages`` are the verified records, in partition and offset order. ``offsets`` covers the
+    whole batch, rejected records included (they are already dead-lettered): per partition, the
+    offset after the batch's last record, which is what to commit. ``first_offsets`` is per
+    partition the batch's first offset: seek there to read the batch again.
+    """
+
+    messages: tuple[ConsumedMessage, ...]
+    offsets: Mapping[TopicPartition, int]
+    first_offsets: Mapping[TopicPartition, int]
+
+
+_EMPTY_BATCH = ConsumedBatch((), {}, {})
 
 
 Handler = Callable[[ConsumedMessage], Awaitable[object]]
@@ -497,6 +516,56 @@ class VerifyingConsumer:
     async def commit(self) -> None:
         """Mark the message in hand finished and commit everything finished so far."""
         self._finish()
+        await self._commit()
+
+    # -- whole batches (relays) ----------------------------------------------------------------
+
+    async def getbatch(self) -> ConsumedBatch | None:
+        """The next ``getmany`` batch, verified, claimed and dead-lettered, handed out whole and
+        NOT committed.
+
+        For a hop that must commit its input offsets together with its own outputs: commit
+        ``batch.offsets`` when done with the batch, with :meth:`commit_offsets` or in a Kafka
+        transaction (``send_offsets_to_transaction``), or seek to ``batch.first_offsets`` to
+        read it again. Returns an empty batch when ``timeout_ms`` passed without records (so
+        the caller can check its own stop flag) and None once the consumer is stopping. Not to
+        be mixed with :meth:`run` or ``async for`` on the same consumer.
+        """
+        if self._closed or self._stopping:
+            return None
+        self._enter()
+        try:
+            if self._pos < len(self._queue) or self._inflight is not None:
+                raise RuntimeError("getbatch cannot take over a batch delivered message by message")
+            records = await self.consumer.getmany(
+                timeout_ms=self._timeout_ms, max_records=self._max_records
+            )
+            if not records:
+                return None if self._stopping else _EMPTY_BATCH
+            batch = self._verify(records)
+            self._revoked = batch.revoked
+            entries = await self._settle(batch)
+        finally:
+            self._leave()
+        if entries is None:  # stopped while the batch was held (replay guard unavailable)
+            return None
+        messages: list[ConsumedMessage] = []
+        offsets: dict[TopicPartition, int] = {}
+        first: dict[TopicPartition, int] = {}
+        for tp, next_offset, message in entries:
+            if tp in batch.revoked:  # the partition's new owner reads these records
+                continue
+            first.setdefault(tp, next_offset - 1)
+            offsets[tp] = next_offset
+            if message is not None:
+                messages.append(message)
+        self.metrics.delivered += len(messages)
+        return ConsumedBatch(tuple(messages), offsets, first)
+
+    async def commit_offsets(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Commit a batch's ``offsets`` (from :meth:`getbatch`) for the partitions still assigned
+        (a partition lost to a rebalance is read again by its new owner: at-least-once)."""
+        self._done.update(offsets)
         await self._commit()
 
     def _enter(self) -> None:
