@@ -1,0 +1,262 @@
+"""Relay: one hop of a multi-hop pipeline (consume -> verify -> transform -> sign -> produce ->
+commit), chaining provenance.
+
+Every output a relay signs names the digest of the input it came from in its ``parents``, so
+``signed-bus trace`` can walk from a final action back to the model output it came from.
+
+Two delivery modes, per batch of the verifying consumer (:meth:`VerifyingConsumer.getbatch`):
+
+- at-least-once (default): transform every verified input of the batch, produce all outputs,
+  wait until the broker acknowledged them, then commit the batch's offsets. A crash between
+  produce and commit re-delivers the batch: nothing is lost, outputs may be produced twice
+  (as new envelopes with new nonces and the same parents).
+- exactly-once (``exactly_once=True``, a transactional producer): the outputs and the batch's
+  offsets go into one Kafka transaction (``send_offsets_to_transaction``). Consumers of the
+  output topic that read ``read_committed`` (the default of :class:`ConsumerOptions`) see
+  either all outputs of a batch, once, or none: an aborted or abandoned transaction delivers
+  nothing downstream and its inputs are read again, from the last committed offsets.
+
+The transform is an async callable: one verified input -> zero or more :class:`Output`. If it
+raises, nothing of the batch is committed, the consumer is rewound to the batch's first offsets
+(so a later :meth:`Relay.run` re-processes it) and the error propagates as
+:class:`RelayTransformError`.
+
+Rejected inputs are dead-lettered by the consumer before the batch is handed out; their offsets
+are part of the batch's offsets. Dead letters are written outside the transaction (at least once).
+
+Fencing: aiokafka sends offsets to a transaction by group id only (no group generation), so run
+one relay per ``transactional_id`` and keep the id stable across restarts: a restarted relay then
+fences its previous incarnation and aborts whatever transaction it left open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import TopicPartition
+from aiokafka.errors import IllegalOperation, KafkaError, ProducerFenced
+
+from signed_bus.consumer import ConsumedBatch, ConsumedMessage, VerifyingConsumer
+from signed_bus.errors import ConfigurationError, SignedBusError
+from signed_bus.producer import SignedProducer
+
+__all__ = [
+    "Output",
+    "Relay",
+    "RelayError",
+    "RelayFenced",
+    "RelayMetrics",
+    "RelayTransformError",
+    "Transform",
+]
+
+log = logging.getLogger("signed_bus.relay")
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """One result a transform wants published (signed by the relay's producer).
+
+    ``topic`` defaults to the relay's output topic. The parents are always the input's digest;
+    ``extra_parents`` adds more (a join that used other envelopes too).
+    """
+
+    result: object
+    key: bytes | None = None
+    topic: str | None = None
+    headers: Sequence[tuple[str, bytes]] | None = None
+    expires_at: int | None = None
+    extra_parents: Sequence[bytes] = ()
+
+
+Transform = Callable[[ConsumedMessage], Awaitable[Iterable[Output]]]
+
+
+class RelayError(SignedBusError):
+    """The relay stopped on an error; the batch in hand was not committed."""
+
+
+class RelayTransformError(RelayError):
+    """The transform raised (``__cause__``); the batch will be re-processed by the next run."""
+
+
+class RelayFenced(RelayError):
+    """Another relay with the same transactional_id took over; this one must stop."""
+
+
+@dataclass(slots=True)
+class RelayMetrics:
+    """What a relay did since it was created."""
+
+    batches: int = 0
+    inputs: int = 0
+    outputs: int = 0
+    empty: int = 0  # inputs the transform mapped to no output
+    transactions: int = 0
+    aborted: int = 0
+    transform_errors: int = 0
+    by_topic: dict[str, int] = field(default_factory=dict)
+
+    def snapshot(self) -> dict[str, object]:
+        return {
+            "batches": self.batches,
+            "inputs": self.inputs,
+            "outputs": self.outputs,
+            "empty": self.empty,
+            "transactions": self.transactions,
+            "aborted": self.aborted,
+            "transform_errors": self.transform_errors,
+            "by_topic": dict(self.by_topic),
+        }
+
+
+class Relay:
+    """Drives one hop: ``consumer`` -> ``transform`` -> ``producer`` (see the module docstring).
+
+    The consumer and the producer are started and stopped by the caller. For
+    ``exactly_once=True`` the producer's ``AIOKafkaProducer`` must have a ``transactional_id``
+    and ``group_id`` must be the consumer's group (offsets are committed in its name).
+    """
+
+    def __init__(
+        self,
+        consumer: VerifyingConsumer,
+        producer: SignedProducer,
+        transform: Transform,
+        *,
+        output_topic: str,
+        exactly_once: bool = False,
+        group_id: str | None = None,
+    ) -> None:
+        if exactly_once and not group_id:
+            raise ConfigurationError("exactly_once needs the consumer's group_id")
+        if not output_topic:
+            raise ConfigurationError("output_topic is required")
+        self._consumer = consumer
+        self._producer = producer
+        self._transform = transform
+        self._output_topic = output_topic
+        self._exactly_once = exactly_once
+        self._group_id = group_id
+        self._stopping = False
+        self.metrics = RelayMetrics()
+
+    @property
+    def exactly_once(self) -> bool:
+        return self._exactly_once
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to return after the batch in hand is committed."""
+        self._stopping = True
+
+    async def run(self) -> None:
+        """Relay batches until :meth:`stop`; raises :class:`RelayError` subclasses on failure."""
+        self._stopping = False
+        while not self._stopping:
+            batch = await self._consumer.getbatch()
+            if batch is None:  # the consumer is stopping
+                return
+            if not batch.offsets:
+                continue
+            await self.process(batch)
+
+    async def process(self, batch: ConsumedBatch) -> None:
+        """Transform, produce and commit one batch (the unit of :meth:`run`)."""
+        try:
+            planned = await self._plan(batch)
+        except Exception as exc:
+            self.metrics.transform_errors += 1
+            self._rewind(batch)
+            raise RelayTransformError(f"the transform raised {type(exc).__name__}") from exc
+        if self._exactly_once:
+            await self._commit_transaction(batch, planned)
+        else:
+            await self._commit_after_acks(batch, planned)
+        metrics = self.metrics
+        metrics.batches += 1
+        metrics.inputs += len(batch.messages)
+        metrics.outputs += len(planned)
+        for _, output in planned:
+            topic = output.topic or self._output_topic
+            metrics.by_topic[topic] = metrics.by_topic.get(topic, 0) + 1
+
+    async def _plan(self, batch: ConsumedBatch) -> list[tuple[ConsumedMessage, Output]]:
+        planned: list[tuple[ConsumedMessage, Output]] = []
+        for message in batch.messages:
+            outputs = list(await self._transform(message))
+            if not outputs:
+                self.metrics.empty += 1
+            for output in outputs:
+                if not isinstance(output, Output):
+                    raise TypeError("a relay transform must return Output objects")
+                planned.append((message, output))
+        return planned
+
+    async def _send_all(self, planned: list[tuple[ConsumedMessage, Output]]) -> None:
+        futures: list[asyncio.Future[Any]] = []
+        for message, output in planned:
+            futures.append(
+                await self._producer.send(
+                    output.topic or self._output_topic,
+                    output.result,
+                    key=output.key,
+                    parents=(message.verified.digest, *output.extra_parents),
+                    headers=output.headers,
+                    expires_at=output.expires_at,
+                )
+            )
+        await asyncio.gather(*futures)
+
+    async def _commit_after_acks(
+        self, batch: ConsumedBatch, planned: list[tuple[ConsumedMessage, Output]]
+    ) -> None:
+        try:
+            await self._send_all(planned)
+        except BaseException:
+            # Unacknowledged outputs: read the batch again (outputs may repeat, none is lost).
+            self._rewind(batch)
+            raise
+        await self._consumer.commit_offsets(batch.offsets)
+
+    async def _commit_transaction(
+        self, batch: ConsumedBatch, planned: list[tuple[ConsumedMessage, Output]]
+    ) -> None:
+        kafka = self._producer.producer
+        assert self._group_id is not None
+        try:
+            await kafka.begin_transaction()
+        except IllegalOperation as exc:
+            raise ConfigurationError(
+                "exactly_once needs a producer built with a transactional_id"
+            ) from exc
+        try:
+            await self._send_all(planned)
+            offsets = {tp: offset for tp, offset in batch.offsets.items()}
+            await kafka.send_offsets_to_transaction(offsets, self._group_id)
+            await kafka.commit_transaction()
+        except ProducerFenced as exc:
+            self._rewind(batch)
+            raise RelayFenced("another relay took over this transactional_id") from exc
+        except BaseException as exc:
+            self.metrics.aborted += 1
+            self._rewind(batch)
+            if not isinstance(exc, asyncio.CancelledError):
+                log.warning("transaction aborted (%s); the batch will be read again", exc)
+            try:
+                await kafka.abort_transaction()
+            except (KafkaError, IllegalOperation) as abort_exc:
+                log.warning("abort failed: %s", abort_exc)
+            raise
+        self.metrics.transactions += 1
+
+    def _rewind(self, batch: ConsumedBatch) -> None:
+        """Seek back to the batch's first offsets so its records are fetched again."""
+        consumer = self._consumer.consumer
+        assigned = consumer.assignment()
+        for tp, offset in batch.first_offsets.items():
+            if tp in assigned:
+                consumer.seek(TopicPartition(tp.topic, tp.partition), offset)
