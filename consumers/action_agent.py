@@ -42,11 +42,13 @@ from producers.common import (
     load_verify_keyring,
     setup_logging,
 )
-from signed_bus import Verifier
-
-# Not re-exported from signed_bus yet (see docs/PIPELINES.md).
-from signed_bus.consumer import ConsumedMessage, ConsumerOptions, VerifyingConsumer
-from signed_bus.replay import RedisReplayGuard
+from signed_bus import (
+    ConsumedMessage,
+    ConsumerOptions,
+    RedisReplayGuard,
+    Verifier,
+    VerifyingConsumer,
+)
 
 AGENT = "action-agent"
 

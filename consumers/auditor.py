@@ -41,13 +41,17 @@ from producers.common import (
     load_verify_keyring,
     setup_logging,
 )
-from signed_bus import Verifier
+from signed_bus import (
+    ConsumedMessage,
+    ConsumerOptions,
+    DeadLetter,
+    RedisReplayGuard,
+    Verifier,
+    VerifyingConsumer,
+)
 
-# Not re-exported from signed_bus yet (see docs/PIPELINES.md).
-from signed_bus.consumer import ConsumedMessage, ConsumerOptions, VerifyingConsumer
-from signed_bus.deadletter import DeadLetter
+# Not re-exported from signed_bus (yet): the provenance index.
 from signed_bus.provenance import Position, ProvenanceIndex
-from signed_bus.replay import RedisReplayGuard
 
 AGENT = "auditor"
 

@@ -35,10 +35,7 @@ from producers.common import (
     setup_logging,
 )
 from producers.model import StandInModel, prompts
-from signed_bus import Signer
-
-# Not re-exported from signed_bus yet (see docs/PIPELINES.md).
-from signed_bus.producer import ProducerOptions, SignedProducer
+from signed_bus import ProducerOptions, SignedProducer, Signer
 
 AGENT = "inference-agent"
 
