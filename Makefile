@@ -20,7 +20,7 @@ SERVICES := bash compose/services.sh
 # a hung test fails after this many seconds instead of hanging CI
 PYTEST_TIMEOUT ?= 300
 PYTEST_ARGS ?=
-DEMO ?= demo/quick.py
+DEMO ?= -m demo.pipeline
 
 .PHONY: help venv lint services-up services-down services-status test demo
 
