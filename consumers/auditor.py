@@ -68,7 +68,10 @@ class Auditor:
     async def on_verified(self, message: ConsumedMessage) -> None:
         self.accepted[message.topic] += 1
         position = Position(message.topic, message.partition, message.offset)
-        self.indexed += await self.index.record([(message.verified.digest, position)])
+        # Await first, then add: `self.indexed += await ...` reads the counter before the await,
+        # and the other topics' consumers update it meanwhile.
+        new = await self.index.record([(message.verified.digest, position)])
+        self.indexed += new
 
     def on_dead_letter(self, letter: DeadLetter) -> None:
         self.dead_letters.setdefault(letter.source_topic, Counter())[letter.reason] += 1

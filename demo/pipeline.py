@@ -299,7 +299,15 @@ class Demo:
         attacker = await self.status(redis, "attacker")
         auditor = await self.status(redis, "auditor")
         findings.produced = int(inference.get("produced", 0))
-        findings.plans_published = int(planner.get("relay", {}).get("outputs", 0))
+        relay = planner.get("relay", {})
+        findings.plans_published = int(relay.get("outputs", 0))
+        if planner.get("exactly_once"):
+            findings.planner_mode = (
+                f"exactly-once: {relay.get('transactions', 0)} transactions, "
+                f"{relay.get('aborted', 0)} aborted"
+            )
+        else:
+            findings.planner_mode = "at-least-once"
         findings.duplicate_deliveries_suppressed = int(actions.get("already_executed", 0))
         check_planner_ledger(
             expected, _decode(await redis.hgetall(f"{self.prefix}:ledger:planner")), findings

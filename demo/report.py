@@ -56,6 +56,7 @@ class Findings:
     produced: int = 0
     delivered_planner: int = 0
     plans_published: int = 0
+    planner_mode: str = ""
     delivered_action_agent: int = 0
     actions_expected: int = 0
     actions_executed: int = 0
@@ -80,6 +81,7 @@ class Findings:
             "delivered": {
                 "planner": self.delivered_planner,
                 "plans_published": self.plans_published,
+                "planner_mode": self.planner_mode,
                 "action_agent": self.delivered_action_agent,
             },
             "actions": {
@@ -211,7 +213,8 @@ def format_report(findings: Findings, *, trace: str | None, elapsed_s: float) ->
         "=" * 72,
         f"honest results produced ........ {findings.produced}",
         f"  delivered to the planner ..... {findings.delivered_planner}",
-        f"  plans published .............. {findings.plans_published}",
+        f"  plans published .............. {findings.plans_published}"
+        + (f" ({findings.planner_mode})" if findings.planner_mode else ""),
         f"  plans delivered to actions ... {findings.delivered_action_agent}",
         f"actions executed ............... {findings.actions_executed} of "
         f"{findings.actions_expected} (max {findings.max_executions_per_action} execution(s) "
