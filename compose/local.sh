@@ -193,8 +193,15 @@ kafka_configure() {
             || die "$kafka_home was formatted with another controller port ($(grep controller_port "$formatted")); run: bash compose/local.sh clean --kafka-port $kafka_port --dir $dir"
         return 0
     fi
-    cluster_id=$(kafka_java kafka.tools.StorageTool random-uuid 2>>"$kafka_logs/format.log" | tail -1)
-    [ -n "$cluster_id" ] || die "StorageTool random-uuid failed; see $kafka_logs/format.log"
+    # what `StorageTool random-uuid` prints (a v4 UUID, base64url, never starting with "-"),
+    # without a JVM start
+    cluster_id=$("$python" -c 'import base64, uuid
+while True:
+    text = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    if not text.startswith("-"):
+        print(text)
+        break')
+    [ ${#cluster_id} = 22 ] || die "could not make a cluster id"
     say "formatting $kafka_home/data (cluster $cluster_id, standalone controller on $host:$controller_port)"
     kafka_java kafka.tools.StorageTool format -t "$cluster_id" -c "$kafka_props" --standalone \
         >>"$kafka_logs/format.log" 2>&1 || { tail -20 "$kafka_logs/format.log" >&2; die "storage format failed; see $kafka_logs/format.log"; }

@@ -81,12 +81,19 @@ def _pid_alive(pid_file: Path, *patterns: str) -> int | None:
     return None
 
 
+def _gone(pid: int) -> bool:
+    """True once ``pid`` has exited (a zombie not yet reaped by its new parent counts)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rpartition(")")[2].split()[0] in ("Z", "X")
+
+
 def _wait_gone(pid: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if _gone(pid):
             return
         time.sleep(0.05)
     raise ServiceError(f"process {pid} still alive after {timeout:.0f}s")
