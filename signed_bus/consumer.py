@@ -44,7 +44,7 @@ from .errors import (
 )
 from .metrics import ConsumerMetrics
 from .producer import ProducerOptions, SignedProducer, check_security
-from .replay import Claim, ClaimVerdict, RedisReplayGuard
+from .replay import ClaimRow, ClaimVerdict, RedisReplayGuard
 from .verifier import VerifiedMessage, Verifier
 
 __all__ = [
@@ -498,6 +498,12 @@ class VerifyingConsumer:
         if self._closed or self._stopping:
             raise StopAsyncIteration
         self._finish()
+        if self._active is None and self._started:
+            # The batch has a message ready: nothing is awaited, so no other task can run
+            # between here and the return, and _enter/_leave would have no observer.
+            message = self._next()
+            if message is not None:
+                return message
         self._enter()
         try:
             while True:
@@ -709,13 +715,14 @@ class VerifyingConsumer:
         guard = self._guard
         if guard is None:  # audit mode
             return [None] * len(verified)
-        claims = [
-            Claim(m.issuer, m.nonce, m.created_at, r.topic, r.partition, r.offset)
+        # Plain tuples, not Claim objects: built once per record, so kept cheap.
+        claims: list[ClaimRow] = [
+            (m.issuer, m.nonce, m.created_at, r.topic, r.partition, r.offset)
             for _, _, r, m in verified
         ]
         result: list[ClaimVerdict | None] | None
         try:
-            result = list(await guard.claim(claims))
+            result = list(await guard._claim_rows(claims))
         except ReplayGuardUnavailable as exc:
             result = await self._claim_again(guard, claims, exc)
         if result is not None and len(result) != len(claims):
@@ -723,7 +730,7 @@ class VerifyingConsumer:
         return result
 
     async def _claim_again(
-        self, guard: RedisReplayGuard, claims: list[Claim], error: ReplayGuardUnavailable
+        self, guard: RedisReplayGuard, claims: list[ClaimRow], error: ReplayGuardUnavailable
     ) -> list[ClaimVerdict | None] | None:
         """The claim failed: deliver unchecked (fail open) or hold and retry (fail closed)."""
         metrics = self.metrics
@@ -753,7 +760,7 @@ class VerifyingConsumer:
                 if not await self._hold(delay):
                     return None
                 try:
-                    verdicts: list[ClaimVerdict | None] = list(await guard.claim(claims))
+                    verdicts: list[ClaimVerdict | None] = list(await guard._claim_rows(claims))
                 except ReplayGuardUnavailable as exc:
                     error = exc
                     continue
