@@ -169,6 +169,13 @@ class _Service:
             return
         os.kill(pid, signal.SIGKILL)
         _wait_gone(pid, 30)
+        # a dead thread group leader can show as a zombie while its other threads still tear
+        # down (and hold the sockets): also wait for the port to close
+        deadline = time.monotonic() + 30
+        while self.serves():
+            if time.monotonic() > deadline:
+                raise ServiceError(f"{self!r}: port still open 30s after SIGKILL")
+            time.sleep(0.05)
 
     def pause(self) -> None:
         """SIGSTOP: the process holds its sockets but answers nothing (a hung server)."""
