@@ -41,17 +41,18 @@ from producers.common import (
     load_verify_keyring,
     setup_logging,
 )
+
+# Not re-exported from signed_bus (yet): the provenance index.
 from signed_bus import (
     ConsumedMessage,
     ConsumerOptions,
     DeadLetter,
+    Position,
+    ProvenanceIndex,
     RedisReplayGuard,
     Verifier,
     VerifyingConsumer,
 )
-
-# Not re-exported from signed_bus (yet): the provenance index.
-from signed_bus.provenance import Position, ProvenanceIndex
 
 AGENT = "auditor"
 

@@ -45,18 +45,21 @@ from producers.common import (
     setup_logging,
 )
 from producers.model import InferenceResult
+
+# Not re-exported from signed_bus (yet): the relay.
 from signed_bus import (
     ConsumedMessage,
     ConsumerOptions,
+    Output,
     RedisReplayGuard,
+    Relay,
+    RelayError,
+    RelayTransformError,
     SignedProducer,
     Signer,
     Verifier,
     VerifyingConsumer,
 )
-
-# Not re-exported from signed_bus (yet): the relay.
-from signed_bus.relay import Output, Relay, RelayError, RelayTransformError
 
 AGENT = "planner"
 

@@ -51,9 +51,15 @@ from demo.report import (
     format_report,
 )
 from producers.common import read_status
-from signed_bus import Keyring, Verifier
-from signed_bus.provenance import Position, ProvenanceIndex, RecordFetcher, Tracer
-from signed_bus.topics import create_topics
+from signed_bus import (
+    Keyring,
+    Position,
+    ProvenanceIndex,
+    RecordFetcher,
+    Tracer,
+    Verifier,
+    create_topics,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 

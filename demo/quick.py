@@ -25,9 +25,17 @@ from dataclasses import dataclass, field
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
-from signed_bus import Keyring, Signer, VerificationError, Verifier, generate_ed25519_key
-from signed_bus.replay import Claim, ClaimVerdict, RedisReplayGuard
-from signed_bus.topics import create_topics
+from signed_bus import (
+    Claim,
+    ClaimVerdict,
+    Keyring,
+    RedisReplayGuard,
+    Signer,
+    VerificationError,
+    Verifier,
+    create_topics,
+    generate_ed25519_key,
+)
 
 ISSUER = "inference-agent"
 MODEL = "sentiment-demo-v1"

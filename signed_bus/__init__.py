@@ -6,7 +6,13 @@ the rest (``signed_bus.deadletter`` for the dead-letter header names, ``signed_b
 """
 
 from signed_bus.clock import Clock, system_clock
-from signed_bus.consumer import Backoff, ConsumedMessage, ConsumerOptions, VerifyingConsumer
+from signed_bus.consumer import (
+    Backoff,
+    ConsumedBatch,
+    ConsumedMessage,
+    ConsumerOptions,
+    VerifyingConsumer,
+)
 from signed_bus.deadletter import DeadLetter
 from signed_bus.envelope import CONTENT_TYPE_MSGPACK, TAG, envelope_digest
 from signed_bus.errors import (
@@ -41,6 +47,22 @@ from signed_bus.keys import (
 )
 from signed_bus.metrics import ConsumerMetrics, ProducerMetrics
 from signed_bus.producer import Outgoing, ProducerOptions, SignedProducer
+from signed_bus.provenance import (
+    Position,
+    ProvenanceIndex,
+    RecordFetcher,
+    TraceLink,
+    Tracer,
+    TraceReport,
+)
+from signed_bus.relay import (
+    Output,
+    Relay,
+    RelayError,
+    RelayFenced,
+    RelayMetrics,
+    RelayTransformError,
+)
 from signed_bus.replay import Claim, ClaimVerdict, RedisReplayGuard
 from signed_bus.signer import Signer
 from signed_bus.topics import create_topics
@@ -60,6 +82,7 @@ __all__ = [
     "ClaimVerdict",
     "Clock",
     "ConfigurationError",
+    "ConsumedBatch",
     "ConsumedMessage",
     "ConsumerMetrics",
     "ConsumerOptions",
@@ -74,14 +97,26 @@ __all__ = [
     "MalformedPayload",
     "NotYetValid",
     "Outgoing",
+    "Output",
+    "Position",
     "ProducerMetrics",
     "ProducerOptions",
+    "ProvenanceIndex",
+    "RecordFetcher",
     "RedisReplayGuard",
+    "Relay",
+    "RelayError",
+    "RelayFenced",
+    "RelayMetrics",
+    "RelayTransformError",
     "ReplayDetected",
     "ReplayGuardUnavailable",
     "SignedBusError",
     "SignedProducer",
     "Signer",
+    "TraceLink",
+    "TraceReport",
+    "Tracer",
     "UnknownKey",
     "UnsupportedContentType",
     "UnsupportedVersion",
