@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import logging
 import shlex
 import sys
 from pathlib import Path
@@ -160,6 +161,9 @@ def _bench(args: argparse.Namespace) -> int:
     from signed_bus.bench.table import format_report
 
     config = config_from_args(args)
+    # Library warnings (a retried produce, a topic not yet in the metadata) go to stderr with
+    # their source, instead of Python's bare last-resort handler.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     def progress(line: str) -> None:
         print(line, file=sys.stderr, flush=True)

@@ -28,7 +28,9 @@ def format_number(value: float | None) -> str:
 
 def _ratio(row: Row) -> str:
     ratio = row.ratio
-    return "-" if ratio is None else f"{ratio:.2f}x"
+    if ratio is None:
+        return "-"
+    return f"{ratio:.2f}x" if ratio >= 0.1 else f"{ratio:.2g}x"
 
 
 def _machine_line(report: BenchReport) -> str:
