@@ -253,6 +253,10 @@ kafka_up() {
             kafka_tail
             die "kafka: the java process (pid $pid) exited during startup"
         fi
+        # the log rolled over (log4j2.properties) since we measured it: read the new file whole
+        if [ "$(stat -c %s "$kafka_logs/server.log" 2>/dev/null || echo 0)" -lt "$offset" ]; then
+            offset=0
+        fi
         # grep -c reads all its input: with pipefail, grep -q would SIGPIPE tail and read as failure
         if tail -c +"$((offset + 1))" "$kafka_logs/server.log" | grep -c 'Kafka Server started' >/dev/null \
             && kafka_metadata 3 >/dev/null 2>&1; then
