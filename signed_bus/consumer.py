@@ -1,6 +1,6 @@
 """VerifyingConsumer: verify, claim and dead-letter before the application sees a record.
 
-One consumed batch goes through these steps (DESIGN sections 3 to 6):
+One consumed batch goes through these steps (docs/OPERATIONS.md, "Producing and consuming"):
 
 1. ``getmany()`` returns up to ``max_records`` records grouped by partition, each in offset order.
 2. Every record is verified. The freshness reference is the broker's append time when the record
