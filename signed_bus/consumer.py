@@ -34,7 +34,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
-from .deadletter import DeadLetterWriter, is_too_large
+from .deadletter import DeadLetterWriter, is_retriable, is_too_large
 from .errors import (
     ConfigurationError,
     MalformedEnvelope,
@@ -827,7 +827,7 @@ class VerifyingConsumer:
                     futures.append(await writer.send(record, error, omit_value=omit))
                     sent.append((record, error, omit))
                 except KafkaError as exc:
-                    if not exc.retriable:
+                    if not is_retriable(exc):
                         raise
                     failed.append((record, error, omit))
                     last_error = exc
@@ -837,7 +837,7 @@ class VerifyingConsumer:
                     self.metrics.dead_lettered += 1
                 elif is_too_large(result) and not omit:
                     failed.append((record, error, True))
-                elif isinstance(result, KafkaError) and result.retriable:
+                elif is_retriable(result):
                     failed.append((record, error, omit))
                     last_error = result
                 else:

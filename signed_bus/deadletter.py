@@ -17,7 +17,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import MessageSizeTooLargeError, RecordTooLargeError
+from aiokafka.errors import (
+    KafkaConnectionError,
+    KafkaError,
+    KafkaTimeoutError,
+    MessageSizeTooLargeError,
+    RecordTooLargeError,
+)
 
 from .errors import VerificationError
 
@@ -33,6 +39,7 @@ __all__ = [
     "DeadLetterWriter",
     "dead_letter_headers",
     "header_map",
+    "is_retriable",
     "is_too_large",
 ]
 
@@ -50,6 +57,10 @@ HEADER_VALUE_OMITTED = "signed-bus-value-omitted"
 _MAX_ERROR_BYTES = 512
 
 _TOO_LARGE = (MessageSizeTooLargeError, RecordTooLargeError)
+# Transient whatever aiokafka's flag says: KafkaTimeoutError (no metadata, a full buffer, an
+# expired batch during a broker outage) is marked retriable=False, yet a retry after the broker
+# returns succeeds.
+_TRANSIENT = (KafkaTimeoutError, KafkaConnectionError)
 
 
 def dead_letter_headers(
@@ -172,6 +183,14 @@ class DeadLetterWriter:
 def is_too_large(exc: BaseException) -> bool:
     """True when a dead-letter delivery failed because the value does not fit."""
     return isinstance(exc, _TOO_LARGE)
+
+
+def is_retriable(exc: BaseException) -> bool:
+    """True when a dead-letter send failed for a reason that a later retry can cure: a timeout,
+    a lost connection, or any aiokafka error flagged ``retriable``."""
+    if isinstance(exc, _TRANSIENT):
+        return True
+    return isinstance(exc, KafkaError) and bool(exc.retriable)
 
 
 def header_map(headers: Sequence[tuple[str, bytes]]) -> dict[str, bytes]:

@@ -3,12 +3,22 @@ and dead-letter headers. No broker and no Redis: the aiokafka objects are built,
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.errors import (
+    KafkaConnectionError,
+    KafkaTimeoutError,
+    NodeNotReadyError,
+    NotLeaderForPartitionError,
+    RequestTimedOutError,
+    TopicAuthorizationFailedError,
+    UnsupportedVersionError,
+)
 
 from signed_bus.consumer import Backoff, ConsumedMessage, ConsumerOptions, VerifyingConsumer
 from signed_bus.deadletter import (
@@ -19,8 +29,10 @@ from signed_bus.deadletter import (
     HEADER_SOURCE_TIMESTAMP,
     HEADER_SOURCE_TOPIC,
     DeadLetter,
+    DeadLetterWriter,
     dead_letter_headers,
     header_map,
+    is_retriable,
 )
 from signed_bus.errors import BadSignature, ConfigurationError, Expired
 from signed_bus.keys import Keyring, generate_hmac_key
@@ -335,6 +347,100 @@ def test_dead_letter_error_header_is_capped_and_foreign_records_are_refused() ->
     assert len(headers[HEADER_ERROR]) == 512
     with pytest.raises(ValueError, match="dead letter"):
         DeadLetter.from_record(record(b"v", offset=0))
+
+
+def test_timeouts_and_lost_connections_are_retriable_dead_letter_failures() -> None:
+    # aiokafka flags KafkaTimeoutError retriable=False, yet a short broker outage raises it.
+    assert not KafkaTimeoutError.retriable
+    for transient in (
+        KafkaTimeoutError(),
+        KafkaConnectionError(),
+        NodeNotReadyError(),
+        RequestTimedOutError(),
+        NotLeaderForPartitionError(),
+    ):
+        assert is_retriable(transient), type(transient).__name__
+    for permanent in (
+        TopicAuthorizationFailedError(),
+        UnsupportedVersionError(),
+        ValueError("not kafka"),
+    ):
+        assert not is_retriable(permanent), type(permanent).__name__
+
+
+class ScriptedProducer:
+    """Stands in for ``AIOKafkaProducer.send``: each call takes the next outcome, raised by
+    ``send`` itself (an exception instance), failing the delivery future (``("fail", exc)``)
+    or delivered (``"ok"``)."""
+
+    def __init__(self, *outcomes: object) -> None:
+        self.outcomes = list(outcomes)
+        self.sent: list[tuple[str, bytes, bytes | None, list[tuple[str, bytes]]]] = []
+
+    async def send(
+        self,
+        topic: str,
+        value: bytes,
+        key: bytes | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> asyncio.Future[Any]:
+        outcome = self.outcomes.pop(0)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        self.sent.append((topic, value, key, list(headers or [])))
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if isinstance(outcome, tuple):
+            future.set_exception(outcome[1])
+        else:
+            future.set_result(None)
+        return future
+
+
+def dead_lettering(
+    built: AIOKafkaConsumer, guard: RedisReplayGuard, producer: ScriptedProducer
+) -> VerifyingConsumer:
+    consumer = VerifyingConsumer(
+        built, verifier=Verifier(ring()), guard=guard, backoff=Backoff(initial_ms=1, max_ms=1)
+    )
+    consumer._dead_letters = DeadLetterWriter(producer, "dlq")  # type: ignore[arg-type]
+    holds: list[float] = []
+
+    async def hold(seconds: float) -> bool:  # no broker to poll: just count the waits
+        holds.append(seconds)
+        return True
+
+    consumer._hold = hold  # type: ignore[method-assign]
+    return consumer
+
+
+async def test_dead_letter_timeouts_are_retried_with_backoff_not_raised(
+    built: AIOKafkaConsumer, guard: RedisReplayGuard
+) -> None:
+    producer = ScriptedProducer(
+        KafkaTimeoutError(),  # send() itself: no metadata while the broker is away
+        ("fail", KafkaTimeoutError()),  # the batch expired in the accumulator
+        ("fail", KafkaConnectionError()),
+        "ok",
+    )
+    consumer = dead_lettering(built, guard, producer)
+    rejected = [(record(b"garbage", offset=7), BadSignature("no"))]
+    assert await consumer._dead_letter(rejected)
+    assert consumer.metrics.dead_lettered == 1
+    assert consumer.metrics.dead_letter_retries == 3
+    assert len(producer.sent) == 3 and producer.sent[-1][1] == b"garbage"
+
+
+async def test_a_permanent_dead_letter_failure_is_raised(
+    built: AIOKafkaConsumer, guard: RedisReplayGuard
+) -> None:
+    consumer = dead_lettering(
+        built, guard, ScriptedProducer(("fail", TopicAuthorizationFailedError()))
+    )
+    with pytest.raises(TopicAuthorizationFailedError):
+        await consumer._dead_letter([(record(b"garbage", offset=0), BadSignature("no"))])
+    consumer = dead_lettering(built, guard, ScriptedProducer(TopicAuthorizationFailedError()))
+    with pytest.raises(TopicAuthorizationFailedError):
+        await consumer._dead_letter([(record(b"garbage", offset=0), BadSignature("no"))])
 
 
 def test_metrics_snapshot_is_a_plain_copy() -> None:
