@@ -42,6 +42,7 @@ async def test_demo_small(kafka_bootstrap: str, redis_url: str, tmp_path: Path) 
     )
     assert demo.returncode == 0, demo.stdout[-4000:] + demo.stderr[-4000:]
     assert "RESULT: PASS" in demo.stdout
+    assert "cleanup: deleted" in demo.stdout, demo.stderr[-4000:]  # --cleanup left nothing behind
     assert "chain verified" in demo.stdout and "issuer=inference-agent" in demo.stdout
     data = json.loads(report.read_text())
     assert data["ok"] and not data["problems"] and not data["lost"] and not data["through"]
