@@ -6,7 +6,9 @@
 #                        down again unless they were running before; exits non-zero on failure
 #   make demo            venv, services up, then the demo job; services are left running
 # Knobs: PYTHON=python3.12, PYTEST_ARGS='-k harness', PYTEST_TIMEOUT=600,
-#        SERVICES_BACKEND=local|docker (default: local when Java is installed, else Docker).
+#        SERVICES_BACKEND=local|docker (default: local when Java is installed, else Docker),
+#        DEMO_SCALE=small (the demo in about 10 s), DEMO='-m demo.pipeline --cleanup' (what
+#        make demo runs with .venv/bin/python).
 
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
