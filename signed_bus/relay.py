@@ -24,9 +24,20 @@ raises, nothing of the batch is committed, the consumer is rewound to the batch'
 Rejected inputs are dead-lettered by the consumer before the batch is handed out; their offsets
 are part of the batch's offsets. Dead letters are written outside the transaction (at least once).
 
+Rebalances (exactly-once): a partition revoked after the batch was fetched belongs to a new owner,
+which reads it from the last committed offset and relays those records itself: committing our
+outputs for them (and their offsets) would publish every one of them twice. So before the offsets
+go into the transaction (and once more right before the commit) the relay checks that every
+partition of the batch is still assigned and was not revoked since the fetch; if one was, it aborts
+the transaction (nothing of the batch is published), rewinds the partitions it still owns and
+carries on with the next batch (``RelayMetrics.revoked`` counts these). A rebalance between that
+last check and the broker's commit can still slip through: aiokafka cannot bind the offsets to a
+group generation (KIP-447).
+
 Fencing: aiokafka sends offsets to a transaction by group id only (no group generation), so run
 one relay per ``transactional_id`` and keep the id stable across restarts: a restarted relay then
-fences its previous incarnation and aborts whatever transaction it left open.
+fences its previous incarnation (which raises :class:`RelayFenced` and must stop) and aborts
+whatever transaction it left open.
 """
 
 from __future__ import annotations
@@ -99,6 +110,7 @@ class RelayMetrics:
     transactions: int = 0
     aborted: int = 0
     transform_errors: int = 0
+    revoked: int = 0  # batches dropped because a partition was revoked mid-batch (exactly-once)
     by_topic: dict[str, int] = field(default_factory=dict)
 
     def snapshot(self) -> dict[str, object]:
@@ -110,6 +122,7 @@ class RelayMetrics:
             "transactions": self.transactions,
             "aborted": self.aborted,
             "transform_errors": self.transform_errors,
+            "revoked": self.revoked,
             "by_topic": dict(self.by_topic),
         }
 
@@ -173,7 +186,8 @@ class Relay:
             self._rewind(batch)
             raise RelayTransformError(f"the transform raised {type(exc).__name__}") from exc
         if self._exactly_once:
-            await self._commit_transaction(batch, planned)
+            if not await self._commit_transaction(batch, planned):
+                return  # a partition was revoked: nothing of the batch was committed
         else:
             await self._commit_after_acks(batch, planned)
         metrics = self.metrics
@@ -222,11 +236,35 @@ class Relay:
             raise
         await self._consumer.commit_offsets(batch.offsets)
 
+    def _lost_partitions(self, batch: ConsumedBatch) -> set[TopicPartition]:
+        """The batch's partitions this relay no longer owns: not assigned now, or revoked since
+        the batch was fetched (even if assigned again: the new assignment starts from the
+        committed offset, so those records are fetched and relayed again)."""
+        consumer = self._consumer
+        assigned = consumer.consumer.assignment()
+        # Filled by the consumer's rebalance listener, reset by each getbatch().
+        revoked: set[TopicPartition] = consumer._revoked
+        return {tp for tp in batch.offsets if tp not in assigned or tp in revoked}
+
+    def _drop_revoked(self, batch: ConsumedBatch, lost: set[TopicPartition]) -> None:
+        self.metrics.revoked += 1
+        self._rewind(batch)  # the partitions still owned: read their records again
+        log.warning(
+            "%d partition(s) revoked during the batch; the batch is dropped, not committed",
+            len(lost),
+        )
+
     async def _commit_transaction(
         self, batch: ConsumedBatch, planned: list[tuple[ConsumedMessage, Output]]
-    ) -> None:
+    ) -> bool:
+        """Publish the outputs and commit the offsets in one transaction. Returns False (after
+        aborting) when a partition of the batch was revoked: nothing of the batch is committed."""
         kafka = self._producer.producer
         assert self._group_id is not None
+        lost = self._lost_partitions(batch)
+        if lost:
+            self._drop_revoked(batch, lost)
+            return False
         try:
             await kafka.begin_transaction()
         except IllegalOperation as exc:
@@ -235,9 +273,13 @@ class Relay:
             ) from exc
         try:
             await self._send_all(planned)
-            offsets = {tp: offset for tp, offset in batch.offsets.items()}
-            await kafka.send_offsets_to_transaction(offsets, self._group_id)
-            await kafka.commit_transaction()
+            lost = self._lost_partitions(batch)
+            if not lost:
+                offsets = {tp: offset for tp, offset in batch.offsets.items()}
+                await kafka.send_offsets_to_transaction(offsets, self._group_id)
+                lost = self._lost_partitions(batch)
+            if not lost:
+                await kafka.commit_transaction()
         except ProducerFenced as exc:
             self._rewind(batch)
             raise RelayFenced("another relay took over this transactional_id") from exc
@@ -251,7 +293,14 @@ class Relay:
             except (KafkaError, IllegalOperation) as abort_exc:
                 log.warning("abort failed: %s", abort_exc)
             raise
+        if lost:
+            # Revoked while the outputs were being produced: none of them may be published.
+            self.metrics.aborted += 1
+            self._drop_revoked(batch, lost)
+            await kafka.abort_transaction()
+            return False
         self.metrics.transactions += 1
+        return True
 
     def _rewind(self, batch: ConsumedBatch) -> None:
         """Seek back to the batch's first offsets so its records are fetched again."""

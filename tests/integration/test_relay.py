@@ -23,7 +23,12 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from signed_bus import Keyring, Signer, Verifier, generate_ed25519_key
-from signed_bus.consumer import ConsumedMessage, ConsumerOptions, VerifyingConsumer
+from signed_bus.consumer import (
+    ConsumedBatch,
+    ConsumedMessage,
+    ConsumerOptions,
+    VerifyingConsumer,
+)
 from signed_bus.producer import SignedProducer
 from signed_bus.relay import Output, Relay, RelayTransformError
 from signed_bus.replay import RedisReplayGuard
@@ -260,6 +265,62 @@ async def test_aborted_transaction_delivers_nothing_and_input_is_reprocessed(hop
     # A new run re-reads the aborted batch from the committed offsets: each output once.
     relay = await run_relay(hop, exactly_once=True)
     assert relay.metrics.inputs < INPUTS  # the first batch was not taken again
+    assert outputs_per_input(hop, await read_outputs(hop)) == expected_outputs()
+
+
+async def test_partition_revoked_mid_batch_is_not_committed(hop: Hop) -> None:
+    """A batch naming a partition the relay no longer owns (unassigned, or revoked while its
+    outputs were produced) is aborted: no output of it is published, no offset committed."""
+    consumer, guard = hop.consumer()
+    kafka = hop.producer(exactly_once=True)
+    relay = Relay(
+        consumer,
+        SignedProducer(kafka, signer=hop.signer()),
+        lambda message: asyncio.sleep(0, fan_out(message)),
+        output_topic=hop.sink,
+        exactly_once=True,
+        group_id=hop.group,
+    )
+    await guard.start()
+    await kafka.start()
+    await consumer.start()
+    try:
+        batch = None
+        while batch is None or not batch.messages:
+            batch = await consumer.getbatch()
+            assert batch is not None
+        # 1. An offsets dict naming a partition that is not assigned: dropped before producing.
+        gone = TopicPartition(hop.source, 9)
+        assert gone not in consumer.consumer.assignment()
+        stale = ConsumedBatch(batch.messages, {**batch.offsets, gone: 1}, batch.first_offsets)
+        await relay.process(stale)
+        assert relay.metrics.revoked == 1
+        assert relay.metrics.transactions == relay.metrics.batches == 0
+        # 2. A partition revoked while the outputs are being produced: the transaction aborts.
+        revoked = next(iter(batch.offsets))
+        send_offsets = kafka.send_offsets_to_transaction
+
+        async def revoke_then_send_offsets(*args: Any, **kwargs: Any) -> Any:
+            consumer._revoked.add(revoked)  # what the rebalance listener does
+            return await send_offsets(*args, **kwargs)
+
+        kafka.send_offsets_to_transaction = revoke_then_send_offsets  # type: ignore[method-assign]
+        await relay.process(batch)
+        assert relay.metrics.revoked == 2
+        assert relay.metrics.aborted == 1
+        assert relay.metrics.transactions == relay.metrics.batches == 0
+        tps = [TopicPartition(hop.source, p) for p in range(2)]
+        assert all([await consumer.consumer.committed(tp) is None for tp in tps])
+    finally:
+        await consumer.stop()
+        await kafka.stop()
+        await guard.stop()
+    # The aborted outputs reached the log, invisible to read_committed; a normal run then
+    # relays every input exactly once.
+    produced = sum(len(fan_out(message)) for message in batch.messages)
+    assert len(await read_outputs(hop, isolation_level="read_uncommitted")) == produced
+    assert await read_outputs(hop) == []
+    await run_relay(hop, exactly_once=True)
     assert outputs_per_input(hop, await read_outputs(hop)) == expected_outputs()
 
 
