@@ -1,8 +1,9 @@
 """Create the topics signed-bus uses, with broker append time as their timestamps.
 
 Freshness is checked against the record's broker timestamp when the topic uses
-``message.timestamp.type=LogAppendTime`` (DESIGN section 4): a consumer that lags, a new group or
-an offset reset then reads honest old records as what they were when appended, not as stale.
+``message.timestamp.type=LogAppendTime`` (docs/ENVELOPE.md section 7, docs/OPERATIONS.md
+"Topics"): a consumer that lags, a new group or an offset reset then reads honest old records as
+what they were when appended, not as stale.
 """
 
 from __future__ import annotations

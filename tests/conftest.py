@@ -1,4 +1,4 @@
-"""Fixtures for the real services every integration test runs against (DESIGN section 9).
+"""Fixtures for the real services every integration test runs against (README.md, "Development").
 
 Where the services come from, in order:
 1. KAFKA_BOOTSTRAP_SERVERS and REDIS_URL, when set (``make test`` exports them after
@@ -173,7 +173,7 @@ async def unique_topic(kafka_bootstrap: str) -> AsyncIterator[TopicFactory]:
     """Factory for fresh topics (``<prefix>-<uuid hex>``), deleted when the test ends.
 
     Topics use ``message.timestamp.type=LogAppendTime`` (freshness is judged by broker append
-    time, DESIGN section 4) unless ``config`` overrides it.
+    time, docs/ENVELOPE.md section 7) unless ``config`` overrides it.
     """
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
     from aiokafka.errors import for_code
