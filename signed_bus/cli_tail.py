@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
 import sys
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -127,8 +126,9 @@ async def _run(args: argparse.Namespace, keyring: Keyring, out: TextIO) -> int:
 
 
 def _describe(message: Any) -> str:
-    created = dt.datetime.fromtimestamp(message.created_at / 1000, tz=dt.UTC)
-    stamp = created.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    from signed_bus.provenance import iso_ms
+
+    stamp = iso_ms(message.created_at)  # guarded: a validly signed created_at can be huge
     parents = f" parents={len(message.parents)}" if message.parents else ""
     return (
         f"issuer={message.issuer} model={message.model} created_at={stamp} "

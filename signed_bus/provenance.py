@@ -46,6 +46,7 @@ __all__ = [
     "TraceLink",
     "TraceReport",
     "Tracer",
+    "iso_ms",
     "partitions_of",
 ]
 
@@ -333,7 +334,7 @@ class TraceLink:
         head = f"{'  ' * self.depth}#{self.depth} {where} digest={self.digest.hex()[:16]}"
         if self.message is not None:
             msg = self.message
-            created = _iso_ms(msg.created_at)
+            created = iso_ms(msg.created_at)
             head += f" issuer={msg.issuer} model={msg.model} created_at={created}"
             if not msg.parents:
                 head += " [origin]"
@@ -508,6 +509,12 @@ class Tracer:
         )
 
 
-def _iso_ms(ms: int) -> str:
-    stamp = dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC)
+def iso_ms(ms: int) -> str:
+    """Milliseconds since the epoch as ISO 8601 UTC, or ``"out of range"`` for an instant a
+    datetime cannot hold (a validly signed created_at can be anything up to 2**63 - 1, and
+    audit mode does not judge freshness)."""
+    try:
+        stamp = dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC)
+    except (OverflowError, ValueError, OSError):
+        return "out of range"
     return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")

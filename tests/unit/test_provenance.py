@@ -8,7 +8,13 @@ import pytest
 
 from signed_bus.errors import ConfigurationError
 from signed_bus.keys import Keyring, generate_ed25519_key
-from signed_bus.provenance import FetchedRecord, Position, Tracer, TraceReport
+from signed_bus.provenance import (
+    FetchedRecord,
+    Position,
+    Tracer,
+    TraceReport,
+    iso_ms,
+)
 from signed_bus.signer import Signer
 from signed_bus.verifier import Verifier
 
@@ -192,3 +198,25 @@ def test_position_parse_rejects(text: str) -> None:
 
 def test_empty_report_is_not_ok() -> None:
     assert not TraceReport().ok
+
+
+def test_iso_ms_guards_instants_a_datetime_cannot_hold() -> None:
+    assert iso_ms(T0) == "2023-11-14T22:13:20.000Z"
+    assert iso_ms(2**63 - 1) == "out of range"
+    assert iso_ms(-(2**63)) == "out of range"
+
+
+async def test_huge_created_at_is_described_not_raised() -> None:
+    """Audit mode does not judge freshness: a validly signed created_at of 2**63 - 1 reaches the
+    report (and tail) and must print, not crash."""
+    world = World()
+    far = Signer(
+        world.ring, kid="inf-1", issuer="inference-agent", model="lm@1", clock=lambda: 2**63 - 1
+    )
+    _, position, _ = world.publish(far, "results")
+    report = await world.tracer().trace_position(position)
+    assert report.ok
+    assert "created_at=out of range" in report.format()
+    from signed_bus.cli_tail import _describe
+
+    assert "created_at=out of range" in _describe(report.links[0].message)
