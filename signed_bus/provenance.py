@@ -169,7 +169,7 @@ class FetchedRecord:
 
     position: Position
     key: bytes | None
-    value: bytes
+    value: bytes | None  # None for a tombstone (a record without a value)
     timestamp: int
     timestamp_type: int
 
@@ -409,10 +409,14 @@ class Tracer:
     async def trace_position(self, position: Position) -> TraceReport:
         """Trace from the record at ``position`` (read back from Kafka)."""
         record = await self._fetcher.fetch(position)
-        if record is None:
-            digest = b""
+        if record is None or record.value is None:
+            detail = None if record is None else "a tombstone (no value) at that position"
             return TraceReport(
-                [TraceLink(depth=0, digest=digest, status="not_found", position=position)]
+                [
+                    TraceLink(
+                        depth=0, digest=b"", status="not_found", position=position, detail=detail
+                    )
+                ]
             )
         return await self._walk(
             record.value, topic=position.topic, key=record.key, position=position
@@ -461,6 +465,17 @@ class Tracer:
         if record is None:
             return TraceLink(
                 depth=depth, digest=digest, status="not_found", position=position, child=child
+            )
+        if record.value is None:
+            # A tombstone cannot hash to any envelope digest: the index points at a record
+            # that is not the one it was written for.
+            return TraceLink(
+                depth=depth,
+                digest=digest,
+                status="digest_mismatch",
+                position=position,
+                detail="the record is a tombstone (no value)",
+                child=child,
             )
         actual = hashlib.sha256(record.value).digest()
         if actual != digest:

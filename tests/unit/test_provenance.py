@@ -220,3 +220,23 @@ async def test_huge_created_at_is_described_not_raised() -> None:
     from signed_bus.cli_tail import _describe
 
     assert "created_at=out of range" in _describe(report.links[0].message)
+
+
+async def test_tombstone_at_an_indexed_position_is_a_broken_link() -> None:
+    world = World()
+    digests, positions = world.chain()
+    gone = world.log.records[positions[1]]
+    world.log.records[positions[1]] = FetchedRecord(positions[1], gone.key, None, T0, 1)
+    report = await world.tracer().trace_position(positions[0])
+    assert [link.status for link in report.links] == ["ok", "digest_mismatch"]
+    assert report.broken[0].digest == digests[1]
+    assert "TAMPERED" in report.format() and "tombstone" in report.format()
+
+
+async def test_tombstone_at_the_start_position_is_missing() -> None:
+    world = World()
+    _, positions = world.chain()
+    world.log.records[positions[0]] = FetchedRecord(positions[0], b"k", None, T0, 1)
+    report = await world.tracer().trace_position(positions[0])
+    assert [link.status for link in report.links] == ["not_found"]
+    assert "MISSING" in report.format() and "tombstone" in report.format()
