@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import hashlib
+import re
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -31,8 +32,9 @@ from typing import Any, Literal, Protocol, Self
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
+from redis.exceptions import RedisError
 
-from signed_bus.errors import ConfigurationError, VerificationError
+from signed_bus.errors import ConfigurationError, SignedBusError, VerificationError
 from signed_bus.verifier import VerifiedMessage, Verifier
 
 __all__ = [
@@ -41,6 +43,7 @@ __all__ = [
     "Position",
     "PositionLookup",
     "ProvenanceIndex",
+    "ProvenanceIndexUnavailable",
     "RecordFetcher",
     "RecordSource",
     "TraceLink",
@@ -83,6 +86,39 @@ class Position:
         return position
 
 
+# A ``password=`` query item (redis-py reads it as the password), up to the next item.
+_QUERY_PASSWORD = re.compile(r"(?i)([?&;]password=)[^&;#]*")
+
+
+def _redact_url(url: str) -> str:
+    """``url`` with its userinfo password and any ``password=`` query item masked.
+
+    Works on the raw text before anything parses it: the userinfo is everything between
+    ``://`` and the LAST ``@``. URL parsers end the authority at the first '/', '?' or '#', so
+    a password holding one (``redis://user:pa/ss@host``) would otherwise be read as a port or
+    a path and printed. Masking up to the last '@' can only hide too much, never too little; a
+    userinfo without a colon is masked whole (often a password put there by mistake).
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return "<not a URL>"
+    userinfo, at, tail = rest.rpartition("@")
+    shown = ""
+    if at:
+        user, colon, _ = userinfo.partition(":")
+        shown = f"{user}:***@" if colon else "***@"
+    else:
+        tail = rest
+    query_masked = _QUERY_PASSWORD.sub(r"\1***", tail)
+    return f"{scheme}://{shown}{query_masked}"
+
+
+class ProvenanceIndexUnavailable(SignedBusError):
+    """Redis failed on an index operation. The message names the exception type and the
+    index's location with any password masked, never the client's own error text (which can
+    quote parts of a malformed URL)."""
+
+
 class ProvenanceIndex:
     """digest -> first verified position, one Redis string key per digest.
 
@@ -99,15 +135,41 @@ class ProvenanceIndex:
         self._owns_client = False
         self._ttl_ms = ttl_ms
         self._prefix = prefix
+        self._where = f"client={type(client).__name__}"
 
     @classmethod
     def from_url(
         cls, url: str, *, ttl_ms: int, prefix: str = "signed-bus", **kwargs: Any
     ) -> ProvenanceIndex:
-        """Build an index on a client it creates (and closes in :meth:`stop`)."""
-        index = cls(aioredis.Redis.from_url(url, **kwargs), ttl_ms=ttl_ms, prefix=prefix)
+        """Build an index on a client it creates (and closes in :meth:`stop`).
+
+        The URL's password never reaches a message or the repr: the userinfo (everything
+        between ``://`` and the last ``@`` of the raw text) is masked before anything parses
+        it, and a client error is reported by its type name only.
+        """
+        where = f"url={_redact_url(url)!r}"
+        failure = None
+        try:
+            client = aioredis.Redis.from_url(url, **kwargs)
+        except Exception as exc:
+            failure = type(exc).__name__
+        if failure is not None:  # raised outside the handler: no __context__ quoting the URL
+            raise ConfigurationError(
+                f"bad Redis URL or option for the provenance index ({where}): {failure}"
+            )
+        index = cls(client, ttl_ms=ttl_ms, prefix=prefix)
         index._owns_client = True
+        index._where = where
         return index
+
+    def __repr__(self) -> str:
+        return f"ProvenanceIndex({self._where}, prefix={self._prefix!r}, ttl_ms={self._ttl_ms})"
+
+    def _unavailable(self, operation: str, failure: str) -> ProvenanceIndexUnavailable:
+        # Raised outside the except block by the callers: no __context__ with the client's text.
+        return ProvenanceIndexUnavailable(
+            f"provenance index {operation} failed ({self._where}): {failure}"
+        )
 
     def key(self, digest: bytes) -> str:
         return f"{self._prefix}:prov:{digest.hex()}"
@@ -117,20 +179,31 @@ class ProvenanceIndex:
         batch = list(entries)
         if not batch:
             return 0
-        async with self._client.pipeline(transaction=False) as pipe:
-            for digest, pos in batch:
-                pipe.set(
-                    self.key(digest),
-                    f"{pos.partition}:{pos.offset}:{pos.topic}",
-                    nx=True,
-                    px=self._ttl_ms,
-                )
-            replies = await pipe.execute()
-        return sum(1 for reply in replies if reply)
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for digest, pos in batch:
+                    pipe.set(
+                        self.key(digest),
+                        f"{pos.partition}:{pos.offset}:{pos.topic}",
+                        nx=True,
+                        px=self._ttl_ms,
+                    )
+                replies = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            failure = type(exc).__name__
+        else:
+            return sum(1 for reply in replies if reply)
+        raise self._unavailable("write", failure)
 
     async def lookup(self, digest: bytes) -> Position | None:
         """The indexed position of ``digest``, or None if it was never indexed or expired."""
-        raw = await self._client.get(self.key(digest))
+        failure = None
+        try:
+            raw = await self._client.get(self.key(digest))
+        except (RedisError, OSError) as exc:
+            failure = type(exc).__name__
+        if failure is not None:
+            raise self._unavailable("lookup", failure)
         if raw is None:
             return None
         text = raw.decode() if isinstance(raw, bytes) else str(raw)
@@ -139,7 +212,11 @@ class ProvenanceIndex:
 
     async def forget(self, digest: bytes) -> bool:
         """Drop one entry (an operator repairing the index); True if it existed."""
-        return bool(await self._client.delete(self.key(digest)))
+        try:
+            return bool(await self._client.delete(self.key(digest)))
+        except (RedisError, OSError) as exc:
+            failure = type(exc).__name__
+        raise self._unavailable("delete", failure)
 
     async def start(self) -> None:
         """Nothing to open (the client connects lazily); here for the usual lifecycle."""

@@ -11,6 +11,8 @@ from signed_bus.keys import Keyring, generate_ed25519_key
 from signed_bus.provenance import (
     FetchedRecord,
     Position,
+    ProvenanceIndex,
+    ProvenanceIndexUnavailable,
     Tracer,
     TraceReport,
     iso_ms,
@@ -240,3 +242,27 @@ async def test_tombstone_at_the_start_position_is_missing() -> None:
     report = await world.tracer().trace_position(positions[0])
     assert [link.status for link in report.links] == ["not_found"]
     assert "MISSING" in report.format() and "tombstone" in report.format()
+
+
+def test_index_from_a_malformed_url_never_shows_the_password() -> None:
+    # The '/' ends the authority for URL parsers: "pa" is taken for the port, "ss@host..." for
+    # the path, and the client's own error quotes them.
+    with pytest.raises(ConfigurationError) as info:
+        ProvenanceIndex.from_url("redis://user:pa/ss@host:6379/0", ttl_ms=1)
+    text = str(info.value)
+    assert "pa/ss" not in text and "'pa'" not in text and "ss@" not in text
+    assert "redis://user:***@host:6379/0" in text
+    assert info.value.__context__ is None and info.value.__cause__ is None
+
+
+async def test_index_repr_and_errors_never_show_the_password() -> None:
+    index = ProvenanceIndex.from_url(
+        "redis://user:pa%2Fss@127.0.0.1:1/0", ttl_ms=1, socket_connect_timeout=2
+    )
+    assert "pa%2Fss" not in repr(index) and "user:***@127.0.0.1:1/0" in repr(index)
+    async with index:
+        with pytest.raises(ProvenanceIndexUnavailable) as info:
+            await index.lookup(b"\x00" * 32)
+    assert "pa%2Fss" not in str(info.value) and "pa/ss" not in str(info.value)
+    assert "ConnectionError" in str(info.value)
+    assert info.value.__context__ is None
