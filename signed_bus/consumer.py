@@ -34,7 +34,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
-from .deadletter import DeadLetterWriter, is_retriable, is_too_large
+from .deadletter import DeadLetterWriter, Omitted, is_retriable, is_too_large
 from .errors import (
     ConfigurationError,
     MalformedEnvelope,
@@ -337,6 +337,7 @@ class VerifyingConsumer:
         self._dead_letter_source = dead_letter_producer
         self._dead_letter_owned: AIOKafkaProducer | None = None
         self._dead_letters: DeadLetterWriter | None = None
+        self._dead_letters_dropped = 0
         self._fail_open = fail_open
         self._max_records = max_records
         self._timeout_ms = timeout_ms
@@ -376,6 +377,12 @@ class VerifyingConsumer:
         rebalance it commits the records already finished and drops the rest of the batch for
         the revoked partitions (their new owner reads them from the committed offset)."""
         return self._listener
+
+    @property
+    def dead_letters_dropped(self) -> int:
+        """Rejected records whose dead letter did not fit the dead-letter topic even without
+        their value and key (logged at ERROR; their offsets are committed like the others)."""
+        return self._dead_letters_dropped
 
     async def start(self) -> None:
         if self._closed:
@@ -812,31 +819,45 @@ class VerifyingConsumer:
         return await self._dead_letter(positioned)
 
     async def _dead_letter(self, items: Sequence[tuple[Record, VerificationError]]) -> bool:
-        """Send dead letters and wait until the broker has them all (retrying what failed)."""
+        """Send dead letters and wait until the broker has them all (retrying what failed).
+
+        A letter too large even without the record's value and key is dropped (counted in
+        :attr:`dead_letters_dropped`, logged): raising would stop the consumer on that record
+        after every restart, since its offset is never committed.
+        """
         writer = self._dead_letters
         assert writer is not None
-        todo = [(record, error, False) for record, error in items]
+        todo = [(record, error, Omitted.NOTHING) for record, error in items]
         attempt = 0
         while todo:
-            failed: list[tuple[Record, VerificationError, bool]] = []
-            sent: list[tuple[Record, VerificationError, bool]] = []
+            failed: list[tuple[Record, VerificationError, Omitted]] = []
+            sent: list[tuple[Record, VerificationError, Omitted]] = []
             futures: list[asyncio.Future[Any]] = []
             last_error: BaseException | None = None
             for record, error, omit in todo:
                 try:
-                    futures.append(await writer.send(record, error, omit_value=omit))
-                    sent.append((record, error, omit))
+                    future, omit = await writer.send_letter(record, error, omit=omit)
                 except KafkaError as exc:
+                    if is_too_large(exc):
+                        self._drop_dead_letter(error, exc)
+                        continue
                     if not is_retriable(exc):
                         raise
                     failed.append((record, error, omit))
                     last_error = exc
+                else:
+                    futures.append(future)
+                    sent.append((record, error, omit))
             results = await asyncio.gather(*futures, return_exceptions=True)
             for (record, error, omit), result in zip(sent, results, strict=True):
                 if not isinstance(result, BaseException):
                     self.metrics.dead_lettered += 1
-                elif is_too_large(result) and not omit:
-                    failed.append((record, error, True))
+                elif is_too_large(result):
+                    # The broker refused it (its limit is below the producer's): leave out more.
+                    if omit < Omitted.VALUE_AND_KEY:
+                        failed.append((record, error, Omitted(omit + 1)))
+                    else:
+                        self._drop_dead_letter(error, result)
                 elif is_retriable(result):
                     failed.append((record, error, omit))
                     last_error = result
@@ -859,6 +880,16 @@ class VerifyingConsumer:
                 if not await self._hold(delay):
                     return False
         return True
+
+    def _drop_dead_letter(self, error: VerificationError, exc: BaseException) -> None:
+        self._dead_letters_dropped += 1
+        log.error(
+            "dead letter dropped: too large for topic %s even without the record's value and "
+            "key (%s); the rejected record stays at its source position: %s",
+            self._dead_letter_topic,
+            type(exc).__name__,
+            error,
+        )
 
     # -- commits -----------------------------------------------------------------------------
 

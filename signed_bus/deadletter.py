@@ -7,11 +7,18 @@ error tree's rule carries only the kid, issuer and position as context).
 
 The original record's own headers are not copied: they are unauthenticated and the source position
 finds them. Nothing in a dead letter is trusted; an auditor reads them to see what was dropped.
+
+A record that does not fit the dead-letter producer or topic loses its value first
+(``signed-bus-value-omitted: 1``), then its key too (``signed-bus-key-omitted: 1``, with the key's
+SHA-256 in ``signed-bus-key-sha256``): a record can be as large as the source topic allows while
+the dead letter adds its headers, so a key near the broker's limit cannot travel again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +36,8 @@ from .errors import VerificationError
 
 __all__ = [
     "HEADER_ERROR",
+    "HEADER_KEY_OMITTED",
+    "HEADER_KEY_SHA256",
     "HEADER_REASON",
     "HEADER_SOURCE_OFFSET",
     "HEADER_SOURCE_PARTITION",
@@ -37,6 +46,7 @@ __all__ = [
     "HEADER_VALUE_OMITTED",
     "DeadLetter",
     "DeadLetterWriter",
+    "Omitted",
     "dead_letter_headers",
     "header_map",
     "is_retriable",
@@ -52,6 +62,11 @@ HEADER_ERROR = "signed-bus-error"
 #: Present (value b"1") when the original value did not fit in the dead-letter topic and was left
 #: out; the record is still at its source position until the topic's retention removes it.
 HEADER_VALUE_OMITTED = "signed-bus-value-omitted"
+#: Present (value b"1") when the original key did not fit either and was left out too (the value
+#: is then omitted as well); :data:`HEADER_KEY_SHA256` then names the key.
+HEADER_KEY_OMITTED = "signed-bus-key-omitted"
+#: The SHA-256 of the omitted key, lowercase hex (only with :data:`HEADER_KEY_OMITTED`).
+HEADER_KEY_SHA256 = "signed-bus-key-sha256"
 
 # Error messages are library-made and short; the cap keeps one odd message from bloating a record.
 _MAX_ERROR_BYTES = 512
@@ -85,6 +100,14 @@ def dead_letter_headers(
     return headers
 
 
+class Omitted(enum.IntEnum):
+    """What a dead letter leaves out of the original record, in the order it is given up."""
+
+    NOTHING = 0
+    VALUE = 1
+    VALUE_AND_KEY = 2
+
+
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
     """A dead letter read back from the dead-letter topic (see :meth:`from_record`)."""
@@ -98,6 +121,9 @@ class DeadLetter:
     key: bytes | None
     value_omitted: bool = False
     source_timestamp: int | None = None
+    key_omitted: bool = False
+    #: SHA-256 of the omitted key, lowercase hex (None unless ``key_omitted``)
+    key_sha256: str | None = None
 
     @classmethod
     def from_record(cls, record: Any) -> DeadLetter:
@@ -115,6 +141,8 @@ class DeadLetter:
             raise ValueError("not a signed-bus dead letter: missing or bad headers") from exc
         timestamp = found.get(HEADER_SOURCE_TIMESTAMP)
         omitted = found.get(HEADER_VALUE_OMITTED) == b"1"
+        key_omitted = found.get(HEADER_KEY_OMITTED) == b"1"
+        digest = found.get(HEADER_KEY_SHA256) if key_omitted else None
         return cls(
             reason=reason,
             source_topic=topic,
@@ -122,9 +150,11 @@ class DeadLetter:
             source_offset=offset,
             error=found.get(HEADER_ERROR, b"").decode("utf-8", "replace"),
             value=None if omitted else record.value,
-            key=record.key,
+            key=None if key_omitted else record.key,
             value_omitted=omitted,
             source_timestamp=int(timestamp) if timestamp is not None else None,
+            key_omitted=key_omitted,
+            key_sha256=digest.decode("ascii", "replace") if digest is not None else None,
         )
 
 
@@ -150,12 +180,35 @@ class DeadLetterWriter:
         error: VerificationError,
         *,
         omit_value: bool = False,
+        omit_key: bool = False,
     ) -> asyncio.Future[Any]:
         """Queue the dead letter of ``record`` (an aiokafka ``ConsumerRecord``).
 
         Returns the delivery future (await it before committing the source offset). A value too
         large for the producer is left out (``signed-bus-value-omitted: 1``) rather than lost
-        with its headers; pass ``omit_value=True`` to do that after the broker refused it.
+        with its headers, then the key too (``signed-bus-key-omitted: 1``); pass
+        ``omit_value=True`` or ``omit_key=True`` to do that after the broker refused it.
+        """
+        if omit_key:
+            omit = Omitted.VALUE_AND_KEY
+        else:
+            omit = Omitted.VALUE if omit_value else Omitted.NOTHING
+        future, _ = await self.send_letter(record, error, omit=omit)
+        return future
+
+    async def send_letter(
+        self,
+        record: Any,
+        error: VerificationError,
+        *,
+        omit: Omitted = Omitted.NOTHING,
+    ) -> tuple[asyncio.Future[Any], Omitted]:
+        """Queue the dead letter of ``record`` leaving out at least ``omit``.
+
+        While the producer refuses the letter as too large, it leaves out more (the value, then
+        the key). Returns the delivery future and what the queued letter left out (so a refusal
+        by the broker can be retried leaving out more). Raises the producer's too-large error
+        when even the letter without value and key does not fit.
         """
         headers = dead_letter_headers(
             error,
@@ -164,24 +217,31 @@ class DeadLetterWriter:
             offset=record.offset,
             timestamp=record.timestamp,
         )
-        if not omit_value:
+        while True:
+            value: bytes = record.value or b""
+            key: bytes | None = record.key
+            extra: list[tuple[str, bytes]] = []
+            if omit >= Omitted.VALUE:
+                value = b""
+                extra.append((HEADER_VALUE_OMITTED, b"1"))
+            if omit >= Omitted.VALUE_AND_KEY and key is not None:
+                extra.append((HEADER_KEY_OMITTED, b"1"))
+                extra.append((HEADER_KEY_SHA256, hashlib.sha256(key).hexdigest().encode()))
+                key = None
             try:
                 future: asyncio.Future[Any] = await self._producer.send(
-                    self._topic, record.value or b"", key=record.key, headers=headers
+                    self._topic, value, key=key, headers=headers + extra
                 )
             except _TOO_LARGE:
-                pass
-            else:
-                return future
-        headers.append((HEADER_VALUE_OMITTED, b"1"))
-        omitted: asyncio.Future[Any] = await self._producer.send(
-            self._topic, b"", key=record.key, headers=headers
-        )
-        return omitted
+                if omit >= Omitted.VALUE_AND_KEY:
+                    raise
+                omit = Omitted(omit + 1)
+                continue
+            return future, omit
 
 
 def is_too_large(exc: BaseException) -> bool:
-    """True when a dead-letter delivery failed because the value does not fit."""
+    """True when a dead-letter send or delivery failed because the letter does not fit."""
     return isinstance(exc, _TOO_LARGE)
 
 

@@ -6,6 +6,7 @@ honest records interleaved with them are all delivered, in order.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from dataclasses import dataclass
@@ -13,10 +14,14 @@ from dataclasses import dataclass
 import msgpack
 import pytest
 from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from signed_bus.consumer import VerifyingConsumer
 from signed_bus.deadletter import (
     HEADER_ERROR,
+    HEADER_KEY_OMITTED,
+    HEADER_KEY_SHA256,
     HEADER_REASON,
     HEADER_VALUE_OMITTED,
     DeadLetter,
@@ -244,3 +249,77 @@ async def test_a_value_too_large_for_the_dead_letter_producer_is_omitted_not_los
     letter = DeadLetter.from_record(record)
     assert (letter.reason, letter.source_offset, letter.value_omitted) == ("oversized", 0, True)
     assert letter.value is None and record.value == b"" and record.key == b"k"
+
+
+async def max_message_bytes(bootstrap: str, topic: str) -> int:
+    """The topic's ``max.message.bytes`` (the broker's ``message.max.bytes`` unless set)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        (response,) = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, topic)]
+        )
+        ((_, _, _, _, entries),) = response.resources
+        return next(int(value) for name, value, *_ in entries if name == "max.message.bytes")
+    finally:
+        await admin.close()
+
+
+async def test_a_key_near_the_broker_limit_is_dead_lettered_without_it_and_never_stops_the_consumer(
+    kafka_bootstrap: str, redis_url: str, redis_prefix: str, unique_topic: TopicFactory
+) -> None:
+    ring = keyring()
+    topic = await unique_topic("bigkey")
+    dead = await unique_topic("dlq")
+    limit = await max_message_bytes(kafka_bootstrap, topic)
+    garbage = b"\xc1" + os.urandom(15)
+    # Just under the limit with the record batch's overhead (61 bytes) and the record's own: the
+    # record is accepted, while its dead letter (the same key plus the dead-letter headers) is
+    # too large for the dead-letter producer (max_request_size 1 MiB) with or without its value.
+    key = os.urandom(limit - 200)
+    assert key and len(key) > 1_048_000
+    sign = signer(ring).sign
+    big = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all", max_request_size=4 << 20)
+    await big.start()
+    try:
+        for value, k in (
+            (sign({"seq": 0}, topic=topic), None),
+            (garbage, key),
+            (sign({"seq": 1}, topic=topic), None),
+            (garbage, key),  # a second one: the consumer is still running after the first
+            (sign({"seq": 2}, topic=topic), None),
+        ):
+            await (await big.send(topic, value, key=k))
+    finally:
+        await big.stop()
+
+    async with guard(redis_url, redis_prefix) as g:
+        consumer = VerifyingConsumer(
+            consumer_options(kafka_bootstrap, [topic]),
+            verifier=verifier(ring),
+            guard=g,
+            dead_letter_topic=dead,
+        )
+        async with Running(consumer) as running:
+            await running.caught_up({(topic, 0): 5})
+            assert running.task is not None and not running.task.done()
+    assert [m.payload for m in running.delivered] == [{"seq": 0}, {"seq": 1}, {"seq": 2}]
+    assert consumer.metrics.rejected == {"malformed": 2}
+    assert consumer.metrics.dead_lettered == 2 and consumer.dead_letters_dropped == 0
+
+    letters = await read_all(kafka_bootstrap, dead, 2)
+    assert len(letters) == 2
+    for record, offset in zip(letters, (1, 3), strict=True):
+        letter = DeadLetter.from_record(record)
+        assert (letter.reason, letter.source_topic, letter.source_offset) == (
+            "malformed",
+            topic,
+            offset,
+        )
+        assert record.key is None and record.value == b""
+        assert letter.key is None and letter.value is None
+        assert letter.value_omitted and letter.key_omitted
+        assert letter.key_sha256 == hashlib.sha256(key).hexdigest()
+        headers = header_map(record.headers)
+        assert headers[HEADER_VALUE_OMITTED] == b"1" and headers[HEADER_KEY_OMITTED] == b"1"
+        assert headers[HEADER_KEY_SHA256] == hashlib.sha256(key).hexdigest().encode()

@@ -4,6 +4,7 @@ and dead-letter headers. No broker and no Redis: the aiokafka objects are built,
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -13,6 +14,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import (
     KafkaConnectionError,
     KafkaTimeoutError,
+    MessageSizeTooLargeError,
     NodeNotReadyError,
     NotLeaderForPartitionError,
     RequestTimedOutError,
@@ -23,11 +25,14 @@ from aiokafka.errors import (
 from signed_bus.consumer import Backoff, ConsumedMessage, ConsumerOptions, VerifyingConsumer
 from signed_bus.deadletter import (
     HEADER_ERROR,
+    HEADER_KEY_OMITTED,
+    HEADER_KEY_SHA256,
     HEADER_REASON,
     HEADER_SOURCE_OFFSET,
     HEADER_SOURCE_PARTITION,
     HEADER_SOURCE_TIMESTAMP,
     HEADER_SOURCE_TOPIC,
+    HEADER_VALUE_OMITTED,
     DeadLetter,
     DeadLetterWriter,
     dead_letter_headers,
@@ -441,6 +446,83 @@ async def test_a_permanent_dead_letter_failure_is_raised(
     consumer = dead_lettering(built, guard, ScriptedProducer(TopicAuthorizationFailedError()))
     with pytest.raises(TopicAuthorizationFailedError):
         await consumer._dead_letter([(record(b"garbage", offset=0), BadSignature("no"))])
+
+
+def too_large() -> MessageSizeTooLargeError:
+    return MessageSizeTooLargeError("The message is 1049000 bytes when serialized")
+
+
+def stored_letter(sent: tuple[str, bytes, bytes | None, list[tuple[str, bytes]]]) -> Any:
+    _, value, key, headers = sent
+    stored = record(value, offset=0, key=key)
+    stored.headers = tuple(headers)
+    return stored
+
+
+async def test_a_key_too_large_for_the_producer_is_left_out_and_named_by_its_digest() -> None:
+    key = b"k" * 1_000
+    # send() refuses the whole letter, then the letter without its value (the key is the bulk).
+    producer = ScriptedProducer(too_large(), too_large(), "ok")
+    writer = DeadLetterWriter(producer, "dlq")  # type: ignore[arg-type]
+    error = BadSignature("no").with_position(TOPIC, 0, 3)
+    await writer.send(record(b"garbage", offset=3, key=key), error)
+    ((topic, value, sent_key, headers),) = producer.sent
+    assert (topic, value, sent_key) == ("dlq", b"", None)
+    found = header_map(headers)
+    assert found[HEADER_VALUE_OMITTED] == b"1" and found[HEADER_KEY_OMITTED] == b"1"
+    assert found[HEADER_KEY_SHA256] == hashlib.sha256(key).hexdigest().encode()
+    letter = DeadLetter.from_record(stored_letter(producer.sent[0]))
+    assert letter.value is None and letter.key is None
+    assert letter.value_omitted and letter.key_omitted
+    assert letter.key_sha256 == hashlib.sha256(key).hexdigest()
+    assert (letter.reason, letter.source_offset) == ("bad_signature", 3)
+
+    # A letter that fits keeps its key and carries no omission headers.
+    fits = ScriptedProducer("ok")
+    await DeadLetterWriter(fits, "dlq").send(  # type: ignore[arg-type]
+        record(b"garbage", offset=3, key=b"k"), error
+    )
+    letter = DeadLetter.from_record(stored_letter(fits.sent[0]))
+    assert (letter.value, letter.key, letter.key_omitted, letter.key_sha256) == (
+        b"garbage",
+        b"k",
+        False,
+        None,
+    )
+
+
+async def test_a_dead_letter_too_large_even_without_value_and_key_is_dropped_not_raised(
+    built: AIOKafkaConsumer, guard: RedisReplayGuard, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Record 0: refused by send() at every level. Record 1: fits.
+    producer = ScriptedProducer(too_large(), too_large(), too_large(), "ok")
+    consumer = dead_lettering(built, guard, producer)
+    rejected = [
+        (record(b"garbage", offset=0, key=b"k" * 100), BadSignature("no")),
+        (record(b"other", offset=1), BadSignature("no")),
+    ]
+    with caplog.at_level(logging.ERROR, logger="signed_bus.consumer"):
+        assert await consumer._dead_letter(rejected)
+    assert consumer.dead_letters_dropped == 1 and consumer.metrics.dead_lettered == 1
+    assert [value for _, value, _, _ in producer.sent] == [b"other"]
+    (logged,) = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert "dead letter dropped" in logged.getMessage()
+    assert "kkkk" not in logged.getMessage()
+
+
+async def test_a_broker_refusing_a_dead_letter_as_too_large_leaves_out_value_then_key(
+    built: AIOKafkaConsumer, guard: RedisReplayGuard
+) -> None:
+    # The broker's limit is below the producer's: each level is refused by the broker.
+    refused = ("fail", too_large())
+    producer = ScriptedProducer(refused, refused, refused)
+    consumer = dead_lettering(built, guard, producer)
+    rejected = [(record(b"garbage", offset=0, key=b"key"), BadSignature("no"))]
+    assert await consumer._dead_letter(rejected)
+    shapes = [(v, k, HEADER_KEY_OMITTED in header_map(h)) for _, v, k, h in producer.sent]
+    assert shapes == [(b"garbage", b"key", False), (b"", b"key", False), (b"", None, True)]
+    assert consumer.dead_letters_dropped == 1 and consumer.metrics.dead_lettered == 0
+    assert consumer.metrics.dead_letter_retries == 0  # nothing to wait for: no backoff
 
 
 def test_metrics_snapshot_is_a_plain_copy() -> None:
