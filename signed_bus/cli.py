@@ -31,6 +31,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, TextIO, TypeAlias
 
+from signed_bus.clock import system_clock
 from signed_bus.errors import ConfigurationError, SignedBusError, VerificationError
 from signed_bus.keys import (
     Ed25519Key,
@@ -239,7 +240,8 @@ def _register_inspect(subparsers: Subparsers) -> None:
         "--reference-ms",
         type=int,
         metavar="MS",
-        help="reference time for freshness, ms since the epoch (e.g. the broker append time)",
+        help="check freshness as of this time, ms since the epoch (e.g. the broker append "
+        "time); it stands for both the record's reference time and the consumer's clock",
     )
     parser.add_argument("--max-age-ms", type=int, default=300_000, metavar="MS")
     parser.add_argument("--future-skew-ms", type=int, default=5_000, metavar="MS")
@@ -390,6 +392,8 @@ def _inspect(args: argparse.Namespace) -> int:
         future_skew_ms=args.future_skew_ms,
         max_envelope_bytes=args.max_envelope_bytes,
         audit=args.audit,
+        # The verifier also bounds freshness by its clock; inspecting "as of" a time sets both.
+        clock=system_clock if args.reference_ms is None else lambda: int(args.reference_ms),
     )
     error: VerificationError | None = None
     try:

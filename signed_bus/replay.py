@@ -1,4 +1,6 @@
-"""The replay guard: one Redis nonce set shared by every consumer group (DESIGN.md section 5).
+"""The replay guard: one Redis nonce set shared by every consumer group.
+
+docs/OPERATIONS.md, "Redis replay guard", says how to run and size it.
 
 A claim is *set-if-absent-and-return-previous* with position binding. Each nonce remembers the
 record position (topic, partition, offset) it was first claimed at:
@@ -21,7 +23,11 @@ Layout (v1), chosen for bytes per nonce (see docs/OPERATIONS.md, "Redis replay g
   holder of one issuer's key cannot pre-empt another issuer's nonce.
 * value: 8 bytes of SHA-256 over the position. Only equality is ever asked of it.
 * the bucket's TTL is extended (never shortened) on every claim into it to
-  ``max_age_ms + 2 * future_skew_ms + bucket_ms`` from the claim.
+  ``max_age_ms + max_lag_ms + 2 * future_skew_ms + bucket_ms`` from the claim
+  (:attr:`RedisReplayGuard.retention_ms`). The verifier accepts a record only while its
+  created_at is within ``max_age_ms + max_lag_ms`` of the consumer's clock and at most
+  ``future_skew_ms`` ahead of it, so a nonce outlives every moment a copy of its envelope could
+  still verify (:meth:`RedisReplayGuard.covers`).
 
 One Lua script claims a whole batch in one round trip on a single node; on Redis Cluster the
 batch is split into one script call per hash slot (one per bucket in the batch, usually one or
@@ -40,7 +46,7 @@ import urllib.parse
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final, Protocol, Self
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
@@ -54,6 +60,7 @@ __all__ = [
     "LAYOUT_VERSION",
     "Claim",
     "ClaimVerdict",
+    "FreshnessWindow",
     "RedisReplayGuard",
     "bucket_key",
     "bucket_of",
@@ -138,6 +145,19 @@ class Claim:
     topic: str
     partition: int
     offset: int
+
+
+class FreshnessWindow(Protocol):
+    """What :meth:`RedisReplayGuard.covers` reads of a verifier (a Verifier fits)."""
+
+    @property
+    def max_age_ms(self) -> int: ...
+
+    @property
+    def max_lag_ms(self) -> int: ...
+
+    @property
+    def future_skew_ms(self) -> int: ...
 
 
 class ClaimVerdict(enum.Enum):
@@ -229,7 +249,8 @@ def estimate_memory_bytes(
     """Redis memory the nonce set needs: bytes per nonce x claim rate x retention.
 
     ``rate_per_second`` counts distinct envelopes (fan-out to more groups adds none);
-    ``retention_ms`` is :attr:`RedisReplayGuard.retention_ms`. Measure ``bytes_per_nonce`` for
+    ``retention_ms`` is :attr:`RedisReplayGuard.retention_ms` (max_age + max_lag + 2 x skew
+    + one bucket). Measure ``bytes_per_nonce`` for
     your Redis with ``python benchmarks/bench_replay.py``.
     """
     if rate_per_second < 0 or retention_ms < 0 or bytes_per_nonce <= 0:
@@ -326,9 +347,11 @@ class RedisReplayGuard:
         shards: int = 16,
         max_claims_per_call: int = 4_096,
         check_layout: bool = True,
+        max_lag_ms: int = 3_600_000,
     ) -> None:
         _check_int("max_age_ms", max_age_ms, minimum=1)
         _check_int("future_skew_ms", future_skew_ms, minimum=0)
+        _check_int("max_lag_ms", max_lag_ms, minimum=0)
         _check_int("bucket_ms", bucket_ms, minimum=1)
         _check_int("shards", shards, minimum=1, maximum=0xFFFF)
         _check_int(
@@ -344,12 +367,13 @@ class RedisReplayGuard:
         self._cluster = isinstance(client, RedisCluster)
         self.max_age_ms = max_age_ms
         self.future_skew_ms = future_skew_ms
+        self.max_lag_ms = max_lag_ms
         self.prefix = prefix
         self.bucket_ms = bucket_ms
         self.shards = shards
         self.max_claims_per_call = max_claims_per_call
         self.check_layout = check_layout
-        self._ttl_ms = max_age_ms + 2 * future_skew_ms + bucket_ms
+        self._ttl_ms = max_age_ms + max_lag_ms + 2 * future_skew_ms + bucket_ms
         self._script: AsyncScript = client.register_script(_CLAIM_LUA)
         # SHA-256 states already fed the per-issuer prefix of a nonce field and the
         # per-(topic, partition) prefix of a position value: a claim copies and finishes them.
@@ -375,6 +399,7 @@ class RedisReplayGuard:
         shards: int = 16,
         max_claims_per_call: int = 4_096,
         check_layout: bool = True,
+        max_lag_ms: int = 3_600_000,
         **client_options: Any,
     ) -> RedisReplayGuard:
         """Build a guard that owns its client, from ``redis://`` or ``rediss://`` (TLS).
@@ -409,6 +434,7 @@ class RedisReplayGuard:
             shards=shards,
             max_claims_per_call=max_claims_per_call,
             check_layout=check_layout,
+            max_lag_ms=max_lag_ms,
         )
         guard._owns_client = True
         guard._where = f"url={_redact_url(url)!r}"
@@ -417,8 +443,21 @@ class RedisReplayGuard:
 
     @property
     def retention_ms(self) -> int:
-        """The TTL a bucket gets from each claim into it: max_age + 2 x skew + one bucket."""
+        """How long a nonce is kept after its last claim (the TTL a bucket gets from each claim
+        into it): max_age + max_lag + 2 x skew + one bucket."""
         return self._ttl_ms
+
+    def covers(self, verifier: FreshnessWindow) -> bool:
+        """True if this guard keeps nonces as long as ``verifier`` may accept their envelopes.
+
+        A verifier takes created_at in [clock - (max_age + max_lag), clock + skew], so a copy
+        can verify up to max_age + max_lag + skew after the original's first claim, by clocks
+        that may differ by another skew: ``retention_ms`` must be at least
+        max_age + max_lag + 2 x skew of the verifier. A guard that does not cover its verifier
+        lets a copy read after the nonce expired through as NEW.
+        """
+        needed = verifier.max_age_ms + verifier.max_lag_ms + 2 * verifier.future_skew_ms
+        return self._ttl_ms >= needed
 
     @property
     def layout(self) -> str:

@@ -276,12 +276,32 @@ _set_payload = _slot_setter("_payload")
 class Verifier:
     """Verifies record values against a keyring (which it reads live: rotation needs no restart).
 
-    ``max_age_ms`` and ``future_skew_ms`` bound created_at around the reference time (the caller's
-    ``reference_ms``, e.g. the broker's LogAppendTime, else ``clock()``). ``audit=True`` checks
-    everything except freshness, for tools that read old records on purpose.
+    Freshness (docs/ENVELOPE.md section 7) bounds the signed created_at twice:
+
+    * around the reference time (the caller's ``reference_ms``, e.g. the broker's LogAppendTime,
+      else ``clock()``): ``reference - max_age_ms <= created_at <= reference + future_skew_ms``;
+    * around this consumer's own clock, whatever the reference says:
+      ``clock() - (max_age_ms + max_lag_ms) <= created_at <= clock() + future_skew_ms``.
+
+    The second bound matters only when ``reference_ms`` is given: a record's timestamp is not
+    signed, so a forged append time can only narrow acceptance, never widen it past the window
+    the replay guard remembers nonces for (:meth:`RedisReplayGuard.covers
+    <signed_bus.replay.RedisReplayGuard.covers>`). ``max_lag_ms`` is how far behind the
+    producers a consumer may fall and still take honest records; past it records are Expired
+    (dead-lettered, not lost). ``audit=True`` checks everything except freshness, for tools
+    that read old records on purpose.
     """
 
-    __slots__ = ("_audit", "_clock", "_future_skew", "_keyring", "_max_age", "_max_bytes")
+    __slots__ = (
+        "_audit",
+        "_clock",
+        "_future_skew",
+        "_keyring",
+        "_max_age",
+        "_max_bytes",
+        "_max_lag",
+        "_oldest_by_clock",
+    )
 
     def __init__(
         self,
@@ -292,11 +312,13 @@ class Verifier:
         max_envelope_bytes: int = 1_048_576,
         clock: Clock = system_clock,
         audit: bool = False,
+        max_lag_ms: int = 3_600_000,
     ) -> None:
         for name, number in (
             ("max_age_ms", max_age_ms),
             ("future_skew_ms", future_skew_ms),
             ("max_envelope_bytes", max_envelope_bytes),
+            ("max_lag_ms", max_lag_ms),
         ):
             if type(number) is not int or number < 0:
                 raise ConfigurationError(f"{name} must be a non-negative int")
@@ -306,6 +328,8 @@ class Verifier:
         self._max_age = max_age_ms
         self._future_skew = future_skew_ms
         self._max_bytes = max_envelope_bytes
+        self._max_lag = max_lag_ms
+        self._oldest_by_clock = max_age_ms + max_lag_ms
         self._clock = clock
         self._audit = bool(audit)
 
@@ -322,14 +346,19 @@ class Verifier:
         return self._future_skew
 
     @property
+    def max_lag_ms(self) -> int:
+        """How far past max_age (by this consumer's clock) a record read late is still taken."""
+        return self._max_lag
+
+    @property
     def max_envelope_bytes(self) -> int:
         return self._max_bytes
 
     def __repr__(self) -> str:
         return (
             f"Verifier(keys={len(self._keyring)}, max_age_ms={self._max_age}, "
-            f"future_skew_ms={self._future_skew}, max_envelope_bytes={self._max_bytes}, "
-            f"audit={self._audit})"
+            f"max_lag_ms={self._max_lag}, future_skew_ms={self._future_skew}, "
+            f"max_envelope_bytes={self._max_bytes}, audit={self._audit})"
         )
 
     def verify(
@@ -389,10 +418,20 @@ class Verifier:
             raise WrongKey("envelope was signed for another record key", kid=kid, issuer=issuer)
 
         if not self._audit:
-            reference = self._clock() if reference_ms is None else reference_ms
-            if created_at > reference + self._future_skew:
+            now = self._clock()
+            reference = now if reference_ms is None else reference_ms
+            skew = self._future_skew
+            if created_at > reference + skew:
                 raise NotYetValid(
                     f"created {created_at - reference} ms after the reference time",
+                    kid=kid,
+                    issuer=issuer,
+                )
+            if created_at > now + skew:
+                # An honest record is never created after the consumer's now + skew: it was
+                # signed, then appended, then fetched. Only a forged reference gets here.
+                raise NotYetValid(
+                    f"created {created_at - now} ms after this consumer's clock",
                     kid=kid,
                     issuer=issuer,
                 )
@@ -402,8 +441,19 @@ class Verifier:
                     kid=kid,
                     issuer=issuer,
                 )
-            if len(header) == _WITH_EXPIRY and header[K_EXP] < reference:
-                raise Expired("expires_at has passed", kid=kid, issuer=issuer)
+            if created_at < now - self._oldest_by_clock:
+                # The reference (an unsigned record timestamp) may be forged; the replay guard
+                # only remembers nonces for max_age + max_lag (+ skew) after their first claim.
+                raise Expired(
+                    f"created {now - created_at} ms before this consumer's clock: older than "
+                    f"max_age + max_lag ({self._oldest_by_clock} ms)",
+                    kid=kid,
+                    issuer=issuer,
+                )
+            if len(header) == _WITH_EXPIRY:
+                expires_at = header[K_EXP]
+                if expires_at < reference:
+                    raise Expired("expires_at has passed", kid=kid, issuer=issuer)
         msg: VerifiedMessage = _new(VerifiedMessage)  # no __init__: see VerifiedMessage
         _set_header(msg, header)
         _set_body(msg, body)

@@ -342,7 +342,8 @@ async def test_buckets_expire_after_the_retention(
     n = os.urandom(16)
     await guard.claim([at(n)])
     key = bucket_key(prefix, NOW_MS // guard.bucket_ms, nonce_shard("agent-a", n, guard.shards))
-    assert guard.retention_ms == MAX_AGE_MS + 2 * SKEW_MS + guard.bucket_ms
+    assert guard.max_lag_ms == 3_600_000  # the default, as the Verifier's
+    assert guard.retention_ms == MAX_AGE_MS + guard.max_lag_ms + 2 * SKEW_MS + guard.bucket_ms
     ttl = await raw.pttl(key)
     assert guard.retention_ms - 5_000 < ttl <= guard.retention_ms
 

@@ -12,6 +12,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
 from signed_bus.errors import ConfigurationError
+from signed_bus.keys import HmacKey, Keyring
 from signed_bus.replay import (
     Claim,
     ClaimVerdict,
@@ -24,6 +25,7 @@ from signed_bus.replay import (
     position_value,
     recommended_shards,
 )
+from signed_bus.verifier import Verifier
 
 NONCE = bytes(range(16))
 
@@ -217,6 +219,8 @@ def test_plan_groups_by_slot_on_a_cluster() -> None:
         {"max_age_ms": 1.5},
         {"max_age_ms": True},
         {"future_skew_ms": -1},
+        {"max_lag_ms": -1},
+        {"max_lag_ms": 1.5},
         {"bucket_ms": 0},
         {"shards": 0},
         {"shards": 70_000},
@@ -238,10 +242,29 @@ def test_client_must_be_a_redis_asyncio_client() -> None:
         RedisReplayGuard(object(), max_age_ms=1, future_skew_ms=0)  # type: ignore[arg-type]
 
 
-def test_retention_covers_max_age_twice_the_skew_and_a_bucket() -> None:
+def test_retention_covers_max_age_max_lag_twice_the_skew_and_a_bucket() -> None:
     guard = make_guard(max_age_ms=300_000, future_skew_ms=5_000, bucket_ms=1_000)
-    assert guard.retention_ms == 311_000
-    assert guard.layout == "v1 bucket_ms=1000 shards=16"
+    assert guard.max_lag_ms == 3_600_000  # the default, the Verifier's too
+    assert guard.retention_ms == 300_000 + 3_600_000 + 10_000 + 1_000
+    short = make_guard(max_age_ms=300_000, future_skew_ms=5_000, bucket_ms=1_000, max_lag_ms=0)
+    assert short.retention_ms == 311_000
+    # The TTL is not part of the layout: consumers with other windows may share a prefix.
+    assert guard.layout == short.layout == "v1 bucket_ms=1000 shards=16"
+
+
+def test_covers_compares_retention_with_the_verifiers_window() -> None:
+    ring = Keyring([HmacKey("hs", bytes(32), issuers=["a"])])
+    guard = make_guard(max_age_ms=300_000, future_skew_ms=5_000, max_lag_ms=60_000)
+    same = Verifier(ring, max_age_ms=300_000, future_skew_ms=5_000, max_lag_ms=60_000)
+    assert guard.covers(same)
+    # retention = 366_000 + one 1_000 ms bucket: the window may grow by exactly the bucket
+    assert guard.covers(Verifier(ring, max_age_ms=300_000, max_lag_ms=61_000))
+    assert not guard.covers(Verifier(ring, max_age_ms=300_000, max_lag_ms=61_001))
+    assert not guard.covers(
+        Verifier(ring, max_age_ms=300_000, future_skew_ms=5_501, max_lag_ms=60_000)
+    )
+    assert not guard.covers(Verifier(ring))  # default max_lag (1 h) outlives this guard
+    assert make_guard(max_age_ms=300_000, future_skew_ms=5_000).covers(Verifier(ring))
 
 
 def test_from_url_rejects_other_schemes() -> None:
@@ -284,6 +307,9 @@ def test_verdict_deliver() -> None:
 def test_estimate_memory_bytes() -> None:
     # 1,000 envelopes/s kept 311 s at 40 B each
     assert estimate_memory_bytes(1000, retention_ms=311_000, bytes_per_nonce=40) == 12_440_000
+    # the default guard keeps a nonce max_age + max_lag + 2 skew + 1 bucket = 3,911 s
+    retention = make_guard().retention_ms
+    assert estimate_memory_bytes(1000, retention_ms=retention, bytes_per_nonce=40) == 156_440_000
     assert estimate_memory_bytes(0, retention_ms=311_000) == 0
     with pytest.raises(ConfigurationError):
         estimate_memory_bytes(-1, retention_ms=1)

@@ -17,8 +17,10 @@ import pytest
 from signed_bus.envelope import encode_envelope, signed_message
 from signed_bus.errors import (
     ConfigurationError,
+    Expired,
     MalformedEnvelope,
     MalformedPayload,
+    NotYetValid,
     UnsupportedContentType,
     VerificationError,
 )
@@ -29,6 +31,7 @@ from signed_bus.verifier import VerifiedMessage, Verifier
 NOW = 1_700_000_000_000
 MAX_AGE = 300_000
 SKEW = 5_000
+LAG = 3_600_000  # the default max_lag_ms
 SECRET = hashlib.sha256(b"test secret").digest()
 TOPIC = "results"
 KEY = b"req-1"
@@ -325,7 +328,8 @@ def test_oversized_is_rejected_before_decoding() -> None:
 def test_freshness_window_edges(offset: int, reason: str | None) -> None:
     value = sign()  # created at NOW
     reference = NOW - offset
-    by_reference = verifier(clock=lambda: 0)
+    # A consumer 50 minutes behind (within max_lag): the reference alone decides.
+    by_reference = verifier(clock=lambda: reference + 10 * MAX_AGE)
     by_clock = verifier(clock=lambda: reference)
     checks: list[Callable[[], object]] = [
         lambda: by_reference.verify(value, topic=TOPIC, key=KEY, reference_ms=reference),
@@ -338,31 +342,108 @@ def test_freshness_window_edges(offset: int, reason: str | None) -> None:
             assert reason_of(check) == reason
 
 
-@pytest.mark.parametrize(("reference", "reason"), [(NOW + 10, None), (NOW + 11, "expired")])
-def test_expires_at_edges(reference: int, reason: str | None) -> None:
+@pytest.mark.parametrize(
+    ("clock", "reason"),
+    [
+        (NOW + MAX_AGE + LAG, None),  # exactly max_age + max_lag old by the clock: accepted
+        (NOW + MAX_AGE + LAG + 1, "expired"),
+    ],
+)
+def test_max_lag_edges_by_the_consumers_clock(clock: int, reason: str | None) -> None:
+    value = sign()  # created at NOW; the reference (append time) says it is brand new
+    v = verifier(clock=lambda: clock)
+    assert v.max_lag_ms == LAG
+    if reason is None:
+        assert v.verify(value, topic=TOPIC, key=KEY, reference_ms=NOW).created_at == NOW
+    else:
+        with pytest.raises(Expired, match="max_age \\+ max_lag"):
+            v.verify(value, topic=TOPIC, key=KEY, reference_ms=NOW)
+
+
+@pytest.mark.parametrize(("lag", "ok"), [(0, True), (1, False)])
+def test_max_lag_is_configurable(lag: int, ok: bool) -> None:
+    value = sign()
+    v = verifier(clock=lambda: NOW + MAX_AGE + lag, max_lag_ms=0)
+    assert v.max_lag_ms == 0
+    if ok:
+        v.verify(value, topic=TOPIC, key=KEY, reference_ms=NOW)
+    else:
+        assert reason_of(lambda: v.verify(value, topic=TOPIC, key=KEY, reference_ms=NOW)) == (
+            "expired"
+        )
+
+
+def test_forged_old_append_time_cannot_pass_an_old_envelope() -> None:
+    # The record timestamp is unsigned: a fetch-path proxy may claim the envelope was appended
+    # right after it was created. Past max_age + max_lag by the consumer's clock it is expired
+    # whatever the reference says (the replay guard may have forgotten its nonce by then).
+    value = sign()
+    for late in (1, 10 * MAX_AGE, 100 * LAG):
+        v = verifier(clock=lambda late=late: NOW + MAX_AGE + LAG + late)
+        for forged in (NOW, NOW + 1, NOW + MAX_AGE):
+            assert verify_reason_with(v, value, reference_ms=forged) == "expired"
+
+
+def test_forged_future_append_time_cannot_pass_a_future_envelope() -> None:
+    # created_at is never after the consumer's clock + skew for an honest record (signed, then
+    # appended, then fetched): a reference pushed forward does not widen the future side.
+    value = sign()
+    v = verifier(clock=lambda: NOW - SKEW)
+    assert v.verify(value, topic=TOPIC, key=KEY, reference_ms=NOW).created_at == NOW
+    v = verifier(clock=lambda: NOW - SKEW - 1)
+    with pytest.raises(NotYetValid, match="clock"):
+        v.verify(value, topic=TOPIC, key=KEY, reference_ms=NOW)
+    with pytest.raises(NotYetValid, match="clock"):
+        v.verify(value, topic=TOPIC, key=KEY, reference_ms=NOW + 10 * MAX_AGE)
+
+
+def verify_reason_with(v: Verifier, value: bytes, **kw: Any) -> str:
+    return reason_of(lambda: v.verify(value, topic=TOPIC, key=KEY, **kw))
+
+
+@pytest.mark.parametrize(
+    ("reference", "clock", "reason"),
+    [
+        (NOW + 10, NOW, None),
+        (NOW + 11, NOW, "expired"),  # expired by the reference
+        (NOW + 11, NOW + 11, "expired"),
+    ],
+)
+def test_expires_at_edges(reference: int, clock: int, reason: str | None) -> None:
     value = sign(expires_at=NOW + 10)
     if reason is None:
-        verifier().verify(value, topic=TOPIC, key=KEY, reference_ms=reference)
+        verifier(clock=lambda: clock).verify(value, topic=TOPIC, key=KEY, reference_ms=reference)
     else:
-        assert verify_reason(value, reference_ms=reference) == reason
+        assert verify_reason(value, reference_ms=reference, clock=lambda: clock) == reason
 
 
-def test_reference_time_beats_the_clock() -> None:
+def test_reference_time_beats_the_clock_within_max_lag() -> None:
     value = sign()
-    far_future = NOW + 10 * MAX_AGE
-    v = verifier(clock=lambda: far_future)
+    lagging = NOW + 10 * MAX_AGE  # 50 minutes behind, within the default max_lag
+    v = verifier(clock=lambda: lagging)
     assert reason_of(lambda: v.verify(value, topic=TOPIC, key=KEY)) == "expired"
     assert v.verify(value, topic=TOPIC, key=KEY, reference_ms=NOW).created_at == NOW
+    # A clock behind the reference cannot be helped by it: an honest reference is never ahead
+    # of the consumer's clock by more than the skew.
     v_past = verifier(clock=lambda: NOW - 10 * MAX_AGE)
     assert reason_of(lambda: v_past.verify(value, topic=TOPIC, key=KEY)) == "not_yet_valid"
-    assert v_past.verify(value, topic=TOPIC, key=KEY, reference_ms=NOW).created_at == NOW
+    assert verify_reason_with(v_past, value, reference_ms=NOW) == "not_yet_valid"
 
 
-def test_clock_is_not_read_when_reference_is_given() -> None:
+def test_clock_bounds_the_reference_and_audit_reads_no_clock() -> None:
+    read: list[int] = []
+
     def clock() -> int:
-        raise AssertionError("clock read")
+        read.append(NOW)
+        return NOW
 
     verifier(clock=clock).verify(sign(), topic=TOPIC, key=KEY, reference_ms=NOW)
+    assert read == [NOW]  # read once, even with a reference
+
+    def no_clock() -> int:
+        raise AssertionError("clock read")
+
+    verifier(clock=no_clock, audit=True).verify(sign(), topic=TOPIC, key=KEY, reference_ms=NOW)
 
 
 def test_audit_mode_ignores_freshness_but_nothing_else() -> None:
@@ -402,6 +483,9 @@ def test_destination_is_checked_before_freshness() -> None:
         {"future_skew_ms": 1.5},
         {"max_envelope_bytes": True},
         {"max_envelope_bytes": None},
+        {"max_lag_ms": -1},
+        {"max_lag_ms": 1.5},
+        {"max_lag_ms": None},
     ],
 )
 def test_bad_options_are_configuration_errors(kw: dict[str, Any]) -> None:
@@ -418,6 +502,7 @@ def test_verifier_repr_has_no_key_material() -> None:
     text = repr(verifier())
     assert SECRET.hex() not in text
     assert "keys=2" in text
+    assert f"max_lag_ms={LAG}" in text
 
 
 # -- VerifiedMessage ------------------------------------------------------------------------------
