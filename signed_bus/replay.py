@@ -41,6 +41,7 @@ import enum
 import hashlib
 import logging
 import math
+import re
 import struct
 import urllib.parse
 from collections.abc import Iterable, Sequence
@@ -273,35 +274,76 @@ def recommended_shards(
     return max(1, min(0xFFFF, wanted))
 
 
+# A ``password=`` query item (redis-py reads it as the password), up to the next item.
+_QUERY_PASSWORD: Final = re.compile(r"(?i)([?&;]password=)[^&;#]*")
+
+
+def _split_userinfo(url: str) -> tuple[str, str | None, str]:
+    """``(scheme, userinfo, rest)`` of a URL, split on the raw text: the userinfo is everything
+    between ``://`` and the LAST ``@`` (None without one).
+
+    Parsers stop the authority at the first '/', '?' or '#', so a password holding one of those
+    (``redis://user:pa/ss@host``) would otherwise be taken for a host, port or path and printed.
+    Masking up to the last '@' can only mask too much (an '@' in a path or query), never a
+    password.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return "", None, url
+    userinfo, at, host_and_path = rest.rpartition("@")
+    if not at:
+        return scheme, None, rest
+    return scheme, userinfo, host_and_path
+
+
 def _redact_url(url: str) -> str:
     """The URL with its password (in the userinfo or a ``password=`` query item) masked.
 
-    A userinfo without a colon is masked too: it is a username, but often a misplaced password.
+    Works on the raw text, before any parsing. A userinfo without a colon is masked too: it is a
+    username, but often a misplaced password.
     """
-    try:
-        parts = urllib.parse.urlsplit(url)
-        netloc = parts.netloc
-        if "@" in netloc:
-            userinfo, host = netloc.rsplit("@", 1)
-            user, colon, _ = userinfo.partition(":")
-            netloc = f"{user}:***@{host}" if colon else f"***@{host}"
-        query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
-        masked = [(k, "***" if k.lower() == "password" else v) for k, v in query]
-        query_text = urllib.parse.urlencode(masked, safe="*")
-        return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query_text, ""))
-    except ValueError:
+    scheme, userinfo, rest = _split_userinfo(url)
+    if not scheme:
         return "<unparseable url>"
+    shown = ""
+    if userinfo is not None:
+        user, colon, _ = userinfo.partition(":")
+        shown = f"{user}:***@" if colon else "***@"
+    masked = _QUERY_PASSWORD.sub(r"\1***", rest)
+    return f"{scheme}://{shown}{masked}"
 
 
 def _url_secrets(url: str) -> list[str]:
+    """Every string of the URL that is or may be a secret, raw and percent-decoded."""
+    _, userinfo, rest = _split_userinfo(url)
+    found: list[str] = []
+    if userinfo is not None:
+        user, colon, password = userinfo.partition(":")
+        found += [password] if colon else [user]
+    found += [m.group(0).split("=", 1)[1] for m in _QUERY_PASSWORD.finditer(rest)]
+    found += [urllib.parse.unquote(s) for s in found]
+    # Longest first, so a secret is never half-replaced by a shorter one inside it.
+    return sorted({s for s in found if s}, key=len, reverse=True)
+
+
+def _check_userinfo(url: str) -> None:
+    """Refuse a URL whose userinfo a parser would read differently from the raw text.
+
+    ``redis://user:1234#secret@host/0`` parses as host "user", port 1234 and no password: the
+    client would connect somewhere else and print the password's start as a port. Such a
+    userinfo must percent-encode '/', '?', '#' (and an '@' outside it too).
+    """
+    _, userinfo, _ = _split_userinfo(url)
     try:
-        parts = urllib.parse.urlsplit(url)
-        userinfo = parts.password or parts.username  # a lone userinfo is masked as well
-        found = [urllib.parse.unquote(userinfo)] if userinfo else []
-        found += [v for k, v in urllib.parse.parse_qsl(parts.query) if k.lower() == "password"]
+        netloc = urllib.parse.urlsplit(url).netloc
     except ValueError:
-        return []
-    return [s for s in found if s]
+        netloc = ""
+    parsed = netloc.rpartition("@")[0] if "@" in netloc else None
+    if userinfo != parsed:
+        raise ConfigurationError(
+            f"Redis URL {_redact_url(url)} is ambiguous: percent-encode '/', '?' and '#' in "
+            "its userinfo, and any '@' after the host"
+        )
 
 
 class _Call:
@@ -412,6 +454,7 @@ class RedisReplayGuard:
         scheme = url.split("://", 1)[0].lower() if "://" in url else ""
         if scheme not in ("redis", "rediss"):
             raise ConfigurationError("Redis URL must start with redis:// or rediss://")
+        _check_userinfo(url)
         client_options.setdefault("socket_timeout", 2.0)
         client_options.setdefault("socket_connect_timeout", 2.0)
         try:
@@ -421,9 +464,9 @@ class RedisReplayGuard:
             else:
                 client = aioredis.Redis.from_url(url, **client_options)
         except (ValueError, TypeError) as exc:
-            secrets = _url_secrets(url)
+            # Only the type: the text of a parse error may quote any part of the URL.
             raise ConfigurationError(
-                f"bad Redis URL or option for {_redact_url(url)}: {_scrub(str(exc), secrets)}"
+                f"bad Redis URL or option for {_redact_url(url)}: {type(exc).__name__}"
             ) from None
         guard = cls(
             client,

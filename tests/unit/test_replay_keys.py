@@ -17,6 +17,7 @@ from signed_bus.replay import (
     Claim,
     ClaimVerdict,
     RedisReplayGuard,
+    _redact_url,
     bucket_key,
     bucket_of,
     estimate_memory_bytes,
@@ -288,6 +289,51 @@ async def test_url_credentials_never_show_in_repr(url: str) -> None:
         assert "***" in repr(guard)
     finally:
         await guard.stop()
+
+
+TRICKY_URLS = [
+    # a parser ends the authority at the first '/', '?' or '#': the password would be a port
+    "redis://user:pa/ss@host:6379/0",
+    "redis://user:1234#secret@host/0",
+    "redis://user:1234?secret@host/0",
+]
+
+
+@pytest.mark.parametrize("url", TRICKY_URLS)
+def test_redaction_masks_up_to_the_last_at_sign(url: str) -> None:
+    shown = _redact_url(url)
+    for secret in ("pa/ss", "ss", "secret", "1234"):
+        assert secret not in shown
+    assert shown.startswith("redis://user:***@host")
+
+
+@pytest.mark.parametrize("url", TRICKY_URLS)
+def test_url_with_an_unencoded_delimiter_in_the_password_is_refused(url: str) -> None:
+    # redis-py would connect to host "user" with the password's start as the port.
+    with pytest.raises(ConfigurationError, match="percent-encode") as info:
+        RedisReplayGuard.from_url(url, max_age_ms=1, future_skew_ms=0)
+    for secret in ("pa/ss", "ss", "secret", "1234"):
+        assert secret not in str(info.value)
+        assert secret not in repr(info.value)
+
+
+async def test_percent_encoded_password_works_and_stays_hidden() -> None:
+    guard = RedisReplayGuard.from_url(
+        "redis://user:pa%2Fss%231234@host:6379/0", max_age_ms=1000, future_skew_ms=0
+    )
+    try:
+        text = repr(guard)
+        for secret in ("pa", "%2F", "1234"):
+            assert secret not in text.replace("prefix", "")
+        assert "redis://user:***@host:6379/0" in text
+    finally:
+        await guard.stop()
+
+
+def test_bad_url_error_names_only_the_exception_type() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        RedisReplayGuard.from_url("redis://host:port-1234/0", max_age_ms=1, future_skew_ms=0)
+    assert str(info.value) == "bad Redis URL or option for redis://host:port-1234/0: ValueError"
 
 
 def test_bad_url_error_hides_the_password() -> None:
