@@ -372,8 +372,17 @@ class Verifier:
         """Verify a record value read from ``topic`` with record ``key``.
 
         Returns the verified message; raises a VerificationError subclass whose ``reason`` says
-        which check failed.
+        which check failed. A ``key`` that is not bytes-like or None is a caller bug:
+        ConfigurationError.
         """
+        if key is not None and type(key) is not bytes:
+            if not isinstance(key, bytearray | memoryview):
+                # A caller bug (a key deserializer, a str), not bad record bytes: say so loudly
+                # rather than dead-letter every record.
+                raise ConfigurationError(
+                    f"record key must be bytes or None, not {type(key).__name__}"
+                )
+            key = bytes(key)
         if type(value) is not bytes:
             if not isinstance(value, bytearray | memoryview):
                 raise MalformedEnvelope("record value is not bytes", topic=topic)

@@ -505,6 +505,20 @@ def test_verifier_repr_has_no_key_material() -> None:
     assert f"max_lag_ms={LAG}" in text
 
 
+@pytest.mark.parametrize("key", ["req-1", 1, ["req-1"]])
+def test_non_bytes_record_key_is_a_configuration_error(key: object) -> None:
+    # The key is the caller's (e.g. a key deserializer left on): a loud caller bug, not a
+    # verification failure to dead-letter, and never a bare TypeError.
+    with pytest.raises(ConfigurationError, match="record key must be bytes") as caught:
+        verifier().verify(sign(), topic=TOPIC, key=key)  # type: ignore[arg-type]
+    assert not isinstance(caught.value, VerificationError)
+
+
+@pytest.mark.parametrize("key", [bytearray(KEY), memoryview(KEY)])
+def test_bytes_like_record_keys_are_accepted(key: bytes) -> None:
+    assert verifier().verify(sign(), topic=TOPIC, key=key).payload == RESULT
+
+
 # -- VerifiedMessage ------------------------------------------------------------------------------
 
 
