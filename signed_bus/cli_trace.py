@@ -41,7 +41,8 @@ def add_connection_options(parser: argparse.ArgumentParser, *, redis: bool) -> N
         parser.add_argument(
             "--redis-url",
             default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
-            help="Redis holding the provenance index (default: $REDIS_URL)",
+            help="Redis holding the provenance index (default: $REDIS_URL or "
+            "redis://127.0.0.1:6379/0)",
         )
 
 
@@ -66,7 +67,9 @@ def register(subparsers: Subparsers) -> None:
             "Walk an envelope's provenance back hop by hop: each parent digest is looked up in "
             "the provenance index, read back from Kafka, checked against its digest and "
             "verified (audit mode: age is not held against old records). Prints issuer, model, "
-            "created_at and position per link. Exit 0 if every link verified, 1 if not."
+            "created_at and position per link. Exit 0 if every link verified, 1 if not. For a "
+            "demo run, use the exact trace command its report prints (its topics, key ring and "
+            "index prefix are per run)."
         ),
     )
     start = parser.add_mutually_exclusive_group(required=True)
