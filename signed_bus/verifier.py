@@ -288,8 +288,9 @@ class Verifier:
     the replay guard remembers nonces for (:meth:`RedisReplayGuard.covers
     <signed_bus.replay.RedisReplayGuard.covers>`). ``max_lag_ms`` is how far behind the
     producers a consumer may fall and still take honest records; past it records are Expired
-    (dead-lettered, not lost). ``audit=True`` checks everything except freshness, for tools
-    that read old records on purpose.
+    (dead-lettered, not lost). ``expires_at`` is checked against both times: a result expired by
+    either is Expired. ``audit=True`` checks everything except freshness, for tools that read old
+    records on purpose.
     """
 
     __slots__ = (
@@ -461,7 +462,7 @@ class Verifier:
                 )
             if len(header) == _WITH_EXPIRY:
                 expires_at = header[K_EXP]
-                if expires_at < reference:
+                if expires_at < reference or expires_at < now:
                     raise Expired("expires_at has passed", kid=kid, issuer=issuer)
         msg: VerifiedMessage = _new(VerifiedMessage)  # no __init__: see VerifiedMessage
         _set_header(msg, header)

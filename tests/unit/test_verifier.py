@@ -406,6 +406,8 @@ def verify_reason_with(v: Verifier, value: bytes, **kw: Any) -> str:
     [
         (NOW + 10, NOW, None),
         (NOW + 11, NOW, "expired"),  # expired by the reference
+        (NOW, NOW + 10, None),
+        (NOW, NOW + 11, "expired"),  # expired by the consumer's clock: not acted on either
         (NOW + 11, NOW + 11, "expired"),
     ],
 )
