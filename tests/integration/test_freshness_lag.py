@@ -3,7 +3,10 @@
 The consumer's clock is injected an hour ahead (as if it caught up on an hour-old backlog, or its
 clock were wrong): on a LogAppendTime topic the reference is when the broker stored the record,
 so honest records stay fresh; an old envelope published now is expired whatever the consumer's
-clock says. On a CreateTime topic the same consumer can only use its own clock (and warns once).
+clock says. The append time is unsigned, so the consumer's clock still bounds it: a consumer more
+than max_age + max_lag behind rejects even honest records as expired (dead-lettered, not lost),
+which is what keeps a copy from outliving its nonce in the replay guard. On a CreateTime topic
+the same consumer can only use its own clock (and warns once).
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ async def test_lagging_consumer_accepts_honest_records_by_append_time_and_reject
     kafka_bootstrap: str, redis_url: str, redis_prefix: str, unique_topic: TopicFactory
 ) -> None:
     assert HOUR_MS > MAX_AGE_MS
+    assert MAX_AGE_MS + verifier(keyring()).max_lag_ms > HOUR_MS  # within the default max_lag
     ring = keyring()
     topic = await unique_topic("lag", partitions=2)
     dead = await unique_topic("dlq")
@@ -84,6 +88,44 @@ async def test_lagging_consumer_accepts_honest_records_by_append_time_and_reject
         (ahead.partition, ahead.offset): "not_yet_valid",
     }
     assert consumer.metrics.rejected == {"expired": 1, "not_yet_valid": 1}
+
+
+async def test_consumer_lagging_beyond_max_lag_dead_letters_honest_records_as_expired(
+    kafka_bootstrap: str, redis_url: str, redis_prefix: str, unique_topic: TopicFactory
+) -> None:
+    ring = keyring()
+    topic = await unique_topic("overlag", partitions=2)
+    dead = await unique_topic("dlq")
+    honest = signer(ring)
+    async with plain_producer(kafka_bootstrap) as producer:
+        sent = [
+            await producer.send_and_wait(
+                topic, honest.sign({"seq": i}, topic=topic), partition=i % 2
+            )
+            for i in range(6)
+        ]
+    ends = await end_offsets(kafka_bootstrap, [topic])
+
+    # An hour behind, but allowed only max_age + 30 minutes: fresh by append time, too old by
+    # the consumer's clock.
+    lag_ms = HOUR_MS // 2
+    v = verifier(ring, clock=an_hour_ahead, max_lag_ms=lag_ms)
+    assert MAX_AGE_MS + lag_ms < HOUR_MS
+    async with guard(redis_url, redis_prefix) as g:
+        assert g.covers(v)
+        consumer = VerifyingConsumer(
+            consumer_options(kafka_bootstrap, [topic]), verifier=v, guard=g, dead_letter_topic=dead
+        )
+        async with Running(consumer) as running:
+            await running.caught_up(ends)
+
+    assert running.delivered == []
+    letters = {
+        (d.source_partition, d.source_offset): d.reason
+        for d in map(DeadLetter.from_record, await read_all(kafka_bootstrap, dead, len(sent)))
+    }
+    assert letters == {(r.partition, r.offset): "expired" for r in sent}
+    assert consumer.metrics.rejected == {"expired": len(sent)}
 
 
 async def test_create_time_topic_falls_back_to_the_consumer_clock_and_warns_once(
