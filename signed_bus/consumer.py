@@ -284,6 +284,8 @@ class VerifyingConsumer:
 
     ``guard`` is required unless the verifier is in audit mode (then it must be None: audit
     mode checks neither freshness nor replay). Its lifecycle is the caller's; claims start it.
+    It must keep nonces at least as long as the verifier accepts their envelopes
+    (:meth:`RedisReplayGuard.covers`), else :class:`ConfigurationError`.
 
     ``dead_letter_topic`` receives every rejected record; ``dead_letter_producer`` (an
     ``AIOKafkaProducer`` or a :class:`SignedProducer`, started and stopped by you) sends them,
@@ -323,6 +325,16 @@ class VerifyingConsumer:
             raise ConfigurationError("audit mode does not check replays: pass guard=None")
         if not self._audit and guard is None:
             raise ConfigurationError("a replay guard is required unless the verifier audits")
+        if guard is not None and not guard.covers(verifier):
+            accepted = verifier.max_age_ms + verifier.max_lag_ms + 2 * verifier.future_skew_ms
+            raise ConfigurationError(
+                f"the replay guard keeps nonces for {guard.retention_ms} ms, but the verifier "
+                f"accepts an envelope for up to {accepted} ms (max_age_ms "
+                f"{verifier.max_age_ms} + max_lag_ms {verifier.max_lag_ms} + 2 x future_skew_ms "
+                f"{verifier.future_skew_ms}): a replay read after its nonce expired would be "
+                "delivered; build the guard with the verifier's max_age_ms, max_lag_ms and "
+                "future_skew_ms"
+            )
         if dead_letter_producer is not None and dead_letter_topic is None:
             raise ConfigurationError("dead_letter_producer given without dead_letter_topic")
         if dead_letter_topic is not None and dead_letter_producer is None and self._options is None:

@@ -91,8 +91,9 @@ async def built() -> AsyncIterator[AIOKafkaConsumer]:
 
 @pytest.fixture
 async def guard() -> AsyncIterator[RedisReplayGuard]:
-    # Never connects: from_url builds a lazy client; these tests make no claims.
-    g = RedisReplayGuard.from_url("redis://127.0.0.1:1/0", max_age_ms=1, future_skew_ms=0)
+    # Never connects: from_url builds a lazy client; these tests make no claims. Its windows are
+    # Verifier's defaults, so it covers the verifiers built here.
+    g = RedisReplayGuard.from_url("redis://127.0.0.1:1/0", max_age_ms=300_000, future_skew_ms=5_000)
     yield g
     await g.stop()
 
@@ -179,6 +180,30 @@ async def test_consumer_needs_a_guard_unless_auditing(
         VerifyingConsumer(built, verifier=Verifier(keys), guard=guard, max_records=0)
     with pytest.raises(ConfigurationError):
         VerifyingConsumer(object(), verifier=Verifier(keys), guard=guard)
+
+
+async def test_a_guard_that_forgets_nonces_before_the_verifier_stops_accepting_is_refused(
+    built: AIOKafkaConsumer,
+) -> None:
+    # from_url builds a lazy client: nothing connects.
+    short = RedisReplayGuard.from_url(
+        "redis://:hunter2@127.0.0.1:1/0", max_age_ms=60_000, future_skew_ms=5_000
+    )
+    try:
+        verifier = Verifier(ring(), max_age_ms=300_000, future_skew_ms=5_000)
+        assert not short.covers(verifier)
+        with pytest.raises(ConfigurationError) as caught:
+            VerifyingConsumer(built, verifier=verifier, guard=short)
+        message = str(caught.value)
+        accepted = verifier.max_age_ms + verifier.max_lag_ms + 2 * verifier.future_skew_ms
+        assert f"{short.retention_ms} ms" in message and f"{accepted} ms" in message
+        assert "hunter2" not in message
+        # The same guard covers a verifier with its own windows.
+        matching = Verifier(ring(), max_age_ms=60_000, future_skew_ms=5_000)
+        assert short.covers(matching)
+        VerifyingConsumer(built, verifier=matching, guard=short)
+    finally:
+        await short.stop()
 
 
 # -- batch verification ------------------------------------------------------------------------
