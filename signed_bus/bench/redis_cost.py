@@ -12,7 +12,7 @@ and INFO commandstats see nothing but this run.
   out the keyspace and expiry dict entries and their bucket arrays, which this includes.
 - Baseline, same run, same server: one string key per nonce with a TTL and the position as
   text, ``SET key position NX GET PX ttl`` (:class:`Baseline`).
-- Sizing: bytes per nonce x rate x retention (max_age + 2 * future_skew).
+- Sizing: bytes per nonce x rate x the guard's retention (max_age + max_lag + 2 x skew + a bucket).
 
 The measuring primitives here are shared with ``benchmarks/bench_replay.py``, the replay
 guard's own, more detailed benchmark (several rates and shard counts, listpack encodings).
@@ -225,7 +225,6 @@ async def _round_trips(
 
 async def measure_redis(config: BenchConfig) -> PartResult:
     part = PartResult(name="redis", title="4. Redis cost of the replay guard")
-    retention = config.retention_ms
     async with private_redis() as url:
         client = counting_client(url)
         observer = aioredis.Redis.from_url(url)
@@ -241,6 +240,8 @@ async def measure_redis(config: BenchConfig) -> PartResult:
                 )
 
             trips = await _round_trips(client, observer, guard("trips"), config.rate)
+            # the window the guard keeps each nonce for: the sizing below and the naive keys' TTL
+            retention = guard("sizing").retention_ms
             naive = Baseline(client, "base", retention)
             start_ms = time.time_ns() // 1_000_000 - config.max_age_ms // 2
             claims = make_claims(config.nonces + 1, rate=config.rate, start_ms=start_ms)
