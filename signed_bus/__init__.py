@@ -50,6 +50,7 @@ from signed_bus.producer import Outgoing, ProducerOptions, SignedProducer
 from signed_bus.provenance import (
     Position,
     ProvenanceIndex,
+    ProvenanceIndexUnavailable,
     RecordFetcher,
     TraceLink,
     Tracer,
@@ -102,6 +103,7 @@ __all__ = [
     "ProducerMetrics",
     "ProducerOptions",
     "ProvenanceIndex",
+    "ProvenanceIndexUnavailable",
     "RecordFetcher",
     "RedisReplayGuard",
     "Relay",
