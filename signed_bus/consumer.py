@@ -37,6 +37,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from .deadletter import DeadLetterWriter, Omitted, is_retriable, is_too_large
 from .errors import (
     ConfigurationError,
+    Expired,
     MalformedEnvelope,
     ReplayDetected,
     ReplayGuardUnavailable,
@@ -693,12 +694,12 @@ class VerifyingConsumer:
     async def _settle(self, batch: _Batch) -> list[_Entry] | None:
         """Claim the batch's nonces (one call), dead-letter its rejects; the deliverable
         entries, or None if the consumer stopped while the batch was held."""
-        verified = batch.verified
-        if verified:
-            verdicts = await self._claim(verified)
+        if batch.verified:
+            verdicts = await self._claim(batch)
             if verdicts is None:
                 return None
-            entries, rejected = batch.entries, batch.rejected
+            # Re-read: records that expired while the batch was held moved to batch.rejected.
+            verified, entries, rejected = batch.verified, batch.entries, batch.rejected
             metrics = self.metrics
             for (index, tp, record, message), verdict in zip(verified, verdicts, strict=True):
                 if verdict is _REPLAY:
@@ -725,12 +726,16 @@ class VerifyingConsumer:
             topic,
         )
 
-    async def _claim(self, verified: Sequence[_Verified]) -> list[ClaimVerdict | None] | None:
+    async def _claim(self, batch: _Batch) -> list[ClaimVerdict | None] | None:
         """One claim call for the batch; fail closed (retry) or open. None: stopped while held.
+
+        The verdicts follow ``batch.verified``, from which a held batch's records that expired
+        while it was held are moved to ``batch.rejected`` (see :meth:`_drop_expired`).
 
         (Verifying the next batch while Redis answers was tried: no measurable gain, since the
         claim's own encoding runs in this process and Redis answers in a few milliseconds.)
         """
+        verified = batch.verified
         guard = self._guard
         if guard is None:  # audit mode
             return [None] * len(verified)
@@ -743,15 +748,23 @@ class VerifyingConsumer:
         try:
             result = list(await guard._claim_rows(claims))
         except ReplayGuardUnavailable as exc:
-            result = await self._claim_again(guard, claims, exc)
-        if result is not None and len(result) != len(claims):
+            result = await self._claim_again(guard, batch, claims, exc)
+        if result is not None and len(result) != len(batch.verified):
             raise ReplayGuardUnavailable("the replay guard returned a wrong number of verdicts")
         return result
 
     async def _claim_again(
-        self, guard: RedisReplayGuard, claims: list[ClaimRow], error: ReplayGuardUnavailable
+        self,
+        guard: RedisReplayGuard,
+        batch: _Batch,
+        claims: list[ClaimRow],
+        error: ReplayGuardUnavailable,
     ) -> list[ClaimVerdict | None] | None:
-        """The claim failed: deliver unchecked (fail open) or hold and retry (fail closed)."""
+        """The claim failed: deliver unchecked (fail open) or hold and retry (fail closed).
+
+        Before each retry the records that expired while held leave the claim (rejected as
+        Expired): ``claims`` keeps following ``batch.verified``.
+        """
         metrics = self.metrics
         if self._fail_open:
             metrics.unchecked += len(claims)
@@ -778,6 +791,14 @@ class VerifyingConsumer:
                 )
                 if not await self._hold(delay):
                     return None
+                if self._drop_expired(batch):
+                    claims = [
+                        (m.issuer, m.nonce, m.created_at, r.topic, r.partition, r.offset)
+                        for _, _, r, m in batch.verified
+                    ]
+                    if not claims:
+                        log.warning("every held record expired: nothing left to claim")
+                        return []
                 try:
                     verdicts: list[ClaimVerdict | None] = list(await guard._claim_rows(claims))
                 except ReplayGuardUnavailable as exc:
@@ -787,6 +808,45 @@ class VerifyingConsumer:
                 return verdicts
         finally:
             metrics.guard_waiting = False
+
+    def _drop_expired(self, batch: _Batch) -> bool:
+        """Move the held records no longer fresh by the verifier's clock from ``batch.verified``
+        to ``batch.rejected`` as Expired; True if any moved.
+
+        The guard keeps a nonce for max_age + max_lag + 2 x skew + one bucket after its claim,
+        which covers a record claimed within moments of its verification. A batch held while
+        Redis is down breaks that: a copy verified at the edge of the window and claimed after
+        the original's nonce expired would come back NEW. Checked only after a hold, never on
+        the hot path.
+        """
+        verifier = self._verifier
+        now = verifier.clock()
+        window = verifier.max_age_ms + verifier.max_lag_ms
+        oldest = now - window
+        verified = batch.verified
+        if all(m.created_at >= oldest for _, _, _, m in verified):
+            return False
+        kept: list[_Verified] = []
+        for item in verified:
+            _, _, record, message = item
+            if message.created_at >= oldest:
+                kept.append(item)
+                continue
+            error = Expired(
+                f"created {now - message.created_at} ms before this consumer's clock: it "
+                f"expired (older than max_age + max_lag, {window} ms) while the batch was held "
+                "for the replay guard (Redis unavailable)",
+                kid=message.kid,
+                issuer=message.issuer,
+            )
+            batch.rejected.append((record, error))
+        log.warning(
+            "%d held record(s) expired while the replay guard was unavailable: rejected as "
+            "expired, not claimed",
+            len(verified) - len(kept),
+        )
+        verified[:] = kept
+        return True
 
     async def _hold(self, seconds: float) -> bool:
         """Wait while holding a batch, polling with every partition paused so the group does

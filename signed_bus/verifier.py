@@ -355,6 +355,11 @@ class Verifier:
     def max_envelope_bytes(self) -> int:
         return self._max_bytes
 
+    @property
+    def clock(self) -> Clock:
+        """The clock freshness is checked against (the consumer re-checks held records by it)."""
+        return self._clock
+
     def __repr__(self) -> str:
         return (
             f"Verifier(keys={len(self._keyring)}, max_age_ms={self._max_age}, "

@@ -39,11 +39,11 @@ from signed_bus.deadletter import (
     header_map,
     is_retriable,
 )
-from signed_bus.errors import BadSignature, ConfigurationError, Expired
+from signed_bus.errors import BadSignature, ConfigurationError, Expired, ReplayGuardUnavailable
 from signed_bus.keys import Keyring, generate_hmac_key
 from signed_bus.metrics import ConsumerMetrics
 from signed_bus.producer import ProducerOptions
-from signed_bus.replay import ClaimVerdict, RedisReplayGuard
+from signed_bus.replay import ClaimRow, ClaimVerdict, RedisReplayGuard
 from signed_bus.signer import Signer
 from signed_bus.verifier import Verifier
 
@@ -272,6 +272,101 @@ async def test_a_verifier_bug_rejects_the_record_instead_of_stopping(
         batch = consumer._verify({TopicPartition(TOPIC, 0): [record(b"v", offset=0)]})
     ((_, error),) = batch.rejected
     assert error.reason == "malformed" and "ZeroDivisionError" in str(error)
+
+
+# -- a batch held while the replay guard is unavailable -----------------------------------------
+
+
+async def test_a_record_that_expires_while_held_for_redis_is_dead_lettered_not_claimed(
+    built: AIOKafkaConsumer, guard: RedisReplayGuard, caplog: pytest.LogCaptureFixture
+) -> None:
+    keys = ring()
+    now = [NOW]
+    verifier = Verifier(keys, clock=lambda: now[0])
+    window = verifier.max_age_ms + verifier.max_lag_ms
+    # Signed at the very edge of the window: verifies now, expires 1 ms later.
+    edge = Signer(keys, kid="k1", issuer="agent", model="m", clock=lambda: NOW - window)
+    fresh = Signer(keys, kid="k1", issuer="agent", model="m", clock=lambda: NOW)
+    claimed: list[list[ClaimRow]] = []
+
+    async def claim_rows(rows: list[ClaimRow]) -> list[ClaimVerdict]:
+        claimed.append(list(rows))
+        if len(claimed) == 1:
+            raise ReplayGuardUnavailable("redis down")
+        return [ClaimVerdict.NEW] * len(rows)
+
+    guard._claim_rows = claim_rows  # type: ignore[method-assign]
+    producer = ScriptedProducer("ok")
+    consumer = VerifyingConsumer(
+        built,
+        verifier=verifier,
+        guard=guard,
+        backoff=Backoff(initial_ms=1, max_ms=1),
+    )
+    consumer._dead_letters = DeadLetterWriter(producer, "dlq")  # type: ignore[arg-type]
+
+    async def hold(seconds: float) -> bool:  # Redis stays down past the edge record's window
+        now[0] += 5_000
+        return True
+
+    consumer._hold = hold  # type: ignore[method-assign]
+    tp = TopicPartition(TOPIC, 0)
+    # Appended when signed (LogAppendTime); a consumer lagging by max_lag still takes it.
+    records = {
+        tp: [
+            record(edge.sign({"x": 1}, topic=TOPIC), offset=0, timestamp=NOW - window),
+            record(fresh.sign({"x": 2}, topic=TOPIC), offset=1),
+        ]
+    }
+    batch = consumer._verify(records)
+    assert [r.offset for _, _, r, _ in batch.verified] == [0, 1]  # both fresh when fetched
+    with caplog.at_level(logging.WARNING, logger="signed_bus.consumer"):
+        entries = await consumer._settle(batch)
+    assert entries is not None
+    # First attempt (before the hold) claimed both; the retry claimed only the fresh one.
+    assert [[row[5] for row in rows] for rows in claimed] == [[0, 1], [1]]
+    delivered = [m.offset for _, _, m in entries if m is not None]
+    assert delivered == [1]
+    assert [(t, o) for t, o, _ in entries] == [(tp, 1), (tp, 2)]  # 0 is still committed past
+    assert consumer.metrics.rejected == {"expired": 1}
+    assert consumer.metrics.dead_lettered == 1 and consumer.metrics.guard_retries == 1
+    (letter,) = [DeadLetter.from_record(stored_letter(sent)) for sent in producer.sent]
+    assert (letter.reason, letter.source_offset) == ("expired", 0)
+    assert "held" in letter.error and "Redis" in letter.error
+    rejected_logs = [r for r in caplog.records if "rejected record" in r.getMessage()]
+    assert len(rejected_logs) == 1 and "held" in rejected_logs[0].getMessage()
+
+
+async def test_a_held_batch_whose_records_all_expire_claims_nothing(
+    built: AIOKafkaConsumer, guard: RedisReplayGuard
+) -> None:
+    keys = ring()
+    now = [NOW]
+    verifier = Verifier(keys, clock=lambda: now[0])
+    window = verifier.max_age_ms + verifier.max_lag_ms
+    edge = Signer(keys, kid="k1", issuer="agent", model="m", clock=lambda: NOW - window)
+    calls: list[int] = []
+
+    async def claim_rows(rows: list[ClaimRow]) -> list[ClaimVerdict]:
+        calls.append(len(rows))
+        raise ReplayGuardUnavailable("redis down")
+
+    guard._claim_rows = claim_rows  # type: ignore[method-assign]
+    consumer = VerifyingConsumer(built, verifier=verifier, guard=guard)
+
+    async def hold(seconds: float) -> bool:
+        now[0] += 1
+        return True
+
+    consumer._hold = hold  # type: ignore[method-assign]
+    value = edge.sign({"x": 1}, topic=TOPIC)
+    batch = consumer._verify(
+        {TopicPartition(TOPIC, 0): [record(value, offset=4, timestamp=NOW - window)]}
+    )
+    entries = await consumer._settle(batch)
+    assert entries is not None and all(m is None for _, _, m in entries)
+    assert calls == [1]  # no retry: nothing left to claim
+    assert consumer.metrics.rejected == {"expired": 1} and not consumer.metrics.guard_waiting
 
 
 # -- delivery bookkeeping --------------------------------------------------------------------------
