@@ -350,7 +350,6 @@ class VerifyingConsumer:
         self._dead_letter_source = dead_letter_producer
         self._dead_letter_owned: AIOKafkaProducer | None = None
         self._dead_letters: DeadLetterWriter | None = None
-        self._dead_letters_dropped = 0
         self._fail_open = fail_open
         self._max_records = max_records
         self._timeout_ms = timeout_ms
@@ -393,9 +392,8 @@ class VerifyingConsumer:
 
     @property
     def dead_letters_dropped(self) -> int:
-        """Rejected records whose dead letter did not fit the dead-letter topic even without
-        their value and key (logged at ERROR; their offsets are committed like the others)."""
-        return self._dead_letters_dropped
+        """Deprecated alias of ``metrics.dead_letters_dropped`` (kept for existing callers)."""
+        return self.metrics.dead_letters_dropped
 
     async def start(self) -> None:
         if self._closed:
@@ -894,8 +892,8 @@ class VerifyingConsumer:
         """Send dead letters and wait until the broker has them all (retrying what failed).
 
         A letter too large even without the record's value and key is dropped (counted in
-        :attr:`dead_letters_dropped`, logged): raising would stop the consumer on that record
-        after every restart, since its offset is never committed.
+        ``metrics.dead_letters_dropped``, logged at ERROR): raising would stop the consumer on
+        that record after every restart, since its offset is never committed.
         """
         writer = self._dead_letters
         assert writer is not None
@@ -954,7 +952,7 @@ class VerifyingConsumer:
         return True
 
     def _drop_dead_letter(self, error: VerificationError, exc: BaseException) -> None:
-        self._dead_letters_dropped += 1
+        self.metrics.dead_letters_dropped += 1
         log.error(
             "dead letter dropped: too large for topic %s even without the record's value and "
             "key (%s); the rejected record stays at its source position: %s",

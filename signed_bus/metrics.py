@@ -23,6 +23,9 @@ class ConsumerMetrics:
     ``unchecked`` counts records delivered without a replay check (fail-open during a Redis
     outage). ``guard_waiting`` is true while a fail-closed consumer holds a batch and retries the
     replay guard; ``committed`` maps (topic, partition) to the last committed next offset.
+    ``dead_letters_dropped`` counts rejected records whose dead letter fit the dead-letter topic
+    in no form, not even without their value and key (logged at ERROR; their offsets are
+    committed like the others).
     """
 
     records: int = 0
@@ -33,6 +36,7 @@ class ConsumerMetrics:
     rejected: Counter[str] = field(default_factory=Counter)
     dead_lettered: int = 0
     dead_letter_retries: int = 0
+    dead_letters_dropped: int = 0
     guard_retries: int = 0
     guard_waiting: bool = False
     commits: int = 0
@@ -56,6 +60,7 @@ class ConsumerMetrics:
             "rejected_total": self.rejected_total,
             "dead_lettered": self.dead_lettered,
             "dead_letter_retries": self.dead_letter_retries,
+            "dead_letters_dropped": self.dead_letters_dropped,
             "guard_retries": self.guard_retries,
             "guard_waiting": self.guard_waiting,
             "commits": self.commits,

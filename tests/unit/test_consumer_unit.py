@@ -623,7 +623,7 @@ async def test_a_dead_letter_too_large_even_without_value_and_key_is_dropped_not
     ]
     with caplog.at_level(logging.ERROR, logger="signed_bus.consumer"):
         assert await consumer._dead_letter(rejected)
-    assert consumer.dead_letters_dropped == 1 and consumer.metrics.dead_lettered == 1
+    assert consumer.metrics.dead_letters_dropped == 1 and consumer.metrics.dead_lettered == 1
     assert [value for _, value, _, _ in producer.sent] == [b"other"]
     (logged,) = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert "dead letter dropped" in logged.getMessage()
@@ -641,7 +641,7 @@ async def test_a_broker_refusing_a_dead_letter_as_too_large_leaves_out_value_the
     assert await consumer._dead_letter(rejected)
     shapes = [(v, k, HEADER_KEY_OMITTED in header_map(h)) for _, v, k, h in producer.sent]
     assert shapes == [(b"garbage", b"key", False), (b"", b"key", False), (b"", None, True)]
-    assert consumer.dead_letters_dropped == 1 and consumer.metrics.dead_lettered == 0
+    assert consumer.metrics.dead_letters_dropped == 1 and consumer.metrics.dead_lettered == 0
     assert consumer.metrics.dead_letter_retries == 0  # nothing to wait for: no backoff
 
 
@@ -653,3 +653,14 @@ def test_metrics_snapshot_is_a_plain_copy() -> None:
     metrics.rejected["replay"] += 1
     assert snapshot["rejected"] == {"replay": 2} and snapshot["rejected_total"] == 2
     assert snapshot["committed"] == {f"{TOPIC}:0": 5}
+    assert snapshot["dead_letters_dropped"] == 0
+
+
+async def test_dead_letters_dropped_is_a_metric(
+    built: AIOKafkaConsumer, guard: RedisReplayGuard
+) -> None:
+    consumer = dead_lettering(built, guard, ScriptedProducer(too_large(), too_large(), too_large()))
+    assert await consumer._dead_letter([(record(b"garbage", offset=0), BadSignature("no"))])
+    assert consumer.metrics.dead_letters_dropped == 1
+    assert consumer.metrics.snapshot()["dead_letters_dropped"] == 1
+    assert consumer.dead_letters_dropped == 1  # the old attribute reads the metric
