@@ -391,6 +391,13 @@ class VerifyingConsumer:
         return self._listener
 
     @property
+    def revoked_since_fetch(self) -> frozenset[TopicPartition]:
+        """Partitions revoked by a rebalance since the current batch was fetched (reset by each
+        fetch): their records belong to the new owner, so nothing of them may be committed or
+        published for this batch."""
+        return frozenset(self._revoked)
+
+    @property
     def dead_letters_dropped(self) -> int:
         """Deprecated alias of ``metrics.dead_letters_dropped`` (kept for existing callers)."""
         return self.metrics.dead_letters_dropped

@@ -243,7 +243,7 @@ class Relay:
         consumer = self._consumer
         assigned = consumer.consumer.assignment()
         # Filled by the consumer's rebalance listener, reset by each getbatch().
-        revoked: set[TopicPartition] = consumer._revoked
+        revoked = consumer.revoked_since_fetch
         return {tp for tp in batch.offsets if tp not in assigned or tp in revoked}
 
     def _drop_revoked(self, batch: ConsumedBatch, lost: set[TopicPartition]) -> None:

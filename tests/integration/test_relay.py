@@ -301,7 +301,7 @@ async def test_partition_revoked_mid_batch_is_not_committed(hop: Hop) -> None:
         send_offsets = kafka.send_offsets_to_transaction
 
         async def revoke_then_send_offsets(*args: Any, **kwargs: Any) -> Any:
-            consumer._revoked.add(revoked)  # what the rebalance listener does
+            await consumer.rebalance_listener.on_partitions_revoked([revoked])
             return await send_offsets(*args, **kwargs)
 
         kafka.send_offsets_to_transaction = revoke_then_send_offsets  # type: ignore[method-assign]

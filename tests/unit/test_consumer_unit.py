@@ -424,7 +424,11 @@ async def test_revoked_partitions_are_skipped_and_never_marked_finished(
     consumer._queue = [(p0, 1, message(0)), (p1, 1, message(0, 1)), (p1, 2, None)]
     first = consumer._next()
     assert first is not None
-    consumer._revoked |= {p0, p1}  # a rebalance took both while 0 was being handled
+    assert consumer.revoked_since_fetch == frozenset()
+    # A rebalance took both while 0 was being handled.
+    await consumer.rebalance_listener.on_partitions_revoked([p0, p1])
+    revoked = consumer.revoked_since_fetch
+    assert revoked == frozenset({p0, p1}) and isinstance(revoked, frozenset)
     consumer._finish()
     assert consumer._next() is None
     assert consumer._done == {}
