@@ -397,11 +397,6 @@ class VerifyingConsumer:
         published for this batch."""
         return frozenset(self._revoked)
 
-    @property
-    def dead_letters_dropped(self) -> int:
-        """Deprecated alias of ``metrics.dead_letters_dropped`` (kept for existing callers)."""
-        return self.metrics.dead_letters_dropped
-
     async def start(self) -> None:
         if self._closed:
             raise RuntimeError("VerifyingConsumer was stopped; make a new one")

@@ -305,7 +305,7 @@ async def test_a_key_near_the_broker_limit_is_dead_lettered_without_it_and_never
             assert running.task is not None and not running.task.done()
     assert [m.payload for m in running.delivered] == [{"seq": 0}, {"seq": 1}, {"seq": 2}]
     assert consumer.metrics.rejected == {"malformed": 2}
-    assert consumer.metrics.dead_lettered == 2 and consumer.dead_letters_dropped == 0
+    assert consumer.metrics.dead_lettered == 2 and consumer.metrics.dead_letters_dropped == 0
 
     letters = await read_all(kafka_bootstrap, dead, 2)
     assert len(letters) == 2
