@@ -27,7 +27,6 @@ import logging
 import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -43,6 +42,7 @@ from .errors import (
     ReplayGuardUnavailable,
     VerificationError,
 )
+from .lifecycle import AsyncLifecycle
 from .metrics import ConsumerMetrics
 from .producer import ProducerOptions, SignedProducer, check_security
 from .replay import ClaimRow, ClaimVerdict, RedisReplayGuard
@@ -274,7 +274,7 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         return None
 
 
-class VerifyingConsumer:
+class VerifyingConsumer(AsyncLifecycle):
     """Delivers only verified, fresh, first-position records; commits only what was handled.
 
     ``kafka`` is a built ``AIOKafkaConsumer`` (yours: created with ``enable_auto_commit=False``
@@ -441,18 +441,6 @@ class VerifyingConsumer:
             return
         await self._idle.wait()
         await self._close()
-
-    async def __aenter__(self) -> VerifyingConsumer:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     async def _close(self) -> None:
         if self._closed:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -18,6 +17,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.structs import RecordMetadata
 
 from .errors import ConfigurationError
+from .lifecycle import AsyncLifecycle
 from .metrics import ProducerMetrics
 from .signer import Signer
 
@@ -105,7 +105,7 @@ class Outgoing:
     expires_at: int | None = None
 
 
-class SignedProducer:
+class SignedProducer(AsyncLifecycle):
     """Signs results with a :class:`~signed_bus.signer.Signer` and produces them to Kafka.
 
     ``kafka`` is a built ``AIOKafkaProducer`` (yours: start it before sending and stop it after;
@@ -160,18 +160,6 @@ class SignedProducer:
         self._closed = True
         if self._owned and self._producer is not None:
             await self._producer.stop()
-
-    async def __aenter__(self) -> SignedProducer:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     async def send(
         self,

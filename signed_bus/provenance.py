@@ -26,8 +26,7 @@ import re
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Any, Literal, Protocol, Self
+from typing import Any, Literal, Protocol
 
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -35,6 +34,7 @@ from aiokafka.errors import KafkaError
 from redis.exceptions import RedisError
 
 from signed_bus.errors import ConfigurationError, SignedBusError, VerificationError
+from signed_bus.lifecycle import AsyncLifecycle
 from signed_bus.verifier import VerifiedMessage, Verifier
 
 __all__ = [
@@ -119,7 +119,7 @@ class ProvenanceIndexUnavailable(SignedBusError):
     quote parts of a malformed URL)."""
 
 
-class ProvenanceIndex:
+class ProvenanceIndex(AsyncLifecycle):
     """digest -> first verified position, one Redis string key per digest.
 
     Layout: ``{prefix}:prov:{digest hex}`` -> ``"{partition}:{offset}:{topic}"``, written with
@@ -227,18 +227,6 @@ class ProvenanceIndex:
             self._owns_client = False
             await self._client.aclose()
 
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
-
 
 @dataclass(frozen=True, slots=True)
 class FetchedRecord:
@@ -251,7 +239,7 @@ class FetchedRecord:
     timestamp_type: int
 
 
-class RecordFetcher:
+class RecordFetcher(AsyncLifecycle):
     """Reads single records by position: assign + seek, no consumer group, read_committed.
 
     Pass a built AIOKafkaConsumer (created with ``group_id=None`` and
@@ -290,18 +278,6 @@ class RecordFetcher:
         if self._owns_consumer and self._started:
             await self._consumer.stop()
         self._started = False
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     async def fetch(self, position: Position) -> FetchedRecord | None:
         """The record at ``position``, or None if the log does not (or no longer) hold it.

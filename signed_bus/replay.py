@@ -46,8 +46,7 @@ import struct
 import urllib.parse
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Final, Protocol, Self
+from typing import Any, Final, Protocol
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
@@ -56,6 +55,7 @@ from redis.crc import key_slot
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from signed_bus.errors import ConfigurationError, ReplayGuardUnavailable
+from signed_bus.lifecycle import AsyncLifecycle
 
 __all__ = [
     "LAYOUT_VERSION",
@@ -364,7 +364,7 @@ class _Call:
         return b"".join(self.records)
 
 
-class RedisReplayGuard:
+class RedisReplayGuard(AsyncLifecycle):
     """Claims the nonces of verified envelopes in a Redis nonce set shared by all groups.
 
     ``client`` is a built ``redis.asyncio.Redis`` or ``redis.asyncio.cluster.RedisCluster``;
@@ -512,18 +512,6 @@ class RedisReplayGuard:
             f"RedisReplayGuard({self._where}, prefix={self.prefix!r}, cluster={self._cluster}, "
             f"layout={self.layout!r}, retention_ms={self._ttl_ms})"
         )
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
     async def start(self) -> None:
         """Load the script and check the layout record. Claims start the guard if needed."""

@@ -1,0 +1,34 @@
+"""The async lifecycle every service-owning class shares: ``start()``/``stop()`` plus
+``async with`` (enter starts, exit stops; stop is idempotent in each class)."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from types import TracebackType
+from typing import Self
+
+__all__ = ["AsyncLifecycle"]
+
+
+class AsyncLifecycle(ABC):
+    """``async with obj`` starts it and always stops it, whatever the block raised."""
+
+    __slots__ = ()
+
+    @abstractmethod
+    async def start(self) -> None: ...
+
+    @abstractmethod
+    async def stop(self) -> None: ...
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
