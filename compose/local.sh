@@ -113,6 +113,30 @@ wait_gone() {
     done
 }
 
+# service_down NAME PIDFILE PORT STOP_TIMEOUT: stop the process NAME_pid names (SIGTERM, then
+# SIGKILL after STOP_TIMEOUT s); never touch a process this launcher did not start.
+service_down() {
+    local name=$1 pidfile=$2 port=$3 stop_timeout=$4 pid
+    if pid=$("${name}_pid"); then
+        say "$name: stopping pid $pid"
+        kill -TERM "$pid"
+        if ! wait_gone "$pid" "$stop_timeout"; then
+            say "$name: pid $pid still alive after ${stop_timeout}s; killing it"
+            kill -KILL "$pid" 2>/dev/null || true
+            wait_gone "$pid" 10 || die "$name: pid $pid survived SIGKILL"
+        fi
+        rm -f "$pidfile"
+        say "$name: stopped"
+    else
+        if [ -f "$pidfile" ]; then say "$name: removing stale pid file"; rm -f "$pidfile"; fi
+        if port_open "$port"; then
+            say "$name: $host:$port is served by a process this launcher did not start; left alone"
+        else
+            say "$name: not running"
+        fi
+    fi
+}
+
 note_started() { if [ -n "$record" ]; then echo "$1" >>"$record"; fi; }
 
 # serialise concurrent calls on the same state folder (two shells running `up` at once)
@@ -275,27 +299,7 @@ kafka_up() {
     say "kafka: ready on $host:$kafka_port (pid $pid, $(kafka_metadata 3)); logs: $kafka_logs/server.log"
 }
 
-kafka_down() {
-    local pid
-    if pid=$(kafka_pid); then
-        say "kafka: stopping pid $pid"
-        kill -TERM "$pid"
-        if ! wait_gone "$pid" "${KAFKA_STOP_TIMEOUT:-60}"; then
-            say "kafka: pid $pid still alive after ${KAFKA_STOP_TIMEOUT:-60}s; killing it"
-            kill -KILL "$pid" 2>/dev/null || true
-            wait_gone "$pid" 10 || die "kafka: pid $pid survived SIGKILL"
-        fi
-        rm -f "$kafka_pidfile"
-        say "kafka: stopped"
-    else
-        if [ -f "$kafka_pidfile" ]; then say "kafka: removing stale pid file"; rm -f "$kafka_pidfile"; fi
-        if port_open "$kafka_port"; then
-            say "kafka: $host:$kafka_port is served by a process this launcher did not start; left alone"
-        else
-            say "kafka: not running"
-        fi
-    fi
-}
+kafka_down() { service_down kafka "$kafka_pidfile" "$kafka_port" "${KAFKA_STOP_TIMEOUT:-60}"; }
 
 kafka_status() {
     local pid
@@ -370,26 +374,7 @@ redis_up() {
     say "redis: ready on $host:$redis_port (pid $pid); log: $redis_log"
 }
 
-redis_down() {
-    local pid
-    if pid=$(redis_pid); then
-        say "redis: stopping pid $pid"
-        kill -TERM "$pid"
-        if ! wait_gone "$pid" 20; then
-            kill -KILL "$pid" 2>/dev/null || true
-            wait_gone "$pid" 10 || die "redis: pid $pid survived SIGKILL"
-        fi
-        rm -f "$redis_pidfile"
-        say "redis: stopped"
-    else
-        if [ -f "$redis_pidfile" ]; then say "redis: removing stale pid file"; rm -f "$redis_pidfile"; fi
-        if port_open "$redis_port"; then
-            say "redis: $host:$redis_port is served by a process this launcher did not start; left alone"
-        else
-            say "redis: not running"
-        fi
-    fi
-}
+redis_down() { service_down redis "$redis_pidfile" "$redis_port" 20; }
 
 redis_status() {
     local pid
