@@ -21,6 +21,7 @@ __all__ = [
     "ConfigurationError",
     "EnvelopeTooLarge",
     "Expired",
+    "MalformedDeadLetter",
     "MalformedEnvelope",
     "MalformedPayload",
     "NotYetValid",
@@ -54,6 +55,11 @@ class UnsupportedContentType(SignedBusError, ValueError):
 
     The message itself verified; read ``VerifiedMessage.body`` and decode it yourself.
     """
+
+
+class MalformedDeadLetter(SignedBusError, ValueError):
+    """A record of a dead-letter topic is not a well-formed dead letter (see
+    ``DeadLetter.from_record``). The message names the header at fault, never its value."""
 
 
 class VerificationError(SignedBusError):
