@@ -48,6 +48,7 @@ from signed_bus import (
     RedisReplayGuard,
     Verifier,
     VerifyingConsumer,
+    printable,
 )
 
 AGENT = "action-agent"
@@ -107,13 +108,17 @@ class ActionAgent:
         position = f"{message.topic}:{message.partition}:{message.offset}"
         if verified.issuer not in self._allowed:
             self.counts["unexpected_issuer"] += 1
-            self._log.warning("ignoring a plan from issuer %s at %s", verified.issuer, position)
+            self._log.warning(
+                "ignoring a plan from issuer %s at %s", printable(verified.issuer), position
+            )
             return
         try:
             plan = Plan.from_payload(message.payload)
         except ValueError as exc:
             self.counts["bad_payload"] += 1
-            self._log.warning("ignoring a record that is not a plan at %s: %s", position, exc)
+            self._log.warning(
+                "ignoring a record that is not a plan at %s: %s", position, printable(str(exc))
+            )
             return
         self.counts["plans"] += 1
         # Delivery ledger: one field per delivered record position (idempotent on redelivery).
@@ -152,14 +157,16 @@ class ActionAgent:
                 self.counts["executed"] += 1
                 self._log.info(
                     "EXECUTE %s %s (action %s, plan from %s)",
-                    action.verb,
-                    action.target,
-                    action.action_id,
+                    printable(action.verb),
+                    printable(action.target),
+                    printable(action.action_id),
                     position,
                 )
             else:
                 self.counts["already_executed"] += 1
-                self._log.info("action %s was executed before; skipped", action.action_id)
+                self._log.info(
+                    "action %s was executed before; skipped", printable(action.action_id)
+                )
 
 
 async def run() -> int:

@@ -16,6 +16,12 @@ Run: ``python -m consumers.auditor``. Environment (besides :mod:`producers.commo
 - ``GROUP_ID``: consumer group prefix [``auditor``]
 - ``PROVENANCE_TTL_MS``: index entry lifetime; set it to the topics' retention.ms [604800000]
 - ``STATUS_INTERVAL_S``: how often the verdict counts are logged [5]
+
+Dead letters are unauthenticated (anyone who may write the dead-letter topic can forge one), so
+the auditor's tables are bounded whatever arrives: reasons outside the library's reason codes
+count as ``other``; source topics beyond the audited ones and :data:`MAX_EXTRA_TOPICS` more count
+as ``other``; a record that is not a well-formed dead letter is counted (``malformed_dead_letters``)
+and logged, escaped, never fatal.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import contextlib
 import logging
 import sys
 from collections import Counter
+from collections.abc import Iterable
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -47,24 +54,60 @@ from signed_bus import (
     ConsumedMessage,
     ConsumerOptions,
     DeadLetter,
+    MalformedDeadLetter,
     Position,
     ProvenanceIndex,
     RedisReplayGuard,
+    VerificationError,
     Verifier,
     VerifyingConsumer,
+    printable,
 )
 
 AGENT = "auditor"
+
+#: The label of every count whose reason or topic is not one the auditor keeps apart.
+OTHER = "other"
+#: Source topics counted apart besides the audited ones (first come, first counted).
+MAX_EXTRA_TOPICS = 32
+# Malformed letters logged one by one, then one line per this many (a flood of forgeries must not
+# flood the log too); every one is counted.
+_LOG_EVERY_MALFORMED = 1000
+_LOG_FIRST_MALFORMED = 10
+
+
+def reason_codes() -> frozenset[str]:
+    """Every reason code the library's verification errors carry: the closed set of reasons
+    the auditor counts apart."""
+    codes: set[str] = set()
+    pending: list[type[VerificationError]] = [VerificationError]
+    while pending:
+        cls = pending.pop()
+        codes.add(cls.reason)
+        pending.extend(cls.__subclasses__())
+    return frozenset(codes)
 
 
 class Auditor:
     """Counts and indexes; the lifecycles of its consumers belong to :func:`run`."""
 
-    def __init__(self, index: ProvenanceIndex) -> None:
+    def __init__(
+        self,
+        index: ProvenanceIndex,
+        *,
+        topics: Iterable[str] = (),
+        max_extra_topics: int = MAX_EXTRA_TOPICS,
+    ) -> None:
         self.index = index
         self.accepted: Counter[str] = Counter()
         self.indexed = 0
+        # source topic label -> reason label -> count; both label sets are bounded.
         self.dead_letters: dict[str, Counter[str]] = {}
+        self.malformed_dead_letters = 0
+        self._reasons = reason_codes()
+        self._topics = set(topics)
+        self._extra_topics: set[str] = set()
+        self._max_extra_topics = max_extra_topics
 
     async def on_verified(self, message: ConsumedMessage) -> None:
         self.accepted[message.topic] += 1
@@ -75,7 +118,21 @@ class Auditor:
         self.indexed += new
 
     def on_dead_letter(self, letter: DeadLetter) -> None:
-        self.dead_letters.setdefault(letter.source_topic, Counter())[letter.reason] += 1
+        reason = letter.reason if letter.reason in self._reasons else OTHER
+        self.dead_letters.setdefault(self._topic_label(letter.source_topic), Counter())[reason] += 1
+
+    def on_malformed_dead_letter(self) -> int:
+        """Count a record of a dead-letter topic that is not a dead letter; returns the count."""
+        self.malformed_dead_letters += 1
+        return self.malformed_dead_letters
+
+    def _topic_label(self, topic: str) -> str:
+        if topic in self._topics or topic in self._extra_topics:
+            return topic
+        if len(self._extra_topics) < self._max_extra_topics:
+            self._extra_topics.add(topic)
+            return topic
+        return OTHER
 
     def summary(self, consumers: dict[str, VerifyingConsumer]) -> dict[str, Any]:
         topics = {}
@@ -89,20 +146,47 @@ class Auditor:
         return {
             "topics": topics,
             "dead_letters": {t: dict(c) for t, c in self.dead_letters.items()},
+            "malformed_dead_letters": self.malformed_dead_letters,
             "indexed": self.indexed,
         }
 
 
 def format_summary(summary: dict[str, Any]) -> str:
+    """One log line; topic and reason labels are escaped (dead letters name them)."""
     parts = []
     for topic, counts in summary["topics"].items():
-        rejected = ",".join(f"{r}={n}" for r, n in sorted(counts["rejected"].items())) or "-"
-        parts.append(f"{topic}: ok={counts['ok']} rejected[{rejected}]")
+        rejected = (
+            ",".join(f"{printable(r)}={n}" for r, n in sorted(counts["rejected"].items())) or "-"
+        )
+        parts.append(f"{printable(topic)}: ok={counts['ok']} rejected[{rejected}]")
     for topic, counts in summary["dead_letters"].items():
-        dead = ",".join(f"{r}={n}" for r, n in sorted(counts.items()))
-        parts.append(f"dlq({topic}): {dead}")
+        dead = ",".join(f"{printable(r)}={n}" for r, n in sorted(counts.items()))
+        parts.append(f"dlq({printable(topic)}): {dead}")
+    if summary.get("malformed_dead_letters"):
+        parts.append(f"dlq malformed={summary['malformed_dead_letters']}")
     parts.append(f"indexed={summary['indexed']}")
     return " | ".join(parts)
+
+
+def count_dead_letter(auditor: Auditor, record: Any, log: logging.Logger) -> None:
+    """Count one record of a dead-letter topic; a malformed one is counted and logged (escaped,
+    rate-limited), never raised: a forged record must not stop the auditor, before or after a
+    restart."""
+    try:
+        letter = DeadLetter.from_record(record)
+    except MalformedDeadLetter as exc:
+        count = auditor.on_malformed_dead_letter()
+        if count <= _LOG_FIRST_MALFORMED or count % _LOG_EVERY_MALFORMED == 0:
+            log.warning(
+                "record %s[%s]@%s is not a dead letter (%s); %d such record(s) so far",
+                printable(str(getattr(record, "topic", "?"))),
+                printable(str(getattr(record, "partition", "?"))),
+                printable(str(getattr(record, "offset", "?"))),
+                printable(str(exc)),
+                count,
+            )
+        return
+    auditor.on_dead_letter(letter)
 
 
 async def tail_dead_letters(
@@ -112,10 +196,7 @@ async def tail_dead_letters(
         batch = await consumer.getmany(timeout_ms=500, max_records=500)
         for records in batch.values():
             for record in records:
-                try:
-                    auditor.on_dead_letter(DeadLetter.from_record(record))
-                except ValueError:
-                    log.warning("a record on %s is not a dead letter", record.topic)
+                count_dead_letter(auditor, record, log)
         if batch:
             await consumer.commit()
 
@@ -131,7 +212,7 @@ async def run() -> int:
     index = ProvenanceIndex(
         redis, ttl_ms=env_int("PROVENANCE_TTL_MS", 7 * 24 * 3600 * 1000), prefix=env.state_prefix
     )
-    auditor = Auditor(index)
+    auditor = Auditor(index, topics=topics)
     guard = RedisReplayGuard.from_url(
         env.redis_url, max_age_ms=env.max_age_ms, future_skew_ms=5_000, prefix=env.replay_prefix
     )

@@ -59,6 +59,7 @@ from signed_bus import (
     Signer,
     Verifier,
     VerifyingConsumer,
+    printable,
 )
 
 AGENT = "planner"
@@ -86,13 +87,17 @@ class Planner:
         position = f"{message.topic}:{message.partition}:{message.offset}"
         if verified.issuer not in self._allowed:
             self.counts["unexpected_issuer"] += 1
-            self._log.warning("ignoring a result from issuer %s at %s", verified.issuer, position)
+            self._log.warning(
+                "ignoring a result from issuer %s at %s", printable(verified.issuer), position
+            )
             return []
         try:
             result = InferenceResult.from_payload(message.payload)
         except ValueError as exc:
             self.counts["bad_payload"] += 1
-            self._log.warning("ignoring a record that is not a result at %s: %s", position, exc)
+            self._log.warning(
+                "ignoring a record that is not a result at %s: %s", position, printable(str(exc))
+            )
             return []
         plan = make_plan(result, source_digest=verified.digest)
         # One field per delivered record position: idempotent when a batch is re-processed.

@@ -59,6 +59,7 @@ from signed_bus import (
     Tracer,
     Verifier,
     create_topics,
+    printable,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -358,8 +359,9 @@ class Demo:
             for link in report.origins
         )
         header = (
-            f"action {record['action_id']} ({record['verb']} {record['target']}) executed by "
-            f"the action agent from the plan at {start}:"
+            f"action {printable(str(record['action_id']))} ({printable(str(record['verb']))} "
+            f"{printable(str(record['target']))}) executed by the action agent from the plan at "
+            f"{printable(str(start))}:"
         )
         command = (
             f"  (again: {_cli()} trace --position {start.topic}:{start.partition}:"

@@ -10,6 +10,9 @@ agent's execution records are compared against that:
   delivered at two positions (a replayed copy) -> ATTACK THROUGH;
 - an action executed twice, or an action no honest plan contains -> ATTACK THROUGH / DUPLICATE;
 - attacks published into a topic versus records dead-lettered from it -> every attack dropped.
+
+The report quotes record content (prompt and action ids, dead-letter topics and reasons): it is
+escaped with :func:`signed_bus.printable` where the report is formatted.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import Any
 
 from consumers.plans import make_plan
 from producers.model import StandInModel, prompts
+from signed_bus import printable
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,13 +226,14 @@ def format_report(findings: Findings, *, trace: str | None, elapsed_s: float) ->
         f"attacks tried .................. {attacks['tried_total']}",
     ]
     for kind, count in sorted(findings.attacks_tried.items()):
-        lines.append(f"    {kind:<24} {count}")
+        lines.append(f"    {printable(kind):<24} {count}")
     lines.append(f"attacks dropped (dead letters) . {attacks['dropped_total']}")
     for topic, reasons in sorted(findings.dropped_by_topic.items()):
         into = findings.attacks_into_topic.get(topic, 0)
-        detail = ", ".join(f"{r}={n}" for r, n in sorted(reasons.items()))
-        lines.append(f"    {topic}: {sum(reasons.values())} of {into} ({detail})")
+        detail = ", ".join(f"{printable(r)}={n}" for r, n in sorted(reasons.items()))
+        lines.append(f"    {printable(topic)}: {sum(reasons.values())} of {into} ({detail})")
     if trace:
+        # Already escaped where it was built (TraceReport.format and the demo's header line).
         lines += ["", "provenance of one executed action (signed-bus trace):", trace]
     lines.append("")
     if findings.ok:
@@ -241,6 +246,6 @@ def format_report(findings: Findings, *, trace: str | None, elapsed_s: float) ->
         for problem in findings.problems:
             lines.append(f"  - {problem}")
         for item in (findings.lost + findings.through)[:20]:
-            lines.append(f"    {item}")
+            lines.append(f"    {printable(item)}")
     lines.append("=" * 72)
     return "\n".join(lines)

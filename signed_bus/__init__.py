@@ -3,8 +3,10 @@
 Everything an application needs is re-exported here: the signing core, the Kafka wrappers
 (SignedProducer, VerifyingConsumer), the Redis replay guard and the topic helper. Submodules hold
 the rest (``signed_bus.deadletter`` for the dead-letter header names, ``signed_bus.bench``...).
+:func:`printable` escapes record text for terminals and logs.
 """
 
+from signed_bus._text import printable
 from signed_bus.clock import Clock, system_clock
 from signed_bus.consumer import (
     Backoff,
@@ -21,6 +23,7 @@ from signed_bus.errors import (
     ConfigurationError,
     EnvelopeTooLarge,
     Expired,
+    MalformedDeadLetter,
     MalformedEnvelope,
     MalformedPayload,
     NotYetValid,
@@ -94,6 +97,7 @@ __all__ = [
     "HmacKey",
     "Key",
     "Keyring",
+    "MalformedDeadLetter",
     "MalformedEnvelope",
     "MalformedPayload",
     "NotYetValid",
@@ -134,5 +138,6 @@ __all__ = [
     "envelope_digest",
     "generate_ed25519_key",
     "generate_hmac_key",
+    "printable",
     "system_clock",
 ]

@@ -16,7 +16,9 @@ module in :data:`COMMAND_MODULES`. Import heavy dependencies (aiokafka, redis) i
 so that ``signed-bus keygen`` stays fast and works without them configured.
 
 Nothing here prints key material: keys are shown through their repr (kid, alg, issuers), and
-EdDSA public keys, which are not secret, in base64url.
+EdDSA public keys, which are not secret, in base64url. Text that comes from an envelope, a record
+or a file is shown through :func:`signed_bus._text.printable` (``str()`` of a VerificationError is
+already escaped), so it cannot move the cursor, erase lines or start new ones.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, TextIO, TypeAlias
 
+from signed_bus._text import printable
 from signed_bus.clock import system_clock
 from signed_bus.errors import ConfigurationError, SignedBusError, VerificationError
 from signed_bus.keys import (
@@ -78,8 +81,10 @@ def _out() -> TextIO:
     return sys.stdout
 
 
-def _err(message: str) -> None:
-    print(f"signed-bus: error: {message}", file=sys.stderr)
+def _err(message: str, *, escaped: bool = False) -> None:
+    """Print an error; ``message`` may quote file names, topics or record text, so it is escaped
+    unless it already is (``str()`` of a VerificationError)."""
+    print(f"signed-bus: error: {message if escaped else printable(message)}", file=sys.stderr)
 
 
 # -- keygen ---------------------------------------------------------------------------------------
@@ -279,11 +284,6 @@ def _record_key(args: argparse.Namespace) -> bytes | None:
     return None
 
 
-def _text(value: str) -> str:
-    """Header text is unauthenticated input: never send control characters to a terminal."""
-    return value if value.isprintable() else repr(value)
-
-
 def _iso_ms(ms: int) -> str:
     try:
         moment = datetime.datetime.fromtimestamp(ms / 1000, tz=datetime.UTC)
@@ -323,12 +323,12 @@ def _print_header(envelope: Envelope, out: TextIO) -> None:
     header = envelope.header
     rows: list[tuple[str, str]] = [
         ("version", TAG),
-        ("alg", _text(header.alg)),
-        ("kid", _text(header.kid)),
-        ("issuer", _text(header.issuer)),
-        ("model", _text(header.model)),
-        ("content type", _text(header.content_type)),
-        ("topic", _text(header.topic)),
+        ("alg", printable(header.alg)),
+        ("kid", printable(header.kid)),
+        ("issuer", printable(header.issuer)),
+        ("model", printable(header.model)),
+        ("content type", printable(header.content_type)),
+        ("topic", printable(header.topic)),
         (
             "key digest",
             "none (null record key)" if header.key_digest is None else header.key_digest.hex(),
@@ -462,7 +462,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _err(str(exc))
         return EXIT_USAGE
     except SignedBusError as exc:
-        _err(str(exc))
+        _err(str(exc), escaped=isinstance(exc, VerificationError))
         return EXIT_FAILED
     except OSError as exc:
         # Only the strerror and the file name: an OSError's args never hold file contents.

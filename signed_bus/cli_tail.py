@@ -5,6 +5,9 @@ group disturbed) and does not claim nonces in the shared replay set (a look must
 what the pipeline delivers), so replays show as OK here: the consumers' dead-letter topics say
 which copies they dropped. Freshness is judged against the broker's append time when the topic
 uses LogAppendTime, as the consumers do.
+
+Every record field is shown through :func:`signed_bus._text.printable`: a signed issuer or model
+is still text of the signer's choosing, and must not be able to rewrite the lines printed.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import asyncio
 import sys
 from typing import TYPE_CHECKING, Any, TextIO
 
+from signed_bus._text import printable
 from signed_bus.cli_trace import add_connection_options, keyring_from_args
 
 if TYPE_CHECKING:
@@ -102,14 +106,14 @@ async def _run(args: argparse.Namespace, keyring: Keyring, out: TextIO) -> int:
             last = loop.time()
             for record in records:
                 reference = record.timestamp if record.timestamp_type == _LOG_APPEND_TIME else None
-                where = f"{record.topic}[{record.partition}]@{record.offset}"
+                where = f"{printable(record.topic)}[{record.partition}]@{record.offset}"
                 try:
                     message = verifier.verify(
                         record.value, topic=record.topic, key=record.key, reference_ms=reference
                     )
                 except VerificationError as exc:
                     verdict = exc.reason
-                    print(f"{where}  REJECT {exc}", file=out)
+                    print(f"{where}  REJECT {exc}", file=out)  # str() escapes the record's text
                 else:
                     verdict = "ok"
                     print(f"{where}  OK {_describe(message)}", file=out)
@@ -131,6 +135,6 @@ def _describe(message: Any) -> str:
     stamp = iso_ms(message.created_at)  # guarded: a validly signed created_at can be huge
     parents = f" parents={len(message.parents)}" if message.parents else ""
     return (
-        f"issuer={message.issuer} model={message.model} created_at={stamp} "
+        f"issuer={printable(message.issuer)} model={printable(message.model)} created_at={stamp} "
         f"digest={message.digest.hex()[:16]}{parents}"
     )

@@ -4,6 +4,8 @@ Start from a record in Kafka (``--position topic:partition:offset``) or an envel
 file (``--file``). Every parent is looked up in the provenance index (Redis), read back from
 Kafka, checked against its digest and verified in audit mode; the chain is printed link by link.
 Exit 0: every link verified; 1: a link is missing, tampered or invalid; 2: usage/configuration.
+Record text in the report is escaped (:meth:`signed_bus.provenance.TraceLink.describe`), so a
+signed model name cannot print a fake "chain verified" line.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
+from signed_bus._text import printable
 from signed_bus.errors import ConfigurationError, SignedBusError
 
 if TYPE_CHECKING:
@@ -130,7 +133,7 @@ async def _run(
             try:
                 header = decode_envelope(value).header
             except SignedBusError as exc:
-                print(f"{args.file}: not an envelope ({exc})", file=sys.stderr)
+                print(f"{printable(args.file)}: not an envelope ({exc})", file=sys.stderr)
                 return 1
             key = None
             if args.key_hex is not None:

@@ -19,7 +19,8 @@ from __future__ import annotations
 import asyncio
 import enum
 import hashlib
-from collections.abc import Sequence
+import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +33,7 @@ from aiokafka.errors import (
     RecordTooLargeError,
 )
 
-from .errors import VerificationError
+from .errors import MalformedDeadLetter, VerificationError
 
 __all__ = [
     "HEADER_ERROR",
@@ -46,6 +47,7 @@ __all__ = [
     "HEADER_VALUE_OMITTED",
     "DeadLetter",
     "DeadLetterWriter",
+    "MalformedDeadLetter",
     "Omitted",
     "dead_letter_headers",
     "header_map",
@@ -67,6 +69,19 @@ HEADER_VALUE_OMITTED = "signed-bus-value-omitted"
 HEADER_KEY_OMITTED = "signed-bus-key-omitted"
 #: The SHA-256 of the omitted key, lowercase hex (only with :data:`HEADER_KEY_OMITTED`).
 HEADER_KEY_SHA256 = "signed-bus-key-sha256"
+_KNOWN_HEADERS = frozenset(
+    {
+        HEADER_REASON,
+        HEADER_SOURCE_TOPIC,
+        HEADER_SOURCE_PARTITION,
+        HEADER_SOURCE_OFFSET,
+        HEADER_SOURCE_TIMESTAMP,
+        HEADER_ERROR,
+        HEADER_VALUE_OMITTED,
+        HEADER_KEY_OMITTED,
+        HEADER_KEY_SHA256,
+    }
+)
 
 # Error messages are library-made and short; the cap keeps one odd message from bloating a record.
 _MAX_ERROR_BYTES = 512
@@ -110,7 +125,28 @@ class Omitted(enum.IntEnum):
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
-    """A dead letter read back from the dead-letter topic (see :meth:`from_record`)."""
+    """A dead letter read back from the dead-letter topic: build it with :meth:`from_record`.
+
+    Nothing here is authenticated: anyone with write rights on the dead-letter topic can write a
+    record that parses. The parser only guarantees the shapes below, so the fields can be
+    counted and shown (through :func:`signed_bus.printable`) without surprises.
+
+    - ``reason``: the rejection's reason code, 1 to 64 characters of ``a-z``, ``0-9`` and ``_``
+      (the :class:`~signed_bus.errors.VerificationError` codes; a reader should still treat an
+      unknown code as such, not trust it);
+    - ``source_topic``: where the rejected record was read, a legal Kafka topic name (1 to 249
+      characters of ``A-Z a-z 0-9 . _ -``);
+    - ``source_partition``, ``source_offset``: its position, non-negative integers below 2**63;
+    - ``source_timestamp``: its Kafka timestamp in ms, or None when the header is absent;
+    - ``error``: the error's text as the consumer logged it (already escaped by
+      ``VerificationError.__str__``), at most 4096 bytes, undecodable bytes replaced;
+    - ``value``: the rejected record's value bytes, None when ``value_omitted`` (it did not fit)
+      or when the record has no value;
+    - ``key``: the rejected record's key, None when it had none or when ``key_omitted``;
+    - ``value_omitted``, ``key_omitted``: the writer left the value (then the key too) out;
+    - ``key_sha256``: with ``key_omitted``, the SHA-256 of the omitted key as 64 lowercase hex
+      characters, else None.
+    """
 
     reason: str
     source_topic: str
@@ -127,35 +163,117 @@ class DeadLetter:
 
     @classmethod
     def from_record(cls, record: Any) -> DeadLetter:
-        """Parse an aiokafka ``ConsumerRecord`` of the dead-letter topic.
+        """Parse a ``ConsumerRecord`` of the dead-letter topic.
 
-        Raises ``ValueError`` when the record lacks the headers a dead letter carries.
+        Raises :class:`~signed_bus.errors.MalformedDeadLetter` (a ValueError) for anything that
+        is not a dead letter of the shape above: a missing, null, non-UTF-8, repeated, oversized
+        or out-of-range ``signed-bus-*`` header, a flag other than ``1``, a value or key that is
+        not bytes. It raises nothing else, whatever the record holds. Headers that are not the
+        library's own are ignored. The message names the header, never its value.
         """
-        found = header_map(record.headers)
-        try:
-            reason = found[HEADER_REASON].decode()
-            topic = found[HEADER_SOURCE_TOPIC].decode()
-            partition = int(found[HEADER_SOURCE_PARTITION])
-            offset = int(found[HEADER_SOURCE_OFFSET])
-        except (KeyError, ValueError) as exc:
-            raise ValueError("not a signed-bus dead letter: missing or bad headers") from exc
-        timestamp = found.get(HEADER_SOURCE_TIMESTAMP)
-        omitted = found.get(HEADER_VALUE_OMITTED) == b"1"
-        key_omitted = found.get(HEADER_KEY_OMITTED) == b"1"
-        digest = found.get(HEADER_KEY_SHA256) if key_omitted else None
+        found = _dead_letter_headers(getattr(record, "headers", None))
+        reason = _text_header(found, HEADER_REASON, _REASON_RE)
+        topic = _text_header(found, HEADER_SOURCE_TOPIC, _TOPIC_RE)
+        partition = _int_header(found, HEADER_SOURCE_PARTITION, minimum=0)
+        offset = _int_header(found, HEADER_SOURCE_OFFSET, minimum=0)
+        timestamp = (
+            _int_header(found, HEADER_SOURCE_TIMESTAMP, minimum=-(2**63))
+            if HEADER_SOURCE_TIMESTAMP in found
+            else None
+        )
+        error = found.get(HEADER_ERROR, b"")
+        if len(error) > _MAX_READ_ERROR_BYTES:
+            raise MalformedDeadLetter(f"header {HEADER_ERROR} is longer than a dead letter's")
+        omitted = _flag_header(found, HEADER_VALUE_OMITTED)
+        key_omitted = _flag_header(found, HEADER_KEY_OMITTED)
+        digest = None
+        if key_omitted:
+            digest = _text_header(found, HEADER_KEY_SHA256, _SHA256_HEX_RE)
+        value = getattr(record, "value", None)
+        key = getattr(record, "key", None)
+        if not isinstance(value, bytes | None) or not isinstance(key, bytes | None):
+            raise MalformedDeadLetter("the record's value and key must be bytes or null")
         return cls(
             reason=reason,
             source_topic=topic,
             source_partition=partition,
             source_offset=offset,
-            error=found.get(HEADER_ERROR, b"").decode("utf-8", "replace"),
-            value=None if omitted else record.value,
-            key=None if key_omitted else record.key,
+            # The writer cuts the text at a byte count, possibly inside a character.
+            error=error.decode("utf-8", "replace"),
+            value=None if omitted else value,
+            key=None if key_omitted else key,
             value_omitted=omitted,
-            source_timestamp=int(timestamp) if timestamp is not None else None,
+            source_timestamp=timestamp,
             key_omitted=key_omitted,
-            key_sha256=digest.decode("ascii", "replace") if digest is not None else None,
+            key_sha256=digest,
         )
+
+
+# The shapes DeadLetter.from_record accepts (see its docstring).
+_REASON_RE = re.compile(r"[a-z0-9_]{1,64}")
+_TOPIC_RE = re.compile(r"[A-Za-z0-9._-]{1,249}")  # Kafka's legal topic names
+_SHA256_HEX_RE = re.compile(r"[0-9a-f]{64}")
+_INT_RE = re.compile(r"-?[0-9]{1,19}")
+# Well above what the writer produces (_MAX_ERROR_BYTES): a reader must not refuse letters from
+# a writer with a somewhat larger cap, only absurd ones.
+_MAX_READ_ERROR_BYTES = 4096
+_OWN_PREFIX = "signed-bus-"
+
+
+def _dead_letter_headers(headers: object) -> dict[str, bytes]:
+    """The library's own headers of a dead letter, each present at most once."""
+    if headers is None:
+        headers = ()
+    if isinstance(headers, str | bytes) or not isinstance(headers, Iterable):
+        raise MalformedDeadLetter("the record's headers are not a list of (name, value) pairs")
+    found: dict[str, bytes] = {}
+    for item in headers:
+        if not isinstance(item, tuple | list) or len(item) != 2:
+            raise MalformedDeadLetter("the record's headers are not a list of (name, value) pairs")
+        name, raw = item
+        if not isinstance(name, str) or not name.startswith(_OWN_PREFIX):
+            continue  # not ours (tracing headers and the like): ignored
+        if name in found:
+            # Which copy the writer meant is unknowable: a repeat is a forgery or a bug.
+            raise MalformedDeadLetter(f"header {_shown(name)} appears more than once")
+        if not isinstance(raw, bytes):
+            raise MalformedDeadLetter(f"header {_shown(name)} has a null or non-bytes value")
+        found[name] = raw
+    return found
+
+
+def _shown(name: str) -> str:
+    # A header name is attacker text too; ours are short ASCII, anything else is not named.
+    return name if name in _KNOWN_HEADERS else "signed-bus-(unknown)"
+
+
+def _text_header(found: dict[str, bytes], name: str, shape: re.Pattern[str]) -> str:
+    raw = found.get(name)
+    if raw is None:
+        raise MalformedDeadLetter(f"not a signed-bus dead letter: header {name} is missing")
+    try:
+        text = raw.decode("ascii")
+    except UnicodeDecodeError:
+        raise MalformedDeadLetter(f"header {name} is not ASCII text") from None
+    if not shape.fullmatch(text):
+        raise MalformedDeadLetter(f"header {name} does not have the expected form")
+    return text
+
+
+def _int_header(found: dict[str, bytes], name: str, *, minimum: int) -> int:
+    number = int(_text_header(found, name, _INT_RE))
+    if not minimum <= number < 2**63:
+        raise MalformedDeadLetter(f"header {name} is out of range")
+    return number
+
+
+def _flag_header(found: dict[str, bytes], name: str) -> bool:
+    raw = found.get(name)
+    if raw is None:
+        return False
+    if raw != b"1":
+        raise MalformedDeadLetter(f"header {name} must be 1 when present")
+    return True
 
 
 class DeadLetterWriter:

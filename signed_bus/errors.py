@@ -3,7 +3,9 @@
 Every library error derives from :class:`SignedBusError`. Verification failures derive from
 :class:`VerificationError` and carry a stable ``reason`` code (used for metrics, dead-letter
 headers and log lines) plus optional context: the key id, the issuer and the record position.
-Context never includes key material or payload bytes, so an error can be logged as is.
+Context never includes key material or payload bytes, so an error can be logged as is: the kid,
+issuer and topic come from the record, so ``str()`` escapes them and the message with
+:func:`signed_bus._text.printable` (the attributes keep the values as they were).
 """
 
 from __future__ import annotations
@@ -11,12 +13,15 @@ from __future__ import annotations
 import copy
 from typing import ClassVar
 
+from signed_bus._text import printable
+
 __all__ = [
     "AlgorithmMismatch",
     "BadSignature",
     "ConfigurationError",
     "EnvelopeTooLarge",
     "Expired",
+    "MalformedDeadLetter",
     "MalformedEnvelope",
     "MalformedPayload",
     "NotYetValid",
@@ -52,6 +57,11 @@ class UnsupportedContentType(SignedBusError, ValueError):
     """
 
 
+class MalformedDeadLetter(SignedBusError, ValueError):
+    """A record of a dead-letter topic is not a well-formed dead letter (see
+    ``DeadLetter.from_record``). The message names the header at fault, never its value."""
+
+
 class VerificationError(SignedBusError):
     """A record value failed verification. ``reason`` is a stable code, one per subclass."""
 
@@ -84,8 +94,10 @@ class VerificationError(SignedBusError):
         return new
 
     def __str__(self) -> str:
+        # Escaped here, not when stored: str() is what log lines, dead-letter headers and the CLI
+        # show, and every context value can be attacker-chosen text.
         context = [
-            f"{name}={value!r}"
+            f"{name}={value}" if isinstance(value, int) else f"{name}='{printable(value)}'"
             for name, value in (
                 ("kid", self.kid),
                 ("issuer", self.issuer),
@@ -95,7 +107,7 @@ class VerificationError(SignedBusError):
             )
             if value is not None
         ]
-        text = f"{self.reason}: {self.message}" if self.message else self.reason
+        text = f"{self.reason}: {printable(self.message)}" if self.message else self.reason
         return f"{text} ({', '.join(context)})" if context else text
 
     def __repr__(self) -> str:

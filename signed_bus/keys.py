@@ -594,9 +594,19 @@ class Keyring:
 
     @classmethod
     def from_json(cls, text: str | bytes, *, source: str = "keyring JSON") -> Keyring:
-        """Parse key file contents. Errors name ``source``, never the contents."""
+        """Parse key file contents. Errors name ``source``, never the contents.
+
+        A member repeated in any JSON object is refused: parsers disagree on which copy wins
+        (Python keeps the last), so a repeated ``secret`` or ``issuers`` could mean one key to
+        a reviewer and another to the loader.
+        """
         try:
-            document = json.loads(text)
+            document = json.loads(text, object_pairs_hook=_refuse_duplicate_members)
+        except _DuplicateMember as exc:
+            raise ConfigurationError(
+                f"{source}: member {_describe_fields([exc.name])} appears more than once in a "
+                "JSON object"
+            ) from None
         except json.JSONDecodeError as exc:
             # The exception object holds the whole document: report the position only and do not
             # chain it (tracebacks and error trackers would carry the secrets along).
@@ -619,19 +629,25 @@ class Keyring:
     def from_file(cls, path: str | os.PathLike[str]) -> Keyring:
         """Load the ring from a key file.
 
-        Refuses a file that other users could write (they could add a key the ring then trusts)
-        and, if it holds secrets, one that group or others can read. The mode is checked on the
-        opened file, so a swap between check and read cannot slip through.
+        Refuses anything but a regular file (a FIFO or device is refused at once, never waited
+        on), a file owned by another user than this process's or root (its owner could change
+        the keys), a file that other users could write (they could add a key the ring then
+        trusts) and, if it holds secrets, one that group or others can read. Every check is made
+        on the opened file, so a swap between check and read cannot slip through. A symbolic
+        link is followed (Kubernetes mounts secrets as links); the checks apply to its target.
         """
         name = os.fspath(path)
+        # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer, forever.
+        flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
         try:
-            fd = os.open(name, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            fd = os.open(name, flags)
         except OSError as exc:
             raise ConfigurationError(f"cannot open key file {name}: {exc.strerror}") from None
         try:
             info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode):
                 raise ConfigurationError(f"key file {name} is not a regular file")
+            _check_owner(name, info.st_uid)
             mode = stat.S_IMODE(info.st_mode)
             if mode & (stat.S_IWGRP | stat.S_IWOTH):
                 raise ConfigurationError(
@@ -698,6 +714,34 @@ class Keyring:
             if os.path.lexists(tmp):
                 os.unlink(tmp)
         _fsync_directory(directory)
+
+
+class _DuplicateMember(ValueError):
+    def __init__(self, name: str) -> None:
+        super().__init__("duplicate member")
+        self.name = name
+
+
+def _refuse_duplicate_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json.loads`` object hook: builds every object, at any depth, refusing repeats."""
+    document: dict[str, Any] = {}
+    for name, value in pairs:
+        if name in document:
+            raise _DuplicateMember(name)
+        document[name] = value
+    return document
+
+
+def _check_owner(name: str, uid: int) -> None:
+    geteuid = getattr(os, "geteuid", None)
+    if geteuid is None:  # no POSIX owners (Windows): nothing to compare
+        return
+    user = geteuid()
+    if uid not in (user, 0):
+        raise ConfigurationError(
+            f"key file {name} is owned by uid {uid}, not by this user (uid {user}) or root: its "
+            f"owner could change the keys it holds; chown it to uid {user}"
+        )
 
 
 def _read_capped(fd: int, name: str) -> bytes:

@@ -33,6 +33,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from redis.exceptions import RedisError
 
+from signed_bus._text import printable
 from signed_bus.errors import ConfigurationError, SignedBusError, VerificationError
 from signed_bus.lifecycle import AsyncLifecycle
 from signed_bus.verifier import VerifiedMessage, Verifier
@@ -383,21 +384,26 @@ class TraceLink:
         return self.status == "ok"
 
     def describe(self) -> str:
-        where = str(self.position) if self.position else "(no position)"
+        """One line for a terminal. Record text (issuer, model, topic, the failure's detail) is
+        escaped: any key holder can sign a model name holding CR or ANSI sequences that would
+        otherwise rewrite the report."""
+        where = printable(str(self.position)) if self.position else "(no position)"
         head = f"{'  ' * self.depth}#{self.depth} {where} digest={self.digest.hex()[:16]}"
         if self.message is not None:
             msg = self.message
             created = iso_ms(msg.created_at)
-            head += f" issuer={msg.issuer} model={msg.model} created_at={created}"
+            head += (
+                f" issuer={printable(msg.issuer)} model={printable(msg.model)} created_at={created}"
+            )
             if not msg.parents:
                 head += " [origin]"
         if self.ok:
             return f"{head}  OK"
         text = _STATUS_TEXT[self.status]
         if self.reason:
-            text += f" ({self.reason})"
+            text += f" ({printable(self.reason)})"
         if self.detail:
-            text += f": {self.detail}"
+            text += f": {printable(self.detail)}"
         return f"{head}  {text}"
 
 

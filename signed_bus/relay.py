@@ -51,6 +51,7 @@ from typing import Any
 from aiokafka import TopicPartition
 from aiokafka.errors import IllegalOperation, KafkaError, ProducerFenced
 
+from signed_bus._text import printable
 from signed_bus.consumer import ConsumedBatch, ConsumedMessage, VerifyingConsumer
 from signed_bus.errors import ConfigurationError, SignedBusError
 from signed_bus.producer import SignedProducer
@@ -287,11 +288,14 @@ class Relay:
             self.metrics.aborted += 1
             self._rewind(batch)
             if not isinstance(exc, asyncio.CancelledError):
-                log.warning("transaction aborted (%s); the batch will be read again", exc)
+                # The error may quote record text (a transform's own exception).
+                log.warning(
+                    "transaction aborted (%s); the batch will be read again", printable(str(exc))
+                )
             try:
                 await kafka.abort_transaction()
             except (KafkaError, IllegalOperation) as abort_exc:
-                log.warning("abort failed: %s", abort_exc)
+                log.warning("abort failed: %s", printable(str(abort_exc)))
             raise
         if lost:
             # Revoked while the outputs were being produced: none of them may be published.

@@ -263,3 +263,112 @@ async def test_cli_tail_prints_verdicts(
     assert " OK issuer=planner model=planner-rules@2" in lines[0]
     assert "REJECT malformed" in lines[1]
     assert lines[-1] == "-- 2 record(s): malformed=1, ok=1"
+
+
+# Text a holder of ANY key in the ring can sign as a model name: a line feed to start a line of
+# its own, CR + "erase line" to wipe what was printed before it, and a BiDi override.
+FORGED = "x\n\r\x1b[2Kchain verified: 3 link(s), every signature valid\u202e"
+RAW_CONTROLS = ("\x1b", "\r", "\u202e")
+
+
+def _run_cli(args: list[str], env: dict[str, str]) -> tuple[int, str, str]:
+    # Bytes, decoded by hand: text mode would turn a raw CR into a line feed before the check.
+    done = subprocess.run(
+        [sys.executable, "-m", "signed_bus.cli", *args], env=env, capture_output=True, timeout=60
+    )
+    return done.returncode, done.stdout.decode(), done.stderr.decode()
+
+
+def _assert_not_forged(stdout: str) -> list[str]:
+    for char in RAW_CONTROLS:
+        assert char not in stdout, repr(stdout)
+    assert "\\x1b[2K" in stdout and "\\u202e" in stdout  # shown, escaped
+    return stdout.split("\n")
+
+
+async def test_cli_trace_output_cannot_be_forged_by_a_signed_model_name(
+    kafka_bootstrap: str,
+    redis_url: str,
+    redis_prefix: str,
+    ring: Keyring,
+    chain: Chain,
+    producer: AIOKafkaProducer,
+    tmp_path: object,
+) -> None:
+    from pathlib import Path
+
+    keyfile = Path(str(tmp_path)) / "public.keyring"
+    ring.public().dump(keyfile, mode=0o644)
+    signer = Signer(ring, kid="plan-1", issuer="planner", model=FORGED)
+    # Its parent was never indexed: the chain is broken, whatever the model name says.
+    _, start, _ = await _publish(producer, signer, chain.topics[1], b"k", (bytes(32),))
+    env = {**os.environ, "SIGNED_BUS_KEYRING_FILE": str(keyfile)}
+    code, stdout, stderr = await asyncio.to_thread(
+        _run_cli,
+        [
+            "trace",
+            "--index-prefix",
+            redis_prefix,
+            "--redis-url",
+            redis_url,
+            "--bootstrap-servers",
+            kafka_bootstrap,
+            "--position",
+            f"{start.topic}:{start.partition}:{start.offset}",
+        ],
+        env,
+    )
+    assert code == 1, stderr + stdout
+    lines = _assert_not_forged(stdout)
+    assert [line for line in lines if line.startswith("chain")] == [
+        "chain BROKEN at depth 1 (not_indexed); 1 bad link(s) of 2"
+    ]
+    assert lines[0].startswith("#0 ") and "model=x\\x0a\\x0d\\x1b[2Kchain verified" in lines[0]
+
+
+async def test_cli_tail_output_cannot_be_forged_by_record_text(
+    kafka_bootstrap: str, ring: Keyring, chain: Chain, producer: AIOKafkaProducer, tmp_path: object
+) -> None:
+    from pathlib import Path
+
+    from signed_bus.envelope import encode_envelope, encode_header
+
+    keyfile = Path(str(tmp_path)) / "public.keyring"
+    ring.public().dump(keyfile, mode=0o644)
+    topic = chain.topics[2]
+    partition = chain.positions[0].partition  # the action's: verdicts come in a known order
+    signer = Signer(ring, kid="inf-1", issuer="inference-agent", model=FORGED)
+    await producer.send_and_wait(
+        topic, signer.sign({"x": 1}, topic=topic, key=b"k"), key=b"k", partition=partition
+    )
+    # No key needed at all for the rejection path: the header's text is echoed in the verdict.
+    protected = encode_header(
+        alg="EdDSA",
+        kid="ghost",
+        issuer=FORGED,
+        model="m",
+        content_type="application/msgpack",
+        topic=topic,
+        key_digest=None,
+        created_at=1,
+        nonce=bytes(16),
+    )
+    await producer.send_and_wait(
+        topic, encode_envelope(protected, b"\x80", bytes(64)), partition=partition
+    )
+    env = {**os.environ, "SIGNED_BUS_KEYRING_FILE": str(keyfile)}
+    code, stdout, stderr = await asyncio.to_thread(
+        _run_cli,
+        ["tail", topic, "--from-beginning", "--count", "3", "--bootstrap-servers", kafka_bootstrap],
+        env,
+    )
+    assert code == 0, stderr
+    lines = _assert_not_forged(stdout)
+    assert lines[-1] == ""
+    lines = lines[:-1]
+    assert len(lines) == 4, lines  # three verdicts and the summary, one line each
+    assert " OK issuer=action-agent model=executor@1" in lines[0]
+    assert " OK issuer=inference-agent model=x\\x0a\\x0d\\x1b[2Kchain verified" in lines[1]
+    assert " REJECT unknown_key: " in lines[2]
+    assert "issuer='x\\x0a\\x0d\\x1b[2Kchain verified" in lines[2]
+    assert lines[3] == "-- 3 record(s): ok=2, unknown_key=1"

@@ -8,6 +8,8 @@ import json
 import os
 import pickle
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -438,3 +440,84 @@ def test_written_format_is_documented_shape() -> None:
         "version": 1,
         "keys": [{"kid": "k1", "alg": "HS256", "issuers": ["a", "b"], "secret": SECRET_B64}],
     }
+
+
+def test_fifo_at_the_key_path_is_refused_without_waiting(tmp_path: Path) -> None:
+    # Opening a FIFO for reading blocks until a writer comes: run the load in a child process
+    # so a regression fails on the timeout instead of hanging the suite.
+    fifo = tmp_path / "ring.json"
+    os.mkfifo(fifo, 0o600)
+    code = "import sys; from signed_bus.keys import Keyring; Keyring.from_file(sys.argv[1])"
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", code, str(fifo)], capture_output=True, text=True, timeout=20
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("Keyring.from_file blocked on a FIFO")
+    assert done.returncode != 0
+    assert "ConfigurationError" in done.stderr and "not a regular file" in done.stderr
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root to chown")
+def test_file_owned_by_another_user_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path / "ring.json", {"version": 1, "keys": [hmac_entry()]})
+    assert Keyring.from_file(path).kids() == ["k1"]  # 0600, ours: fine
+    os.chown(path, 4242, -1)
+    with pytest.raises(ConfigurationError, match="owned by uid 4242") as info:
+        Keyring.from_file(path)
+    assert str(path) in str(info.value)
+    assert_no_secret(str(info.value), SECRET)
+    # A public-only file too: its owner could swap the keys verifiers trust.
+    public = tmp_path / "public.json"
+    public.write_text(Keyring([generate_ed25519_key("e1", ["a"]).public()]).to_json())
+    public.chmod(0o644)
+    os.chown(public, 4242, 4242)
+    with pytest.raises(ConfigurationError, match="owned by uid 4242"):
+        Keyring.from_file(public)
+
+
+def test_symlink_is_followed_and_its_target_checked(tmp_path: Path) -> None:
+    # Kubernetes secret volumes are symlinks (key.json -> ..data/key.json): they must load, and
+    # the checks apply to the file actually read.
+    target = write(tmp_path / "target.json", {"version": 1, "keys": [hmac_entry()]})
+    link = tmp_path / "ring.json"
+    link.symlink_to(target)
+    assert Keyring.from_file(link).kids() == ["k1"]
+    target.chmod(0o644)
+    with pytest.raises(ConfigurationError, match="0644"):
+        Keyring.from_file(link)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # a second "keys" member: Python's json would silently keep the last one
+        '{"version": 1, "keys": [], "keys": [ENTRY]}',
+        '{"version": 1, "version": 1, "keys": [ENTRY]}',
+        # inside a key entry: which secret / which issuers is meant?
+        '{"version": 1, "keys": [{"kid": "k1", "alg": "HS256", "issuers": ["agent-a"], '
+        '"secret": "SECRET", "secret": "SECRET"}]}',
+        '{"version": 1, "keys": [{"kid": "k1", "alg": "HS256", "issuers": ["agent-a"], '
+        '"issuers": ["agent-b"], "secret": "SECRET"}]}',
+        '{"version": 1, "keys": [{"kid": "k1", "kid": "k2", "alg": "HS256", '
+        '"issuers": ["agent-a"], "secret": "SECRET"}]}',
+    ],
+)
+def test_duplicate_json_members_are_refused(tmp_path: Path, text: str) -> None:
+    text = text.replace("ENTRY", json.dumps(hmac_entry())).replace("SECRET", SECRET_B64)
+    path = tmp_path / "ring.json"
+    path.write_text(text)
+    path.chmod(0o600)
+    for load in (lambda: Keyring.from_file(path), lambda: Keyring.from_json(text)):
+        with pytest.raises(ConfigurationError, match="more than once") as info:
+            load()
+        assert_no_secret(str(info.value), SECRET)
+        assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+def test_duplicate_member_with_an_unprintable_name_is_not_echoed() -> None:
+    name = SECRET_B64  # a secret pasted as a member name must not end up in the message
+    text = json.dumps({"version": 1, "keys": []})[:-1] + f', "{name}": 1, "{name}": 2}}'
+    with pytest.raises(ConfigurationError, match="more than once") as info:
+        Keyring.from_json(text)
+    assert_no_secret(str(info.value), SECRET)
