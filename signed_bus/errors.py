@@ -97,7 +97,7 @@ class VerificationError(SignedBusError):
         # Escaped here, not when stored: str() is what log lines, dead-letter headers and the CLI
         # show, and every context value can be attacker-chosen text.
         context = [
-            f"{name}={value}" if isinstance(value, int) else f"{name}='{printable(value)}'"
+            f"{name}={value}" if isinstance(value, int) else f"{name}='{_quoted(value)}'"
             for name, value in (
                 ("kid", self.kid),
                 ("issuer", self.issuer),
@@ -188,3 +188,10 @@ class ReplayDetected(VerificationError):
     """The envelope's nonce was already claimed at another record position."""
 
     reason = "replay"
+
+
+def _quoted(value: str) -> str:
+    """``value`` escaped for a single-quoted context field: a quote inside it cannot end the
+    field early and forge another (``issuer='a', topic='x'``)."""
+    return printable(value).replace("'", "\\'")
+

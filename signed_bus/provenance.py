@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import hashlib
+import logging
 import re
 from collections import deque
 from collections.abc import Iterable
@@ -54,6 +55,8 @@ __all__ = [
     "partitions_of",
 ]
 
+log = logging.getLogger("signed_bus.provenance")
+
 RedisClient = aioredis.Redis | aioredis.RedisCluster
 
 
@@ -85,6 +88,22 @@ class Position:
         if not position.topic or position.partition < 0 or position.offset < 0:
             raise ConfigurationError(f"not a record position: {text!r}")
         return position
+
+
+def _parse_entry(raw: object) -> Position | None:
+    """An index entry ``partition:offset:topic`` as a Position; None (logged) if it is not one."""
+    try:
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else str(raw)
+        partition, offset, topic = text.split(":", 2)
+        if not (partition.isascii() and partition.isdigit() and offset.isascii()):
+            raise ValueError(text)
+        if not offset.isdigit() or not topic:
+            raise ValueError(text)
+        return Position(topic, int(partition), int(offset))
+    except ValueError:  # UnicodeDecodeError included
+        shown = raw if isinstance(raw, bytes) else str(raw).encode("utf-8", "replace")
+        log.warning("provenance index entry is not a position: %s", printable(shown[:200]))
+        return None
 
 
 # A ``password=`` query item (redis-py reads it as the password), up to the next item.
@@ -197,7 +216,9 @@ class ProvenanceIndex(AsyncLifecycle):
         raise self._unavailable("write", failure)
 
     async def lookup(self, digest: bytes) -> Position | None:
-        """The indexed position of ``digest``, or None if it was never indexed or expired."""
+        """The indexed position of ``digest``, or None if it was never indexed, expired, or its
+        entry is not a position (logged: the link then reads as not indexed instead of stopping
+        the walk)."""
         failure = None
         try:
             raw = await self._client.get(self.key(digest))
@@ -207,9 +228,7 @@ class ProvenanceIndex(AsyncLifecycle):
             raise self._unavailable("lookup", failure)
         if raw is None:
             return None
-        text = raw.decode() if isinstance(raw, bytes) else str(raw)
-        partition, offset, topic = text.split(":", 2)
-        return Position(topic, int(partition), int(offset))
+        return _parse_entry(raw)
 
     async def forget(self, digest: bytes) -> bool:
         """Drop one entry (an operator repairing the index); True if it existed."""

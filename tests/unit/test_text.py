@@ -142,3 +142,28 @@ def test_demo_report_escapes_what_records_and_dead_letters_say() -> None:
             assert char not in line
     assert "altered output for x\\x0a\\x0d\\x1b[2Kchain verified\\u202e" in text
     assert not any(line.startswith("chain verified") for line in text.split("\n"))
+
+
+def test_a_quote_in_error_context_cannot_forge_another_field() -> None:
+    from signed_bus.errors import UntrustedIssuer
+
+    text = str(UntrustedIssuer("no", kid="k", issuer="a', topic='forged"))
+    assert "topic='forged'" not in text
+    assert "issuer='a\\', topic=\\'forged'" in text
+
+
+async def test_a_garbled_provenance_entry_reads_as_not_indexed() -> None:
+    from signed_bus.provenance import Position, ProvenanceIndex
+
+    class Entries:
+        def __init__(self, value: object) -> None:
+            self.value = value
+
+        async def get(self, key: str) -> object:
+            return self.value
+
+    for raw in (b"garbage", b"\xff:1:t", b"1:x:t", b"-1:2:t", b"1:2:", b"\x1b[2K:1:t"):
+        index = ProvenanceIndex(Entries(raw), ttl_ms=1_000)  # type: ignore[arg-type]
+        assert await index.lookup(b"\x00" * 32) is None, raw
+    index = ProvenanceIndex(Entries(b"3:7:inference.results"), ttl_ms=1_000)  # type: ignore[arg-type]
+    assert await index.lookup(b"\x00" * 32) == Position("inference.results", 3, 7)
