@@ -21,7 +21,8 @@ with its partitions paused, so it stays in its group); then the same batch conti
 
 A record that waited after it verified (held for Redis, held for the dead-letter topic, a relay's
 transform) is checked against the whole freshness window again before it is claimed, delivered
-or relayed (:meth:`Verifier.check_fresh`; docs/OPERATIONS.md "Freshness re-checks").
+or relayed (:meth:`Verifier.check_fresh`; docs/OPERATIONS.md "Freshness re-checks"). Consumers
+read ``read_committed`` only (:func:`require_read_committed`).
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ __all__ = [
     "Handler",
     "Record",
     "VerifyingConsumer",
+    "require_read_committed",
 ]
 
 log = logging.getLogger("signed_bus.consumer")
@@ -80,10 +82,31 @@ class Record(Protocol):
 
 
 _LOG_APPEND_TIME = 1
+_READ_COMMITTED = "read_committed"
 # What a record waited for when a re-check finds it stale (ends the rejection's message).
 _HELD_FOR_GUARD = "the batch was held for the replay guard (Redis unavailable)"
 _HELD_FOR_DEAD_LETTERS = "the batch was held for the dead-letter topic (unavailable)"
 _HELD_FOR_RELAY = "the relay's transform ran, before its outputs were published"
+
+
+def require_read_committed(consumer: AIOKafkaConsumer) -> None:
+    """Refuse an ``AIOKafkaConsumer`` that reads records of aborted transactions.
+
+    aiokafka defaults to ``read_uncommitted``. A copy of an honest envelope inside a transaction
+    that is later aborted would then verify and claim the envelope's nonce at the copy's
+    position, and every group sharing the replay guard would drop the honest original as a
+    replay. Raises ConfigurationError naming the setting.
+    """
+    level = getattr(consumer, "_isolation_level", None)
+    if level != _READ_COMMITTED:
+        raise ConfigurationError(
+            f'the consumer must be built with isolation_level="read_committed" (it has '
+            f"{level!r}): a copy inside an aborted transaction would claim the nonce of the "
+            "honest record, which every group sharing the replay guard would then drop as a "
+            "replay"
+        )
+
+
 _NEW = ClaimVerdict.NEW
 _SAME = ClaimVerdict.SAME_POSITION
 _REPLAY = ClaimVerdict.REPLAY
@@ -93,9 +116,10 @@ _REPLAY = ClaimVerdict.REPLAY
 class ConsumerOptions:
     """How :class:`VerifyingConsumer` builds its own ``AIOKafkaConsumer`` (auto commit off).
 
-    ``isolation_level`` defaults to ``read_committed`` so records of aborted transactions (a relay
-    hop that failed mid-transaction) are never delivered. ``security`` is passed to aiokafka as
-    is (see :class:`~signed_bus.producer.ProducerOptions`) and kept out of ``repr``.
+    ``isolation_level`` is always ``read_committed`` (any other value is refused): a record of an
+    aborted transaction is never verified, claimed or delivered (see
+    :func:`require_read_committed`). ``security`` is passed to aiokafka as is (see
+    :class:`~signed_bus.producer.ProducerOptions`) and kept out of ``repr``.
     """
 
     bootstrap_servers: str | Sequence[str]
@@ -103,7 +127,7 @@ class ConsumerOptions:
     topics: Sequence[str]
     client_id: str | None = None
     auto_offset_reset: str = "earliest"
-    isolation_level: str = "read_committed"
+    isolation_level: str = _READ_COMMITTED
     session_timeout_ms: int = 10_000
     heartbeat_interval_ms: int = 3_000
     max_poll_interval_ms: int = 300_000
@@ -119,6 +143,11 @@ class ConsumerOptions:
             raise ConfigurationError("group_id is required: offsets are committed per group")
         if self.auto_offset_reset not in ("earliest", "latest"):
             raise ConfigurationError("auto_offset_reset must be 'earliest' or 'latest'")
+        if self.isolation_level != _READ_COMMITTED:
+            raise ConfigurationError(
+                'isolation_level must be "read_committed": a record of an aborted transaction '
+                "must never claim a nonce in the replay guard every group shares"
+            )
 
     def build(self) -> AIOKafkaConsumer:
         """A new, unsubscribed, unstarted consumer (needs a running event loop)."""
@@ -130,7 +159,7 @@ class ConsumerOptions:
             group_id=self.group_id,
             enable_auto_commit=False,
             auto_offset_reset=self.auto_offset_reset,
-            isolation_level=self.isolation_level,
+            isolation_level=_READ_COMMITTED,
             session_timeout_ms=self.session_timeout_ms,
             heartbeat_interval_ms=self.heartbeat_interval_ms,
             max_poll_interval_ms=self.max_poll_interval_ms,
@@ -286,11 +315,11 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 class VerifyingConsumer(AsyncLifecycle):
     """Delivers only verified, fresh, first-position records; commits only what was handled.
 
-    ``kafka`` is a built ``AIOKafkaConsumer`` (yours: created with ``enable_auto_commit=False``
-    and a ``group_id``, subscribed, started and stopped by you; pass
-    :attr:`rebalance_listener` to ``subscribe`` to commit finished records on a rebalance) or
-    :class:`ConsumerOptions` (built, subscribed and started by :meth:`start`, closed by
-    :meth:`stop`).
+    ``kafka`` is a built ``AIOKafkaConsumer`` (yours: created with ``enable_auto_commit=False``,
+    ``isolation_level="read_committed"`` and a ``group_id``, subscribed, started and stopped by
+    you; pass :attr:`rebalance_listener` to ``subscribe`` to commit finished records on a
+    rebalance) or :class:`ConsumerOptions` (built, subscribed and started by :meth:`start`,
+    closed by :meth:`stop`).
 
     ``guard`` is required unless the verifier is in audit mode (then it must be None: audit
     mode checks neither freshness nor replay). Its lifecycle is the caller's; claims start it.
@@ -326,6 +355,7 @@ class VerifyingConsumer(AsyncLifecycle):
                 )
             if getattr(kafka, "_group_id", None) is None:
                 raise ConfigurationError("the consumer needs a group_id to commit offsets")
+            require_read_committed(kafka)
             self._options = None
             self._consumer = kafka
         else:

@@ -12,7 +12,7 @@ Two delivery modes, per batch of the verifying consumer (:meth:`VerifyingConsume
   (as new envelopes with new nonces and the same parents).
 - exactly-once (``exactly_once=True``, a transactional producer): the outputs and the batch's
   offsets go into one Kafka transaction (``send_offsets_to_transaction``). Consumers of the
-  output topic that read ``read_committed`` (the default of :class:`ConsumerOptions`) see
+  output topic that read ``read_committed`` (all a :class:`VerifyingConsumer` accepts) see
   either all outputs of a batch, once, or none: an aborted or abandoned transaction delivers
   nothing downstream and its inputs are read again, from the last committed offsets.
 

@@ -43,6 +43,7 @@ from signed_bus.errors import BadSignature, ConfigurationError, Expired, ReplayG
 from signed_bus.keys import Keyring, generate_hmac_key
 from signed_bus.metrics import ConsumerMetrics
 from signed_bus.producer import ProducerOptions
+from signed_bus.provenance import RecordFetcher
 from signed_bus.replay import ClaimRow, ClaimVerdict, RedisReplayGuard
 from signed_bus.signer import Signer
 from signed_bus.verifier import Verifier
@@ -83,7 +84,10 @@ def record(
 @pytest.fixture
 async def built() -> AsyncIterator[AIOKafkaConsumer]:
     consumer = AIOKafkaConsumer(
-        bootstrap_servers="127.0.0.1:1", group_id="g", enable_auto_commit=False
+        bootstrap_servers="127.0.0.1:1",
+        group_id="g",
+        enable_auto_commit=False,
+        isolation_level="read_committed",
     )
     yield consumer
     await consumer.stop()
@@ -667,6 +671,36 @@ async def test_dead_letters_dropped_is_a_metric(
     assert await consumer._dead_letter([(record(b"garbage", offset=0), BadSignature("no"))])
     assert consumer.metrics.dead_letters_dropped == 1
     assert consumer.metrics.snapshot()["dead_letters_dropped"] == 1
+
+
+# -- read_committed only ----------------------------------------------------------------------
+
+
+async def test_a_consumer_that_reads_uncommitted_records_is_refused(
+    guard: RedisReplayGuard,
+) -> None:
+    verifier = Verifier(ring())
+    # aiokafka's default is read_uncommitted: a copy inside an aborted transaction would claim.
+    for extra in ({}, {"isolation_level": "read_uncommitted"}):
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers="127.0.0.1:1", group_id="g", enable_auto_commit=False, **extra
+        )
+        try:
+            with pytest.raises(ConfigurationError, match='isolation_level="read_committed"'):
+                VerifyingConsumer(consumer, verifier=verifier, guard=guard)
+            with pytest.raises(ConfigurationError, match='isolation_level="read_committed"'):
+                RecordFetcher(consumer)
+        finally:
+            await consumer.stop()
+    with pytest.raises(ConfigurationError, match='isolation_level must be "read_committed"'):
+        ConsumerOptions(
+            bootstrap_servers="b", group_id="g", topics=["t"], isolation_level="read_uncommitted"
+        )
+    built = ConsumerOptions(bootstrap_servers="127.0.0.1:1", group_id="g", topics=["t"]).build()
+    try:
+        VerifyingConsumer(built, verifier=verifier, guard=guard)  # what options build is accepted
+    finally:
+        await built.stop()
 
 
 # -- the whole freshness window, again, for records that waited ------------------------------
