@@ -39,7 +39,13 @@ from signed_bus.deadletter import (
     header_map,
     is_retriable,
 )
-from signed_bus.errors import BadSignature, ConfigurationError, Expired, ReplayGuardUnavailable
+from signed_bus.errors import (
+    BadSignature,
+    ConfigurationError,
+    Expired,
+    MalformedEnvelope,
+    ReplayGuardUnavailable,
+)
 from signed_bus.keys import Keyring, generate_hmac_key
 from signed_bus.metrics import ConsumerMetrics
 from signed_bus.producer import ProducerOptions
@@ -851,3 +857,42 @@ async def test_dead_letters_sent_at_once_trigger_no_recheck(
     )
     entries = await consumer._settle(batch)
     assert entries is not None and [m.offset for _, _, m in entries if m is not None] == [1]
+
+
+# -- dead letters: character boundaries and null values ---------------------------------------
+
+
+def test_the_dead_letter_error_header_is_cut_at_a_character_boundary() -> None:
+    invalid_before = 0
+    for pad in range(3):  # one of three alignments puts a 3-byte character across the cap
+        error = Expired("x" * pad + "\u20ac" * 400)
+        full = str(error).encode()
+        (cut,) = [
+            v
+            for n, v in dead_letter_headers(error, topic=TOPIC, partition=0, offset=0)
+            if n == HEADER_ERROR
+        ]
+        assert 510 <= len(cut) <= 512
+        assert full.startswith(cut)
+        cut.decode("utf-8")  # strict: raises on a split character
+        try:
+            full[:512].decode("utf-8")
+        except UnicodeDecodeError:
+            invalid_before += 1
+    assert invalid_before == 2  # the cap alone splits a character in two alignments of three
+
+
+async def test_a_tombstone_is_dead_lettered_with_a_null_value_not_an_empty_one() -> None:
+    producer = ScriptedProducer("ok", "ok", too_large(), "ok")
+    writer = DeadLetterWriter(producer, "dlq")  # type: ignore[arg-type]
+    error = MalformedEnvelope("the record has no value").with_position(TOPIC, 0, 5)
+    await writer.send(record(None, offset=5, key=b"k"), error)
+    await writer.send(record(b"", offset=6, key=b"k"), error)
+    # A tombstone that does not fit (its key is the bulk) loses its key, still with a null value.
+    await writer.send(record(None, offset=7, key=b"k"), error)
+    tombstone, empty, keyless = producer.sent
+    assert tombstone[1] is None and empty[1] == b""
+    assert HEADER_VALUE_OMITTED not in header_map(tombstone[3])
+    assert keyless[1] is None and header_map(keyless[3])[HEADER_KEY_OMITTED] == b"1"
+    letters = [DeadLetter.from_record(stored_letter(sent)) for sent in producer.sent]
+    assert [(d.value, d.value_omitted) for d in letters[:2]] == [(None, False), (b"", False)]
