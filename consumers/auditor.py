@@ -236,6 +236,7 @@ async def run() -> int:
         group_id=f"{group}.dead-letters",
         enable_auto_commit=False,
         auto_offset_reset="earliest",
+        isolation_level="read_committed",  # it counts what it reads: committed records only
     )
     stop = asyncio.Event()
     install_stop_signals(stop)

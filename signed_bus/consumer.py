@@ -18,6 +18,11 @@ Redis unreachable: fail closed by default. The batch is held, nothing of it is d
 committed, and the claim is retried with capped exponential backoff (the consumer keeps polling
 with its partitions paused, so it stays in its group); then the same batch continues. With
 ``fail_open=True`` the batch is delivered and every record counted as ``unchecked``.
+
+A record that waited after it verified (held for Redis, held for the dead-letter topic, a relay's
+transform) is checked against the whole freshness window again before it is claimed, delivered
+or relayed (:meth:`Verifier.check_fresh`; docs/OPERATIONS.md "Freshness re-checks"). Consumers
+read ``read_committed`` only (:func:`require_read_committed`).
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from .errors import (
     ConfigurationError,
     Expired,
     MalformedEnvelope,
+    NotYetValid,
     ReplayDetected,
     ReplayGuardUnavailable,
     VerificationError,
@@ -56,6 +62,7 @@ __all__ = [
     "Handler",
     "Record",
     "VerifyingConsumer",
+    "require_read_committed",
 ]
 
 log = logging.getLogger("signed_bus.consumer")
@@ -75,6 +82,31 @@ class Record(Protocol):
 
 
 _LOG_APPEND_TIME = 1
+_READ_COMMITTED = "read_committed"
+# What a record waited for when a re-check finds it stale (ends the rejection's message).
+_HELD_FOR_GUARD = "the batch was held for the replay guard (Redis unavailable)"
+_HELD_FOR_DEAD_LETTERS = "the batch was held for the dead-letter topic (unavailable)"
+_HELD_FOR_RELAY = "the relay's transform ran, before its outputs were published"
+
+
+def require_read_committed(consumer: AIOKafkaConsumer) -> None:
+    """Refuse an ``AIOKafkaConsumer`` that reads records of aborted transactions.
+
+    aiokafka defaults to ``read_uncommitted``. A copy of an honest envelope inside a transaction
+    that is later aborted would then verify and claim the envelope's nonce at the copy's
+    position, and every group sharing the replay guard would drop the honest original as a
+    replay. Raises ConfigurationError naming the setting.
+    """
+    level = getattr(consumer, "_isolation_level", None)
+    if level != _READ_COMMITTED:
+        raise ConfigurationError(
+            f'the consumer must be built with isolation_level="read_committed" (it has '
+            f"{level!r}): a copy inside an aborted transaction would claim the nonce of the "
+            "honest record, which every group sharing the replay guard would then drop as a "
+            "replay"
+        )
+
+
 _NEW = ClaimVerdict.NEW
 _SAME = ClaimVerdict.SAME_POSITION
 _REPLAY = ClaimVerdict.REPLAY
@@ -84,9 +116,10 @@ _REPLAY = ClaimVerdict.REPLAY
 class ConsumerOptions:
     """How :class:`VerifyingConsumer` builds its own ``AIOKafkaConsumer`` (auto commit off).
 
-    ``isolation_level`` defaults to ``read_committed`` so records of aborted transactions (a relay
-    hop that failed mid-transaction) are never delivered. ``security`` is passed to aiokafka as
-    is (see :class:`~signed_bus.producer.ProducerOptions`) and kept out of ``repr``.
+    ``isolation_level`` is always ``read_committed`` (any other value is refused): a record of an
+    aborted transaction is never verified, claimed or delivered (see
+    :func:`require_read_committed`). ``security`` is passed to aiokafka as is (see
+    :class:`~signed_bus.producer.ProducerOptions`) and kept out of ``repr``.
     """
 
     bootstrap_servers: str | Sequence[str]
@@ -94,7 +127,7 @@ class ConsumerOptions:
     topics: Sequence[str]
     client_id: str | None = None
     auto_offset_reset: str = "earliest"
-    isolation_level: str = "read_committed"
+    isolation_level: str = _READ_COMMITTED
     session_timeout_ms: int = 10_000
     heartbeat_interval_ms: int = 3_000
     max_poll_interval_ms: int = 300_000
@@ -110,6 +143,11 @@ class ConsumerOptions:
             raise ConfigurationError("group_id is required: offsets are committed per group")
         if self.auto_offset_reset not in ("earliest", "latest"):
             raise ConfigurationError("auto_offset_reset must be 'earliest' or 'latest'")
+        if self.isolation_level != _READ_COMMITTED:
+            raise ConfigurationError(
+                'isolation_level must be "read_committed": a record of an aborted transaction '
+                "must never claim a nonce in the replay guard every group shares"
+            )
 
     def build(self) -> AIOKafkaConsumer:
         """A new, unsubscribed, unstarted consumer (needs a running event loop)."""
@@ -121,7 +159,7 @@ class ConsumerOptions:
             group_id=self.group_id,
             enable_auto_commit=False,
             auto_offset_reset=self.auto_offset_reset,
-            isolation_level=self.isolation_level,
+            isolation_level=_READ_COMMITTED,
             session_timeout_ms=self.session_timeout_ms,
             heartbeat_interval_ms=self.heartbeat_interval_ms,
             max_poll_interval_ms=self.max_poll_interval_ms,
@@ -277,11 +315,11 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 class VerifyingConsumer(AsyncLifecycle):
     """Delivers only verified, fresh, first-position records; commits only what was handled.
 
-    ``kafka`` is a built ``AIOKafkaConsumer`` (yours: created with ``enable_auto_commit=False``
-    and a ``group_id``, subscribed, started and stopped by you; pass
-    :attr:`rebalance_listener` to ``subscribe`` to commit finished records on a rebalance) or
-    :class:`ConsumerOptions` (built, subscribed and started by :meth:`start`, closed by
-    :meth:`stop`).
+    ``kafka`` is a built ``AIOKafkaConsumer`` (yours: created with ``enable_auto_commit=False``,
+    ``isolation_level="read_committed"`` and a ``group_id``, subscribed, started and stopped by
+    you; pass :attr:`rebalance_listener` to ``subscribe`` to commit finished records on a
+    rebalance) or :class:`ConsumerOptions` (built, subscribed and started by :meth:`start`,
+    closed by :meth:`stop`).
 
     ``guard`` is required unless the verifier is in audit mode (then it must be None: audit
     mode checks neither freshness nor replay). Its lifecycle is the caller's; claims start it.
@@ -317,6 +355,7 @@ class VerifyingConsumer(AsyncLifecycle):
                 )
             if getattr(kafka, "_group_id", None) is None:
                 raise ConfigurationError("the consumer needs a group_id to commit offsets")
+            require_read_committed(kafka)
             self._options = None
             self._consumer = kafka
         else:
@@ -582,6 +621,36 @@ class VerifyingConsumer(AsyncLifecycle):
         self._done.update(offsets)
         await self._commit()
 
+    async def recheck(self, batch: ConsumedBatch) -> ConsumedBatch | None:
+        """Re-check the freshness of a batch from :meth:`getbatch` that waited, before anything
+        derived from it is published or committed (a relay calls it once its transform ran).
+
+        Each message is checked by :meth:`Verifier.check_fresh` (the rule :meth:`Verifier.verify`
+        applied). A message no longer fresh is rejected like any other record (``expired`` or
+        ``not_yet_valid``: counted, logged, dead-lettered and waited for), and left out of the
+        batch returned; ``offsets`` stay as they were (a rejected record is committed past).
+        Returns ``batch`` itself when every message is still fresh, and None if the consumer
+        stopped before the dead letters were durable: commit nothing of the batch then.
+        """
+        if not batch.messages:
+            return batch
+        if self._closed:
+            return None
+        self._enter()
+        try:
+            entries: list[_Entry] = [
+                (TopicPartition(m.topic, m.partition), m.offset + 1, m) for m in batch.messages
+            ]
+            stale = await self._reject_stale(entries, self._revoked, _HELD_FOR_RELAY)
+        finally:
+            self._leave()
+        if stale is None:
+            return None
+        if not stale:
+            return batch
+        messages = tuple(m for _, _, m in entries if m is not None)
+        return ConsumedBatch(messages, batch.offsets, batch.first_offsets)
+
     def _enter(self) -> None:
         if not self._started:
             raise RuntimeError("VerifyingConsumer.start() has not been called")
@@ -701,8 +770,17 @@ class VerifyingConsumer(AsyncLifecycle):
                 if verdict is _SAME:
                     metrics.same_position += 1
                 entries[index] = (tp, record.offset + 1, ConsumedMessage(message, record, verdict))
-        if batch.rejected and not await self._reject(batch.rejected):
-            return None
+        if batch.rejected:
+            retries = self.metrics.dead_letter_retries
+            if not await self._reject(batch.rejected):
+                return None
+            if self.metrics.dead_letter_retries != retries:
+                # Held for the dead-letter topic: what is about to be delivered waited too.
+                stale = await self._reject_stale(
+                    batch.entries, batch.revoked, _HELD_FOR_DEAD_LETTERS
+                )
+                if stale is None:
+                    return None
         return batch.entries
 
     def _warn_create_time(self, topic: str) -> None:
@@ -798,43 +876,81 @@ class VerifyingConsumer(AsyncLifecycle):
             metrics.guard_waiting = False
 
     def _drop_expired(self, batch: _Batch) -> bool:
-        """Move the held records no longer fresh by the verifier's clock from ``batch.verified``
-        to ``batch.rejected`` as Expired; True if any moved.
+        """Move the held records no longer fresh from ``batch.verified`` to ``batch.rejected``
+        (Expired or NotYetValid, by the verifier's own rule); True if any moved.
 
         The guard keeps a nonce for max_age + max_lag + 2 x skew + one bucket after its claim,
         which covers a record claimed within moments of its verification. A batch held while
         Redis is down breaks that: a copy verified at the edge of the window and claimed after
-        the original's nonce expired would come back NEW. Checked only after a hold, never on
-        the hot path.
+        the original's nonce expired would come back NEW, and a record whose expires_at passed
+        meanwhile must not be delivered. Checked only after a hold, never on the hot path.
         """
-        verifier = self._verifier
-        now = verifier.clock()
-        window = verifier.max_age_ms + verifier.max_lag_ms
-        oldest = now - window
+        now = self._verifier.clock()
         verified = batch.verified
-        if all(m.created_at >= oldest for _, _, _, m in verified):
-            return False
         kept: list[_Verified] = []
         for item in verified:
             _, _, record, message = item
-            if message.created_at >= oldest:
+            error = self._stale(record, message, now, _HELD_FOR_GUARD)
+            if error is None:
                 kept.append(item)
-                continue
-            error = Expired(
-                f"created {now - message.created_at} ms before this consumer's clock: it "
-                f"expired (older than max_age + max_lag, {window} ms) while the batch was held "
-                "for the replay guard (Redis unavailable)",
-                kid=message.kid,
-                issuer=message.issuer,
-            )
-            batch.rejected.append((record, error))
+            else:
+                batch.rejected.append((record, error))
+        if len(kept) == len(verified):
+            return False
         log.warning(
-            "%d held record(s) expired while the replay guard was unavailable: rejected as "
-            "expired, not claimed",
+            "%d held record(s) went stale while the replay guard was unavailable: rejected, "
+            "not claimed",
             len(verified) - len(kept),
         )
         verified[:] = kept
         return True
+
+    def _stale(
+        self, record: Record, message: VerifiedMessage, now: int, held_for: str
+    ) -> VerificationError | None:
+        """The freshness error of a verified record that waited (``held_for``) after it
+        verified, or None while it is still fresh: :meth:`Verifier.check_fresh`, the rule
+        :meth:`Verifier.verify` applied, with the record's reference time."""
+        if record.timestamp_type == _LOG_APPEND_TIME:
+            reference: int | None = record.timestamp
+        else:
+            reference = None
+        try:
+            self._verifier.check_fresh(message, reference_ms=reference, now=now)
+        except (Expired, NotYetValid) as exc:
+            return type(exc)(
+                f"{exc.message}: it went stale while {held_for}", kid=exc.kid, issuer=exc.issuer
+            )
+        return None
+
+    async def _reject_stale(
+        self, entries: list[_Entry], revoked: set[TopicPartition], held_for: str
+    ) -> int | None:
+        """Re-check the deliverable ``entries`` after a hold: each stale one becomes a rejected
+        entry, dead-lettered (waiting until durable; if that holds again, the rest are checked
+        again). Returns how many went stale, or None if stopped before they were durable."""
+        total = 0
+        while True:
+            now = self._verifier.clock()
+            stale: list[tuple[Record, VerificationError]] = []
+            for index, (tp, next_offset, message) in enumerate(entries):
+                if message is None or tp in revoked:  # a revoked one is its new owner's
+                    continue
+                error = self._stale(message.record, message.verified, now, held_for)
+                if error is not None:
+                    entries[index] = (tp, next_offset, None)
+                    stale.append((message.record, error))
+            if not stale:
+                return total
+            total += len(stale)
+            log.warning(
+                "%d record(s) went stale while %s: rejected, not delivered", len(stale), held_for
+            )
+            retries = self.metrics.dead_letter_retries
+            if not await self._reject(stale):
+                return None
+            if self.metrics.dead_letter_retries == retries:
+                return total
 
     async def _hold(self, seconds: float) -> bool:
         """Wait while holding a batch, polling with every partition paused so the group does

@@ -1,9 +1,10 @@
 """Dead letters: where a verifying consumer puts every record it rejects.
 
 A dead letter is the rejected record's ORIGINAL value bytes and key, re-produced unchanged to the
-dead-letter topic, with headers saying why and where it came from. The headers never hold payload
-bytes or secrets: the reason code, the source position and the error's message (which by the
-error tree's rule carries only the kid, issuer and position as context).
+dead-letter topic (a null value, a tombstone, stays null: never an empty value), with headers
+saying why and where it came from. The headers never hold payload bytes or secrets: the reason
+code, the source position and the error's message (which by the error tree's rule carries only
+the kid, issuer and position as context).
 
 The original record's own headers are not copied: they are unauthenticated and the source position
 finds them. Nothing in a dead letter is trusted; an auditor reads them to see what was dropped.
@@ -110,7 +111,11 @@ def dead_letter_headers(
     ]
     if timestamp is not None:
         headers.append((HEADER_SOURCE_TIMESTAMP, str(timestamp).encode()))
-    message = str(error).encode("utf-8", "replace")[:_MAX_ERROR_BYTES]
+    message = str(error).encode("utf-8", "replace")
+    if len(message) > _MAX_ERROR_BYTES:
+        # Cut at a character boundary: the header stays valid UTF-8 (the tail of a character
+        # split by the cap is the only invalid sequence, and "ignore" drops just that).
+        message = message[:_MAX_ERROR_BYTES].decode("utf-8", "ignore").encode()
     headers.append((HEADER_ERROR, message))
     return headers
 
@@ -335,11 +340,15 @@ class DeadLetterWriter:
             offset=record.offset,
             timestamp=record.timestamp,
         )
+        # A null value (a tombstone) stays null: an auditor tells it from an empty value.
+        original: bytes | None = record.value
         while True:
-            value: bytes = record.value or b""
+            if original is None and omit == Omitted.VALUE:
+                omit = Omitted.VALUE_AND_KEY  # no value to leave out: the rest is too large
+            value = original
             key: bytes | None = record.key
             extra: list[tuple[str, bytes]] = []
-            if omit >= Omitted.VALUE:
+            if omit >= Omitted.VALUE and original is not None:
                 value = b""
                 extra.append((HEADER_VALUE_OMITTED, b"1"))
             if omit >= Omitted.VALUE_AND_KEY and key is not None:

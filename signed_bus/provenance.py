@@ -35,6 +35,7 @@ from aiokafka.errors import KafkaError
 from redis.exceptions import RedisError
 
 from signed_bus._text import printable
+from signed_bus.consumer import require_read_committed
 from signed_bus.errors import ConfigurationError, SignedBusError, VerificationError
 from signed_bus.lifecycle import AsyncLifecycle
 from signed_bus.verifier import VerifiedMessage, Verifier
@@ -262,8 +263,9 @@ class FetchedRecord:
 class RecordFetcher(AsyncLifecycle):
     """Reads single records by position: assign + seek, no consumer group, read_committed.
 
-    Pass a built AIOKafkaConsumer (created with ``group_id=None`` and
-    ``enable_auto_commit=False``; not closed by us) or ``bootstrap_servers``.
+    Pass a built AIOKafkaConsumer (created with ``group_id=None``, ``enable_auto_commit=False``
+    and ``isolation_level="read_committed"``, else ConfigurationError; not closed by us) or
+    ``bootstrap_servers``.
     """
 
     def __init__(
@@ -276,6 +278,9 @@ class RecordFetcher(AsyncLifecycle):
     ) -> None:
         if (consumer is None) == (bootstrap_servers is None):
             raise ConfigurationError("pass either a consumer or bootstrap_servers")
+        if consumer is not None:
+            # A record of an aborted transaction must never become a link of a trace.
+            require_read_committed(consumer)
         self._owns_consumer = consumer is None
         self._consumer = consumer or AIOKafkaConsumer(
             bootstrap_servers=bootstrap_servers,

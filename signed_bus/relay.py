@@ -12,7 +12,7 @@ Two delivery modes, per batch of the verifying consumer (:meth:`VerifyingConsume
   (as new envelopes with new nonces and the same parents).
 - exactly-once (``exactly_once=True``, a transactional producer): the outputs and the batch's
   offsets go into one Kafka transaction (``send_offsets_to_transaction``). Consumers of the
-  output topic that read ``read_committed`` (the default of :class:`ConsumerOptions`) see
+  output topic that read ``read_committed`` (all a :class:`VerifyingConsumer` accepts) see
   either all outputs of a batch, once, or none: an aborted or abandoned transaction delivers
   nothing downstream and its inputs are read again, from the last committed offsets.
 
@@ -23,6 +23,14 @@ raises, nothing of the batch is committed, the consumer is rewound to the batch'
 
 Rejected inputs are dead-lettered by the consumer before the batch is handed out; their offsets
 are part of the batch's offsets. Dead letters are written outside the transaction (at least once).
+
+Freshness: the transform may take long, and the batch waits for it. Once the transform returned
+and before anything is produced or committed, the batch's inputs are checked for freshness again
+(:meth:`VerifyingConsumer.recheck`, the verifier's own rule): an input that went stale meanwhile
+(its expires_at passed, or it left the window) is rejected and dead-lettered, and the outputs the
+transform made from it are not published (``RelayMetrics.expired`` counts them); the batch's
+offsets are committed as usual. The broker round trips of the produce and commit that follow are
+not re-checked (a published output cannot be taken back).
 
 Rebalances (exactly-once): a partition revoked after the batch was fetched belongs to a new owner,
 which reads it from the last committed offset and relays those records itself: committing our
@@ -112,6 +120,7 @@ class RelayMetrics:
     aborted: int = 0
     transform_errors: int = 0
     revoked: int = 0  # batches dropped because a partition was revoked mid-batch (exactly-once)
+    expired: int = 0  # inputs that went stale while transformed: dead-lettered, outputs dropped
     by_topic: dict[str, int] = field(default_factory=dict)
 
     def snapshot(self) -> dict[str, object]:
@@ -124,6 +133,7 @@ class RelayMetrics:
             "aborted": self.aborted,
             "transform_errors": self.transform_errors,
             "revoked": self.revoked,
+            "expired": self.expired,
             "by_topic": dict(self.by_topic),
         }
 
@@ -186,6 +196,14 @@ class Relay:
             self.metrics.transform_errors += 1
             self._rewind(batch)
             raise RelayTransformError(f"the transform raised {type(exc).__name__}") from exc
+        fresh = await self._consumer.recheck(batch)
+        if fresh is None:  # stopped before the stale inputs' dead letters were durable
+            self._rewind(batch)
+            return
+        if fresh is not batch:
+            kept = {id(message) for message in fresh.messages}
+            self.metrics.expired += len(batch.messages) - len(fresh.messages)
+            planned = [(message, output) for message, output in planned if id(message) in kept]
         if self._exactly_once:
             if not await self._commit_transaction(batch, planned):
                 return  # a partition was revoked: nothing of the batch was committed

@@ -290,7 +290,8 @@ class Verifier:
     producers a consumer may fall and still take honest records; past it records are Expired
     (dead-lettered, not lost). ``expires_at`` is checked against both times: a result expired by
     either is Expired. ``audit=True`` checks everything except freshness, for tools that read old
-    records on purpose.
+    records on purpose. :meth:`check_fresh` applies the same rule (the same code) again to a
+    verified message that waited before it was claimed, delivered or relayed.
     """
 
     __slots__ = (
@@ -367,6 +368,78 @@ class Verifier:
             f"max_envelope_bytes={self._max_bytes}, audit={self._audit})"
         )
 
+    def check_fresh(
+        self,
+        message: VerifiedMessage,
+        *,
+        reference_ms: int | None = None,
+        now: int | None = None,
+    ) -> None:
+        """Check a verified message against the freshness window again, as :meth:`verify` did.
+
+        For a record that waited after it verified (a batch held while Redis or the
+        dead-letter topic was unavailable, a relay batch whose transform ran): the very rule
+        :meth:`verify` applies, created_at and expires_at against ``reference_ms`` (the record's
+        LogAppendTime, else ``now``) and against ``now`` (default ``clock()``). Raises Expired
+        or NotYetValid; does nothing in audit mode.
+        """
+        if self._audit:
+            return
+        if now is None:
+            now = self._clock()
+        self._check_window(
+            message.created_at,
+            message.expires_at,
+            now if reference_ms is None else reference_ms,
+            now,
+            message.kid,
+            message.issuer,
+        )
+
+    def _check_window(
+        self,
+        created_at: int,
+        expires_at: int | None,
+        reference: int,
+        now: int,
+        kid: str,
+        issuer: str,
+    ) -> None:
+        """The freshness rule (class docstring), shared by :meth:`verify` and
+        :meth:`check_fresh` so a re-check can never disagree with verification."""
+        skew = self._future_skew
+        if created_at > reference + skew:
+            raise NotYetValid(
+                f"created {created_at - reference} ms after the reference time",
+                kid=kid,
+                issuer=issuer,
+            )
+        if created_at > now + skew:
+            # An honest record is never created after the consumer's now + skew: it was
+            # signed, then appended, then fetched. Only a forged reference gets here.
+            raise NotYetValid(
+                f"created {created_at - now} ms after this consumer's clock",
+                kid=kid,
+                issuer=issuer,
+            )
+        if created_at < reference - self._max_age:
+            raise Expired(
+                f"created {reference - created_at} ms before the reference time",
+                kid=kid,
+                issuer=issuer,
+            )
+        if created_at < now - self._oldest_by_clock:
+            # The reference (an unsigned record timestamp) may be forged; the replay guard
+            # only remembers nonces for max_age + max_lag (+ skew) after their first claim.
+            raise Expired(
+                f"created {now - created_at} ms before this consumer's clock: older than "
+                f"max_age + max_lag ({self._oldest_by_clock} ms)",
+                kid=kid,
+                issuer=issuer,
+            )
+        if expires_at is not None and (expires_at < reference or expires_at < now):
+            raise Expired("expires_at has passed", kid=kid, issuer=issuer)
+
     def verify(
         self,
         value: bytes,
@@ -434,41 +507,14 @@ class Verifier:
 
         if not self._audit:
             now = self._clock()
-            reference = now if reference_ms is None else reference_ms
-            skew = self._future_skew
-            if created_at > reference + skew:
-                raise NotYetValid(
-                    f"created {created_at - reference} ms after the reference time",
-                    kid=kid,
-                    issuer=issuer,
-                )
-            if created_at > now + skew:
-                # An honest record is never created after the consumer's now + skew: it was
-                # signed, then appended, then fetched. Only a forged reference gets here.
-                raise NotYetValid(
-                    f"created {created_at - now} ms after this consumer's clock",
-                    kid=kid,
-                    issuer=issuer,
-                )
-            if created_at < reference - self._max_age:
-                raise Expired(
-                    f"created {reference - created_at} ms before the reference time",
-                    kid=kid,
-                    issuer=issuer,
-                )
-            if created_at < now - self._oldest_by_clock:
-                # The reference (an unsigned record timestamp) may be forged; the replay guard
-                # only remembers nonces for max_age + max_lag (+ skew) after their first claim.
-                raise Expired(
-                    f"created {now - created_at} ms before this consumer's clock: older than "
-                    f"max_age + max_lag ({self._oldest_by_clock} ms)",
-                    kid=kid,
-                    issuer=issuer,
-                )
-            if len(header) == _WITH_EXPIRY:
-                expires_at = header[K_EXP]
-                if expires_at < reference or expires_at < now:
-                    raise Expired("expires_at has passed", kid=kid, issuer=issuer)
+            self._check_window(
+                created_at,
+                header[K_EXP] if len(header) == _WITH_EXPIRY else None,
+                now if reference_ms is None else reference_ms,
+                now,
+                kid,
+                issuer,
+            )
         msg: VerifiedMessage = _new(VerifiedMessage)  # no __init__: see VerifiedMessage
         _set_header(msg, header)
         _set_body(msg, body)

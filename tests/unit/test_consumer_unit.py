@@ -39,10 +39,17 @@ from signed_bus.deadletter import (
     header_map,
     is_retriable,
 )
-from signed_bus.errors import BadSignature, ConfigurationError, Expired, ReplayGuardUnavailable
+from signed_bus.errors import (
+    BadSignature,
+    ConfigurationError,
+    Expired,
+    MalformedEnvelope,
+    ReplayGuardUnavailable,
+)
 from signed_bus.keys import Keyring, generate_hmac_key
 from signed_bus.metrics import ConsumerMetrics
 from signed_bus.producer import ProducerOptions
+from signed_bus.provenance import RecordFetcher
 from signed_bus.replay import ClaimRow, ClaimVerdict, RedisReplayGuard
 from signed_bus.signer import Signer
 from signed_bus.verifier import Verifier
@@ -83,7 +90,10 @@ def record(
 @pytest.fixture
 async def built() -> AsyncIterator[AIOKafkaConsumer]:
     consumer = AIOKafkaConsumer(
-        bootstrap_servers="127.0.0.1:1", group_id="g", enable_auto_commit=False
+        bootstrap_servers="127.0.0.1:1",
+        group_id="g",
+        enable_auto_commit=False,
+        isolation_level="read_committed",
     )
     yield consumer
     await consumer.stop()
@@ -667,3 +677,223 @@ async def test_dead_letters_dropped_is_a_metric(
     assert await consumer._dead_letter([(record(b"garbage", offset=0), BadSignature("no"))])
     assert consumer.metrics.dead_letters_dropped == 1
     assert consumer.metrics.snapshot()["dead_letters_dropped"] == 1
+
+
+# -- read_committed only ----------------------------------------------------------------------
+
+
+async def test_a_consumer_that_reads_uncommitted_records_is_refused(
+    guard: RedisReplayGuard,
+) -> None:
+    verifier = Verifier(ring())
+    # aiokafka's default is read_uncommitted: a copy inside an aborted transaction would claim.
+    for extra in ({}, {"isolation_level": "read_uncommitted"}):
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers="127.0.0.1:1", group_id="g", enable_auto_commit=False, **extra
+        )
+        try:
+            with pytest.raises(ConfigurationError, match='isolation_level="read_committed"'):
+                VerifyingConsumer(consumer, verifier=verifier, guard=guard)
+            with pytest.raises(ConfigurationError, match='isolation_level="read_committed"'):
+                RecordFetcher(consumer)
+        finally:
+            await consumer.stop()
+    with pytest.raises(ConfigurationError, match='isolation_level must be "read_committed"'):
+        ConsumerOptions(
+            bootstrap_servers="b", group_id="g", topics=["t"], isolation_level="read_uncommitted"
+        )
+    built = ConsumerOptions(bootstrap_servers="127.0.0.1:1", group_id="g", topics=["t"]).build()
+    try:
+        VerifyingConsumer(built, verifier=verifier, guard=guard)  # what options build is accepted
+    finally:
+        await built.stop()
+
+
+# -- the whole freshness window, again, for records that waited ------------------------------
+
+
+def scripted_guard(guard: RedisReplayGuard, *, down_for: int) -> list[list[int]]:
+    """Make ``guard``'s first ``down_for`` claims fail (Redis down), then claim everything NEW;
+    returns the offsets of every claim attempt."""
+    attempts: list[list[int]] = []
+
+    async def claim_rows(rows: list[ClaimRow]) -> list[ClaimVerdict]:
+        attempts.append([row[5] for row in rows])
+        if len(attempts) <= down_for:
+            raise ReplayGuardUnavailable("redis down")
+        return [ClaimVerdict.NEW] * len(rows)
+
+    guard._claim_rows = claim_rows  # type: ignore[method-assign]
+    return attempts
+
+
+def holding_consumer(
+    built: AIOKafkaConsumer,
+    guard: RedisReplayGuard,
+    verifier: Verifier,
+    producer: ScriptedProducer,
+    now: list[int],
+    step_ms: int,
+) -> VerifyingConsumer:
+    consumer = VerifyingConsumer(
+        built, verifier=verifier, guard=guard, backoff=Backoff(initial_ms=1, max_ms=1)
+    )
+    consumer._dead_letters = DeadLetterWriter(producer, "dlq")  # type: ignore[arg-type]
+
+    async def hold(seconds: float) -> bool:  # every hold lasts step_ms on the verifier's clock
+        now[0] += step_ms
+        return True
+
+    consumer._hold = hold  # type: ignore[method-assign]
+    return consumer
+
+
+async def test_a_record_whose_exp_passes_while_held_for_redis_is_rejected_not_claimed(
+    built: AIOKafkaConsumer, guard: RedisReplayGuard
+) -> None:
+    keys = ring()
+    now = [NOW]
+    verifier = Verifier(keys, clock=lambda: now[0])
+    signer = Signer(keys, kid="k1", issuer="agent", model="m", clock=lambda: NOW)
+    attempts = scripted_guard(guard, down_for=1)
+    producer = ScriptedProducer("ok")
+    consumer = holding_consumer(built, guard, verifier, producer, now, step_ms=2_000)
+    tp = TopicPartition(TOPIC, 0)
+    batch = consumer._verify(
+        {
+            tp: [
+                record(signer.sign({"x": 1}, topic=TOPIC, expires_at=NOW + 1_000), offset=0),
+                record(signer.sign({"x": 2}, topic=TOPIC), offset=1),
+            ]
+        }
+    )
+    assert len(batch.verified) == 2  # both fresh when fetched
+    entries = await consumer._settle(batch)
+    assert entries is not None
+    assert attempts == [[0, 1], [1]]  # the record past its exp was not claimed again
+    assert [m.offset for _, _, m in entries if m is not None] == [1]
+    assert consumer.metrics.rejected == {"expired": 1}
+    (letter,) = [DeadLetter.from_record(stored_letter(sent)) for sent in producer.sent]
+    assert (letter.reason, letter.source_offset) == ("expired", 0)
+    assert "expires_at" in letter.error and "Redis" in letter.error
+
+
+async def test_a_create_time_record_past_max_age_after_a_redis_hold_is_rejected(
+    built: AIOKafkaConsumer, guard: RedisReplayGuard
+) -> None:
+    # CreateTime: the reference time is the consumer's clock, so max_age (not max_age + max_lag)
+    # bounds created_at, at verification and after the hold alike.
+    keys = ring()
+    now = [NOW]
+    verifier = Verifier(keys, clock=lambda: now[0])
+    edge = Signer(keys, kid="k1", issuer="agent", model="m", clock=lambda: NOW - 300_000)
+    attempts = scripted_guard(guard, down_for=1)
+    producer = ScriptedProducer("ok")
+    consumer = holding_consumer(built, guard, verifier, producer, now, step_ms=1)
+    value = edge.sign({"x": 1}, topic=TOPIC)
+    batch = consumer._verify(
+        {TopicPartition(TOPIC, 0): [record(value, offset=0, timestamp_type=0)]}
+    )
+    assert len(batch.verified) == 1  # exactly max_age old: still fresh
+    entries = await consumer._settle(batch)
+    assert entries is not None and all(m is None for _, _, m in entries)
+    assert attempts == [[0]]
+    (letter,) = [DeadLetter.from_record(stored_letter(sent)) for sent in producer.sent]
+    assert letter.reason == "expired" and "reference time" in letter.error
+
+
+async def test_a_record_that_expires_while_the_dead_letter_topic_is_down_is_not_delivered(
+    built: AIOKafkaConsumer, guard: RedisReplayGuard
+) -> None:
+    keys = ring()
+    now = [NOW]
+    verifier = Verifier(keys, clock=lambda: now[0])
+    signer = Signer(keys, kid="k1", issuer="agent", model="m", clock=lambda: NOW)
+    attempts = scripted_guard(guard, down_for=0)
+    # The first dead letter times out once (the topic is unavailable), then everything goes.
+    producer = ScriptedProducer(KafkaTimeoutError(), "ok", "ok")
+    consumer = holding_consumer(built, guard, verifier, producer, now, step_ms=2_000)
+    tp = TopicPartition(TOPIC, 0)
+    batch = consumer._verify(
+        {
+            tp: [
+                record(b"garbage", offset=0),
+                record(signer.sign({"x": 1}, topic=TOPIC, expires_at=NOW + 1_000), offset=1),
+                record(signer.sign({"x": 2}, topic=TOPIC), offset=2),
+            ]
+        }
+    )
+    entries = await consumer._settle(batch)
+    assert entries is not None
+    assert attempts == [[1, 2]]  # claimed once, before the hold
+    assert [m.offset for _, _, m in entries if m is not None] == [2]
+    assert [(t, o) for t, o, _ in entries] == [(tp, 1), (tp, 2), (tp, 3)]
+    assert consumer.metrics.rejected == {"malformed": 1, "expired": 1}
+    assert consumer.metrics.dead_letter_retries == 1 and consumer.metrics.dead_lettered == 2
+    letters = [DeadLetter.from_record(stored_letter(sent)) for sent in producer.sent]
+    assert [(d.reason, d.source_offset) for d in letters] == [("malformed", 0), ("expired", 1)]
+    assert "dead-letter topic" in letters[1].error
+
+
+async def test_dead_letters_sent_at_once_trigger_no_recheck(
+    built: AIOKafkaConsumer, guard: RedisReplayGuard
+) -> None:
+    # Without a hold the batch is delivered as verified, even if the clock moved meanwhile:
+    # the re-check is for records that waited, not a second verification on the hot path.
+    keys = ring()
+    now = [NOW]
+    verifier = Verifier(keys, clock=lambda: now[0])
+    signer = Signer(keys, kid="k1", issuer="agent", model="m", clock=lambda: NOW)
+    scripted_guard(guard, down_for=0)
+    consumer = holding_consumer(built, guard, verifier, ScriptedProducer("ok"), now, step_ms=2_000)
+    tp = TopicPartition(TOPIC, 0)
+    batch = consumer._verify(
+        {
+            tp: [
+                record(b"garbage", offset=0),
+                record(signer.sign({"x": 1}, topic=TOPIC, expires_at=NOW + 1_000), offset=1),
+            ]
+        }
+    )
+    now[0] += 2_000  # past the exp, but nothing was held
+    entries = await consumer._settle(batch)
+    assert entries is not None and [m.offset for _, _, m in entries if m is not None] == [1]
+
+
+# -- dead letters: character boundaries and null values ---------------------------------------
+
+
+def test_the_dead_letter_error_header_is_cut_at_a_character_boundary() -> None:
+    invalid_before = 0
+    for pad in range(3):  # one of three alignments puts a 3-byte character across the cap
+        error = Expired("x" * pad + "\u20ac" * 400)
+        full = str(error).encode()
+        (cut,) = [
+            v
+            for n, v in dead_letter_headers(error, topic=TOPIC, partition=0, offset=0)
+            if n == HEADER_ERROR
+        ]
+        assert 510 <= len(cut) <= 512
+        assert full.startswith(cut)
+        cut.decode("utf-8")  # strict: raises on a split character
+        try:
+            full[:512].decode("utf-8")
+        except UnicodeDecodeError:
+            invalid_before += 1
+    assert invalid_before == 2  # the cap alone splits a character in two alignments of three
+
+
+async def test_a_tombstone_is_dead_lettered_with_a_null_value_not_an_empty_one() -> None:
+    producer = ScriptedProducer("ok", "ok", too_large(), "ok")
+    writer = DeadLetterWriter(producer, "dlq")  # type: ignore[arg-type]
+    error = MalformedEnvelope("the record has no value").with_position(TOPIC, 0, 5)
+    await writer.send(record(None, offset=5, key=b"k"), error)
+    await writer.send(record(b"", offset=6, key=b"k"), error)
+    # A tombstone that does not fit (its key is the bulk) loses its key, still with a null value.
+    await writer.send(record(None, offset=7, key=b"k"), error)
+    tombstone, empty, keyless = producer.sent
+    assert tombstone[1] is None and empty[1] == b""
+    assert HEADER_VALUE_OMITTED not in header_map(tombstone[3])
+    assert keyless[1] is None and header_map(keyless[3])[HEADER_KEY_OMITTED] == b"1"
+    letters = [DeadLetter.from_record(stored_letter(sent)) for sent in producer.sent]
+    assert [(d.value, d.value_omitted) for d in letters[:2]] == [(None, False), (b"", False)]

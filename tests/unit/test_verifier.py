@@ -617,3 +617,49 @@ def test_ed25519_ring_from_generated_keys() -> None:
     value = Signer(ring, kid="gen", issuer="agent", model="m").sign(1, topic=TOPIC)
     msg = Verifier(ring.public()).verify(value, topic=TOPIC, key=None)
     assert msg.payload == 1
+
+
+def test_check_fresh_applies_exactly_the_rule_verify_applies() -> None:
+    # A record verified once, checked again later: check_fresh must agree with verify at every
+    # (reference, now), created_at and exp edge included.
+    ring = Keyring([HmacKey("k1", b"s" * 32, issuers=["agent"])])
+    max_age, skew, lag = 1_000, 100, 500
+    now = [NOW]
+
+    def verifier(**kw: Any) -> Verifier:
+        return Verifier(
+            ring,
+            max_age_ms=max_age,
+            future_skew_ms=skew,
+            max_lag_ms=lag,
+            clock=lambda: now[0],
+            **kw,
+        )
+
+    checked = verifier()
+    edges = (-max_age - lag - 1, -max_age - lag, -max_age - 1, -max_age, 0, skew, skew + 1)
+    outcomes: set[str] = set()
+    for created in edges:
+        for exp in (None, -1, 0, 1):
+            signer = Signer(
+                ring, kid="k1", issuer="agent", model="m", clock=lambda c=created: NOW + c
+            )
+            value = signer.sign({}, topic="t", expires_at=None if exp is None else NOW + exp)
+            message = verifier(audit=True).verify(value, topic="t", key=None)
+            for reference in (None, NOW - lag, NOW, NOW + skew):
+                for at in (NOW, NOW + 1):
+                    now[0] = at
+                    try:
+                        checked.verify(value, topic="t", key=None, reference_ms=reference)
+                        expected = "fresh"
+                    except VerificationError as exc:
+                        expected = exc.reason
+                    try:
+                        checked.check_fresh(message, reference_ms=reference, now=at)
+                        got = "fresh"
+                    except VerificationError as exc:
+                        got = exc.reason
+                    assert got == expected, (created, exp, reference, at)
+                    outcomes.add(got)
+    assert outcomes == {"fresh", "expired", "not_yet_valid"}
+    verifier(audit=True).check_fresh(message, now=NOW + 10**9)  # audit mode: never stale

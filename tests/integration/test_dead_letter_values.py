@@ -1,0 +1,56 @@
+"""A record without a value (a tombstone) is dead-lettered with a null value, so an auditor tells
+it from a record whose value was empty. Real broker, real Redis."""
+
+from __future__ import annotations
+
+import pytest
+
+from signed_bus.consumer import VerifyingConsumer
+from signed_bus.deadletter import HEADER_VALUE_OMITTED, DeadLetter, header_map
+from tests.conftest import TopicFactory
+from tests.integration.bus import (
+    Running,
+    consumer_options,
+    end_offsets,
+    guard,
+    keyring,
+    plain_producer,
+    read_all,
+    verifier,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+
+
+async def test_a_tombstone_arrives_in_the_dead_letter_topic_with_a_null_value(
+    kafka_bootstrap: str, redis_url: str, redis_prefix: str, unique_topic: TopicFactory
+) -> None:
+    topic = await unique_topic("tombstones")
+    dead = await unique_topic("tombstones-dlq")
+    async with plain_producer(kafka_bootstrap) as producer:
+        await producer.send_and_wait(topic, None, key=b"gone", partition=0)
+        await producer.send_and_wait(topic, b"", key=b"empty", partition=0)
+    ring = keyring()
+    async with guard(redis_url, redis_prefix) as g:
+        consumer = VerifyingConsumer(
+            consumer_options(kafka_bootstrap, [topic]),
+            verifier=verifier(ring),
+            guard=g,
+            dead_letter_topic=dead,
+        )
+        async with Running(consumer) as running:
+            await running.caught_up(await end_offsets(kafka_bootstrap, [topic]))
+    assert running.delivered == []
+    assert dict(consumer.metrics.rejected) == {"malformed": 2}
+    records = sorted(await read_all(kafka_bootstrap, dead, 2), key=lambda r: r.offset)
+    tombstone, empty = records
+    assert (tombstone.key, tombstone.value) == (b"gone", None)
+    assert (empty.key, empty.value) == (b"empty", b"")
+    for record in records:
+        assert HEADER_VALUE_OMITTED not in header_map(record.headers)
+    letters = [DeadLetter.from_record(r) for r in records]
+    assert [(d.source_offset, d.reason, d.value) for d in letters] == [
+        (0, "malformed", None),
+        (1, "malformed", b""),
+    ]
+    assert "no value" in letters[0].error
