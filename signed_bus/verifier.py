@@ -32,8 +32,8 @@ from signed_bus.envelope import (
     K_TPC,
     decode_header_values,
     envelope_digest,
+    frame_offsets,
     signed_message,
-    split_envelope,
 )
 from signed_bus.errors import (
     AlgorithmMismatch,
@@ -397,8 +397,9 @@ class Verifier:
             raise EnvelopeTooLarge(
                 f"{len(value)} bytes exceeds the {self._max_bytes}-byte cap", topic=topic
             )
-        protected, body, signature = split_envelope(value)
-        header, values = decode_header_values(protected)
+        # Offsets, not copies: a value rejected by policy costs the same whatever its size.
+        p_start, p_end, b_start, b_end, s_start = frame_offsets(value)
+        header, values = decode_header_values(value[p_start:p_end])
         alg, kid, issuer, _, _, signed_topic, rkd, created_at, _, _ = values
 
         # Policy: the header names the key; the key decides the algorithm and the issuers.
@@ -417,10 +418,11 @@ class Verifier:
         if issuer not in signing_key.issuers:
             raise UntrustedIssuer("the key may not sign for this issuer", kid=kid, issuer=issuer)
 
-        if len(signature) != sig_bytes:
+        if len(value) - s_start != sig_bytes:
             raise BadSignature("signature has the wrong length", kid=kid, issuer=issuer)
+        body = value[b_start:b_end]
         try:
-            signing_key.verify(signed_message(protected, body), signature)
+            signing_key.verify(signed_message(value[p_start:p_end], body), value[s_start:])
         except BadSignature as exc:
             raise BadSignature(exc.message, kid=kid, issuer=issuer) from None
 
