@@ -33,6 +33,7 @@ __all__ = [
     "HEADER_KEYS",
     "MAX_INT",
     "MAX_PARENTS",
+    "MAX_PROTECTED_BYTES",
     "MAX_TEXT_BYTES",
     "NONCE_BYTES",
     "SIGNATURE_DOMAIN",
@@ -46,6 +47,7 @@ __all__ = [
     "encode_envelope",
     "encode_header",
     "envelope_digest",
+    "frame_offsets",
     "key_digest",
     "seal",
     "signed_message",
@@ -61,6 +63,10 @@ DIGEST_BYTES: Final = 32
 MAX_PARENTS: Final = 64
 #: Limit on the UTF-8 length of every text field of the header (alg, kid, iss, mdl, cty, tpc).
 MAX_TEXT_BYTES: Final = 255
+#: The longest protected header the rules allow (docs/ENVELOPE.md section 2): fixmap(11), eleven
+#: 3-byte fixstr keys, six 255-byte texts as str 8, rkd bin 8(32), iat and exp as uint 64, nce
+#: bin 8(16), par as array 16 of 64 bin 8(32). A longer one is malformed without being decoded.
+MAX_PROTECTED_BYTES: Final = 1 + 11 * 4 + 6 * (2 + 255) + 34 + 9 + 18 + 3 + 64 * 34 + 9
 #: Timestamps are msgpack unsigned integers that fit a signed 64-bit integer (Java long, int64).
 MAX_INT: Final = 2**63 - 1
 
@@ -88,6 +94,7 @@ _SIGNED_PREFIX: Final = SIGNATURE_DOMAIN + len(_TAG_BYTES).to_bytes(4, "big") + 
 
 _sha256 = hashlib.sha256
 _unpackb = msgpack.unpackb
+_packb = msgpack.packb
 
 
 # -- hand-built msgpack ---------------------------------------------------------------------------
@@ -165,6 +172,19 @@ def check_int(name: str, value: object) -> int:
     if type(value) is not int or not 0 <= value <= MAX_INT:
         raise ValueError(f"{name} must be an int from 0 to 2**63 - 1 (ms since the epoch)")
     return value
+
+
+def check_expiry(expires_at: object, created_at: int) -> int:
+    """Validate expires_at against created_at: a header whose exp is before its iat is
+    malformed (docs/ENVELOPE.md section 2), so a signer refuses to write one."""
+    check_int("expires_at", expires_at)
+    assert type(expires_at) is int
+    if expires_at < created_at:
+        raise ValueError(
+            f"expires_at ({expires_at}) is earlier than created_at ({created_at}): it would "
+            "never be valid"
+        )
+    return expires_at
 
 
 def check_parents(parents: Sequence[bytes]) -> bytes:
@@ -293,7 +313,7 @@ def encode_header(
         raise ValueError(f"nonce must be {NONCE_BYTES} bytes")
     check_int("created_at", created_at)
     if expires_at is not None:
-        check_int("expires_at", expires_at)
+        check_expiry(expires_at, created_at)
     return b"".join(
         (
             _MAP_10 if expires_at is None else _MAP_11,
@@ -352,50 +372,124 @@ def key_digest(key: bytes | None) -> bytes | None:
 # -- strict decoding -----------------------------------------------------------------------------
 
 
+def frame_offsets(value: bytes) -> tuple[int, int, int, int, int]:
+    """Locate the three bins of a v1 value without copying them: returns (protected_start,
+    protected_end, body_start, body_end, signature_start); the signature ends the value.
+
+    Reads the framing by hand: the 15-byte prefix, three bin headers, nothing nested, so a
+    crafted value costs the same few byte reads as random bytes. Raises UnsupportedVersion for
+    another version tag and MalformedEnvelope for everything else that is not the shortest-form
+    v1 framing with a protected header of at most ``MAX_PROTECTED_BYTES``
+    (docs/ENVELOPE.md section 1).
+    """
+    if not value.startswith(_VALUE_PREFIX):
+        _classify_foreign(value)
+    # Inlined (the verifier's hot path): bin 8 directly, the wider forms through _bin_wide.
+    # An index past the end is a truncated value.
+    try:
+        if value[_PREFIX_LEN] == 0xC4:
+            p_start = _PREFIX_LEN + 2
+            p_end = p_start + value[_PREFIX_LEN + 1]
+        else:
+            p_start, p_end = _bin_wide(value, _PREFIX_LEN)
+        if p_end - p_start > MAX_PROTECTED_BYTES:
+            raise MalformedEnvelope(f"protected header is longer than {MAX_PROTECTED_BYTES} bytes")
+        if value[p_end] == 0xC4:
+            b_start = p_end + 2
+            b_end = b_start + value[p_end + 1]
+        else:
+            b_start, b_end = _bin_wide(value, p_end)
+        if value[b_end] == 0xC4:
+            s_start = b_end + 2
+            s_end = s_start + value[b_end + 1]
+        else:
+            s_start, s_end = _bin_wide(value, b_end)
+    except IndexError:
+        raise MalformedEnvelope("envelope is truncated") from None
+    if s_end != len(value):
+        if s_end < len(value):
+            raise MalformedEnvelope("trailing bytes after the envelope")
+        raise MalformedEnvelope("envelope is truncated")
+    return p_start, p_end, b_start, b_end, s_start
+
+
+def _bin_wide(value: bytes, pos: int) -> tuple[int, int]:
+    """(start, end) of the bin 16 or bin 32 whose header is at ``pos``, shortest form only."""
+    kind = value[pos]
+    if kind == 0xC5:
+        start = pos + 3
+        n = int.from_bytes(value[pos + 1 : start], "big")
+        if n < 0x100:
+            raise MalformedEnvelope("envelope framing is not in shortest form")
+    elif kind == 0xC6:
+        start = pos + 5
+        n = int.from_bytes(value[pos + 1 : start], "big")
+        if n < 0x10000:
+            raise MalformedEnvelope("envelope framing is not in shortest form")
+    else:
+        raise MalformedEnvelope("envelope items 2 to 4 must be msgpack bin")
+    if start > len(value):
+        raise IndexError  # a length cut short: truncated, as for the bin 8 path
+    return start, start + n
+
+
 def split_envelope(value: bytes) -> tuple[bytes, bytes, bytes]:
     """Split a record value into (protected, body, signature); framing checks only.
 
     Raises UnsupportedVersion for a msgpack array that starts with another version tag, and
     MalformedEnvelope for everything else that is not the shortest-form v1 framing.
     """
-    try:
-        outer = _unpackb(value, max_array_len=4, max_map_len=0, max_ext_len=0)
-    except Exception as exc:  # msgpack raises ValueError subclasses, TypeError, ...
-        _classify_foreign(value, exc)
-    if type(outer) is not list or len(outer) != 4 or outer[0] != TAG:
-        _classify_foreign(value, None)
-    _, protected, body, signature = outer
-    if type(protected) is not bytes or type(body) is not bytes or type(signature) is not bytes:
-        raise MalformedEnvelope("envelope items 2 to 4 must be msgpack bin")
-    # Every item was decoded from exactly len(value) bytes and each item's encoding is at least
-    # its shortest form, so the sizes add up only if every item is in shortest form.
-    n_protected = len(protected)
-    n_body = len(body)
-    n_signature = len(signature)
-    size = _PREFIX_LEN + 6 + n_protected + n_body + n_signature  # as if all were bin8
-    if n_body > 0xFF:
-        size += 1 if n_body <= 0xFFFF else 3
-    if n_protected > 0xFF:
-        size += 1 if n_protected <= 0xFFFF else 3
-    if n_signature > 0xFF:
-        size += 1 if n_signature <= 0xFFFF else 3
-    if len(value) != size:
-        raise MalformedEnvelope("envelope framing is not in shortest form")
-    return protected, body, signature
+    p_start, p_end, b_start, b_end, s_start = frame_offsets(value)
+    return value[p_start:p_end], value[b_start:b_end], value[s_start:]
 
 
-def _classify_foreign(value: bytes, error: Exception | None) -> NoReturn:
-    """Explain a value that is not a v1 envelope. Always raises."""
-    if type(error) is msgpack.ExtraData:
-        raise MalformedEnvelope("trailing bytes after the envelope")
+_ARRAY_HEADERS: Final = {0xDC: 2, 0xDD: 4}  # array 16 / array 32: bytes of count
+_STR_HEADERS: Final = {0xD9: 1, 0xDA: 2, 0xDB: 4}  # str 8 / 16 / 32: bytes of length
+
+
+def _classify_foreign(value: bytes) -> NoReturn:
+    """Explain a value that does not start with the v1 prefix. Always raises.
+
+    The rule (docs/ENVELOPE.md section 1, "Other versions"): a msgpack array (any header form,
+    at least one item) whose first item is a str (any header form) holding valid UTF-8 other
+    than the v1 tag is ``unsupported_version``, whatever follows; the rest of another version's
+    value is not read. Everything else is ``malformed``. Only the first item is looked at, so
+    the cost does not depend on what the value holds.
+    """
+    size = len(value)
+    if size == 0:
+        raise MalformedEnvelope("value is empty")
+    first = value[0]
+    if 0x90 <= first <= 0x9F:
+        count, pos = first & 0x0F, 1
+    elif first in _ARRAY_HEADERS:
+        pos = 1 + _ARRAY_HEADERS[first]
+        count = int.from_bytes(value[1:pos], "big")
+        if pos > size:
+            raise MalformedEnvelope("value is not a msgpack envelope (truncated)")
+    else:
+        raise MalformedEnvelope("value is not a msgpack array")
+    if count == 0 or pos >= size:
+        raise MalformedEnvelope("value is not a v1 envelope [tag, protected, body, signature]")
+    kind = value[pos]
+    if 0xA0 <= kind <= 0xBF:
+        start, n = pos + 1, kind & 0x1F
+    elif kind in _STR_HEADERS:
+        start = pos + 1 + _STR_HEADERS[kind]
+        n = int.from_bytes(value[pos + 1 : start], "big")
+    else:
+        raise MalformedEnvelope("value is not a v1 envelope [tag, protected, body, signature]")
+    if start + n > size:
+        raise MalformedEnvelope("value is not a msgpack envelope (truncated)")
+    tag = value[start : start + n]
+    if tag == _TAG_BYTES:
+        raise MalformedEnvelope("value is not a v1 envelope [tag, protected, body, signature]")
     try:
-        outer = _unpackb(value, raw=False, max_array_len=16, max_map_len=16)
-    except Exception:  # any msgpack or decoding failure: not an envelope at all
-        raise MalformedEnvelope("value is not a msgpack envelope (truncated or invalid)") from None
-    if type(outer) is list and outer and type(outer[0]) is str and outer[0] != TAG:
-        # The tag is attacker-controlled text: it is not echoed into the message.
-        raise UnsupportedVersion("envelope version tag is not supported")
-    raise MalformedEnvelope("value is not a v1 envelope [tag, protected, body, signature]")
+        tag.decode("utf-8")
+    except UnicodeDecodeError:
+        raise MalformedEnvelope("envelope version tag is not UTF-8") from None
+    # The tag is attacker-controlled text: it is not echoed into the message.
+    raise UnsupportedVersion("envelope version tag is not supported")
 
 
 _required_values = itemgetter(K_ALG, K_KID, K_ISS, K_MDL, K_CTY, K_TPC, K_RKD, K_IAT, K_NCE, K_PAR)
@@ -415,9 +509,12 @@ def decode_header(protected: bytes) -> dict[str, Any]:
 def decode_header_values(protected: bytes) -> tuple[dict[str, Any], tuple[Any, ...]]:
     """decode_header, also returning the values of the required keys in HEADER_KEYS order
     (alg, kid, iss, mdl, cty, tpc, rkd, iat, nce, par): the verifier's hot path."""
+    if len(protected) > MAX_PROTECTED_BYTES:
+        raise MalformedEnvelope(f"protected header is longer than {MAX_PROTECTED_BYTES} bytes")
     try:
         # raw=False and strict_map_key=True are msgpack's defaults (>= 1.0): str is decoded as
-        # UTF-8 text, and map keys may only be str or bin.
+        # UTF-8 text, and map keys may only be str or bin. The limits and the size cap above
+        # bound what a hostile header can allocate to a few thousand small objects.
         header = _unpackb(
             protected,
             max_str_len=MAX_TEXT_BYTES,
@@ -463,6 +560,12 @@ def decode_header_values(protected: bytes) -> tuple[dict[str, Any], tuple[Any, .
         exp = header[K_EXP]
         if type(exp) is not int or not 0 <= exp <= MAX_INT:
             raise MalformedEnvelope("header field 'exp' must be an int from 0 to 2**63 - 1")
+        if exp < iat:
+            raise MalformedEnvelope("header field 'exp' is earlier than 'iat'")
+    # Shortest form inside the header too: re-encoding the decoded map (in the order received)
+    # must give the same bytes, so one header has one encoding, like the framing around it.
+    if _packb(header) != protected:
+        raise MalformedEnvelope("protected header is not in shortest form")
     return header, values
 
 

@@ -292,6 +292,27 @@ class HmacKey(Key):
         return {"secret": _b64u_encode(self._secret)}
 
 
+#: Encodings of the eight points of order 1, 2, 4 and 8 on edwards25519, the x sign bit cleared
+#: (y = 1, p - 1, 0, the two order-8 y values, and the non-canonical y = p, p + 1):
+#: tests/unit/test_ed25519_strictness.py recomputes them from the curve.
+_SMALL_ORDER_ENCODINGS: Final = frozenset(
+    bytes.fromhex(text)
+    for text in (
+        "0100000000000000000000000000000000000000000000000000000000000000",
+        "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+        "0000000000000000000000000000000000000000000000000000000000000000",
+        "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05",
+        "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a",
+        "edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+        "eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+    )
+)
+
+
+def _small_order(raw: bytes) -> bool:
+    return raw[:31] + bytes((raw[31] & 0x7F,)) in _SMALL_ORDER_ENCODINGS
+
+
 class Ed25519Key(Key):
     """An Ed25519 (``EdDSA``) key: a private key (signs and verifies) or a public key (verifies).
 
@@ -325,6 +346,13 @@ class Ed25519Key(Key):
             raise ConfigurationError(f"key {kid!r}: give private_key or public_key")
         elif not isinstance(public_key, Ed25519PublicKey):
             raise ConfigurationError(f"key {kid!r}: public_key must be an Ed25519PublicKey")
+        elif _small_order(public_key.public_bytes_raw()):
+            # OpenSSL verifies cofactorless without checking the key's order: under the
+            # identity point, (R = identity, S = 0) is a valid signature of every message.
+            raise ConfigurationError(
+                f"key {kid!r}: a small-order Ed25519 public key, under which forged "
+                "signatures verify (docs/ENVELOPE.md section 4)"
+            )
         object.__setattr__(self, "_private", private_key)
         object.__setattr__(self, "_public", public_key)
 

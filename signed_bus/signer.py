@@ -19,7 +19,7 @@ from signed_bus.envelope import (
     CONTENT_TYPE_MSGPACK,
     MAX_INT,
     NONCE_BYTES,
-    check_int,
+    check_expiry,
     check_parents,
     header_prefix,
     seal,
@@ -211,7 +211,7 @@ class Signer:
             if type(nonce) is not bytes or len(nonce) != NONCE_BYTES:
                 raise ConfigurationError(f"the nonce source must return {NONCE_BYTES} bytes")
         if expires_at is not None:
-            check_int("expires_at", expires_at)
+            check_expiry(expires_at, created_at)
         return seal(
             prefix,
             topic_part,

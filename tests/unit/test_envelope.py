@@ -153,7 +153,7 @@ def test_digests() -> None:
 
 
 def test_decode_envelope_exposes_the_unverified_fields() -> None:
-    protected = encode_header(**header_fields(parents=(DIGEST,), expires_at=5))
+    protected = encode_header(**header_fields(parents=(DIGEST,), expires_at=1_700_000_000_005))
     value = encode_envelope(protected, b"body", b"s" * 32)
     env = decode_envelope(value)
     assert env.protected == protected
@@ -161,7 +161,7 @@ def test_decode_envelope_exposes_the_unverified_fields() -> None:
     assert env.signature == b"s" * 32
     assert env.digest == hashlib.sha256(value).digest()
     assert env.header.parents == (DIGEST,)
-    assert env.header.expires_at == 5
+    assert env.header.expires_at == 1_700_000_000_005
     assert env.header.key_digest == DIGEST
     assert env.signed_message == signed_message(protected, b"body")
 
@@ -405,3 +405,63 @@ def test_header_map_must_be_a_fixmap() -> None:
     assert protected[0] == 0x8A
     with pytest.raises(MalformedEnvelope):
         decode_header(b"\xde\x00\x0a" + protected[1:])
+
+
+@pytest.mark.parametrize(
+    "longer",
+    [
+        # kid "k1" as str 8 instead of fixstr
+        lambda p: p.replace(b"\xa3kid\xa2k1", b"\xa3kid\xd9\x02k1"),
+        # nonce as bin 16 instead of bin 8
+        lambda p: p.replace(b"\xa3nce\xc4\x10", b"\xa3nce\xc5\x00\x10"),
+        # par as array 16 of zero items instead of fixarray
+        lambda p: p.replace(b"\xa3par\x90", b"\xa3par\xdc\x00\x00"),
+        # iat as int 64 instead of uint 64
+        lambda p: p.replace(b"\xa3iat\xcf", b"\xa3iat\xd3"),
+    ],
+    ids=["str8-text", "bin16-nonce", "array16-parents", "int64-iat"],
+)
+def test_header_items_must_be_in_shortest_form(longer: Any) -> None:
+    protected = encode_header(**header_fields())
+    changed = longer(protected)
+    assert changed != protected
+    assert msgpack.unpackb(changed) == msgpack.unpackb(protected)  # same meaning, other bytes
+    with pytest.raises(MalformedEnvelope, match="shortest form"):
+        decode_header(changed)
+
+
+def test_expiry_before_creation_is_malformed_and_never_signed() -> None:
+    created = header_fields()["created_at"]
+    decode_header(encode_header(**header_fields(expires_at=created)))  # equal is valid
+    with pytest.raises(ValueError, match="earlier than created_at"):
+        encode_header(**header_fields(expires_at=created - 1))
+    header = header_map()
+    header["exp"] = created - 1
+    with pytest.raises(MalformedEnvelope, match="earlier than 'iat'"):
+        decode_header(msgpack.packb(header))
+
+
+@pytest.mark.parametrize(
+    ("value", "error"),
+    [
+        (msgpack.packb(["signed-bus/v2"]), UnsupportedVersion),
+        (msgpack.packb([""]), UnsupportedVersion),
+        (b"\xdd\xff\xff\xff\xff" + msgpack.packb("v9") + b"\xc1", UnsupportedVersion),
+        (b"\x91\xd9\x02v2", UnsupportedVersion),  # str 8 tag, nothing read after it
+        (b"\x94\xa2\xff\xfe", MalformedEnvelope),  # tag is not UTF-8
+        (b"\x94\xad" + b"signed-bus/v", MalformedEnvelope),  # tag cut short
+        (msgpack.packb([TAG, b"p", b"b"]), MalformedEnvelope),  # the v1 tag, 3 items
+        (b"\x94\xd9\x0d" + TAG.encode() + b"\xc4\x00" * 3, MalformedEnvelope),  # str 8 v1 tag
+        (msgpack.packb([1, b"p"]), MalformedEnvelope),
+        (msgpack.packb([]), MalformedEnvelope),
+        (msgpack.packb([b"signed-bus/v2"]), MalformedEnvelope),  # bin, not str
+        (b"\xdc\x00", MalformedEnvelope),
+    ],
+    ids=lambda v: v.hex()[:24] if isinstance(v, bytes) else v.__name__,
+)
+def test_foreign_values_are_classified_by_their_first_item(
+    value: bytes, error: type[Exception]
+) -> None:
+    with pytest.raises(VerificationError) as caught:
+        split_envelope(value)
+    assert type(caught.value) is error

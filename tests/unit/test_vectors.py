@@ -18,10 +18,13 @@ from typing import Any
 
 import msgpack
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
 
 from signed_bus.envelope import SIGNATURE_DOMAIN, TAG
-from signed_bus.errors import VerificationError
+from signed_bus.errors import ConfigurationError, VerificationError
 from signed_bus.keys import Keyring
 from signed_bus.signer import Signer
 from signed_bus.verifier import Verifier
@@ -37,6 +40,7 @@ KEYS_TEXT = (VECTORS / "keys.json").read_text()
 KEY_ENTRIES = {entry["kid"]: entry for entry in json.loads(KEYS_TEXT)["keys"]}
 POSITIVE = load("positive.json")
 NEGATIVE = load("negative.json")
+REFUSED_KEYS = load("refused-keys.json")
 
 
 def ring() -> Keyring:
@@ -58,9 +62,9 @@ def verifier(options: dict[str, Any]) -> Verifier:
         future_skew_ms=options["future_skew_ms"],
         max_envelope_bytes=options["max_envelope_bytes"],
         audit=options["audit"],
-        # The consumer's clock also bounds freshness (max_age + max_lag back, skew ahead): the
-        # vectors model a consumer reading without lag, whose clock equals the reference.
-        clock=lambda: options["reference_ms"],
+        max_lag_ms=options["max_lag_ms"],
+        # The consumer's clock also bounds freshness (max_age + max_lag back, skew ahead).
+        clock=lambda: options["now_ms"],
     )
 
 
@@ -185,3 +189,110 @@ def test_generator_reproduces_the_files() -> None:
     spec.loader.exec_module(module)
     for name, text in module.files().items():
         assert (VECTORS / name).read_text() == text, f"{name} is stale: run generate.py"
+
+
+# -- the spec's rules, re-derived here without the library -----------------------------------
+
+
+def framing_by_spec(value: bytes) -> str:
+    """docs/ENVELOPE.md section 1: "v1" for the shortest-form v1 framing, else the reason."""
+    tag = TAG.encode()
+    if value.startswith(b"\x94\xad" + tag):
+        pos = 15
+        ends = []
+        for _ in range(3):
+            if pos >= len(value) or value[pos] not in (0xC4, 0xC5, 0xC6):
+                return "malformed"
+            width = {0xC4: 1, 0xC5: 2, 0xC6: 4}[value[pos]]
+            n = int.from_bytes(value[pos + 1 : pos + 1 + width], "big")
+            if width > 1 and n < 256 ** (width // 2):  # bin 16 below 256, bin 32 below 65536
+                return "malformed"
+            pos += 1 + width + n
+            ends.append(n)
+        return "v1" if pos == len(value) and ends[0] <= 3836 else "malformed"
+    if not value or not (0x90 <= value[0] <= 0x9F or value[0] in (0xDC, 0xDD)):
+        return "malformed"
+    header = {0xDC: 3, 0xDD: 5}.get(value[0], 1)
+    count = value[0] & 0x0F if header == 1 else int.from_bytes(value[1:header], "big")
+    if count == 0 or len(value) <= header:
+        return "malformed"
+    kind = value[header]
+    if 0xA0 <= kind <= 0xBF:
+        start, n = header + 1, kind & 0x1F
+    elif kind in (0xD9, 0xDA, 0xDB):
+        width = {0xD9: 1, 0xDA: 2, 0xDB: 4}[kind]
+        start = header + 1 + width
+        n = int.from_bytes(value[header + 1 : start], "big")
+    else:
+        return "malformed"
+    text = value[start : start + n]
+    if start + n > len(value) or text == tag:
+        return "malformed"
+    try:
+        text.decode("utf-8")
+    except UnicodeDecodeError:
+        return "malformed"
+    return "unsupported_version"
+
+
+def freshness_by_spec(header: dict[str, Any], options: dict[str, Any]) -> str | None:
+    """docs/ENVELOPE.md section 7 in exact integer arithmetic: None if fresh, else the reason."""
+    if options["audit"]:
+        return None
+    ref, now, iat = options["reference_ms"], options["now_ms"], header["iat"]
+    skew, age, lag = options["future_skew_ms"], options["max_age_ms"], options["max_lag_ms"]
+    if iat > ref + skew or iat > now + skew:
+        return "not_yet_valid"
+    if iat < ref - age or iat < now - (age + lag):
+        return "expired"
+    if "exp" in header and (header["exp"] < ref or header["exp"] < now):
+        return "expired"
+    return None
+
+
+@pytest.mark.parametrize("vector", POSITIVE["vectors"], ids=lambda v: v["name"])
+def test_positive_vector_is_fresh_and_framed_by_the_spec(vector: dict[str, Any]) -> None:
+    value = bytes.fromhex(vector["envelope_hex"])
+    assert framing_by_spec(value) == "v1"
+    header = msgpack.unpackb(bytes.fromhex(vector["protected_hex"]))
+    assert msgpack.packb(header) == bytes.fromhex(vector["protected_hex"])  # shortest form
+    assert "exp" not in header or header["exp"] >= header["iat"]
+    assert freshness_by_spec(header, vector["verify"]) is None
+
+
+@pytest.mark.parametrize("vector", NEGATIVE["vectors"], ids=lambda v: v["name"])
+def test_negative_vector_framing_and_freshness_by_the_spec(vector: dict[str, Any]) -> None:
+    value = bytes.fromhex(vector["envelope_hex"])
+    options = vector["verify"]
+    if len(value) > options["max_envelope_bytes"]:
+        assert vector["reason"] == "oversized"
+        return
+    framing = framing_by_spec(value)
+    if framing != "v1":
+        assert vector["reason"] == framing
+    elif vector["reason"] in {"expired", "not_yet_valid"}:
+        header = msgpack.unpackb(value[17 : 17 + value[16]])
+        assert freshness_by_spec(header, options) == vector["reason"]
+
+
+def test_bin32_framing_is_covered() -> None:
+    framed = [bytes.fromhex(v["envelope_hex"]) for v in POSITIVE["vectors"]]
+    assert any(
+        b"\xc6" + len(bytes.fromhex(v["sign"]["body_hex"])).to_bytes(4, "big") in value
+        for v, value in zip(POSITIVE["vectors"], framed, strict=True)
+        if len(v["sign"]["body_hex"]) // 2 > 0xFFFF
+    )
+
+
+@pytest.mark.parametrize("key", REFUSED_KEYS["keys"], ids=lambda k: k["name"])
+def test_small_order_key_is_refused(key: dict[str, Any]) -> None:
+    with pytest.raises(ConfigurationError, match="small-order"):
+        Keyring.from_mapping({"version": 1, "keys": [key["entry"]]}, source="vector")
+
+
+def test_forgery_under_the_identity_key_is_why_it_is_refused() -> None:
+    forged = REFUSED_KEYS["forged_under_identity"]
+    identity = next(k for k in REFUSED_KEYS["keys"] if k["name"] == "identity")
+    public = Ed25519PublicKey.from_public_bytes(b64u(identity["entry"]["public"]))
+    value = bytes.fromhex(forged["envelope_hex"])
+    public.verify(value[-64:], bytes.fromhex(forged["signed_message_hex"]))  # OpenSSL accepts

@@ -11,6 +11,7 @@ output is identical on every run. The keys are public test keys: never use them 
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import sys
@@ -39,12 +40,17 @@ PARENT_A = hashlib.sha256(b"parent envelope a").digest()
 PARENT_B = hashlib.sha256(b"parent envelope b").digest()
 RESULT = {"request": "req-42", "label": "cat", "score": 0.875, "top": [["cat", 0.875]]}
 
+MAX_INT = 2**63 - 1
+ED25519_L = 2**252 + 27742317777372353535851937790883648493
 VERIFY_DEFAULTS = {
     "max_age_ms": 300_000,
     "future_skew_ms": 5_000,
+    "max_lag_ms": 3_600_000,
     "max_envelope_bytes": 1_048_576,
     "audit": False,
 }
+#: 65,536 bytes and more need bin 32 framing: the shortest form for this body is 0xc6.
+BIN32_BODY = bytes(range(256)) * 257
 
 
 def keyring() -> Keyring:
@@ -63,6 +69,30 @@ def fixed_nonces(start: int) -> Callable[[], bytes]:
 
 def hexs(raw: bytes | None) -> str | None:
     return None if raw is None else raw.hex()
+
+
+def _hs_case() -> dict[str, Any]:
+    return {
+        "kid": "hs-2026-01",
+        "issuer": "inference-agent",
+        "model": "resnet-50@sha256:0f1e2d",
+        "topic": "inference.results",
+        "record_key": b"req-42",
+        "content_type": CONTENT_TYPE_MSGPACK,
+        "body": msgpack.packb(RESULT),
+        "parents": [],
+        "expires_at": None,
+    }
+
+
+def verify_options(topic: str, record_key: bytes | None, **changes: Any) -> dict[str, Any]:
+    """A vector's verifier options and inputs; the clock (now_ms) is the reference time unless
+    a change says otherwise."""
+    options = {**VERIFY_DEFAULTS, "topic": topic, "record_key_hex": hexs(record_key)}
+    options["reference_ms"] = changes.pop("reference_ms", NOW)
+    options["now_ms"] = changes.pop("now_ms", options["reference_ms"])
+    options.update(changes)
+    return options
 
 
 def positive_vectors() -> Iterator[dict[str, Any]]:
@@ -120,14 +150,63 @@ def positive_vectors() -> Iterator[dict[str, Any]]:
             "parents": [],
             "expires_at": NOW + 1,
         },
+        {
+            "name": "eddsa-bin32-body",
+            "description": "EdDSA, 65,792-byte opaque body: bin 32 framing (0xc6) is shortest",
+            "kid": "ed-2026-01",
+            "issuer": "planner",
+            "model": "planner-rules@7",
+            "topic": "plans",
+            "record_key": b"req-42",
+            "content_type": "application/octet-stream",
+            "body": BIN32_BODY,
+            "parents": [],
+            "expires_at": None,
+        },
+        {
+            "name": "hs256-clock-ahead-within-max-lag",
+            "description": "reference (append time) = iat; the verifier's clock is max_age + "
+            "max_lag later: the oldest a lagging consumer still accepts",
+            **_hs_case(),
+            "verify": {"now_ms": NOW + 300_000 + 3_600_000},
+        },
+        {
+            "name": "hs256-clock-behind-within-skew",
+            "description": "reference = iat; the verifier's clock is future_skew behind",
+            **_hs_case(),
+            "verify": {"now_ms": NOW - 5_000},
+        },
+        {
+            "name": "hs256-audit-a-year-later",
+            "description": "audit mode: freshness is not checked, everything else is",
+            **_hs_case(),
+            "verify": {"audit": True, "reference_ms": NOW + 365 * 86_400_000},
+        },
+        {
+            "name": "hs256-iat-exp-int64-max",
+            "description": "iat = exp = 2^63 - 1, verified at that instant: no overflow near "
+            "the top of the range",
+            **_hs_case(),
+            "created_at": MAX_INT,
+            "expires_at": MAX_INT,
+            "verify": {"reference_ms": MAX_INT},
+        },
+        {
+            "name": "hs256-iat-zero",
+            "description": "iat = 0 verified at the epoch: window bounds below zero",
+            **_hs_case(),
+            "created_at": 0,
+            "verify": {"reference_ms": 0},
+        },
     ]
     for index, case in enumerate(cases):
+        created_at = case.get("created_at", NOW)
         signer = Signer(
             ring,
             kid=case["kid"],
             issuer=case["issuer"],
             model=case["model"],
-            clock=lambda: NOW,
+            clock=lambda created_at=created_at: created_at,
             nonce_source=fixed_nonces(0x10 * (index + 1)),
         )
         value = signer.sign_bytes(
@@ -154,7 +233,7 @@ def positive_vectors() -> Iterator[dict[str, Any]]:
                 "body_hex": case["body"].hex(),
                 "parents_hex": [p.hex() for p in case["parents"]],
                 "expires_at": case["expires_at"],
-                "created_at": NOW,
+                "created_at": created_at,
                 "nonce_hex": header["nce"].hex(),
             },
             "header": {
@@ -168,12 +247,7 @@ def positive_vectors() -> Iterator[dict[str, Any]]:
             "signature_hex": signature.hex(),
             "envelope_hex": value.hex(),
             "digest_hex": hashlib.sha256(value).hexdigest(),
-            "verify": {
-                **VERIFY_DEFAULTS,
-                "topic": case["topic"],
-                "record_key_hex": hexs(case["record_key"]),
-                "reference_ms": NOW,
-            },
+            "verify": verify_options(case["topic"], case["record_key"], **case.get("verify", {})),
         }
 
 
@@ -198,6 +272,8 @@ def negative_vectors(positive: list[dict[str, Any]]) -> Iterator[dict[str, Any]]
     verify = dict(base["verify"])
 
     def case(name: str, reason: str, envelope: bytes, **overrides: Any) -> dict[str, Any]:
+        if "reference_ms" in overrides and "now_ms" not in overrides:
+            overrides["now_ms"] = overrides["reference_ms"]  # a consumer reading without lag
         return {
             "name": name,
             "reason": reason,
@@ -317,6 +393,151 @@ def negative_vectors(positive: list[dict[str, Any]]) -> Iterator[dict[str, Any]]
     duplicate += msgpack.packb("tpc") + msgpack.packb("other.topic")
     yield case("signed-header-duplicate-key", "malformed", _resign(bytes(duplicate), body, hs))
 
+    # Shortest form and nothing after the map, inside the header too (all correctly signed).
+    shortest = msgpack.packb(header)
+    for name, changed in [
+        ("str8-kid", shortest.replace(b"\xa3kid\xaahs-2026-01", b"\xa3kid\xd9\x0ahs-2026-01")),
+        ("bin16-nonce", shortest.replace(b"\xa3nce\xc4\x10", b"\xa3nce\xc5\x00\x10")),
+        ("int64-iat", shortest.replace(b"\xa3iat\xcf", b"\xa3iat\xd3")),
+        ("array16-parents", shortest.replace(b"\xa3par\x90", b"\xa3par\xdc\x00\x00")),
+        ("map16", b"\xde\x00\x0a" + shortest[1:]),
+        ("trailing-byte", shortest + b"\xc0"),
+    ]:
+        assert changed != shortest
+        yield case(f"signed-header-not-shortest-{name}", "malformed", _resign(changed, body, hs))
+    yield case(
+        "signed-header-exp-before-iat",
+        "malformed",
+        _resign(with_header(exp=header["iat"] - 1), body, hs),
+        audit=True,
+    )
+    yield case(
+        "protected-longer-than-3836-bytes",
+        "malformed",
+        encode_envelope(b"\xc0" * 3837, body, signature),
+    )
+
+    # The verifier's clock apart from the reference (append) time.
+    yield case(
+        "clock-past-max-age-plus-max-lag",
+        "expired",
+        value,
+        now_ms=NOW + verify["max_age_ms"] + verify["max_lag_ms"] + 1,
+    )
+    yield case(
+        "clock-behind-by-more-than-skew",
+        "not_yet_valid",
+        value,
+        now_ms=NOW - verify["future_skew_ms"] - 1,
+    )
+    yield case(
+        "reference-at-int64-max",
+        "expired",
+        value,
+        reference_ms=MAX_INT,
+        now_ms=NOW,
+    )
+    at_max = _resign(with_header(iat=MAX_INT), body, hs)
+    yield case("iat-int64-max-read-now", "not_yet_valid", at_max)
+    yield case(
+        "audit-still-checks-the-signature", "bad_signature", value[:-1] + b"\x00", audit=True
+    )
+    yield case(
+        "audit-still-checks-the-topic", "wrong_topic", value, audit=True, topic="other.topic"
+    )
+
+    # EdDSA signatures.
+    ed = positive[2]
+    ed_value = bytes.fromhex(ed["envelope_hex"])
+    ed_verify = {**ed["verify"]}
+    yield {
+        "name": "eddsa-signature-byte-flipped",
+        "reason": "bad_signature",
+        "envelope_hex": (ed_value[:-64] + bytes([ed_value[-64] ^ 0x01]) + ed_value[-63:]).hex(),
+        "verify": ed_verify,
+    }
+    s_value = int.from_bytes(ed_value[-32:], "little")
+    assert s_value + ED25519_L < 2**256
+    yield {
+        "name": "eddsa-non-canonical-s",
+        "reason": "bad_signature",
+        "envelope_hex": (ed_value[:-32] + (s_value + ED25519_L).to_bytes(32, "little")).hex(),
+        "verify": ed_verify,
+    }
+
+    # Values that are not v1: another version tag (first item a UTF-8 str other than the tag,
+    # whatever follows), or malformed.
+    for name, foreign in [
+        ("v2-one-item", msgpack.packb(["signed-bus/v2"])),
+        ("empty-tag", msgpack.packb(["", protected, body, signature])),
+        ("array16-tag-then-junk", b"\xdc\x00\x14" + msgpack.packb("v9") + b"\xc1\xc1"),
+        ("str8-tag-then-trailing", b"\x94\xd9\x0dsigned-bus/v0" + b"\x00" * 8),
+        ("array32-nested-junk", b"\xdd\xff\xff\xff\xff\xa2v3" + b"\x91" * 64),
+    ]:
+        yield case(f"other-version-{name}", "unsupported_version", foreign)
+    for name, foreign in [
+        ("tag-as-bin", msgpack.packb([TAG.encode(), protected, body, signature])),
+        ("tag-not-utf8", b"\x94\xa2\xff\xfe" + value[15:]),
+        ("tag-cut-short", value[:10]),
+        ("v1-tag-3-items", msgpack.packb([TAG, protected, body])),
+        ("v1-tag-5-items", msgpack.packb([TAG, protected, body, signature, b""])),
+        ("v1-tag-as-str8", b"\x94\xd9\x0d" + value[2:]),
+        ("v1-tag-array16", b"\xdc\x00\x04" + value[1:]),
+        ("v1-tag-nested-arrays", value[:15] + b"\x94\x94\x94\x90" * 64),
+        ("first-item-int", msgpack.packb([1, protected, body, signature])),
+        ("empty-array", b"\x90"),
+    ]:
+        yield case(f"not-v1-{name}", "malformed", foreign)
+
+
+#: Encodings of small-order points (identity, its x-sign-bit twin, order 2, 4 and 8): a key
+#: file naming one of them as a public key must fail to load (docs/ENVELOPE.md section 4).
+SMALL_ORDER_KEYS = {
+    "identity": "01" + "00" * 31,
+    "identity-x-sign-bit": "01" + "00" * 30 + "80",
+    "order-2": "ec" + "ff" * 30 + "7f",
+    "order-4": "00" * 32,
+    "order-8": "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a",
+    "non-canonical-identity": "ee" + "ff" * 30 + "7f",
+}
+
+
+def refused_keys(positive: list[dict[str, Any]]) -> dict[str, Any]:
+    """Key-file entries a loader must refuse, and for the identity key an envelope that OpenSSL
+    would accept under it: R = identity, S = 0 verifies every message."""
+    base = positive[2]  # EdDSA, issuer planner
+    header = msgpack.unpackb(bytes.fromhex(base["protected_hex"]))
+    header["kid"] = "ed-small-order"
+    protected = msgpack.packb(header)
+    body = bytes.fromhex(base["sign"]["body_hex"])
+    forged = encode_envelope(
+        protected, body, bytes.fromhex(SMALL_ORDER_KEYS["identity"]) + bytes(32)
+    )
+    return {
+        "description": "Ed25519 public keys of small order: refuse them when loading keys",
+        "keys": [
+            {
+                "name": name,
+                "entry": {
+                    "kid": "ed-small-order",
+                    "alg": "EdDSA",
+                    "issuers": ["planner"],
+                    "public": _b64u(bytes.fromhex(raw)),
+                },
+            }
+            for name, raw in SMALL_ORDER_KEYS.items()
+        ],
+        "forged_under_identity": {
+            "envelope_hex": forged.hex(),
+            "signed_message_hex": signed_message(protected, body).hex(),
+            "verify": base["verify"],
+        },
+    }
+
+
+def _b64u(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
 
 def render(data: Any) -> str:
     return json.dumps(data, indent=2, sort_keys=False) + "\n"
@@ -334,6 +555,7 @@ def files() -> dict[str, str]:
             }
         ),
         "negative.json": render({"tag": TAG, "vectors": list(negative_vectors(positive))}),
+        "refused-keys.json": render(refused_keys(positive)),
     }
 
 

@@ -1,0 +1,126 @@
+"""Body decoding profiles behind ``VerifiedMessage.payload`` (spec: docs/ENVELOPE.md section 3).
+
+One profile per content type, the same in every implementation that shares a topic, so no two
+consumers read different values from the same verified bytes: strict UTF-8, no duplicate map
+keys, no non-finite JSON numbers, nesting at most ``MAX_DEPTH``. Any departure raises
+``PayloadError`` (the verifier reports it as reason ``malformed``). Messages never quote the
+body.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Final
+
+import msgpack
+
+__all__ = ["MAX_DEPTH", "PayloadError", "decode_json", "decode_msgpack"]
+
+#: Most arrays/maps (JSON arrays/objects) nested inside each other; a top-level container is 1.
+MAX_DEPTH: Final = 128
+_MAP_KEY_TYPES: Final = (str, bytes, int)
+
+
+class PayloadError(ValueError):
+    """The body breaks its content type's decoding profile."""
+
+
+def decode_json(body: bytes) -> object:
+    """application/json: RFC 8259 JSON text, UTF-8 only (no BOM, no UTF-16/32), no NaN or
+    Infinity literals, no number that overflows a double, unique member names, no string with
+    an unpaired surrogate escape, nesting at most MAX_DEPTH."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise PayloadError("JSON body is not UTF-8") from None
+    try:
+        value = json.loads(
+            text,
+            object_pairs_hook=_json_object,
+            parse_constant=_no_constant,
+            parse_float=_finite_float,
+        )
+    except RecursionError:
+        raise PayloadError(f"JSON body is nested deeper than {MAX_DEPTH}") from None
+    except PayloadError:
+        raise
+    except ValueError as exc:  # JSONDecodeError, int digit limit
+        raise PayloadError(f"JSON body does not parse ({type(exc).__name__})") from None
+    _check_tree(value, text=True)
+    return value
+
+
+def decode_msgpack(body: bytes) -> object:
+    """application/msgpack: exactly one msgpack object (no trailing bytes), str is valid UTF-8,
+    map keys are str, bin or int and unique, nesting at most MAX_DEPTH. Floats are taken as
+    they are (NaN and infinities included); the timestamp extension (type -1) decodes to
+    ``msgpack.Timestamp``, other ext types to ``msgpack.ExtType``."""
+    try:
+        value = msgpack.unpackb(
+            body, raw=False, strict_map_key=False, object_pairs_hook=_msgpack_map
+        )
+    except PayloadError:
+        raise
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise PayloadError(f"msgpack body does not decode ({type(exc).__name__})") from None
+    _check_tree(value, text=False)
+    return value
+
+
+def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        raise PayloadError("JSON object has duplicate member names")
+    return result
+
+
+def _msgpack_map(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    for key, _ in pairs:
+        if type(key) not in _MAP_KEY_TYPES:
+            raise PayloadError("msgpack map key is not a str, bin or int")
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        raise PayloadError("msgpack map has duplicate keys")
+    return result
+
+
+def _no_constant(name: str) -> float:
+    raise PayloadError("JSON body holds NaN or Infinity, which JSON does not have")
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise PayloadError("JSON number overflows a double")
+    return number
+
+
+def _check_tree(value: object, *, text: bool) -> None:
+    """Depth of containers; with ``text``, every string (keys too) encodes as UTF-8 (JSON
+    escapes can spell unpaired surrogates, which no UTF-8 text holds)."""
+    stack: list[tuple[object, int]] = [(value, 0)]
+    pop, push = stack.pop, stack.append
+    while stack:
+        item, depth = pop()
+        kind = type(item)
+        if kind is list or kind is dict:
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise PayloadError(f"body is nested deeper than {MAX_DEPTH}")
+            if kind is dict:
+                assert isinstance(item, dict)
+                for key, child in item.items():
+                    push((key, depth))
+                    push((child, depth))
+            else:
+                assert isinstance(item, list)
+                for child in item:
+                    push((child, depth))
+        elif text and kind is str:
+            assert isinstance(item, str)
+            if not item.isascii():
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise PayloadError("JSON string holds an unpaired surrogate") from None
