@@ -10,7 +10,13 @@ import msgpack
 import pytest
 
 from signed_bus.keys import HmacKey, Keyring
-from signed_bus.payload import MAX_DEPTH, PayloadError, decode_json, decode_msgpack
+from signed_bus.payload import (
+    MAX_DEPTH,
+    MAX_MSGPACK_DEPTH,
+    PayloadError,
+    decode_json,
+    decode_msgpack,
+)
 from signed_bus.signer import Signer
 from signed_bus.verifier import MalformedPayload, Verifier
 
@@ -65,10 +71,13 @@ def test_json_profile_refuses(name: str, body: bytes) -> None:
 
 ACCEPTED_MSGPACK: list[tuple[bytes, Any]] = [
     (msgpack.packb({"a": [1, b"x", None]}), {"a": [1, b"x", None]}),
-    (msgpack.packb({1: "one", -2: "minus two", b"k": 3}), {1: "one", -2: "minus two", b"k": 3}),
+    (msgpack.packb({"one": 1, b"k": 3, b"one": 2}), {"one": 1, b"k": 3, b"one": 2}),
+    # a repeated key keeps its last value (msgpack's own rule, free on the hot path)
+    (b"\x82\xa1a\x01\xa1a\x02", {"a": 2}),
     (msgpack.packb(msgpack.Timestamp(1, 2)), msgpack.Timestamp(1, 2)),
     (msgpack.packb(msgpack.ExtType(5, b"raw")), msgpack.ExtType(5, b"raw")),
-    (nested(MAX_DEPTH, opener=b"\x91", closer=b"", leaf=b"\x01"), None),
+    (nested(MAX_MSGPACK_DEPTH, opener=b"\x91", closer=b"", leaf=b"\x01"), None),
+    (nested(MAX_MSGPACK_DEPTH - 1, opener=b"\x81\xa1k", closer=b"", leaf=b"\x80"), None),
 ]
 REFUSED_MSGPACK: list[tuple[str, bytes]] = [
     ("trailing-bytes", msgpack.packb(1) + b"\x01"),
@@ -80,9 +89,9 @@ REFUSED_MSGPACK: list[tuple[str, bytes]] = [
     ("nil-key", b"\x81\xc0\x02"),
     ("bool-key", b"\x81\xc3\x02"),
     ("float-key", b"\x81\xcb" + b"\x00" * 8 + b"\x02"),
-    ("duplicate-key", b"\x82\xa1a\x01\xa1a\x02"),
-    ("duplicate-int-key", b"\x82\x01\x01\x01\x02"),
-    ("too-deep", nested(MAX_DEPTH + 1, opener=b"\x91", closer=b"", leaf=b"\x01")),
+    ("int-key", b"\x81\x01\x02"),
+    ("too-deep", nested(MAX_MSGPACK_DEPTH + 1, opener=b"\x91", closer=b"", leaf=b"\x01")),
+    ("too-deep-maps", nested(MAX_MSGPACK_DEPTH, opener=b"\x81\xa1k", closer=b"", leaf=b"\x80")),
     ("very-deep", b"\x91" * 100_000 + b"\x01"),
     ("reserved-type-byte", b"\xc1"),
     ("empty", b""),
@@ -131,3 +140,14 @@ def test_json_profile_matches_the_standard_library_on_plain_documents() -> None:
     document = {"request": "req-42", "scores": [0.5, 1e-3], "nested": {"k": [True, None]}}
     body = json.dumps(document).encode()
     assert decode_json(body) == json.loads(body) == document
+
+
+def test_without_the_c_unpacker_the_msgpack_depth_is_walked_to_the_same_limit() -> None:
+    from signed_bus.payload import _check_tree
+
+    deepest: list[object] = []
+    for _ in range(MAX_MSGPACK_DEPTH - 1):
+        deepest = [deepest]
+    _check_tree(deepest, text=False, max_depth=MAX_MSGPACK_DEPTH)
+    with pytest.raises(PayloadError, match="deeper"):
+        _check_tree([deepest], text=False, max_depth=MAX_MSGPACK_DEPTH)
