@@ -50,8 +50,10 @@ from signed_bus import (
     Position,
     ProvenanceIndex,
     RedisReplayGuard,
+    Skipped,
     Verifier,
     VerifyingConsumer,
+    fetch_records,
 )
 
 AGENT = "auditor"
@@ -76,6 +78,11 @@ class Auditor:
 
     def on_dead_letter(self, letter: DeadLetter) -> None:
         self.dead_letters.setdefault(letter.source_topic, Counter())[letter.reason] += 1
+
+    def on_undecodable_dead_letter(self, skipped: Skipped) -> None:
+        """A record of a dead-letter topic that the Kafka client could not decode: counted under
+        that dead-letter topic with reason ``undecodable`` (its source is unknown)."""
+        self.dead_letters.setdefault(skipped.topic, Counter())["undecodable"] += 1
 
     def summary(self, consumers: dict[str, VerifyingConsumer]) -> dict[str, Any]:
         topics = {}
@@ -109,13 +116,23 @@ async def tail_dead_letters(
     auditor: Auditor, consumer: AIOKafkaConsumer, stop: asyncio.Event, log: logging.Logger
 ) -> None:
     while not stop.is_set():
-        batch = await consumer.getmany(timeout_ms=500, max_records=500)
-        for records in batch.values():
+        batch = await fetch_records(consumer, timeout_ms=500, max_records=500)
+        for records in batch.records.values():
             for record in records:
                 try:
                     auditor.on_dead_letter(DeadLetter.from_record(record))
                 except ValueError:
                     log.warning("a record on %s is not a dead letter", record.topic)
+        for skipped in batch.skipped:
+            log.warning(
+                "records %s[%d]@%d..%d of a dead-letter topic could not be decoded (%s); skipped",
+                skipped.topic,
+                skipped.partition,
+                skipped.offset,
+                skipped.last_offset,
+                skipped.error,
+            )
+            auditor.on_undecodable_dead_letter(skipped)
         if batch:
             await consumer.commit()
 

@@ -27,6 +27,7 @@ from signed_bus.errors import (
     ReplayDetected,
     ReplayGuardUnavailable,
     SignedBusError,
+    Undecodable,
     UnknownKey,
     UnsupportedContentType,
     UnsupportedVersion,
@@ -35,6 +36,7 @@ from signed_bus.errors import (
     WrongKey,
     WrongTopic,
 )
+from signed_bus.fetch import Fetched, Skipped, fetch_records
 from signed_bus.keys import (
     EDDSA,
     HS256,
@@ -91,6 +93,7 @@ __all__ = [
     "Ed25519Key",
     "EnvelopeTooLarge",
     "Expired",
+    "Fetched",
     "HmacKey",
     "Key",
     "Keyring",
@@ -116,9 +119,11 @@ __all__ = [
     "SignedBusError",
     "SignedProducer",
     "Signer",
+    "Skipped",
     "TraceLink",
     "TraceReport",
     "Tracer",
+    "Undecodable",
     "UnknownKey",
     "UnsupportedContentType",
     "UnsupportedVersion",
@@ -132,6 +137,7 @@ __all__ = [
     "__version__",
     "create_topics",
     "envelope_digest",
+    "fetch_records",
     "generate_ed25519_key",
     "generate_hmac_key",
     "system_clock",

@@ -32,13 +32,15 @@ from aiokafka.errors import (
     RecordTooLargeError,
 )
 
-from .errors import VerificationError
+from .errors import Undecodable, VerificationError
 
 __all__ = [
     "HEADER_ERROR",
     "HEADER_KEY_OMITTED",
     "HEADER_KEY_SHA256",
+    "HEADER_NOT_DECODED",
     "HEADER_REASON",
+    "HEADER_SOURCE_LAST_OFFSET",
     "HEADER_SOURCE_OFFSET",
     "HEADER_SOURCE_PARTITION",
     "HEADER_SOURCE_TIMESTAMP",
@@ -67,6 +69,13 @@ HEADER_VALUE_OMITTED = "signed-bus-value-omitted"
 HEADER_KEY_OMITTED = "signed-bus-key-omitted"
 #: The SHA-256 of the omitted key, lowercase hex (only with :data:`HEADER_KEY_OMITTED`).
 HEADER_KEY_SHA256 = "signed-bus-key-sha256"
+#: Present (value b"1") when the Kafka client could not decode the source record (reason
+#: ``undecodable``): the letter has no value and no key because none was ever read; read the
+#: source offsets with another client while the topic's retention keeps them.
+HEADER_NOT_DECODED = "signed-bus-not-decoded"
+#: With :data:`HEADER_NOT_DECODED`: the last source offset skipped with the first one (the rest
+#: of its record batch, unreadable by the client too).
+HEADER_SOURCE_LAST_OFFSET = "signed-bus-source-last-offset"
 
 # Error messages are library-made and short; the cap keeps one odd message from bloating a record.
 _MAX_ERROR_BYTES = 512
@@ -95,6 +104,10 @@ def dead_letter_headers(
     ]
     if timestamp is not None:
         headers.append((HEADER_SOURCE_TIMESTAMP, str(timestamp).encode()))
+    if isinstance(error, Undecodable):
+        headers.append((HEADER_NOT_DECODED, b"1"))
+        if error.last_offset is not None:
+            headers.append((HEADER_SOURCE_LAST_OFFSET, str(error.last_offset).encode()))
     message = str(error).encode("utf-8", "replace")[:_MAX_ERROR_BYTES]
     headers.append((HEADER_ERROR, message))
     return headers
