@@ -12,8 +12,9 @@ decoded, in order (none lost, none twice), plus the range of offsets that did no
 (:class:`Skipped`), and seeks past that range. The unit skipped is the rest of one record
 batch, from the first offset not decoded to the batch's last offset: aiokafka re-parses a batch
 from its start whatever the fetch offset, so nothing after a bad record in its batch is readable
-with it either. What the consumers do with a skipped range: docs/OPERATIONS.md, "Records the
-Kafka client cannot decode".
+with it either. (A record that parsed but that the consumer's own key or value deserializer
+rejects is skipped alone.) What the consumers do with a skipped range: docs/OPERATIONS.md,
+"Records the Kafka client cannot decode".
 
 How the failure is located: aiokafka raises out of its own loops and keeps nothing, so the
 partition, the records already decoded and the failing batch exist only in the frames of the
@@ -132,9 +133,14 @@ def _isolate(consumer: AIOKafkaConsumer, exc: Exception) -> Fetched | None:
         tp = loop.f_locals["tp"]
         drained: dict[TopicPartition, list[Any]] = dict(loop.f_locals["drained"])
         decoded: list[Any] = list(getall.f_locals["ret_list"])
-        first = int(parser.f_locals["self"].next_fetch_offset)
-        batch = parser.f_locals.get("next_batch")
-        last = int(batch.next_offset) - 1 if batch is not None else first
+        if "_consumer_record" in frames:
+            # The record parsed and the consumer's own deserializer raised: only that record
+            # is lost, a fetch from the next offset reads on in its batch.
+            first = last = int(parser.f_locals["record"].offset)
+        else:
+            first = int(parser.f_locals["self"].next_fetch_offset)
+            batch = parser.f_locals.get("next_batch")
+            last = int(batch.next_offset) - 1 if batch is not None else first
     except (KeyError, AttributeError, TypeError, ValueError):
         return None
     if not isinstance(tp, TopicPartition):

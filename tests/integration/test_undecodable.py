@@ -464,3 +464,41 @@ async def test_errors_that_are_not_about_a_record_still_propagate(
     await consumer.stop()
     with pytest.raises(ConsumerStoppedError):
         await fetch_records(consumer, timeout_ms=100, max_records=10)
+
+
+async def test_a_record_its_deserializer_rejects_is_skipped_alone(
+    setup: Setup, unique_topic: TopicFactory
+) -> None:
+    """A record that parsed but that the consumer's own deserializer rejects costs only its
+    offset: the records after it in the same batch are read."""
+    topic = await unique_topic("deserializer")
+    async with plain_producer(setup.bootstrap) as producer:
+        batch = producer.create_batch()
+        for value in (b"a", b"b", b"poison", b"c", b"d"):
+            batch.append(key=None, value=value, timestamp=None)
+        await (await producer.send_batch(batch, topic, partition=0))
+
+    def deserialize(value: bytes) -> bytes:
+        if value == b"poison":
+            raise ValueError("not for this consumer")
+        return value
+
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=setup.bootstrap, enable_auto_commit=False, value_deserializer=deserialize
+    )
+    await consumer.start()
+    try:
+        tp = TopicPartition(topic, 0)
+        consumer.assign([tp])
+        await consumer.seek_to_beginning()
+        values: list[bytes] = []
+        skipped = []
+        async with asyncio.timeout(30):
+            while len(values) < 4:
+                fetched = await fetch_records(consumer, timeout_ms=1_000, max_records=100)
+                values += [r.value for r in fetched.records.get(tp, ())]
+                skipped += fetched.skipped
+    finally:
+        await consumer.stop()
+    assert values == [b"a", b"b", b"c", b"d"]
+    assert [(s.offset, s.last_offset, s.error) for s in skipped] == [(2, 2, "ValueError")]
