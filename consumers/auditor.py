@@ -58,9 +58,11 @@ from signed_bus import (
     Position,
     ProvenanceIndex,
     RedisReplayGuard,
+    Skipped,
     VerificationError,
     Verifier,
     VerifyingConsumer,
+    fetch_records,
     printable,
 )
 
@@ -134,6 +136,12 @@ class Auditor:
             return topic
         return OTHER
 
+    def on_undecodable_dead_letter(self, skipped: Skipped) -> None:
+        """A record of a dead-letter topic that the Kafka client could not decode: counted under
+        that dead-letter topic with reason ``undecodable`` (its source is unknown)."""
+        label = self._topic_label(skipped.topic)
+        self.dead_letters.setdefault(label, Counter())["undecodable"] += 1
+
     def summary(self, consumers: dict[str, VerifyingConsumer]) -> dict[str, Any]:
         topics = {}
         for topic, consumer in consumers.items():
@@ -193,10 +201,20 @@ async def tail_dead_letters(
     auditor: Auditor, consumer: AIOKafkaConsumer, stop: asyncio.Event, log: logging.Logger
 ) -> None:
     while not stop.is_set():
-        batch = await consumer.getmany(timeout_ms=500, max_records=500)
-        for records in batch.values():
+        batch = await fetch_records(consumer, timeout_ms=500, max_records=500)
+        for records in batch.records.values():
             for record in records:
                 count_dead_letter(auditor, record, log)
+        for skipped in batch.skipped:
+            log.warning(
+                "records %s[%d]@%d..%d of a dead-letter topic could not be decoded (%s); skipped",
+                printable(skipped.topic),
+                skipped.partition,
+                skipped.offset,
+                skipped.last_offset,
+                printable(skipped.error),
+            )
+            auditor.on_undecodable_dead_letter(skipped)
         if batch:
             await consumer.commit()
 

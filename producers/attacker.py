@@ -37,7 +37,7 @@ from typing import Any, Final
 import msgpack
 import redis.asyncio as aioredis
 
-from signed_bus import Keyring, Signer, generate_ed25519_key
+from signed_bus import Keyring, Signer, fetch_records, generate_ed25519_key
 
 __all__ = [
     "ATTACK_KINDS",
@@ -359,8 +359,9 @@ async def run() -> int:
         deadline = loop.time() + capture_timeout
         next_round = loop.time()
         while not stop.is_set() and any(done[t] < rounds for t in topics):
-            batch = await consumer.getmany(timeout_ms=200, max_records=200)
-            for tp, records in batch.items():
+            # a record the client cannot decode is skipped, not captured (nor fatal)
+            batch = await fetch_records(consumer, timeout_ms=200, max_records=200)
+            for tp, records in batch.records.items():
                 for record in records:
                     latest[tp.topic] = Captured(
                         record.topic, record.partition, record.offset, record.key, record.value

@@ -30,6 +30,7 @@ from signed_bus.errors import (
     ReplayDetected,
     ReplayGuardUnavailable,
     SignedBusError,
+    Undecodable,
     UnknownKey,
     UnsupportedContentType,
     UnsupportedVersion,
@@ -38,6 +39,7 @@ from signed_bus.errors import (
     WrongKey,
     WrongTopic,
 )
+from signed_bus.fetch import Fetched, Skipped, fetch_records
 from signed_bus.keys import (
     EDDSA,
     HS256,
@@ -94,6 +96,7 @@ __all__ = [
     "Ed25519Key",
     "EnvelopeTooLarge",
     "Expired",
+    "Fetched",
     "HmacKey",
     "Key",
     "Keyring",
@@ -120,9 +123,11 @@ __all__ = [
     "SignedBusError",
     "SignedProducer",
     "Signer",
+    "Skipped",
     "TraceLink",
     "TraceReport",
     "Tracer",
+    "Undecodable",
     "UnknownKey",
     "UnsupportedContentType",
     "UnsupportedVersion",
@@ -136,6 +141,7 @@ __all__ = [
     "__version__",
     "create_topics",
     "envelope_digest",
+    "fetch_records",
     "generate_ed25519_key",
     "generate_hmac_key",
     "printable",

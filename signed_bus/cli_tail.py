@@ -22,6 +22,7 @@ from signed_bus.cli_trace import add_connection_options, keyring_from_args
 
 if TYPE_CHECKING:
     from signed_bus.cli import Subparsers
+    from signed_bus.fetch import Skipped
     from signed_bus.keys import Keyring
 
 __all__ = ["register"]
@@ -71,6 +72,7 @@ async def _run(args: argparse.Namespace, keyring: Keyring, out: TextIO) -> int:
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     from signed_bus.errors import ConfigurationError, VerificationError
+    from signed_bus.fetch import fetch_records
     from signed_bus.provenance import partitions_of
     from signed_bus.verifier import Verifier
 
@@ -97,9 +99,9 @@ async def _run(args: argparse.Namespace, keyring: Keyring, out: TextIO) -> int:
         loop = asyncio.get_running_loop()
         last = loop.time()
         while args.count is None or seen < args.count:
-            batch = await consumer.getmany(timeout_ms=500, max_records=500)
-            records = [r for tp_records in batch.values() for r in tp_records]
-            if not records:
+            fetched = await fetch_records(consumer, timeout_ms=500, max_records=500)
+            records = [r for tp_records in fetched.records.values() for r in tp_records]
+            if not fetched:
                 if args.idle_timeout is not None and loop.time() - last >= args.idle_timeout:
                     break
                 continue
@@ -121,12 +123,25 @@ async def _run(args: argparse.Namespace, keyring: Keyring, out: TextIO) -> int:
                 seen += 1
                 if args.count is not None and seen >= args.count:
                     break
+            # offsets the Kafka client could not decode (after their partition's records); the
+            # fetch already went past them
+            for skipped in fetched.skipped:
+                if args.count is not None and seen >= args.count:
+                    break
+                print(f"{_where(skipped)}  REJECT undecodable: {skipped.error}", file=out)
+                counts["undecodable"] = counts.get("undecodable", 0) + 1
+                seen += 1
             out.flush()
     finally:
         await consumer.stop()
         summary = ", ".join(f"{k}={v}" for k, v in sorted(counts.items())) or "no records"
         print(f"-- {seen} record(s): {summary}", file=out)
     return 0
+
+
+def _where(skipped: Skipped) -> str:
+    last = f"..{skipped.last_offset}" if skipped.last_offset != skipped.offset else ""
+    return f"{skipped.topic}[{skipped.partition}]@{skipped.offset}{last}"
 
 
 def _describe(message: Any) -> str:

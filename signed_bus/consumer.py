@@ -2,7 +2,9 @@
 
 One consumed batch goes through these steps (docs/OPERATIONS.md, "Producing and consuming"):
 
-1. ``getmany()`` returns up to ``max_records`` records grouped by partition, each in offset order.
+1. ``getmany()`` returns up to ``max_records`` records grouped by partition, each in offset order
+   (through :func:`signed_bus.fetch.fetch_records`: a record batch the Kafka client cannot
+   decode is skipped and rejected as ``undecodable`` instead of stopping the consumer).
 2. Every record is verified. The freshness reference is the broker's append time when the record
    carries LogAppendTime (``timestamp_type == 1``), else the verifier's clock (one WARNING per
    CreateTime topic).
@@ -46,8 +48,10 @@ from .errors import (
     NotYetValid,
     ReplayDetected,
     ReplayGuardUnavailable,
+    Undecodable,
     VerificationError,
 )
+from .fetch import Skipped, fetch_records
 from .lifecycle import AsyncLifecycle
 from .metrics import ConsumerMetrics
 from .producer import ProducerOptions, SignedProducer, check_security
@@ -286,17 +290,22 @@ _Verified = tuple[int, TopicPartition, Record, VerifiedMessage]
 # message is None for a rejected record (already dead-lettered when the entry is handed out).
 _Entry = tuple[TopicPartition, int, ConsumedMessage | None]
 
+# A rejected record, or a range of offsets the Kafka client could not decode, with its error.
+_Rejected = tuple[Record | Skipped, VerificationError]
+
 
 class _Batch:
     """One ``getmany`` result between verification and delivery."""
 
-    __slots__ = ("entries", "rejected", "revoked", "verified")
+    __slots__ = ("entries", "rejected", "revoked", "skipped", "verified")
 
     def __init__(self) -> None:
         self.entries: list[_Entry] = []
         # (index in entries, partition, record, message) for every record that verified
         self.verified: list[_Verified] = []
-        self.rejected: list[tuple[Record, VerificationError]] = []
+        self.rejected: list[_Rejected] = []
+        # ranges of offsets the Kafka client could not decode (also in ``rejected``)
+        self.skipped: list[Skipped] = []
         # partitions revoked since the batch was fetched: their new owner delivers them
         self.revoked: set[TopicPartition] = set()
 
@@ -590,12 +599,12 @@ class VerifyingConsumer(AsyncLifecycle):
         try:
             if self._pos < len(self._queue) or self._inflight is not None:
                 raise RuntimeError("getbatch cannot take over a batch delivered message by message")
-            records = await self.consumer.getmany(
-                timeout_ms=self._timeout_ms, max_records=self._max_records
+            fetched = await fetch_records(
+                self.consumer, timeout_ms=self._timeout_ms, max_records=self._max_records
             )
-            if not records:
+            if not fetched:
                 return None if self._stopping else _EMPTY_BATCH
-            batch = self._verify(records)
+            batch = self._verify(fetched.records, fetched.skipped)
             self._revoked = batch.revoked
             entries = await self._settle(batch)
         finally:
@@ -612,6 +621,9 @@ class VerifyingConsumer(AsyncLifecycle):
             offsets[tp] = next_offset
             if message is not None:
                 messages.append(message)
+        for skipped in batch.skipped:  # its entry holds the offset after the range
+            if skipped.tp in first:
+                first[skipped.tp] = min(first[skipped.tp], skipped.offset)
         self.metrics.delivered += len(messages)
         return ConsumedBatch(tuple(messages), offsets, first)
 
@@ -701,20 +713,23 @@ class VerifyingConsumer(AsyncLifecycle):
         consumer = self.consumer
         self._queue, self._pos, self._inflight = [], 0, None
         while not self._stopping:
-            records = await consumer.getmany(
-                timeout_ms=self._timeout_ms, max_records=self._max_records
+            fetched = await fetch_records(
+                consumer, timeout_ms=self._timeout_ms, max_records=self._max_records
             )
-            if not records:
+            if not fetched:
                 continue
-            batch = self._verify(records)
+            batch = self._verify(fetched.records, fetched.skipped)
             self._revoked = batch.revoked
             entries = await self._settle(batch)
             if entries is not None:
                 self._queue = entries
             return
 
-    def _verify(self, records: Mapping[TopicPartition, list[Record]]) -> _Batch:
-        """Verify every record of a ``getmany`` result (no I/O)."""
+    def _verify(
+        self, records: Mapping[TopicPartition, Sequence[Record]], skipped: Sequence[Skipped] = ()
+    ) -> _Batch:
+        """Verify every record of a ``getmany`` result (no I/O); reject the ranges of offsets
+        the Kafka client could not decode (:class:`~signed_bus.fetch.Skipped`)."""
         verify = self._verifier.verify
         batch = _Batch()
         entries, verified, rejected = batch.entries, batch.verified, batch.rejected
@@ -744,6 +759,12 @@ class VerifyingConsumer(AsyncLifecycle):
                 else:
                     verified.append((len(entries), tp, record, message))
                 entries.append((tp, record.offset + 1, None))
+        # A range follows every record of its partition in the fetch: its entry comes last.
+        for unreadable in skipped:
+            count += 1
+            batch.skipped.append(unreadable)
+            rejected.append((unreadable, _undecodable(unreadable)))
+            entries.append((unreadable.tp, unreadable.last_offset + 1, None))
         self.metrics.records += count
         self.metrics.batches += 1
         return batch
@@ -965,12 +986,16 @@ class VerifyingConsumer(AsyncLifecycle):
                 left = deadline - loop.time()
                 if left <= 0:
                     break
-                stray = await consumer.getmany(timeout_ms=max(1, int(min(left, 0.5) * 1000)))
+                stray = await fetch_records(
+                    consumer,
+                    timeout_ms=max(1, int(min(left, 0.5) * 1000)),
+                    max_records=self._max_records,
+                )
                 # Partitions assigned by a rebalance meanwhile are not paused: put their
-                # records back and pause them too.
-                for tp, batch in stray.items():
-                    if batch:
-                        consumer.seek(tp, batch[0].offset)
+                # records (and any range skipped as undecodable) back and pause them too.
+                for tp, offset in stray.first_offsets().items():
+                    consumer.seek(tp, offset)
+                for tp in {*stray.records, *(skipped.tp for skipped in stray.skipped)}:
                     consumer.pause(tp)
                     paused.add(tp)
         finally:
@@ -978,10 +1003,10 @@ class VerifyingConsumer(AsyncLifecycle):
             consumer.resume(*(tp for tp in paused if tp in assigned))
         return not self._stopping
 
-    async def _reject(self, rejected: Sequence[tuple[Record, VerificationError]]) -> bool:
+    async def _reject(self, rejected: Sequence[_Rejected]) -> bool:
         """Count, log and dead-letter rejected records; False if stopped before durable."""
         metrics = self.metrics
-        positioned: list[tuple[Record, VerificationError]] = []
+        positioned: list[_Rejected] = []
         # Replays are found after the verification failures: restore offset order so the dead
         # letters of a partition follow its records.
         ordered = sorted(rejected, key=lambda item: (item[0].partition, item[0].offset))
@@ -994,7 +1019,7 @@ class VerifyingConsumer(AsyncLifecycle):
             return True
         return await self._dead_letter(positioned)
 
-    async def _dead_letter(self, items: Sequence[tuple[Record, VerificationError]]) -> bool:
+    async def _dead_letter(self, items: Sequence[_Rejected]) -> bool:
         """Send dead letters and wait until the broker has them all (retrying what failed).
 
         A letter too large even without the record's value and key is dropped (counted in
@@ -1006,8 +1031,8 @@ class VerifyingConsumer(AsyncLifecycle):
         todo = [(record, error, Omitted.NOTHING) for record, error in items]
         attempt = 0
         while todo:
-            failed: list[tuple[Record, VerificationError, Omitted]] = []
-            sent: list[tuple[Record, VerificationError, Omitted]] = []
+            failed: list[tuple[Record | Skipped, VerificationError, Omitted]] = []
+            sent: list[tuple[Record | Skipped, VerificationError, Omitted]] = []
             futures: list[asyncio.Future[Any]] = []
             last_error: BaseException | None = None
             for record, error, omit in todo:
@@ -1131,6 +1156,18 @@ class VerifyingConsumer(AsyncLifecycle):
         self.metrics.commits += 1
         for tp, offset in finished.items():
             self.metrics.committed[(tp.topic, tp.partition)] = offset
+
+
+def _undecodable(skipped: Skipped) -> Undecodable:
+    span = (
+        f"offset {skipped.offset}"
+        if skipped.last_offset == skipped.offset
+        else f"offsets {skipped.offset} to {skipped.last_offset} (the rest of its record batch)"
+    )
+    return Undecodable(
+        f"the Kafka client could not decode {span}: {skipped.error}; skipped",
+        last_offset=skipped.last_offset,
+    )
 
 
 def _servers(servers: str | Sequence[str]) -> str | list[str]:

@@ -34,13 +34,15 @@ from aiokafka.errors import (
     RecordTooLargeError,
 )
 
-from .errors import MalformedDeadLetter, VerificationError
+from .errors import MalformedDeadLetter, Undecodable, VerificationError
 
 __all__ = [
     "HEADER_ERROR",
     "HEADER_KEY_OMITTED",
     "HEADER_KEY_SHA256",
+    "HEADER_NOT_DECODED",
     "HEADER_REASON",
+    "HEADER_SOURCE_LAST_OFFSET",
     "HEADER_SOURCE_OFFSET",
     "HEADER_SOURCE_PARTITION",
     "HEADER_SOURCE_TIMESTAMP",
@@ -70,6 +72,13 @@ HEADER_VALUE_OMITTED = "signed-bus-value-omitted"
 HEADER_KEY_OMITTED = "signed-bus-key-omitted"
 #: The SHA-256 of the omitted key, lowercase hex (only with :data:`HEADER_KEY_OMITTED`).
 HEADER_KEY_SHA256 = "signed-bus-key-sha256"
+#: Present (value b"1") when the Kafka client could not decode the source record (reason
+#: ``undecodable``): the letter has no value and no key because none was ever read; read the
+#: source offsets with another client while the topic's retention keeps them.
+HEADER_NOT_DECODED = "signed-bus-not-decoded"
+#: With :data:`HEADER_NOT_DECODED`: the last source offset skipped with the first one (the rest
+#: of its record batch, unreadable by the client too).
+HEADER_SOURCE_LAST_OFFSET = "signed-bus-source-last-offset"
 _KNOWN_HEADERS = frozenset(
     {
         HEADER_REASON,
@@ -81,6 +90,8 @@ _KNOWN_HEADERS = frozenset(
         HEADER_VALUE_OMITTED,
         HEADER_KEY_OMITTED,
         HEADER_KEY_SHA256,
+        HEADER_NOT_DECODED,
+        HEADER_SOURCE_LAST_OFFSET,
     }
 )
 
@@ -111,6 +122,10 @@ def dead_letter_headers(
     ]
     if timestamp is not None:
         headers.append((HEADER_SOURCE_TIMESTAMP, str(timestamp).encode()))
+    if isinstance(error, Undecodable):
+        headers.append((HEADER_NOT_DECODED, b"1"))
+        if error.last_offset is not None:
+            headers.append((HEADER_SOURCE_LAST_OFFSET, str(error.last_offset).encode()))
     message = str(error).encode("utf-8", "replace")
     if len(message) > _MAX_ERROR_BYTES:
         # Cut at a character boundary: the header stays valid UTF-8 (the tail of a character
@@ -165,6 +180,12 @@ class DeadLetter:
     key_omitted: bool = False
     #: SHA-256 of the omitted key, lowercase hex (None unless ``key_omitted``)
     key_sha256: str | None = None
+    #: True when the Kafka client could not decode the source record (reason ``undecodable``):
+    #: no value or key was ever read; read the source offsets with another client
+    not_decoded: bool = False
+    #: With ``not_decoded``: the last source offset skipped with ``source_offset`` (the rest of
+    #: its record batch); None otherwise
+    source_last_offset: int | None = None
 
     @classmethod
     def from_record(cls, record: Any) -> DeadLetter:
@@ -194,6 +215,12 @@ class DeadLetter:
         digest = None
         if key_omitted:
             digest = _text_header(found, HEADER_KEY_SHA256, _SHA256_HEX_RE)
+        not_decoded = _flag_header(found, HEADER_NOT_DECODED)
+        last_offset = (
+            _int_header(found, HEADER_SOURCE_LAST_OFFSET, minimum=offset)
+            if HEADER_SOURCE_LAST_OFFSET in found
+            else None
+        )
         value = getattr(record, "value", None)
         key = getattr(record, "key", None)
         if not isinstance(value, bytes | None) or not isinstance(key, bytes | None):
@@ -211,6 +238,8 @@ class DeadLetter:
             source_timestamp=timestamp,
             key_omitted=key_omitted,
             key_sha256=digest,
+            not_decoded=not_decoded,
+            source_last_offset=last_offset,
         )
 
 

@@ -28,6 +28,7 @@ __all__ = [
     "ReplayDetected",
     "ReplayGuardUnavailable",
     "SignedBusError",
+    "Undecodable",
     "UnknownKey",
     "UnsupportedContentType",
     "UnsupportedVersion",
@@ -188,6 +189,27 @@ class ReplayDetected(VerificationError):
     """The envelope's nonce was already claimed at another record position."""
 
     reason = "replay"
+
+
+class Undecodable(VerificationError):
+    """The Kafka client could not decode the record at all (a compression codec it has no
+    decoder for, a bad CRC, a corrupt batch, a header key that is not UTF-8), so no bytes of it
+    reached the verifier. ``offset`` is the first offset not decoded and ``last_offset`` the last
+    one skipped with it (the rest of its record batch)."""
+
+    reason = "undecodable"
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        topic: str | None = None,
+        partition: int | None = None,
+        offset: int | None = None,
+        last_offset: int | None = None,
+    ) -> None:
+        super().__init__(message, topic=topic, partition=partition, offset=offset)
+        self.last_offset = last_offset
 
 
 def _quoted(value: str) -> str:

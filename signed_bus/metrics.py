@@ -16,7 +16,9 @@ __all__ = ["ConsumerMetrics", "ProducerMetrics"]
 class ConsumerMetrics:
     """What a :class:`~signed_bus.consumer.VerifyingConsumer` did since it was created.
 
-    ``rejected`` counts rejected records by reason code (``"bad_signature"``, ``"replay"``, ...).
+    ``rejected`` counts rejected records by reason code (``"bad_signature"``, ``"replay"``, ...;
+    ``"undecodable"`` counts ranges of offsets the Kafka client could not decode, one each, also
+    counted in ``records``).
     ``same_position`` counts verified records whose nonce was already claimed at this very
     position (they are delivered): another consumer group's copy of the fan-out, or a record
     read again after a crash, a rebalance or a stop before it was committed.

@@ -37,6 +37,7 @@ from redis.exceptions import RedisError
 from signed_bus._text import printable
 from signed_bus.consumer import require_read_committed
 from signed_bus.errors import ConfigurationError, SignedBusError, VerificationError
+from signed_bus.fetch import fetch_records
 from signed_bus.lifecycle import AsyncLifecycle
 from signed_bus.verifier import VerifiedMessage, Verifier
 
@@ -309,7 +310,8 @@ class RecordFetcher(AsyncLifecycle):
 
         None covers: unknown topic or partition, an offset outside [log start, last stable
         offset), and an offset that holds no readable record (an aborted transaction's output,
-        a transaction marker, or a compacted-away record).
+        a transaction marker, a compacted-away record, or a record the Kafka client cannot
+        decode).
         """
         try:
             return await asyncio.wait_for(self._fetch(position), self._timeout_s)
@@ -328,8 +330,10 @@ class RecordFetcher(AsyncLifecycle):
             return None
         self._consumer.seek(tp, position.offset)
         while True:
-            batch = await self._consumer.getmany(tp, timeout_ms=1000, max_records=1)
-            for record in batch.get(tp, ()):
+            batch = await fetch_records(self._consumer, tp, timeout_ms=1000, max_records=1)
+            if any(s.offset <= position.offset <= s.last_offset for s in batch.skipped):
+                return None
+            for record in batch.records.get(tp, ()):
                 if record.offset != position.offset:
                     return None
                 return FetchedRecord(

@@ -184,3 +184,21 @@ def test_arbitrary_header_lists_parse_or_raise_malformed_only(
 @given(st.permutations(good_headers()))
 def test_header_order_does_not_matter(headers: list[tuple[str, bytes]]) -> None:
     assert DeadLetter.from_record(Rec(headers)).source_offset == 41
+
+
+def test_an_undecodable_letter_names_its_skipped_range() -> None:
+    from signed_bus.errors import Undecodable
+
+    error = Undecodable("UnsupportedCodecError", last_offset=9).with_position("results", 2, 7)
+    headers = dead_letter_headers(error, topic="results", partition=2, offset=7)
+    letter = DeadLetter.from_record(Rec(headers, value=None, key=None))
+    assert letter.reason == "undecodable"
+    assert letter.not_decoded and letter.source_last_offset == 9
+    assert (letter.source_offset, letter.value, letter.key) == (7, None, None)
+    plain = DeadLetter.from_record(
+        Rec(dead_letter_headers(BadSignature("x"), topic="results", partition=0, offset=1))
+    )
+    assert not plain.not_decoded and plain.source_last_offset is None
+    backwards = [(n, b"3" if n.endswith("last-offset") else v) for n, v in headers]
+    with pytest.raises(MalformedDeadLetter):  # a range cannot end before it starts
+        DeadLetter.from_record(Rec(backwards, value=None, key=None))
