@@ -1,7 +1,7 @@
 """Dead letters: where a verifying consumer puts every record it rejects.
 
 A dead letter is the rejected record's ORIGINAL value bytes and key, re-produced unchanged to the
-dead-letter topic (a null value, a tombstone, stays null: never an empty value), with headers
+dead-letter topic, with headers
 saying why and where it came from. The headers never hold payload bytes or secrets: the reason
 code, the source position and the error's message (which by the error tree's rule carries only
 the kid, issuer and position as context).
@@ -13,6 +13,10 @@ A record that does not fit the dead-letter producer or topic loses its value fir
 (``signed-bus-value-omitted: 1``), then its key too (``signed-bus-key-omitted: 1``, with the key's
 SHA-256 in ``signed-bus-key-sha256``): a record can be as large as the source topic allows while
 the dead letter adds its headers, so a key near the broker's limit cannot travel again.
+
+A record whose value is null (a tombstone) gets an empty value and ``signed-bus-value-null: 1``:
+never a null-valued letter, which on a compacted dead-letter topic would itself be a tombstone
+erasing earlier letters with its key (and which aiokafka refuses to send without a key).
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ __all__ = [
     "HEADER_SOURCE_PARTITION",
     "HEADER_SOURCE_TIMESTAMP",
     "HEADER_SOURCE_TOPIC",
+    "HEADER_VALUE_NULL",
     "HEADER_VALUE_OMITTED",
     "DeadLetter",
     "DeadLetterWriter",
@@ -67,6 +72,9 @@ HEADER_ERROR = "signed-bus-error"
 #: Present (value b"1") when the original value did not fit in the dead-letter topic and was left
 #: out; the record is still at its source position until the topic's retention removes it.
 HEADER_VALUE_OMITTED = "signed-bus-value-omitted"
+#: Present (value b"1") when the source record's value was null (a tombstone): the letter's value
+#: is then empty, and :attr:`DeadLetter.value` None with ``value_null`` True.
+HEADER_VALUE_NULL = "signed-bus-value-null"
 #: Present (value b"1") when the original key did not fit either and was left out too (the value
 #: is then omitted as well); :data:`HEADER_KEY_SHA256` then names the key.
 HEADER_KEY_OMITTED = "signed-bus-key-omitted"
@@ -88,6 +96,7 @@ _KNOWN_HEADERS = frozenset(
         HEADER_SOURCE_TIMESTAMP,
         HEADER_ERROR,
         HEADER_VALUE_OMITTED,
+        HEADER_VALUE_NULL,
         HEADER_KEY_OMITTED,
         HEADER_KEY_SHA256,
         HEADER_NOT_DECODED,
@@ -160,10 +169,13 @@ class DeadLetter:
     - ``source_timestamp``: its Kafka timestamp in ms, or None when the header is absent;
     - ``error``: the error's text as the consumer logged it (already escaped by
       ``VerificationError.__str__``), at most 4096 bytes, undecodable bytes replaced;
-    - ``value``: the rejected record's value bytes, None when ``value_omitted`` (it did not fit)
-      or when the record has no value;
+    - ``value``: the rejected record's value bytes, None when ``value_omitted`` (it did not fit),
+      ``value_null`` (the record's value was null: a tombstone) or ``not_decoded``;
     - ``key``: the rejected record's key, None when it had none or when ``key_omitted``;
     - ``value_omitted``, ``key_omitted``: the writer left the value (then the key too) out;
+    - ``value_null``: the rejected record's value was null (a tombstone), not empty;
+    - ``not_decoded``, ``source_last_offset``: the Kafka client could not decode the record
+      (reason ``undecodable``); offsets ``source_offset`` to ``source_last_offset`` were skipped;
     - ``key_sha256``: with ``key_omitted``, the SHA-256 of the omitted key as 64 lowercase hex
       characters, else None.
     """
@@ -186,6 +198,8 @@ class DeadLetter:
     #: With ``not_decoded``: the last source offset skipped with ``source_offset`` (the rest of
     #: its record batch); None otherwise
     source_last_offset: int | None = None
+    #: True when the rejected record's value was null (a tombstone), not empty
+    value_null: bool = False
 
     @classmethod
     def from_record(cls, record: Any) -> DeadLetter:
@@ -211,6 +225,7 @@ class DeadLetter:
         if len(error) > _MAX_READ_ERROR_BYTES:
             raise MalformedDeadLetter(f"header {HEADER_ERROR} is longer than a dead letter's")
         omitted = _flag_header(found, HEADER_VALUE_OMITTED)
+        value_null = _flag_header(found, HEADER_VALUE_NULL)
         key_omitted = _flag_header(found, HEADER_KEY_OMITTED)
         digest = None
         if key_omitted:
@@ -232,7 +247,7 @@ class DeadLetter:
             source_offset=offset,
             # The writer cuts the text at a byte count, possibly inside a character.
             error=error.decode("utf-8", "replace"),
-            value=None if omitted else value,
+            value=None if omitted or value_null or not_decoded else value,
             key=None if key_omitted else key,
             value_omitted=omitted,
             source_timestamp=timestamp,
@@ -240,6 +255,7 @@ class DeadLetter:
             key_sha256=digest,
             not_decoded=not_decoded,
             source_last_offset=last_offset,
+            value_null=value_null,
         )
 
 
@@ -369,12 +385,14 @@ class DeadLetterWriter:
             offset=record.offset,
             timestamp=record.timestamp,
         )
-        # A null value (a tombstone) stays null: an auditor tells it from an empty value.
         original: bytes | None = record.value
+        if original is None and not isinstance(error, Undecodable):
+            # A tombstone: marked, with an empty value (see the module docstring).
+            headers.append((HEADER_VALUE_NULL, b"1"))
         while True:
             if original is None and omit == Omitted.VALUE:
                 omit = Omitted.VALUE_AND_KEY  # no value to leave out: the rest is too large
-            value = original
+            value = b"" if original is None else original
             key: bytes | None = record.key
             extra: list[tuple[str, bytes]] = []
             if omit >= Omitted.VALUE and original is not None:

@@ -1,12 +1,17 @@
-"""A record without a value (a tombstone) is dead-lettered with a null value, so an auditor tells
-it from a record whose value was empty. Real broker, real Redis."""
+"""A record without a value (a tombstone) is dead-lettered marked as null (never as a null-valued
+letter), so an auditor tells it from a record whose value was empty. Real broker, real Redis."""
 
 from __future__ import annotations
 
 import pytest
 
 from signed_bus.consumer import VerifyingConsumer
-from signed_bus.deadletter import HEADER_VALUE_OMITTED, DeadLetter, header_map
+from signed_bus.deadletter import (
+    HEADER_VALUE_NULL,
+    HEADER_VALUE_OMITTED,
+    DeadLetter,
+    header_map,
+)
 from tests.conftest import TopicFactory
 from tests.integration.bus import (
     Running,
@@ -22,7 +27,7 @@ from tests.integration.bus import (
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
 
-async def test_a_tombstone_arrives_in_the_dead_letter_topic_with_a_null_value(
+async def test_a_tombstone_arrives_in_the_dead_letter_topic_marked_null(
     kafka_bootstrap: str, redis_url: str, redis_prefix: str, unique_topic: TopicFactory
 ) -> None:
     topic = await unique_topic("tombstones")
@@ -44,13 +49,15 @@ async def test_a_tombstone_arrives_in_the_dead_letter_topic_with_a_null_value(
     assert dict(consumer.metrics.rejected) == {"malformed": 2}
     records = sorted(await read_all(kafka_bootstrap, dead, 2), key=lambda r: r.offset)
     tombstone, empty = records
-    assert (tombstone.key, tombstone.value) == (b"gone", None)
+    assert (tombstone.key, tombstone.value) == (b"gone", b"")
+    assert header_map(tombstone.headers)[HEADER_VALUE_NULL] == b"1"
     assert (empty.key, empty.value) == (b"empty", b"")
+    assert HEADER_VALUE_NULL not in header_map(empty.headers)
     for record in records:
         assert HEADER_VALUE_OMITTED not in header_map(record.headers)
     letters = [DeadLetter.from_record(r) for r in records]
-    assert [(d.source_offset, d.reason, d.value) for d in letters] == [
-        (0, "malformed", None),
-        (1, "malformed", b""),
+    assert [(d.source_offset, d.reason, d.value, d.value_null) for d in letters] == [
+        (0, "malformed", None, True),
+        (1, "malformed", b"", False),
     ]
     assert "no value" in letters[0].error
