@@ -24,6 +24,7 @@ import asyncio
 import os
 import sys
 import time
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -40,10 +41,27 @@ from signed_bus.bench.redis_cost import (
     time_per_nonce,
 )
 from signed_bus.bench.redis_server import private_redis
-from signed_bus.replay import RedisReplayGuard, estimate_memory_bytes, recommended_shards
+from signed_bus.freshness import Freshness
+from signed_bus.replay import (
+    Claim,
+    ClaimVerdict,
+    RedisReplayGuard,
+    estimate_memory_bytes,
+    recommended_shards,
+)
 
 TARGET_BYTES_PER_NONCE = 120
-MAX_AGE_MS, SKEW_MS = 300_000, 5_000
+WINDOW = Freshness()  # the defaults, as the verifier has them
+MAX_AGE_MS, SKEW_MS = WINDOW.max_age_ms, WINDOW.future_skew_ms
+
+
+def claimer(guard: RedisReplayGuard) -> Callable[[Sequence[Claim]], Awaitable[list[ClaimVerdict]]]:
+    """The guard's claim with the default window, as a consumer calls it."""
+
+    async def claim(claims: Sequence[Claim]) -> list[ClaimVerdict]:
+        return await guard.claim(claims, freshness=WINDOW)
+
+    return claim
 
 
 def _text(value: object) -> str:
@@ -74,10 +92,7 @@ async def run(args: argparse.Namespace) -> int:
             start_ms = time.time_ns() // 1_000_000 - MAX_AGE_MS // 2
 
             def guard(prefix: str, **options: Any) -> RedisReplayGuard:
-                return RedisReplayGuard(
-                    client, max_age_ms=MAX_AGE_MS, future_skew_ms=SKEW_MS, prefix=prefix,
-                    **options,
-                )  # fmt: skip
+                return RedisReplayGuard(client, prefix=prefix, **options)
 
             # (a) bytes per nonce
             print("(a) Redis used_memory growth per nonce")
@@ -93,7 +108,7 @@ async def run(args: argparse.Namespace) -> int:
                 for shards in sorted({16, 1, recommended_shards(rate)}, reverse=True):
                     g = guard(f"g{rate}s{shards}", shards=shards)
                     claims = make_claims(args.claims + 1, rate=rate, start_ms=start_ms)
-                    per_nonce = await memory_per_nonce(client, g.claim, claims, args.batch)
+                    per_nonce = await memory_per_nonce(client, claimer(g), claims, args.batch)
                     keys, fill, kinds = await encodings(client, g.prefix)
                     label = f"guard layout, {rate:>6,}/s, shards={shards}"
                     if shards == recommended_shards(rate):
@@ -105,7 +120,7 @@ async def run(args: argparse.Namespace) -> int:
                     print(f"  {label:62s} {per_nonce:7.1f} B/nonce   {detail}")
             assert ours is not None
             print(f"  ratio default/baseline: {ours / baseline_bytes:.2f}")
-            retention = guard("sizing").retention_ms
+            retention = guard("sizing").retention_ms(WINDOW)
             need = estimate_memory_bytes(args.rate, retention_ms=retention, bytes_per_nonce=ours)
             print(
                 f"  sizing: {args.rate:,}/s x {retention / 1000:.0f} s retention x "
@@ -120,11 +135,11 @@ async def run(args: argparse.Namespace) -> int:
             base = Baseline(client, "speed-base", MAX_AGE_MS + 2 * SKEW_MS)
             claims = make_claims(args.speed_claims, rate=args.rate, start_ms=start_ms)
             calls_before, usec_before = await script_stats(observer)
-            lua_us, lua_trips = await time_per_nonce(g.claim, claims, args.batch)
+            lua_us, lua_trips = await time_per_nonce(claimer(g), claims, args.batch)
             calls_after, usec_after = await script_stats(observer)
             scripts = (calls_after - calls_before) / len(batches(claims, args.batch))
             server_us = (usec_after - usec_before) / len(claims)
-            again_us, _ = await time_per_nonce(g.claim, claims, args.batch)  # all SAME_POSITION
+            again_us, _ = await time_per_nonce(claimer(g), claims, args.batch)  # all SAME_POSITION
             claims = make_claims(args.speed_claims, rate=args.rate, start_ms=start_ms)
             pipe_us, pipe_trips = await time_per_nonce(base.claim_pipelined, claims, args.batch)
             few = make_claims(args.per_record_claims, rate=args.rate, start_ms=start_ms)

@@ -181,9 +181,7 @@ async def run() -> int:
         exec_ttl_ms=env_int("EXEC_TTL_S", 86_400) * 1000,
         log_name=env.agent_id,
     )
-    guard = RedisReplayGuard.from_url(
-        env.redis_url, max_age_ms=env.max_age_ms, future_skew_ms=5_000, prefix=env.replay_prefix
-    )
+    guard = RedisReplayGuard.from_url(env.redis_url, prefix=env.replay_prefix)
     consumer = VerifyingConsumer(
         ConsumerOptions(
             bootstrap_servers=env.bootstrap_servers,
@@ -191,7 +189,7 @@ async def run() -> int:
             topics=[env.plans_topic],
             client_id=env.agent_id,
         ),
-        verifier=Verifier(load_verify_keyring(), max_age_ms=env.max_age_ms),
+        verifier=Verifier(load_verify_keyring(), freshness=env.freshness),
         guard=guard,
         dead_letter_topic=env.plans_dlq,
     )

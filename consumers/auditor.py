@@ -231,10 +231,8 @@ async def run() -> int:
         redis, ttl_ms=env_int("PROVENANCE_TTL_MS", 7 * 24 * 3600 * 1000), prefix=env.state_prefix
     )
     auditor = Auditor(index, topics=topics)
-    guard = RedisReplayGuard.from_url(
-        env.redis_url, max_age_ms=env.max_age_ms, future_skew_ms=5_000, prefix=env.replay_prefix
-    )
-    verifier = Verifier(load_verify_keyring(), max_age_ms=env.max_age_ms)
+    guard = RedisReplayGuard.from_url(env.redis_url, prefix=env.replay_prefix)
+    verifier = Verifier(load_verify_keyring(), freshness=env.freshness)
     consumers = {
         topic: VerifyingConsumer(
             ConsumerOptions(

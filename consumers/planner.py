@@ -136,9 +136,7 @@ async def run() -> int:
         allowed_issuers=frozenset(env_list("ALLOWED_ISSUERS", "inference-agent")),
         log=log,
     )
-    guard = RedisReplayGuard.from_url(
-        env.redis_url, max_age_ms=env.max_age_ms, future_skew_ms=5_000, prefix=env.replay_prefix
-    )
+    guard = RedisReplayGuard.from_url(env.redis_url, prefix=env.replay_prefix)
     consumer = VerifyingConsumer(
         ConsumerOptions(
             bootstrap_servers=env.bootstrap_servers,
@@ -146,7 +144,7 @@ async def run() -> int:
             topics=[env.results_topic],
             client_id=env.agent_id,
         ),
-        verifier=Verifier(load_verify_keyring(), max_age_ms=env.max_age_ms),
+        verifier=Verifier(load_verify_keyring(), freshness=env.freshness),
         guard=guard,
         dead_letter_topic=env.results_dlq,
     )

@@ -36,7 +36,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from signed_bus import ConfigurationError, Keyring
+from signed_bus import ConfigurationError, Freshness, Keyring
 
 __all__ = [
     "AgentEnv",
@@ -126,12 +126,15 @@ class AgentEnv:
     plans_topic: str
     results_dlq: str
     plans_dlq: str
-    max_age_ms: int
+    #: the verifiers' window: SIGNED_BUS_MAX_AGE_MS, SIGNED_BUS_FUTURE_SKEW_MS and
+    #: SIGNED_BUS_MAX_LAG_MS, each defaulting to Freshness's own default
+    freshness: Freshness
 
     @classmethod
     def load(cls, default_agent_id: str) -> AgentEnv:
         results = env_str("RESULTS_TOPIC", "inference.results")
         plans = env_str("PLANS_TOPIC", "agent.plans")
+        window = Freshness()
         return cls(
             agent_id=env_str("AGENT_ID", default_agent_id),
             bootstrap_servers=env_str("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
@@ -142,7 +145,11 @@ class AgentEnv:
             plans_topic=plans,
             results_dlq=env_str("RESULTS_DLQ_TOPIC", f"{results}.dlq"),
             plans_dlq=env_str("PLANS_DLQ_TOPIC", f"{plans}.dlq"),
-            max_age_ms=env_int("SIGNED_BUS_MAX_AGE_MS", 300_000),
+            freshness=Freshness(
+                max_age_ms=env_int("SIGNED_BUS_MAX_AGE_MS", window.max_age_ms),
+                future_skew_ms=env_int("SIGNED_BUS_FUTURE_SKEW_MS", window.future_skew_ms),
+                max_lag_ms=env_int("SIGNED_BUS_MAX_LAG_MS", window.max_lag_ms),
+            ),
         )
 
     def status_key(self, agent: str | None = None) -> str:

@@ -40,6 +40,7 @@ from signed_bus.errors import (
     WrongTopic,
 )
 from signed_bus.fetch import Fetched, Skipped, fetch_records
+from signed_bus.freshness import Freshness
 from signed_bus.keys import (
     EDDSA,
     HS256,
@@ -97,6 +98,7 @@ __all__ = [
     "EnvelopeTooLarge",
     "Expired",
     "Fetched",
+    "Freshness",
     "HmacKey",
     "Key",
     "Keyring",

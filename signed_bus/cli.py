@@ -34,6 +34,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, TextIO, TypeAlias
 
 from signed_bus._text import printable
+from signed_bus.cli_trace import add_freshness_options, freshness_from_args
 from signed_bus.clock import system_clock
 from signed_bus.errors import ConfigurationError, SignedBusError, VerificationError
 from signed_bus.keys import (
@@ -248,8 +249,7 @@ def _register_inspect(subparsers: Subparsers) -> None:
         help="check freshness as of this time, ms since the epoch (e.g. the broker append "
         "time); it stands for both the record's reference time and the consumer's clock",
     )
-    parser.add_argument("--max-age-ms", type=int, default=300_000, metavar="MS")
-    parser.add_argument("--future-skew-ms", type=int, default=5_000, metavar="MS")
+    add_freshness_options(parser)
     parser.add_argument("--max-envelope-bytes", type=int, default=1_048_576, metavar="N")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(handler=_inspect)
@@ -388,8 +388,7 @@ def _inspect(args: argparse.Namespace) -> int:
         notes.append("audit mode: freshness not checked")
     verifier = Verifier(
         keyring,
-        max_age_ms=args.max_age_ms,
-        future_skew_ms=args.future_skew_ms,
+        freshness=freshness_from_args(args),
         max_envelope_bytes=args.max_envelope_bytes,
         audit=args.audit,
         # The verifier also bounds freshness by its clock; inspecting "as of" a time sets both.

@@ -18,7 +18,12 @@ import sys
 from typing import TYPE_CHECKING, Any, TextIO
 
 from signed_bus._text import printable
-from signed_bus.cli_trace import add_connection_options, keyring_from_args
+from signed_bus.cli_trace import (
+    add_connection_options,
+    add_freshness_options,
+    freshness_from_args,
+    keyring_from_args,
+)
 
 if TYPE_CHECKING:
     from signed_bus.cli import Subparsers
@@ -53,9 +58,7 @@ def register(subparsers: Subparsers) -> None:
     parser.add_argument(
         "--audit", action="store_true", help="audit mode: do not judge freshness (old records)"
     )
-    parser.add_argument(
-        "--max-age-ms", type=int, default=300_000, help="freshness window (default 300000)"
-    )
+    add_freshness_options(parser)
     add_connection_options(parser, redis=False)
     parser.set_defaults(handler=_tail)
 
@@ -76,7 +79,7 @@ async def _run(args: argparse.Namespace, keyring: Keyring, out: TextIO) -> int:
     from signed_bus.provenance import partitions_of
     from signed_bus.verifier import Verifier
 
-    verifier = Verifier(keyring, max_age_ms=args.max_age_ms, audit=args.audit)
+    verifier = Verifier(keyring, freshness=freshness_from_args(args), audit=args.audit)
     consumer = AIOKafkaConsumer(
         bootstrap_servers=args.bootstrap_servers,
         group_id=None,

@@ -18,13 +18,20 @@ from typing import TYPE_CHECKING
 
 from signed_bus._text import printable
 from signed_bus.errors import ConfigurationError, SignedBusError
+from signed_bus.freshness import Freshness
 
 if TYPE_CHECKING:
     from signed_bus.cli import Subparsers
     from signed_bus.keys import Keyring
     from signed_bus.provenance import Position
 
-__all__ = ["add_connection_options", "keyring_from_args", "register"]
+__all__ = [
+    "add_connection_options",
+    "add_freshness_options",
+    "freshness_from_args",
+    "keyring_from_args",
+    "register",
+]
 
 
 def add_connection_options(parser: argparse.ArgumentParser, *, redis: bool) -> None:
@@ -47,6 +54,27 @@ def add_connection_options(parser: argparse.ArgumentParser, *, redis: bool) -> N
             help="Redis holding the provenance index (default: $REDIS_URL or "
             "redis://127.0.0.1:6379/0)",
         )
+
+
+def add_freshness_options(parser: argparse.ArgumentParser) -> None:
+    """--max-age-ms, --future-skew-ms, --max-lag-ms: the whole window, defaults from
+    :class:`~signed_bus.freshness.Freshness` (written there only)."""
+    default = Freshness()
+    for name, value, text in (
+        ("max-age-ms", default.max_age_ms, "records older than this by the reference time expire"),
+        ("future-skew-ms", default.future_skew_ms, "how far ahead of either clock a record may be"),
+        ("max-lag-ms", default.max_lag_ms, "how far past max age this reader may lag"),
+    ):
+        parser.add_argument(
+            f"--{name}", type=int, default=value, metavar="MS", help=f"{text} (default {value})"
+        )
+
+
+def freshness_from_args(args: argparse.Namespace) -> Freshness:
+    """The window the freshness options name (ConfigurationError for a bad number)."""
+    return Freshness(
+        max_age_ms=args.max_age_ms, future_skew_ms=args.future_skew_ms, max_lag_ms=args.max_lag_ms
+    )
 
 
 def keyring_from_args(args: argparse.Namespace) -> Keyring:

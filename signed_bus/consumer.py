@@ -332,8 +332,8 @@ class VerifyingConsumer(AsyncLifecycle):
 
     ``guard`` is required unless the verifier is in audit mode (then it must be None: audit
     mode checks neither freshness nor replay). Its lifecycle is the caller's; claims start it.
-    It must keep nonces at least as long as the verifier accepts their envelopes
-    (:meth:`RedisReplayGuard.covers`), else :class:`ConfigurationError`.
+    Every claim carries the verifier's :class:`~signed_bus.freshness.Freshness`, so the guard
+    keeps each nonce as long as this verifier could accept a copy of its envelope.
 
     ``dead_letter_topic`` receives every rejected record; ``dead_letter_producer`` (an
     ``AIOKafkaProducer`` or a :class:`SignedProducer`, started and stopped by you) sends them,
@@ -374,16 +374,6 @@ class VerifyingConsumer(AsyncLifecycle):
             raise ConfigurationError("audit mode does not check replays: pass guard=None")
         if not self._audit and guard is None:
             raise ConfigurationError("a replay guard is required unless the verifier audits")
-        if guard is not None and not guard.covers(verifier):
-            accepted = verifier.max_age_ms + verifier.max_lag_ms + 2 * verifier.future_skew_ms
-            raise ConfigurationError(
-                f"the replay guard keeps nonces for {guard.retention_ms} ms, but the verifier "
-                f"accepts an envelope for up to {accepted} ms (max_age_ms "
-                f"{verifier.max_age_ms} + max_lag_ms {verifier.max_lag_ms} + 2 x future_skew_ms "
-                f"{verifier.future_skew_ms}): a replay read after its nonce expired would be "
-                "delivered; build the guard with the verifier's max_age_ms, max_lag_ms and "
-                "future_skew_ms"
-            )
         if dead_letter_producer is not None and dead_letter_topic is None:
             raise ConfigurationError("dead_letter_producer given without dead_letter_topic")
         if dead_letter_topic is not None and dead_letter_producer is None and self._options is None:
@@ -393,6 +383,7 @@ class VerifyingConsumer(AsyncLifecycle):
         if max_records < 1 or timeout_ms < 0:
             raise ConfigurationError("max_records must be >= 1 and timeout_ms >= 0")
         self._verifier = verifier
+        self._freshness = verifier.freshness
         self._guard = guard
         self._dead_letter_topic = dead_letter_topic
         self._dead_letter_source = dead_letter_producer
@@ -833,7 +824,7 @@ class VerifyingConsumer(AsyncLifecycle):
         ]
         result: list[ClaimVerdict | None] | None
         try:
-            result = list(await guard._claim_rows(claims))
+            result = list(await guard.claim(claims, freshness=self._freshness))
         except ReplayGuardUnavailable as exc:
             result = await self._claim_again(guard, batch, claims, exc)
         if result is not None and len(result) != len(batch.verified):
@@ -887,7 +878,9 @@ class VerifyingConsumer(AsyncLifecycle):
                         log.warning("every held record expired: nothing left to claim")
                         return []
                 try:
-                    verdicts: list[ClaimVerdict | None] = list(await guard._claim_rows(claims))
+                    verdicts: list[ClaimVerdict | None] = list(
+                        await guard.claim(claims, freshness=self._freshness)
+                    )
                 except ReplayGuardUnavailable as exc:
                     error = exc
                     continue

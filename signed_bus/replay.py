@@ -22,12 +22,11 @@ Layout (v1), chosen for bytes per nonce (see docs/OPERATIONS.md, "Redis replay g
 * field: 16 bytes of SHA-256(u16 len(issuer) || issuer || nonce): nonces are issuer-scoped, so a
   holder of one issuer's key cannot pre-empt another issuer's nonce.
 * value: 8 bytes of SHA-256 over the position. Only equality is ever asked of it.
-* the bucket's TTL is extended (never shortened) on every claim into it to
-  ``max_age_ms + max_lag_ms + 2 * future_skew_ms + bucket_ms`` from the claim
-  (:attr:`RedisReplayGuard.retention_ms`). The verifier accepts a record only while its
-  created_at is within ``max_age_ms + max_lag_ms`` of the consumer's clock and at most
-  ``future_skew_ms`` ahead of it, so a nonce outlives every moment a copy of its envelope could
-  still verify (:meth:`RedisReplayGuard.covers`).
+* the bucket's TTL is extended (never shortened) on every claim into it to the claiming
+  consumer's ``Freshness.retention_ms`` (max_age + max_lag + 2 x skew) plus ``bucket_ms``. The
+  consumer passes its verifier's window with every claim, so the nonce outlives every moment a
+  copy of its envelope could still verify by that window: the guard holds no window of its own
+  that could disagree, and consumers with different windows may share it (TTLs only grow).
 
 One Lua script claims a whole batch in one round trip on a single node; on Redis Cluster the
 batch is split into one script call per hash slot (one per bucket in the batch, usually one or
@@ -45,8 +44,7 @@ import re
 import struct
 import urllib.parse
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import Any, Final, NamedTuple
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
@@ -55,13 +53,14 @@ from redis.crc import key_slot
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from signed_bus.errors import ConfigurationError, ReplayGuardUnavailable
+from signed_bus.freshness import MAX_WINDOW_MS, Freshness
 from signed_bus.lifecycle import AsyncLifecycle
 
 __all__ = [
     "LAYOUT_VERSION",
     "Claim",
+    "ClaimRow",
     "ClaimVerdict",
-    "FreshnessWindow",
     "RedisReplayGuard",
     "bucket_key",
     "bucket_of",
@@ -128,13 +127,15 @@ end
 return table.concat(out)
 """
 
+# Options a guard took before the window moved into Freshness; refused by name.
+_WINDOW_OPTIONS: Final = frozenset({"max_age_ms", "future_skew_ms", "max_lag_ms", "freshness"})
+
 # Everything a Redis client can raise for an unreachable or failing server.
 _REDIS_FAILURES: Final = (RedisError, RedisClusterException, OSError, asyncio.TimeoutError)
 
 
-@dataclass(frozen=True, slots=True)
-class Claim:
-    """One verified envelope at one record position.
+class Claim(NamedTuple):
+    """One verified envelope at one record position (a :data:`ClaimRow` with field names).
 
     ``issuer``, ``nonce`` and ``created_at`` come from the *verified* protected header; the
     position is where the record was read.
@@ -146,19 +147,6 @@ class Claim:
     topic: str
     partition: int
     offset: int
-
-
-class FreshnessWindow(Protocol):
-    """What :meth:`RedisReplayGuard.covers` reads of a verifier (a Verifier fits)."""
-
-    @property
-    def max_age_ms(self) -> int: ...
-
-    @property
-    def max_lag_ms(self) -> int: ...
-
-    @property
-    def future_skew_ms(self) -> int: ...
 
 
 class ClaimVerdict(enum.Enum):
@@ -382,19 +370,13 @@ class RedisReplayGuard(AsyncLifecycle):
         self,
         client: aioredis.Redis | RedisCluster,
         *,
-        max_age_ms: int,
-        future_skew_ms: int,
         prefix: str = "signed-bus",
         bucket_ms: int = 1_000,
         shards: int = 16,
         max_claims_per_call: int = 4_096,
         check_layout: bool = True,
-        max_lag_ms: int = 3_600_000,
     ) -> None:
-        _check_int("max_age_ms", max_age_ms, minimum=1)
-        _check_int("future_skew_ms", future_skew_ms, minimum=0)
-        _check_int("max_lag_ms", max_lag_ms, minimum=0)
-        _check_int("bucket_ms", bucket_ms, minimum=1)
+        _check_int("bucket_ms", bucket_ms, minimum=1, maximum=MAX_WINDOW_MS)
         _check_int("shards", shards, minimum=1, maximum=0xFFFF)
         _check_int(
             "max_claims_per_call", max_claims_per_call, minimum=1, maximum=_MAX_KEYS_PER_CALL
@@ -407,15 +389,11 @@ class RedisReplayGuard(AsyncLifecycle):
             )
         self._client = client
         self._cluster = isinstance(client, RedisCluster)
-        self.max_age_ms = max_age_ms
-        self.future_skew_ms = future_skew_ms
-        self.max_lag_ms = max_lag_ms
         self.prefix = prefix
         self.bucket_ms = bucket_ms
         self.shards = shards
         self.max_claims_per_call = max_claims_per_call
         self.check_layout = check_layout
-        self._ttl_ms = max_age_ms + max_lag_ms + 2 * future_skew_ms + bucket_ms
         self._script: AsyncScript = client.register_script(_CLAIM_LUA)
         # SHA-256 states already fed the per-issuer prefix of a nonce field and the
         # per-(topic, partition) prefix of a position value: a claim copies and finishes them.
@@ -433,15 +411,12 @@ class RedisReplayGuard(AsyncLifecycle):
         cls,
         url: str,
         *,
-        max_age_ms: int,
-        future_skew_ms: int,
         cluster: bool = False,
         prefix: str = "signed-bus",
         bucket_ms: int = 1_000,
         shards: int = 16,
         max_claims_per_call: int = 4_096,
         check_layout: bool = True,
-        max_lag_ms: int = 3_600_000,
         **client_options: Any,
     ) -> RedisReplayGuard:
         """Build a guard that owns its client, from ``redis://`` or ``rediss://`` (TLS).
@@ -451,6 +426,13 @@ class RedisReplayGuard(AsyncLifecycle):
         client (``socket_timeout``, ``retry``, ``ssl_ca_certs`` ...); the defaults are short
         timeouts (2 s) so an outage is reported, not waited out.
         """
+        stale = _WINDOW_OPTIONS.intersection(client_options)
+        if stale:
+            # They would reach redis-py as connection options and fail at the first claim.
+            raise ConfigurationError(
+                f"the replay guard takes no freshness window ({', '.join(sorted(stale))}): "
+                "every claim carries the verifier's Freshness"
+            )
         scheme = url.split("://", 1)[0].lower() if "://" in url else ""
         if scheme not in ("redis", "rediss"):
             raise ConfigurationError("Redis URL must start with redis:// or rediss://")
@@ -470,37 +452,21 @@ class RedisReplayGuard(AsyncLifecycle):
             ) from None
         guard = cls(
             client,
-            max_age_ms=max_age_ms,
-            future_skew_ms=future_skew_ms,
             prefix=prefix,
             bucket_ms=bucket_ms,
             shards=shards,
             max_claims_per_call=max_claims_per_call,
             check_layout=check_layout,
-            max_lag_ms=max_lag_ms,
         )
         guard._owns_client = True
         guard._where = f"url={_redact_url(url)!r}"
         guard._secrets = _url_secrets(url)
         return guard
 
-    @property
-    def retention_ms(self) -> int:
-        """How long a nonce is kept after its last claim (the TTL a bucket gets from each claim
-        into it): max_age + max_lag + 2 x skew + one bucket."""
-        return self._ttl_ms
-
-    def covers(self, verifier: FreshnessWindow) -> bool:
-        """True if this guard keeps nonces as long as ``verifier`` may accept their envelopes.
-
-        A verifier takes created_at in [clock - (max_age + max_lag), clock + skew], so a copy
-        can verify up to max_age + max_lag + skew after the original's first claim, by clocks
-        that may differ by another skew: ``retention_ms`` must be at least
-        max_age + max_lag + 2 x skew of the verifier. A guard that does not cover its verifier
-        lets a copy read after the nonce expired through as NEW.
-        """
-        needed = verifier.max_age_ms + verifier.max_lag_ms + 2 * verifier.future_skew_ms
-        return self._ttl_ms >= needed
+    def retention_ms(self, freshness: Freshness) -> int:
+        """How long a nonce claimed with ``freshness`` is kept after its last claim (the TTL a
+        bucket gets from each claim into it): ``freshness.retention_ms`` + one bucket."""
+        return freshness.retention_ms + self.bucket_ms
 
     @property
     def layout(self) -> str:
@@ -510,7 +476,7 @@ class RedisReplayGuard(AsyncLifecycle):
     def __repr__(self) -> str:
         return (
             f"RedisReplayGuard({self._where}, prefix={self.prefix!r}, cluster={self._cluster}, "
-            f"layout={self.layout!r}, retention_ms={self._ttl_ms})"
+            f"layout={self.layout!r})"
         )
 
     async def start(self) -> None:
@@ -576,8 +542,15 @@ class RedisReplayGuard(AsyncLifecycle):
             except _REDIS_FAILURES as exc:  # closing a dead connection is not worth raising
                 _log.debug("closing the replay guard's Redis client failed: %s", type(exc))
 
-    async def claim(self, claims: Sequence[Claim]) -> list[ClaimVerdict]:
+    async def claim(
+        self, claims: Sequence[ClaimRow], *, freshness: Freshness
+    ) -> list[ClaimVerdict]:
         """Claim a batch of nonces; verdicts come back in the order of ``claims``.
+
+        ``claims`` are :class:`Claim` values or plain tuples in the same field order
+        (:data:`ClaimRow`: a consumer's hot path saves building an object per record).
+        ``freshness`` is the window the claiming verifier accepts records by: every bucket a
+        claim touches is kept for at least :meth:`retention_ms` of it.
 
         One Redis round trip for the batch on a single node: one script call, or one per
         ``max_claims_per_call`` claims sent as one pipeline. On a cluster, one script call per
@@ -585,32 +558,26 @@ class RedisReplayGuard(AsyncLifecycle):
         Raises :class:`ReplayGuardUnavailable` when Redis fails; claims are idempotent, so
         retry the same batch (claims already stored come back as SAME_POSITION).
         """
-        return await self._claim_rows(
-            [(c.issuer, c.nonce, c.created_at, c.topic, c.partition, c.offset) for c in claims]
-        )
-
-    async def _claim_rows(self, rows: Sequence[ClaimRow]) -> list[ClaimVerdict]:
-        """:meth:`claim` for claims given as plain tuples (:data:`ClaimRow`), in that order:
-
-        The consumer's hot path: it saves building a :class:`Claim` per record.
-        """
-        if not rows:
+        if not isinstance(freshness, Freshness):
+            raise ConfigurationError("freshness must be the claiming verifier's Freshness")
+        if not claims:
             return []
         if not self._started:
             await self.start()
         if self._stopped:
             raise ReplayGuardUnavailable("the replay guard was stopped")
-        calls = self._plan_rows(rows)
+        calls = self._plan_rows(claims)
+        ttl = self.retention_ms(freshness)
         try:
-            replies = await self._execute(calls)
+            replies = await self._execute(calls, ttl)
         except _REDIS_FAILURES as exc:
             raise self._unavailable(exc) from exc
         table = _VERDICT_OF_BYTE
         verdicts: list[ClaimVerdict | None]
         if len(calls) == 1:  # one call holds the claims in input order
-            verdicts = [table[code] for code in _reply_bytes(replies[0], len(rows))]
+            verdicts = [table[code] for code in _reply_bytes(replies[0], len(claims))]
         else:
-            verdicts = [None] * len(rows)
+            verdicts = [None] * len(claims)
             for call, reply in zip(calls, replies, strict=True):
                 codes = _reply_bytes(reply, len(call.indexes))
                 for index, code in zip(call.indexes, codes, strict=True):
@@ -618,12 +585,6 @@ class RedisReplayGuard(AsyncLifecycle):
         if None in verdicts:
             raise ReplayGuardUnavailable("Redis returned a malformed replay claim reply")
         return verdicts  # type: ignore[return-value]  # no None left
-
-    def _plan(self, claims: Sequence[Claim]) -> list[_Call]:
-        """Encode the claims and split them into script calls (per slot on a cluster)."""
-        return self._plan_rows(
-            [(c.issuer, c.nonce, c.created_at, c.topic, c.partition, c.offset) for c in claims]
-        )
 
     def _plan_rows(self, rows: Iterable[ClaimRow]) -> list[_Call]:
         """Encode claims and split them into script calls (per slot on a cluster).
@@ -713,10 +674,10 @@ class RedisReplayGuard(AsyncLifecycle):
         self._position_states[(topic, partition)] = state
         return state
 
-    async def _execute(self, calls: list[_Call]) -> list[Any]:
+    async def _execute(self, calls: list[_Call], ttl: int) -> list[Any]:
         """Run the script calls: one EVALSHA, or one pipeline (per node on a cluster)."""
         if len(calls) == 1:
-            return [await self._run(calls[0])]
+            return [await self._run(calls[0], ttl)]
         if self._cluster:
             # redis-py refuses EVALSHA in cluster pipelines: one call per slot, concurrently,
             # at most _CLUSTER_CONCURRENCY at a time (a node's pool fails rather than waits
@@ -725,11 +686,10 @@ class RedisReplayGuard(AsyncLifecycle):
 
             async def bounded(call: _Call) -> Any:
                 async with limit:
-                    return await self._run(call)
+                    return await self._run(call, ttl)
 
             return list(await asyncio.gather(*(bounded(call) for call in calls)))
         # A batch over max_claims_per_call: its calls go in one pipeline, one round trip.
-        ttl = self._ttl_ms
         replies: list[Any] = [None] * len(calls)
         pending = list(range(len(calls)))
         for _ in range(2):
@@ -752,9 +712,9 @@ class RedisReplayGuard(AsyncLifecycle):
             pending = missing
         raise NoScriptError("the claim script is still missing after SCRIPT LOAD")
 
-    async def _run(self, call: _Call) -> Any:
+    async def _run(self, call: _Call, ttl: int) -> Any:
         # the script object loads the script again when Redis answers NOSCRIPT
-        return await self._script(keys=list(call.keys), args=[self._ttl_ms, call.blob])
+        return await self._script(keys=list(call.keys), args=[ttl, call.blob])
 
     def _unavailable(self, exc: BaseException) -> ReplayGuardUnavailable:
         detail = _scrub(str(exc), self._secrets)

@@ -37,16 +37,15 @@ from signed_bus.errors import (
     BadSignature,
     ConfigurationError,
     EnvelopeTooLarge,
-    Expired,
     MalformedEnvelope,
     MalformedPayload,
-    NotYetValid,
     UnknownKey,
     UnsupportedContentType,
     UntrustedIssuer,
     WrongKey,
     WrongTopic,
 )
+from signed_bus.freshness import Freshness
 from signed_bus.keys import EDDSA, HS256, Keyring
 from signed_bus.payload import PayloadError, decode_json, decode_msgpack
 
@@ -270,62 +269,47 @@ _set_payload = _slot_setter("_payload")
 class Verifier:
     """Verifies record values against a keyring (which it reads live: rotation needs no restart).
 
-    Freshness (docs/ENVELOPE.md section 7) bounds the signed created_at twice:
-
-    * around the reference time (the caller's ``reference_ms``, e.g. the broker's LogAppendTime,
-      else ``clock()``): ``reference - max_age_ms <= created_at <= reference + future_skew_ms``;
-    * around this consumer's own clock, whatever the reference says:
-      ``clock() - (max_age_ms + max_lag_ms) <= created_at <= clock() + future_skew_ms``.
-
-    The second bound matters only when ``reference_ms`` is given: a record's timestamp is not
-    signed, so a forged append time can only narrow acceptance, never widen it past the window
-    the replay guard remembers nonces for (:meth:`RedisReplayGuard.covers
-    <signed_bus.replay.RedisReplayGuard.covers>`). ``max_lag_ms`` is how far behind the
-    producers a consumer may fall and still take honest records; past it records are Expired
-    (dead-lettered, not lost). ``expires_at`` is checked against both times: a result expired by
-    either is Expired. ``audit=True`` checks everything except freshness, for tools that read old
-    records on purpose. :meth:`check_fresh` applies the same rule (the same code) again to a
-    verified message that waited before it was claimed, delivered or relayed.
+    Freshness (docs/ENVELOPE.md section 7) is one :class:`~signed_bus.freshness.Freshness`
+    value: the signed created_at must lie within ``max_age_ms`` of the reference time (the
+    caller's ``reference_ms``, e.g. the broker's LogAppendTime, else ``clock()``) and within
+    ``max_age_ms + max_lag_ms`` of this consumer's own clock, at most ``future_skew_ms`` ahead of
+    either; ``expires_at`` must not have passed by either. The replay guard keeps nonces for the
+    same window's ``retention_ms`` (the consumer hands it :attr:`freshness` with every claim), so
+    the two cannot disagree. ``audit=True`` checks everything except freshness, for tools that
+    read old records on purpose. :meth:`check_fresh` applies the same rule (the same code) again
+    to a verified message that waited before it was claimed, delivered or relayed.
     """
 
     __slots__ = (
         "_audit",
+        "_check",
         "_clock",
-        "_future_skew",
+        "_freshness",
         "_keyring",
-        "_max_age",
         "_max_bytes",
-        "_max_lag",
-        "_oldest_by_clock",
     )
 
     def __init__(
         self,
         keyring: Keyring,
         *,
-        max_age_ms: int = 300_000,
-        future_skew_ms: int = 5_000,
+        freshness: Freshness | None = None,
         max_envelope_bytes: int = 1_048_576,
         clock: Clock = system_clock,
         audit: bool = False,
-        max_lag_ms: int = 3_600_000,
     ) -> None:
-        for name, number in (
-            ("max_age_ms", max_age_ms),
-            ("future_skew_ms", future_skew_ms),
-            ("max_envelope_bytes", max_envelope_bytes),
-            ("max_lag_ms", max_lag_ms),
-        ):
-            if type(number) is not int or number < 0:
-                raise ConfigurationError(f"{name} must be a non-negative int")
+        if type(max_envelope_bytes) is not int or max_envelope_bytes < 0:
+            raise ConfigurationError("max_envelope_bytes must be a non-negative int")
         if not isinstance(keyring, Keyring):
             raise ConfigurationError("keyring must be a Keyring")
+        if freshness is None:
+            freshness = Freshness()
+        elif not isinstance(freshness, Freshness):
+            raise ConfigurationError("freshness must be a Freshness")
         self._keyring = keyring
-        self._max_age = max_age_ms
-        self._future_skew = future_skew_ms
+        self._freshness = freshness
+        self._check = freshness.check
         self._max_bytes = max_envelope_bytes
-        self._max_lag = max_lag_ms
-        self._oldest_by_clock = max_age_ms + max_lag_ms
         self._clock = clock
         self._audit = bool(audit)
 
@@ -334,17 +318,9 @@ class Verifier:
         return self._audit
 
     @property
-    def max_age_ms(self) -> int:
-        return self._max_age
-
-    @property
-    def future_skew_ms(self) -> int:
-        return self._future_skew
-
-    @property
-    def max_lag_ms(self) -> int:
-        """How far past max_age (by this consumer's clock) a record read late is still taken."""
-        return self._max_lag
+    def freshness(self) -> Freshness:
+        """The window records are checked against; the consumer claims nonces with it."""
+        return self._freshness
 
     @property
     def max_envelope_bytes(self) -> int:
@@ -357,8 +333,7 @@ class Verifier:
 
     def __repr__(self) -> str:
         return (
-            f"Verifier(keys={len(self._keyring)}, max_age_ms={self._max_age}, "
-            f"max_lag_ms={self._max_lag}, future_skew_ms={self._future_skew}, "
+            f"Verifier(keys={len(self._keyring)}, freshness={self._freshness!r}, "
             f"max_envelope_bytes={self._max_bytes}, audit={self._audit})"
         )
 
@@ -373,66 +348,22 @@ class Verifier:
 
         For a record that waited after it verified (a batch held while Redis or the
         dead-letter topic was unavailable, a relay batch whose transform ran): the very rule
-        :meth:`verify` applies, created_at and expires_at against ``reference_ms`` (the record's
-        LogAppendTime, else ``now``) and against ``now`` (default ``clock()``). Raises Expired
-        or NotYetValid; does nothing in audit mode.
+        :meth:`verify` applies (:meth:`Freshness.check`), against ``reference_ms`` (the record's
+        LogAppendTime, else ``now``) and ``now`` (default ``clock()``). Raises Expired or
+        NotYetValid; does nothing in audit mode.
         """
         if self._audit:
             return
         if now is None:
             now = self._clock()
-        self._check_window(
+        self._check(
             message.created_at,
             message.expires_at,
-            now if reference_ms is None else reference_ms,
-            now,
-            message.kid,
-            message.issuer,
+            reference_ms=now if reference_ms is None else reference_ms,
+            now=now,
+            kid=message.kid,
+            issuer=message.issuer,
         )
-
-    def _check_window(
-        self,
-        created_at: int,
-        expires_at: int | None,
-        reference: int,
-        now: int,
-        kid: str,
-        issuer: str,
-    ) -> None:
-        """The freshness rule (class docstring), shared by :meth:`verify` and
-        :meth:`check_fresh` so a re-check can never disagree with verification."""
-        skew = self._future_skew
-        if created_at > reference + skew:
-            raise NotYetValid(
-                f"created {created_at - reference} ms after the reference time",
-                kid=kid,
-                issuer=issuer,
-            )
-        if created_at > now + skew:
-            # An honest record is never created after the consumer's now + skew: it was
-            # signed, then appended, then fetched. Only a forged reference gets here.
-            raise NotYetValid(
-                f"created {created_at - now} ms after this consumer's clock",
-                kid=kid,
-                issuer=issuer,
-            )
-        if created_at < reference - self._max_age:
-            raise Expired(
-                f"created {reference - created_at} ms before the reference time",
-                kid=kid,
-                issuer=issuer,
-            )
-        if created_at < now - self._oldest_by_clock:
-            # The reference (an unsigned record timestamp) may be forged; the replay guard
-            # only remembers nonces for max_age + max_lag (+ skew) after their first claim.
-            raise Expired(
-                f"created {now - created_at} ms before this consumer's clock: older than "
-                f"max_age + max_lag ({self._oldest_by_clock} ms)",
-                kid=kid,
-                issuer=issuer,
-            )
-        if expires_at is not None and (expires_at < reference or expires_at < now):
-            raise Expired("expires_at has passed", kid=kid, issuer=issuer)
 
     def verify(
         self,
@@ -503,13 +434,13 @@ class Verifier:
 
         if not self._audit:
             now = self._clock()
-            self._check_window(
+            self._check(
                 created_at,
                 header[K_EXP] if len(header) == _WITH_EXPIRY else None,
-                now if reference_ms is None else reference_ms,
-                now,
-                kid,
-                issuer,
+                reference_ms=now if reference_ms is None else reference_ms,
+                now=now,
+                kid=kid,
+                issuer=issuer,
             )
         msg: VerifiedMessage = _new(VerifiedMessage)  # no __init__: see VerifiedMessage
         _set_header(msg, header)

@@ -81,7 +81,7 @@ def _codec_cases(
     keyring = bench_keyring()
     hs_signer = Signer(keyring, kid=HMAC_KID, issuer=ISSUER, model=MODEL)
     ed_signer = Signer(keyring, kid=ED25519_KID, issuer=ISSUER, model=MODEL)
-    verifier = Verifier(keyring, max_age_ms=config.max_age_ms, future_skew_ms=config.future_skew_ms)
+    verifier = Verifier(keyring, freshness=config.freshness)
     secret = secrets.token_bytes(32)
     webhook = Webhook(secret)
 

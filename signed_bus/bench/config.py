@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from signed_bus.freshness import Freshness
+
 __all__ = ["PARTS", "BenchConfig"]
 
 #: Every measurement, in the order the runner executes them (cheap, service-free ones first).
@@ -36,9 +38,8 @@ class BenchConfig:
     #: Rounds of the latency run (each ``duration_s`` per variant).
     latency_rounds: int = 3
     payload_bytes: int = 512
-    #: Verifier and replay guard defaults (the guard's retention follows from them).
-    max_age_ms: int = 300_000
-    future_skew_ms: int = 5_000
+    #: The verifier's window; the replay guard keeps nonces for its retention.
+    freshness: Freshness = dataclasses.field(default_factory=Freshness)
     #: Run the replay guard of parts 2 and 3 on a private redis-server (part 4 always does):
     #: the development Redis is shared with other test runs.
     private_redis: bool = True

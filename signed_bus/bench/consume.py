@@ -130,7 +130,7 @@ async def _measure(config: BenchConfig, topics: dict[str, str]) -> PartResult:
     count = config.messages
     results = inference_results(count, size=config.payload_bytes)
     keyring = bench_keyring()
-    verifier = Verifier(keyring, max_age_ms=config.max_age_ms, future_skew_ms=config.future_skew_ms)
+    verifier = Verifier(keyring, freshness=config.freshness)
     producer = await start_producer(config)
     try:
         await _fill(producer, keyring, topics, results)
@@ -146,8 +146,6 @@ async def _measure(config: BenchConfig, topics: dict[str, str]) -> PartResult:
             def new_guard() -> RedisReplayGuard:
                 return RedisReplayGuard(
                     client,
-                    max_age_ms=config.max_age_ms,
-                    future_skew_ms=config.future_skew_ms,
                     prefix=f"sb-bench-{uuid.uuid4().hex[:8]}",
                 )
 
@@ -204,8 +202,6 @@ async def _count_round_trips(
     try:
         guard = RedisReplayGuard(
             client,
-            max_age_ms=config.max_age_ms,
-            future_skew_ms=config.future_skew_ms,
             prefix=f"sb-bench-{uuid.uuid4().hex[:8]}",
         )
         await guard.start()  # layout check and script load happen once, not per batch

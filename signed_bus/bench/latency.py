@@ -186,8 +186,6 @@ async def _round(
         if variant != "raw":
             guard = RedisReplayGuard(
                 client,
-                max_age_ms=config.max_age_ms,
-                future_skew_ms=config.future_skew_ms,
                 prefix=f"sb-bench-{uuid.uuid4().hex[:8]}",
             )
             await guard.start()
@@ -204,7 +202,7 @@ async def measure_latency(config: BenchConfig) -> PartResult:
         name="latency", title=f"3. end-to-end latency per hop at {config.rate:,} msg/s"
     )
     keyring = bench_keyring()
-    verifier = Verifier(keyring, max_age_ms=config.max_age_ms, future_skew_ms=config.future_skew_ms)
+    verifier = Verifier(keyring, freshness=config.freshness)
     variants = _VARIANTS
     rounds: dict[str, list[dict[str, float]]] = {variant: [] for variant in variants}
     async with private_redis_url(config.redis_url, enabled=config.private_redis) as (url, _):

@@ -34,6 +34,7 @@ from redis.asyncio.connection import Connection
 from signed_bus.bench.config import BenchConfig
 from signed_bus.bench.redis_server import private_redis
 from signed_bus.bench.results import PartResult, Row, Target
+from signed_bus.freshness import Freshness
 from signed_bus.replay import Claim, ClaimVerdict, RedisReplayGuard, nonce_field
 
 __all__ = [
@@ -189,8 +190,21 @@ async def script_stats(client: aioredis.Redis) -> tuple[int, int]:
     return calls, usec
 
 
+def claiming(guard: RedisReplayGuard, config: BenchConfig) -> ClaimBatch:
+    """The guard's claim with the benchmark's window, as the consumer calls it."""
+
+    async def claim(claims: Sequence[Claim]) -> list[ClaimVerdict]:
+        return await guard.claim(claims, freshness=config.freshness)
+
+    return claim
+
+
 async def _round_trips(
-    client: aioredis.Redis, observer: aioredis.Redis, guard: RedisReplayGuard, rate: int
+    client: aioredis.Redis,
+    observer: aioredis.Redis,
+    guard: RedisReplayGuard,
+    rate: int,
+    freshness: Freshness,
 ) -> dict[str, Any]:
     """Round trips per claim() call, per batch, for new, redelivered and replayed batches."""
     start_ms = time.time_ns() // 1_000_000 - 60_000
@@ -206,7 +220,7 @@ async def _round_trips(
     calls_before, _ = await script_stats(observer)
     for batch in plan:
         sends = CountingConnection.sends
-        verdicts.append(await guard.claim(batch))
+        verdicts.append(await guard.claim(batch, freshness=freshness))
         per_batch.append(CountingConnection.sends - sends)
     calls_after, _ = await script_stats(observer)
     await client.flushdb()
@@ -232,27 +246,24 @@ async def measure_redis(config: BenchConfig) -> PartResult:
             server = await observer.info("server")
 
             def guard(prefix: str) -> RedisReplayGuard:
-                return RedisReplayGuard(
-                    client,
-                    max_age_ms=config.max_age_ms,
-                    future_skew_ms=config.future_skew_ms,
-                    prefix=prefix,
-                )
+                return RedisReplayGuard(client, prefix=prefix)
 
-            trips = await _round_trips(client, observer, guard("trips"), config.rate)
+            trips = await _round_trips(
+                client, observer, guard("trips"), config.rate, config.freshness
+            )
             # the window the guard keeps each nonce for: the sizing below and the naive keys' TTL
-            retention = guard("sizing").retention_ms
+            retention = guard("sizing").retention_ms(config.freshness)
             naive = Baseline(client, "base", retention)
-            start_ms = time.time_ns() // 1_000_000 - config.max_age_ms // 2
+            start_ms = time.time_ns() // 1_000_000 - config.freshness.max_age_ms // 2
             claims = make_claims(config.nonces + 1, rate=config.rate, start_ms=start_ms)
             naive_bytes = await memory_per_nonce(client, naive.claim_pipelined, claims, BATCH)
             ours = guard("signed-bus")
             claims = make_claims(config.nonces + 1, rate=config.rate, start_ms=start_ms)
-            guard_bytes = await memory_per_nonce(client, ours.claim, claims, BATCH)
+            guard_bytes = await memory_per_nonce(client, claiming(ours, config), claims, BATCH)
             hashes, fill, kinds = await encodings(client, ours.prefix)
             await client.flushdb()
             speed = make_claims(min(config.nonces, 50_000), rate=config.rate, start_ms=start_ms)
-            guard_us, _ = await time_per_nonce(guard("speed").claim, speed, BATCH)
+            guard_us, _ = await time_per_nonce(claiming(guard("speed"), config), speed, BATCH)
             speed = make_claims(len(speed), rate=config.rate, start_ms=start_ms)
             naive_us, naive_trips = await time_per_nonce(naive.claim_pipelined, speed, BATCH)
             few = make_claims(BATCH * 4, rate=config.rate, start_ms=start_ms)

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from signed_bus.consumer import ConsumedMessage, ConsumerOptions, VerifyingConsumer
+from signed_bus.freshness import Freshness
 from signed_bus.keys import Keyring
 from signed_bus.replay import RedisReplayGuard
 from signed_bus.verifier import Verifier
@@ -37,10 +38,8 @@ async def main(argv: list[str]) -> None:
     out = Path(out_dir)
     hang_at = int(hang_at_text)
     ring = Keyring.from_env()
-    verifier = Verifier(ring, max_age_ms=MAX_AGE_MS, future_skew_ms=SKEW_MS)
-    guard = RedisReplayGuard.from_url(
-        redis_url, max_age_ms=MAX_AGE_MS, future_skew_ms=SKEW_MS, prefix=prefix
-    )
+    verifier = Verifier(ring, freshness=Freshness(max_age_ms=MAX_AGE_MS, future_skew_ms=SKEW_MS))
+    guard = RedisReplayGuard.from_url(redis_url, prefix=prefix)
     options = ConsumerOptions(
         bootstrap_servers=bootstrap,
         group_id=group,

@@ -13,6 +13,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from signed_bus.clock import Clock, system_clock
 from signed_bus.consumer import ConsumedMessage, ConsumerOptions, VerifyingConsumer
+from signed_bus.freshness import Freshness
 from signed_bus.keys import Keyring, generate_hmac_key
 from signed_bus.replay import RedisReplayGuard
 from signed_bus.signer import Signer
@@ -22,6 +23,8 @@ ISSUER = "agent-a"
 KID = "k1"
 MAX_AGE_MS = 300_000
 SKEW_MS = 5_000
+#: The verifiers' window in these tests (max_lag: the default); consumers claim nonces with it.
+WINDOW = Freshness(max_age_ms=MAX_AGE_MS, future_skew_ms=SKEW_MS)
 
 Position = tuple[str, int]
 
@@ -43,10 +46,9 @@ CREATE_TIME = {"message.timestamp.type": "CreateTime"}
 
 
 def guard(redis_url: str, prefix: str, **kw: Any) -> RedisReplayGuard:
-    """A guard on the test's own key prefix (the ``redis_prefix`` fixture)."""
-    return RedisReplayGuard.from_url(
-        redis_url, max_age_ms=MAX_AGE_MS, future_skew_ms=SKEW_MS, prefix=prefix, **kw
-    )
+    """A guard on the test's own key prefix (the ``redis_prefix`` fixture); its retention is
+    the window each claim carries (the claiming verifier's)."""
+    return RedisReplayGuard.from_url(redis_url, prefix=prefix, **kw)
 
 
 @contextlib.asynccontextmanager
@@ -173,5 +175,5 @@ def per_partition(messages: Iterable[ConsumedMessage]) -> dict[Position, list[Co
     return out
 
 
-def verifier(ring: Keyring, **kw: Any) -> Verifier:
-    return Verifier(ring, max_age_ms=MAX_AGE_MS, future_skew_ms=SKEW_MS, **kw)
+def verifier(ring: Keyring, *, freshness: Freshness = WINDOW, **kw: Any) -> Verifier:
+    return Verifier(ring, freshness=freshness, **kw)

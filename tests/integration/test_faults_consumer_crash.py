@@ -24,8 +24,6 @@ from signed_bus.producer import Outgoing, ProducerOptions, SignedProducer
 from signed_bus.replay import ClaimVerdict, RedisReplayGuard
 from tests.conftest import TopicFactory
 from tests.integration.bus import (
-    MAX_AGE_MS,
-    SKEW_MS,
     Running,
     consumer_options,
     end_offsets,
@@ -125,9 +123,7 @@ async def test_a_consumer_killed_between_claim_and_commit_loses_nothing(
     # 3. A new consumer in the same group gets every record from the committed offsets on,
     #    the one in flight included, as SAME_POSITION: the worker's claim does not drop it.
     ends = await end_offsets(kafka_bootstrap, [topic])
-    async with RedisReplayGuard.from_url(
-        redis_url, max_age_ms=MAX_AGE_MS, future_skew_ms=SKEW_MS, prefix=redis_prefix
-    ) as guard:
+    async with RedisReplayGuard.from_url(redis_url, prefix=redis_prefix) as guard:
         consumer = VerifyingConsumer(
             consumer_options(kafka_bootstrap, [topic], group), verifier=verifier(ring), guard=guard
         )

@@ -11,6 +11,7 @@ the same consumer can only use its own clock (and warns once).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import pytest
@@ -22,6 +23,7 @@ from tests.conftest import TopicFactory
 from tests.integration.bus import (
     CREATE_TIME,
     MAX_AGE_MS,
+    WINDOW,
     Running,
     consumer_options,
     end_offsets,
@@ -50,7 +52,7 @@ async def test_lagging_consumer_accepts_honest_records_by_append_time_and_reject
     kafka_bootstrap: str, redis_url: str, redis_prefix: str, unique_topic: TopicFactory
 ) -> None:
     assert HOUR_MS > MAX_AGE_MS
-    assert MAX_AGE_MS + verifier(keyring()).max_lag_ms > HOUR_MS  # within the default max_lag
+    assert MAX_AGE_MS + verifier(keyring()).freshness.max_lag_ms > HOUR_MS  # the default max_lag
     ring = keyring()
     topic = await unique_topic("lag", partitions=2)
     dead = await unique_topic("dlq")
@@ -109,10 +111,14 @@ async def test_consumer_lagging_beyond_max_lag_dead_letters_honest_records_as_ex
     # An hour behind, but allowed only max_age + 30 minutes: fresh by append time, too old by
     # the consumer's clock.
     lag_ms = HOUR_MS // 2
-    v = verifier(ring, clock=an_hour_ahead, max_lag_ms=lag_ms)
+    v = verifier(
+        ring, clock=an_hour_ahead, freshness=dataclasses.replace(WINDOW, max_lag_ms=lag_ms)
+    )
+    assert v.freshness.max_lag_ms == lag_ms
     assert MAX_AGE_MS + lag_ms < HOUR_MS
     async with guard(redis_url, redis_prefix) as g:
-        assert g.covers(v)
+        # the guard keeps what this consumer claims for its own (shorter) window
+        assert g.retention_ms(v.freshness) == v.freshness.retention_ms + g.bucket_ms
         consumer = VerifyingConsumer(
             consumer_options(kafka_bootstrap, [topic]), verifier=v, guard=g, dead_letter_topic=dead
         )

@@ -57,9 +57,7 @@ class Hop:
         return Verifier(self.ring.public(), **kw)
 
     def consumer(self) -> tuple[VerifyingConsumer, RedisReplayGuard]:
-        guard = RedisReplayGuard.from_url(
-            self.redis_url, max_age_ms=300_000, future_skew_ms=5_000, prefix=self.prefix
-        )
+        guard = RedisReplayGuard.from_url(self.redis_url, prefix=self.prefix)
         consumer = VerifyingConsumer(
             ConsumerOptions(
                 bootstrap_servers=self.bootstrap,

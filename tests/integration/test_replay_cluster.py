@@ -19,12 +19,15 @@ from redis.backoff import NoBackoff
 from redis.crc import key_slot
 
 from signed_bus.errors import ConfigurationError, ReplayGuardUnavailable
-from signed_bus.replay import Claim, ClaimVerdict, RedisReplayGuard
+from signed_bus.freshness import Freshness
+from signed_bus.replay import Claim, ClaimVerdict, RedisReplayGuard, bucket_key, nonce_shard
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
 NEW, SAME, REPLAY = ClaimVerdict.NEW, ClaimVerdict.SAME_POSITION, ClaimVerdict.REPLAY
 NOW_MS = 1_700_000_000_000
+#: The window the claims here carry (a consumer's verifier's: the defaults).
+WINDOW = Freshness()
 
 
 def port_is_free(port: int) -> bool:
@@ -123,9 +126,7 @@ def prefix() -> str:
 
 @pytest.fixture
 async def guard(cluster_url: str, prefix: str) -> AsyncIterator[RedisReplayGuard]:
-    async with RedisReplayGuard.from_url(
-        cluster_url, cluster=True, max_age_ms=300_000, future_skew_ms=5_000, prefix=prefix
-    ) as g:
+    async with RedisReplayGuard.from_url(cluster_url, cluster=True, prefix=prefix) as g:
         yield g
 
 
@@ -151,15 +152,15 @@ async def test_claims_over_many_buckets_get_the_right_verdicts(guard: RedisRepla
         at(os.urandom(16), offset=i, partition=i % 3, created_at=NOW_MS + 1000 * (i % 300))
         for i in range(600)
     ]
-    assert await guard.claim(claims) == [NEW] * 600
-    assert await guard.claim(claims) == [SAME] * 600
+    assert await guard.claim(claims, freshness=WINDOW) == [NEW] * 600
+    assert await guard.claim(claims, freshness=WINDOW) == [SAME] * 600
     moved = [at(c.nonce, offset=c.offset + 1, partition=c.partition, created_at=c.created_at)
              for c in claims]  # fmt: skip
-    assert await guard.claim(moved) == [REPLAY] * 600
+    assert await guard.claim(moved, freshness=WINDOW) == [REPLAY] * 600
     # mixed: verdicts come back in input order across slots and nodes
     fresh = [at(os.urandom(16), offset=i, created_at=NOW_MS + 7919 * i) for i in range(100)]
     mixed = [x for pair in zip(fresh, moved[:100], claims[:100], strict=True) for x in pair]
-    assert await guard.claim(mixed) == [NEW, REPLAY, SAME] * 100
+    assert await guard.claim(mixed, freshness=WINDOW) == [NEW, REPLAY, SAME] * 100
 
 
 async def test_duplicates_inside_one_batch_on_a_cluster(guard: RedisReplayGuard) -> None:
@@ -167,7 +168,8 @@ async def test_duplicates_inside_one_batch_on_a_cluster(guard: RedisReplayGuard)
     created = NOW_MS + 123_456
     verdicts = await guard.claim(
         [at(n, offset=1, created_at=created), at(os.urandom(16), offset=2),
-         at(n, offset=9, created_at=created), at(n, offset=1, created_at=created)]
+         at(n, offset=9, created_at=created), at(n, offset=1, created_at=created)],
+        freshness=WINDOW,
     )  # fmt: skip
     assert verdicts == [NEW, NEW, REPLAY, SAME]
 
@@ -178,7 +180,7 @@ async def test_one_script_call_per_slot_spread_over_the_nodes(
     claims = [at(os.urandom(16), offset=i, created_at=NOW_MS + 1000 * (i % 40)) for i in range(400)]
     slots = {key_slot(str((NOW_MS + 1000 * b) // 1000).encode()) for b in range(40)}
     before = await script_calls_per_node(cluster_ports)
-    assert await guard.claim(claims) == [NEW] * 400
+    assert await guard.claim(claims, freshness=WINDOW) == [NEW] * 400
     after = await script_calls_per_node(cluster_ports)
     per_node = {p: after[p] - before[p] for p in cluster_ports}
     assert sum(per_node.values()) == len(slots)
@@ -187,7 +189,7 @@ async def test_one_script_call_per_slot_spread_over_the_nodes(
     # one bucket -> one slot -> one round trip, as on a single node
     before = await script_calls_per_node(cluster_ports)
     one_bucket = [at(os.urandom(16), offset=i, created_at=NOW_MS + 5) for i in range(300)]
-    assert await guard.claim(one_bucket) == [NEW] * 300
+    assert await guard.claim(one_bucket, freshness=WINDOW) == [NEW] * 300
     after = await script_calls_per_node(cluster_ports)
     assert sum(after[p] - before[p] for p in cluster_ports) == 1
 
@@ -196,14 +198,43 @@ async def test_script_reloads_on_every_node_after_script_flush(
     guard: RedisReplayGuard, cluster_ports: list[int]
 ) -> None:
     claims = [at(os.urandom(16), offset=i, created_at=NOW_MS + 1000 * i) for i in range(60)]
-    assert await guard.claim(claims) == [NEW] * 60
+    assert await guard.claim(claims, freshness=WINDOW) == [NEW] * 60
     for port in cluster_ports:
         node = aioredis.Redis(port=port)
         try:
             await node.script_flush()
         finally:
             await node.aclose()
-    assert await guard.claim(claims) == [SAME] * 60
+    assert await guard.claim(claims, freshness=WINDOW) == [SAME] * 60
+
+
+async def test_every_slot_gets_the_ttl_of_the_window_its_claims_carry(
+    guard: RedisReplayGuard, cluster_ports: list[int], prefix: str
+) -> None:
+    # On a cluster a batch is one script call per slot, run concurrently: each call sets the
+    # TTL of the window the batch carries, grows it for a larger one, never shrinks it.
+    tiny = Freshness(max_age_ms=2_000, future_skew_ms=0, max_lag_ms=0)
+    start = NOW_MS + 77_000_000  # buckets no other test uses
+    claims = [at(os.urandom(16), offset=i, created_at=start + 1000 * (i % 12)) for i in range(48)]
+    keys = {
+        bucket_key(prefix, c.created_at // 1000, nonce_shard(c.issuer, c.nonce, guard.shards))
+        for c in claims
+    }
+    client = RedisCluster(host="127.0.0.1", port=cluster_ports[0])
+    try:
+        assert len({key_slot(k) for k in keys}) == 12  # one slot per bucket
+        assert await guard.claim(claims, freshness=tiny) == [NEW] * 48
+        ttls = [await client.pttl(k) for k in keys]
+        assert all(0 < t <= guard.retention_ms(tiny) for t in ttls), ttls
+        assert await guard.claim(claims, freshness=WINDOW) == [SAME] * 48
+        retention = guard.retention_ms(WINDOW)
+        grown = [await client.pttl(k) for k in keys]
+        assert all(retention - 5_000 < t <= retention for t in grown), grown
+        assert await guard.claim(claims, freshness=tiny) == [SAME] * 48
+        kept = [await client.pttl(k) for k in keys]
+        assert all(retention - 10_000 < t <= retention for t in kept), kept
+    finally:
+        await client.aclose()
 
 
 async def test_layout_check_and_handed_in_client_on_a_cluster(
@@ -211,14 +242,10 @@ async def test_layout_check_and_handed_in_client_on_a_cluster(
 ) -> None:
     client = RedisCluster(host="127.0.0.1", port=cluster_ports[1])
     try:
-        async with RedisReplayGuard(
-            client, max_age_ms=300_000, future_skew_ms=5_000, prefix=prefix
-        ) as g:
-            assert await g.claim([at(os.urandom(16), offset=1)]) == [NEW]
+        async with RedisReplayGuard(client, prefix=prefix) as g:
+            assert await g.claim([at(os.urandom(16), offset=1)], freshness=WINDOW) == [NEW]
         assert await client.ping()  # not closed by the guard
-        odd = RedisReplayGuard(
-            client, max_age_ms=300_000, future_skew_ms=5_000, prefix=prefix, bucket_ms=60_000
-        )
+        odd = RedisReplayGuard(client, prefix=prefix, bucket_ms=60_000)
         with pytest.raises(ConfigurationError, match="layout mismatch"):
             await odd.start()
     finally:
@@ -230,8 +257,6 @@ async def test_unreachable_cluster_raises_unavailable(prefix: str) -> None:
     guard = RedisReplayGuard.from_url(
         f"redis://:hunter2-secret@127.0.0.1:{port}",
         cluster=True,
-        max_age_ms=300_000,
-        future_skew_ms=5_000,
         prefix=prefix,
         socket_connect_timeout=0.5,
         retry=Retry(NoBackoff(), 0),
@@ -239,7 +264,7 @@ async def test_unreachable_cluster_raises_unavailable(prefix: str) -> None:
     try:
         started = time.monotonic()
         with pytest.raises(ReplayGuardUnavailable) as info:
-            await guard.claim([at(os.urandom(16), offset=1)])
+            await guard.claim([at(os.urandom(16), offset=1)], freshness=WINDOW)
         assert time.monotonic() - started < 5
         assert "hunter2" not in str(info.value)
     finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import shutil
@@ -22,12 +23,15 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from signed_bus.errors import ConfigurationError, ReplayGuardUnavailable
+from signed_bus.freshness import MAX_WINDOW_MS, Freshness
 from signed_bus.replay import Claim, ClaimVerdict, RedisReplayGuard, bucket_key, nonce_shard
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
 NEW, SAME, REPLAY = ClaimVerdict.NEW, ClaimVerdict.SAME_POSITION, ClaimVerdict.REPLAY
 MAX_AGE_MS, SKEW_MS = 300_000, 5_000
+#: The window every claim here carries (a consumer's verifier's; max_lag: the default).
+WINDOW = Freshness(max_age_ms=MAX_AGE_MS, future_skew_ms=SKEW_MS)
 NOW_MS = 1_700_000_000_000
 
 
@@ -106,9 +110,7 @@ async def prefix(redis_url: str) -> AsyncIterator[str]:
 
 @pytest.fixture
 async def guard(redis_url: str, prefix: str) -> AsyncIterator[RedisReplayGuard]:
-    async with RedisReplayGuard.from_url(
-        redis_url, max_age_ms=MAX_AGE_MS, future_skew_ms=SKEW_MS, prefix=prefix
-    ) as g:
+    async with RedisReplayGuard.from_url(redis_url, prefix=prefix) as g:
         yield g
 
 
@@ -169,53 +171,55 @@ async def top_level_commands(url: str, action: Callable[[], Awaitable[object]]) 
 
 async def test_new_then_same_position_then_replay_elsewhere(guard: RedisReplayGuard) -> None:
     n = os.urandom(16)
-    assert await guard.claim([at(n, offset=10)]) == [NEW]
-    assert await guard.claim([at(n, offset=10)]) == [SAME]  # another group, or a redelivery
-    assert await guard.claim([at(n, offset=11)]) == [REPLAY]  # other offset
-    assert await guard.claim([at(n, partition=1, offset=10)]) == [REPLAY]  # other partition
-    assert await guard.claim([at(n, topic="results-copy", offset=10)]) == [REPLAY]  # other topic
-    assert await guard.claim([at(n, offset=10)]) == [SAME]  # the original still delivers
+
+    async def claim(c: Claim) -> list[ClaimVerdict]:
+        return await guard.claim([c], freshness=WINDOW)
+
+    assert await claim(at(n, offset=10)) == [NEW]
+    assert await claim(at(n, offset=10)) == [SAME]  # another group, or a redelivery
+    assert await claim(at(n, offset=11)) == [REPLAY]  # other offset
+    assert await claim(at(n, partition=1, offset=10)) == [REPLAY]  # other partition
+    assert await claim(at(n, topic="results-copy", offset=10)) == [REPLAY]  # other topic
+    assert await claim(at(n, offset=10)) == [SAME]  # the original still delivers
 
 
 async def test_nonces_are_issuer_scoped(guard: RedisReplayGuard) -> None:
     n = os.urandom(16)
-    assert await guard.claim([at(n, issuer="agent-a", offset=1)]) == [NEW]
-    assert await guard.claim([at(n, issuer="agent-b", offset=2)]) == [NEW]
-    assert await guard.claim([at(n, issuer="agent-b", offset=3)]) == [REPLAY]
+    assert await guard.claim([at(n, issuer="agent-a", offset=1)], freshness=WINDOW) == [NEW]
+    assert await guard.claim([at(n, issuer="agent-b", offset=2)], freshness=WINDOW) == [NEW]
+    assert await guard.claim([at(n, issuer="agent-b", offset=3)], freshness=WINDOW) == [REPLAY]
 
 
 async def test_duplicates_inside_one_batch(guard: RedisReplayGuard) -> None:
     n, m = os.urandom(16), os.urandom(16)
     verdicts = await guard.claim(
-        [at(n, offset=1), at(m, offset=2), at(n, offset=3), at(n, offset=1), at(m, offset=2)]
+        [at(n, offset=1), at(m, offset=2), at(n, offset=3), at(n, offset=1), at(m, offset=2)],
+        freshness=WINDOW,
     )
     assert verdicts == [NEW, NEW, REPLAY, SAME, SAME]
 
 
 async def test_a_replayed_batch_is_idempotent(guard: RedisReplayGuard) -> None:
     batch = [at(os.urandom(16), partition=i % 4, offset=i) for i in range(300)]
-    assert await guard.claim(batch) == [NEW] * 300
-    assert await guard.claim(batch) == [SAME] * 300
+    assert await guard.claim(batch, freshness=WINDOW) == [NEW] * 300
+    assert await guard.claim(batch, freshness=WINDOW) == [SAME] * 300
     moved = [at(c.nonce, partition=c.partition, offset=c.offset + 1000) for c in batch]
-    assert await guard.claim(moved) == [REPLAY] * 300
+    assert await guard.claim(moved, freshness=WINDOW) == [REPLAY] * 300
 
 
 async def test_verdicts_keep_input_order_across_many_buckets_and_calls(
     redis_url: str, prefix: str
 ) -> None:
-    async with RedisReplayGuard.from_url(
-        redis_url, max_age_ms=MAX_AGE_MS, future_skew_ms=SKEW_MS, prefix=prefix,
-        max_claims_per_call=64,
-    ) as g:  # fmt: skip
+    async with RedisReplayGuard.from_url(redis_url, prefix=prefix, max_claims_per_call=64) as g:
         claims = [at(os.urandom(16), offset=i, created_at=NOW_MS + 997 * i) for i in range(500)]
-        first = await g.claim(claims[::2])
-        mixed = await g.claim(claims)
+        first = await g.claim(claims[::2], freshness=WINDOW)
+        mixed = await g.claim(claims, freshness=WINDOW)
     assert first == [NEW] * 250
     assert mixed == [SAME if i % 2 == 0 else NEW for i in range(500)]
 
 
 async def test_empty_batch_costs_nothing(guard: RedisReplayGuard) -> None:
-    assert await guard.claim([]) == []
+    assert await guard.claim([], freshness=WINDOW) == []
 
 
 # --- one round trip per batch ---------------------------------------------------------------
@@ -232,9 +236,7 @@ async def command_calls(client: aioredis.Redis) -> Counter[str]:
 async def test_exactly_one_round_trip_per_batch(private_redis_url: str, prefix: str) -> None:
     observer = aioredis.Redis.from_url(private_redis_url)
     try:
-        async with RedisReplayGuard.from_url(
-            private_redis_url, max_age_ms=MAX_AGE_MS, future_skew_ms=SKEW_MS, prefix=prefix
-        ) as g:
+        async with RedisReplayGuard.from_url(private_redis_url, prefix=prefix) as g:
             # (claims, buckets, script calls): 4096 claims per call, calls of one batch pipelined
             for size, buckets, scripts in (
                 (1, 1, 1), (200, 1, 1), (200, 40, 1), (500, 40, 1), (4000, 7, 1), (5000, 7, 2)
@@ -248,7 +250,7 @@ async def test_exactly_one_round_trip_per_batch(private_redis_url: str, prefix: 
                 async def run(
                     batch: list[Claim] = batch, out: list[ClaimVerdict] = verdicts
                 ) -> None:
-                    out.extend(await g.claim(batch))
+                    out.extend(await g.claim(batch, freshness=WINDOW))
 
                 if size <= 200:  # MONITOR lines of bigger batches overflow the stream reader
                     assert await top_level_commands(private_redis_url, run) == ["EVALSHA"]
@@ -270,17 +272,15 @@ async def test_exactly_one_round_trip_per_batch(private_redis_url: str, prefix: 
 async def test_script_reloads_after_script_flush(private_redis_url: str, prefix: str) -> None:
     observer = aioredis.Redis.from_url(private_redis_url)
     try:
-        async with RedisReplayGuard.from_url(
-            private_redis_url, max_age_ms=MAX_AGE_MS, future_skew_ms=SKEW_MS, prefix=prefix
-        ) as g:
+        async with RedisReplayGuard.from_url(private_redis_url, prefix=prefix) as g:
             n = os.urandom(16)
-            assert await g.claim([at(n)]) == [NEW]
+            assert await g.claim([at(n)], freshness=WINDOW) == [NEW]
             await observer.script_flush()
-            assert await g.claim([at(n), at(n, offset=5)]) == [SAME, REPLAY]
+            assert await g.claim([at(n), at(n, offset=5)], freshness=WINDOW) == [SAME, REPLAY]
             # the pipelined path (a batch over max_claims_per_call) re-loads it too
             big = [at(os.urandom(16), offset=i) for i in range(5000)]
             await observer.script_flush()
-            assert await g.claim(big) == [NEW] * 5000
+            assert await g.claim(big, freshness=WINDOW) == [NEW] * 5000
     finally:
         await observer.aclose()
 
@@ -303,8 +303,6 @@ async def test_a_retry_after_a_timeout_still_delivers(private_redis_url: str, pr
     )
     guard = RedisReplayGuard.from_url(
         private_redis_url,
-        max_age_ms=MAX_AGE_MS,
-        future_skew_ms=SKEW_MS,
         prefix=prefix,
         socket_timeout=0.2,
         socket_connect_timeout=0.2,
@@ -312,7 +310,8 @@ async def test_a_retry_after_a_timeout_still_delivers(private_redis_url: str, pr
     )
     try:
         await guard.start()
-        await guard.claim([at(os.urandom(16))])  # the connection is open and authenticated
+        # the connection is open and authenticated
+        await guard.claim([at(os.urandom(16))], freshness=WINDOW)
         before = await script_calls(observer)
         n = os.urandom(16)
 
@@ -323,10 +322,10 @@ async def test_a_retry_after_a_timeout_still_delivers(private_redis_url: str, pr
 
         blocker = asyncio.create_task(block())
         await asyncio.sleep(0.1)
-        assert await guard.claim([at(n, offset=7)]) == [SAME]
+        assert await guard.claim([at(n, offset=7)], freshness=WINDOW) == [SAME]
         await blocker
         assert await script_calls(observer) - before >= 2  # the first send ran, and the retry
-        assert await guard.claim([at(n, offset=8)]) == [REPLAY]
+        assert await guard.claim([at(n, offset=8)], freshness=WINDOW) == [REPLAY]
     finally:
         await guard.stop()
         await busy.aclose()
@@ -336,35 +335,106 @@ async def test_a_retry_after_a_timeout_still_delivers(private_redis_url: str, pr
 # --- TTLs -----------------------------------------------------------------------------------
 
 
+def key_of(guard: RedisReplayGuard, prefix: str, claim: Claim) -> bytes:
+    bucket = claim.created_at // guard.bucket_ms
+    return bucket_key(prefix, bucket, nonce_shard(claim.issuer, claim.nonce, guard.shards))
+
+
 async def test_buckets_expire_after_the_retention(
     guard: RedisReplayGuard, raw: aioredis.Redis, prefix: str, redis_url: str
 ) -> None:
     n = os.urandom(16)
-    await guard.claim([at(n)])
-    key = bucket_key(prefix, NOW_MS // guard.bucket_ms, nonce_shard("agent-a", n, guard.shards))
-    assert guard.max_lag_ms == 3_600_000  # the default, as the Verifier's
-    assert guard.retention_ms == MAX_AGE_MS + guard.max_lag_ms + 2 * SKEW_MS + guard.bucket_ms
+    await guard.claim([at(n)], freshness=WINDOW)
+    key = key_of(guard, prefix, at(n))
+    assert WINDOW.max_lag_ms == 3_600_000  # the default, as the Verifier's
+    retention = guard.retention_ms(WINDOW)
+    assert retention == MAX_AGE_MS + WINDOW.max_lag_ms + 2 * SKEW_MS + guard.bucket_ms
     ttl = await raw.pttl(key)
-    assert guard.retention_ms - 5_000 < ttl <= guard.retention_ms
+    assert retention - 5_000 < ttl <= retention
 
     # a consumer with a shorter window never shortens it; a longer one extends it
-    async with RedisReplayGuard.from_url(
-        redis_url, max_age_ms=1_000, future_skew_ms=0, prefix=prefix
-    ) as short:
-        await short.claim([at(os.urandom(16), offset=1, created_at=NOW_MS)])
-        assert await short.claim([at(n)]) == [SAME]
-    assert await raw.pttl(key) > guard.retention_ms - 5_000
-    async with RedisReplayGuard.from_url(
-        redis_url, max_age_ms=MAX_AGE_MS * 2, future_skew_ms=SKEW_MS, prefix=prefix
-    ) as longer:
-        assert await longer.claim([at(n)]) == [SAME]
-    assert await raw.pttl(key) > guard.retention_ms + 100_000
+    short = Freshness(max_age_ms=1_000, future_skew_ms=0)
+    async with RedisReplayGuard.from_url(redis_url, prefix=prefix) as other:
+        await other.claim([at(os.urandom(16), offset=1, created_at=NOW_MS)], freshness=short)
+        assert await other.claim([at(n)], freshness=short) == [SAME]
+    assert await raw.pttl(key) > retention - 5_000
+    longer = dataclasses.replace(WINDOW, max_age_ms=MAX_AGE_MS * 2)
+    async with RedisReplayGuard.from_url(redis_url, prefix=prefix) as other:
+        assert await other.claim([at(n)], freshness=longer) == [SAME]
+    assert await raw.pttl(key) > retention + 100_000
+
+
+async def test_a_claims_ttl_follows_the_window_it_carries(
+    guard: RedisReplayGuard, raw: aioredis.Redis, prefix: str
+) -> None:
+    # The guard holds no window: each claim keeps its bucket for the claimer's retention.
+    tiny = Freshness(max_age_ms=1_000, future_skew_ms=0, max_lag_ms=0)
+    assert guard.retention_ms(tiny) == 1_000 + guard.bucket_ms
+    claim = at(os.urandom(16), created_at=NOW_MS + 31_337_000)  # a bucket no other test uses
+    key = key_of(guard, prefix, claim)
+    assert await guard.claim([claim], freshness=tiny) == [NEW]
+    first = await raw.pttl(key)
+    assert 0 < first <= 1_000 + guard.bucket_ms
+    # a larger window grows it...
+    assert await guard.claim([claim], freshness=WINDOW) == [SAME]
+    grown = await raw.pttl(key)
+    assert guard.retention_ms(WINDOW) - 5_000 < grown <= guard.retention_ms(WINDOW)
+    # ... and a smaller one, claiming into the same bucket again, never shrinks it
+    again = at(claim.nonce, offset=1, created_at=claim.created_at)
+    assert await guard.claim([claim, again], freshness=tiny) == [SAME, REPLAY]
+    assert grown - 5_000 < await raw.pttl(key) <= grown
+
+
+async def test_a_pipelined_batch_carries_the_window_too(
+    redis_url: str, raw: aioredis.Redis, prefix: str
+) -> None:
+    # Over max_claims_per_call a batch goes as several script calls in one pipeline: every one
+    # of them sets the TTL of the window the batch carries.
+    tiny = Freshness(max_age_ms=2_000, future_skew_ms=0, max_lag_ms=0)
+    async with RedisReplayGuard.from_url(redis_url, prefix=prefix, max_claims_per_call=8) as g:
+        claims = [
+            at(os.urandom(16), offset=i, created_at=NOW_MS + 41_000_000 + 250 * i)
+            for i in range(40)
+        ]
+        assert await g.claim(claims, freshness=tiny) == [NEW] * 40
+        keys = {key_of(g, prefix, c) for c in claims}
+        ttls = [await raw.pttl(k) for k in keys]
+        assert len(keys) > 5 and all(0 < t <= g.retention_ms(tiny) for t in ttls)
+        assert await g.claim(claims, freshness=WINDOW) == [SAME] * 40
+        ttls = [await raw.pttl(k) for k in keys]
+        assert all(g.retention_ms(WINDOW) - 5_000 < t <= g.retention_ms(WINDOW) for t in ttls)
+
+
+async def test_the_largest_window_still_claims_and_expires(
+    guard: RedisReplayGuard, raw: aioredis.Redis, prefix: str
+) -> None:
+    # Every field at its maximum: the TTL is still an exact integer for Redis's Lua, so the claim
+    # succeeds and its bucket still expires (a TTL Redis refused would leave a key without one).
+    widest = Freshness(
+        max_age_ms=MAX_WINDOW_MS, future_skew_ms=MAX_WINDOW_MS, max_lag_ms=MAX_WINDOW_MS
+    )
+    claim = at(os.urandom(16), created_at=NOW_MS + 51_000_000)
+    assert await guard.claim([claim], freshness=widest) == [NEW]
+    ttl = await raw.pttl(key_of(guard, prefix, claim))
+    assert guard.retention_ms(widest) - 5_000 < ttl <= guard.retention_ms(widest)
+
+
+async def test_a_guard_refuses_window_options_and_a_missing_window(
+    guard: RedisReplayGuard, redis_url: str
+) -> None:
+    for name in ("max_age_ms", "future_skew_ms", "max_lag_ms", "freshness"):
+        with pytest.raises(ConfigurationError, match="Freshness"):
+            RedisReplayGuard.from_url(redis_url, **{name: 1_000})
+    with pytest.raises(ConfigurationError, match="Freshness"):
+        await guard.claim([at(os.urandom(16))], freshness=None)  # type: ignore[arg-type]
 
 
 async def test_every_key_the_guard_writes_has_a_ttl(
     guard: RedisReplayGuard, raw: aioredis.Redis, prefix: str
 ) -> None:
-    await guard.claim([at(os.urandom(16), created_at=NOW_MS + 500 * i) for i in range(200)])
+    await guard.claim(
+        [at(os.urandom(16), created_at=NOW_MS + 500 * i) for i in range(200)], freshness=WINDOW
+    )
     keys = [k async for k in raw.scan_iter(match=f"{prefix}:n:*")]
     assert len(keys) > 16
     pipe = raw.pipeline(transaction=False)
@@ -377,18 +447,15 @@ async def test_every_key_the_guard_writes_has_a_ttl(
 
 
 async def test_a_consumer_with_another_layout_is_refused(redis_url: str, prefix: str) -> None:
-    async with RedisReplayGuard.from_url(
-        redis_url, max_age_ms=MAX_AGE_MS, future_skew_ms=SKEW_MS, prefix=prefix
-    ):
+    async with RedisReplayGuard.from_url(redis_url, prefix=prefix):
         pass
-    odd = RedisReplayGuard.from_url(
-        redis_url, max_age_ms=MAX_AGE_MS, future_skew_ms=SKEW_MS, prefix=prefix, shards=8
-    )
+    odd = RedisReplayGuard.from_url(redis_url, prefix=prefix, shards=8)
     try:
         with pytest.raises(ConfigurationError, match="layout mismatch"):
             await odd.start()
         with pytest.raises(ConfigurationError, match="layout mismatch"):
-            await odd.claim([at(os.urandom(16))])  # a claim starts the guard, and fails too
+            # a claim starts the guard, and fails too
+            await odd.claim([at(os.urandom(16))], freshness=WINDOW)
     finally:
         await odd.stop()
 
@@ -396,15 +463,13 @@ async def test_a_consumer_with_another_layout_is_refused(redis_url: str, prefix:
 async def test_a_client_handed_in_is_not_closed(redis_url: str, prefix: str) -> None:
     client = aioredis.Redis.from_url(redis_url)
     try:
-        guard = RedisReplayGuard(
-            client, max_age_ms=MAX_AGE_MS, future_skew_ms=SKEW_MS, prefix=prefix
-        )
+        guard = RedisReplayGuard(client, prefix=prefix)
         async with guard:
-            assert await guard.claim([at(os.urandom(16))]) == [NEW]
+            assert await guard.claim([at(os.urandom(16))], freshness=WINDOW) == [NEW]
         await guard.stop()  # idempotent
         assert await client.ping()
         with pytest.raises(ReplayGuardUnavailable, match="stopped"):
-            await guard.claim([at(os.urandom(16))])
+            await guard.claim([at(os.urandom(16))], freshness=WINDOW)
     finally:
         await client.aclose()
 
@@ -413,22 +478,21 @@ async def test_a_client_decoding_responses_works_too(redis_url: str, prefix: str
     client = aioredis.Redis.from_url(redis_url, decode_responses=True)
     try:
         for _ in range(2):  # the second guard reads the layout record as str
-            async with RedisReplayGuard(
-                client, max_age_ms=MAX_AGE_MS, future_skew_ms=SKEW_MS, prefix=prefix
-            ) as g:
+            async with RedisReplayGuard(client, prefix=prefix) as g:
                 n = os.urandom(16)
-                assert await g.claim([at(n), at(n, offset=1), at(n)]) == [NEW, REPLAY, SAME]
+                verdicts = await g.claim([at(n), at(n, offset=1), at(n)], freshness=WINDOW)
+                assert verdicts == [NEW, REPLAY, SAME]
     finally:
         await client.aclose()
 
 
 async def test_claims_start_the_guard_lazily(redis_url: str, prefix: str) -> None:
-    guard = RedisReplayGuard.from_url(
-        redis_url, max_age_ms=MAX_AGE_MS, future_skew_ms=SKEW_MS, prefix=prefix
-    )
+    guard = RedisReplayGuard.from_url(redis_url, prefix=prefix)
     try:
         n = os.urandom(16)
-        verdicts = await asyncio.gather(guard.claim([at(n)]), guard.claim([at(n, offset=1)]))
+        verdicts = await asyncio.gather(
+            guard.claim([at(n)], freshness=WINDOW), guard.claim([at(n, offset=1)], freshness=WINDOW)
+        )
         assert sorted(v[0].value for v in verdicts) == ["new", "replay"]
     finally:
         await guard.stop()
@@ -442,8 +506,6 @@ async def test_unreachable_redis_raises_quickly_without_secrets(prefix: str) -> 
     port = free_port(6450)  # nothing listens there
     guard = RedisReplayGuard.from_url(
         f"redis://user:hunter2-secret@127.0.0.1:{port}/0",
-        max_age_ms=MAX_AGE_MS,
-        future_skew_ms=SKEW_MS,
         prefix=prefix,
         socket_connect_timeout=0.5,
         retry=Retry(NoBackoff(), 1),
@@ -451,7 +513,7 @@ async def test_unreachable_redis_raises_quickly_without_secrets(prefix: str) -> 
     try:
         started = time.monotonic()
         with pytest.raises(ReplayGuardUnavailable) as info:
-            await guard.claim([at(os.urandom(16))])
+            await guard.claim([at(os.urandom(16))], freshness=WINDOW)
         assert time.monotonic() - started < 3
         assert "hunter2" not in str(info.value)
         assert "hunter2" not in repr(info.value)
@@ -469,17 +531,15 @@ async def test_a_redis_error_reply_raises_unavailable(
     key = bucket_key(prefix, NOW_MS // guard.bucket_ms, nonce_shard("agent-a", n, guard.shards))
     await raw.set(key, b"not a hash", px=60_000)  # WRONGTYPE inside the script
     with pytest.raises(ReplayGuardUnavailable, match="ResponseError"):
-        await guard.claim([at(n)])
+        await guard.claim([at(n)], freshness=WINDOW)
 
 
 async def test_auth_from_the_url_and_a_wrong_password(private_redis_url: str, prefix: str) -> None:
-    async with RedisReplayGuard.from_url(
-        private_redis_url, max_age_ms=MAX_AGE_MS, future_skew_ms=SKEW_MS, prefix=prefix
-    ) as g:
-        assert await g.claim([at(os.urandom(16))]) == [NEW]
+    async with RedisReplayGuard.from_url(private_redis_url, prefix=prefix) as g:
+        assert await g.claim([at(os.urandom(16))], freshness=WINDOW) == [NEW]
         assert PRIVATE_PASSWORD not in repr(g)
     url = private_redis_url.replace(PRIVATE_PASSWORD, "hunter2-secret")
-    guard = RedisReplayGuard.from_url(url, max_age_ms=MAX_AGE_MS, future_skew_ms=SKEW_MS)
+    guard = RedisReplayGuard.from_url(url)
     try:
         with pytest.raises(ReplayGuardUnavailable) as info:
             await guard.start()
@@ -495,6 +555,7 @@ _RACER = textwrap.dedent(
     """
     import asyncio, json, sys
     import redis.asyncio as aioredis
+    from signed_bus.freshness import Freshness
     from signed_bus.replay import Claim, RedisReplayGuard
 
     async def main() -> None:
@@ -504,14 +565,12 @@ _RACER = textwrap.dedent(
             for i, h in enumerate(nonces_hex.split(","))
         ]
         control = aioredis.Redis.from_url(url)
-        async with RedisReplayGuard.from_url(
-            url, max_age_ms=300_000, future_skew_ms=5_000, prefix=prefix
-        ) as guard:
+        async with RedisReplayGuard.from_url(url, prefix=prefix) as guard:
             await control.rpush(prefix + ":ready", me)
             await control.blpop([prefix + ":go"], timeout=20)
             verdicts = []
             for i in range(0, len(claims), 20):  # small batches, so the two racers interleave
-                verdicts += await guard.claim(claims[i : i + 20])
+                verdicts += await guard.claim(claims[i : i + 20], freshness=Freshness())
         await control.aclose()
         print(json.dumps([v.value for v in verdicts]))
 

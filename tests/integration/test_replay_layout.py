@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
+from signed_bus.freshness import Freshness
 from signed_bus.replay import Claim, ClaimVerdict, RedisReplayGuard
 from tests.unit.test_replay_layout import position_recipe, recipe
 
@@ -26,9 +27,8 @@ async def raw(redis_url: str) -> AsyncIterator[aioredis.Redis]:
 async def test_claims_land_where_the_recipe_says(
     redis_url: str, redis_prefix: str, raw: aioredis.Redis
 ) -> None:
-    async with RedisReplayGuard.from_url(
-        redis_url, max_age_ms=300_000, future_skew_ms=5_000, prefix=redis_prefix, shards=7
-    ) as guard:
+    window = Freshness()
+    async with RedisReplayGuard.from_url(redis_url, prefix=redis_prefix, shards=7) as guard:
         claims = [
             Claim(
                 issuer="inference-agent",
@@ -40,10 +40,11 @@ async def test_claims_land_where_the_recipe_says(
             )
             for i in range(20)
         ]
-        assert await guard.claim(claims) == [ClaimVerdict.NEW] * 20
+        assert await guard.claim(claims, freshness=window) == [ClaimVerdict.NEW] * 20
+        retention = guard.retention_ms(window)
     for c in claims:
         key, field = recipe(redis_prefix, c.issuer, c.nonce, c.created_at, 1_000, 7)
         stored = await raw.hget(key, field)  # type: ignore[misc]
         assert stored == position_recipe(c.topic, c.partition, c.offset)
-        assert await raw.pttl(key) > 0
+        assert retention - 60_000 < await raw.pttl(key) <= retention
     assert await raw.get(f"{redis_prefix}:layout") == b"v1 bucket_ms=1000 shards=7"

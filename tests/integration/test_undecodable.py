@@ -37,6 +37,7 @@ from signed_bus.deadletter import (
 )
 from signed_bus.errors import Undecodable
 from signed_bus.fetch import fetch_records
+from signed_bus.freshness import Freshness
 from signed_bus.provenance import Position, RecordFetcher
 from signed_bus.replay import RedisReplayGuard
 from tests.conftest import TopicFactory
@@ -388,7 +389,9 @@ async def test_tail_prints_an_undecodable_record_as_rejected_and_goes_on(
         count=7,
         idle_timeout=20.0,
         audit=True,
-        max_age_ms=300_000,
+        max_age_ms=Freshness().max_age_ms,  # the CLI's defaults
+        future_skew_ms=Freshness().future_skew_ms,
+        max_lag_ms=Freshness().max_lag_ms,
         bootstrap_servers=setup.bootstrap,
     )
     out = io.StringIO()

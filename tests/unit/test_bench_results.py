@@ -16,6 +16,7 @@ from signed_bus.bench.payloads import inference_results, packed_size
 from signed_bus.bench.results import BenchReport, PartResult, Row, Target
 from signed_bus.bench.stats import percentile, summarize_latencies, time_per_op_us
 from signed_bus.bench.table import format_number, format_report
+from signed_bus.freshness import Freshness
 
 
 def test_percentile_interpolates_between_ranks() -> None:
@@ -75,7 +76,13 @@ def test_quick_mode_keeps_at_least_100k_nonces() -> None:
     assert quick.quick
     assert quick.nonces >= 100_000
     # quick mode shrinks sizes only: the freshness window (and so the guard's retention) stays
-    assert (quick.max_age_ms, quick.future_skew_ms) == (300_000, 5_000)
+    window = quick.freshness
+    assert (window.max_age_ms, window.future_skew_ms, window.max_lag_ms) == (
+        300_000,
+        5_000,
+        3_600_000,
+    )
+    assert window == BenchConfig().freshness == Freshness()
     assert set(quick.parts) == set(PARTS)
 
 

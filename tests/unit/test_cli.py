@@ -312,6 +312,76 @@ def test_inspect_freshness_and_audit(
     assert code == 0 and "verdict: OK" in stdout and "audit mode" in stdout
 
 
+def test_inspect_takes_the_whole_freshness_window(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], signed: tuple[Path, bytes, Keyring]
+) -> None:
+    ring_path, value, _ = signed
+    path = tmp_path / "value.bin"
+    path.write_bytes(value)
+    base = ["inspect", "--keyring", str(ring_path), str(path), "--key", "order-1"]
+    late = [*base, "--reference-ms", str(NOW_MS + 3_600_000)]  # an hour after signing
+    code, stdout, _ = run(capsys, *late, "--max-age-ms", "3600000")  # exactly max_age old
+    assert code == 0 and "verdict: OK" in stdout
+    code, stdout, _ = run(capsys, *late, "--max-age-ms", "3599999")
+    assert code == 1 and "verdict: FAILED expired" in stdout
+    early = [*base, "--reference-ms", str(NOW_MS - 5_001)]  # signed 5,001 ms "in the future"
+    code, stdout, _ = run(capsys, *early)  # the default skew is 5,000 ms
+    assert code == 1 and "verdict: FAILED not_yet_valid" in stdout
+    code, stdout, _ = run(capsys, *early, "--future-skew-ms", "5001")
+    assert code == 0 and "verdict: OK" in stdout
+    code, stdout, _ = run(capsys, *late, "--max-age-ms", "3600000", "--max-lag-ms", "0")
+    assert code == 0 and "verdict: OK" in stdout  # one time stands for reference and clock
+    code, stdout, _ = run(capsys, "inspect", "--help")
+    assert code == 0
+    text = " ".join(stdout.split())  # argparse wraps the help lines
+    for option, default in (
+        ("--max-age-ms", "300000"),
+        ("--future-skew-ms", "5000"),
+        ("--max-lag-ms", "3600000"),
+    ):
+        assert option in text and f"(default {default})" in text
+
+
+@pytest.mark.parametrize("command", [["inspect"], ["tail", "some-topic"]])
+def test_tail_and_inspect_parse_the_window_into_one_freshness(command: list[str]) -> None:
+    from signed_bus.cli import build_parser
+    from signed_bus.cli_trace import freshness_from_args
+    from signed_bus.freshness import Freshness
+
+    parser = build_parser()
+    assert freshness_from_args(parser.parse_args(command)) == Freshness()
+    args = parser.parse_args(
+        [*command, "--max-age-ms", "1000", "--future-skew-ms", "20", "--max-lag-ms", "0"]
+    )
+    assert freshness_from_args(args) == Freshness(max_age_ms=1000, future_skew_ms=20, max_lag_ms=0)
+
+
+@pytest.mark.parametrize(
+    "option",
+    [
+        ("--max-age-ms", "0"),
+        ("--max-age-ms", "-1"),
+        ("--future-skew-ms", "-1"),
+        ("--max-lag-ms", "-1"),
+        ("--max-lag-ms", str(2**61 + 1)),
+    ],
+)
+def test_inspect_refuses_a_bad_window_with_exit_2(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    signed: tuple[Path, bytes, Keyring],
+    option: tuple[str, str],
+) -> None:
+    ring_path, value, _ = signed
+    path = tmp_path / "value.bin"
+    path.write_bytes(value)
+    code, stdout, stderr = run(
+        capsys, *inspect_args(ring_path, str(path), "--key", "order-1", *option)
+    )
+    assert code == 2 and "verdict" not in stdout
+    assert option[0].lstrip("-").replace("-", "_") in stderr
+
+
 def test_inspect_unknown_key_and_garbage(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],

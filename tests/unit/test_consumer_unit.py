@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import pytest
@@ -32,6 +32,7 @@ from signed_bus.deadletter import (
     HEADER_SOURCE_PARTITION,
     HEADER_SOURCE_TIMESTAMP,
     HEADER_SOURCE_TOPIC,
+    HEADER_VALUE_NULL,
     HEADER_VALUE_OMITTED,
     DeadLetter,
     DeadLetterWriter,
@@ -46,6 +47,7 @@ from signed_bus.errors import (
     MalformedEnvelope,
     ReplayGuardUnavailable,
 )
+from signed_bus.freshness import Freshness
 from signed_bus.keys import Keyring, generate_hmac_key
 from signed_bus.metrics import ConsumerMetrics
 from signed_bus.producer import ProducerOptions
@@ -101,9 +103,9 @@ async def built() -> AsyncIterator[AIOKafkaConsumer]:
 
 @pytest.fixture
 async def guard() -> AsyncIterator[RedisReplayGuard]:
-    # Never connects: from_url builds a lazy client; these tests make no claims. Its windows are
-    # Verifier's defaults, so it covers the verifiers built here.
-    g = RedisReplayGuard.from_url("redis://127.0.0.1:1/0", max_age_ms=300_000, future_skew_ms=5_000)
+    # Never connects: from_url builds a lazy client; these tests make no claims (or replace
+    # claim). It holds no window: every claim carries the claiming verifier's.
+    g = RedisReplayGuard.from_url("redis://127.0.0.1:1/0")
     yield g
     await g.stop()
 
@@ -192,28 +194,42 @@ async def test_consumer_needs_a_guard_unless_auditing(
         VerifyingConsumer(object(), verifier=Verifier(keys), guard=guard)
 
 
-async def test_a_guard_that_forgets_nonces_before_the_verifier_stops_accepting_is_refused(
-    built: AIOKafkaConsumer,
+async def test_every_claim_carries_the_verifiers_window(
+    built: AIOKafkaConsumer, guard: RedisReplayGuard
 ) -> None:
-    # from_url builds a lazy client: nothing connects.
-    short = RedisReplayGuard.from_url(
-        "redis://:hunter2@127.0.0.1:1/0", max_age_ms=60_000, future_skew_ms=5_000
-    )
-    try:
-        verifier = Verifier(ring(), max_age_ms=300_000, future_skew_ms=5_000)
-        assert not short.covers(verifier)
-        with pytest.raises(ConfigurationError) as caught:
-            VerifyingConsumer(built, verifier=verifier, guard=short)
-        message = str(caught.value)
-        accepted = verifier.max_age_ms + verifier.max_lag_ms + 2 * verifier.future_skew_ms
-        assert f"{short.retention_ms} ms" in message and f"{accepted} ms" in message
-        assert "hunter2" not in message
-        # The same guard covers a verifier with its own windows.
-        matching = Verifier(ring(), max_age_ms=60_000, future_skew_ms=5_000)
-        assert short.covers(matching)
-        VerifyingConsumer(built, verifier=matching, guard=short)
-    finally:
-        await short.stop()
+    # The guard holds no window that could be shorter than the verifier's (what the consumer
+    # used to refuse): the consumer hands its verifier's Freshness with every claim, and the
+    # guard keeps each nonce for that window's retention (the TTL in Redis:
+    # tests/integration/test_replay_guard.py). Any window is accepted with any guard.
+    keys = ring()
+    short = Freshness(max_age_ms=60_000, future_skew_ms=1_000, max_lag_ms=0)
+    seen: list[tuple[list[ClaimRow], Freshness]] = []
+
+    async def claim(claims: Sequence[ClaimRow], *, freshness: Freshness) -> list[ClaimVerdict]:
+        seen.append((list(claims), freshness))
+        return [ClaimVerdict.NEW] * len(claims)
+
+    guard.claim = claim  # type: ignore[method-assign]
+    signer = Signer(keys, kid="k1", issuer="agent", model="m", clock=lambda: NOW)
+    tp = TopicPartition(TOPIC, 2)
+    for window in (short, Freshness(), Freshness(max_age_ms=10 * 3_600_000)):
+        verifier = Verifier(keys, freshness=window, clock=lambda: NOW)
+        assert verifier.freshness is window
+        consumer = VerifyingConsumer(built, verifier=verifier, guard=guard)
+        values = [signer.sign({"x": i}, topic=TOPIC) for i in range(3)]
+        batch = consumer._verify(
+            {tp: [record(v, offset=5 + i, partition=2) for i, v in enumerate(values)]}
+        )
+        entries = await consumer._settle(batch)
+        assert entries is not None
+        assert [m.offset for _, _, m in entries if m is not None] == [5, 6, 7]
+        rows, freshness = seen.pop()
+        assert not seen  # one claim for the batch
+        assert freshness is window  # the very value the verifier checked the records with
+        nonces = [Verifier(keys, audit=True).verify(v, topic=TOPIC, key=None).nonce for v in values]
+        assert [tuple(row) for row in rows] == [
+            ("agent", nonce, NOW, TOPIC, 2, 5 + i) for i, nonce in enumerate(nonces)
+        ]
 
 
 # -- batch verification ------------------------------------------------------------------------
@@ -293,19 +309,22 @@ async def test_a_record_that_expires_while_held_for_redis_is_dead_lettered_not_c
     keys = ring()
     now = [NOW]
     verifier = Verifier(keys, clock=lambda: now[0])
-    window = verifier.max_age_ms + verifier.max_lag_ms
+    window = verifier.freshness.max_age_ms + verifier.freshness.max_lag_ms
+    assert verifier.freshness.oldest_acceptable(NOW) == NOW - window
     # Signed at the very edge of the window: verifies now, expires 1 ms later.
     edge = Signer(keys, kid="k1", issuer="agent", model="m", clock=lambda: NOW - window)
     fresh = Signer(keys, kid="k1", issuer="agent", model="m", clock=lambda: NOW)
     claimed: list[list[ClaimRow]] = []
+    windows: list[Freshness] = []
 
-    async def claim_rows(rows: list[ClaimRow]) -> list[ClaimVerdict]:
-        claimed.append(list(rows))
+    async def claim(claims: Sequence[ClaimRow], *, freshness: Freshness) -> list[ClaimVerdict]:
+        claimed.append(list(claims))
+        windows.append(freshness)
         if len(claimed) == 1:
             raise ReplayGuardUnavailable("redis down")
-        return [ClaimVerdict.NEW] * len(rows)
+        return [ClaimVerdict.NEW] * len(claims)
 
-    guard._claim_rows = claim_rows  # type: ignore[method-assign]
+    guard.claim = claim  # type: ignore[method-assign]
     producer = ScriptedProducer("ok")
     consumer = VerifyingConsumer(
         built,
@@ -335,6 +354,8 @@ async def test_a_record_that_expires_while_held_for_redis_is_dead_lettered_not_c
     assert entries is not None
     # First attempt (before the hold) claimed both; the retry claimed only the fresh one.
     assert [[row[5] for row in rows] for rows in claimed] == [[0, 1], [1]]
+    assert windows == [verifier.freshness] * 2  # the retry claims with the same window
+    assert all(w is verifier.freshness for w in windows)
     delivered = [m.offset for _, _, m in entries if m is not None]
     assert delivered == [1]
     assert [(t, o) for t, o, _ in entries] == [(tp, 1), (tp, 2)]  # 0 is still committed past
@@ -353,15 +374,15 @@ async def test_a_held_batch_whose_records_all_expire_claims_nothing(
     keys = ring()
     now = [NOW]
     verifier = Verifier(keys, clock=lambda: now[0])
-    window = verifier.max_age_ms + verifier.max_lag_ms
+    window = verifier.freshness.max_age_ms + verifier.freshness.max_lag_ms
     edge = Signer(keys, kid="k1", issuer="agent", model="m", clock=lambda: NOW - window)
     calls: list[int] = []
 
-    async def claim_rows(rows: list[ClaimRow]) -> list[ClaimVerdict]:
-        calls.append(len(rows))
+    async def claim(claims: Sequence[ClaimRow], *, freshness: Freshness) -> list[ClaimVerdict]:
+        calls.append(len(claims))
         raise ReplayGuardUnavailable("redis down")
 
-    guard._claim_rows = claim_rows  # type: ignore[method-assign]
+    guard.claim = claim  # type: ignore[method-assign]
     consumer = VerifyingConsumer(built, verifier=verifier, guard=guard)
 
     async def hold(seconds: float) -> bool:
@@ -712,18 +733,23 @@ async def test_a_consumer_that_reads_uncommitted_records_is_refused(
 # -- the whole freshness window, again, for records that waited ------------------------------
 
 
-def scripted_guard(guard: RedisReplayGuard, *, down_for: int) -> list[list[int]]:
+def scripted_guard(
+    guard: RedisReplayGuard, *, down_for: int, windows: list[Freshness] | None = None
+) -> list[list[int]]:
     """Make ``guard``'s first ``down_for`` claims fail (Redis down), then claim everything NEW;
-    returns the offsets of every claim attempt."""
+    returns the offsets of every claim attempt (and appends each attempt's window to
+    ``windows``)."""
     attempts: list[list[int]] = []
 
-    async def claim_rows(rows: list[ClaimRow]) -> list[ClaimVerdict]:
-        attempts.append([row[5] for row in rows])
+    async def claim(claims: Sequence[ClaimRow], *, freshness: Freshness) -> list[ClaimVerdict]:
+        attempts.append([row[5] for row in claims])
+        if windows is not None:
+            windows.append(freshness)
         if len(attempts) <= down_for:
             raise ReplayGuardUnavailable("redis down")
-        return [ClaimVerdict.NEW] * len(rows)
+        return [ClaimVerdict.NEW] * len(claims)
 
-    guard._claim_rows = claim_rows  # type: ignore[method-assign]
+    guard.claim = claim  # type: ignore[method-assign]
     return attempts
 
 
@@ -755,7 +781,8 @@ async def test_a_record_whose_exp_passes_while_held_for_redis_is_rejected_not_cl
     now = [NOW]
     verifier = Verifier(keys, clock=lambda: now[0])
     signer = Signer(keys, kid="k1", issuer="agent", model="m", clock=lambda: NOW)
-    attempts = scripted_guard(guard, down_for=1)
+    windows: list[Freshness] = []
+    attempts = scripted_guard(guard, down_for=1, windows=windows)
     producer = ScriptedProducer("ok")
     consumer = holding_consumer(built, guard, verifier, producer, now, step_ms=2_000)
     tp = TopicPartition(TOPIC, 0)
@@ -771,6 +798,7 @@ async def test_a_record_whose_exp_passes_while_held_for_redis_is_rejected_not_cl
     entries = await consumer._settle(batch)
     assert entries is not None
     assert attempts == [[0, 1], [1]]  # the record past its exp was not claimed again
+    assert len(windows) == 2 and all(w is verifier.freshness for w in windows)
     assert [m.offset for _, _, m in entries if m is not None] == [1]
     assert consumer.metrics.rejected == {"expired": 1}
     (letter,) = [DeadLetter.from_record(stored_letter(sent)) for sent in producer.sent]
@@ -883,17 +911,25 @@ def test_the_dead_letter_error_header_is_cut_at_a_character_boundary() -> None:
     assert invalid_before == 2  # the cap alone splits a character in two alignments of three
 
 
-async def test_a_tombstone_is_dead_lettered_with_a_null_value_not_an_empty_one() -> None:
+async def test_a_tombstone_is_dead_lettered_marked_null_not_as_an_empty_value() -> None:
     producer = ScriptedProducer("ok", "ok", too_large(), "ok")
     writer = DeadLetterWriter(producer, "dlq")  # type: ignore[arg-type]
     error = MalformedEnvelope("the record has no value").with_position(TOPIC, 0, 5)
     await writer.send(record(None, offset=5, key=b"k"), error)
     await writer.send(record(b"", offset=6, key=b"k"), error)
-    # A tombstone that does not fit (its key is the bulk) loses its key, still with a null value.
+    # A tombstone that does not fit (its key is the bulk) loses its key, still marked null.
     await writer.send(record(None, offset=7, key=b"k"), error)
     tombstone, empty, keyless = producer.sent
-    assert tombstone[1] is None and empty[1] == b""
+    # Never a null-valued letter: that would be a tombstone on a compacted dead-letter topic.
+    assert tombstone[1] == b"" and empty[1] == b"" and keyless[1] == b""
+    assert header_map(tombstone[3])[HEADER_VALUE_NULL] == b"1"
+    assert HEADER_VALUE_NULL not in header_map(empty[3])
     assert HEADER_VALUE_OMITTED not in header_map(tombstone[3])
-    assert keyless[1] is None and header_map(keyless[3])[HEADER_KEY_OMITTED] == b"1"
+    assert header_map(keyless[3])[HEADER_KEY_OMITTED] == b"1"
+    assert header_map(keyless[3])[HEADER_VALUE_NULL] == b"1"
     letters = [DeadLetter.from_record(stored_letter(sent)) for sent in producer.sent]
-    assert [(d.value, d.value_omitted) for d in letters[:2]] == [(None, False), (b"", False)]
+    assert [(d.value, d.value_null, d.value_omitted) for d in letters] == [
+        (None, True, False),
+        (b"", False, False),
+        (None, True, False),
+    ]

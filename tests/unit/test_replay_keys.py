@@ -12,9 +12,10 @@ from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
 from signed_bus.errors import ConfigurationError
-from signed_bus.keys import HmacKey, Keyring
+from signed_bus.freshness import Freshness
 from signed_bus.replay import (
     Claim,
+    ClaimRow,
     ClaimVerdict,
     RedisReplayGuard,
     _redact_url,
@@ -26,15 +27,12 @@ from signed_bus.replay import (
     position_value,
     recommended_shards,
 )
-from signed_bus.verifier import Verifier
 
 NONCE = bytes(range(16))
 
 
 def make_guard(**options: object) -> RedisReplayGuard:
-    settings: dict[str, object] = {"max_age_ms": 300_000, "future_skew_ms": 5_000}
-    settings.update(options)
-    return RedisReplayGuard(aioredis.Redis(), **settings)  # type: ignore[arg-type]
+    return RedisReplayGuard(aioredis.Redis(), **options)  # type: ignore[arg-type]
 
 
 # --- field, shard, position ---------------------------------------------------------------
@@ -142,7 +140,7 @@ def claim(i: int, *, created_at: int = 1_700_000_000_000, offset: int | None = N
 def test_plan_packs_key_index_field_and_position_per_claim() -> None:
     guard = make_guard(prefix="p", shards=4)
     claims = [claim(i, created_at=1_000 * (i % 2)) for i in range(10)]
-    (call,) = guard._plan(claims)
+    (call,) = guard._plan_rows(claims)
     keys = list(call.keys)
     assert call.indexes == list(range(10))
     assert len(call.blob) == 26 * 10
@@ -172,7 +170,7 @@ def test_plan_matches_the_reference_encoding_across_issuers_and_positions() -> N
         for i in range(60)
     ]
     for _ in range(2):  # the second pass runs on warm caches
-        (call,) = guard._plan(claims)
+        (call,) = guard._plan_rows(claims)
         keys = list(call.keys)
         blob = call.blob
         for i, c in enumerate(claims):
@@ -185,24 +183,40 @@ def test_plan_matches_the_reference_encoding_across_issuers_and_positions() -> N
             assert record[18:] == position_value(c.topic, c.partition, c.offset)
 
 
+def test_claim_is_a_named_claim_row_and_plain_tuples_plan_the_same() -> None:
+    # The consumer's hot path hands the guard plain tuples in Claim's field order.
+    c = claim(7, created_at=1_700_000_000_999)
+    row: ClaimRow = ("alice", (7).to_bytes(16, "big"), 1_700_000_000_999, "results", 1, 7)
+    assert isinstance(c, tuple) and c == row and tuple(c) == row
+    assert Claim._fields == ("issuer", "nonce", "created_at", "topic", "partition", "offset")
+    assert Claim(*row) == c
+    claims = [claim(i, created_at=1_000 * (i % 3)) for i in range(20)]
+    rows = [tuple(c) for c in claims]
+    (by_claims,) = make_guard(prefix="p", shards=4)._plan_rows(claims)
+    (by_rows,) = make_guard(prefix="p", shards=4)._plan_rows(rows)  # type: ignore[arg-type]
+    assert (by_rows.keys, by_rows.blob, by_rows.indexes) == (
+        by_claims.keys,
+        by_claims.blob,
+        by_claims.indexes,
+    )
+
+
 @pytest.mark.parametrize(("partition", "offset"), [(2**31, 0), (0, 2**63), (0, -(2**63) - 1)])
 def test_plan_rejects_out_of_range_positions(partition: int, offset: int) -> None:
     with pytest.raises(ValueError, match="out of range"):
-        make_guard()._plan([Claim("a", NONCE, 0, "t", partition, offset)])
+        make_guard()._plan_rows([Claim("a", NONCE, 0, "t", partition, offset)])
 
 
 def test_plan_splits_batches_above_max_claims_per_call() -> None:
     guard = make_guard(max_claims_per_call=4)
-    calls = guard._plan([claim(i) for i in range(10)])
+    calls = guard._plan_rows([claim(i) for i in range(10)])
     assert [c.indexes for c in calls] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
 
 
 def test_plan_groups_by_slot_on_a_cluster() -> None:
-    guard = RedisReplayGuard(
-        RedisCluster(host="127.0.0.1", port=1), max_age_ms=1000, future_skew_ms=0
-    )
+    guard = RedisReplayGuard(RedisCluster(host="127.0.0.1", port=1))
     claims = [claim(i, created_at=1_000 * (i % 5)) for i in range(50)]
-    calls = guard._plan(claims)
+    calls = guard._plan_rows(claims)
     assert sorted(i for c in calls for i in c.indexes) == list(range(50))
     for call in calls:
         assert len({key_slot(k) for k in call.keys}) == 1
@@ -215,13 +229,6 @@ def test_plan_groups_by_slot_on_a_cluster() -> None:
 @pytest.mark.parametrize(
     "options",
     [
-        {"max_age_ms": 0},
-        {"max_age_ms": -5},
-        {"max_age_ms": 1.5},
-        {"max_age_ms": True},
-        {"future_skew_ms": -1},
-        {"max_lag_ms": -1},
-        {"max_lag_ms": 1.5},
         {"bucket_ms": 0},
         {"shards": 0},
         {"shards": 70_000},
@@ -240,37 +247,51 @@ def test_bad_options_raise_configuration_error(options: dict[str, object]) -> No
 
 def test_client_must_be_a_redis_asyncio_client() -> None:
     with pytest.raises(ConfigurationError, match=r"redis\.asyncio"):
-        RedisReplayGuard(object(), max_age_ms=1, future_skew_ms=0)  # type: ignore[arg-type]
+        RedisReplayGuard(object())  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", ["max_age_ms", "future_skew_ms", "max_lag_ms"])
+def test_the_guard_holds_no_window_of_its_own(name: str) -> None:
+    # The window comes with every claim (the claiming verifier's): none to configure here.
+    with pytest.raises(TypeError):
+        make_guard(**{name: 1_000})
+    assert not hasattr(make_guard(), name)
+    assert not hasattr(make_guard(), "covers")
 
 
 def test_retention_covers_max_age_max_lag_twice_the_skew_and_a_bucket() -> None:
-    guard = make_guard(max_age_ms=300_000, future_skew_ms=5_000, bucket_ms=1_000)
-    assert guard.max_lag_ms == 3_600_000  # the default, the Verifier's too
-    assert guard.retention_ms == 300_000 + 3_600_000 + 10_000 + 1_000
-    short = make_guard(max_age_ms=300_000, future_skew_ms=5_000, bucket_ms=1_000, max_lag_ms=0)
-    assert short.retention_ms == 311_000
+    guard = make_guard(bucket_ms=1_000)
+    window = Freshness(max_age_ms=300_000, future_skew_ms=5_000)
+    assert window.max_lag_ms == 3_600_000  # the default, the Verifier's too
+    assert guard.retention_ms(window) == 300_000 + 3_600_000 + 10_000 + 1_000
+    short = Freshness(max_age_ms=300_000, future_skew_ms=5_000, max_lag_ms=0)
+    assert guard.retention_ms(short) == 311_000
+    assert make_guard(bucket_ms=60_000).retention_ms(short) == 370_000  # one bucket more
     # The TTL is not part of the layout: consumers with other windows may share a prefix.
-    assert guard.layout == short.layout == "v1 bucket_ms=1000 shards=16"
+    assert guard.layout == make_guard(bucket_ms=1_000).layout == "v1 bucket_ms=1000 shards=16"
 
 
-def test_covers_compares_retention_with_the_verifiers_window() -> None:
-    ring = Keyring([HmacKey("hs", bytes(32), issuers=["a"])])
-    guard = make_guard(max_age_ms=300_000, future_skew_ms=5_000, max_lag_ms=60_000)
-    same = Verifier(ring, max_age_ms=300_000, future_skew_ms=5_000, max_lag_ms=60_000)
-    assert guard.covers(same)
-    # retention = 366_000 + one 1_000 ms bucket: the window may grow by exactly the bucket
-    assert guard.covers(Verifier(ring, max_age_ms=300_000, max_lag_ms=61_000))
-    assert not guard.covers(Verifier(ring, max_age_ms=300_000, max_lag_ms=61_001))
-    assert not guard.covers(
-        Verifier(ring, max_age_ms=300_000, future_skew_ms=5_501, max_lag_ms=60_000)
-    )
-    assert not guard.covers(Verifier(ring))  # default max_lag (1 h) outlives this guard
-    assert make_guard(max_age_ms=300_000, future_skew_ms=5_000).covers(Verifier(ring))
+def test_retention_follows_each_window_exactly() -> None:
+    # What covers() used to check now holds by construction: every claim keeps its nonce for
+    # the claiming window's retention plus one bucket, never less, whatever the window.
+    guard = make_guard(bucket_ms=1_000)
+    for max_age, skew, lag in ((300_000, 5_000, 60_000), (1, 0, 0), (1_000, 0, 0), (7, 3, 11)):
+        window = Freshness(max_age_ms=max_age, future_skew_ms=skew, max_lag_ms=lag)
+        assert guard.retention_ms(window) == max_age + lag + 2 * skew + 1_000
+        assert guard.retention_ms(window) >= window.retention_ms
+    # a longer window never gets a shorter retention
+    base = Freshness(max_age_ms=300_000, future_skew_ms=5_000, max_lag_ms=60_000)
+    for longer in (
+        Freshness(max_age_ms=300_001, future_skew_ms=5_000, max_lag_ms=60_000),
+        Freshness(max_age_ms=300_000, future_skew_ms=5_001, max_lag_ms=60_000),
+        Freshness(max_age_ms=300_000, future_skew_ms=5_000, max_lag_ms=60_001),
+    ):
+        assert guard.retention_ms(longer) > guard.retention_ms(base)
 
 
 def test_from_url_rejects_other_schemes() -> None:
     with pytest.raises(ConfigurationError, match="redis:// or rediss://"):
-        RedisReplayGuard.from_url("http://x", max_age_ms=1, future_skew_ms=0)
+        RedisReplayGuard.from_url("http://x")
 
 
 @pytest.mark.parametrize(
@@ -283,7 +304,7 @@ def test_from_url_rejects_other_schemes() -> None:
     ],
 )
 async def test_url_credentials_never_show_in_repr(url: str) -> None:
-    guard = RedisReplayGuard.from_url(url, max_age_ms=1000, future_skew_ms=0)
+    guard = RedisReplayGuard.from_url(url)
     try:
         assert "hunter2" not in repr(guard)
         assert "***" in repr(guard)
@@ -311,16 +332,14 @@ def test_redaction_masks_up_to_the_last_at_sign(url: str) -> None:
 def test_url_with_an_unencoded_delimiter_in_the_password_is_refused(url: str) -> None:
     # redis-py would connect to host "user" with the password's start as the port.
     with pytest.raises(ConfigurationError, match="percent-encode") as info:
-        RedisReplayGuard.from_url(url, max_age_ms=1, future_skew_ms=0)
+        RedisReplayGuard.from_url(url)
     for secret in ("pa/ss", "ss", "secret", "1234"):
         assert secret not in str(info.value)
         assert secret not in repr(info.value)
 
 
 async def test_percent_encoded_password_works_and_stays_hidden() -> None:
-    guard = RedisReplayGuard.from_url(
-        "redis://user:pa%2Fss%231234@host:6379/0", max_age_ms=1000, future_skew_ms=0
-    )
+    guard = RedisReplayGuard.from_url("redis://user:pa%2Fss%231234@host:6379/0")
     try:
         text = repr(guard)
         for secret in ("pa", "%2F", "1234"):
@@ -332,15 +351,13 @@ async def test_percent_encoded_password_works_and_stays_hidden() -> None:
 
 def test_bad_url_error_names_only_the_exception_type() -> None:
     with pytest.raises(ConfigurationError) as info:
-        RedisReplayGuard.from_url("redis://host:port-1234/0", max_age_ms=1, future_skew_ms=0)
+        RedisReplayGuard.from_url("redis://host:port-1234/0")
     assert str(info.value) == "bad Redis URL or option for redis://host:port-1234/0: ValueError"
 
 
 def test_bad_url_error_hides_the_password() -> None:
     with pytest.raises(ConfigurationError) as info:
-        RedisReplayGuard.from_url(
-            "redis://:hunter2-secret@127.0.0.1:notaport/0", max_age_ms=1, future_skew_ms=0
-        )
+        RedisReplayGuard.from_url("redis://:hunter2-secret@127.0.0.1:notaport/0")
     assert "hunter2" not in str(info.value)
     assert info.value.__cause__ is None and info.value.__suppress_context__
 
@@ -354,7 +371,7 @@ def test_estimate_memory_bytes() -> None:
     # 1,000 envelopes/s kept 311 s at 40 B each
     assert estimate_memory_bytes(1000, retention_ms=311_000, bytes_per_nonce=40) == 12_440_000
     # the default guard keeps a nonce max_age + max_lag + 2 skew + 1 bucket = 3,911 s
-    retention = make_guard().retention_ms
+    retention = make_guard().retention_ms(Freshness())
     assert estimate_memory_bytes(1000, retention_ms=retention, bytes_per_nonce=40) == 156_440_000
     assert estimate_memory_bytes(0, retention_ms=311_000) == 0
     with pytest.raises(ConfigurationError):

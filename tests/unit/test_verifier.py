@@ -24,6 +24,7 @@ from signed_bus.errors import (
     UnsupportedContentType,
     VerificationError,
 )
+from signed_bus.freshness import Freshness
 from signed_bus.keys import Ed25519Key, HmacKey, Keyring, generate_ed25519_key
 from signed_bus.signer import Signer
 from signed_bus.verifier import VerifiedMessage, Verifier
@@ -32,6 +33,7 @@ NOW = 1_700_000_000_000
 MAX_AGE = 300_000
 SKEW = 5_000
 LAG = 3_600_000  # the default max_lag_ms
+WINDOW = Freshness(max_age_ms=MAX_AGE, future_skew_ms=SKEW, max_lag_ms=LAG)
 SECRET = hashlib.sha256(b"test secret").digest()
 TOPIC = "results"
 KEY = b"req-1"
@@ -57,7 +59,7 @@ def signer(kid: str = "hs", issuer: str = "agent-a", *, ring: Keyring = RING) ->
 
 
 def verifier(ring: Keyring = RING, **kw: Any) -> Verifier:
-    options: dict[str, Any] = {"max_age_ms": MAX_AGE, "future_skew_ms": SKEW, "clock": lambda: NOW}
+    options: dict[str, Any] = {"freshness": WINDOW, "clock": lambda: NOW}
     options.update(kw)
     return Verifier(ring, **options)
 
@@ -352,7 +354,7 @@ def test_freshness_window_edges(offset: int, reason: str | None) -> None:
 def test_max_lag_edges_by_the_consumers_clock(clock: int, reason: str | None) -> None:
     value = sign()  # created at NOW; the reference (append time) says it is brand new
     v = verifier(clock=lambda: clock)
-    assert v.max_lag_ms == LAG
+    assert v.freshness.max_lag_ms == LAG
     if reason is None:
         assert v.verify(value, topic=TOPIC, key=KEY, reference_ms=NOW).created_at == NOW
     else:
@@ -363,8 +365,10 @@ def test_max_lag_edges_by_the_consumers_clock(clock: int, reason: str | None) ->
 @pytest.mark.parametrize(("lag", "ok"), [(0, True), (1, False)])
 def test_max_lag_is_configurable(lag: int, ok: bool) -> None:
     value = sign()
-    v = verifier(clock=lambda: NOW + MAX_AGE + lag, max_lag_ms=0)
-    assert v.max_lag_ms == 0
+    v = verifier(
+        clock=lambda: NOW + MAX_AGE + lag, freshness=dataclasses.replace(WINDOW, max_lag_ms=0)
+    )
+    assert v.freshness.max_lag_ms == 0
     if ok:
         v.verify(value, topic=TOPIC, key=KEY, reference_ms=NOW)
     else:
@@ -481,18 +485,51 @@ def test_destination_is_checked_before_freshness() -> None:
 @pytest.mark.parametrize(
     "kw",
     [
-        {"max_age_ms": -1},
-        {"future_skew_ms": 1.5},
+        {"max_envelope_bytes": -1},
         {"max_envelope_bytes": True},
         {"max_envelope_bytes": None},
-        {"max_lag_ms": -1},
-        {"max_lag_ms": 1.5},
-        {"max_lag_ms": None},
+        {"freshness": 300_000},
+        {"freshness": {"max_age_ms": 300_000}},
     ],
 )
 def test_bad_options_are_configuration_errors(kw: dict[str, Any]) -> None:
     with pytest.raises(ConfigurationError):
         Verifier(RING, **kw)
+
+
+@pytest.mark.parametrize(
+    "window",
+    [
+        {"max_age_ms": -1},
+        {"future_skew_ms": 1.5},
+        {"max_lag_ms": -1},
+        {"max_lag_ms": 1.5},
+        {"max_lag_ms": None},
+    ],
+)
+def test_a_bad_window_is_a_configuration_error(window: dict[str, Any]) -> None:
+    # The window is one Freshness value: a bad number fails before any Verifier holds it.
+    with pytest.raises(ConfigurationError):
+        Verifier(RING, freshness=Freshness(**window))
+
+
+@pytest.mark.parametrize("name", ["max_age_ms", "future_skew_ms", "max_lag_ms"])
+def test_the_window_numbers_are_no_verifier_options(name: str) -> None:
+    # One window, held once: the verifier takes no loose numbers that could disagree with it.
+    with pytest.raises(TypeError):
+        Verifier(RING, **{name: 1_000})
+    assert not hasattr(Verifier(RING), name)
+
+
+def test_the_default_window_is_freshness_default() -> None:
+    v = Verifier(RING)
+    assert v.freshness == Freshness()
+    assert (v.freshness.max_age_ms, v.freshness.future_skew_ms, v.freshness.max_lag_ms) == (
+        MAX_AGE,
+        SKEW,
+        LAG,
+    )
+    assert verifier().freshness is WINDOW
 
 
 def test_keyring_is_required() -> None:
@@ -505,6 +542,7 @@ def test_verifier_repr_has_no_key_material() -> None:
     assert SECRET.hex() not in text
     assert "keys=2" in text
     assert f"max_lag_ms={LAG}" in text
+    assert repr(WINDOW) in text
 
 
 @pytest.mark.parametrize("key", ["req-1", 1, ["req-1"]])
@@ -629,9 +667,7 @@ def test_check_fresh_applies_exactly_the_rule_verify_applies() -> None:
     def verifier(**kw: Any) -> Verifier:
         return Verifier(
             ring,
-            max_age_ms=max_age,
-            future_skew_ms=skew,
-            max_lag_ms=lag,
+            freshness=Freshness(max_age_ms=max_age, future_skew_ms=skew, max_lag_ms=lag),
             clock=lambda: now[0],
             **kw,
         )
