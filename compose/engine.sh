@@ -9,6 +9,8 @@
 #   bash compose/engine.sh status   exit 0 when the engine answers, 3 when not
 #   bash compose/engine.sh down     stop the API service this script started (packages and
 #                                   configuration stay)
+#   bash compose/engine.sh run -- CMD...   up, run CMD with DOCKER_HOST exported, then down if
+#                                   this call started the service; exits with CMD's code
 #
 # What `up` installs (apt-get, only when missing): podman, runc, docker-compose (the v1 client,
 # which speaks the Docker API), debootstrap (compose/images.sh builds the images with it).
@@ -16,6 +18,9 @@
 # on cgroups hybrid mode) and default ulimits within this machine's hard limits (podman's
 # defaults, nofile 1048576 / nproc 32768, are refused where the hard limits are lower).
 # An engine that already answers on DOCKER_HOST (or /var/run/docker.sock) is used as it is.
+# Podman runs container health checks from systemd timers; where systemd is not running (this
+# kind of machine), `up` also starts a small loop that runs `podman healthcheck run` on every
+# running container every 3 s, so Compose's `condition: service_healthy` works.
 #
 # Knobs: ENGINE_SOCKET (default /run/signed-bus-engine/podman.sock), ENGINE_DIR (pid file and
 # log, default /run/signed-bus-engine).
@@ -24,6 +29,7 @@ set -euo pipefail
 engine_dir=${ENGINE_DIR:-/run/signed-bus-engine}
 socket=${ENGINE_SOCKET:-$engine_dir/podman.sock}
 pidfile=$engine_dir/service.pid
+health_pidfile=$engine_dir/health.pid
 log=$engine_dir/service.log
 conf=/etc/containers/containers.conf.d/signed-bus.conf
 
@@ -113,11 +119,42 @@ runtime = \"runc\"
     fi
 }
 
+health_pid() {
+    [ -s "$health_pidfile" ] || return 1
+    local pid
+    pid=$(tr -dc '0-9' <"$health_pidfile")
+    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
+    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "engine.sh health-loop" || return 1
+    echo "$pid"
+}
+
+# what systemd's timers would do: run each running container's health check
+health_loop() {
+    local id
+    while :; do
+        for id in $(podman ps -q 2>/dev/null); do
+            podman healthcheck run "$id" >/dev/null 2>&1 &
+        done
+        wait
+        sleep 3
+    done
+}
+
+start_health_loop() {
+    [ -d /run/systemd/system ] && return 0   # systemd runs podman's health-check timers
+    health_pid >/dev/null && return 0
+    setsid nohup bash "${BASH_SOURCE[0]}" health-loop >>"$engine_dir/health.log" 2>&1 </dev/null 9>&- &
+    echo $! >"$health_pidfile"
+    say "no systemd: health checks run by a loop (pid $!)"
+}
+
+started=no
 up() {
     local host pid deadline
     mkdir -p "$engine_dir"
     if pid=$(service_pid) && ping "$socket"; then
         say "podman API service already running (pid $pid) on unix://$socket"
+        start_health_loop
         return 0
     fi
     if host=$(existing); then
@@ -140,11 +177,17 @@ up() {
         [ $SECONDS -ge $deadline ] && { tail -20 "$log" >&2; die "no answer on $socket after 30s"; }
         sleep 0.2
     done
+    started=yes
+    start_health_loop
     say "engine ready: export DOCKER_HOST=unix://$socket"
 }
 
 down() {
     local pid
+    if pid=$(health_pid); then
+        kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+        rm -f "$health_pidfile"
+    fi
     if pid=$(service_pid); then
         say "stopping podman API service (pid $pid)"
         kill -TERM "$pid"
@@ -177,6 +220,28 @@ case ${1:-} in
     env) env_line ;;
     status)
         if ping "$socket" || existing >/dev/null; then env_line; else say "no engine answers"; exit 3; fi
+        ;;
+    health-loop) health_loop ;;
+    run)
+        shift
+        [ "${1:-}" = -- ] && shift
+        [ $# -gt 0 ] || { echo "engine.sh run -- CMD..." >&2; exit 2; }
+        lock
+        up
+        exec 9>&-
+        if [ $started = yes ]; then
+            trap 'lock; down' EXIT
+        else
+            say "the engine was running before this call; left running"
+        fi
+        trap 'exit 130' INT
+        trap 'exit 143' TERM
+        eval "$(env_line)"
+        set +e
+        "$@"
+        rc=$?
+        set -e
+        exit "$rc"
         ;;
     -h|--help|help) usage ;;
     *) usage >&2; exit 2 ;;

@@ -362,6 +362,7 @@ class ContainerServices:
         self._tag = uuid.uuid4().hex[:8]
         self._kafka: KafkaContainer | None = None
         self._redis: RedisContainer | None = None
+        self._private: list[ServiceContainer] = []
 
     def kafka(self) -> KafkaContainer:
         if self._kafka is None:
@@ -377,8 +378,23 @@ class ContainerServices:
             redis.start(timeout=60)
         return self._redis
 
+    def private_kafka(self) -> KafkaContainer:
+        """A Kafka container of the caller's own (for faults), removed by ``close``."""
+        kafka = KafkaContainer(self.kafka_image, f"signed-bus-test-kafka-{uuid.uuid4().hex[:8]}")
+        self._private.append(kafka)
+        kafka.start()
+        return kafka
+
+    def private_redis(self) -> RedisContainer:
+        """A Redis container of the caller's own (for faults), removed by ``close``."""
+        redis = RedisContainer(self.redis_image, f"signed-bus-test-redis-{uuid.uuid4().hex[:8]}")
+        self._private.append(redis)
+        redis.start(timeout=60)
+        return redis
+
     def close(self) -> None:
-        for service in (self._kafka, self._redis):
+        for service in (self._kafka, self._redis, *self._private):
             if service is not None:
                 service.remove()
         self._kafka = self._redis = None
+        self._private.clear()
