@@ -6,12 +6,18 @@ round trip through them, and faults done to the containers themselves.
 - Kafka killed (SIGKILL of the container) and the same container started again: producer and
   consumer ride it out, every acknowledged record delivered, no replay false positive.
 
+And the harness's own clean-up (no Ryuk): a container left by a run whose process is gone is
+removed at the next session start; a live run's containers are not.
+
 ``make test`` runs this file in its container step with tests/integration/test_attacks.py.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+import subprocess
 import time
 from collections import Counter
 
@@ -32,7 +38,14 @@ from tests.integration.bus import (
     unique,
     verifier,
 )
-from tests.integration.containers import ContainerServices, KafkaContainer
+from tests.integration.containers import (
+    LABEL,
+    OWNER,
+    OWNER_LABEL,
+    ContainerServices,
+    KafkaContainer,
+    reap_orphans,
+)
 from tests.integration.test_faults_redis import FAST_BACKOFF, Stream, until
 
 NEW, SAME = ClaimVerdict.NEW, ClaimVerdict.SAME_POSITION
@@ -171,3 +184,34 @@ async def test_producer_and_consumer_ride_out_a_killed_kafka_container(
     new = Counter((m.partition, m.offset) for m in running.delivered if m.claim is NEW)
     assert max(new.values()) == 1
     assert all(m.claim in (NEW, SAME) for m in running.delivered)
+
+
+def test_containers_of_a_run_that_is_gone_are_reaped_and_live_ones_kept(
+    container_services: ContainerServices,
+) -> None:
+    import docker
+
+    gone = subprocess.Popen(["true"])  # a pid that no longer runs once reaped below
+    gone.wait()
+    client = docker.from_env(timeout=60)
+    image = container_services.redis_image
+    made = {}
+    try:
+        for who, owner in (
+            ("orphan", f"{socket.gethostname()}:{gone.pid}"),
+            ("live", OWNER),
+        ):
+            made[who] = client.containers.create(
+                image, ["true"], labels={LABEL: "1", OWNER_LABEL: owner}
+            )
+        reaped = reap_orphans()
+        names = {c.name for c in client.containers.list(all=True, filters={"label": LABEL})}
+        assert made["orphan"].name in reaped
+        assert made["orphan"].name not in names
+        assert made["live"].name in names, "a live run's container is left alone"
+        assert made["live"].name not in reaped
+    finally:
+        for container in made.values():
+            with contextlib.suppress(docker.errors.NotFound):
+                container.remove(force=True)
+        client.close()
