@@ -189,6 +189,7 @@ class ServiceContainer:
         self.host_port = host_port
         self.name = name
         self._tc: Any = None
+        self._network: Any = None
 
     # -- lifecycle ------------------------------------------------------------------------
     def _container(self) -> Any:
@@ -257,9 +258,18 @@ class ServiceContainer:
     def unpause(self) -> None:
         self.wrapped.unpause()
 
-    def network(self) -> str:
+    def disconnect(self) -> None:
+        """Take the container off its network: published ports stop answering (packets go
+        nowhere, as with a cut link); ``connect()`` puts it back, ports included."""
         self.wrapped.reload()
-        return str(next(iter(self.wrapped.attrs["NetworkSettings"]["Networks"])))
+        name = next(iter(self.wrapped.attrs["NetworkSettings"]["Networks"]))
+        self._network = self.wrapped.client.networks.get(name)
+        self._network.disconnect(self.wrapped)
+
+    def connect(self) -> None:
+        assert self._network is not None, "disconnect() first"
+        self._network.connect(self.wrapped)
+        self._network = None
 
 
 class KafkaContainer(ServiceContainer):

@@ -1,8 +1,9 @@
 """The services as containers (SERVICES_BACKEND=containers, ``make test-containers``): a signed
 round trip through them, and faults done to the containers themselves.
 
-- Redis paused (cgroup freezer: the server is alive, its connections open, nothing answers): the
-  fail-closed consumer holds its batch, retries, and delivers everything once after unpause.
+- Redis paused (cgroup freezer: the server is alive, its connections open, nothing answers) or
+  taken off its network (a cut link): the fail-closed consumer holds its batch, retries, and
+  delivers everything once when Redis answers again.
 - Kafka killed (SIGKILL of the container) and the same container started again: producer and
   consumer ride it out, every acknowledged record delivered, no replay false positive.
 
@@ -86,10 +87,18 @@ async def test_signed_round_trip_through_the_service_containers(
     assert consumer.metrics.rejected_total == 0
 
 
-async def test_a_paused_redis_container_holds_the_batch_then_delivers_it_once(
-    container_services: ContainerServices, kafka_bootstrap: str, unique_topic: TopicFactory
+@pytest.mark.parametrize("fault", ["pause", "disconnect"])
+async def test_a_redis_container_that_stops_answering_holds_the_batch_then_delivers_it_once(
+    container_services: ContainerServices,
+    kafka_bootstrap: str,
+    unique_topic: TopicFactory,
+    fault: str,
 ) -> None:
     redis = await asyncio.to_thread(container_services.private_redis)
+    stop, resume = {
+        "pause": (redis.pause, redis.unpause),
+        "disconnect": (redis.disconnect, redis.connect),
+    }[fault]
     ring = keyring()
     topic = await unique_topic("redis-paused", partitions=2)
     during: list[ConsumedMessage] = []
@@ -117,7 +126,7 @@ async def test_a_paused_redis_container_holds_the_batch_then_delivers_it_once(
             stream = Stream(producer, topic)
             async with stream.running():
                 await until(lambda: len(running.delivered) >= 30, "30 deliveries first")
-                await asyncio.to_thread(redis.pause)
+                await asyncio.to_thread(stop)
                 try:
                     await until(lambda: metrics.guard_waiting, "the consumer to hold its batch")
                     paused = True
@@ -126,11 +135,11 @@ async def test_a_paused_redis_container_holds_the_batch_then_delivers_it_once(
                     assert metrics.delivered == held, "nothing delivered while Redis hung"
                     paused = False
                 finally:
-                    await asyncio.to_thread(redis.unpause)
+                    await asyncio.to_thread(resume)
                 await stream.more(30)
             produced = await stream.positions()
             await running.caught_up(await end_offsets(kafka_bootstrap, [topic]), within=30)
-    assert during == []
+    assert during == [], "nothing delivered while Redis did not answer"
     assert metrics.rejected_total == 0 and metrics.unchecked == 0
     assert all(m.claim in (NEW, SAME) for m in running.delivered)
     delivered = [(m.partition, m.offset) for m in running.delivered]
