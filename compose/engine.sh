@@ -75,26 +75,25 @@ service_pid() {
     echo "$pid"
 }
 
+# install_packages [clients]: with "clients", only what Compose and images.sh need (an engine
+# answers already)
 install_packages() {
-    local missing=() pkg
-    command -v podman >/dev/null || missing+=(podman)
-    command -v runc >/dev/null || missing+=(runc)
+    local missing=() engine_pkgs=()
+    if [ "${1:-}" != clients ]; then
+        command -v podman >/dev/null || missing+=(podman)
+        command -v runc >/dev/null || missing+=(runc)
+        engine_pkgs=(uidmap netavark aardvark-dns iptables slirp4netns)
+    fi
     command -v docker-compose >/dev/null || missing+=(docker-compose)
     command -v debootstrap >/dev/null || missing+=(debootstrap)
     [ ${#missing[@]} -eq 0 ] && return 0
     [ "$(id -u)" = 0 ] || die "missing ${missing[*]}; run as root (apt-get install -y ${missing[*]})"
     say "installing ${missing[*]} with apt-get (log: $engine_dir/apt.log)"
-    for pkg in update install; do
-        if [ $pkg = update ]; then
-            DEBIAN_FRONTEND=noninteractive apt-get update -q >>"$engine_dir/apt.log" 2>&1 \
-                || { tail -20 "$engine_dir/apt.log" >&2; die "apt-get update failed"; }
-        else
-            DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-                "${missing[@]}" uidmap netavark aardvark-dns iptables slirp4netns \
-                >>"$engine_dir/apt.log" 2>&1 \
-                || { tail -20 "$engine_dir/apt.log" >&2; die "apt-get install ${missing[*]} failed"; }
-        fi
-    done
+    DEBIAN_FRONTEND=noninteractive apt-get update -q >>"$engine_dir/apt.log" 2>&1 \
+        || { tail -20 "$engine_dir/apt.log" >&2; die "apt-get update failed"; }
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+        "${missing[@]}" "${engine_pkgs[@]}" >>"$engine_dir/apt.log" 2>&1 \
+        || { tail -20 "$engine_dir/apt.log" >&2; die "apt-get install ${missing[*]} failed"; }
 }
 
 configure() {
@@ -159,7 +158,8 @@ up() {
     fi
     if host=$(existing); then
         say "a container engine already answers on $host; using it"
-        install_packages   # docker-compose and debootstrap are still needed
+        # compose/compose.sh and compose/images.sh may still want docker-compose and debootstrap
+        if [ "$(id -u)" = 0 ]; then install_packages clients; fi
         return 0
     fi
     install_packages
