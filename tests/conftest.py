@@ -65,8 +65,10 @@ def docker_engine_answers() -> bool:
     return engine_answers()
 
 
-def use_containers() -> bool:
-    """True when this session's services are containers (see the module docstring)."""
+def use_containers(var: str | None = None) -> bool:
+    """True when containers serve this session (or, given ``var``, that service): always under
+    ``SERVICES_BACKEND=containers`` (failing when no engine answers), else when ``var`` is unset
+    and an engine answers (see the module docstring)."""
     backend = _backend()
     if backend == "containers":
         if not docker_engine_answers():
@@ -77,7 +79,7 @@ def use_containers() -> bool:
                 pytrace=False,
             )
         return True
-    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS") and os.environ.get("REDIS_URL"):
+    if var is not None and os.environ.get(var):
         return False
     return backend == "auto" and docker_engine_answers()
 
@@ -106,7 +108,7 @@ def _check_reachable(var: str, value: str, default_port: int) -> None:
 
 def _service(var: str, default_port: int) -> str | None:
     """The service's address from ``var``, or None when containers serve this session."""
-    if use_containers():
+    if use_containers(var):
         return None
     value = os.environ.get(var)
     if value:
@@ -120,15 +122,19 @@ def _service(var: str, default_port: int) -> str | None:
 @pytest.fixture(scope="session")
 def container_services() -> Iterator[ContainerServices]:
     """The session's Kafka and Redis containers (each started on first use), removed at the
-    end of the session: by this fixture, and by ``pytest_sessionfinish`` should it not run."""
+    end of the session: by this fixture, and by ``pytest_sessionfinish`` should it not run.
+    Containers left by earlier runs whose process is gone (killed) are removed first."""
     if not use_containers():
         pytest.fail(
             "this test needs the container backend: SERVICES_BACKEND=containers "
             "(make test-containers)",
             pytrace=False,
         )
-    from tests.integration.containers import ContainerServices
+    from tests.integration.containers import ContainerServices, reap_orphans
 
+    reaped = reap_orphans()
+    if reaped:
+        print(f"\nremoved test containers left by runs that are gone: {', '.join(reaped)}")
     services = ContainerServices()
     try:
         yield services
@@ -175,19 +181,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items[:] = keep
 
 
-def pytest_sessionstart(session: pytest.Session) -> None:
-    if os.environ.get("SERVICES_BACKEND") == "containers" and docker_engine_answers():
-        from tests.integration.containers import reap_orphans
-
-        reaped = reap_orphans()
-        if reaped:
-            print(f"\nremoved test containers left by runs that are gone: {', '.join(reaped)}")
-
-
 def pytest_sessionfinish(session: pytest.Session) -> None:
     # whatever happened (a fixture's teardown that never ran, an interrupted run): this process's
-    # containers go; DOCKER_HOST is set only once an engine answered
-    if "tests.integration.containers" in sys.modules and os.environ.get("DOCKER_HOST"):
+    # containers go (a no-op unless it created any)
+    if "tests.integration.containers" in sys.modules:
         from tests.integration.containers import remove_session_containers
 
         remove_session_containers()

@@ -15,7 +15,7 @@ real Metadata answer from the host (compose/kafka/metadata.py) and a Redis PING.
 No Ryuk reaper (its image comes from a registry): every container carries the labels
 ``signed-bus.tests=1`` and ``signed-bus.owner=<host>:<pid>``; ``remove_session_containers``
 removes this process's at session end, and ``reap_orphans`` removes those whose owner process is
-gone (a run that was killed), at the next session start.
+gone (a run that was killed), when the next run starts containers.
 
 Container-level faults for tests (``ServiceContainer``): ``kill()`` + ``start()`` (SIGKILL,
 then the same container again, data in its writable layer kept), ``pause()``/``unpause()`` (the
@@ -142,8 +142,13 @@ def _remove(where: Callable[[Mapping[str, str]], bool]) -> list[str]:
     return removed
 
 
+_created = False  # whether this process created a container (remove_session_containers)
+
+
 def remove_session_containers() -> list[str]:
     """Remove every container this process started (labels); the names removed."""
+    if not _created:
+        return []
     return _remove(lambda labels: labels.get(OWNER_LABEL) == OWNER)
 
 
@@ -201,6 +206,8 @@ class ServiceContainer:
     def start(self, timeout: float = 120) -> None:
         """Start the container (create it the first time) and wait until it serves."""
         if self._tc is None:
+            global _created
+            _created = True
             self._tc = self._container()
             self._tc.with_name(self.name).with_kwargs(
                 labels={LABEL: "1", OWNER_LABEL: OWNER, "signed-bus.service": self.kind}

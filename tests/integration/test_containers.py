@@ -8,7 +8,7 @@ round trip through them, and faults done to the containers themselves.
   consumer ride it out, every acknowledged record delivered, no replay false positive.
 
 And the harness's own clean-up (no Ryuk): a container left by a run whose process is gone is
-removed at the next session start; a live run's containers are not.
+removed when the next run starts containers; a live run's containers are not.
 
 ``make test`` runs this file in its container step with tests/integration/test_attacks.py.
 """
