@@ -2,11 +2,23 @@
 #   make venv            .venv with the project installed editable, dev extra included (stamped)
 #   make services-up     real Kafka (127.0.0.1:9092) and Redis (127.0.0.1:6379), see compose/
 #   make services-down   stop what compose/local.sh started (never services it did not start)
-#   make test            venv, ruff, mypy, then services up + the whole pytest suite + services
-#                        down again unless they were running before; exits non-zero on failure
+#   make test            venv, ruff, mypy, the container check (below), then services up + the
+#                        whole pytest suite + services down again unless they were running
+#                        before; exits non-zero on failure
+#   make test-containers-check   the container part of make test: a container engine (podman
+#                        where none answers; compose/engine.sh), the images built or reused
+#                        (compose/images.sh), then under SERVICES_BACKEND=containers a signed round
+#                        trip, container faults and the attack matrix (tests/integration/
+#                        test_containers.py, test_attacks.py); the engine stops again if it
+#                        started here
+#   make test-containers the whole pytest suite with Kafka and Redis in containers
+#   make engine-up / engine-down / images     the container engine and the local images alone
+#   make compose-demo    the demo under Compose (docker-compose.yml, profile demo) on the engine
 #   make demo            venv, services up, then the demo job; services are left running
 # Knobs: PYTHON=python3.12, PYTEST_ARGS='-k harness', PYTEST_TIMEOUT=600,
 #        SERVICES_BACKEND=local|docker (default: local when Java is installed, else Docker),
+#        KAFKA_IMAGE=apache/kafka:4.1.2 REDIS_IMAGE=redis:7 (the container targets: images from a
+#        registry instead of the locally built signed-bus/kafka:local, signed-bus/redis:local),
 #        DEMO_SCALE=small (the demo in about 10 s), DEMO='-m demo.pipeline --cleanup' (what
 #        make demo runs with .venv/bin/python).
 
@@ -24,7 +36,8 @@ PYTEST_TIMEOUT ?= 300
 PYTEST_ARGS ?=
 DEMO ?= -m demo.pipeline
 
-.PHONY: help venv lint services-up services-down services-status test demo
+.PHONY: help venv lint services-up services-down services-status test demo \
+	engine-up engine-down images test-containers-check test-containers compose-demo
 
 help:
 	@sed -n '1,/^$$/p' Makefile | sed 's/^# \{0,1\}//'
@@ -54,10 +67,50 @@ services-status:
 
 # SIGNED_BUS_FORBID_SKIPS: a skipped test fails the run (tests/conftest.py); pytest's own exit
 # code (5 = no tests collected included) is make's
-test: lint
+test: lint test-containers-check
 	SIGNED_BUS_FORBID_SKIPS=1 $(SERVICES) run -- \
 		$(PY) -m pytest --timeout=$(PYTEST_TIMEOUT) --durations=10 $(PYTEST_ARGS)
 
 demo: venv services-up
 	eval "$$($(SERVICES) env)" && $(PY) $(DEMO)
 	@echo "services left running; stop them with: make services-down"
+
+# ---- containers (README.md, "Containers") ------------------------------------------------------
+ENGINE := bash compose/engine.sh
+# the local images unless KAFKA_IMAGE / REDIS_IMAGE name others (e.g. the official ones)
+KAFKA_IMAGE ?=
+REDIS_IMAGE ?=
+CONTAINER_CHECK := tests/integration/test_containers.py tests/integration/test_attacks.py
+# the variables of compose/local.sh's services must not leak in: SERVICES_BACKEND=containers
+# ignores them anyway, the unset keeps the intent plain
+IN_CONTAINERS = env -u KAFKA_BOOTSTRAP_SERVERS -u REDIS_URL SERVICES_BACKEND=containers \
+	SIGNED_BUS_FORBID_SKIPS=1 TESTCONTAINERS_RYUK_DISABLED=true
+
+engine-up:
+	$(ENGINE) up
+
+engine-down:
+	$(ENGINE) down
+
+images: engine-up
+	eval "$$($(ENGINE) env)" && bash compose/images.sh build
+
+# images.sh env only when no image was named
+define with_images
+eval "$$($(ENGINE) env)" && \
+if [ -z "$(KAFKA_IMAGE)$(REDIS_IMAGE)" ]; then bash compose/images.sh build && eval "$$(bash compose/images.sh env)"; \
+else export KAFKA_IMAGE="$(or $(KAFKA_IMAGE),apache/kafka:4.1.2)" REDIS_IMAGE="$(or $(REDIS_IMAGE),redis:7)"; fi && \
+echo "containers: DOCKER_HOST=$$DOCKER_HOST KAFKA_IMAGE=$$KAFKA_IMAGE REDIS_IMAGE=$$REDIS_IMAGE"
+endef
+
+test-containers-check: venv
+	$(ENGINE) run -- bash -c '$(with_images) && \
+		$(IN_CONTAINERS) $(PY) -m pytest --timeout=$(PYTEST_TIMEOUT) $(CONTAINER_CHECK)'
+
+test-containers: lint
+	$(ENGINE) run -- bash -c '$(with_images) && \
+		$(IN_CONTAINERS) $(PY) -m pytest --timeout=$(PYTEST_TIMEOUT) --durations=10 $(PYTEST_ARGS)'
+
+# the demo in containers under Compose (compose/compose.sh): prints the report, RESULT: PASS/FAIL
+compose-demo:
+	$(ENGINE) run -- bash compose/compose.sh demo

@@ -8,6 +8,7 @@
 #   bash compose/local.sh env      print `export KAFKA_BOOTSTRAP_SERVERS=... REDIS_URL=...`
 #   bash compose/local.sh down     stop what this launcher started (pid files), nothing else
 #   bash compose/local.sh clean    down, then delete the instances' data and logs (keeps the jars)
+#   bash compose/local.sh jars     only fetch the Kafka jars (compose/images.sh puts them in an image)
 #
 # Options (any command):
 #   --kafka-port N        broker port             (env KAFKA_PORT, default 9092)
@@ -425,6 +426,7 @@ case $cmd in
         exit $rc
         ;;
     env) print_env ;;
+    jars) ensure_jars ;;
     -h|--help|help) usage ;;
     *) usage >&2; exit 2 ;;
 esac

@@ -28,7 +28,8 @@ if [ "$backend" = auto ]; then
 fi
 case $backend in local|docker) ;; *) echo "services.sh: SERVICES_BACKEND=$backend? (local|docker|auto)" >&2; exit 2 ;; esac
 
-dc() { docker compose -f "$compose_file" "$@"; }
+# -p: the project name in the command, not the file (Debian's docker-compose v1 rejects `name:`)
+dc() { docker compose -p signed-bus -f "$compose_file" "$@"; }
 
 # up [RECORD_FILE]: the record file gets one line per service this call started
 up() {

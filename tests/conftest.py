@@ -1,10 +1,17 @@
 """Fixtures for the real services every integration test runs against (README.md, "Development").
 
-Where the services come from, in order:
+Where the services come from (SERVICES_BACKEND selects; unset or ``auto``: the first that applies):
 1. KAFKA_BOOTSTRAP_SERVERS and REDIS_URL, when set (``make test`` exports them after
    ``bash compose/local.sh up``; any other running broker and Redis work too);
-2. testcontainers (a single-node KRaft Kafka, ``redis:7``), when a Docker engine answers;
+2. containers started by testcontainers (tests/integration/containers.py) from KAFKA_IMAGE and
+   REDIS_IMAGE (default the official apache/kafka and redis images; ``compose/images.sh`` builds
+   local ones), when a container engine answers; ``SERVICES_BACKEND=containers`` forces this
+   even when the variables are set, and fails when no engine answers;
 3. otherwise the test fails with the command that starts the services. Never a skip.
+
+Tests marked ``containers`` need the container backend (they kill, pause or disconnect a service
+container): they are deselected under any other backend, and ``make test`` runs them in its
+container step.
 
 Per-test isolation: ``unique_topic`` creates uuid-named topics (append-time timestamps) and
 deletes them afterwards; ``redis_prefix`` hands out a unique key prefix and deletes its keys.
@@ -19,55 +26,62 @@ import asyncio
 import functools
 import os
 import socket
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests.integration.containers import ContainerServices
 
 START_SERVICES = (
     "start the services with `make services-up` (or `bash compose/local.sh up`, then "
     '`eval "$(bash compose/local.sh env)"`), or run `make test`, which does both; '
-    "on a machine with Docker, the fixtures start containers themselves"
+    "or run them in containers: `make test-containers` (sets up a container engine and the "
+    "images without any registry; compose/engine.sh, compose/images.sh)"
 )
-
-KAFKA_IMAGE = (
-    "confluentinc/cp-kafka:7.6.0"  # what testcontainers' KafkaContainer.with_kraft() drives
-)
-REDIS_IMAGE = "redis:7"
 APPEND_TIME = {"message.timestamp.type": "LogAppendTime"}
+BACKENDS = ("auto", "local", "docker", "containers")
 
 
 # -- where the services come from -------------------------------------------------------------
 
 
+def _backend() -> str:
+    value = os.environ.get("SERVICES_BACKEND", "") or "auto"
+    if value not in BACKENDS:
+        pytest.fail(f"SERVICES_BACKEND={value}? (one of {', '.join(BACKENDS)})", pytrace=False)
+    return value
+
+
 @functools.cache
 def docker_engine_answers() -> bool:
-    """True when a Docker engine answers a ping (an installed client alone is not enough)."""
-    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
-    if host.startswith("unix://"):
-        # a raw /_ping: the docker SDK leaks its socket when the engine is missing, which
-        # filterwarnings=error would turn into an unraisable-exception failure elsewhere
-        try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-                sock.settimeout(3)
-                sock.connect(host.removeprefix("unix://"))
-                sock.sendall(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
-                return sock.recv(64).split(b" ")[1:2] == [b"200"]
-        except OSError:
-            return False
-    try:  # tcp://, ssh://, TLS: let the SDK speak the protocol
-        import docker
+    """True when a container engine answers a ping (an installed client alone is not enough);
+    DOCKER_HOST then names it (Docker's socket or compose/engine.sh's podman service count)."""
+    from tests.integration.containers import engine_answers
 
-        client = docker.from_env(timeout=3)
-    except Exception:
+    return engine_answers()
+
+
+def use_containers(var: str | None = None) -> bool:
+    """True when containers serve this session (or, given ``var``, that service): always under
+    ``SERVICES_BACKEND=containers`` (failing when no engine answers), else when ``var`` is unset
+    and an engine answers (see the module docstring)."""
+    backend = _backend()
+    if backend == "containers":
+        if not docker_engine_answers():
+            pytest.fail(
+                "SERVICES_BACKEND=containers but no container engine answers (DOCKER_HOST, "
+                "/var/run/docker.sock, compose/engine.sh's socket): "
+                "run `bash compose/engine.sh up`",
+                pytrace=False,
+            )
+        return True
+    if var is not None and os.environ.get(var):
         return False
-    try:
-        return bool(client.ping())
-    except Exception:
-        return False
-    finally:
-        client.close()
+    return backend == "auto" and docker_engine_answers()
 
 
 def _first_address(value: str, default_port: int) -> tuple[str, int]:
@@ -92,49 +106,88 @@ def _check_reachable(var: str, value: str, default_port: int) -> None:
         )
 
 
-def _service(var: str, default_port: int, container: str) -> str | None:
+def _service(var: str, default_port: int) -> str | None:
+    """The service's address from ``var``, or None when containers serve this session."""
+    if use_containers(var):
+        return None
     value = os.environ.get(var)
     if value:
         _check_reachable(var, value, default_port)
         return value
-    if docker_engine_answers():
-        return None  # the caller starts a container
     pytest.fail(
-        f"{var} is not set and no Docker engine answers ({container}): {START_SERVICES}",
-        pytrace=False,
+        f"{var} is not set and no container engine answers: {START_SERVICES}", pytrace=False
     )
 
 
 @pytest.fixture(scope="session")
-def kafka_bootstrap() -> Iterator[str]:
-    """Bootstrap servers of a real Kafka broker, e.g. ``127.0.0.1:9092``."""
-    value = _service("KAFKA_BOOTSTRAP_SERVERS", 9092, "testcontainers Kafka")
-    if value is not None:
-        yield value
-        return
-    from testcontainers.community.kafka import KafkaContainer
+def container_services() -> Iterator[ContainerServices]:
+    """The session's Kafka and Redis containers (each started on first use), removed at the
+    end of the session: by this fixture, and by ``pytest_sessionfinish`` should it not run.
+    Containers left by earlier runs whose process is gone (killed) are removed first."""
+    if not use_containers():
+        pytest.fail(
+            "this test needs the container backend: SERVICES_BACKEND=containers "
+            "(make test-containers)",
+            pytrace=False,
+        )
+    from tests.integration.containers import ContainerServices, reap_orphans
 
-    kafka = KafkaContainer(KAFKA_IMAGE).with_kraft()
-    kafka.start(timeout=120)
+    reaped = reap_orphans()
+    if reaped:
+        print(f"\nremoved test containers left by runs that are gone: {', '.join(reaped)}")
+    services = ContainerServices()
     try:
-        yield kafka.get_bootstrap_server()
+        yield services
     finally:
-        kafka.stop()
+        services.close()
 
 
 @pytest.fixture(scope="session")
-def redis_url() -> Iterator[str]:
-    """URL of a real Redis server, e.g. ``redis://127.0.0.1:6379/0``."""
-    value = _service("REDIS_URL", 6379, "testcontainers Redis")
+def kafka_bootstrap(request: pytest.FixtureRequest) -> str:
+    """Bootstrap servers of a real Kafka broker, e.g. ``127.0.0.1:9092``."""
+    value = _service("KAFKA_BOOTSTRAP_SERVERS", 9092)
     if value is not None:
-        yield value
-        return
-    from testcontainers.community.redis import RedisContainer
+        return value
+    services: ContainerServices = request.getfixturevalue("container_services")
+    return services.kafka().bootstrap
 
-    with RedisContainer(REDIS_IMAGE) as redis_container:
-        host = redis_container.get_container_host_ip()
-        port = redis_container.get_exposed_port(redis_container.port)
-        yield f"redis://{host}:{port}/0"
+
+@pytest.fixture(scope="session")
+def redis_url(request: pytest.FixtureRequest) -> str:
+    """URL of a real Redis server, e.g. ``redis://127.0.0.1:6379/0``."""
+    value = _service("REDIS_URL", 6379)
+    if value is not None:
+        return value
+    services: ContainerServices = request.getfixturevalue("container_services")
+    return services.redis().url
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "containers: needs the container backend (kills, pauses or disconnects a service "
+        "container); deselected under any other backend",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not any(item.get_closest_marker("containers") for item in items):
+        return
+    if os.environ.get("SERVICES_BACKEND") == "containers":
+        return
+    keep = [item for item in items if not item.get_closest_marker("containers")]
+    dropped = [item for item in items if item.get_closest_marker("containers")]
+    config.hook.pytest_deselected(items=dropped)
+    items[:] = keep
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    # whatever happened (a fixture's teardown that never ran, an interrupted run): this process's
+    # containers go (a no-op unless it created any)
+    if "tests.integration.containers" in sys.modules:
+        from tests.integration.containers import remove_session_containers
+
+        remove_session_containers()
 
 
 # -- per-test isolation -----------------------------------------------------------------------
