@@ -41,11 +41,11 @@ import cryptography
 import msgpack
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from signed_bus._envelope import signed_message, split_envelope
+from signed_bus._keys import Ed25519Key, HmacKey, Keyring
+from signed_bus._signer import Signer
+from signed_bus._verifier import Verifier
 from signed_bus.bench.payloads import inference_results
-from signed_bus.envelope import signed_message, split_envelope
-from signed_bus.keys import Ed25519Key, HmacKey, Keyring
-from signed_bus.signer import Signer
-from signed_bus.verifier import Verifier
 
 TOPIC = "inference.results"
 ISSUER = "bench-agent"

@@ -23,11 +23,11 @@ import sys
 import time
 import tracemalloc
 
+from signed_bus._envelope import encode_envelope, encode_header, signed_message
+from signed_bus._keys import HmacKey, Keyring
+from signed_bus._verifier import Verifier
 from signed_bus.bench.crafted import SHAPES, crafted
-from signed_bus.envelope import encode_envelope, encode_header, signed_message
 from signed_bus.errors import VerificationError
-from signed_bus.keys import HmacKey, Keyring
-from signed_bus.verifier import Verifier
 
 TARGET = 10.0
 BATCH = 1_000

@@ -29,6 +29,15 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from signed_bus._freshness import Freshness
+from signed_bus._replay.guard import (
+    Claim,
+    ClaimVerdict,
+    RedisReplayGuard,
+    estimate_memory_bytes,
+    recommended_shards,
+)
+
 # The measuring primitives live in the package, shared with `signed-bus bench` (part 4).
 from signed_bus.bench.redis_cost import (
     Baseline,
@@ -41,14 +50,6 @@ from signed_bus.bench.redis_cost import (
     time_per_nonce,
 )
 from signed_bus.bench.redis_server import private_redis
-from signed_bus.freshness import Freshness
-from signed_bus.replay import (
-    Claim,
-    ClaimVerdict,
-    RedisReplayGuard,
-    estimate_memory_bytes,
-    recommended_shards,
-)
 
 TARGET_BYTES_PER_NONCE = 120
 WINDOW = Freshness()  # the defaults, as the verifier has them

@@ -2,21 +2,56 @@
 
 Everything an application needs is re-exported here: the signing core, the Kafka wrappers
 (SignedProducer, VerifyingConsumer), the Redis replay guard and the topic helper. Submodules hold
-the rest (``signed_bus.deadletter`` for the dead-letter header names, ``signed_bus.bench``...).
+the rest (``signed_bus._deadletter`` for the dead-letter header names, ``signed_bus.bench``...).
 :func:`printable` escapes record text for terminals and logs.
 """
 
-from signed_bus._text import printable
-from signed_bus.clock import Clock, system_clock
-from signed_bus.consumer import (
+from signed_bus._clock import Clock, system_clock
+from signed_bus._deadletter import DeadLetter
+from signed_bus._envelope import CONTENT_TYPE_MSGPACK, TAG, envelope_digest
+from signed_bus._freshness import Freshness
+from signed_bus._kafka.consumer import (
     Backoff,
     ConsumedBatch,
     ConsumedMessage,
     ConsumerOptions,
     VerifyingConsumer,
 )
-from signed_bus.deadletter import DeadLetter
-from signed_bus.envelope import CONTENT_TYPE_MSGPACK, TAG, envelope_digest
+from signed_bus._kafka.fetch import Fetched, Skipped, fetch_records
+from signed_bus._kafka.producer import Outgoing, ProducerOptions, SignedProducer
+from signed_bus._kafka.relay import (
+    Output,
+    Relay,
+    RelayError,
+    RelayFenced,
+    RelayMetrics,
+    RelayTransformError,
+)
+from signed_bus._kafka.topics import create_topics
+from signed_bus._keys import (
+    EDDSA,
+    HS256,
+    Ed25519Key,
+    HmacKey,
+    Key,
+    Keyring,
+    generate_ed25519_key,
+    generate_hmac_key,
+)
+from signed_bus._metrics import ConsumerMetrics, ProducerMetrics
+from signed_bus._provenance import (
+    Position,
+    ProvenanceIndex,
+    ProvenanceIndexUnavailable,
+    RecordFetcher,
+    TraceLink,
+    Tracer,
+    TraceReport,
+)
+from signed_bus._replay.guard import Claim, ClaimVerdict, RedisReplayGuard
+from signed_bus._signer import Signer
+from signed_bus._text import printable
+from signed_bus._verifier import VerifiedMessage, Verifier
 from signed_bus.errors import (
     AlgorithmMismatch,
     BadSignature,
@@ -39,41 +74,6 @@ from signed_bus.errors import (
     WrongKey,
     WrongTopic,
 )
-from signed_bus.fetch import Fetched, Skipped, fetch_records
-from signed_bus.freshness import Freshness
-from signed_bus.keys import (
-    EDDSA,
-    HS256,
-    Ed25519Key,
-    HmacKey,
-    Key,
-    Keyring,
-    generate_ed25519_key,
-    generate_hmac_key,
-)
-from signed_bus.metrics import ConsumerMetrics, ProducerMetrics
-from signed_bus.producer import Outgoing, ProducerOptions, SignedProducer
-from signed_bus.provenance import (
-    Position,
-    ProvenanceIndex,
-    ProvenanceIndexUnavailable,
-    RecordFetcher,
-    TraceLink,
-    Tracer,
-    TraceReport,
-)
-from signed_bus.relay import (
-    Output,
-    Relay,
-    RelayError,
-    RelayFenced,
-    RelayMetrics,
-    RelayTransformError,
-)
-from signed_bus.replay import Claim, ClaimVerdict, RedisReplayGuard
-from signed_bus.signer import Signer
-from signed_bus.topics import create_topics
-from signed_bus.verifier import VerifiedMessage, Verifier
 
 __version__ = "0.1.0"
 

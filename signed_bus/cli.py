@@ -33,20 +33,20 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, TextIO, TypeAlias
 
-from signed_bus._text import printable
-from signed_bus.cli_trace import add_freshness_options, freshness_from_args
-from signed_bus.clock import system_clock
-from signed_bus.errors import ConfigurationError, SignedBusError, VerificationError
-from signed_bus.keys import (
+from signed_bus._clock import system_clock
+from signed_bus._keys import (
     Ed25519Key,
     Key,
     Keyring,
     generate_ed25519_key,
     generate_hmac_key,
 )
+from signed_bus._text import printable
+from signed_bus.cli_trace import add_freshness_options, freshness_from_args
+from signed_bus.errors import ConfigurationError, SignedBusError, VerificationError
 
 if TYPE_CHECKING:
-    from signed_bus.envelope import Envelope
+    from signed_bus._envelope import Envelope
 
 __all__ = [
     "COMMAND_MODULES",
@@ -293,7 +293,7 @@ def _iso_ms(ms: int) -> str:
 
 
 def _header_fields(envelope: Envelope) -> dict[str, object]:
-    from signed_bus.envelope import TAG
+    from signed_bus._envelope import TAG
 
     header = envelope.header
     return {
@@ -318,7 +318,7 @@ def _header_fields(envelope: Envelope) -> dict[str, object]:
 
 
 def _print_header(envelope: Envelope, out: TextIO) -> None:
-    from signed_bus.envelope import TAG
+    from signed_bus._envelope import TAG
 
     header = envelope.header
     rows: list[tuple[str, str]] = [
@@ -355,8 +355,8 @@ def _print_header(envelope: Envelope, out: TextIO) -> None:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from signed_bus.envelope import decode_envelope
-    from signed_bus.verifier import Verifier
+    from signed_bus._envelope import decode_envelope
+    from signed_bus._verifier import Verifier
 
     keyring = Keyring.from_env() if args.keyring is None else Keyring.from_file(args.keyring)
     value = _read_input(args.input, is_hex=args.hex)

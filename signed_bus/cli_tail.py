@@ -26,9 +26,9 @@ from signed_bus.cli_trace import (
 )
 
 if TYPE_CHECKING:
+    from signed_bus._kafka.fetch import Skipped
+    from signed_bus._keys import Keyring
     from signed_bus.cli import Subparsers
-    from signed_bus.fetch import Skipped
-    from signed_bus.keys import Keyring
 
 __all__ = ["register"]
 
@@ -74,10 +74,10 @@ def _tail(args: argparse.Namespace) -> int:
 async def _run(args: argparse.Namespace, keyring: Keyring, out: TextIO) -> int:
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
+    from signed_bus._kafka.fetch import fetch_records
+    from signed_bus._provenance import partitions_of
+    from signed_bus._verifier import Verifier
     from signed_bus.errors import ConfigurationError, VerificationError
-    from signed_bus.fetch import fetch_records
-    from signed_bus.provenance import partitions_of
-    from signed_bus.verifier import Verifier
 
     verifier = Verifier(keyring, freshness=freshness_from_args(args), audit=args.audit)
     consumer = AIOKafkaConsumer(
@@ -148,7 +148,7 @@ def _where(skipped: Skipped) -> str:
 
 
 def _describe(message: Any) -> str:
-    from signed_bus.provenance import iso_ms
+    from signed_bus._provenance import iso_ms
 
     stamp = iso_ms(message.created_at)  # guarded: a validly signed created_at can be huge
     parents = f" parents={len(message.parents)}" if message.parents else ""

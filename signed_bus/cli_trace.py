@@ -4,7 +4,7 @@ Start from a record in Kafka (``--position topic:partition:offset``) or an envel
 file (``--file``). Every parent is looked up in the provenance index (Redis), read back from
 Kafka, checked against its digest and verified in audit mode; the chain is printed link by link.
 Exit 0: every link verified; 1: a link is missing, tampered or invalid; 2: usage/configuration.
-Record text in the report is escaped (:meth:`signed_bus.provenance.TraceLink.describe`), so a
+Record text in the report is escaped (:meth:`signed_bus._provenance.TraceLink.describe`), so a
 signed model name cannot print a fake "chain verified" line.
 """
 
@@ -16,14 +16,14 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
+from signed_bus._freshness import Freshness
 from signed_bus._text import printable
 from signed_bus.errors import ConfigurationError, SignedBusError
-from signed_bus.freshness import Freshness
 
 if TYPE_CHECKING:
+    from signed_bus._keys import Keyring
+    from signed_bus._provenance import Position
     from signed_bus.cli import Subparsers
-    from signed_bus.keys import Keyring
-    from signed_bus.provenance import Position
 
 __all__ = [
     "add_connection_options",
@@ -58,7 +58,7 @@ def add_connection_options(parser: argparse.ArgumentParser, *, redis: bool) -> N
 
 def add_freshness_options(parser: argparse.ArgumentParser) -> None:
     """--max-age-ms, --future-skew-ms, --max-lag-ms: the whole window, defaults from
-    :class:`~signed_bus.freshness.Freshness` (written there only)."""
+    :class:`~signed_bus._freshness.Freshness` (written there only)."""
     default = Freshness()
     for name, value, text in (
         ("max-age-ms", default.max_age_ms, "records older than this by the reference time expire"),
@@ -78,7 +78,7 @@ def freshness_from_args(args: argparse.Namespace) -> Freshness:
 
 
 def keyring_from_args(args: argparse.Namespace) -> Keyring:
-    from signed_bus.keys import Keyring
+    from signed_bus._keys import Keyring
 
     path = args.keyring or os.environ.get("SIGNED_BUS_KEYRING_FILE")
     if path:
@@ -129,7 +129,7 @@ def register(subparsers: Subparsers) -> None:
 
 
 def _trace(args: argparse.Namespace) -> int:
-    from signed_bus.provenance import Position
+    from signed_bus._provenance import Position
 
     keyring = keyring_from_args(args)
     start = Position.parse(args.position) if args.position else None
@@ -143,9 +143,9 @@ def _trace(args: argparse.Namespace) -> int:
 async def _run(
     args: argparse.Namespace, keyring: Keyring, start: Position | None, value: bytes | None
 ) -> int:
-    from signed_bus.envelope import decode_envelope
-    from signed_bus.provenance import ProvenanceIndex, RecordFetcher, Tracer
-    from signed_bus.verifier import Verifier
+    from signed_bus._envelope import decode_envelope
+    from signed_bus._provenance import ProvenanceIndex, RecordFetcher, Tracer
+    from signed_bus._verifier import Verifier
 
     verifier = Verifier(keyring, audit=True)
     # The index TTL only matters when writing; the tracer only reads.

@@ -25,13 +25,13 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from signed_bus._keys import Keyring, generate_ed25519_key, generate_hmac_key
+from signed_bus._signer import Signer
+from signed_bus._verifier import Verifier
 from signed_bus.bench.config import BenchConfig
 from signed_bus.bench.payloads import inference_results
 from signed_bus.bench.results import PartResult, Row
 from signed_bus.bench.stats import time_per_op_us
-from signed_bus.keys import Keyring, generate_ed25519_key, generate_hmac_key
-from signed_bus.signer import Signer
-from signed_bus.verifier import Verifier
 
 __all__ = ["ISSUER", "TOPIC", "bench_keyring", "measure_codec", "naive_sign", "naive_verify"]
 

@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from signed_bus.freshness import Freshness
+from signed_bus._freshness import Freshness
 
 __all__ = ["PARTS", "BenchConfig"]
 

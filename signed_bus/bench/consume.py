@@ -23,6 +23,12 @@ import msgpack
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 
+from signed_bus._kafka.consumer import VerifyingConsumer
+from signed_bus._kafka.producer import SignedProducer
+from signed_bus._keys import Keyring
+from signed_bus._replay.guard import RedisReplayGuard
+from signed_bus._signer import Signer
+from signed_bus._verifier import Verifier
 from signed_bus.bench.codec import ED25519_KID, HMAC_KID, ISSUER, MODEL, bench_keyring
 from signed_bus.bench.config import BenchConfig
 from signed_bus.bench.kafka import bench_topics, consumer_options, start_consumer, start_producer
@@ -31,12 +37,6 @@ from signed_bus.bench.profiling import profiled
 from signed_bus.bench.redis_cost import CountingConnection, counting_client, script_stats
 from signed_bus.bench.redis_server import private_redis_url
 from signed_bus.bench.results import PartResult, Row, Target
-from signed_bus.consumer import VerifyingConsumer
-from signed_bus.keys import Keyring
-from signed_bus.producer import SignedProducer
-from signed_bus.replay import RedisReplayGuard
-from signed_bus.signer import Signer
-from signed_bus.verifier import Verifier
 
 __all__ = ["measure_consume"]
 

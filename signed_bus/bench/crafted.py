@@ -11,7 +11,7 @@ import os
 from collections.abc import Callable
 from typing import Final
 
-from signed_bus.envelope import TAG, encode_envelope
+from signed_bus._envelope import TAG, encode_envelope
 
 __all__ = ["SHAPES", "crafted", "random_value"]
 

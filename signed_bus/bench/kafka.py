@@ -16,10 +16,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
+from signed_bus._kafka.consumer import ConsumerOptions
+from signed_bus._kafka.producer import ProducerOptions
+from signed_bus._kafka.topics import create_topics
 from signed_bus.bench.config import BenchConfig
-from signed_bus.consumer import ConsumerOptions
-from signed_bus.producer import ProducerOptions
-from signed_bus.topics import create_topics
 
 log = logging.getLogger("signed_bus.bench")
 

@@ -24,16 +24,16 @@ from typing import Any
 import msgpack
 import redis.asyncio as aioredis
 
+from signed_bus._kafka.consumer import VerifyingConsumer
+from signed_bus._keys import Keyring
+from signed_bus._replay.guard import RedisReplayGuard
+from signed_bus._verifier import Verifier
 from signed_bus.bench.codec import bench_keyring
 from signed_bus.bench.config import BenchConfig
 from signed_bus.bench.kafka import bench_topics, consumer_options, start_consumer
 from signed_bus.bench.redis_server import private_redis_url
 from signed_bus.bench.results import PartResult, Row, Target
 from signed_bus.bench.stats import percentile, summarize_latencies
-from signed_bus.consumer import VerifyingConsumer
-from signed_bus.keys import Keyring
-from signed_bus.replay import RedisReplayGuard
-from signed_bus.verifier import Verifier
 
 __all__ = ["measure_latency"]
 

@@ -17,11 +17,11 @@ from typing import Any
 
 import msgpack
 
+from signed_bus._kafka.producer import ProducerOptions, SignedProducer
+from signed_bus._keys import Keyring
+from signed_bus._signer import Signer
 from signed_bus.bench.codec import ED25519_KID, HMAC_KID, ISSUER, MODEL
 from signed_bus.bench.payloads import inference_results
-from signed_bus.keys import Keyring
-from signed_bus.producer import ProducerOptions, SignedProducer
-from signed_bus.signer import Signer
 
 __all__ = ["main", "paced_produce"]
 

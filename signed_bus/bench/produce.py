@@ -16,14 +16,14 @@ from typing import Any
 
 import msgpack
 
+from signed_bus._kafka.producer import SignedProducer
+from signed_bus._signer import Signer
 from signed_bus.bench.codec import ED25519_KID, HMAC_KID, ISSUER, MODEL, bench_keyring
 from signed_bus.bench.config import BenchConfig
 from signed_bus.bench.kafka import bench_topics, start_producer
 from signed_bus.bench.payloads import inference_results
 from signed_bus.bench.profiling import profiled
 from signed_bus.bench.results import PartResult, Row, Target
-from signed_bus.producer import SignedProducer
-from signed_bus.signer import Signer
 
 __all__ = ["measure_produce"]
 

@@ -16,11 +16,11 @@ import os
 import sys
 from pathlib import Path
 
-from signed_bus.consumer import ConsumedMessage, ConsumerOptions, VerifyingConsumer
-from signed_bus.freshness import Freshness
-from signed_bus.keys import Keyring
-from signed_bus.replay import RedisReplayGuard
-from signed_bus.verifier import Verifier
+from signed_bus._freshness import Freshness
+from signed_bus._kafka.consumer import ConsumedMessage, ConsumerOptions, VerifyingConsumer
+from signed_bus._keys import Keyring
+from signed_bus._replay.guard import RedisReplayGuard
+from signed_bus._verifier import Verifier
 
 MAX_AGE_MS, SKEW_MS = 300_000, 5_000
 # Small batches, so that some batches are finished (and committed) before the crash and the

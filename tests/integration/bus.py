@@ -11,13 +11,13 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from signed_bus.clock import Clock, system_clock
-from signed_bus.consumer import ConsumedMessage, ConsumerOptions, VerifyingConsumer
-from signed_bus.freshness import Freshness
-from signed_bus.keys import Keyring, generate_hmac_key
-from signed_bus.replay import RedisReplayGuard
-from signed_bus.signer import Signer
-from signed_bus.verifier import Verifier
+from signed_bus._clock import Clock, system_clock
+from signed_bus._freshness import Freshness
+from signed_bus._kafka.consumer import ConsumedMessage, ConsumerOptions, VerifyingConsumer
+from signed_bus._keys import Keyring, generate_hmac_key
+from signed_bus._replay.guard import RedisReplayGuard
+from signed_bus._signer import Signer
+from signed_bus._verifier import Verifier
 
 ISSUER = "agent-a"
 KID = "k1"

@@ -12,9 +12,9 @@ from __future__ import annotations
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from signed_bus.consumer import VerifyingConsumer
+from signed_bus._kafka.consumer import VerifyingConsumer
+from signed_bus._replay.guard import ClaimVerdict
 from signed_bus.errors import ConfigurationError
-from signed_bus.replay import ClaimVerdict
 from tests.conftest import TopicFactory
 from tests.integration.bus import (
     Running,

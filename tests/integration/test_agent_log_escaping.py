@@ -10,7 +10,7 @@ from aiokafka.structs import ConsumerRecord
 
 from consumers.action_agent import ActionAgent
 from signed_bus import ClaimVerdict, ConsumedMessage, Keyring, Signer, Verifier
-from signed_bus.keys import generate_hmac_key
+from signed_bus._keys import generate_hmac_key
 
 pytestmark = pytest.mark.integration
 

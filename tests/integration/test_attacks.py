@@ -17,8 +17,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from signed_bus.consumer import VerifyingConsumer
-from signed_bus.deadletter import (
+from signed_bus._deadletter import (
     HEADER_ERROR,
     HEADER_KEY_OMITTED,
     HEADER_KEY_SHA256,
@@ -27,9 +26,10 @@ from signed_bus.deadletter import (
     DeadLetter,
     header_map,
 )
-from signed_bus.envelope import decode_header, encode_envelope, split_envelope
-from signed_bus.keys import Keyring, generate_hmac_key
-from signed_bus.signer import Signer
+from signed_bus._envelope import decode_header, encode_envelope, split_envelope
+from signed_bus._kafka.consumer import VerifyingConsumer
+from signed_bus._keys import Keyring, generate_hmac_key
+from signed_bus._signer import Signer
 from tests.conftest import TopicFactory
 from tests.integration.bus import (
     Running,

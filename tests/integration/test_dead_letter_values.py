@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from signed_bus.consumer import VerifyingConsumer
-from signed_bus.deadletter import (
+from signed_bus._deadletter import (
     HEADER_VALUE_NULL,
     HEADER_VALUE_OMITTED,
     DeadLetter,
     header_map,
 )
+from signed_bus._kafka.consumer import VerifyingConsumer
 from tests.conftest import TopicFactory
 from tests.integration.bus import (
     Running,

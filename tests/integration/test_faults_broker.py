@@ -16,10 +16,10 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from signed_bus.consumer import VerifyingConsumer
-from signed_bus.producer import ProducerOptions, SignedProducer
-from signed_bus.replay import ClaimVerdict
-from signed_bus.topics import create_topics
+from signed_bus._kafka.consumer import VerifyingConsumer
+from signed_bus._kafka.producer import ProducerOptions, SignedProducer
+from signed_bus._kafka.topics import create_topics
+from signed_bus._replay.guard import ClaimVerdict
 from tests.integration.bus import (
     Running,
     consumer_options,

@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from signed_bus.consumer import VerifyingConsumer
-from signed_bus.producer import Outgoing, ProducerOptions, SignedProducer
-from signed_bus.replay import ClaimVerdict, RedisReplayGuard
+from signed_bus._kafka.consumer import VerifyingConsumer
+from signed_bus._kafka.producer import Outgoing, ProducerOptions, SignedProducer
+from signed_bus._replay.guard import ClaimVerdict, RedisReplayGuard
 from tests.conftest import TopicFactory
 from tests.integration.bus import (
     Running,

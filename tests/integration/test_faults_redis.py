@@ -20,10 +20,10 @@ from typing import Any
 
 import pytest
 
-from signed_bus.consumer import Backoff, ConsumedMessage, VerifyingConsumer
-from signed_bus.keys import Keyring
-from signed_bus.producer import ProducerOptions, SignedProducer
-from signed_bus.replay import ClaimVerdict
+from signed_bus._kafka.consumer import Backoff, ConsumedMessage, VerifyingConsumer
+from signed_bus._kafka.producer import ProducerOptions, SignedProducer
+from signed_bus._keys import Keyring
+from signed_bus._replay.guard import ClaimVerdict
 from tests.conftest import TopicFactory
 from tests.integration.bus import (
     Running,

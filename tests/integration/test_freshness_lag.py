@@ -16,9 +16,9 @@ import logging
 
 import pytest
 
-from signed_bus.clock import system_clock
-from signed_bus.consumer import VerifyingConsumer
-from signed_bus.deadletter import DeadLetter
+from signed_bus._clock import system_clock
+from signed_bus._deadletter import DeadLetter
+from signed_bus._kafka.consumer import VerifyingConsumer
 from tests.conftest import TopicFactory
 from tests.integration.bus import (
     CREATE_TIME,

@@ -18,13 +18,13 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaTimeoutError
 
-from signed_bus.clock import system_clock
-from signed_bus.consumer import Backoff, ConsumedMessage, VerifyingConsumer
-from signed_bus.deadletter import DeadLetter
-from signed_bus.keys import Keyring, generate_hmac_key
-from signed_bus.producer import ProducerOptions, SignedProducer
-from signed_bus.relay import Output, Relay
-from signed_bus.signer import Signer
+from signed_bus._clock import system_clock
+from signed_bus._deadletter import DeadLetter
+from signed_bus._kafka.consumer import Backoff, ConsumedMessage, VerifyingConsumer
+from signed_bus._kafka.producer import ProducerOptions, SignedProducer
+from signed_bus._kafka.relay import Output, Relay
+from signed_bus._keys import Keyring, generate_hmac_key
+from signed_bus._signer import Signer
 from tests.conftest import TopicFactory
 from tests.integration.bus import (
     CREATE_TIME,

@@ -12,10 +12,10 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
-from signed_bus.consumer import Backoff, ConsumedMessage, VerifyingConsumer
-from signed_bus.producer import Outgoing, ProducerOptions, SignedProducer
-from signed_bus.replay import ClaimVerdict
-from signed_bus.topics import create_topics, topic_timestamp_types
+from signed_bus._kafka.consumer import Backoff, ConsumedMessage, VerifyingConsumer
+from signed_bus._kafka.producer import Outgoing, ProducerOptions, SignedProducer
+from signed_bus._kafka.topics import create_topics, topic_timestamp_types
+from signed_bus._replay.guard import ClaimVerdict
 from tests.conftest import TopicFactory
 from tests.integration.bus import (
     CREATE_TIME,
@@ -153,7 +153,7 @@ async def test_create_topics_is_idempotent_and_warns_on_create_time(
     finally:
         await admin.delete_topics([name])
         await admin.close()
-    warnings = [r.getMessage() for r in caplog.records if r.name == "signed_bus.topics"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "signed_bus._kafka.topics"]
     assert len(warnings) == 1 and legacy in warnings[0] and "CreateTime" in warnings[0]
     assert types == {name: "LogAppendTime", legacy: "CreateTime"}
 

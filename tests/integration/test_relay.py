@@ -23,15 +23,15 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from signed_bus import Keyring, Signer, Verifier, generate_ed25519_key
-from signed_bus.consumer import (
+from signed_bus._kafka.consumer import (
     ConsumedBatch,
     ConsumedMessage,
     ConsumerOptions,
     VerifyingConsumer,
 )
-from signed_bus.producer import SignedProducer
-from signed_bus.relay import Output, Relay, RelayTransformError
-from signed_bus.replay import RedisReplayGuard
+from signed_bus._kafka.producer import SignedProducer
+from signed_bus._kafka.relay import Output, Relay, RelayTransformError
+from signed_bus._replay.guard import RedisReplayGuard
 
 pytestmark = pytest.mark.integration
 
@@ -399,7 +399,7 @@ def _child_script(fields: dict[str, str], exactly_once: bool) -> str:
                 return await send(*args, **kwargs)
 
             kafka.send = counting_send
-            from signed_bus.consumer import VerifyingConsumer
+            from signed_bus._kafka.consumer import VerifyingConsumer
             commit = (
                 kafka.send_offsets_to_transaction
                 if exactly_once

@@ -18,9 +18,9 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
 
+from signed_bus._freshness import Freshness
+from signed_bus._replay.guard import Claim, ClaimVerdict, RedisReplayGuard, bucket_key, nonce_shard
 from signed_bus.errors import ConfigurationError, ReplayGuardUnavailable
-from signed_bus.freshness import Freshness
-from signed_bus.replay import Claim, ClaimVerdict, RedisReplayGuard, bucket_key, nonce_shard
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 

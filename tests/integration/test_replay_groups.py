@@ -12,11 +12,11 @@ from collections import Counter
 import pytest
 from aiokafka import TopicPartition
 
-from signed_bus.consumer import VerifyingConsumer
-from signed_bus.deadletter import DeadLetter
-from signed_bus.keys import Keyring
-from signed_bus.producer import Outgoing, ProducerOptions, SignedProducer
-from signed_bus.replay import ClaimVerdict, RedisReplayGuard
+from signed_bus._deadletter import DeadLetter
+from signed_bus._kafka.consumer import VerifyingConsumer
+from signed_bus._kafka.producer import Outgoing, ProducerOptions, SignedProducer
+from signed_bus._keys import Keyring
+from signed_bus._replay.guard import ClaimVerdict, RedisReplayGuard
 from tests.conftest import TopicFactory
 from tests.integration.bus import (
     Running,

@@ -22,9 +22,9 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from signed_bus._freshness import MAX_WINDOW_MS, Freshness
+from signed_bus._replay.guard import Claim, ClaimVerdict, RedisReplayGuard, bucket_key, nonce_shard
 from signed_bus.errors import ConfigurationError, ReplayGuardUnavailable
-from signed_bus.freshness import MAX_WINDOW_MS, Freshness
-from signed_bus.replay import Claim, ClaimVerdict, RedisReplayGuard, bucket_key, nonce_shard
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -555,8 +555,8 @@ _RACER = textwrap.dedent(
     """
     import asyncio, json, sys
     import redis.asyncio as aioredis
-    from signed_bus.freshness import Freshness
-    from signed_bus.replay import Claim, RedisReplayGuard
+    from signed_bus._freshness import Freshness
+    from signed_bus._replay.guard import Claim, RedisReplayGuard
 
     async def main() -> None:
         url, prefix, me, nonces_hex, created_at = sys.argv[1:6]

@@ -17,7 +17,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from signed_bus import Keyring, Signer, Verifier, generate_ed25519_key
-from signed_bus.provenance import Position, ProvenanceIndex, RecordFetcher, Tracer
+from signed_bus._provenance import Position, ProvenanceIndex, RecordFetcher, Tracer
 
 pytestmark = pytest.mark.integration
 
@@ -331,7 +331,7 @@ async def test_cli_tail_output_cannot_be_forged_by_record_text(
 ) -> None:
     from pathlib import Path
 
-    from signed_bus.envelope import encode_envelope, encode_header
+    from signed_bus._envelope import encode_envelope, encode_header
 
     keyfile = Path(str(tmp_path)) / "public.keyring"
     ring.public().dump(keyfile, mode=0o644)

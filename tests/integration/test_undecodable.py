@@ -27,19 +27,19 @@ from aiokafka.protocol.produce import ProduceRequest
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.record.util import calc_crc32c
 
-from signed_bus.consumer import ConsumedMessage, VerifyingConsumer
-from signed_bus.deadletter import (
+from signed_bus._deadletter import (
     HEADER_NOT_DECODED,
     HEADER_SOURCE_LAST_OFFSET,
     DeadLetter,
     dead_letter_headers,
     header_map,
 )
+from signed_bus._freshness import Freshness
+from signed_bus._kafka.consumer import ConsumedMessage, VerifyingConsumer
+from signed_bus._kafka.fetch import fetch_records
+from signed_bus._provenance import Position, RecordFetcher
+from signed_bus._replay.guard import RedisReplayGuard
 from signed_bus.errors import Undecodable
-from signed_bus.fetch import fetch_records
-from signed_bus.freshness import Freshness
-from signed_bus.provenance import Position, RecordFetcher
-from signed_bus.replay import RedisReplayGuard
 from tests.conftest import TopicFactory
 from tests.integration.bus import (
     Running,

@@ -11,10 +11,10 @@ import random
 import pytest
 
 from producers.attacker import ATTACK_KINDS, Captured, Forger, plan_round
+from signed_bus._keys import Keyring, generate_ed25519_key
+from signed_bus._signer import Signer
+from signed_bus._verifier import Verifier
 from signed_bus.errors import VerificationError
-from signed_bus.keys import Keyring, generate_ed25519_key
-from signed_bus.signer import Signer
-from signed_bus.verifier import Verifier
 
 RESULT = {"kind": "inference_result", "prompt_id": "p-1", "output": "restart auth: ok."}
 

@@ -17,7 +17,7 @@ from consumers.auditor import (
     reason_codes,
     tail_dead_letters,
 )
-from signed_bus.deadletter import dead_letter_headers
+from signed_bus._deadletter import dead_letter_headers
 from signed_bus.errors import BadSignature, ReplayDetected
 
 AUDITED = ["results", "plans"]

@@ -11,12 +11,12 @@ from pathlib import Path
 import msgpack
 import pytest
 
+from signed_bus._freshness import Freshness
 from signed_bus.bench.config import PARTS, BenchConfig
 from signed_bus.bench.payloads import inference_results, packed_size
 from signed_bus.bench.results import BenchReport, PartResult, Row, Target
 from signed_bus.bench.stats import percentile, summarize_latencies, time_per_op_us
 from signed_bus.bench.table import format_number, format_report
-from signed_bus.freshness import Freshness
 
 
 def test_percentile_interpolates_between_ranks() -> None:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from signed_bus._keys import Ed25519Key, HmacKey, Keyring, generate_hmac_key
 from signed_bus.cli import main
-from signed_bus.keys import Ed25519Key, HmacKey, Keyring, generate_hmac_key
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -193,7 +193,7 @@ class _Stdin:
 @pytest.fixture
 def signed(tmp_path: Path) -> tuple[Path, bytes, Keyring]:
     """A key file and an envelope signed with it for topic 'results' and record key b'order-1'."""
-    from signed_bus.signer import Signer
+    from signed_bus._signer import Signer
 
     ring = Keyring([generate_hmac_key("k1", ["agent-a"])])
     path = tmp_path / "ring.json"
@@ -344,9 +344,9 @@ def test_inspect_takes_the_whole_freshness_window(
 
 @pytest.mark.parametrize("command", [["inspect"], ["tail", "some-topic"]])
 def test_tail_and_inspect_parse_the_window_into_one_freshness(command: list[str]) -> None:
+    from signed_bus._freshness import Freshness
     from signed_bus.cli import build_parser
     from signed_bus.cli_trace import freshness_from_args
-    from signed_bus.freshness import Freshness
 
     parser = build_parser()
     assert freshness_from_args(parser.parse_args(command)) == Freshness()
@@ -433,7 +433,7 @@ def test_inspect_usage_and_config_errors_exit_2(
 def test_inspect_ed25519_with_public_only_ring_and_escaped_header_text(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from signed_bus.signer import Signer
+    from signed_bus._signer import Signer
 
     ring_path, pub_path = tmp_path / "ring.json", tmp_path / "pub.json"
     argv = ["keygen", "--alg", "ed25519", "--kid", "e1", "--issuer", "agent-b"]

@@ -22,8 +22,7 @@ from aiokafka.errors import (
     UnsupportedVersionError,
 )
 
-from signed_bus.consumer import Backoff, ConsumedMessage, ConsumerOptions, VerifyingConsumer
-from signed_bus.deadletter import (
+from signed_bus._deadletter import (
     HEADER_ERROR,
     HEADER_KEY_OMITTED,
     HEADER_KEY_SHA256,
@@ -40,6 +39,15 @@ from signed_bus.deadletter import (
     header_map,
     is_retriable,
 )
+from signed_bus._freshness import Freshness
+from signed_bus._kafka.consumer import Backoff, ConsumedMessage, ConsumerOptions, VerifyingConsumer
+from signed_bus._kafka.producer import ProducerOptions
+from signed_bus._keys import Keyring, generate_hmac_key
+from signed_bus._metrics import ConsumerMetrics
+from signed_bus._provenance import RecordFetcher
+from signed_bus._replay.guard import ClaimRow, ClaimVerdict, RedisReplayGuard
+from signed_bus._signer import Signer
+from signed_bus._verifier import Verifier
 from signed_bus.errors import (
     BadSignature,
     ConfigurationError,
@@ -47,14 +55,6 @@ from signed_bus.errors import (
     MalformedEnvelope,
     ReplayGuardUnavailable,
 )
-from signed_bus.freshness import Freshness
-from signed_bus.keys import Keyring, generate_hmac_key
-from signed_bus.metrics import ConsumerMetrics
-from signed_bus.producer import ProducerOptions
-from signed_bus.provenance import RecordFetcher
-from signed_bus.replay import ClaimRow, ClaimVerdict, RedisReplayGuard
-from signed_bus.signer import Signer
-from signed_bus.verifier import Verifier
 
 NOW = 1_800_000_000_000
 TOPIC = "results"

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from signed_bus import DeadLetter, MalformedDeadLetter
-from signed_bus.deadletter import (
+from signed_bus._deadletter import (
     HEADER_ERROR,
     HEADER_KEY_OMITTED,
     HEADER_KEY_SHA256,

@@ -12,8 +12,8 @@ import pytest
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from signed_bus._keys import Ed25519Key
 from signed_bus.errors import BadSignature, ConfigurationError
-from signed_bus.keys import Ed25519Key
 
 P = 2**255 - 19
 L = 2**252 + 27742317777372353535851937790883648493

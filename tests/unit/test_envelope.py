@@ -9,7 +9,7 @@ from typing import Any
 import msgpack
 import pytest
 
-from signed_bus.envelope import (
+from signed_bus._envelope import (
     HEADER_KEYS,
     MAX_PARENTS,
     SIGNATURE_DOMAIN,

@@ -12,15 +12,15 @@ import pytest
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaConnectionError
 
-from signed_bus.deadletter import (
+from signed_bus._deadletter import (
     HEADER_NOT_DECODED,
     HEADER_SOURCE_LAST_OFFSET,
     HEADER_SOURCE_OFFSET,
     dead_letter_headers,
     header_map,
 )
+from signed_bus._kafka.fetch import Fetched, Skipped, fetch_records
 from signed_bus.errors import Undecodable, VerificationError
-from signed_bus.fetch import Fetched, Skipped, fetch_records
 
 TP = TopicPartition("t", 0)
 

@@ -13,6 +13,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import signed_bus
+from signed_bus._freshness import MAX_WINDOW_MS, Freshness
+from signed_bus._keys import HmacKey, Keyring
+from signed_bus._signer import Signer
+from signed_bus._verifier import Verifier
 from signed_bus.errors import (
     ConfigurationError,
     Expired,
@@ -20,10 +24,6 @@ from signed_bus.errors import (
     SignedBusError,
     VerificationError,
 )
-from signed_bus.freshness import MAX_WINDOW_MS, Freshness
-from signed_bus.keys import HmacKey, Keyring
-from signed_bus.signer import Signer
-from signed_bus.verifier import Verifier
 
 NOW = 1_700_000_000_000
 LIMIT = MAX_WINDOW_MS

@@ -15,11 +15,11 @@ import msgpack
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from signed_bus.envelope import HEADER_KEYS, TAG, decode_envelope, encode_envelope, signed_message
+from signed_bus._envelope import HEADER_KEYS, TAG, decode_envelope, encode_envelope, signed_message
+from signed_bus._keys import Ed25519Key, HmacKey, Keyring
+from signed_bus._signer import Signer
+from signed_bus._verifier import Verifier
 from signed_bus.errors import VerificationError
-from signed_bus.keys import Ed25519Key, HmacKey, Keyring
-from signed_bus.signer import Signer
-from signed_bus.verifier import Verifier
 
 NOW = 1_700_000_000_000
 TOPIC = "results"

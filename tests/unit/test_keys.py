@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from signed_bus.errors import BadSignature, ConfigurationError
-from signed_bus.keys import (
+from signed_bus._keys import (
     EDDSA,
     HS256,
     Ed25519Key,
@@ -25,6 +24,7 @@ from signed_bus.keys import (
     generate_ed25519_key,
     generate_hmac_key,
 )
+from signed_bus.errors import BadSignature, ConfigurationError
 
 SECRET = bytes(range(32))
 SECRET_B64 = base64.urlsafe_b64encode(SECRET).rstrip(b"=").decode()
@@ -447,7 +447,7 @@ def test_fifo_at_the_key_path_is_refused_without_waiting(tmp_path: Path) -> None
     # so a regression fails on the timeout instead of hanging the suite.
     fifo = tmp_path / "ring.json"
     os.mkfifo(fifo, 0o600)
-    code = "import sys; from signed_bus.keys import Keyring; Keyring.from_file(sys.argv[1])"
+    code = "import sys; from signed_bus._keys import Keyring; Keyring.from_file(sys.argv[1])"
     try:
         done = subprocess.run(
             [sys.executable, "-c", code, str(fifo)], capture_output=True, text=True, timeout=20

@@ -9,16 +9,16 @@ from typing import Any
 import msgpack
 import pytest
 
-from signed_bus.keys import HmacKey, Keyring
-from signed_bus.payload import (
+from signed_bus._keys import HmacKey, Keyring
+from signed_bus._payload import (
     MAX_DEPTH,
     MAX_MSGPACK_DEPTH,
     PayloadError,
     decode_json,
     decode_msgpack,
 )
-from signed_bus.signer import Signer
-from signed_bus.verifier import MalformedPayload, Verifier
+from signed_bus._signer import Signer
+from signed_bus._verifier import MalformedPayload, Verifier
 
 TOPIC = "results"
 
@@ -143,7 +143,7 @@ def test_json_profile_matches_the_standard_library_on_plain_documents() -> None:
 
 
 def test_without_the_c_unpacker_the_msgpack_depth_is_walked_to_the_same_limit() -> None:
-    from signed_bus.payload import _check_tree
+    from signed_bus._payload import _check_tree
 
     deepest: list[object] = []
     for _ in range(MAX_MSGPACK_DEPTH - 1):

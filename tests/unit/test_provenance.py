@@ -6,9 +6,8 @@ import hashlib
 
 import pytest
 
-from signed_bus.errors import ConfigurationError
-from signed_bus.keys import Keyring, generate_ed25519_key
-from signed_bus.provenance import (
+from signed_bus._keys import Keyring, generate_ed25519_key
+from signed_bus._provenance import (
     FetchedRecord,
     Position,
     ProvenanceIndex,
@@ -17,8 +16,9 @@ from signed_bus.provenance import (
     TraceReport,
     iso_ms,
 )
-from signed_bus.signer import Signer
-from signed_bus.verifier import Verifier
+from signed_bus._signer import Signer
+from signed_bus._verifier import Verifier
+from signed_bus.errors import ConfigurationError
 
 T0 = 1_700_000_000_000
 

@@ -12,11 +12,11 @@ import tracemalloc
 
 import pytest
 
+from signed_bus._envelope import MAX_PROTECTED_BYTES, decode_header, encode_envelope
+from signed_bus._keys import HmacKey, Keyring
+from signed_bus._verifier import Verifier
 from signed_bus.bench.crafted import SHAPES, crafted
-from signed_bus.envelope import MAX_PROTECTED_BYTES, decode_header, encode_envelope
 from signed_bus.errors import MalformedEnvelope, VerificationError
-from signed_bus.keys import HmacKey, Keyring
-from signed_bus.verifier import Verifier
 
 SIZE = 1_048_576
 #: A rejection may allocate its error and a small header, never a copy of the value.

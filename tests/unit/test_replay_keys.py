@@ -11,9 +11,8 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
-from signed_bus.errors import ConfigurationError
-from signed_bus.freshness import Freshness
-from signed_bus.replay import (
+from signed_bus._freshness import Freshness
+from signed_bus._replay.guard import (
     Claim,
     ClaimRow,
     ClaimVerdict,
@@ -27,6 +26,7 @@ from signed_bus.replay import (
     position_value,
     recommended_shards,
 )
+from signed_bus.errors import ConfigurationError
 
 NONCE = bytes(range(16))
 

@@ -8,11 +8,11 @@ import os
 import msgpack
 import pytest
 
-from signed_bus.envelope import CONTENT_TYPE_MSGPACK, decode_envelope
+from signed_bus._envelope import CONTENT_TYPE_MSGPACK, decode_envelope
+from signed_bus._keys import Keyring, generate_ed25519_key, generate_hmac_key
+from signed_bus._signer import Signer
+from signed_bus._verifier import Verifier
 from signed_bus.errors import ConfigurationError
-from signed_bus.keys import Keyring, generate_ed25519_key, generate_hmac_key
-from signed_bus.signer import Signer
-from signed_bus.verifier import Verifier
 
 NOW = 1_700_000_000_000
 NONCE = bytes(range(16))
@@ -163,7 +163,7 @@ def test_hs256_key_is_plain_hmac_sha256(secret_len: int) -> None:
     # HmacKey precomputes the padded-key states; the MAC must stay standard HMAC-SHA256.
     import hmac
 
-    from signed_bus.keys import HmacKey
+    from signed_bus._keys import HmacKey
 
     secret = os.urandom(secret_len)
     key = HmacKey("k", secret, issuers=["a"])

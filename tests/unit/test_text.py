@@ -102,10 +102,10 @@ def test_verification_error_str_escapes_record_context_and_message() -> None:
 
 
 def test_trace_link_describe_escapes_record_text() -> None:
-    from signed_bus.keys import Keyring, generate_ed25519_key
-    from signed_bus.provenance import Position, TraceLink, TraceReport
-    from signed_bus.signer import Signer
-    from signed_bus.verifier import Verifier
+    from signed_bus._keys import Keyring, generate_ed25519_key
+    from signed_bus._provenance import Position, TraceLink, TraceReport
+    from signed_bus._signer import Signer
+    from signed_bus._verifier import Verifier
 
     ring = Keyring([generate_ed25519_key("k1", ["agent"])])
     value = Signer(ring, kid="k1", issuer="agent", model=FORGED).sign({}, topic="t", key=None)
@@ -153,7 +153,7 @@ def test_a_quote_in_error_context_cannot_forge_another_field() -> None:
 
 
 async def test_a_garbled_provenance_entry_reads_as_not_indexed() -> None:
-    from signed_bus.provenance import Position, ProvenanceIndex
+    from signed_bus._provenance import Position, ProvenanceIndex
 
     class Entries:
         def __init__(self, value: object) -> None:

@@ -23,12 +23,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
-from signed_bus.envelope import SIGNATURE_DOMAIN, TAG
+from signed_bus._envelope import SIGNATURE_DOMAIN, TAG
+from signed_bus._freshness import Freshness
+from signed_bus._keys import Keyring
+from signed_bus._signer import Signer
+from signed_bus._verifier import Verifier
 from signed_bus.errors import ConfigurationError, VerificationError
-from signed_bus.freshness import Freshness
-from signed_bus.keys import Keyring
-from signed_bus.signer import Signer
-from signed_bus.verifier import Verifier
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors"
 

@@ -14,7 +14,11 @@ from typing import Any
 import msgpack
 import pytest
 
-from signed_bus.envelope import encode_envelope, signed_message
+from signed_bus._envelope import encode_envelope, signed_message
+from signed_bus._freshness import Freshness
+from signed_bus._keys import Ed25519Key, HmacKey, Keyring, generate_ed25519_key
+from signed_bus._signer import Signer
+from signed_bus._verifier import VerifiedMessage, Verifier
 from signed_bus.errors import (
     ConfigurationError,
     Expired,
@@ -24,10 +28,6 @@ from signed_bus.errors import (
     UnsupportedContentType,
     VerificationError,
 )
-from signed_bus.freshness import Freshness
-from signed_bus.keys import Ed25519Key, HmacKey, Keyring, generate_ed25519_key
-from signed_bus.signer import Signer
-from signed_bus.verifier import VerifiedMessage, Verifier
 
 NOW = 1_700_000_000_000
 MAX_AGE = 300_000

@@ -21,15 +21,15 @@ from typing import Any
 
 import msgpack
 
-from signed_bus.envelope import (
+from signed_bus._envelope import (
     CONTENT_TYPE_MSGPACK,
     SIGNATURE_DOMAIN,
     TAG,
     encode_envelope,
     signed_message,
 )
-from signed_bus.keys import Ed25519Key, HmacKey, Keyring
-from signed_bus.signer import Signer
+from signed_bus._keys import Ed25519Key, HmacKey, Keyring
+from signed_bus._signer import Signer
 
 HERE = Path(__file__).resolve().parent
 NOW = 1_767_225_600_000  # 2026-01-01T00:00:00.000Z

@@ -3,7 +3,7 @@
 One consumed batch goes through these steps (docs/OPERATIONS.md, "Producing and consuming"):
 
 1. ``getmany()`` returns up to ``max_records`` records grouped by partition, each in offset order
-   (through :func:`signed_bus.fetch.fetch_records`: a record batch the Kafka client cannot
+   (through :func:`signed_bus._kafka.fetch.fetch_records`: a record batch the Kafka client cannot
    decode is skipped and rejected as ``undecodable`` instead of stopping the consumer).
 2. Every record is verified. The freshness reference is the broker's append time when the record
    carries LogAppendTime (``timestamp_type == 1``), else the verifier's clock (one WARNING per
@@ -40,8 +40,14 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
-from .deadletter import DeadLetterWriter, Omitted, is_retriable, is_too_large
-from .errors import (
+from signed_bus._deadletter import DeadLetterWriter, Omitted, is_retriable, is_too_large
+from signed_bus._kafka.fetch import Skipped, fetch_records
+from signed_bus._kafka.producer import ProducerOptions, SignedProducer, check_security
+from signed_bus._lifecycle import AsyncLifecycle
+from signed_bus._metrics import ConsumerMetrics
+from signed_bus._replay.guard import ClaimRow, ClaimVerdict, RedisReplayGuard
+from signed_bus._verifier import VerifiedMessage, Verifier
+from signed_bus.errors import (
     ConfigurationError,
     Expired,
     MalformedEnvelope,
@@ -51,12 +57,6 @@ from .errors import (
     Undecodable,
     VerificationError,
 )
-from .fetch import Skipped, fetch_records
-from .lifecycle import AsyncLifecycle
-from .metrics import ConsumerMetrics
-from .producer import ProducerOptions, SignedProducer, check_security
-from .replay import ClaimRow, ClaimVerdict, RedisReplayGuard
-from .verifier import VerifiedMessage, Verifier
 
 __all__ = [
     "Backoff",
@@ -123,7 +123,7 @@ class ConsumerOptions:
     ``isolation_level`` is always ``read_committed`` (any other value is refused): a record of an
     aborted transaction is never verified, claimed or delivered (see
     :func:`require_read_committed`). ``security`` is passed to aiokafka as is (see
-    :class:`~signed_bus.producer.ProducerOptions`) and kept out of ``repr``.
+    :class:`~signed_bus._kafka.producer.ProducerOptions`) and kept out of ``repr``.
     """
 
     bootstrap_servers: str | Sequence[str]
@@ -332,7 +332,7 @@ class VerifyingConsumer(AsyncLifecycle):
 
     ``guard`` is required unless the verifier is in audit mode (then it must be None: audit
     mode checks neither freshness nor replay). Its lifecycle is the caller's; claims start it.
-    Every claim carries the verifier's :class:`~signed_bus.freshness.Freshness`, so the guard
+    Every claim carries the verifier's :class:`~signed_bus._freshness.Freshness`, so the guard
     keeps each nonce as long as this verifier could accept a copy of its envelope.
 
     ``dead_letter_topic`` receives every rejected record; ``dead_letter_producer`` (an
@@ -720,7 +720,7 @@ class VerifyingConsumer(AsyncLifecycle):
         self, records: Mapping[TopicPartition, Sequence[Record]], skipped: Sequence[Skipped] = ()
     ) -> _Batch:
         """Verify every record of a ``getmany`` result (no I/O); reject the ranges of offsets
-        the Kafka client could not decode (:class:`~signed_bus.fetch.Skipped`)."""
+        the Kafka client could not decode (:class:`~signed_bus._kafka.fetch.Skipped`)."""
         verify = self._verifier.verify
         batch = _Batch()
         entries, verified, rejected = batch.entries, batch.verified, batch.rejected

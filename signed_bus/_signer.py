@@ -14,8 +14,8 @@ from typing import Final
 
 import msgpack
 
-from signed_bus.clock import Clock, system_clock
-from signed_bus.envelope import (
+from signed_bus._clock import Clock, system_clock
+from signed_bus._envelope import (
     CONTENT_TYPE_MSGPACK,
     MAX_INT,
     NONCE_BYTES,
@@ -25,8 +25,8 @@ from signed_bus.envelope import (
     seal,
     topic_entry,
 )
+from signed_bus._keys import Keyring
 from signed_bus.errors import ConfigurationError
-from signed_bus.keys import Keyring
 
 __all__ = ["NonceSource", "Signer"]
 

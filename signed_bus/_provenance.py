@@ -34,12 +34,12 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from redis.exceptions import RedisError
 
+from signed_bus._kafka.consumer import require_read_committed
+from signed_bus._kafka.fetch import fetch_records
+from signed_bus._lifecycle import AsyncLifecycle
 from signed_bus._text import printable
-from signed_bus.consumer import require_read_committed
+from signed_bus._verifier import VerifiedMessage, Verifier
 from signed_bus.errors import ConfigurationError, SignedBusError, VerificationError
-from signed_bus.fetch import fetch_records
-from signed_bus.lifecycle import AsyncLifecycle
-from signed_bus.verifier import VerifiedMessage, Verifier
 
 __all__ = [
     "FetchedRecord",

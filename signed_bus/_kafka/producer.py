@@ -16,10 +16,10 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.structs import RecordMetadata
 
-from .errors import ConfigurationError
-from .lifecycle import AsyncLifecycle
-from .metrics import ProducerMetrics
-from .signer import Signer
+from signed_bus._lifecycle import AsyncLifecycle
+from signed_bus._metrics import ProducerMetrics
+from signed_bus._signer import Signer
+from signed_bus.errors import ConfigurationError
 
 __all__ = ["KAFKA_SECURITY_OPTIONS", "Outgoing", "ProducerOptions", "SignedProducer"]
 
@@ -106,7 +106,7 @@ class Outgoing:
 
 
 class SignedProducer(AsyncLifecycle):
-    """Signs results with a :class:`~signed_bus.signer.Signer` and produces them to Kafka.
+    """Signs results with a :class:`~signed_bus._signer.Signer` and produces them to Kafka.
 
     ``kafka`` is a built ``AIOKafkaProducer`` (yours: start it before sending and stop it after;
     :meth:`stop` leaves it open) or :class:`ProducerOptions` (the producer is built by

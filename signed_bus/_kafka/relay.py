@@ -59,10 +59,10 @@ from typing import Any
 from aiokafka import TopicPartition
 from aiokafka.errors import IllegalOperation, KafkaError, ProducerFenced
 
+from signed_bus._kafka.consumer import ConsumedBatch, ConsumedMessage, VerifyingConsumer
+from signed_bus._kafka.producer import SignedProducer
 from signed_bus._text import printable
-from signed_bus.consumer import ConsumedBatch, ConsumedMessage, VerifyingConsumer
 from signed_bus.errors import ConfigurationError, SignedBusError
-from signed_bus.producer import SignedProducer
 
 __all__ = [
     "Output",

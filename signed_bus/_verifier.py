@@ -13,8 +13,8 @@ import hashlib
 from collections.abc import Callable, Sequence
 from typing import Any, Final, NoReturn
 
-from signed_bus.clock import Clock, system_clock
-from signed_bus.envelope import (
+from signed_bus._clock import Clock, system_clock
+from signed_bus._envelope import (
     CONTENT_TYPE_MSGPACK,
     HEADER_KEYS,
     K_ALG,
@@ -32,6 +32,9 @@ from signed_bus.envelope import (
     frame_offsets,
     signed_message,
 )
+from signed_bus._freshness import Freshness
+from signed_bus._keys import EDDSA, HS256, Keyring
+from signed_bus._payload import PayloadError, decode_json, decode_msgpack
 from signed_bus.errors import (
     AlgorithmMismatch,
     BadSignature,
@@ -45,9 +48,6 @@ from signed_bus.errors import (
     WrongKey,
     WrongTopic,
 )
-from signed_bus.freshness import Freshness
-from signed_bus.keys import EDDSA, HS256, Keyring
-from signed_bus.payload import PayloadError, decode_json, decode_msgpack
 
 __all__ = ["CONTENT_TYPE_JSON", "VerifiedMessage", "Verifier"]
 
@@ -269,7 +269,7 @@ _set_payload = _slot_setter("_payload")
 class Verifier:
     """Verifies record values against a keyring (which it reads live: rotation needs no restart).
 
-    Freshness (docs/ENVELOPE.md section 7) is one :class:`~signed_bus.freshness.Freshness`
+    Freshness (docs/ENVELOPE.md section 7) is one :class:`~signed_bus._freshness.Freshness`
     value: the signed created_at must lie within ``max_age_ms`` of the reference time (the
     caller's ``reference_ms``, e.g. the broker's LogAppendTime, else ``clock()``) and within
     ``max_age_ms + max_lag_ms`` of this consumer's own clock, at most ``future_skew_ms`` ahead of

@@ -52,9 +52,9 @@ from redis.commands.core import AsyncScript
 from redis.crc import key_slot
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
+from signed_bus._freshness import MAX_WINDOW_MS, Freshness
+from signed_bus._lifecycle import AsyncLifecycle
 from signed_bus.errors import ConfigurationError, ReplayGuardUnavailable
-from signed_bus.freshness import MAX_WINDOW_MS, Freshness
-from signed_bus.lifecycle import AsyncLifecycle
 
 __all__ = [
     "LAYOUT_VERSION",
@@ -71,7 +71,7 @@ __all__ = [
     "recommended_shards",
 ]
 
-_log = logging.getLogger(__name__)
+_log = logging.getLogger("signed_bus.replay")
 
 LAYOUT_VERSION: Final = 1
 FIELD_BYTES: Final = 16

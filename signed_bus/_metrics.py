@@ -14,7 +14,7 @@ __all__ = ["ConsumerMetrics", "ProducerMetrics"]
 
 @dataclass(slots=True, eq=False)
 class ConsumerMetrics:
-    """What a :class:`~signed_bus.consumer.VerifyingConsumer` did since it was created.
+    """What a :class:`~signed_bus._kafka.consumer.VerifyingConsumer` did since it was created.
 
     ``rejected`` counts rejected records by reason code (``"bad_signature"``, ``"replay"``, ...;
     ``"undecodable"`` counts ranges of offsets the Kafka client could not decode, one each, also
@@ -73,7 +73,7 @@ class ConsumerMetrics:
 
 @dataclass(slots=True, eq=False)
 class ProducerMetrics:
-    """What a :class:`~signed_bus.producer.SignedProducer` signed and handed to Kafka."""
+    """What a :class:`~signed_bus._kafka.producer.SignedProducer` signed and handed to Kafka."""
 
     signed: int = 0
     batches: int = 0

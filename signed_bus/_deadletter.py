@@ -38,7 +38,7 @@ from aiokafka.errors import (
     RecordTooLargeError,
 )
 
-from .errors import MalformedDeadLetter, Undecodable, VerificationError
+from signed_bus.errors import MalformedDeadLetter, Undecodable, VerificationError
 
 __all__ = [
     "HEADER_ERROR",

@@ -1,0 +1,1 @@
+"""The aiokafka adapter: producer, consumer, relay, topics and the isolating fetch."""

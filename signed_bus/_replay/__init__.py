@@ -1,0 +1,1 @@
+"""The Redis replay guard: one nonce set shared by every consumer group."""
