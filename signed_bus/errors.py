@@ -28,6 +28,7 @@ __all__ = [
     "ReplayDetected",
     "ReplayGuardUnavailable",
     "SignedBusError",
+    "Stopped",
     "Undecodable",
     "UnknownKey",
     "UnsupportedContentType",
@@ -45,6 +46,12 @@ class SignedBusError(Exception):
 
 class ConfigurationError(SignedBusError, ValueError):
     """Bad options, bad keys or bad key files (also a ValueError, like any bad argument)."""
+
+
+class Stopped(SignedBusError, RuntimeError):
+    """A long-lived object (producer, consumer, relay, replay guard, provenance index, record
+    fetcher) was used or started again after :meth:`stop`. None of them restarts: make a new
+    one. Distinct from :class:`ReplayGuardUnavailable` (Redis is down) on purpose."""
 
 
 class ReplayGuardUnavailable(SignedBusError):
