@@ -28,7 +28,8 @@
           ├── ReplayDetected                     ``replay``
           └── Undecodable                        ``undecodable``
 
-Each reason code belongs to exactly one class; what each check is and in which order they run:
+Each reason code belongs to exactly one class (:data:`REASONS` maps them, e.g. to read a dead
+letter's ``signed-bus-reason``); what each check is and in which order they run:
 docs/ENVELOPE.md section 6. The code travels in dead-letter headers and metrics labels
 (docs/OPERATIONS.md, "Dead letters"). ``signed_bus`` re-exports the roots (SignedBusError,
 ConfigurationError, VerificationError, ReplayGuardUnavailable, Stopped); import the specific
@@ -42,11 +43,14 @@ or payload bytes, so it can be logged as is; ``str()`` escapes the attacker-chos
 from __future__ import annotations
 
 import copy
-from typing import ClassVar
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import ClassVar, Final
 
 from signed_bus._text import printable
 
 __all__ = [
+    "REASONS",
     "AlgorithmMismatch",
     "BadSignature",
     "ConfigurationError",
@@ -267,6 +271,31 @@ class Undecodable(VerificationError):
     ) -> None:
         super().__init__(message, topic=topic, partition=partition, offset=offset)
         self.last_offset = last_offset
+
+
+#: Reason code -> the one class that carries it, for every verification error signed-bus raises
+#: (not the ``verification_failed`` of the base class). A code outside it is not one of ours: a
+#: dead letter can be written by anyone.
+REASONS: Final[Mapping[str, type[VerificationError]]] = MappingProxyType(
+    {
+        cls.reason: cls
+        for cls in (
+            MalformedEnvelope,
+            EnvelopeTooLarge,
+            UnsupportedVersion,
+            UnknownKey,
+            AlgorithmMismatch,
+            UntrustedIssuer,
+            BadSignature,
+            WrongTopic,
+            WrongKey,
+            Expired,
+            NotYetValid,
+            ReplayDetected,
+            Undecodable,
+        )
+    }
+)
 
 
 def _quoted(value: str) -> str:

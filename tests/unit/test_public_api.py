@@ -178,7 +178,7 @@ def test_the_package_docstring_maps_every_exported_group() -> None:
 
 
 def test_errors_exports_every_exception_class_it_defines() -> None:
-    assert set(errors.__all__) == set(_error_classes())
+    assert set(errors.__all__) == {*_error_classes(), "REASONS"}
     for name, cls in _error_classes().items():
         assert _own_docstring(cls), f"signed_bus.errors.{name} has no docstring"
         assert issubclass(cls, errors.SignedBusError)
@@ -220,6 +220,21 @@ def test_each_reason_code_belongs_to_exactly_one_class() -> None:
     assert {reason: names for reason, names in owners.items() if len(names) > 1} == {}
     for reason in owners:
         assert re.fullmatch(r"[a-z0-9_]{1,64}", reason)  # what a dead-letter header may carry
+
+
+def test_reasons_maps_every_code_the_library_raises_to_its_class() -> None:
+    expected = {
+        cls.reason: cls
+        for cls in _reason_classes().values()
+        if cls is not errors.VerificationError  # the base: never raised by signed-bus itself
+    }
+    assert dict(errors.REASONS) == expected
+
+
+def test_the_dead_letter_reason_header_lists_every_code() -> None:
+    text = (ROOT / "docs" / "OPERATIONS.md").read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| `signed-bus-reason` |"))
+    assert set(re.findall(r"`([a-z0-9_]+)`", row)) - {"signed-bus-reason"} == set(errors.REASONS)
 
 
 def test_every_reason_code_is_listed_in_envelope_md_with_its_class() -> None:
