@@ -45,22 +45,19 @@ from producers.common import (
     setup_logging,
 )
 from producers.model import InferenceResult
-
-# Not re-exported from signed_bus (yet): the relay.
 from signed_bus import (
     ConsumedMessage,
     ConsumerOptions,
     Output,
     RedisReplayGuard,
     Relay,
-    RelayError,
-    RelayTransformError,
     SignedProducer,
     Signer,
     Verifier,
     VerifyingConsumer,
     printable,
 )
+from signed_bus.errors import RelayError, RelayTransformError
 
 AGENT = "planner"
 

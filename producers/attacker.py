@@ -37,7 +37,10 @@ from typing import Any, Final
 import msgpack
 import redis.asyncio as aioredis
 
-from signed_bus import Keyring, Signer, fetch_records, generate_ed25519_key
+from signed_bus import Keyring, Signer, generate_ed25519_key
+
+# Private: a getmany() that survives records the client cannot decode (no public equivalent yet).
+from signed_bus._kafka.fetch import fetch_records
 
 __all__ = [
     "ATTACK_KINDS",

@@ -1,12 +1,27 @@
 """signed-bus: signed, verified, replay-protected inference results over Kafka.
 
-Everything an application needs is re-exported here: the signing core, the Kafka wrappers
-(SignedProducer, VerifyingConsumer), the Redis replay guard and the topic helper. Submodules hold
-the rest (``signed_bus._deadletter`` for the dead-letter header names, ``signed_bus.bench``...).
-:func:`printable` escapes record text for terminals and logs.
+Import what you use from here, and the specific error classes from :mod:`signed_bus.errors`;
+every other module is private (``_name``) and may change without notice. Map of the package:
+
+- signing core (no I/O): :class:`Signer` seals a result into an envelope, :class:`Verifier`
+  checks one and returns a :class:`VerifiedMessage`; :class:`Freshness` is the one time window;
+  :class:`Keyring` holds :class:`HmacKey` / :class:`Ed25519Key` keys. Format: docs/ENVELOPE.md,
+  key files: docs/KEYFILE.md.
+- Kafka (aiokafka): :class:`SignedProducer`, :class:`VerifyingConsumer` (yields
+  :class:`ConsumedMessage` / :class:`ConsumedBatch`), :class:`Relay` for one hop of a pipeline,
+  :func:`create_topics`. Operating them: docs/OPERATIONS.md; relays: docs/PIPELINES.md.
+- replay guard (Redis): :class:`RedisReplayGuard` claims nonces (:class:`Claim` ->
+  :class:`ClaimVerdict`); :func:`estimate_memory_bytes` and :func:`recommended_shards` size it.
+- dead letters: :meth:`DeadLetter.from_record` reads a record of a dead-letter topic.
+- provenance: :class:`ProvenanceIndex` (digest -> :class:`Position`) and :class:`Tracer` walk a
+  chain of envelopes back to its origin (docs/PIPELINES.md).
+- :func:`printable` escapes record text for terminals and logs.
+- errors: the roots are here; the whole tree is drawn in :mod:`signed_bus.errors`.
+
+Every long-lived object (producer, consumer, relay, guard, index, fetcher) has ``start()`` /
+``stop()`` coroutines and ``async with``; once stopped it raises :class:`Stopped`.
 """
 
-from signed_bus._clock import Clock, system_clock
 from signed_bus._deadletter import DeadLetter
 from signed_bus._envelope import CONTENT_TYPE_MSGPACK, TAG, envelope_digest
 from signed_bus._freshness import Freshness
@@ -17,16 +32,8 @@ from signed_bus._kafka.consumer import (
     ConsumerOptions,
     VerifyingConsumer,
 )
-from signed_bus._kafka.fetch import Fetched, Skipped, fetch_records
 from signed_bus._kafka.producer import Outgoing, ProducerOptions, SignedProducer
-from signed_bus._kafka.relay import (
-    Output,
-    Relay,
-    RelayError,
-    RelayFenced,
-    RelayMetrics,
-    RelayTransformError,
-)
+from signed_bus._kafka.relay import Output, Relay
 from signed_bus._kafka.topics import create_topics
 from signed_bus._keys import (
     EDDSA,
@@ -38,114 +45,88 @@ from signed_bus._keys import (
     generate_ed25519_key,
     generate_hmac_key,
 )
-from signed_bus._metrics import ConsumerMetrics, ProducerMetrics
 from signed_bus._provenance import (
     Position,
     ProvenanceIndex,
-    ProvenanceIndexUnavailable,
     RecordFetcher,
     TraceLink,
     Tracer,
     TraceReport,
 )
-from signed_bus._replay.guard import Claim, ClaimVerdict, RedisReplayGuard
+from signed_bus._replay.guard import (
+    Claim,
+    ClaimVerdict,
+    RedisReplayGuard,
+    estimate_memory_bytes,
+    recommended_shards,
+)
 from signed_bus._signer import Signer
 from signed_bus._text import printable
-from signed_bus._verifier import VerifiedMessage, Verifier
+from signed_bus._verifier import CONTENT_TYPE_JSON, VerifiedMessage, Verifier
 from signed_bus.errors import (
-    AlgorithmMismatch,
-    BadSignature,
     ConfigurationError,
-    EnvelopeTooLarge,
-    Expired,
-    MalformedDeadLetter,
-    MalformedEnvelope,
-    MalformedPayload,
-    NotYetValid,
-    ReplayDetected,
     ReplayGuardUnavailable,
     SignedBusError,
-    Undecodable,
-    UnknownKey,
-    UnsupportedContentType,
-    UnsupportedVersion,
-    UntrustedIssuer,
+    Stopped,
     VerificationError,
-    WrongKey,
-    WrongTopic,
 )
 
+#: The package version, written only here.
 __version__ = "0.1.0"
 
-__all__ = [
+__all__ = [  # noqa: RUF022 (grouped by topic, as in the map above; sorted within a group)
+    # signing core
+    "CONTENT_TYPE_JSON",
     "CONTENT_TYPE_MSGPACK",
     "EDDSA",
     "HS256",
     "TAG",
-    "AlgorithmMismatch",
-    "Backoff",
-    "BadSignature",
-    "Claim",
-    "ClaimVerdict",
-    "Clock",
-    "ConfigurationError",
-    "ConsumedBatch",
-    "ConsumedMessage",
-    "ConsumerMetrics",
-    "ConsumerOptions",
-    "DeadLetter",
     "Ed25519Key",
-    "EnvelopeTooLarge",
-    "Expired",
-    "Fetched",
     "Freshness",
     "HmacKey",
     "Key",
     "Keyring",
-    "MalformedDeadLetter",
-    "MalformedEnvelope",
-    "MalformedPayload",
-    "NotYetValid",
+    "Signer",
+    "VerifiedMessage",
+    "Verifier",
+    "envelope_digest",
+    "generate_ed25519_key",
+    "generate_hmac_key",
+    # Kafka
+    "Backoff",
+    "ConsumedBatch",
+    "ConsumedMessage",
+    "ConsumerOptions",
     "Outgoing",
     "Output",
-    "Position",
-    "ProducerMetrics",
     "ProducerOptions",
-    "ProvenanceIndex",
-    "ProvenanceIndexUnavailable",
-    "RecordFetcher",
-    "RedisReplayGuard",
     "Relay",
-    "RelayError",
-    "RelayFenced",
-    "RelayMetrics",
-    "RelayTransformError",
-    "ReplayDetected",
-    "ReplayGuardUnavailable",
-    "SignedBusError",
     "SignedProducer",
-    "Signer",
-    "Skipped",
+    "VerifyingConsumer",
+    "create_topics",
+    # replay guard
+    "Claim",
+    "ClaimVerdict",
+    "RedisReplayGuard",
+    "estimate_memory_bytes",
+    "recommended_shards",
+    # dead letters
+    "DeadLetter",
+    # provenance
+    "Position",
+    "ProvenanceIndex",
+    "RecordFetcher",
     "TraceLink",
     "TraceReport",
     "Tracer",
-    "Undecodable",
-    "UnknownKey",
-    "UnsupportedContentType",
-    "UnsupportedVersion",
-    "UntrustedIssuer",
-    "VerificationError",
-    "VerifiedMessage",
-    "Verifier",
-    "VerifyingConsumer",
-    "WrongKey",
-    "WrongTopic",
-    "__version__",
-    "create_topics",
-    "envelope_digest",
-    "fetch_records",
-    "generate_ed25519_key",
-    "generate_hmac_key",
+    # text
     "printable",
-    "system_clock",
+    # errors (the roots; every class: signed_bus.errors)
+    "ConfigurationError",
+    "ReplayGuardUnavailable",
+    "SignedBusError",
+    "Stopped",
+    "VerificationError",
+    # version
+    "__version__",
 ]

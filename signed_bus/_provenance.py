@@ -39,7 +39,11 @@ from signed_bus._kafka.fetch import fetch_records
 from signed_bus._lifecycle import AsyncLifecycle
 from signed_bus._text import printable
 from signed_bus._verifier import VerifiedMessage, Verifier
-from signed_bus.errors import ConfigurationError, SignedBusError, VerificationError
+from signed_bus.errors import (
+    ConfigurationError,
+    ProvenanceIndexUnavailable,
+    VerificationError,
+)
 
 __all__ = [
     "FetchedRecord",
@@ -133,12 +137,6 @@ def _redact_url(url: str) -> str:
         tail = rest
     query_masked = _QUERY_PASSWORD.sub(r"\1***", tail)
     return f"{scheme}://{shown}{query_masked}"
-
-
-class ProvenanceIndexUnavailable(SignedBusError):
-    """Redis failed on an index operation. The message names the exception type and the
-    index's location with any password masked, never the client's own error text (which can
-    quote parts of a malformed URL)."""
 
 
 class ProvenanceIndex(AsyncLifecycle):

@@ -41,7 +41,6 @@ from signed_bus.errors import (
     ConfigurationError,
     EnvelopeTooLarge,
     MalformedEnvelope,
-    MalformedPayload,
     UnknownKey,
     UnsupportedContentType,
     UntrustedIssuer,
@@ -173,7 +172,7 @@ class VerifiedMessage:
 
         application/msgpack and application/json are decoded; any other content type raises
         UnsupportedContentType (read ``body`` instead). An authentic body that does not decode
-        raises MalformedPayload (reason "malformed").
+        raises MalformedEnvelope (reason "malformed").
         """
         try:
             return self._payload
@@ -195,7 +194,7 @@ class VerifiedMessage:
         try:
             return decode(self.body)
         except PayloadError as exc:  # the profile's own messages: they never quote the body
-            raise MalformedPayload(
+            raise MalformedEnvelope(
                 f"body does not decode as {content_type}: {exc}",
                 kid=self.kid,
                 issuer=self.issuer,

@@ -1,21 +1,56 @@
-"""One error tree for signed-bus.
+"""Every exception signed-bus raises, in one tree.
 
-Every library error derives from :class:`SignedBusError`. Verification failures derive from
-:class:`VerificationError` and carry a stable ``reason`` code (used for metrics, dead-letter
-headers and log lines) plus optional context: the key id, the issuer and the record position.
-Context never includes key material or payload bytes, so an error can be logged as is: the kid,
-issuer and topic come from the record, so ``str()`` escapes them and the message with
-:func:`signed_bus._text.printable` (the attributes keep the values as they were).
+::
+
+    SignedBusError
+     ├── ConfigurationError (also ValueError)    bad options, keys or key files
+     ├── Stopped (also RuntimeError)             a long-lived object used after stop()
+     ├── ReplayGuardUnavailable                  the replay guard's Redis failed
+     ├── ProvenanceIndexUnavailable              the provenance index's Redis failed
+     ├── UnsupportedContentType (also ValueError)  VerifiedMessage.payload has no decoder
+     ├── MalformedDeadLetter (also ValueError)   a dead-letter record that does not parse
+     ├── RelayError                              a relay stopped; its batch is not committed
+     │    ├── RelayTransformError                the transform raised (``__cause__``)
+     │    └── RelayFenced                        another relay took over its transactional_id
+     └── VerificationError                       reason ``verification_failed`` (never raised
+          │                                      by signed-bus itself, only by subclasses)
+          ├── MalformedEnvelope                  ``malformed``
+          ├── EnvelopeTooLarge                   ``oversized``
+          ├── UnsupportedVersion                 ``unsupported_version``
+          ├── UnknownKey                         ``unknown_key``
+          ├── AlgorithmMismatch                  ``algorithm_mismatch``
+          ├── UntrustedIssuer                    ``untrusted_issuer``
+          ├── BadSignature                       ``bad_signature``
+          ├── WrongTopic                         ``wrong_topic``
+          ├── WrongKey                           ``wrong_key``
+          ├── Expired                            ``expired``
+          ├── NotYetValid                        ``not_yet_valid``
+          ├── ReplayDetected                     ``replay``
+          └── Undecodable                        ``undecodable``
+
+Each reason code belongs to exactly one class (:data:`REASONS` maps them, e.g. to read a dead
+letter's ``signed-bus-reason``); what each check is and in which order they run:
+docs/ENVELOPE.md section 6. The code travels in dead-letter headers and metrics labels
+(docs/OPERATIONS.md, "Dead letters"). ``signed_bus`` re-exports the roots (SignedBusError,
+ConfigurationError, VerificationError, ReplayGuardUnavailable, Stopped); import the specific
+classes from here.
+
+A verification error carries context (kid, issuer, topic, partition, offset), never key material
+or payload bytes, so it can be logged as is; ``str()`` escapes the attacker-chosen parts with
+:func:`signed_bus.printable` (the attributes keep the values as they were).
 """
 
 from __future__ import annotations
 
 import copy
-from typing import ClassVar
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import ClassVar, Final
 
 from signed_bus._text import printable
 
 __all__ = [
+    "REASONS",
     "AlgorithmMismatch",
     "BadSignature",
     "ConfigurationError",
@@ -23,8 +58,11 @@ __all__ = [
     "Expired",
     "MalformedDeadLetter",
     "MalformedEnvelope",
-    "MalformedPayload",
     "NotYetValid",
+    "ProvenanceIndexUnavailable",
+    "RelayError",
+    "RelayFenced",
+    "RelayTransformError",
     "ReplayDetected",
     "ReplayGuardUnavailable",
     "SignedBusError",
@@ -58,6 +96,12 @@ class ReplayGuardUnavailable(SignedBusError):
     """The replay guard's Redis was unreachable or returned an error."""
 
 
+class ProvenanceIndexUnavailable(SignedBusError):
+    """Redis failed on a provenance index operation. The message names the exception type and
+    the index's location with any password masked, never the client's own error text (which can
+    quote parts of a malformed URL)."""
+
+
 class UnsupportedContentType(SignedBusError, ValueError):
     """``VerifiedMessage.payload`` was read for a body whose content type it cannot decode.
 
@@ -68,6 +112,18 @@ class UnsupportedContentType(SignedBusError, ValueError):
 class MalformedDeadLetter(SignedBusError, ValueError):
     """A record of a dead-letter topic is not a well-formed dead letter (see
     ``DeadLetter.from_record``). The message names the header at fault, never its value."""
+
+
+class RelayError(SignedBusError):
+    """The relay stopped on an error; the batch in hand was not committed."""
+
+
+class RelayTransformError(RelayError):
+    """The transform raised (``__cause__``); the batch will be re-processed by the next run."""
+
+
+class RelayFenced(RelayError):
+    """Another relay with the same transactional_id took over; this one must stop."""
 
 
 class VerificationError(SignedBusError):
@@ -123,13 +179,11 @@ class VerificationError(SignedBusError):
 
 
 class MalformedEnvelope(VerificationError):
-    """The value is not a well-formed envelope v1 (bad msgpack, wrong types, trailing bytes)."""
+    """The value is not a well-formed envelope v1 (bad msgpack, wrong types, trailing bytes), or,
+    raised by ``VerifiedMessage.payload``, an authentic body breaks its content type's decoding
+    profile (the message says which; ``body`` stays readable)."""
 
     reason = "malformed"
-
-
-class MalformedPayload(MalformedEnvelope):
-    """An authentic body of content type application/msgpack does not decode."""
 
 
 class EnvelopeTooLarge(VerificationError):
@@ -219,8 +273,32 @@ class Undecodable(VerificationError):
         self.last_offset = last_offset
 
 
+#: Reason code -> the one class that carries it, for every verification error signed-bus raises
+#: (not the ``verification_failed`` of the base class). A code outside it is not one of ours: a
+#: dead letter can be written by anyone.
+REASONS: Final[Mapping[str, type[VerificationError]]] = MappingProxyType(
+    {
+        cls.reason: cls
+        for cls in (
+            MalformedEnvelope,
+            EnvelopeTooLarge,
+            UnsupportedVersion,
+            UnknownKey,
+            AlgorithmMismatch,
+            UntrustedIssuer,
+            BadSignature,
+            WrongTopic,
+            WrongKey,
+            Expired,
+            NotYetValid,
+            ReplayDetected,
+            Undecodable,
+        )
+    }
+)
+
+
 def _quoted(value: str) -> str:
     """``value`` escaped for a single-quoted context field: a quote inside it cannot end the
     field early and forge another (``issuer='a', topic='x'``)."""
     return printable(value).replace("'", "\\'")
-

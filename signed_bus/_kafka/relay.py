@@ -62,7 +62,12 @@ from aiokafka.errors import IllegalOperation, KafkaError, ProducerFenced
 from signed_bus._kafka.consumer import ConsumedBatch, ConsumedMessage, VerifyingConsumer
 from signed_bus._kafka.producer import SignedProducer
 from signed_bus._text import printable
-from signed_bus.errors import ConfigurationError, SignedBusError
+from signed_bus.errors import (
+    ConfigurationError,
+    RelayError,
+    RelayFenced,
+    RelayTransformError,
+)
 
 __all__ = [
     "Output",
@@ -94,18 +99,6 @@ class Output:
 
 
 Transform = Callable[[ConsumedMessage], Awaitable[Iterable[Output]]]
-
-
-class RelayError(SignedBusError):
-    """The relay stopped on an error; the batch in hand was not committed."""
-
-
-class RelayTransformError(RelayError):
-    """The transform raised (``__cause__``); the batch will be re-processed by the next run."""
-
-
-class RelayFenced(RelayError):
-    """Another relay with the same transactional_id took over; this one must stop."""
 
 
 @dataclass(slots=True)

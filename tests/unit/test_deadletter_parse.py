@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from signed_bus import DeadLetter, MalformedDeadLetter
+from signed_bus import DeadLetter
 from signed_bus._deadletter import (
     HEADER_ERROR,
     HEADER_KEY_OMITTED,
@@ -22,7 +22,7 @@ from signed_bus._deadletter import (
     HEADER_VALUE_OMITTED,
     dead_letter_headers,
 )
-from signed_bus.errors import BadSignature
+from signed_bus.errors import BadSignature, MalformedDeadLetter
 
 OWN = [
     HEADER_REASON,

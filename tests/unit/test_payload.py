@@ -18,7 +18,8 @@ from signed_bus._payload import (
     decode_msgpack,
 )
 from signed_bus._signer import Signer
-from signed_bus._verifier import MalformedPayload, Verifier
+from signed_bus._verifier import Verifier
+from signed_bus.errors import MalformedEnvelope
 
 TOPIC = "results"
 
@@ -130,7 +131,7 @@ def test_verified_message_reports_a_profile_breach_as_malformed_payload(
     signer = Signer(ring, kid="k", issuer="agent", model="m")
     value = signer.sign_bytes(body, content_type=content_type, topic=TOPIC)
     msg = Verifier(ring).verify(value, topic=TOPIC, key=None)
-    with pytest.raises(MalformedPayload) as caught:
+    with pytest.raises(MalformedEnvelope) as caught:
         _ = msg.payload
     assert caught.value.reason == "malformed"
     assert msg.body == body  # the verified bytes stay readable
