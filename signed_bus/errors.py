@@ -25,6 +25,7 @@ __all__ = [
     "MalformedEnvelope",
     "MalformedPayload",
     "NotYetValid",
+    "ProvenanceIndexUnavailable",
     "ReplayDetected",
     "ReplayGuardUnavailable",
     "SignedBusError",
@@ -56,6 +57,12 @@ class Stopped(SignedBusError, RuntimeError):
 
 class ReplayGuardUnavailable(SignedBusError):
     """The replay guard's Redis was unreachable or returned an error."""
+
+
+class ProvenanceIndexUnavailable(SignedBusError):
+    """Redis failed on a provenance index operation. The message names the exception type and
+    the index's location with any password masked, never the client's own error text (which can
+    quote parts of a malformed URL)."""
 
 
 class UnsupportedContentType(SignedBusError, ValueError):
