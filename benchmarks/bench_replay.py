@@ -30,7 +30,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from signed_bus._freshness import Freshness
-from signed_bus._replay.guard import (
+from signed_bus._replay import (
     Claim,
     ClaimVerdict,
     RedisReplayGuard,

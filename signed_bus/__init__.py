@@ -53,7 +53,7 @@ from signed_bus._provenance import (
     Tracer,
     TraceReport,
 )
-from signed_bus._replay.guard import (
+from signed_bus._replay import (
     Claim,
     ClaimVerdict,
     RedisReplayGuard,

@@ -1,5 +1,7 @@
 """The async lifecycle every service-owning class shares: ``start()``/``stop()`` plus
-``async with`` (enter starts, exit stops; stop is idempotent in each class)."""
+``async with`` (enter starts, exit stops; stop is idempotent in each class). After ``stop()``
+an object refuses ``start()`` and use with :class:`~signed_bus.errors.Stopped`
+(:func:`stopped_error` builds it)."""
 
 from __future__ import annotations
 
@@ -7,7 +9,9 @@ from abc import ABC, abstractmethod
 from types import TracebackType
 from typing import Self
 
-__all__ = ["AsyncLifecycle"]
+from signed_bus.errors import Stopped
+
+__all__ = ["AsyncLifecycle", "stopped_error"]
 
 
 class AsyncLifecycle(ABC):
@@ -32,3 +36,8 @@ class AsyncLifecycle(ABC):
         tb: TracebackType | None,
     ) -> None:
         await self.stop()
+
+
+def stopped_error(what: str) -> Stopped:
+    """The error every long-lived object raises when started or used after ``stop()``."""
+    return Stopped(f"{what} was stopped; it cannot be started again, make a new one")

@@ -32,7 +32,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.connection import Connection
 
 from signed_bus._freshness import Freshness
-from signed_bus._replay.guard import Claim, ClaimVerdict, RedisReplayGuard, nonce_field
+from signed_bus._replay import Claim, ClaimVerdict, RedisReplayGuard, nonce_field
 from signed_bus.bench.config import BenchConfig
 from signed_bus.bench.redis_server import private_redis
 from signed_bus.bench.results import PartResult, Row, Target

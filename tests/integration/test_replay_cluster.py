@@ -19,7 +19,7 @@ from redis.backoff import NoBackoff
 from redis.crc import key_slot
 
 from signed_bus._freshness import Freshness
-from signed_bus._replay.guard import Claim, ClaimVerdict, RedisReplayGuard, bucket_key, nonce_shard
+from signed_bus._replay import Claim, ClaimVerdict, RedisReplayGuard, bucket_key, nonce_shard
 from signed_bus.errors import ConfigurationError, ReplayGuardUnavailable
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]

@@ -23,8 +23,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from signed_bus._freshness import MAX_WINDOW_MS, Freshness
-from signed_bus._replay.guard import Claim, ClaimVerdict, RedisReplayGuard, bucket_key, nonce_shard
-from signed_bus.errors import ConfigurationError, ReplayGuardUnavailable
+from signed_bus._replay import Claim, ClaimVerdict, RedisReplayGuard, bucket_key, nonce_shard
+from signed_bus.errors import ConfigurationError, ReplayGuardUnavailable, Stopped
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -468,7 +468,7 @@ async def test_a_client_handed_in_is_not_closed(redis_url: str, prefix: str) -> 
             assert await guard.claim([at(os.urandom(16))], freshness=WINDOW) == [NEW]
         await guard.stop()  # idempotent
         assert await client.ping()
-        with pytest.raises(ReplayGuardUnavailable, match="stopped"):
+        with pytest.raises(Stopped, match="stopped"):
             await guard.claim([at(os.urandom(16))], freshness=WINDOW)
     finally:
         await client.aclose()

@@ -9,7 +9,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from signed_bus._freshness import Freshness
-from signed_bus._replay.guard import Claim, ClaimVerdict, RedisReplayGuard
+from signed_bus._replay import Claim, ClaimVerdict, RedisReplayGuard
 from tests.unit.test_replay_layout import position_recipe, recipe
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]

@@ -2,30 +2,37 @@
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import struct
 from collections import Counter
+from pathlib import Path
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
 
 from signed_bus._freshness import Freshness
-from signed_bus._replay.guard import (
+from signed_bus._redis_url import redact
+from signed_bus._replay import (
+    CLAIM_SCRIPT,
     Claim,
+    ClaimPlanner,
     ClaimRow,
     ClaimVerdict,
     RedisReplayGuard,
-    _redact_url,
     bucket_key,
     bucket_of,
+    decode_verdicts,
     estimate_memory_bytes,
+    layout,
     nonce_field,
     nonce_shard,
     position_value,
     recommended_shards,
 )
+from signed_bus._replay.layout import FIELD_BYTES, POSITION_BYTES, RECORD_BYTES
 from signed_bus.errors import ConfigurationError
 
 NONCE = bytes(range(16))
@@ -33,6 +40,18 @@ NONCE = bytes(range(16))
 
 def make_guard(**options: object) -> RedisReplayGuard:
     return RedisReplayGuard(aioredis.Redis(), **options)  # type: ignore[arg-type]
+
+
+def make_planner(
+    prefix: str = "signed-bus", shards: int = 16, max_claims_per_call: int = 4_096, **options: Any
+) -> ClaimPlanner:
+    return ClaimPlanner(
+        prefix=prefix,
+        bucket_ms=1_000,
+        shards=shards,
+        max_claims_per_call=max_claims_per_call,
+        **options,
+    )
 
 
 # --- field, shard, position ---------------------------------------------------------------
@@ -138,9 +157,9 @@ def claim(i: int, *, created_at: int = 1_700_000_000_000, offset: int | None = N
 
 
 def test_plan_packs_key_index_field_and_position_per_claim() -> None:
-    guard = make_guard(prefix="p", shards=4)
+    planner = make_planner(prefix="p", shards=4)
     claims = [claim(i, created_at=1_000 * (i % 2)) for i in range(10)]
-    (call,) = guard._plan_rows(claims)
+    (call,) = planner.plan(claims)
     keys = list(call.keys)
     assert call.indexes == list(range(10))
     assert len(call.blob) == 26 * 10
@@ -157,7 +176,7 @@ def test_plan_packs_key_index_field_and_position_per_claim() -> None:
 def test_plan_matches_the_reference_encoding_across_issuers_and_positions() -> None:
     # The plan caches hashing state per issuer and per (topic, partition): interleave them so
     # every switch between cached states is exercised, and compare with the layout functions.
-    guard = make_guard(prefix="p", shards=16)
+    planner = make_planner(prefix="p", shards=16)
     claims = [
         Claim(
             issuer=("alice", "bob", "agent-é")[i % 3],
@@ -170,7 +189,7 @@ def test_plan_matches_the_reference_encoding_across_issuers_and_positions() -> N
         for i in range(60)
     ]
     for _ in range(2):  # the second pass runs on warm caches
-        (call,) = guard._plan_rows(claims)
+        (call,) = planner.plan(claims)
         keys = list(call.keys)
         blob = call.blob
         for i, c in enumerate(claims):
@@ -192,8 +211,8 @@ def test_claim_is_a_named_claim_row_and_plain_tuples_plan_the_same() -> None:
     assert Claim(*row) == c
     claims = [claim(i, created_at=1_000 * (i % 3)) for i in range(20)]
     rows = [tuple(c) for c in claims]
-    (by_claims,) = make_guard(prefix="p", shards=4)._plan_rows(claims)
-    (by_rows,) = make_guard(prefix="p", shards=4)._plan_rows(rows)  # type: ignore[arg-type]
+    (by_claims,) = make_planner(prefix="p", shards=4).plan(claims)
+    (by_rows,) = make_planner(prefix="p", shards=4).plan(rows)  # type: ignore[arg-type]
     assert (by_rows.keys, by_rows.blob, by_rows.indexes) == (
         by_claims.keys,
         by_claims.blob,
@@ -204,19 +223,17 @@ def test_claim_is_a_named_claim_row_and_plain_tuples_plan_the_same() -> None:
 @pytest.mark.parametrize(("partition", "offset"), [(2**31, 0), (0, 2**63), (0, -(2**63) - 1)])
 def test_plan_rejects_out_of_range_positions(partition: int, offset: int) -> None:
     with pytest.raises(ValueError, match="out of range"):
-        make_guard()._plan_rows([Claim("a", NONCE, 0, "t", partition, offset)])
+        make_planner().plan([Claim("a", NONCE, 0, "t", partition, offset)])
 
 
 def test_plan_splits_batches_above_max_claims_per_call() -> None:
-    guard = make_guard(max_claims_per_call=4)
-    calls = guard._plan_rows([claim(i) for i in range(10)])
+    calls = make_planner(max_claims_per_call=4).plan([claim(i) for i in range(10)])
     assert [c.indexes for c in calls] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
 
 
 def test_plan_groups_by_slot_on_a_cluster() -> None:
-    guard = RedisReplayGuard(RedisCluster(host="127.0.0.1", port=1))
     claims = [claim(i, created_at=1_000 * (i % 5)) for i in range(50)]
-    calls = guard._plan_rows(claims)
+    calls = make_planner(slot_of=key_slot).plan(claims)
     assert sorted(i for c in calls for i in c.indexes) == list(range(50))
     for call in calls:
         assert len({key_slot(k) for k in call.keys}) == 1
@@ -322,7 +339,7 @@ TRICKY_URLS = [
 
 @pytest.mark.parametrize("url", TRICKY_URLS)
 def test_redaction_masks_up_to_the_last_at_sign(url: str) -> None:
-    shown = _redact_url(url)
+    shown = redact(url)
     for secret in ("pa/ss", "ss", "secret", "1234"):
         assert secret not in shown
     assert shown.startswith("redis://user:***@host")
@@ -352,14 +369,17 @@ async def test_percent_encoded_password_works_and_stays_hidden() -> None:
 def test_bad_url_error_names_only_the_exception_type() -> None:
     with pytest.raises(ConfigurationError) as info:
         RedisReplayGuard.from_url("redis://host:port-1234/0")
-    assert str(info.value) == "bad Redis URL or option for redis://host:port-1234/0: ValueError"
+    assert str(info.value) == (
+        "bad Redis URL or option for the replay guard (redis://host:port-1234/0): ValueError"
+    )
 
 
 def test_bad_url_error_hides_the_password() -> None:
     with pytest.raises(ConfigurationError) as info:
         RedisReplayGuard.from_url("redis://:hunter2-secret@127.0.0.1:notaport/0")
     assert "hunter2" not in str(info.value)
-    assert info.value.__cause__ is None and info.value.__suppress_context__
+    # raised outside the handler: no __context__ carries the client's text
+    assert info.value.__cause__ is None and info.value.__context__ is None
 
 
 def test_verdict_deliver() -> None:
@@ -386,3 +406,54 @@ def test_recommended_shards() -> None:
     assert recommended_shards(10**12) == 0xFFFF
     with pytest.raises(ConfigurationError):
         recommended_shards(1_000, bucket_ms=0)
+
+
+# --- the I/O-free layout module -------------------------------------------------------------
+
+
+def test_layout_module_imports_no_asyncio_and_no_redis_client() -> None:
+    # A synchronous guard on redis.Redis must reuse layout.py unchanged.
+    source = Path(layout.__file__).read_text()
+    imported: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            imported.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module)
+    assert imported  # the walk saw the imports
+    for name in imported:
+        assert not name.startswith(("asyncio", "redis", "aiokafka")), name
+        assert not name.startswith("signed_bus") or name == "signed_bus.errors", name
+
+
+def test_decode_verdicts_restores_input_order_across_calls() -> None:
+    calls = make_planner(max_claims_per_call=2).plan([claim(i) for i in range(5)])
+    assert [c.indexes for c in calls] == [[0, 1], [2, 3], [4]]
+    replies: list[object] = [b"01", "20", b"1"]  # str: a client with decode_responses=True
+    assert decode_verdicts(calls, replies, 5) == [
+        ClaimVerdict.NEW,
+        ClaimVerdict.SAME_POSITION,
+        ClaimVerdict.REPLAY,
+        ClaimVerdict.NEW,
+        ClaimVerdict.SAME_POSITION,
+    ]
+    (one,) = make_planner().plan([claim(i) for i in range(3)])
+    assert decode_verdicts([one], [b"210"], 3) == [
+        ClaimVerdict.REPLAY,
+        ClaimVerdict.SAME_POSITION,
+        ClaimVerdict.NEW,
+    ]
+
+
+@pytest.mark.parametrize("reply", [b"01", b"0123", b"013", 1, None, [b"0", b"1", b"2"]])
+def test_decode_verdicts_refuses_a_malformed_reply(reply: object) -> None:
+    (one,) = make_planner().plan([claim(i) for i in range(3)])
+    assert decode_verdicts([one], [reply], 3) is None
+    calls = make_planner(max_claims_per_call=2).plan([claim(i) for i in range(3)])
+    assert decode_verdicts(calls, [b"01", reply], 3) is None
+
+
+def test_the_claim_script_matches_the_record_size() -> None:
+    assert RECORD_BYTES == 2 + FIELD_BYTES + POSITION_BYTES == 26
+    assert f"local size = {RECORD_BYTES}" in CLAIM_SCRIPT
+    assert "KEYS[hi * 256 + lo + 1]" in CLAIM_SCRIPT

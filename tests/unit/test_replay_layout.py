@@ -8,7 +8,7 @@ import hashlib
 
 import pytest
 
-from signed_bus._replay.guard import bucket_key, nonce_field, nonce_shard, position_value
+from signed_bus._replay import bucket_key, nonce_field, nonce_shard, position_value
 
 ISSUER = "inference-agent"
 NONCE = bytes(range(16))
