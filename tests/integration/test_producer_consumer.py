@@ -153,7 +153,7 @@ async def test_create_topics_is_idempotent_and_warns_on_create_time(
     finally:
         await admin.delete_topics([name])
         await admin.close()
-    warnings = [r.getMessage() for r in caplog.records if r.name == "signed_bus._kafka.topics"]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "signed_bus.topics"]
     assert len(warnings) == 1 and legacy in warnings[0] and "CreateTime" in warnings[0]
     assert types == {name: "LogAppendTime", legacy: "CreateTime"}
 
