@@ -152,3 +152,28 @@ def test_without_the_c_unpacker_the_msgpack_depth_is_walked_to_the_same_limit() 
     _check_tree(deepest, text=False, max_depth=MAX_MSGPACK_DEPTH)
     with pytest.raises(PayloadError, match="deeper"):
         _check_tree([deepest], text=False, max_depth=MAX_MSGPACK_DEPTH)
+
+
+def test_a_large_body_decodes_with_the_collector_paused_and_restored() -> None:
+    import gc
+
+    calls: list[int] = []
+
+    def count(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            calls.append(info["generation"])
+
+    many = b"\xdd" + (300_000).to_bytes(4, "big") + b"\x90" * 300_000  # 300,000 empty arrays
+    gc.callbacks.append(count)
+    try:
+        assert len(decode_msgpack(many)) == 300_000  # type: ignore[arg-type]
+        # Collections no longer run every 700 allocations (about 400 here): at most the one or
+        # two that follow once the collector is back on.
+        assert len(calls) <= 2, len(calls)
+        with pytest.raises(PayloadError):
+            decode_msgpack(many + b"\x01")
+        with pytest.raises(PayloadError):
+            decode_json(b"[" + b"[]," * 30_000 + b"NaN]")
+    finally:
+        gc.callbacks.remove(count)
+    assert gc.isenabled()
