@@ -204,8 +204,7 @@ def _entry(entry: object, where: str) -> KeyEntry:
     kid = entry.get("kid")
     if not isinstance(kid, str) or not KID_RE.fullmatch(kid):
         raise ConfigurationError(
-            f"{where}: 'kid' must be 1 to {MAX_KID_CHARS} printable ASCII characters "
-            "without spaces"
+            f"{where}: 'kid' must be 1 to {MAX_KID_CHARS} printable ASCII characters without spaces"
         )
     where = f"{where} (kid {kid!r})"
     alg = entry.get("alg")
