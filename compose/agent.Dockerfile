@@ -1,6 +1,8 @@
 # The reference agents (producers/, consumers/), the demo (demo/) and the signed_bus library, for
 # the "agents" and "demo" profiles of compose/docker-compose.yml. No keys in the image: they are
-# mounted at run time (the demo makes its own per run).
+# mounted at run time (the demo makes its own per run). Only signed_bus is installed (the wheel
+# holds nothing else); the agents and the demo run from /app, the working directory, as
+# `python -m producers.inference_agent` runs them from a checkout.
 #
 # AGENT_BASE: any image with python3 (3.11+) and its venv module: python:3.11-slim by default,
 # signed-bus/base:local (compose/images.sh, Debian bookworm's python3) without a registry.

@@ -137,7 +137,7 @@ class Demo:
                 [
                     sys.executable,
                     "-m",
-                    "signed_bus.cli",
+                    "signed_bus",
                     "keygen",
                     "--alg",
                     "ed25519",

@@ -14,30 +14,18 @@ Each key names the issuers (agent ids) it may sign for, as an explicit set. Ther
 Key material never appears in ``repr``, ``str``, exception messages or logs. Errors raised while
 loading a key file name the file, the entry index, the kid and the field, never a field's value.
 
-The JSON format read by :meth:`Keyring.from_file` / :meth:`Keyring.from_env` and written by
-:meth:`Keyring.to_json` / :meth:`Keyring.dump` (documented in docs/OPERATIONS.md, "Keys")::
-
-    {"version": 1,
-     "keys": [{"kid": "k1", "alg": "HS256", "issuers": ["agent-a"], "secret": "<base64url>"},
-              {"kid": "k2", "alg": "EdDSA", "issuers": ["agent-b"], "private": "<base64url>"},
-              {"kid": "k3", "alg": "EdDSA", "issuers": ["agent-c"], "public": "<base64url>"}]}
-
-``secret`` is the raw HMAC secret, ``private`` the 32-byte Ed25519 seed, ``public`` the 32-byte
-Ed25519 public key, each base64url (RFC 4648 section 5), written without padding.
+Key files and the ``SIGNED_BUS_KEYRING`` variable are read and written by
+:mod:`signed_bus._keyfile` (``Keyring.from_file`` / ``from_env`` / ``from_json`` / ``dump``); the
+format is specified in docs/KEYFILE.md.
 """
 
 from __future__ import annotations
 
 import abc
-import base64
-import binascii
 import hashlib
 import hmac
-import json
 import os
-import re
 import secrets
-import stat
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, ClassVar, Final, NoReturn
 
@@ -53,6 +41,16 @@ from cryptography.hazmat.primitives.serialization import (
     PublicFormat,
 )
 
+from signed_bus import _keyfile
+from signed_bus._keyfile import (
+    EDDSA,
+    HS256,
+    KEYRING_ENV_VAR,
+    KeyEntry,
+    b64u_encode,
+    check_issuers,
+    check_kid,
+)
 from signed_bus.errors import BadSignature, ConfigurationError
 
 __all__ = [
@@ -68,82 +66,9 @@ __all__ = [
     "generate_hmac_key",
 ]
 
-HS256: Final = "HS256"
-EDDSA: Final = "EdDSA"
 MIN_HMAC_SECRET_BYTES: Final = 32
-KEYRING_ENV_VAR: Final = "SIGNED_BUS_KEYRING"
-FILE_FORMAT_VERSION: Final = 1
 
 _ED25519_RAW_BYTES: Final = 32
-_MAX_KID_CHARS: Final = 128
-_MAX_ISSUER_CHARS: Final = 256
-# A key file is a few hundred bytes per key; a cap keeps a wrong path (/dev/zero, a log file) from
-# being read whole into memory.
-_MAX_KEYRING_BYTES: Final = 4 * 1024 * 1024
-# Printable ASCII without spaces: kids travel in headers, log lines and metric labels.
-_KID_RE: Final = re.compile(r"[\x21-\x7e]{1,128}")  # 128 == _MAX_KID_CHARS
-_B64URL_RE: Final = re.compile(r"[A-Za-z0-9_-]*={0,2}")
-# Field names are shown in errors only when they look like identifiers (a secret pasted as a field
-# name must not end up in an error message).
-_FIELD_NAME_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,31}")
-
-
-def _b64u_encode(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
-
-
-def _b64u_decode(text: str) -> bytes:
-    """Strict base64url: alphabet checked, padding optional, canonical encoding only.
-
-    Raises ValueError with a fixed message (never the input).
-    """
-    if not _B64URL_RE.fullmatch(text):
-        raise ValueError("not base64url")
-    stripped = text.rstrip("=")
-    try:
-        raw = base64.urlsafe_b64decode(stripped + "=" * (-len(stripped) % 4))
-    except (binascii.Error, ValueError):
-        raise ValueError("not base64url") from None
-    if _b64u_encode(raw) != stripped:
-        raise ValueError("not canonical base64url")
-    return raw
-
-
-def _check_kid(kid: object) -> str:
-    if not isinstance(kid, str) or not _KID_RE.fullmatch(kid):
-        raise ConfigurationError(
-            f"kid must be 1 to {_MAX_KID_CHARS} printable ASCII characters without spaces"
-        )
-    return kid
-
-
-def _check_issuers(kid: str, issuers: object) -> frozenset[str]:
-    # A bare string would iterate as single characters: refuse it rather than guess.
-    if isinstance(issuers, str | bytes) or not isinstance(issuers, Iterable):
-        raise ConfigurationError(
-            f"key {kid!r}: issuers must be a collection of issuer names, not a single value"
-        )
-    checked: set[str] = set()
-    for issuer in issuers:
-        if (
-            not isinstance(issuer, str)
-            or not issuer
-            or len(issuer) > _MAX_ISSUER_CHARS
-            or not issuer.isprintable()
-        ):
-            raise ConfigurationError(
-                f"key {kid!r}: each issuer must be a non-empty printable string of at most "
-                f"{_MAX_ISSUER_CHARS} characters"
-            )
-        if issuer == "*":
-            raise ConfigurationError(
-                f"key {kid!r}: issuer '*' is not a wildcard and is refused; list the issuers "
-                "this key may sign for"
-            )
-        checked.add(issuer)
-    if not checked:
-        raise ConfigurationError(f"key {kid!r}: needs at least one issuer it may sign for")
-    return frozenset(checked)
 
 
 class Key(abc.ABC):
@@ -159,8 +84,8 @@ class Key(abc.ABC):
     issuers: frozenset[str]
 
     def __init__(self, kid: str, issuers: Iterable[str]) -> None:
-        object.__setattr__(self, "kid", _check_kid(kid))
-        object.__setattr__(self, "issuers", _check_issuers(kid, issuers))
+        object.__setattr__(self, "kid", check_kid(kid))
+        object.__setattr__(self, "issuers", check_issuers(kid, issuers))
 
     def __setattr__(self, name: str, value: object) -> NoReturn:
         raise AttributeError(f"{type(self).__name__} is immutable")
@@ -289,7 +214,7 @@ class HmacKey(Key):
         return hash((HS256, self.kid))
 
     def _material(self) -> dict[str, str]:
-        return {"secret": _b64u_encode(self._secret)}
+        return {"secret": b64u_encode(self._secret)}
 
 
 #: Encodings of the eight points of order 1, 2, 4 and 8 on edwards25519, the x sign bit cleared
@@ -359,7 +284,7 @@ class Ed25519Key(Key):
     @classmethod
     def from_private_bytes(cls, kid: str, raw: bytes, *, issuers: Iterable[str]) -> Ed25519Key:
         """Build a signing key from the raw 32-byte private key (seed)."""
-        _check_kid(kid)
+        check_kid(kid)
         if not isinstance(raw, bytes) or len(raw) != _ED25519_RAW_BYTES:
             raise ConfigurationError(
                 f"key {kid!r}: an Ed25519 private key is {_ED25519_RAW_BYTES} raw bytes"
@@ -369,7 +294,7 @@ class Ed25519Key(Key):
     @classmethod
     def from_public_bytes(cls, kid: str, raw: bytes, *, issuers: Iterable[str]) -> Ed25519Key:
         """Build a verify-only key from the raw 32-byte public key."""
-        _check_kid(kid)
+        check_kid(kid)
         if not isinstance(raw, bytes) or len(raw) != _ED25519_RAW_BYTES:
             raise ConfigurationError(
                 f"key {kid!r}: an Ed25519 public key is {_ED25519_RAW_BYTES} raw bytes"
@@ -427,9 +352,9 @@ class Ed25519Key(Key):
 
     def _material(self) -> dict[str, str]:
         if self._private is None:
-            return {"public": _b64u_encode(self.public_bytes)}
+            return {"public": b64u_encode(self.public_bytes)}
         raw = self._private.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
-        return {"private": _b64u_encode(raw)}
+        return {"private": b64u_encode(raw)}
 
 
 def generate_hmac_key(kid: str, issuers: Iterable[str]) -> HmacKey:
@@ -442,69 +367,16 @@ def generate_ed25519_key(kid: str, issuers: Iterable[str]) -> Ed25519Key:
     return Ed25519Key(kid, issuers=issuers, private_key=Ed25519PrivateKey.generate())
 
 
-# -- key file entries ---------------------------------------------------------------------------
-
-_COMMON_FIELDS: Final = frozenset({"kid", "alg", "issuers"})
-_MATERIAL_FIELDS: Final = {HS256: ("secret",), EDDSA: ("private", "public")}
-_ALL_MATERIAL: Final = frozenset({"secret", "private", "public"})
-
-
-def _describe_fields(names: Iterable[object]) -> str:
-    shown = sorted(str(n) for n in names if isinstance(n, str) and _FIELD_NAME_RE.fullmatch(n))
-    hidden = sum(1 for n in names if not (isinstance(n, str) and _FIELD_NAME_RE.fullmatch(n)))
-    parts = [repr(n) for n in shown]
-    if hidden:
-        parts.append(f"{hidden} field(s) with unprintable names")
-    return ", ".join(parts)
-
-
-def _key_from_entry(entry: object, where: str) -> Key:
-    if not isinstance(entry, dict):
-        raise ConfigurationError(f"{where}: each key must be a JSON object")
-    kid = entry.get("kid")
-    if not isinstance(kid, str) or not _KID_RE.fullmatch(kid):
-        raise ConfigurationError(
-            f"{where}: 'kid' must be 1 to {_MAX_KID_CHARS} printable ASCII characters "
-            "without spaces"
-        )
-    where = f"{where} (kid {kid!r})"
-    alg = entry.get("alg")
-    if alg not in _MATERIAL_FIELDS:
-        raise ConfigurationError(f"{where}: 'alg' must be {HS256!r} or {EDDSA!r}")
-    assert isinstance(alg, str)
-    unknown = [name for name in entry if name not in _COMMON_FIELDS | _ALL_MATERIAL]
-    if unknown:
-        raise ConfigurationError(f"{where}: unknown field(s) {_describe_fields(unknown)}")
-    # Algorithm confusion guard: the material field decides the key type together with alg, and
-    # they must agree. An Ed25519 public key can never become an HMAC secret, nor the reverse.
-    present = [name for name in _ALL_MATERIAL if name in entry]
-    allowed = _MATERIAL_FIELDS[alg]
-    if len(present) != 1 or present[0] not in allowed:
-        expected = " or ".join(repr(name) for name in allowed)
-        found = ", ".join(repr(name) for name in sorted(present)) or "none"
-        raise ConfigurationError(
-            f"{where}: alg {alg!r} takes exactly one key field, {expected}; found {found}"
-        )
-    field = present[0]
-    value = entry[field]
-    if not isinstance(value, str):
-        raise ConfigurationError(f"{where}: {field!r} must be a base64url string")
+def _key_from_entry(entry: KeyEntry) -> Key:
     try:
-        raw = _b64u_decode(value)
-    except ValueError:
-        raise ConfigurationError(f"{where}: {field!r} is not valid base64url") from None
-    issuers = entry.get("issuers")
-    if not isinstance(issuers, list):
-        raise ConfigurationError(f"{where}: 'issuers' must be a list of issuer names")
-    try:
-        if field == "secret":
-            return HmacKey(kid, raw, issuers=issuers)
-        if field == "private":
-            return Ed25519Key.from_private_bytes(kid, raw, issuers=issuers)
-        return Ed25519Key.from_public_bytes(kid, raw, issuers=issuers)
+        if entry.field == "secret":
+            return HmacKey(entry.kid, entry.material, issuers=entry.issuers)
+        if entry.field == "private":
+            return Ed25519Key.from_private_bytes(entry.kid, entry.material, issuers=entry.issuers)
+        return Ed25519Key.from_public_bytes(entry.kid, entry.material, issuers=entry.issuers)
     except ConfigurationError as exc:
         # Messages from the constructors already name the kid and never the material.
-        raise ConfigurationError(f"{where}: {exc}") from None
+        raise ConfigurationError(f"{entry.where}: {exc}") from None
 
 
 class Keyring:
@@ -588,33 +460,22 @@ class Keyring:
         """
         return Keyring(key.public() for key in self._keys.values() if isinstance(key, Ed25519Key))
 
-    # -- serialisation --------------------------------------------------------------------------
+    # -- the key file (signed_bus._keyfile, docs/KEYFILE.md) ---------------------------------
 
     def to_json(self) -> str:
         """The key file contents (includes secrets, if the ring holds any)."""
-        document = {
-            "version": FILE_FORMAT_VERSION,
-            "keys": [key._entry() for key in self._keys.values()],
-        }
-        return json.dumps(document, indent=2) + "\n"
+        return _keyfile.dumps(key._entry() for key in self._keys.values())
 
     @classmethod
     def from_mapping(cls, document: Mapping[str, object], *, source: str = "keyring") -> Keyring:
         """Build a ring from the parsed JSON document; ``source`` names it in error messages."""
-        if not isinstance(document, Mapping):
-            raise ConfigurationError(f"{source}: must be a JSON object")
-        version = document.get("version")
-        if type(version) is not int or version != FILE_FORMAT_VERSION:
-            raise ConfigurationError(f"{source}: 'version' must be {FILE_FORMAT_VERSION}")
-        unknown = [name for name in document if name not in ("version", "keys")]
-        if unknown:
-            raise ConfigurationError(f"{source}: unknown field(s) {_describe_fields(unknown)}")
-        entries = document.get("keys")
-        if not isinstance(entries, list):
-            raise ConfigurationError(f"{source}: 'keys' must be a list")
+        return cls._from_document(document, source=source)
+
+    @classmethod
+    def _from_document(cls, document: object, *, source: str) -> Keyring:
         ring = cls()
-        for index, entry in enumerate(entries):
-            key = _key_from_entry(entry, f"{source}: key #{index}")
+        for entry in _keyfile.iter_entries(document, source=source):
+            key = _key_from_entry(entry)
             if key.kid in ring:
                 raise ConfigurationError(f"{source}: kid {key.kid!r} appears more than once")
             ring.add(key)
@@ -622,75 +483,29 @@ class Keyring:
 
     @classmethod
     def from_json(cls, text: str | bytes, *, source: str = "keyring JSON") -> Keyring:
-        """Parse key file contents. Errors name ``source``, never the contents.
-
-        A member repeated in any JSON object is refused: parsers disagree on which copy wins
-        (Python keeps the last), so a repeated ``secret`` or ``issuers`` could mean one key to
-        a reviewer and another to the loader.
-        """
-        try:
-            document = json.loads(text, object_pairs_hook=_refuse_duplicate_members)
-        except _DuplicateMember as exc:
-            raise ConfigurationError(
-                f"{source}: member {_describe_fields([exc.name])} appears more than once in a "
-                "JSON object"
-            ) from None
-        except json.JSONDecodeError as exc:
-            # The exception object holds the whole document: report the position only and do not
-            # chain it (tracebacks and error trackers would carry the secrets along).
-            raise ConfigurationError(
-                f"{source}: not valid JSON (line {exc.lineno}, column {exc.colno})"
-            ) from None
-        except (UnicodeDecodeError, RecursionError):
-            raise ConfigurationError(f"{source}: not valid UTF-8 JSON") from None
-        return cls.from_mapping(document, source=source)
+        """Parse key file contents. Errors name ``source``, never the contents; a member
+        repeated in any JSON object is refused (docs/KEYFILE.md)."""
+        return cls._from_document(_keyfile.parse_json(text, source=source), source=source)
 
     @classmethod
     def from_env(cls, var: str = KEYRING_ENV_VAR) -> Keyring:
         """Load the ring from an environment variable holding the key file contents."""
-        text = os.environ.get(var)
-        if not text:
-            raise ConfigurationError(f"environment variable {var} is not set or empty")
-        return cls.from_json(text, source=f"environment variable {var}")
+        text, source = _keyfile.read_env(var)
+        return cls.from_json(text, source=source)
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> Keyring:
         """Load the ring from a key file.
 
-        Refuses anything but a regular file (a FIFO or device is refused at once, never waited
-        on), a file owned by another user than this process's or root (its owner could change
-        the keys), a file that other users could write (they could add a key the ring then
-        trusts) and, if it holds secrets, one that group or others can read. Every check is made
-        on the opened file, so a swap between check and read cannot slip through. A symbolic
-        link is followed (Kubernetes mounts secrets as links); the checks apply to its target.
+        Refuses anything but a regular file, a file owned by another user than this process's
+        or root, a file that group or others could write and, if it holds secrets, one that
+        group or others can read (:func:`signed_bus._keyfile.read_file`). A symbolic link is
+        followed; the checks apply to its target.
         """
-        name = os.fspath(path)
-        # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer, forever.
-        flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0)
-        try:
-            fd = os.open(name, flags)
-        except OSError as exc:
-            raise ConfigurationError(f"cannot open key file {name}: {exc.strerror}") from None
-        try:
-            info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode):
-                raise ConfigurationError(f"key file {name} is not a regular file")
-            _check_owner(name, info.st_uid)
-            mode = stat.S_IMODE(info.st_mode)
-            if mode & (stat.S_IWGRP | stat.S_IWOTH):
-                raise ConfigurationError(
-                    f"key file {name} has mode {mode:04o}: it is writable by group or others, "
-                    "who could add keys it would trust; chmod go-w it"
-                )
-            data = _read_capped(fd, name)
-        finally:
-            os.close(fd)
-        ring = cls.from_json(data, source=f"key file {name}")
-        if ring.has_secrets and mode & (stat.S_IRGRP | stat.S_IROTH):
-            raise ConfigurationError(
-                f"key file {name} has mode {mode:04o} and holds secret key material: it must be "
-                f"readable by its owner only (chmod 600 {name})"
-            )
+        file = _keyfile.read_file(path)
+        ring = cls.from_json(file.data, source=file.source)
+        if ring.has_secrets:
+            _keyfile.refuse_exposed_secrets(file)
         return ring
 
     def dump(
@@ -698,104 +513,9 @@ class Keyring:
     ) -> None:
         """Write :meth:`to_json` to ``path`` atomically, created with ``mode`` (default 0600).
 
-        The file is written under a temporary name created with the final mode (never widened
-        then narrowed), synced, then moved into place. Without ``overwrite`` an existing file is
-        left alone and ConfigurationError is raised. A ring holding secrets is never written
-        readable by group or others.
+        Without ``overwrite`` an existing file is left alone and ConfigurationError is raised.
+        A ring holding secrets is never written readable by group or others.
         """
-        name = os.fspath(path)
-        if self.has_secrets and mode & 0o077:
-            raise ConfigurationError(
-                f"refusing to write secret key material to {name} with mode {mode:04o}"
-            )
-        directory = os.path.dirname(os.path.abspath(name))
-        tmp = os.path.join(directory, f".{os.path.basename(name)}.{secrets.token_hex(8)}.tmp")
-        data = self.to_json().encode("utf-8")
-        try:
-            fd = os.open(
-                tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), mode
-            )
-        except OSError as exc:
-            raise ConfigurationError(f"cannot write key file {name}: {exc.strerror}") from None
-        try:
-            try:
-                view = memoryview(data)
-                while view:
-                    written = os.write(fd, view)
-                    view = view[written:]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            if overwrite:
-                os.replace(tmp, name)
-            else:
-                # link() fails if the name exists, so an existing ring is never clobbered.
-                try:
-                    os.link(tmp, name)
-                except FileExistsError:
-                    raise ConfigurationError(
-                        f"key file {name} already exists; not overwriting it"
-                    ) from None
-        except OSError as exc:
-            raise ConfigurationError(f"cannot write key file {name}: {exc.strerror}") from None
-        finally:
-            if os.path.lexists(tmp):
-                os.unlink(tmp)
-        _fsync_directory(directory)
-
-
-class _DuplicateMember(ValueError):
-    def __init__(self, name: str) -> None:
-        super().__init__("duplicate member")
-        self.name = name
-
-
-def _refuse_duplicate_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """``json.loads`` object hook: builds every object, at any depth, refusing repeats."""
-    document: dict[str, Any] = {}
-    for name, value in pairs:
-        if name in document:
-            raise _DuplicateMember(name)
-        document[name] = value
-    return document
-
-
-def _check_owner(name: str, uid: int) -> None:
-    geteuid = getattr(os, "geteuid", None)
-    if geteuid is None:  # no POSIX owners (Windows): nothing to compare
-        return
-    user = geteuid()
-    if uid not in (user, 0):
-        raise ConfigurationError(
-            f"key file {name} is owned by uid {uid}, not by this user (uid {user}) or root: its "
-            f"owner could change the keys it holds; chown it to uid {user}"
+        _keyfile.write_file(
+            path, self.to_json(), secret=self.has_secrets, overwrite=overwrite, mode=mode
         )
-
-
-def _read_capped(fd: int, name: str) -> bytes:
-    chunks: list[bytes] = []
-    total = 0
-    while True:
-        chunk = os.read(fd, 65536)
-        if not chunk:
-            return b"".join(chunks)
-        total += len(chunk)
-        if total > _MAX_KEYRING_BYTES:
-            raise ConfigurationError(
-                f"key file {name} is larger than {_MAX_KEYRING_BYTES} bytes; not a key file"
-            )
-        chunks.append(chunk)
-
-
-def _fsync_directory(directory: str) -> None:
-    # Makes the rename durable; best effort where directories cannot be opened (not POSIX).
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

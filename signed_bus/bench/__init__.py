@@ -7,8 +7,8 @@ bytes per nonce) and :mod:`~signed_bus.bench.codec` (5, sign/verify per message 
 JSON+HMAC design and Standard Webhooks). :mod:`~signed_bus.bench.runner` runs them and writes
 JSON and a PNG chart; :mod:`~signed_bus.bench.table` prints the table with PASS/MISS targets.
 
-Nothing here is imported by the library itself; matplotlib and standardwebhooks (dev extra) are
-imported only by the parts that need them, when they run.
+Nothing here is imported by the library itself; matplotlib and standardwebhooks (the bench
+extra) are imported only by the parts that need them, when they run.
 """
 
 from signed_bus.bench.config import PARTS, BenchConfig

@@ -1,4 +1,4 @@
-"""``signed-bus bench``: the subcommand, registered through signed_bus.cli's COMMAND_MODULES."""
+"""``signed-bus bench``: the subcommand (registered by signed_bus._cli.bench)."""
 
 from __future__ import annotations
 

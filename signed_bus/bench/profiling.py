@@ -1,6 +1,6 @@
 """Optional profiles of the hot paths (``signed-bus bench --profile``), for a target missed.
 
-pyinstrument (dev extra) samples an extra, untimed round of the HS256 produce and verified
+pyinstrument (bench extra) samples an extra, untimed round of the HS256 produce and verified
 consume paths and writes ``profile-<name>.txt`` and ``.html`` next to the results; the timed
 rounds are never profiled, so the figures do not carry the profiler's overhead.
 """

@@ -116,9 +116,9 @@ async def run_bench(
 
         assert png_path is not None
         write_chart(report, png_path)
-    except ImportError as exc:  # matplotlib is a dev extra
+    except ImportError as exc:  # matplotlib is in the bench extra
         if progress:
-            progress(f"no chart: {exc} (pip install 'signed-bus[dev]')")
+            progress(f"no chart: {exc} (pip install 'signed-bus[bench]')")
         png_path = None
     return BenchOutput(report=report, json_path=json_path, png_path=png_path)
 

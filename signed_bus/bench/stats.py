@@ -1,4 +1,4 @@
-"""Small statistics helpers (no numpy: the library must import without the dev extra)."""
+"""Small statistics helpers (no numpy: the library must import without the bench extra)."""
 
 from __future__ import annotations
 

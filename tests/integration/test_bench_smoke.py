@@ -31,7 +31,7 @@ SMALLEST = [
 def test_bench_smallest_mode_writes_a_complete_sane_report(
     tmp_path: Path, kafka_bootstrap: str, redis_url: str
 ) -> None:
-    command = [sys.executable, "-m", "signed_bus.cli", "bench", *SMALLEST, "--out", str(tmp_path)]
+    command = [sys.executable, "-m", "signed_bus", "bench", *SMALLEST, "--out", str(tmp_path)]
     command += ["--bootstrap-servers", kafka_bootstrap, "--redis-url", redis_url]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr

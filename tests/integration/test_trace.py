@@ -191,7 +191,7 @@ async def test_cli_trace(
         "SIGNED_BUS_KEYRING_FILE": str(keyfile),
     }
     prefix = ["--index-prefix", redis_prefix]
-    base = [sys.executable, "-m", "signed_bus.cli", "trace", *prefix]
+    base = [sys.executable, "-m", "signed_bus", "trace", *prefix]
     start = chain.positions[0]
     by_position = await asyncio.to_thread(
         subprocess.run,
@@ -244,7 +244,7 @@ async def test_cli_tail_prints_verdicts(
         [
             sys.executable,
             "-m",
-            "signed_bus.cli",
+            "signed_bus",
             "tail",
             topic,
             "--from-beginning",
@@ -274,7 +274,7 @@ RAW_CONTROLS = ("\x1b", "\r", "\u202e")
 def _run_cli(args: list[str], env: dict[str, str]) -> tuple[int, str, str]:
     # Bytes, decoded by hand: text mode would turn a raw CR into a line feed before the check.
     done = subprocess.run(
-        [sys.executable, "-m", "signed_bus.cli", *args], env=env, capture_output=True, timeout=60
+        [sys.executable, "-m", "signed_bus", *args], env=env, capture_output=True, timeout=60
     )
     return done.returncode, done.stdout.decode(), done.stderr.decode()
 

@@ -380,7 +380,7 @@ async def test_a_batch_in_a_codec_the_client_cannot_decode_is_skipped_whole(
 async def test_tail_prints_an_undecodable_record_as_rejected_and_goes_on(
     setup: Setup, unique_topic: TopicFactory
 ) -> None:
-    from signed_bus.cli_tail import _run
+    from signed_bus._cli.tail import _run
 
     topic, _ = await setup.topic_with_bad_header(unique_topic)
     args = argparse.Namespace(

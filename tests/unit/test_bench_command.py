@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from signed_bus._cli import build_parser, main
 from signed_bus.bench.command import config_from_args, register
 from signed_bus.bench.config import PARTS
-from signed_bus.cli import build_parser, main
 from signed_bus.errors import ConfigurationError
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from signed_bus._cli import main
 from signed_bus._keys import Ed25519Key, HmacKey, Keyring, generate_hmac_key
-from signed_bus.cli import main
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -344,9 +344,9 @@ def test_inspect_takes_the_whole_freshness_window(
 
 @pytest.mark.parametrize("command", [["inspect"], ["tail", "some-topic"]])
 def test_tail_and_inspect_parse_the_window_into_one_freshness(command: list[str]) -> None:
+    from signed_bus._cli import build_parser
+    from signed_bus._cli.options import freshness_from_args
     from signed_bus._freshness import Freshness
-    from signed_bus.cli import build_parser
-    from signed_bus.cli_trace import freshness_from_args
 
     parser = build_parser()
     assert freshness_from_args(parser.parse_args(command)) == Freshness()
@@ -454,3 +454,78 @@ def test_inspect_ed25519_with_public_only_ring_and_escaped_header_text(
     assert "none (null record key)" in stdout
     for secret in material(ring_path):
         assert secret not in stdout
+
+
+# -- the package ----------------------------------------------------------------------------------
+
+
+def test_version_option_prints_the_package_version(capsys: pytest.CaptureFixture[str]) -> None:
+    import signed_bus
+
+    code, stdout, _ = run(capsys, "--version")
+    assert (code, stdout) == (0, f"signed-bus {signed_bus.__version__}\n")
+
+
+def test_python_dash_m_signed_bus_runs_the_cli(tmp_path: Path) -> None:
+    import subprocess
+
+    import signed_bus
+
+    done = subprocess.run(
+        [sys.executable, "-m", "signed_bus", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,  # not the repository: the installed package answers
+    )
+    assert (done.returncode, done.stdout) == (0, f"signed-bus {signed_bus.__version__}\n")
+    out = tmp_path / "k.keyring"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "signed_bus",
+            "keygen",
+            "--alg",
+            "hmac",
+            "--kid",
+            "k1",
+            "--issuer",
+            "a",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert Keyring.from_file(out).kids() == ["k1"]
+
+
+def test_every_command_is_registered_with_plain_imports(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import signed_bus._cli
+
+    code, stdout, _ = run(capsys, "--help")
+    assert code == 0
+    for command in ("keygen", "export-public", "inspect", "trace", "tail", "bench"):
+        assert command in stdout
+    package = Path(signed_bus._cli.__file__).parent
+    for module in package.glob("*.py"):
+        assert "importlib" not in module.read_text(), module.name
+
+
+def test_the_console_script_needs_no_bench_extra() -> None:
+    import subprocess
+
+    code = (
+        "import sys; from signed_bus._cli import main; main(['keygen', '--help']);"
+        "bad = [m for m in ('matplotlib', 'standardwebhooks', 'pyinstrument')"
+        " if m in sys.modules]; print(','.join(bad), file=sys.stderr)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert done.stderr.strip() == ""

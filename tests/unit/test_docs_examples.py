@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from signed_bus.cli import main as cli_main
+from signed_bus._cli import main as cli_main
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "ENVELOPE.md"
 

@@ -219,7 +219,7 @@ async def test_huge_created_at_is_described_not_raised() -> None:
     report = await world.tracer().trace_position(position)
     assert report.ok
     assert "created_at=out of range" in report.format()
-    from signed_bus.cli_tail import _describe
+    from signed_bus._cli.tail import _describe
 
     assert "created_at=out of range" in _describe(report.links[0].message)
 

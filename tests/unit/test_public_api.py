@@ -89,8 +89,8 @@ ERROR_ROOTS = {
 #: inside the library by the one caller that raises it, so no user ever sees one.
 #: PayloadError: the body profiles -> VerifiedMessage.payload, which raises MalformedEnvelope.
 #: _DuplicateMember: the key-file JSON hook -> the key-file loader (ConfigurationError).
-#: _UsageError: a CLI command -> the CLI's main (exit status 2).
-INTERNAL_SIGNALS = {"PayloadError", "_DuplicateMember", "_UsageError"}
+#: UsageError: a CLI command -> the CLI's main (exit status 2).
+INTERNAL_SIGNALS = {"PayloadError", "_DuplicateMember", "UsageError"}
 
 #: Module paths an example may import from.
 PUBLIC_MODULES = {"signed_bus": signed_bus, "signed_bus.errors": errors}

@@ -16,78 +16,15 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
-from signed_bus._freshness import Freshness
+from signed_bus._cli.options import Subparsers, add_connection_options, keyring_from_args
 from signed_bus._text import printable
 from signed_bus.errors import ConfigurationError, SignedBusError
 
 if TYPE_CHECKING:
     from signed_bus._keys import Keyring
     from signed_bus._provenance import Position
-    from signed_bus.cli import Subparsers
 
-__all__ = [
-    "add_connection_options",
-    "add_freshness_options",
-    "freshness_from_args",
-    "keyring_from_args",
-    "register",
-]
-
-
-def add_connection_options(parser: argparse.ArgumentParser, *, redis: bool) -> None:
-    """Options shared by the pipeline subcommands (trace, tail)."""
-    parser.add_argument(
-        "--keyring",
-        metavar="FILE",
-        help="key file of the verifying keys (default: $SIGNED_BUS_KEYRING_FILE, "
-        "else the contents of $SIGNED_BUS_KEYRING)",
-    )
-    parser.add_argument(
-        "--bootstrap-servers",
-        default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
-        help="Kafka bootstrap servers (default: $KAFKA_BOOTSTRAP_SERVERS or 127.0.0.1:9092)",
-    )
-    if redis:
-        parser.add_argument(
-            "--redis-url",
-            default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
-            help="Redis holding the provenance index (default: $REDIS_URL or "
-            "redis://127.0.0.1:6379/0)",
-        )
-
-
-def add_freshness_options(parser: argparse.ArgumentParser) -> None:
-    """--max-age-ms, --future-skew-ms, --max-lag-ms: the whole window, defaults from
-    :class:`~signed_bus._freshness.Freshness` (written there only)."""
-    default = Freshness()
-    for name, value, text in (
-        ("max-age-ms", default.max_age_ms, "records older than this by the reference time expire"),
-        ("future-skew-ms", default.future_skew_ms, "how far ahead of either clock a record may be"),
-        ("max-lag-ms", default.max_lag_ms, "how far past max age this reader may lag"),
-    ):
-        parser.add_argument(
-            f"--{name}", type=int, default=value, metavar="MS", help=f"{text} (default {value})"
-        )
-
-
-def freshness_from_args(args: argparse.Namespace) -> Freshness:
-    """The window the freshness options name (ConfigurationError for a bad number)."""
-    return Freshness(
-        max_age_ms=args.max_age_ms, future_skew_ms=args.future_skew_ms, max_lag_ms=args.max_lag_ms
-    )
-
-
-def keyring_from_args(args: argparse.Namespace) -> Keyring:
-    from signed_bus._keys import Keyring
-
-    path = args.keyring or os.environ.get("SIGNED_BUS_KEYRING_FILE")
-    if path:
-        return Keyring.from_file(path)
-    if os.environ.get("SIGNED_BUS_KEYRING"):
-        return Keyring.from_env("SIGNED_BUS_KEYRING")
-    raise ConfigurationError(
-        "no key ring: pass --keyring FILE or set SIGNED_BUS_KEYRING_FILE / SIGNED_BUS_KEYRING"
-    )
+__all__ = ["register"]
 
 
 def register(subparsers: Subparsers) -> None:

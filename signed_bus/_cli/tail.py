@@ -17,18 +17,18 @@ import asyncio
 import sys
 from typing import TYPE_CHECKING, Any, TextIO
 
-from signed_bus._text import printable
-from signed_bus.cli_trace import (
+from signed_bus._cli.options import (
+    Subparsers,
     add_connection_options,
     add_freshness_options,
     freshness_from_args,
     keyring_from_args,
 )
+from signed_bus._text import printable
 
 if TYPE_CHECKING:
     from signed_bus._kafka.fetch import Skipped
     from signed_bus._keys import Keyring
-    from signed_bus.cli import Subparsers
 
 __all__ = ["register"]
 

@@ -1,0 +1,80 @@
+"""The ``signed-bus`` console script (``python -m signed_bus`` runs the same).
+
+One module per subcommand, each with ``register(subparsers)`` that adds its parser and sets
+``handler`` (:data:`~signed_bus._cli.options.Handler`): :mod:`.keygen`, :mod:`.export_public`,
+:mod:`.inspect`, :mod:`.trace`, :mod:`.tail`, :mod:`.bench`; what they share (exit codes,
+connection and freshness options, keyring loading) is in :mod:`.options`. To add a subcommand,
+write such a module and list its ``register`` in :data:`COMMANDS`. Import heavy dependencies
+(aiokafka, redis) inside the handler, so that ``signed-bus keygen`` stays fast and works without
+them configured. Usage of each command: ``signed-bus COMMAND --help`` and docs/OPERATIONS.md.
+
+Exit codes: 0 success, 1 failed (inspect: the envelope did not verify; trace: a link did not),
+2 usage or configuration error. Nothing here prints key material, and text from an envelope, a
+record or a file is escaped (:func:`signed_bus._text.printable`).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Sequence
+
+from signed_bus import __version__
+from signed_bus._cli import bench, export_public, inspect, keygen, tail, trace
+from signed_bus._cli.options import (
+    EXIT_FAILED,
+    EXIT_USAGE,
+    Handler,
+    Subparsers,
+    UsageError,
+    error,
+)
+from signed_bus.errors import ConfigurationError, SignedBusError, VerificationError
+
+__all__ = ["COMMANDS", "build_parser", "main"]
+
+#: The subcommands, in the order ``signed-bus --help`` lists them.
+COMMANDS: tuple[Callable[[Subparsers], None], ...] = (
+    keygen.register,
+    export_public.register,
+    inspect.register,
+    trace.register,
+    tail.register,
+    bench.register,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="signed-bus",
+        description="Keys and envelope tools for signed-bus.",
+    )
+    parser.add_argument("--version", action="version", version=f"signed-bus {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for register in COMMANDS:
+        register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (the console script exits with it)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version (0) or a usage error (2), printed by argparse
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except UsageError as exc:
+        error(str(exc))
+        return EXIT_USAGE
+    except ConfigurationError as exc:
+        error(str(exc))
+        return EXIT_USAGE
+    except SignedBusError as exc:
+        error(str(exc), escaped=isinstance(exc, VerificationError))
+        return EXIT_FAILED
+    except OSError as exc:
+        # Only the strerror and the file name: an OSError's args never hold file contents.
+        error(f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": "))
+        return EXIT_USAGE
