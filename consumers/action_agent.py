@@ -46,6 +46,7 @@ from signed_bus import (
     ConsumedMessage,
     ConsumerOptions,
     RedisReplayGuard,
+    VerificationError,
     Verifier,
     VerifyingConsumer,
     printable,
@@ -114,7 +115,7 @@ class ActionAgent:
             return
         try:
             plan = Plan.from_payload(message.payload)
-        except ValueError as exc:
+        except (ValueError, VerificationError) as exc:  # a body that breaks its profile too
             self.counts["bad_payload"] += 1
             self._log.warning(
                 "ignoring a record that is not a plan at %s: %s", position, printable(str(exc))

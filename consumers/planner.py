@@ -53,6 +53,7 @@ from signed_bus import (
     Relay,
     SignedProducer,
     Signer,
+    VerificationError,
     Verifier,
     VerifyingConsumer,
     printable,
@@ -90,7 +91,7 @@ class Planner:
             return []
         try:
             result = InferenceResult.from_payload(message.payload)
-        except ValueError as exc:
+        except (ValueError, VerificationError) as exc:  # a body that breaks its profile too
             self.counts["bad_payload"] += 1
             self._log.warning(
                 "ignoring a record that is not a result at %s: %s", position, printable(str(exc))
