@@ -164,6 +164,11 @@ def parse_json(text: str | bytes, *, source: str) -> object:
     another to the loader.
     """
     try:
+        if isinstance(text, bytes):
+            # UTF-8 only (docs/KEYFILE.md): json.loads would guess UTF-16 or UTF-32 from bytes.
+            text = text.decode("utf-8")
+        if text.startswith("\ufeff"):
+            raise ConfigurationError(f"{source}: a key file is UTF-8 without a byte order mark")
         return json.loads(text, object_pairs_hook=_refuse_duplicate_members)
     except _DuplicateMember as exc:
         raise ConfigurationError(
@@ -178,6 +183,8 @@ def parse_json(text: str | bytes, *, source: str) -> object:
         ) from None
     except (UnicodeDecodeError, RecursionError):
         raise ConfigurationError(f"{source}: not valid UTF-8 JSON") from None
+    except ValueError:  # e.g. an integer past Python's digit limit; never shows the text
+        raise ConfigurationError(f"{source}: not valid JSON") from None
 
 
 def iter_entries(document: object, *, source: str) -> Iterator[KeyEntry]:

@@ -252,3 +252,21 @@ def test_duplicate_member_with_an_unprintable_name_is_not_echoed() -> None:
     with pytest.raises(ConfigurationError, match="more than once") as info:
         Keyring.from_json(text)
     assert_no_secret(str(info.value), SECRET)
+
+
+@pytest.mark.parametrize(
+    "encoded",
+    [
+        '{"keys": []}'.encode("utf-16"),
+        '{"keys": []}'.encode("utf-32-le"),
+        b"\xef\xbb\xbf" + b'{"keys": []}',
+        b'{"keys": [' + b"1" * 5_000 + b"]}",
+    ],
+    ids=["utf-16", "utf-32-le", "utf-8-bom", "huge-integer"],
+)
+def test_key_file_text_is_utf8_json_or_a_configuration_error(encoded: bytes) -> None:
+    from signed_bus._keyfile import parse_json
+
+    with pytest.raises(ConfigurationError) as caught:
+        parse_json(encoded, source="keys.json")
+    assert "1111" not in str(caught.value) and caught.value.__cause__ is None
