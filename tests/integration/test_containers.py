@@ -82,7 +82,7 @@ async def test_signed_round_trip_through_the_service_containers(
                 await producer.send(topic, payload, key=f"k{i}".encode())
             await producer.flush()
             await running.caught_up(await end_offsets(kafka_bootstrap, [topic]))
-    assert sorted(m.payload["seq"] for m in running.delivered) == list(range(200))
+    assert sorted(m.payload["seq"] for m in running.delivered) == list(range(200))  # type: ignore[index]
     assert all(m.claim is NEW for m in running.delivered)
     assert consumer.metrics.rejected_total == 0
 

@@ -424,7 +424,7 @@ async def test_a_guard_refuses_window_options_and_a_missing_window(
 ) -> None:
     for name in ("max_age_ms", "future_skew_ms", "max_lag_ms", "freshness"):
         with pytest.raises(ConfigurationError, match="Freshness"):
-            RedisReplayGuard.from_url(redis_url, **{name: 1_000})
+            RedisReplayGuard.from_url(redis_url, **{name: 1_000})  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match="Freshness"):
         await guard.claim([at(os.urandom(16))], freshness=None)  # type: ignore[arg-type]
 

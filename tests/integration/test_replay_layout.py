@@ -44,7 +44,7 @@ async def test_claims_land_where_the_recipe_says(
         retention = guard.retention_ms(window)
     for c in claims:
         key, field = recipe(redis_prefix, c.issuer, c.nonce, c.created_at, 1_000, 7)
-        stored = await raw.hget(key, field)  # type: ignore[misc]
+        stored = await raw.hget(key, field)
         assert stored == position_recipe(c.topic, c.partition, c.offset)
         assert retention - 60_000 < await raw.pttl(key) <= retention
     assert await raw.get(f"{redis_prefix}:layout") == b"v1 bucket_ms=1000 shards=7"

@@ -89,7 +89,7 @@ async def test_forged_letters_neither_stop_the_auditor_nor_grow_its_tables(
     consumer = FakeConsumer([records[:300], records[300:]], stop)
     log = logging.getLogger("test-auditor")
     with caplog.at_level(logging.WARNING, logger="test-auditor"):
-        await asyncio.wait_for(tail_dead_letters(auditor, consumer, stop, log), 10)  # type: ignore[arg-type]
+        await asyncio.wait_for(tail_dead_letters(auditor, consumer, stop, log), 10)
     assert consumer.commits == 2  # both batches read past, nothing left to crash on again
     assert auditor.malformed_dead_letters == 4
     topics, reasons = labels(auditor)

@@ -7,6 +7,7 @@ is the very rule Verifier.verify applies (docs/ENVELOPE.md section 7).
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import pytest
 from hypothesis import given, settings
@@ -193,7 +194,11 @@ def test_check_gives_the_verdicts_verify_gives_at_every_edge() -> None:
             if exp is not None and exp < created:
                 continue  # exp before iat: refused at signing (docs/ENVELOPE.md)
             signer = Signer(
-                RING, kid="k1", issuer="agent", model="m", clock=lambda c=created: NOW + c
+                RING,
+                kid="k1",
+                issuer="agent",
+                model="m",
+                clock=functools.partial(int, NOW + created),
             )
             expires_at = None if exp is None else NOW + exp
             value = signer.sign({}, topic="t", expires_at=expires_at)

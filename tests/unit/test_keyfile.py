@@ -9,6 +9,7 @@ import os
 import stat
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -239,7 +240,11 @@ def test_duplicate_json_members_are_refused(tmp_path: Path, text: str) -> None:
     path = tmp_path / "ring.json"
     path.write_text(text)
     path.chmod(0o600)
-    for load in (lambda: Keyring.from_file(path), lambda: Keyring.from_json(text)):
+    loaders: tuple[Callable[[], Keyring], ...] = (
+        lambda: Keyring.from_file(path),
+        lambda: Keyring.from_json(text),
+    )
+    for load in loaders:
         with pytest.raises(ConfigurationError, match="more than once") as info:
             load()
         assert_no_secret(str(info.value), SECRET)

@@ -158,9 +158,9 @@ def test_bad_issuers_rejected(issuers: object) -> None:
 def test_keys_are_immutable_and_not_picklable() -> None:
     key = HmacKey("k1", SECRET, issuers=["a"])
     with pytest.raises(AttributeError):
-        key.kid = "k2"  # type: ignore[misc]
+        key.kid = "k2"
     with pytest.raises(AttributeError):
-        key._secret = b"y" * 32  # type: ignore[misc]
+        key._secret = b"y" * 32
     with pytest.raises(TypeError, match="cannot be pickled"):
         pickle.dumps(key)
     with pytest.raises(TypeError, match="cannot be pickled"):
@@ -204,7 +204,7 @@ def _load_error(tmp_path: Path, document: object) -> ConfigurationError:
         # secret with an unknown extra field
         lambda: {"version": 1, "keys": [hmac_entry(comment="x")]},
         # a field named with the secret itself
-        lambda: {"version": 1, "keys": [hmac_entry(**{SECRET_B64: 1})]},
+        lambda: {"version": 1, "keys": [hmac_entry(**{SECRET_B64: 1})]},  # type: ignore[arg-type]
         # bad issuers next to a secret
         lambda: {"version": 1, "keys": [hmac_entry(issuers="agent-a")]},
         # bad kid next to a secret
@@ -218,7 +218,7 @@ def _load_error(tmp_path: Path, document: object) -> ConfigurationError:
         # wrong version
         lambda: {"version": 2, "keys": [hmac_entry()]},
         # secret as a number list
-        lambda: {"version": 1, "keys": [hmac_entry(secret=list(SECRET))]},
+        lambda: {"version": 1, "keys": [hmac_entry(secret=list(SECRET))]},  # type: ignore[arg-type]
     ],
 )
 def test_load_errors_never_contain_the_secret(tmp_path: Path, make_document: object) -> None:

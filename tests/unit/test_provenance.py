@@ -106,6 +106,7 @@ async def test_trace_from_bytes_matches_trace_from_position() -> None:
     world = World()
     _, positions = world.chain()
     record = world.log.records[positions[0]]
+    assert record.value is not None
     report = await world.tracer().trace_value(record.value, topic="actions", key=record.key)
     assert report.ok and len(report.links) == 3
     assert report.links[0].position is None
@@ -115,6 +116,7 @@ async def test_tampered_link_reported_at_that_link() -> None:
     world = World()
     digests, positions = world.chain()
     good = world.log.records[positions[1]]
+    assert good.value is not None
     flipped = bytearray(good.value)
     flipped[-5] ^= 0x01
     world.log.records[positions[1]] = FetchedRecord(positions[1], good.key, bytes(flipped), T0, 1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import copy
 import dataclasses
+import functools
 import hashlib
 import json
 import pickle
@@ -516,7 +517,7 @@ def test_a_bad_window_is_a_configuration_error(window: dict[str, Any]) -> None:
 def test_the_window_numbers_are_no_verifier_options(name: str) -> None:
     # One window, held once: the verifier takes no loose numbers that could disagree with it.
     with pytest.raises(TypeError):
-        Verifier(RING, **{name: 1_000})
+        Verifier(RING, **{name: 1_000})  # type: ignore[arg-type]
     assert not hasattr(Verifier(RING), name)
 
 
@@ -679,7 +680,11 @@ def test_check_fresh_applies_exactly_the_rule_verify_applies() -> None:
             if exp is not None and exp < created:
                 continue  # exp before iat: refused at signing (docs/ENVELOPE.md)
             signer = Signer(
-                ring, kid="k1", issuer="agent", model="m", clock=lambda c=created: NOW + c
+                ring,
+                kid="k1",
+                issuer="agent",
+                model="m",
+                clock=functools.partial(int, NOW + created),
             )
             value = signer.sign({}, topic="t", expires_at=None if exp is None else NOW + exp)
             message = verifier(audit=True).verify(value, topic="t", key=None)
