@@ -41,7 +41,8 @@ import cryptography
 import msgpack
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from signed_bus._envelope import signed_message, split_envelope
+from signed_bus._decode import split_envelope
+from signed_bus._envelope import signed_message
 from signed_bus._keys import Ed25519Key, HmacKey, Keyring
 from signed_bus._signer import Signer
 from signed_bus._verifier import Verifier

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Final, NoReturn
 
 from signed_bus._clock import Clock, system_clock
+from signed_bus._decode import decode_header_values, frame_offsets
 from signed_bus._envelope import (
     CONTENT_TYPE_MSGPACK,
     HEADER_KEYS,
@@ -27,9 +28,7 @@ from signed_bus._envelope import (
     K_NCE,
     K_PAR,
     K_TPC,
-    decode_header_values,
     envelope_digest,
-    frame_offsets,
     signed_message,
 )
 from signed_bus._freshness import Freshness

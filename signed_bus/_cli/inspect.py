@@ -29,7 +29,7 @@ from signed_bus._text import printable
 from signed_bus.errors import VerificationError
 
 if TYPE_CHECKING:
-    from signed_bus._envelope import Envelope
+    from signed_bus._decode import Envelope
 
 __all__ = ["register"]
 
@@ -182,7 +182,7 @@ def _print_header(envelope: Envelope, out: TextIO) -> None:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from signed_bus._envelope import decode_envelope
+    from signed_bus._decode import decode_envelope
     from signed_bus._verifier import Verifier
 
     keyring = Keyring.from_env() if args.keyring is None else Keyring.from_file(args.keyring)

@@ -80,7 +80,7 @@ def _trace(args: argparse.Namespace) -> int:
 async def _run(
     args: argparse.Namespace, keyring: Keyring, start: Position | None, value: bytes | None
 ) -> int:
-    from signed_bus._envelope import decode_envelope
+    from signed_bus._decode import decode_envelope
     from signed_bus._provenance import ProvenanceIndex, RecordFetcher, Tracer
     from signed_bus._verifier import Verifier
 

@@ -26,7 +26,8 @@ from signed_bus._deadletter import (
     DeadLetter,
     header_map,
 )
-from signed_bus._envelope import decode_header, encode_envelope, split_envelope
+from signed_bus._decode import decode_header, split_envelope
+from signed_bus._envelope import encode_envelope
 from signed_bus._kafka.consumer import VerifyingConsumer
 from signed_bus._keys import Keyring, generate_hmac_key
 from signed_bus._signer import Signer

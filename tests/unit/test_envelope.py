@@ -9,13 +9,12 @@ from typing import Any
 import msgpack
 import pytest
 
+from signed_bus._decode import decode_envelope, decode_header, split_envelope
 from signed_bus._envelope import (
     HEADER_KEYS,
     MAX_PARENTS,
     SIGNATURE_DOMAIN,
     TAG,
-    decode_envelope,
-    decode_header,
     encode_envelope,
     encode_header,
     envelope_digest,
@@ -24,7 +23,6 @@ from signed_bus._envelope import (
     pack_str,
     pack_uint,
     signed_message,
-    split_envelope,
 )
 from signed_bus.errors import MalformedEnvelope, UnsupportedVersion, VerificationError
 

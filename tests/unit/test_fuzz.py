@@ -15,7 +15,8 @@ import msgpack
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from signed_bus._envelope import HEADER_KEYS, TAG, decode_envelope, encode_envelope, signed_message
+from signed_bus._decode import decode_envelope
+from signed_bus._envelope import HEADER_KEYS, TAG, encode_envelope, signed_message
 from signed_bus._keys import Ed25519Key, HmacKey, Keyring
 from signed_bus._signer import Signer
 from signed_bus._verifier import Verifier

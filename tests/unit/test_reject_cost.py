@@ -12,7 +12,8 @@ import tracemalloc
 
 import pytest
 
-from signed_bus._envelope import MAX_PROTECTED_BYTES, decode_header, encode_envelope
+from signed_bus._decode import decode_header
+from signed_bus._envelope import MAX_PROTECTED_BYTES, encode_envelope
 from signed_bus._keys import HmacKey, Keyring
 from signed_bus._verifier import Verifier
 from signed_bus.bench.crafted import SHAPES, crafted

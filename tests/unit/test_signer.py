@@ -8,7 +8,8 @@ import os
 import msgpack
 import pytest
 
-from signed_bus._envelope import CONTENT_TYPE_MSGPACK, decode_envelope
+from signed_bus._decode import decode_envelope
+from signed_bus._envelope import CONTENT_TYPE_MSGPACK
 from signed_bus._keys import Keyring, generate_ed25519_key, generate_hmac_key
 from signed_bus._signer import Signer
 from signed_bus._verifier import Verifier
