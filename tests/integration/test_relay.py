@@ -58,7 +58,7 @@ class Hop:
 
     def consumer(self) -> tuple[VerifyingConsumer, RedisReplayGuard]:
         guard = RedisReplayGuard.from_url(self.redis_url, prefix=self.prefix)
-        consumer = VerifyingConsumer(
+        consumer = VerifyingConsumer.from_options(
             ConsumerOptions(
                 bootstrap_servers=self.bootstrap,
                 group_id=self.group,
@@ -165,11 +165,11 @@ async def run_relay(
                 break
             assert time.monotonic() < deadline, f"relay committed {committed} of {ends}"
             await asyncio.sleep(0.1)
-        relay.stop()
+        await relay.stop()
         await task
     finally:
         if not task.done():
-            relay.stop()
+            await relay.stop()
             await asyncio.wait_for(asyncio.shield(task), 10)
         await consumer.stop()
         await kafka.stop()

@@ -142,7 +142,7 @@ class Setup:
         return topic, bad
 
     def consumer(self, topic: str, dlq: str | None, group: str | None = None) -> VerifyingConsumer:
-        return VerifyingConsumer(
+        return VerifyingConsumer.from_options(
             consumer_options(self.bootstrap, [topic], group=group),
             verifier=verifier(self.ring),
             guard=self.guard,
