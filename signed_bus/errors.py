@@ -223,3 +223,4 @@ def _quoted(value: str) -> str:
     """``value`` escaped for a single-quoted context field: a quote inside it cannot end the
     field early and forge another (``issuer='a', topic='x'``)."""
     return printable(value).replace("'", "\\'")
+
