@@ -40,10 +40,17 @@ from signed_bus._deadletter import (
 )
 from signed_bus._freshness import Freshness
 from signed_bus._gate import Gate
-from signed_bus._kafka.consumer import Backoff, ConsumedMessage, ConsumerOptions, VerifyingConsumer
+from signed_bus._kafka.consumer import (
+    Backoff,
+    ConsumedBatch,
+    ConsumedMessage,
+    ConsumerOptions,
+    VerifyingConsumer,
+)
 from signed_bus._kafka.cursor import DeliveryCursor
 from signed_bus._kafka.deadletters import DeadLetterSender, DeadLetterWriter, is_retriable
-from signed_bus._kafka.producer import ProducerOptions
+from signed_bus._kafka.producer import ProducerOptions, SignedProducer
+from signed_bus._kafka.relay import Output, Relay
 from signed_bus._kafka.settle import Settler
 from signed_bus._keys import Keyring, generate_hmac_key
 from signed_bus._metrics import ConsumerMetrics
@@ -986,3 +993,69 @@ async def test_a_tombstone_is_dead_lettered_marked_null_not_as_an_empty_value() 
         (b"", False, False),
         (None, True, False),
     ]
+
+
+# -- one lifecycle: start()/stop() coroutines, Stopped after stop ---------------------------------
+
+
+class IdleConsumer:
+    """Stands in for a VerifyingConsumer whose topic is quiet: getbatch returns empty batches."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.polled = asyncio.Event()
+
+    async def getbatch(self) -> Any:
+        self.calls += 1
+        self.polled.set()
+        await asyncio.sleep(0.01)
+        return ConsumedBatch((), {}, {})
+
+
+def idle_relay() -> tuple[Relay, IdleConsumer]:
+    consumer = IdleConsumer()
+    producer = SignedProducer(
+        ProducerOptions(bootstrap_servers="127.0.0.1:1"),
+        signer=Signer(ring(), kid="k1", issuer="agent", model="m"),
+    )
+
+    async def transform(message: ConsumedMessage) -> list[Output]:
+        return []
+
+    relay = Relay(consumer, producer, transform, output_topic="out")  # type: ignore[arg-type]
+    return relay, consumer
+
+
+async def test_relay_stop_is_a_coroutine_that_waits_for_run() -> None:
+    relay, consumer = idle_relay()
+    async with relay:
+        task = asyncio.create_task(relay.run())
+        await consumer.polled.wait()
+        await relay.stop()
+        assert task.done()  # stop() returned only once run() had
+    await task
+    await relay.stop()  # idempotent
+
+
+async def test_a_stopped_relay_refuses_start_run_and_process_with_stopped() -> None:
+    relay, consumer = idle_relay()
+    await relay.stop()
+    with pytest.raises(Stopped):
+        await relay.start()
+    with pytest.raises(Stopped):
+        await relay.run()
+    with pytest.raises(Stopped):
+        await relay.process(ConsumedBatch((), {}, {}))
+    assert consumer.calls == 0
+
+
+async def test_a_stopped_producer_refuses_start_and_send_with_stopped() -> None:
+    producer = SignedProducer(
+        ProducerOptions(bootstrap_servers="127.0.0.1:1"),
+        signer=Signer(ring(), kid="k1", issuer="agent", model="m"),
+    )
+    await producer.stop()
+    with pytest.raises(Stopped):
+        await producer.start()
+    with pytest.raises(Stopped):
+        await producer.send(TOPIC, {"x": 1})
