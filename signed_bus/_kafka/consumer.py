@@ -13,13 +13,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 
 from signed_bus._gate import HELD_FOR_RELAY, ConsumedMessage, Entry, Gate, Record, Settling
+from signed_bus._kafka.batch import EMPTY_BATCH, ConsumedBatch, whole_batch
+from signed_bus._kafka.clients import KafkaClients
 from signed_bus._kafka.commits import Commits
 from signed_bus._kafka.cursor import DeliveryCursor
 from signed_bus._kafka.deadletters import DeadLetterSender, DeadLetterWriter
@@ -47,23 +48,6 @@ __all__ = [
 log = logging.getLogger("signed_bus.consumer")
 
 
-@dataclass(frozen=True, slots=True)
-class ConsumedBatch:
-    """One ``getmany`` worth of records from :meth:`VerifyingConsumer.getbatch`, not committed.
-
-    ``messages`` are the verified records, in partition and offset order. ``offsets`` covers the
-    whole batch, rejected records included (they are already dead-lettered): per partition, the
-    offset after the batch's last record, which is what to commit. ``first_offsets`` is per
-    partition the batch's first offset: seek there to read the batch again.
-    """
-
-    messages: tuple[ConsumedMessage, ...]
-    offsets: Mapping[TopicPartition, int]
-    first_offsets: Mapping[TopicPartition, int]
-
-
-_EMPTY_BATCH = ConsumedBatch((), {}, {})
-
 Handler = Callable[[ConsumedMessage], Awaitable[object]]
 
 
@@ -72,7 +56,7 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         self._owner = owner
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
-        await self._owner._on_revoked(set(revoked))
+        await self._owner._commits.on_revoked(set(revoked))
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         return None
@@ -122,14 +106,11 @@ class VerifyingConsumer(AsyncLifecycle):
             raise ConfigurationError("dead_letter_producer given without dead_letter_topic")
         if max_records < 1 or timeout_ms < 0:
             raise ConfigurationError("max_records must be >= 1 and timeout_ms >= 0")
-        self._options = options
-        self._consumer: AIOKafkaConsumer | None = None
+        self._clients = KafkaClients(options, dead_letter_producer)
         self.metrics = ConsumerMetrics()
         self._gate = Gate(verifier, fail_open=fail_open, metrics=self.metrics)
         self._guard = guard
         self._dead_letter_topic = dead_letter_topic
-        self._dead_letter_source = dead_letter_producer
-        self._dead_letter_owned: AIOKafkaProducer | None = None
         self._max_records = max_records
         self._timeout_ms = timeout_ms
         self._backoff = backoff or Backoff()
@@ -177,9 +158,7 @@ class VerifyingConsumer(AsyncLifecycle):
     @property
     def consumer(self) -> AIOKafkaConsumer:
         """The underlying aiokafka consumer (built by :meth:`start`)."""
-        if self._consumer is None:
-            raise RuntimeError("VerifyingConsumer.start() has not been called")
-        return self._consumer
+        return self._clients.consumer
 
     @property
     def gate(self) -> Gate:
@@ -207,31 +186,15 @@ class VerifyingConsumer(AsyncLifecycle):
             raise Stopped("VerifyingConsumer was stopped; make a new one")
         if self._started:
             return
-        try:
-            options = self._options
-            consumer = options.build()
-            self._consumer = consumer
-            consumer.subscribe(list(options.topics), listener=self._listener)
-            await consumer.start()
-            if self._dead_letter_topic is not None:
-                source = self._dead_letter_source
-                if source is None:
-                    producer = options.dead_letter_producer().build()
-                    self._dead_letter_owned = producer
-                    await producer.start()
-                elif isinstance(source, SignedProducer):
-                    producer = source.producer
-                else:
-                    producer = source
-                self._settler.dead_letters = DeadLetterSender(
-                    DeadLetterWriter(producer, self._dead_letter_topic),
-                    backoff=self._backoff,
-                    metrics=self.metrics,
-                    hold=self._hold,
-                )
-        except BaseException:
-            await self._close_owned()
-            raise
+        topic = self._dead_letter_topic
+        producer = await self._clients.start(self._listener, dead_letters=topic is not None)
+        if producer is not None and topic is not None:
+            self._settler.dead_letters = DeadLetterSender(
+                DeadLetterWriter(producer, topic),
+                backoff=self._backoff,
+                metrics=self.metrics,
+                hold=self._hold,
+            )
         self._started = True
 
     async def stop(self) -> None:
@@ -257,17 +220,9 @@ class VerifyingConsumer(AsyncLifecycle):
         self._closed = True
         try:
             if self._started:
-                await self._commit_quietly()
+                await self._commits.commit_quietly()
         finally:
-            await self._close_owned()
-
-    async def _close_owned(self) -> None:
-        try:
-            if self._consumer is not None:
-                await self._consumer.stop()
-        finally:
-            if self._dead_letter_owned is not None:
-                await self._dead_letter_owned.stop()
+            await self._clients.stop()
 
     # -- delivery ----------------------------------------------------------------------------
 
@@ -287,17 +242,17 @@ class VerifyingConsumer(AsyncLifecycle):
             while not self._stopping:
                 message = cursor.next()
                 if message is None:
-                    await self._commit(wait=False)
+                    await self._commits.commit(wait=False)
                     if not self._stopping:
                         await self._fill()
                     continue
                 try:
                     await handler(message)
                 except Exception:
-                    await self._commit_quietly()
+                    await self._commits.commit_quietly()
                     raise
                 cursor.finish()
-            await self._commit()
+            await self._commits.commit()
         finally:
             self._leave()
             if self._close_after_run:
@@ -329,7 +284,7 @@ class VerifyingConsumer(AsyncLifecycle):
                 message = cursor.next()
                 if message is not None:
                     return message
-                await self._commit(wait=False)
+                await self._commits.commit(wait=False)
                 if self._stopping:
                     raise StopAsyncIteration
                 await self._fill()
@@ -342,7 +297,7 @@ class VerifyingConsumer(AsyncLifecycle):
         """Mark the message in hand finished and commit everything finished so far."""
         self._check_open()
         self._cursor.finish()
-        await self._commit()
+        await self._commits.commit()
 
     # -- whole batches (relays) ----------------------------------------------------------------
 
@@ -369,35 +324,23 @@ class VerifyingConsumer(AsyncLifecycle):
                 self.consumer, timeout_ms=self._timeout_ms, max_records=self._max_records
             )
             if not fetched:
-                return None if self._stopping else _EMPTY_BATCH
+                return None if self._stopping else EMPTY_BATCH
             batch, revoked = self._receive(fetched)
             entries = await self._settler.settle(batch, revoked)
         finally:
             self._leave()
         if entries is None:  # stopped while the batch was held (replay guard unavailable)
             return None
-        messages: list[ConsumedMessage] = []
-        offsets: dict[TopicPartition, int] = {}
-        first: dict[TopicPartition, int] = {}
-        for tp, next_offset, message in entries:
-            if tp in revoked:  # the partition's new owner reads these records
-                continue
-            first.setdefault(tp, next_offset - 1)
-            offsets[tp] = next_offset
-            if message is not None:
-                messages.append(message)
-        for skipped in batch.skipped:  # its entry holds the offset after the range
-            if skipped.tp in first:
-                first[skipped.tp] = min(first[skipped.tp], skipped.offset)
-        self.metrics.delivered += len(messages)
-        return ConsumedBatch(tuple(messages), offsets, first)
+        whole = whole_batch(entries, revoked, batch.skipped)
+        self.metrics.delivered += len(whole.messages)
+        return whole
 
     async def commit_offsets(self, offsets: Mapping[TopicPartition, int]) -> None:
         """Commit a batch's ``offsets`` (from :meth:`getbatch`) for the partitions still assigned
         (a partition lost to a rebalance is read again by its new owner: at-least-once)."""
         self._check_open()
         self._cursor.mark_finished(offsets)
-        await self._commit()
+        await self._commits.commit()
 
     async def recheck(self, batch: ConsumedBatch) -> ConsumedBatch | None:
         """Re-check the freshness of a batch from :meth:`getbatch` that waited, before anything
@@ -475,14 +418,3 @@ class VerifyingConsumer(AsyncLifecycle):
         return await hold_paused(
             self.consumer, seconds, max_records=self._max_records, stopping=lambda: self._stopping
         )
-
-    # -- commits -------------------------------------------------------------------------------
-
-    async def _commit(self, *, wait: bool = True) -> None:
-        await self._commits.commit(wait=wait)
-
-    async def _commit_quietly(self) -> None:
-        await self._commits.commit_quietly()
-
-    async def _on_revoked(self, revoked: set[TopicPartition]) -> None:
-        await self._commits.on_revoked(revoked)
