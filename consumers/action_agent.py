@@ -183,7 +183,7 @@ async def run() -> int:
         log_name=env.agent_id,
     )
     guard = RedisReplayGuard.from_url(env.redis_url, prefix=env.replay_prefix)
-    consumer = VerifyingConsumer(
+    consumer = VerifyingConsumer.from_options(
         ConsumerOptions(
             bootstrap_servers=env.bootstrap_servers,
             group_id=env_str("GROUP_ID", AGENT),

@@ -233,7 +233,7 @@ async def run() -> int:
     guard = RedisReplayGuard.from_url(env.redis_url, prefix=env.replay_prefix)
     verifier = Verifier(load_verify_keyring(), freshness=env.freshness)
     consumers = {
-        topic: VerifyingConsumer(
+        topic: VerifyingConsumer.from_options(
             ConsumerOptions(
                 bootstrap_servers=env.bootstrap_servers,
                 group_id=f"{group}.{topic}",

@@ -135,7 +135,7 @@ async def run() -> int:
         log=log,
     )
     guard = RedisReplayGuard.from_url(env.redis_url, prefix=env.replay_prefix)
-    consumer = VerifyingConsumer(
+    consumer = VerifyingConsumer.from_options(
         ConsumerOptions(
             bootstrap_servers=env.bootstrap_servers,
             group_id=group,
@@ -188,7 +188,7 @@ async def run() -> int:
             runner = asyncio.create_task(relay.run())
             await asyncio.wait({runner, waiter}, return_when=asyncio.FIRST_COMPLETED)
             if not runner.done():
-                relay.stop()
+                await relay.stop()
                 await runner
                 break
             try:

@@ -21,22 +21,11 @@ erasing earlier letters with its key (and which aiokafka refuses to send without
 
 from __future__ import annotations
 
-import asyncio
 import enum
-import hashlib
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
-
-from aiokafka import AIOKafkaProducer
-from aiokafka.errors import (
-    KafkaConnectionError,
-    KafkaError,
-    KafkaTimeoutError,
-    MessageSizeTooLargeError,
-    RecordTooLargeError,
-)
 
 from signed_bus.errors import MalformedDeadLetter, Undecodable, VerificationError
 
@@ -54,13 +43,10 @@ __all__ = [
     "HEADER_VALUE_NULL",
     "HEADER_VALUE_OMITTED",
     "DeadLetter",
-    "DeadLetterWriter",
     "MalformedDeadLetter",
     "Omitted",
     "dead_letter_headers",
     "header_map",
-    "is_retriable",
-    "is_too_large",
 ]
 
 HEADER_REASON = "signed-bus-reason"
@@ -106,12 +92,6 @@ _KNOWN_HEADERS = frozenset(
 
 # Error messages are library-made and short; the cap keeps one odd message from bloating a record.
 _MAX_ERROR_BYTES = 512
-
-_TOO_LARGE = (MessageSizeTooLargeError, RecordTooLargeError)
-# Transient whatever aiokafka's flag says: KafkaTimeoutError (no metadata, a full buffer, an
-# expired batch during a broker outage) is marked retriable=False, yet a retry after the broker
-# returns succeeds.
-_TRANSIENT = (KafkaTimeoutError, KafkaConnectionError)
 
 
 def dead_letter_headers(
@@ -324,107 +304,6 @@ def _flag_header(found: dict[str, bytes], name: str) -> bool:
     if raw != b"1":
         raise MalformedDeadLetter(f"header {name} must be 1 when present")
     return True
-
-
-class DeadLetterWriter:
-    """Produces dead letters to one topic through a plain (unsigned) aiokafka producer.
-
-    The producer's lifecycle belongs to whoever made it; the writer never starts or stops it.
-    """
-
-    __slots__ = ("_producer", "_topic")
-
-    def __init__(self, producer: AIOKafkaProducer, topic: str) -> None:
-        self._producer = producer
-        self._topic = topic
-
-    @property
-    def topic(self) -> str:
-        return self._topic
-
-    async def send(
-        self,
-        record: Any,
-        error: VerificationError,
-        *,
-        omit_value: bool = False,
-        omit_key: bool = False,
-    ) -> asyncio.Future[Any]:
-        """Queue the dead letter of ``record`` (an aiokafka ``ConsumerRecord``).
-
-        Returns the delivery future (await it before committing the source offset). A value too
-        large for the producer is left out (``signed-bus-value-omitted: 1``) rather than lost
-        with its headers, then the key too (``signed-bus-key-omitted: 1``); pass
-        ``omit_value=True`` or ``omit_key=True`` to do that after the broker refused it.
-        """
-        if omit_key:
-            omit = Omitted.VALUE_AND_KEY
-        else:
-            omit = Omitted.VALUE if omit_value else Omitted.NOTHING
-        future, _ = await self.send_letter(record, error, omit=omit)
-        return future
-
-    async def send_letter(
-        self,
-        record: Any,
-        error: VerificationError,
-        *,
-        omit: Omitted = Omitted.NOTHING,
-    ) -> tuple[asyncio.Future[Any], Omitted]:
-        """Queue the dead letter of ``record`` leaving out at least ``omit``.
-
-        While the producer refuses the letter as too large, it leaves out more (the value, then
-        the key). Returns the delivery future and what the queued letter left out (so a refusal
-        by the broker can be retried leaving out more). Raises the producer's too-large error
-        when even the letter without value and key does not fit.
-        """
-        headers = dead_letter_headers(
-            error,
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-            timestamp=record.timestamp,
-        )
-        original: bytes | None = record.value
-        if original is None and not isinstance(error, Undecodable):
-            # A tombstone: marked, with an empty value (see the module docstring).
-            headers.append((HEADER_VALUE_NULL, b"1"))
-        while True:
-            if original is None and omit == Omitted.VALUE:
-                omit = Omitted.VALUE_AND_KEY  # no value to leave out: the rest is too large
-            value = b"" if original is None else original
-            key: bytes | None = record.key
-            extra: list[tuple[str, bytes]] = []
-            if omit >= Omitted.VALUE and original is not None:
-                value = b""
-                extra.append((HEADER_VALUE_OMITTED, b"1"))
-            if omit >= Omitted.VALUE_AND_KEY and key is not None:
-                extra.append((HEADER_KEY_OMITTED, b"1"))
-                extra.append((HEADER_KEY_SHA256, hashlib.sha256(key).hexdigest().encode()))
-                key = None
-            try:
-                future: asyncio.Future[Any] = await self._producer.send(
-                    self._topic, value, key=key, headers=headers + extra
-                )
-            except _TOO_LARGE:
-                if omit >= Omitted.VALUE_AND_KEY:
-                    raise
-                omit = Omitted(omit + 1)
-                continue
-            return future, omit
-
-
-def is_too_large(exc: BaseException) -> bool:
-    """True when a dead-letter send or delivery failed because the letter does not fit."""
-    return isinstance(exc, _TOO_LARGE)
-
-
-def is_retriable(exc: BaseException) -> bool:
-    """True when a dead-letter send failed for a reason that a later retry can cure: a timeout,
-    a lost connection, or any aiokafka error flagged ``retriable``."""
-    if isinstance(exc, _TRANSIENT):
-        return True
-    return isinstance(exc, KafkaError) and bool(exc.retriable)
 
 
 def header_map(headers: Sequence[tuple[str, bytes]]) -> dict[str, bytes]:

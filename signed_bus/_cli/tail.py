@@ -32,8 +32,6 @@ if TYPE_CHECKING:
 
 __all__ = ["register"]
 
-_LOG_APPEND_TIME = 1
-
 
 def register(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser(
@@ -74,12 +72,13 @@ def _tail(args: argparse.Namespace) -> int:
 async def _run(args: argparse.Namespace, keyring: Keyring, out: TextIO) -> int:
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
+    from signed_bus._gate import Gate
     from signed_bus._kafka.fetch import fetch_records
     from signed_bus._provenance import partitions_of
     from signed_bus._verifier import Verifier
-    from signed_bus.errors import ConfigurationError, VerificationError
+    from signed_bus.errors import ConfigurationError
 
-    verifier = Verifier(keyring, freshness=freshness_from_args(args), audit=args.audit)
+    gate = Gate(Verifier(keyring, freshness=freshness_from_args(args), audit=args.audit))
     consumer = AIOKafkaConsumer(
         bootstrap_servers=args.bootstrap_servers,
         group_id=None,
@@ -109,19 +108,23 @@ async def _run(args: argparse.Namespace, keyring: Keyring, out: TextIO) -> int:
                     break
                 continue
             last = loop.time()
+            # The gate verifies (the consumers' rules: LogAppendTime reference, tombstones,
+            # verifier bugs as malformed); tail claims nothing, so every verified record
+            # settles without a verdict.
+            batch = gate.receive(fetched.records)
+            gate.settle(batch, [None] * len(batch.verified))
+            delivered = {(m.partition, m.offset): m for _, _, m in batch.entries if m is not None}
+            errors = {(r.partition, r.offset): e for r, e in batch.rejected}
             for record in records:
-                reference = record.timestamp if record.timestamp_type == _LOG_APPEND_TIME else None
                 where = f"{printable(record.topic)}[{record.partition}]@{record.offset}"
-                try:
-                    message = verifier.verify(
-                        record.value, topic=record.topic, key=record.key, reference_ms=reference
-                    )
-                except VerificationError as exc:
+                message = delivered.get((record.partition, record.offset))
+                if message is None:
+                    exc = errors[(record.partition, record.offset)]
                     verdict = exc.reason
                     print(f"{where}  REJECT {exc}", file=out)  # str() escapes the record's text
                 else:
                     verdict = "ok"
-                    print(f"{where}  OK {_describe(message)}", file=out)
+                    print(f"{where}  OK {_describe(message.verified)}", file=out)
                 counts[verdict] = counts.get(verdict, 0) + 1
                 seen += 1
                 if args.count is not None and seen >= args.count:

@@ -19,7 +19,7 @@ from aiokafka.structs import RecordMetadata
 from signed_bus._lifecycle import AsyncLifecycle
 from signed_bus._metrics import ProducerMetrics
 from signed_bus._signer import Signer
-from signed_bus.errors import ConfigurationError
+from signed_bus.errors import ConfigurationError, Stopped
 
 __all__ = ["KAFKA_SECURITY_OPTIONS", "Outgoing", "ProducerOptions", "SignedProducer"]
 
@@ -111,7 +111,8 @@ class SignedProducer(AsyncLifecycle):
     ``kafka`` is a built ``AIOKafkaProducer`` (yours: start it before sending and stop it after;
     :meth:`stop` leaves it open) or :class:`ProducerOptions` (the producer is built by
     :meth:`start` and closed by :meth:`stop`). Idempotence is on by default, so a retried batch
-    is not written twice.
+    is not written twice. ``start()``/``stop()`` or ``async with``; once stopped, starting or
+    sending raises :class:`~signed_bus.errors.Stopped`.
     """
 
     def __init__(self, kafka: AIOKafkaProducer | ProducerOptions, *, signer: Signer) -> None:
@@ -135,13 +136,15 @@ class SignedProducer(AsyncLifecycle):
     @property
     def producer(self) -> AIOKafkaProducer:
         """The underlying aiokafka producer (built by :meth:`start` when options were given)."""
+        if self._closed:
+            raise Stopped("SignedProducer was stopped; make a new one")
         if self._producer is None:
             raise RuntimeError("SignedProducer.start() has not been called")
         return self._producer
 
     async def start(self) -> None:
         if self._closed:
-            raise RuntimeError("SignedProducer was stopped; make a new one")
+            raise Stopped("SignedProducer was stopped; make a new one")
         if self._options is None or self._producer is not None:
             return
         producer = self._options.build()

@@ -61,12 +61,14 @@ from aiokafka.errors import IllegalOperation, KafkaError, ProducerFenced
 
 from signed_bus._kafka.consumer import ConsumedBatch, ConsumedMessage, VerifyingConsumer
 from signed_bus._kafka.producer import SignedProducer
+from signed_bus._lifecycle import AsyncLifecycle
 from signed_bus._text import printable
 from signed_bus.errors import (
     ConfigurationError,
     RelayError,
     RelayFenced,
     RelayTransformError,
+    Stopped,
 )
 
 __all__ = [
@@ -131,12 +133,18 @@ class RelayMetrics:
         }
 
 
-class Relay:
+class Relay(AsyncLifecycle):
     """Drives one hop: ``consumer`` -> ``transform`` -> ``producer`` (see the module docstring).
 
     The consumer and the producer are started and stopped by the caller. For
     ``exactly_once=True`` the producer's ``AIOKafkaProducer`` must have a ``transactional_id``
     and ``group_id`` must be the consumer's group (offsets are committed in its name).
+
+    Lifecycle as every long-lived signed-bus object: ``start()``/``stop()`` coroutines and
+    ``async with`` (:meth:`run` starts it if needed). :meth:`stop` asks :meth:`run` to return
+    after the batch in hand and waits for it (from inside the transform it only asks). A
+    stopped relay refuses :meth:`start`, :meth:`run` and :meth:`process` with
+    :class:`~signed_bus.errors.Stopped`.
     """
 
     def __init__(
@@ -160,29 +168,59 @@ class Relay:
         self._exactly_once = exactly_once
         self._group_id = group_id
         self._stopping = False
+        self._stopped = False
+        self._running: asyncio.Task[Any] | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
         self.metrics = RelayMetrics()
 
     @property
     def exactly_once(self) -> bool:
         return self._exactly_once
 
-    def stop(self) -> None:
-        """Ask :meth:`run` to return after the batch in hand is committed."""
+    async def start(self) -> None:
+        """Nothing to build (the consumer and producer are the caller's); refuses a stopped
+        relay with :class:`~signed_bus.errors.Stopped`."""
+        self._check_open()
+
+    async def stop(self) -> None:
+        """Ask :meth:`run` to return after the batch in hand is committed, and wait until it
+        did (called from inside the transform: only ask). Idempotent."""
         self._stopping = True
+        self._stopped = True
+        running = self._running
+        if running is not None and running is not asyncio.current_task():
+            await self._idle.wait()
+
+    def _check_open(self) -> None:
+        if self._stopped:
+            raise Stopped("Relay was stopped; make a new one")
 
     async def run(self) -> None:
         """Relay batches until :meth:`stop`; raises :class:`RelayError` subclasses on failure."""
-        self._stopping = False
-        while not self._stopping:
-            batch = await self._consumer.getbatch()
-            if batch is None:  # the consumer is stopping
-                return
-            if not batch.offsets:
-                continue
-            await self.process(batch)
+        self._check_open()
+        if self._running is not None:
+            raise RuntimeError("the relay is already running")
+        self._running = asyncio.current_task()
+        self._idle.clear()
+        try:
+            while not self._stopping:
+                batch = await self._consumer.getbatch()
+                if batch is None:  # the consumer is stopping
+                    return
+                if not batch.offsets:
+                    continue
+                await self._process(batch)
+        finally:
+            self._running = None
+            self._idle.set()
 
     async def process(self, batch: ConsumedBatch) -> None:
         """Transform, produce and commit one batch (the unit of :meth:`run`)."""
+        self._check_open()
+        await self._process(batch)
+
+    async def _process(self, batch: ConsumedBatch) -> None:
         try:
             planned = await self._plan(batch)
         except Exception as exc:

@@ -31,7 +31,13 @@ from signed_bus._signer import Signer
 from signed_bus._verifier import Verifier
 from signed_bus.bench.codec import ED25519_KID, HMAC_KID, ISSUER, MODEL, bench_keyring
 from signed_bus.bench.config import BenchConfig
-from signed_bus.bench.kafka import bench_topics, consumer_options, start_consumer, start_producer
+from signed_bus.bench.kafka import (
+    bench_topics,
+    consumer_options,
+    start_consumer,
+    start_producer,
+    wait_assigned,
+)
 from signed_bus.bench.payloads import inference_results
 from signed_bus.bench.profiling import profiled
 from signed_bus.bench.redis_cost import CountingConnection, counting_client, script_stats
@@ -96,10 +102,12 @@ async def _verified_rate(
     verifier: Verifier,
     guard: RedisReplayGuard,
 ) -> dict[str, float]:
-    consumer = await start_consumer(consumer_options(config, topic))
-    verifying = VerifyingConsumer(consumer, verifier=verifier, guard=guard, max_records=MAX_RECORDS)
+    verifying = VerifyingConsumer.from_options(
+        consumer_options(config, topic), verifier=verifier, guard=guard, max_records=MAX_RECORDS
+    )
     try:
         await verifying.start()
+        await wait_assigned(verifying.consumer)
         start = time.perf_counter()
         seen = 0
         async for message in verifying:
@@ -111,7 +119,6 @@ async def _verified_rate(
         metrics = verifying.metrics
     finally:
         await verifying.stop()
-        await consumer.stop()
     return {
         "rate": seen / elapsed,
         "batches": float(metrics.batches),

@@ -97,6 +97,12 @@ async def start_consumer(
     consumer = options.build()
     consumer.subscribe(list(options.topics))
     await consumer.start()
+    await wait_assigned(consumer, assignment_timeout_s=assignment_timeout_s)
+    return consumer
+
+
+async def wait_assigned(consumer: AIOKafkaConsumer, *, assignment_timeout_s: float = 30.0) -> None:
+    """Wait until the group assigned ``consumer`` partitions (stopping it on timeout)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + assignment_timeout_s
     while not consumer.assignment():
@@ -104,4 +110,3 @@ async def start_consumer(
             await consumer.stop()
             raise TimeoutError(f"no partition assigned within {assignment_timeout_s} s")
         await asyncio.sleep(0.005)
-    return consumer

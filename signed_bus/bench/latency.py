@@ -30,7 +30,7 @@ from signed_bus._replay.guard import RedisReplayGuard
 from signed_bus._verifier import Verifier
 from signed_bus.bench.codec import bench_keyring
 from signed_bus.bench.config import BenchConfig
-from signed_bus.bench.kafka import bench_topics, consumer_options, start_consumer
+from signed_bus.bench.kafka import bench_topics, consumer_options, start_consumer, wait_assigned
 from signed_bus.bench.redis_server import private_redis_url
 from signed_bus.bench.results import PartResult, Row, Target
 from signed_bus.bench.stats import percentile, summarize_latencies
@@ -79,12 +79,14 @@ async def _consume_raw(config: BenchConfig, topic: str, count: int) -> list[Samp
 async def _consume_signed(
     config: BenchConfig, topic: str, count: int, verifier: Verifier, guard: RedisReplayGuard
 ) -> list[Sample]:
-    consumer = await start_consumer(consumer_options(config, topic))
-    verifying = VerifyingConsumer(consumer, verifier=verifier, guard=guard)
+    verifying = VerifyingConsumer.from_options(
+        consumer_options(config, topic), verifier=verifier, guard=guard
+    )
     samples: list[Sample] = []
     warmup = int(config.rate * _WARMUP_S)
     try:
         await verifying.start()
+        await wait_assigned(verifying.consumer)
         seen = 0
         async for message in verifying:
             result = message.payload
@@ -97,7 +99,6 @@ async def _consume_signed(
                 break
     finally:
         await verifying.stop()
-        await consumer.stop()
     return samples
 
 

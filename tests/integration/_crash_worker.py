@@ -48,7 +48,9 @@ async def main(argv: list[str]) -> None:
         session_timeout_ms=6_000,
         heartbeat_interval_ms=1_000,
     )
-    consumer = VerifyingConsumer(options, verifier=verifier, guard=guard, max_records=MAX_RECORDS)
+    consumer = VerifyingConsumer.from_options(
+        options, verifier=verifier, guard=guard, max_records=MAX_RECORDS
+    )
     delivered = 0
     with (out / "handled").open("a", encoding="utf-8") as handled:
 

@@ -145,7 +145,7 @@ async def test_forgeries_are_dead_lettered_and_honest_records_flow_around_them(
     assert sum(ends.values()) == honest_count + len(written)
 
     async with guard(redis_url, redis_prefix) as g:
-        consumer = VerifyingConsumer(
+        consumer = VerifyingConsumer.from_options(
             consumer_options(kafka_bootstrap, [topic]),
             verifier=verifier(ring, max_envelope_bytes=MAX_BYTES),
             guard=g,
@@ -208,7 +208,7 @@ async def test_without_a_dead_letter_topic_rejects_are_counted_and_committed(
         await producer.send(topic, b"more garbage")
         await producer.flush()
     async with guard(redis_url, redis_prefix) as g:
-        consumer = VerifyingConsumer(
+        consumer = VerifyingConsumer.from_options(
             consumer_options(kafka_bootstrap, [topic]), verifier=verifier(ring), guard=g
         )
         async with Running(consumer) as running:
@@ -233,7 +233,7 @@ async def test_a_value_too_large_for_the_dead_letter_producer_is_omitted_not_los
     await small.start()
     try:
         async with guard(redis_url, redis_prefix) as g:
-            consumer = VerifyingConsumer(
+            consumer = VerifyingConsumer.from_options(
                 consumer_options(kafka_bootstrap, [topic]),
                 verifier=verifier(ring, max_envelope_bytes=MAX_BYTES),
                 guard=g,
@@ -295,7 +295,7 @@ async def test_a_key_near_the_broker_limit_is_dead_lettered_without_it_and_never
         await big.stop()
 
     async with guard(redis_url, redis_prefix) as g:
-        consumer = VerifyingConsumer(
+        consumer = VerifyingConsumer.from_options(
             consumer_options(kafka_bootstrap, [topic]),
             verifier=verifier(ring),
             guard=g,

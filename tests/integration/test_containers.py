@@ -69,7 +69,7 @@ async def test_signed_round_trip_through_the_service_containers(
     topic = await unique_topic("containers", partitions=2)
     payloads = [{"seq": i, "text": f"result {i}"} for i in range(200)]
     async with guard(redis_url, redis_prefix) as g:
-        consumer = VerifyingConsumer(
+        consumer = VerifyingConsumer.from_options(
             consumer_options(kafka_bootstrap, [topic]), verifier=verifier(ring), guard=g
         )
         async with (
@@ -109,7 +109,7 @@ async def test_a_redis_container_that_stops_answering_holds_the_batch_then_deliv
             during.append(message)
 
     async with guard(redis.url, unique("g")) as g:
-        consumer = VerifyingConsumer(
+        consumer = VerifyingConsumer.from_options(
             consumer_options(kafka_bootstrap, [topic]),
             verifier=verifier(ring),
             guard=g,
@@ -161,7 +161,7 @@ async def test_producer_and_consumer_ride_out_a_killed_kafka_container(
     topic = unique("killed")
     await create_topics(kafka.bootstrap, [topic], partitions=2)
     async with guard(redis_url, redis_prefix) as g:
-        consumer = VerifyingConsumer(
+        consumer = VerifyingConsumer.from_options(
             consumer_options(kafka.bootstrap, [topic]),
             verifier=verifier(ring),
             guard=g,

@@ -37,7 +37,7 @@ async def test_a_tombstone_arrives_in_the_dead_letter_topic_marked_null(
         await producer.send_and_wait(topic, b"", key=b"empty", partition=0)
     ring = keyring()
     async with guard(redis_url, redis_prefix) as g:
-        consumer = VerifyingConsumer(
+        consumer = VerifyingConsumer.from_options(
             consumer_options(kafka_bootstrap, [topic]),
             verifier=verifier(ring),
             guard=g,

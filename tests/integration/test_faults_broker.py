@@ -74,7 +74,7 @@ async def test_producer_and_consumer_ride_out_a_broker_restart(
     topic = unique("restart")
     await create_topics(broker.bootstrap, [topic], partitions=2)
     async with guard(redis_url, redis_prefix) as g:
-        consumer = VerifyingConsumer(
+        consumer = VerifyingConsumer.from_options(
             consumer_options(broker.bootstrap, [topic]),
             verifier=verifier(ring),
             guard=g,

@@ -124,7 +124,7 @@ async def test_a_consumer_killed_between_claim_and_commit_loses_nothing(
     #    the one in flight included, as SAME_POSITION: the worker's claim does not drop it.
     ends = await end_offsets(kafka_bootstrap, [topic])
     async with RedisReplayGuard.from_url(redis_url, prefix=redis_prefix) as guard:
-        consumer = VerifyingConsumer(
+        consumer = VerifyingConsumer.from_options(
             consumer_options(kafka_bootstrap, [topic], group), verifier=verifier(ring), guard=guard
         )
         async with Running(consumer) as running:

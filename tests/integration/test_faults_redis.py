@@ -145,7 +145,7 @@ async def _outage_scenario(
             during.append(message)
 
     async with guard(redis_server.url, unique("g")) as g:
-        consumer = VerifyingConsumer(
+        consumer = VerifyingConsumer.from_options(
             consumer_options(kafka_bootstrap, [topic]),
             verifier=verifier(ring),
             guard=g,
@@ -247,7 +247,7 @@ async def test_a_hung_redis_times_out_claims_and_the_held_batch_is_delivered_onc
             during.append(message)
 
     async with guard(redis_server.url, unique("g")) as g:
-        consumer = VerifyingConsumer(
+        consumer = VerifyingConsumer.from_options(
             consumer_options(kafka_bootstrap, [topic]),
             verifier=verifier(ring),
             guard=g,
@@ -300,7 +300,7 @@ async def test_a_consumer_stopped_while_holding_leaves_the_held_batch_to_the_gro
     options = ProducerOptions(bootstrap_servers=kafka_bootstrap)
     async with SignedProducer(options, signer=signer(ring)) as producer:
         async with guard(redis_server.url, prefix) as g:
-            first = VerifyingConsumer(
+            first = VerifyingConsumer.from_options(
                 consumer_options(kafka_bootstrap, [topic], group),
                 verifier=verifier(ring),
                 guard=g,
@@ -328,7 +328,7 @@ async def test_a_consumer_stopped_while_holding_leaves_the_held_batch_to_the_gro
 
     await asyncio.to_thread(redis_server.start)
     async with guard(redis_server.url, prefix) as g:
-        second = VerifyingConsumer(
+        second = VerifyingConsumer.from_options(
             consumer_options(kafka_bootstrap, [topic], group), verifier=verifier(ring), guard=g
         )
         async with Running(second) as rest:

@@ -67,7 +67,7 @@ async def test_lagging_consumer_accepts_honest_records_by_append_time_and_reject
     ends = await end_offsets(kafka_bootstrap, [topic])
 
     async with guard(redis_url, redis_prefix) as g:
-        consumer = VerifyingConsumer(
+        consumer = VerifyingConsumer.from_options(
             consumer_options(kafka_bootstrap, [topic]),
             verifier=verifier(ring, clock=an_hour_ahead),
             guard=g,
@@ -119,7 +119,7 @@ async def test_consumer_lagging_beyond_max_lag_dead_letters_honest_records_as_ex
     async with guard(redis_url, redis_prefix) as g:
         # the guard keeps what this consumer claims for its own (shorter) window
         assert g.retention_ms(v.freshness) == v.freshness.retention_ms + g.bucket_ms
-        consumer = VerifyingConsumer(
+        consumer = VerifyingConsumer.from_options(
             consumer_options(kafka_bootstrap, [topic]), verifier=v, guard=g, dead_letter_topic=dead
         )
         async with Running(consumer) as running:
@@ -150,12 +150,12 @@ async def test_create_time_topic_falls_back_to_the_consumer_clock_and_warns_once
         await producer.flush()
 
     async with guard(redis_url, redis_prefix) as g:
-        lagging = VerifyingConsumer(
+        lagging = VerifyingConsumer.from_options(
             consumer_options(kafka_bootstrap, [topic]),
             verifier=verifier(ring, clock=an_hour_ahead),
             guard=g,
         )
-        punctual = VerifyingConsumer(
+        punctual = VerifyingConsumer.from_options(
             consumer_options(kafka_bootstrap, [topic]), verifier=verifier(ring), guard=g
         )
         with caplog.at_level(logging.WARNING, logger="signed_bus.consumer"):

@@ -102,7 +102,7 @@ async def test_records_that_go_stale_while_redis_is_down_are_rejected_not_claime
     )
     async with guard(redis_server.url, unique("g")) as g:
         await asyncio.to_thread(redis_server.stop)
-        consumer = VerifyingConsumer(
+        consumer = VerifyingConsumer.from_options(
             consumer_options(kafka_bootstrap, [topic]),
             verifier=verifier(ring, clock=clock),
             guard=g,
@@ -162,7 +162,7 @@ async def test_a_record_that_expires_while_the_dead_letter_topic_is_down_is_not_
     await letters_out.start()
     try:
         async with guard(redis_url, redis_prefix) as g:
-            consumer = VerifyingConsumer(
+            consumer = VerifyingConsumer.from_options(
                 consumer_options(kafka_bootstrap, [topic]),
                 verifier=verifier(ring, clock=clock),
                 guard=g,
@@ -210,7 +210,7 @@ async def test_a_relay_publishes_nothing_from_an_input_that_expired_while_transf
 
     group = unique("relay")
     async with guard(redis_url, redis_prefix) as g:
-        consumer = VerifyingConsumer(
+        consumer = VerifyingConsumer.from_options(
             consumer_options(kafka_bootstrap, [source], group=group),
             verifier=verifier(ring, clock=clock),
             guard=g,
@@ -228,7 +228,7 @@ async def test_a_relay_publishes_nothing_from_an_input_that_expired_while_transf
             try:
                 await until(lambda: relay.metrics.batches >= 1, "the relay's first batch")
             finally:
-                relay.stop()
+                await relay.stop()
                 await task
             committed = dict(consumer.metrics.committed)
     assert seen == [{"n": 0}, {"n": 1}]  # both fresh when handed to the transform

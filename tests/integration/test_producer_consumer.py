@@ -66,7 +66,7 @@ async def test_ten_thousand_results_round_trip_once_each_in_partition_order(
     ends = await end_offsets(kafka_bootstrap, [topic])
     assert sum(ends.values()) == N
     async with guard(redis_url, redis_prefix) as g:
-        consumer = VerifyingConsumer(
+        consumer = VerifyingConsumer.from_options(
             consumer_options(kafka_bootstrap, [topic]), verifier=verifier(ring), guard=g
         )
         started = time.monotonic()
@@ -125,7 +125,7 @@ async def test_send_send_and_wait_and_send_bytes(
 
     ends = {(topic, 0): 4}
     async with guard(redis_url, redis_prefix) as g:
-        consumer = VerifyingConsumer(
+        consumer = VerifyingConsumer.from_options(
             consumer_options(kafka_bootstrap, [topic]), verifier=verifier(ring), guard=g
         )
         async with Running(consumer) as running:
@@ -177,7 +177,7 @@ async def test_handler_error_commits_finished_records_and_redelivers_the_failed_
             raise RuntimeError("handler failed")
 
     async with guard(redis_url, redis_prefix) as g:
-        first = VerifyingConsumer(
+        first = VerifyingConsumer.from_options(
             consumer_options(kafka_bootstrap, [topic], group=group),
             verifier=verifier(ring),
             guard=g,
@@ -204,7 +204,7 @@ async def test_handler_error_commits_finished_records_and_redelivers_the_failed_
             ProducerOptions(bootstrap_servers=kafka_bootstrap), signer=signer(ring)
         ) as producer:
             await producer.send_and_wait(topic, {"seq": 10})
-        restarted = VerifyingConsumer(
+        restarted = VerifyingConsumer.from_options(
             consumer_options(kafka_bootstrap, [topic], group=group),
             verifier=verifier(ring),
             guard=g,
@@ -228,7 +228,7 @@ async def test_async_for_commits_what_was_asked_past_and_redelivers_the_last(
     async with guard(redis_url, redis_prefix) as g:
 
         def make() -> VerifyingConsumer:
-            return VerifyingConsumer(
+            return VerifyingConsumer.from_options(
                 consumer_options(kafka_bootstrap, [topic], group=group),
                 verifier=verifier(ring),
                 guard=g,
@@ -279,7 +279,7 @@ async def test_fail_closed_holds_the_batch_until_redis_answers_and_loses_nothing
     fast = Backoff(initial_ms=20, max_ms=100)
     down = guard(unreachable_redis_url(), redis_prefix)  # not started: start() would raise
     try:
-        consumer = VerifyingConsumer(
+        consumer = VerifyingConsumer.from_options(
             consumer_options(kafka_bootstrap, [topic], group=group),
             verifier=verifier(ring),
             guard=down,
@@ -299,7 +299,7 @@ async def test_fail_closed_holds_the_batch_until_redis_answers_and_loses_nothing
 
     # The held batch was never committed: the group gets all of it once Redis answers.
     async with guard(redis_url, redis_prefix) as up:
-        again = VerifyingConsumer(
+        again = VerifyingConsumer.from_options(
             consumer_options(kafka_bootstrap, [topic], group=group),
             verifier=verifier(ring),
             guard=up,
@@ -324,7 +324,7 @@ async def test_fail_open_delivers_and_counts_unchecked_records(
         await producer.send_batch(topic, [Outgoing({"seq": i}) for i in range(5)])
     down = guard(unreachable_redis_url(), redis_prefix)
     try:
-        consumer = VerifyingConsumer(
+        consumer = VerifyingConsumer.from_options(
             consumer_options(kafka_bootstrap, [topic]),
             verifier=verifier(ring),
             guard=down,
@@ -353,7 +353,7 @@ async def test_audit_mode_skips_freshness_and_replay_but_not_signatures(
         await producer.send(topic, old)  # a copy: audit mode does not check replays
         await producer.send(topic, old[:-1] + bytes([old[-1] ^ 1]))  # still verified
         await producer.flush()
-    consumer = VerifyingConsumer(
+    consumer = VerifyingConsumer.from_options(
         consumer_options(kafka_bootstrap, [topic]), verifier=verifier(ring, audit=True)
     )
     async with Running(consumer) as running:

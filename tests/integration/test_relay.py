@@ -58,7 +58,7 @@ class Hop:
 
     def consumer(self) -> tuple[VerifyingConsumer, RedisReplayGuard]:
         guard = RedisReplayGuard.from_url(self.redis_url, prefix=self.prefix)
-        consumer = VerifyingConsumer(
+        consumer = VerifyingConsumer.from_options(
             ConsumerOptions(
                 bootstrap_servers=self.bootstrap,
                 group_id=self.group,
@@ -165,11 +165,11 @@ async def run_relay(
                 break
             assert time.monotonic() < deadline, f"relay committed {committed} of {ends}"
             await asyncio.sleep(0.1)
-        relay.stop()
+        await relay.stop()
         await task
     finally:
         if not task.done():
-            relay.stop()
+            await relay.stop()
             await asyncio.wait_for(asyncio.shield(task), 10)
         await consumer.stop()
         await kafka.stop()
@@ -253,7 +253,7 @@ async def test_aborted_transaction_delivers_nothing_and_input_is_reprocessed(hop
             raise RuntimeError("injected failure between produce and commit")
         await original(offsets, group_id)
 
-    kafka.send_offsets_to_transaction = fail_second_commit  # type: ignore[method-assign]
+    kafka.send_offsets_to_transaction = fail_second_commit
     with pytest.raises(RuntimeError, match="injected"):
         await run_relay(hop, exactly_once=True, kafka=kafka)
     # The aborted batch's outputs reached the log, and no read_committed consumer sees them.
@@ -302,7 +302,7 @@ async def test_partition_revoked_mid_batch_is_not_committed(hop: Hop) -> None:
             await consumer.rebalance_listener.on_partitions_revoked([revoked])
             return await send_offsets(*args, **kwargs)
 
-        kafka.send_offsets_to_transaction = revoke_then_send_offsets  # type: ignore[method-assign]
+        kafka.send_offsets_to_transaction = revoke_then_send_offsets
         await relay.process(batch)
         assert relay.metrics.revoked == 2
         assert relay.metrics.aborted == 1

@@ -46,7 +46,7 @@ async def produce_honest(bootstrap: str, ring: Keyring, topic: str, tag: str, co
 def group_consumer(
     bootstrap: str, ring: Keyring, g: RedisReplayGuard, topics: list[str], dead: str, **kw: object
 ) -> VerifyingConsumer:
-    return VerifyingConsumer(
+    return VerifyingConsumer.from_options(
         consumer_options(bootstrap, topics, **kw),  # type: ignore[arg-type]
         verifier=verifier(ring),
         guard=g,

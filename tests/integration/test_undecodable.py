@@ -14,6 +14,7 @@ import io
 import logging
 import struct
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -142,7 +143,7 @@ class Setup:
         return topic, bad
 
     def consumer(self, topic: str, dlq: str | None, group: str | None = None) -> VerifyingConsumer:
-        return VerifyingConsumer(
+        return VerifyingConsumer.from_options(
             consumer_options(self.bootstrap, [topic], group=group),
             verifier=verifier(self.ring),
             guard=self.guard,
@@ -168,6 +169,7 @@ async def _with_run(consumer: VerifyingConsumer, count: int) -> list[ConsumedMes
 
     async with Running(consumer, handle) as running:
         waiter = asyncio.create_task(done.wait())
+        assert running.task is not None
         finished, _ = await asyncio.wait(
             {waiter, running.task}, timeout=60, return_when=asyncio.FIRST_COMPLETED
         )
@@ -431,7 +433,7 @@ async def test_auditor_counts_an_undecodable_dead_letter_and_goes_on(
     )
     try:
         deadline = time.monotonic() + 30
-        while auditor.dead_letters.get("source", {}).get("undecodable", 0) < 2:
+        while auditor.dead_letters.get("source", Counter()).get("undecodable", 0) < 2:
             assert not task.done(), task.exception()
             assert time.monotonic() < deadline, auditor.dead_letters
             await asyncio.sleep(0.05)
@@ -495,7 +497,7 @@ async def test_a_record_its_deserializer_rejects_is_skipped_alone(
         consumer.assign([tp])
         await consumer.seek_to_beginning()
         values: list[bytes] = []
-        skipped = []
+        skipped: list[Any] = []
         async with asyncio.timeout(30):
             while len(values) < 4:
                 fetched = await fetch_records(consumer, timeout_ms=1_000, max_records=100)

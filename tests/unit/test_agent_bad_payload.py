@@ -27,7 +27,7 @@ def message(issuer: str) -> ConsumedMessage:
     signer = Signer(ring, kid="k", issuer=issuer, model="m")
     value = signer.sign_bytes(BODY, content_type="application/json", topic=TOPIC, key=None)
     verified = Verifier(ring, audit=True).verify(value, topic=TOPIC, key=None)
-    return ConsumedMessage(verified, Record(), None)  # type: ignore[arg-type]
+    return ConsumedMessage(verified, Record(), None)
 
 
 class NoRedis:

@@ -1,5 +1,6 @@
-"""Pure logic of the Kafka wrappers: options, backoff, batch verification, delivery bookkeeping
-and dead-letter headers. No broker and no Redis: the aiokafka objects are built, never started."""
+"""Pure logic of the Kafka wrappers: options, backoff, batch verification (the gate), settling
+(claims, holds, dead letters), delivery bookkeeping (the cursor) and dead-letter headers. No broker
+and no Redis: the aiokafka objects are built, never started."""
 
 from __future__ import annotations
 
@@ -34,14 +35,23 @@ from signed_bus._deadletter import (
     HEADER_VALUE_NULL,
     HEADER_VALUE_OMITTED,
     DeadLetter,
-    DeadLetterWriter,
     dead_letter_headers,
     header_map,
-    is_retriable,
 )
 from signed_bus._freshness import Freshness
-from signed_bus._kafka.consumer import Backoff, ConsumedMessage, ConsumerOptions, VerifyingConsumer
-from signed_bus._kafka.producer import ProducerOptions
+from signed_bus._gate import Gate
+from signed_bus._kafka.consumer import (
+    Backoff,
+    ConsumedBatch,
+    ConsumedMessage,
+    ConsumerOptions,
+    VerifyingConsumer,
+)
+from signed_bus._kafka.cursor import DeliveryCursor
+from signed_bus._kafka.deadletters import DeadLetterSender, DeadLetterWriter, is_retriable
+from signed_bus._kafka.producer import ProducerOptions, SignedProducer
+from signed_bus._kafka.relay import Output, Relay
+from signed_bus._kafka.settle import Settler
 from signed_bus._keys import Keyring, generate_hmac_key
 from signed_bus._metrics import ConsumerMetrics
 from signed_bus._provenance import RecordFetcher
@@ -54,6 +64,7 @@ from signed_bus.errors import (
     Expired,
     MalformedEnvelope,
     ReplayGuardUnavailable,
+    Stopped,
 )
 
 NOW = 1_800_000_000_000
@@ -89,16 +100,31 @@ def record(
     )
 
 
-@pytest.fixture
-async def built() -> AsyncIterator[AIOKafkaConsumer]:
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers="127.0.0.1:1",
-        group_id="g",
-        enable_auto_commit=False,
-        isolation_level="read_committed",
-    )
-    yield consumer
-    await consumer.stop()
+OPTIONS = ConsumerOptions(bootstrap_servers="127.0.0.1:1", group_id="g", topics=[TOPIC])
+
+
+async def no_hold(seconds: float) -> bool:
+    return True
+
+
+def settler(
+    verifier: Verifier,
+    guard: RedisReplayGuard | None,
+    *,
+    producer: ScriptedProducer | None = None,
+    hold: Any = no_hold,
+) -> tuple[Gate, Settler]:
+    """A gate and the settler that drives it (what VerifyingConsumer builds), with ``hold``
+    standing in for the consumer's paused polling and ``producer`` for the dead-letter one."""
+    gate = Gate(verifier)
+    backoff = Backoff(initial_ms=1, max_ms=1)
+    settling = Settler(gate, guard, backoff=backoff, hold=hold)
+    if producer is not None:
+        writer = DeadLetterWriter(producer, "dlq")
+        settling.dead_letters = DeadLetterSender(
+            writer, backoff=backoff, metrics=gate.metrics, hold=hold
+        )
+    return gate, settling
 
 
 @pytest.fixture
@@ -166,37 +192,70 @@ def test_producer_options_validate_and_hide_security() -> None:
         ProducerOptions(bootstrap_servers="b", security={"linger_ms": 5})
 
 
-async def test_consumer_refuses_auto_commit_and_missing_group(guard: RedisReplayGuard) -> None:
+async def test_a_handed_in_kafka_consumer_is_refused(guard: RedisReplayGuard) -> None:
+    # aiokafka's documented API cannot tell auto commit, the group or the isolation level of a
+    # built consumer: VerifyingConsumer builds its own from options, and takes nothing else.
     verifier = Verifier(ring())
-    for kwargs in ({"group_id": "g"}, {"group_id": None, "enable_auto_commit": False}):
-        consumer = AIOKafkaConsumer(bootstrap_servers="127.0.0.1:1", **kwargs)
-        try:
-            with pytest.raises(ConfigurationError):
-                VerifyingConsumer(consumer, verifier=verifier, guard=guard)
-        finally:
-            await consumer.stop()
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers="127.0.0.1:1",
+        group_id="g",
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+    )
+    try:
+        with pytest.raises(ConfigurationError, match="ConsumerOptions"):
+            VerifyingConsumer.from_options(consumer, verifier=verifier, guard=guard)
+        with pytest.raises(TypeError):  # no positional first argument any more
+            VerifyingConsumer(OPTIONS, verifier=verifier, guard=guard)  # type: ignore[call-arg]
+    finally:
+        await consumer.stop()
 
 
-async def test_consumer_needs_a_guard_unless_auditing(
-    built: AIOKafkaConsumer, guard: RedisReplayGuard
-) -> None:
+def test_consumer_options_refuse_extra_options_the_library_owns() -> None:
+    base: dict[str, Any] = {"bootstrap_servers": "b", "group_id": "g", "topics": ["t"]}
+    for owned in ("enable_auto_commit", "isolation_level", "group_id", "sasl_plain_password"):
+        with pytest.raises(ConfigurationError, match=owned):
+            ConsumerOptions(**base, extra={owned: "x"})
+    options = ConsumerOptions(**base, extra={"fetch_min_bytes": 2, "retry_backoff_ms": 50})
+    assert "fetch_min_bytes" not in repr(options)
+
+
+async def test_consumer_needs_a_guard_unless_auditing(guard: RedisReplayGuard) -> None:
     keys = ring()
+    build = VerifyingConsumer.from_options
     with pytest.raises(ConfigurationError, match="replay guard"):
-        VerifyingConsumer(built, verifier=Verifier(keys))
+        build(OPTIONS, verifier=Verifier(keys))
     with pytest.raises(ConfigurationError, match="audit"):
-        VerifyingConsumer(built, verifier=Verifier(keys, audit=True), guard=guard)
-    VerifyingConsumer(built, verifier=Verifier(keys, audit=True))
+        build(OPTIONS, verifier=Verifier(keys, audit=True), guard=guard)
+    build(OPTIONS, verifier=Verifier(keys, audit=True))
     with pytest.raises(ConfigurationError, match="dead_letter_producer"):
-        VerifyingConsumer(built, verifier=Verifier(keys), guard=guard, dead_letter_topic="dlq")
+        build(
+            OPTIONS,
+            verifier=Verifier(keys),
+            guard=guard,
+            dead_letter_producer=object(),
+        )
     with pytest.raises(ConfigurationError):
-        VerifyingConsumer(built, verifier=Verifier(keys), guard=guard, max_records=0)
-    with pytest.raises(ConfigurationError):
-        VerifyingConsumer(object(), verifier=Verifier(keys), guard=guard)
+        build(OPTIONS, verifier=Verifier(keys), guard=guard, max_records=0)
 
 
-async def test_every_claim_carries_the_verifiers_window(
-    built: AIOKafkaConsumer, guard: RedisReplayGuard
+async def test_a_stopped_consumer_refuses_start_and_use_with_stopped(
+    guard: RedisReplayGuard,
 ) -> None:
+    consumer = VerifyingConsumer.from_options(OPTIONS, verifier=Verifier(ring()), guard=guard)
+    await consumer.stop()  # never started: stopping still ends it
+    with pytest.raises(Stopped):
+        await consumer.start()
+    with pytest.raises(Stopped):
+        await consumer.getbatch()
+    with pytest.raises(Stopped):
+        await consumer.commit()
+    with pytest.raises(Stopped):
+        await consumer.run(lambda m: asyncio.sleep(0))
+    assert [m async for m in consumer] == []  # async for just ends
+
+
+async def test_every_claim_carries_the_verifiers_window(guard: RedisReplayGuard) -> None:
     # The guard holds no window that could be shorter than the verifier's (what the consumer
     # used to refuse): the consumer hands its verifier's Freshness with every claim, and the
     # guard keeps each nonce for that window's retention (the TTL in Redis:
@@ -215,12 +274,12 @@ async def test_every_claim_carries_the_verifiers_window(
     for window in (short, Freshness(), Freshness(max_age_ms=10 * 3_600_000)):
         verifier = Verifier(keys, freshness=window, clock=lambda: NOW)
         assert verifier.freshness is window
-        consumer = VerifyingConsumer(built, verifier=verifier, guard=guard)
+        gate, settling = settler(verifier, guard)
         values = [signer.sign({"x": i}, topic=TOPIC) for i in range(3)]
-        batch = consumer._verify(
+        batch = gate.receive(
             {tp: [record(v, offset=5 + i, partition=2) for i, v in enumerate(values)]}
         )
-        entries = await consumer._settle(batch)
+        entries = await settling.settle(batch, set())
         assert entries is not None
         assert [m.offset for _, _, m in entries if m is not None] == [5, 6, 7]
         rows, freshness = seen.pop()
@@ -236,13 +295,13 @@ async def test_every_claim_carries_the_verifiers_window(
 
 
 async def test_verify_uses_append_time_and_warns_once_per_create_time_topic(
-    built: AIOKafkaConsumer, guard: RedisReplayGuard, caplog: pytest.LogCaptureFixture
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     keys = ring()
     hour_ago = NOW - 3_600_000
     signer = Signer(keys, kid="k1", issuer="agent", model="m", clock=lambda: hour_ago)
     # The consumer's own clock says NOW: by it every envelope is an hour old.
-    consumer = VerifyingConsumer(built, verifier=Verifier(keys, clock=lambda: NOW), guard=guard)
+    consumer = Gate(Verifier(keys, clock=lambda: NOW))
     value = signer.sign({"x": 1}, topic=TOPIC)
     tp0, tp1 = TopicPartition(TOPIC, 0), TopicPartition("legacy", 0)
     records = {
@@ -262,7 +321,7 @@ async def test_verify_uses_append_time_and_warns_once_per_create_time_topic(
         ],
     }
     with caplog.at_level(logging.WARNING, logger="signed_bus.consumer"):
-        batch = consumer._verify(records)
+        batch = consumer.receive(records)
     assert [(e[0], e[1]) for e in batch.entries] == [
         (tp0, 8),
         (tp0, 9),
@@ -287,15 +346,15 @@ async def test_verify_uses_append_time_and_warns_once_per_create_time_topic(
 
 
 async def test_a_verifier_bug_rejects_the_record_instead_of_stopping(
-    built: AIOKafkaConsumer, guard: RedisReplayGuard, caplog: pytest.LogCaptureFixture
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     class Broken(Verifier):
         def verify(self, *args: Any, **kwargs: Any) -> Any:
             raise ZeroDivisionError("bug")
 
-    consumer = VerifyingConsumer(built, verifier=Broken(ring()), guard=guard)
+    gate = Gate(Broken(ring()))
     with caplog.at_level(logging.ERROR, logger="signed_bus.consumer"):
-        batch = consumer._verify({TopicPartition(TOPIC, 0): [record(b"v", offset=0)]})
+        batch = gate.receive({TopicPartition(TOPIC, 0): [record(b"v", offset=0)]})
     ((_, error),) = batch.rejected
     assert error.reason == "malformed" and "ZeroDivisionError" in str(error)
 
@@ -304,7 +363,7 @@ async def test_a_verifier_bug_rejects_the_record_instead_of_stopping(
 
 
 async def test_a_record_that_expires_while_held_for_redis_is_dead_lettered_not_claimed(
-    built: AIOKafkaConsumer, guard: RedisReplayGuard, caplog: pytest.LogCaptureFixture
+    guard: RedisReplayGuard, caplog: pytest.LogCaptureFixture
 ) -> None:
     keys = ring()
     now = [NOW]
@@ -326,19 +385,12 @@ async def test_a_record_that_expires_while_held_for_redis_is_dead_lettered_not_c
 
     guard.claim = claim  # type: ignore[method-assign]
     producer = ScriptedProducer("ok")
-    consumer = VerifyingConsumer(
-        built,
-        verifier=verifier,
-        guard=guard,
-        backoff=Backoff(initial_ms=1, max_ms=1),
-    )
-    consumer._dead_letters = DeadLetterWriter(producer, "dlq")  # type: ignore[arg-type]
 
     async def hold(seconds: float) -> bool:  # Redis stays down past the edge record's window
         now[0] += 5_000
         return True
 
-    consumer._hold = hold  # type: ignore[method-assign]
+    consumer, settling = settler(verifier, guard, producer=producer, hold=hold)
     tp = TopicPartition(TOPIC, 0)
     # Appended when signed (LogAppendTime); a consumer lagging by max_lag still takes it.
     records = {
@@ -347,10 +399,10 @@ async def test_a_record_that_expires_while_held_for_redis_is_dead_lettered_not_c
             record(fresh.sign({"x": 2}, topic=TOPIC), offset=1),
         ]
     }
-    batch = consumer._verify(records)
+    batch = consumer.receive(records)
     assert [r.offset for _, _, r, _ in batch.verified] == [0, 1]  # both fresh when fetched
     with caplog.at_level(logging.WARNING, logger="signed_bus.consumer"):
-        entries = await consumer._settle(batch)
+        entries = await settling.settle(batch, set())
     assert entries is not None
     # First attempt (before the hold) claimed both; the retry claimed only the fresh one.
     assert [[row[5] for row in rows] for rows in claimed] == [[0, 1], [1]]
@@ -369,7 +421,7 @@ async def test_a_record_that_expires_while_held_for_redis_is_dead_lettered_not_c
 
 
 async def test_a_held_batch_whose_records_all_expire_claims_nothing(
-    built: AIOKafkaConsumer, guard: RedisReplayGuard
+    guard: RedisReplayGuard,
 ) -> None:
     keys = ring()
     now = [NOW]
@@ -383,18 +435,17 @@ async def test_a_held_batch_whose_records_all_expire_claims_nothing(
         raise ReplayGuardUnavailable("redis down")
 
     guard.claim = claim  # type: ignore[method-assign]
-    consumer = VerifyingConsumer(built, verifier=verifier, guard=guard)
 
     async def hold(seconds: float) -> bool:
         now[0] += 1
         return True
 
-    consumer._hold = hold  # type: ignore[method-assign]
+    consumer, settling = settler(verifier, guard, hold=hold)
     value = edge.sign({"x": 1}, topic=TOPIC)
-    batch = consumer._verify(
+    batch = consumer.receive(
         {TopicPartition(TOPIC, 0): [record(value, offset=4, timestamp=NOW - window)]}
     )
-    entries = await consumer._settle(batch)
+    entries = await settling.settle(batch, set())
     assert entries is not None and all(m is None for _, _, m in entries)
     assert calls == [1]  # no retry: nothing left to claim
     assert consumer.metrics.rejected == {"expired": 1} and not consumer.metrics.guard_waiting
@@ -412,57 +463,55 @@ def message(offset: int, partition: int = 0) -> ConsumedMessage:
     )
 
 
-async def test_offsets_finish_in_order_and_an_unfinished_message_comes_again(
-    built: AIOKafkaConsumer, guard: RedisReplayGuard
-) -> None:
-    consumer = VerifyingConsumer(built, verifier=Verifier(ring()), guard=guard)
+async def test_offsets_finish_in_order_and_an_unfinished_message_comes_again() -> None:
+    metrics = ConsumerMetrics()
+    consumer = DeliveryCursor(metrics)
     p0, p1 = TopicPartition(TOPIC, 0), TopicPartition(TOPIC, 1)
     # p0: 0 delivered, 1 rejected, 2 delivered; p1: 5 rejected, 6 delivered, 7 rejected.
-    consumer._queue = [
-        (p0, 1, message(0)),
-        (p0, 2, None),
-        (p0, 3, message(2)),
-        (p1, 6, None),
-        (p1, 7, message(6, 1)),
-        (p1, 8, None),
-    ]
-    first = consumer._next()
+    consumer.load(
+        [
+            (p0, 1, message(0)),
+            (p0, 2, None),
+            (p0, 3, message(2)),
+            (p1, 6, None),
+            (p1, 7, message(6, 1)),
+            (p1, 8, None),
+        ]
+    )
+    first = consumer.next()
     assert first is not None and first.offset == 0
-    assert consumer._done == {}  # handed out, not finished
-    consumer._finish()
-    assert consumer._done == {p0: 1}
-    second = consumer._next()
+    assert consumer.finished == {}  # handed out, not finished
+    consumer.finish()
+    assert consumer.finished == {p0: 1}
+    second = consumer.next()
     assert second is not None and second.offset == 2
-    assert consumer._done == {p0: 2}  # the rejected record before it is finished
-    consumer._rewind()  # the handler failed: 2 was never finished and comes again
-    again = consumer._next()
-    assert again is second and consumer._done == {p0: 2}
-    consumer._finish()
-    third = consumer._next()
+    assert consumer.finished == {p0: 2}  # the rejected record before it is finished
+    consumer.rewind()  # the handler failed: 2 was never finished and comes again
+    again = consumer.next()
+    assert again is second and consumer.finished == {p0: 2}
+    consumer.finish()
+    third = consumer.next()
     assert third is not None and (third.partition, third.offset) == (1, 6)
-    assert consumer._done == {p0: 3, p1: 6}
-    consumer._finish()
-    assert consumer._next() is None
-    assert consumer._done == {p0: 3, p1: 8}  # trailing rejected records finished too
-    assert consumer.metrics.delivered == 4  # 2 was handed out twice
+    assert consumer.finished == {p0: 3, p1: 6}
+    consumer.finish()
+    assert consumer.next() is None
+    assert consumer.finished == {p0: 3, p1: 8}  # trailing rejected records finished too
+    assert metrics.delivered == 4  # 2 was handed out twice
 
 
-async def test_revoked_partitions_are_skipped_and_never_marked_finished(
-    built: AIOKafkaConsumer, guard: RedisReplayGuard
-) -> None:
-    consumer = VerifyingConsumer(built, verifier=Verifier(ring()), guard=guard)
+async def test_revoked_partitions_are_skipped_and_never_marked_finished() -> None:
+    consumer = DeliveryCursor(ConsumerMetrics())
     p0, p1 = TopicPartition(TOPIC, 0), TopicPartition(TOPIC, 1)
-    consumer._queue = [(p0, 1, message(0)), (p1, 1, message(0, 1)), (p1, 2, None)]
-    first = consumer._next()
+    consumer.load([(p0, 1, message(0)), (p1, 1, message(0, 1)), (p1, 2, None)])
+    first = consumer.next()
     assert first is not None
-    assert consumer.revoked_since_fetch == frozenset()
-    # A rebalance took both while 0 was being handled.
-    await consumer.rebalance_listener.on_partitions_revoked([p0, p1])
-    revoked = consumer.revoked_since_fetch
-    assert revoked == frozenset({p0, p1}) and isinstance(revoked, frozenset)
-    consumer._finish()
-    assert consumer._next() is None
-    assert consumer._done == {}
+    assert consumer.revoked == set()
+    # A rebalance took both while 0 was being handled: nothing finished to commit yet.
+    assert consumer.revoke({p0, p1}) == {}
+    assert consumer.revoked == {p0, p1}
+    consumer.finish()
+    assert consumer.next() is None
+    assert consumer.finished == {}
 
 
 def test_consumed_message_reads_through_to_the_envelope_and_the_record() -> None:
@@ -556,25 +605,29 @@ class ScriptedProducer:
         return future
 
 
-def dead_lettering(
-    built: AIOKafkaConsumer, guard: RedisReplayGuard, producer: ScriptedProducer
-) -> VerifyingConsumer:
-    consumer = VerifyingConsumer(
-        built, verifier=Verifier(ring()), guard=guard, backoff=Backoff(initial_ms=1, max_ms=1)
-    )
-    consumer._dead_letters = DeadLetterWriter(producer, "dlq")  # type: ignore[arg-type]
-    holds: list[float] = []
+class Sending:
+    """A DeadLetterSender over a scripted producer, with its metrics."""
 
-    async def hold(seconds: float) -> bool:  # no broker to poll: just count the waits
-        holds.append(seconds)
-        return True
+    def __init__(self, producer: ScriptedProducer) -> None:
+        self.metrics = ConsumerMetrics()
+        self.holds: list[float] = []
 
-    consumer._hold = hold  # type: ignore[method-assign]
-    return consumer
+        async def hold(seconds: float) -> bool:  # no broker to poll: just count the waits
+            self.holds.append(seconds)
+            return True
+
+        writer = DeadLetterWriter(producer, "dlq")
+        self.sender = DeadLetterSender(
+            writer, backoff=Backoff(initial_ms=1, max_ms=1), metrics=self.metrics, hold=hold
+        )
+
+
+def dead_lettering(producer: ScriptedProducer) -> Sending:
+    return Sending(producer)
 
 
 async def test_dead_letter_timeouts_are_retried_with_backoff_not_raised(
-    built: AIOKafkaConsumer, guard: RedisReplayGuard
+    guard: RedisReplayGuard,
 ) -> None:
     producer = ScriptedProducer(
         KafkaTimeoutError(),  # send() itself: no metadata while the broker is away
@@ -582,25 +635,23 @@ async def test_dead_letter_timeouts_are_retried_with_backoff_not_raised(
         ("fail", KafkaConnectionError()),
         "ok",
     )
-    consumer = dead_lettering(built, guard, producer)
+    consumer = dead_lettering(producer)
     rejected = [(record(b"garbage", offset=7), BadSignature("no"))]
-    assert await consumer._dead_letter(rejected)
+    assert await consumer.sender.send(rejected)
     assert consumer.metrics.dead_lettered == 1
     assert consumer.metrics.dead_letter_retries == 3
     assert len(producer.sent) == 3 and producer.sent[-1][1] == b"garbage"
 
 
 async def test_a_permanent_dead_letter_failure_is_raised(
-    built: AIOKafkaConsumer, guard: RedisReplayGuard
+    guard: RedisReplayGuard,
 ) -> None:
-    consumer = dead_lettering(
-        built, guard, ScriptedProducer(("fail", TopicAuthorizationFailedError()))
-    )
+    consumer = dead_lettering(ScriptedProducer(("fail", TopicAuthorizationFailedError())))
     with pytest.raises(TopicAuthorizationFailedError):
-        await consumer._dead_letter([(record(b"garbage", offset=0), BadSignature("no"))])
-    consumer = dead_lettering(built, guard, ScriptedProducer(TopicAuthorizationFailedError()))
+        await consumer.sender.send([(record(b"garbage", offset=0), BadSignature("no"))])
+    consumer = dead_lettering(ScriptedProducer(TopicAuthorizationFailedError()))
     with pytest.raises(TopicAuthorizationFailedError):
-        await consumer._dead_letter([(record(b"garbage", offset=0), BadSignature("no"))])
+        await consumer.sender.send([(record(b"garbage", offset=0), BadSignature("no"))])
 
 
 def too_large() -> MessageSizeTooLargeError:
@@ -618,7 +669,7 @@ async def test_a_key_too_large_for_the_producer_is_left_out_and_named_by_its_dig
     key = b"k" * 1_000
     # send() refuses the whole letter, then the letter without its value (the key is the bulk).
     producer = ScriptedProducer(too_large(), too_large(), "ok")
-    writer = DeadLetterWriter(producer, "dlq")  # type: ignore[arg-type]
+    writer = DeadLetterWriter(producer, "dlq")
     error = BadSignature("no").with_position(TOPIC, 0, 3)
     await writer.send(record(b"garbage", offset=3, key=key), error)
     ((topic, value, sent_key, headers),) = producer.sent
@@ -634,7 +685,7 @@ async def test_a_key_too_large_for_the_producer_is_left_out_and_named_by_its_dig
 
     # A letter that fits keeps its key and carries no omission headers.
     fits = ScriptedProducer("ok")
-    await DeadLetterWriter(fits, "dlq").send(  # type: ignore[arg-type]
+    await DeadLetterWriter(fits, "dlq").send(
         record(b"garbage", offset=3, key=b"k"), error
     )
     letter = DeadLetter.from_record(stored_letter(fits.sent[0]))
@@ -647,17 +698,17 @@ async def test_a_key_too_large_for_the_producer_is_left_out_and_named_by_its_dig
 
 
 async def test_a_dead_letter_too_large_even_without_value_and_key_is_dropped_not_raised(
-    built: AIOKafkaConsumer, guard: RedisReplayGuard, caplog: pytest.LogCaptureFixture
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     # Record 0: refused by send() at every level. Record 1: fits.
     producer = ScriptedProducer(too_large(), too_large(), too_large(), "ok")
-    consumer = dead_lettering(built, guard, producer)
+    consumer = dead_lettering(producer)
     rejected = [
         (record(b"garbage", offset=0, key=b"k" * 100), BadSignature("no")),
         (record(b"other", offset=1), BadSignature("no")),
     ]
     with caplog.at_level(logging.ERROR, logger="signed_bus.consumer"):
-        assert await consumer._dead_letter(rejected)
+        assert await consumer.sender.send(rejected)
     assert consumer.metrics.dead_letters_dropped == 1 and consumer.metrics.dead_lettered == 1
     assert [value for _, value, _, _ in producer.sent] == [b"other"]
     (logged,) = [r for r in caplog.records if r.levelno == logging.ERROR]
@@ -666,14 +717,14 @@ async def test_a_dead_letter_too_large_even_without_value_and_key_is_dropped_not
 
 
 async def test_a_broker_refusing_a_dead_letter_as_too_large_leaves_out_value_then_key(
-    built: AIOKafkaConsumer, guard: RedisReplayGuard
+    guard: RedisReplayGuard,
 ) -> None:
     # The broker's limit is below the producer's: each level is refused by the broker.
     refused = ("fail", too_large())
     producer = ScriptedProducer(refused, refused, refused)
-    consumer = dead_lettering(built, guard, producer)
+    consumer = dead_lettering(producer)
     rejected = [(record(b"garbage", offset=0, key=b"key"), BadSignature("no"))]
-    assert await consumer._dead_letter(rejected)
+    assert await consumer.sender.send(rejected)
     shapes = [(v, k, HEADER_KEY_OMITTED in header_map(h)) for _, v, k, h in producer.sent]
     assert shapes == [(b"garbage", b"key", False), (b"", b"key", False), (b"", None, True)]
     assert consumer.metrics.dead_letters_dropped == 1 and consumer.metrics.dead_lettered == 0
@@ -692,10 +743,10 @@ def test_metrics_snapshot_is_a_plain_copy() -> None:
 
 
 async def test_dead_letters_dropped_is_a_metric(
-    built: AIOKafkaConsumer, guard: RedisReplayGuard
+    guard: RedisReplayGuard,
 ) -> None:
-    consumer = dead_lettering(built, guard, ScriptedProducer(too_large(), too_large(), too_large()))
-    assert await consumer._dead_letter([(record(b"garbage", offset=0), BadSignature("no"))])
+    consumer = dead_lettering(ScriptedProducer(too_large(), too_large(), too_large()))
+    assert await consumer.sender.send([(record(b"garbage", offset=0), BadSignature("no"))])
     assert consumer.metrics.dead_letters_dropped == 1
     assert consumer.metrics.snapshot()["dead_letters_dropped"] == 1
 
@@ -703,18 +754,13 @@ async def test_dead_letters_dropped_is_a_metric(
 # -- read_committed only ----------------------------------------------------------------------
 
 
-async def test_a_consumer_that_reads_uncommitted_records_is_refused(
-    guard: RedisReplayGuard,
-) -> None:
-    verifier = Verifier(ring())
+async def test_a_consumer_that_reads_uncommitted_records_is_refused() -> None:
     # aiokafka's default is read_uncommitted: a copy inside an aborted transaction would claim.
     for extra in ({}, {"isolation_level": "read_uncommitted"}):
         consumer = AIOKafkaConsumer(
             bootstrap_servers="127.0.0.1:1", group_id="g", enable_auto_commit=False, **extra
         )
         try:
-            with pytest.raises(ConfigurationError, match='isolation_level="read_committed"'):
-                VerifyingConsumer(consumer, verifier=verifier, guard=guard)
             with pytest.raises(ConfigurationError, match='isolation_level="read_committed"'):
                 RecordFetcher(consumer)
         finally:
@@ -723,11 +769,13 @@ async def test_a_consumer_that_reads_uncommitted_records_is_refused(
         ConsumerOptions(
             bootstrap_servers="b", group_id="g", topics=["t"], isolation_level="read_uncommitted"
         )
-    built = ConsumerOptions(bootstrap_servers="127.0.0.1:1", group_id="g", topics=["t"]).build()
-    try:
-        VerifyingConsumer(built, verifier=verifier, guard=guard)  # what options build is accepted
-    finally:
-        await built.stop()
+    with pytest.raises(ConfigurationError, match="isolation_level"):
+        ConsumerOptions(
+            bootstrap_servers="b",
+            group_id="g",
+            topics=["t"],
+            extra={"isolation_level": "read_uncommitted"},
+        )
 
 
 # -- the whole freshness window, again, for records that waited ------------------------------
@@ -753,29 +801,43 @@ def scripted_guard(
     return attempts
 
 
+class Holding:
+    """A gate and its settler whose every hold lasts ``step_ms`` on the verifier's clock."""
+
+    def __init__(
+        self,
+        guard: RedisReplayGuard,
+        verifier: Verifier,
+        producer: ScriptedProducer,
+        now: list[int],
+        step_ms: int,
+    ) -> None:
+        async def hold(seconds: float) -> bool:
+            now[0] += step_ms
+            return True
+
+        self.gate, self.settler = settler(verifier, guard, producer=producer, hold=hold)
+        self.metrics = self.gate.metrics
+
+    def verify(self, records: Any) -> Any:
+        return self.gate.receive(records)
+
+    async def settle(self, batch: Any) -> Any:
+        return await self.settler.settle(batch, set())
+
+
 def holding_consumer(
-    built: AIOKafkaConsumer,
     guard: RedisReplayGuard,
     verifier: Verifier,
     producer: ScriptedProducer,
     now: list[int],
     step_ms: int,
-) -> VerifyingConsumer:
-    consumer = VerifyingConsumer(
-        built, verifier=verifier, guard=guard, backoff=Backoff(initial_ms=1, max_ms=1)
-    )
-    consumer._dead_letters = DeadLetterWriter(producer, "dlq")  # type: ignore[arg-type]
-
-    async def hold(seconds: float) -> bool:  # every hold lasts step_ms on the verifier's clock
-        now[0] += step_ms
-        return True
-
-    consumer._hold = hold  # type: ignore[method-assign]
-    return consumer
+) -> Holding:
+    return Holding(guard, verifier, producer, now, step_ms)
 
 
 async def test_a_record_whose_exp_passes_while_held_for_redis_is_rejected_not_claimed(
-    built: AIOKafkaConsumer, guard: RedisReplayGuard
+    guard: RedisReplayGuard,
 ) -> None:
     keys = ring()
     now = [NOW]
@@ -784,9 +846,9 @@ async def test_a_record_whose_exp_passes_while_held_for_redis_is_rejected_not_cl
     windows: list[Freshness] = []
     attempts = scripted_guard(guard, down_for=1, windows=windows)
     producer = ScriptedProducer("ok")
-    consumer = holding_consumer(built, guard, verifier, producer, now, step_ms=2_000)
+    consumer = holding_consumer(guard, verifier, producer, now, step_ms=2_000)
     tp = TopicPartition(TOPIC, 0)
-    batch = consumer._verify(
+    batch = consumer.verify(
         {
             tp: [
                 record(signer.sign({"x": 1}, topic=TOPIC, expires_at=NOW + 1_000), offset=0),
@@ -795,7 +857,7 @@ async def test_a_record_whose_exp_passes_while_held_for_redis_is_rejected_not_cl
         }
     )
     assert len(batch.verified) == 2  # both fresh when fetched
-    entries = await consumer._settle(batch)
+    entries = await consumer.settle(batch)
     assert entries is not None
     assert attempts == [[0, 1], [1]]  # the record past its exp was not claimed again
     assert len(windows) == 2 and all(w is verifier.freshness for w in windows)
@@ -807,7 +869,7 @@ async def test_a_record_whose_exp_passes_while_held_for_redis_is_rejected_not_cl
 
 
 async def test_a_create_time_record_past_max_age_after_a_redis_hold_is_rejected(
-    built: AIOKafkaConsumer, guard: RedisReplayGuard
+    guard: RedisReplayGuard,
 ) -> None:
     # CreateTime: the reference time is the consumer's clock, so max_age (not max_age + max_lag)
     # bounds created_at, at verification and after the hold alike.
@@ -817,13 +879,11 @@ async def test_a_create_time_record_past_max_age_after_a_redis_hold_is_rejected(
     edge = Signer(keys, kid="k1", issuer="agent", model="m", clock=lambda: NOW - 300_000)
     attempts = scripted_guard(guard, down_for=1)
     producer = ScriptedProducer("ok")
-    consumer = holding_consumer(built, guard, verifier, producer, now, step_ms=1)
+    consumer = holding_consumer(guard, verifier, producer, now, step_ms=1)
     value = edge.sign({"x": 1}, topic=TOPIC)
-    batch = consumer._verify(
-        {TopicPartition(TOPIC, 0): [record(value, offset=0, timestamp_type=0)]}
-    )
+    batch = consumer.verify({TopicPartition(TOPIC, 0): [record(value, offset=0, timestamp_type=0)]})
     assert len(batch.verified) == 1  # exactly max_age old: still fresh
-    entries = await consumer._settle(batch)
+    entries = await consumer.settle(batch)
     assert entries is not None and all(m is None for _, _, m in entries)
     assert attempts == [[0]]
     (letter,) = [DeadLetter.from_record(stored_letter(sent)) for sent in producer.sent]
@@ -831,7 +891,7 @@ async def test_a_create_time_record_past_max_age_after_a_redis_hold_is_rejected(
 
 
 async def test_a_record_that_expires_while_the_dead_letter_topic_is_down_is_not_delivered(
-    built: AIOKafkaConsumer, guard: RedisReplayGuard
+    guard: RedisReplayGuard,
 ) -> None:
     keys = ring()
     now = [NOW]
@@ -840,9 +900,9 @@ async def test_a_record_that_expires_while_the_dead_letter_topic_is_down_is_not_
     attempts = scripted_guard(guard, down_for=0)
     # The first dead letter times out once (the topic is unavailable), then everything goes.
     producer = ScriptedProducer(KafkaTimeoutError(), "ok", "ok")
-    consumer = holding_consumer(built, guard, verifier, producer, now, step_ms=2_000)
+    consumer = holding_consumer(guard, verifier, producer, now, step_ms=2_000)
     tp = TopicPartition(TOPIC, 0)
-    batch = consumer._verify(
+    batch = consumer.verify(
         {
             tp: [
                 record(b"garbage", offset=0),
@@ -851,7 +911,7 @@ async def test_a_record_that_expires_while_the_dead_letter_topic_is_down_is_not_
             ]
         }
     )
-    entries = await consumer._settle(batch)
+    entries = await consumer.settle(batch)
     assert entries is not None
     assert attempts == [[1, 2]]  # claimed once, before the hold
     assert [m.offset for _, _, m in entries if m is not None] == [2]
@@ -864,7 +924,7 @@ async def test_a_record_that_expires_while_the_dead_letter_topic_is_down_is_not_
 
 
 async def test_dead_letters_sent_at_once_trigger_no_recheck(
-    built: AIOKafkaConsumer, guard: RedisReplayGuard
+    guard: RedisReplayGuard,
 ) -> None:
     # Without a hold the batch is delivered as verified, even if the clock moved meanwhile:
     # the re-check is for records that waited, not a second verification on the hot path.
@@ -873,9 +933,9 @@ async def test_dead_letters_sent_at_once_trigger_no_recheck(
     verifier = Verifier(keys, clock=lambda: now[0])
     signer = Signer(keys, kid="k1", issuer="agent", model="m", clock=lambda: NOW)
     scripted_guard(guard, down_for=0)
-    consumer = holding_consumer(built, guard, verifier, ScriptedProducer("ok"), now, step_ms=2_000)
+    consumer = holding_consumer(guard, verifier, ScriptedProducer("ok"), now, step_ms=2_000)
     tp = TopicPartition(TOPIC, 0)
-    batch = consumer._verify(
+    batch = consumer.verify(
         {
             tp: [
                 record(b"garbage", offset=0),
@@ -884,7 +944,7 @@ async def test_dead_letters_sent_at_once_trigger_no_recheck(
         }
     )
     now[0] += 2_000  # past the exp, but nothing was held
-    entries = await consumer._settle(batch)
+    entries = await consumer.settle(batch)
     assert entries is not None and [m.offset for _, _, m in entries if m is not None] == [1]
 
 
@@ -913,7 +973,7 @@ def test_the_dead_letter_error_header_is_cut_at_a_character_boundary() -> None:
 
 async def test_a_tombstone_is_dead_lettered_marked_null_not_as_an_empty_value() -> None:
     producer = ScriptedProducer("ok", "ok", too_large(), "ok")
-    writer = DeadLetterWriter(producer, "dlq")  # type: ignore[arg-type]
+    writer = DeadLetterWriter(producer, "dlq")
     error = MalformedEnvelope("the record has no value").with_position(TOPIC, 0, 5)
     await writer.send(record(None, offset=5, key=b"k"), error)
     await writer.send(record(b"", offset=6, key=b"k"), error)
@@ -933,3 +993,69 @@ async def test_a_tombstone_is_dead_lettered_marked_null_not_as_an_empty_value() 
         (b"", False, False),
         (None, True, False),
     ]
+
+
+# -- one lifecycle: start()/stop() coroutines, Stopped after stop ---------------------------------
+
+
+class IdleConsumer:
+    """Stands in for a VerifyingConsumer whose topic is quiet: getbatch returns empty batches."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.polled = asyncio.Event()
+
+    async def getbatch(self) -> Any:
+        self.calls += 1
+        self.polled.set()
+        await asyncio.sleep(0.01)
+        return ConsumedBatch((), {}, {})
+
+
+def idle_relay() -> tuple[Relay, IdleConsumer]:
+    consumer = IdleConsumer()
+    producer = SignedProducer(
+        ProducerOptions(bootstrap_servers="127.0.0.1:1"),
+        signer=Signer(ring(), kid="k1", issuer="agent", model="m"),
+    )
+
+    async def transform(message: ConsumedMessage) -> list[Output]:
+        return []
+
+    relay = Relay(consumer, producer, transform, output_topic="out")  # type: ignore[arg-type]
+    return relay, consumer
+
+
+async def test_relay_stop_is_a_coroutine_that_waits_for_run() -> None:
+    relay, consumer = idle_relay()
+    async with relay:
+        task = asyncio.create_task(relay.run())
+        await consumer.polled.wait()
+        await relay.stop()
+        assert task.done()  # stop() returned only once run() had
+    await task
+    await relay.stop()  # idempotent
+
+
+async def test_a_stopped_relay_refuses_start_run_and_process_with_stopped() -> None:
+    relay, consumer = idle_relay()
+    await relay.stop()
+    with pytest.raises(Stopped):
+        await relay.start()
+    with pytest.raises(Stopped):
+        await relay.run()
+    with pytest.raises(Stopped):
+        await relay.process(ConsumedBatch((), {}, {}))
+    assert consumer.calls == 0
+
+
+async def test_a_stopped_producer_refuses_start_and_send_with_stopped() -> None:
+    producer = SignedProducer(
+        ProducerOptions(bootstrap_servers="127.0.0.1:1"),
+        signer=Signer(ring(), kid="k1", issuer="agent", model="m"),
+    )
+    await producer.stop()
+    with pytest.raises(Stopped):
+        await producer.start()
+    with pytest.raises(Stopped):
+        await producer.send(TOPIC, {"x": 1})

@@ -51,7 +51,7 @@ class RaisingConsumer:
 async def test_an_error_not_raised_by_the_record_parser_propagates(error: Exception) -> None:
     consumer = RaisingConsumer(error)
     with pytest.raises(type(error)):
-        await fetch_records(consumer, timeout_ms=0, max_records=1)  # type: ignore[arg-type]
+        await fetch_records(consumer, timeout_ms=0, max_records=1)
     assert consumer.seeks == []
 
 

@@ -1,0 +1,248 @@
+"""The dead-letter side of a verifying consumer: the writer that produces dead letters through a
+plain aiokafka producer, and the sender that waits until the broker has them all, retrying
+with backoff while the dead-letter topic is unavailable. What a dead letter holds:
+:mod:`signed_bus._deadletter` and docs/OPERATIONS.md ("Dead letters")."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import (
+    KafkaConnectionError,
+    KafkaError,
+    KafkaTimeoutError,
+    MessageSizeTooLargeError,
+    RecordTooLargeError,
+)
+
+from signed_bus._deadletter import (
+    HEADER_KEY_OMITTED,
+    HEADER_KEY_SHA256,
+    HEADER_VALUE_NULL,
+    HEADER_VALUE_OMITTED,
+    Omitted,
+    dead_letter_headers,
+)
+from signed_bus._gate import Rejected
+from signed_bus._kafka.options import Backoff
+from signed_bus._metrics import ConsumerMetrics
+from signed_bus.errors import Undecodable, VerificationError
+
+__all__ = ["DeadLetterSender", "DeadLetterWriter", "is_retriable", "is_too_large"]
+
+log = logging.getLogger("signed_bus.consumer")
+
+_TOO_LARGE = (MessageSizeTooLargeError, RecordTooLargeError)
+# Transient whatever aiokafka's flag says: KafkaTimeoutError (no metadata, a full buffer, an
+# expired batch during a broker outage) is marked retriable=False, yet a retry after the broker
+# returns succeeds.
+_TRANSIENT = (KafkaTimeoutError, KafkaConnectionError)
+
+#: Waits ``seconds`` while a batch is held; False if the consumer is stopping.
+Hold = Callable[[float], Awaitable[bool]]
+
+
+class DeadLetterWriter:
+    """Produces dead letters to one topic through a plain (unsigned) aiokafka producer.
+
+    The producer's lifecycle belongs to whoever made it; the writer never starts or stops it.
+    """
+
+    __slots__ = ("_producer", "_topic")
+
+    def __init__(self, producer: AIOKafkaProducer, topic: str) -> None:
+        self._producer = producer
+        self._topic = topic
+
+    @property
+    def topic(self) -> str:
+        return self._topic
+
+    async def send(
+        self,
+        record: Any,
+        error: VerificationError,
+        *,
+        omit_value: bool = False,
+        omit_key: bool = False,
+    ) -> asyncio.Future[Any]:
+        """Queue the dead letter of ``record`` (an aiokafka ``ConsumerRecord``).
+
+        Returns the delivery future (await it before committing the source offset). A value too
+        large for the producer is left out (``signed-bus-value-omitted: 1``) rather than lost
+        with its headers, then the key too (``signed-bus-key-omitted: 1``); pass
+        ``omit_value=True`` or ``omit_key=True`` to do that after the broker refused it.
+        """
+        if omit_key:
+            omit = Omitted.VALUE_AND_KEY
+        else:
+            omit = Omitted.VALUE if omit_value else Omitted.NOTHING
+        future, _ = await self.send_letter(record, error, omit=omit)
+        return future
+
+    async def send_letter(
+        self,
+        record: Any,
+        error: VerificationError,
+        *,
+        omit: Omitted = Omitted.NOTHING,
+    ) -> tuple[asyncio.Future[Any], Omitted]:
+        """Queue the dead letter of ``record`` leaving out at least ``omit``.
+
+        While the producer refuses the letter as too large, it leaves out more (the value, then
+        the key). Returns the delivery future and what the queued letter left out (so a refusal
+        by the broker can be retried leaving out more). Raises the producer's too-large error
+        when even the letter without value and key does not fit.
+        """
+        headers = dead_letter_headers(
+            error,
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            timestamp=record.timestamp,
+        )
+        original: bytes | None = record.value
+        if original is None and not isinstance(error, Undecodable):
+            # A tombstone: marked, with an empty value (see the module docstring).
+            headers.append((HEADER_VALUE_NULL, b"1"))
+        while True:
+            if original is None and omit == Omitted.VALUE:
+                omit = Omitted.VALUE_AND_KEY  # no value to leave out: the rest is too large
+            value = b"" if original is None else original
+            key: bytes | None = record.key
+            extra: list[tuple[str, bytes]] = []
+            if omit >= Omitted.VALUE and original is not None:
+                value = b""
+                extra.append((HEADER_VALUE_OMITTED, b"1"))
+            if omit >= Omitted.VALUE_AND_KEY and key is not None:
+                extra.append((HEADER_KEY_OMITTED, b"1"))
+                extra.append((HEADER_KEY_SHA256, hashlib.sha256(key).hexdigest().encode()))
+                key = None
+            try:
+                future: asyncio.Future[Any] = await self._producer.send(
+                    self._topic, value, key=key, headers=headers + extra
+                )
+            except _TOO_LARGE:
+                if omit >= Omitted.VALUE_AND_KEY:
+                    raise
+                omit = Omitted(omit + 1)
+                continue
+            return future, omit
+
+
+def is_too_large(exc: BaseException) -> bool:
+    """True when a dead-letter send or delivery failed because the letter does not fit."""
+    return isinstance(exc, _TOO_LARGE)
+
+
+def is_retriable(exc: BaseException) -> bool:
+    """True when a dead-letter send failed for a reason that a later retry can cure: a timeout,
+    a lost connection, or any aiokafka error flagged ``retriable``."""
+    if isinstance(exc, _TRANSIENT):
+        return True
+    return isinstance(exc, KafkaError) and bool(exc.retriable)
+
+
+_Pending = tuple[Any, VerificationError, Omitted]
+
+
+class DeadLetterSender:
+    """Sends a batch's dead letters and waits until the broker has them all, retrying what
+    failed with backoff (holding the batch meanwhile through ``hold``).
+
+    A letter too large even without the record's value and key is dropped (counted in
+    ``metrics.dead_letters_dropped``, logged at ERROR): raising would stop the consumer on that
+    record after every restart, since its offset is never committed.
+    """
+
+    __slots__ = ("_backoff", "_hold", "_metrics", "_writer")
+
+    def __init__(
+        self,
+        writer: DeadLetterWriter,
+        *,
+        backoff: Backoff,
+        metrics: ConsumerMetrics,
+        hold: Hold,
+    ) -> None:
+        self._writer = writer
+        self._backoff = backoff
+        self._metrics = metrics
+        self._hold = hold
+
+    @property
+    def topic(self) -> str:
+        return self._writer.topic
+
+    async def send(self, items: Sequence[Rejected]) -> bool:
+        """Dead-letter ``items`` (positioned rejections); False if stopped before durable."""
+        writer = self._writer
+        metrics = self._metrics
+        todo: list[_Pending] = [(record, error, Omitted.NOTHING) for record, error in items]
+        attempt = 0
+        while todo:
+            failed: list[_Pending] = []
+            sent: list[_Pending] = []
+            futures: list[asyncio.Future[Any]] = []
+            last_error: BaseException | None = None
+            for record, error, omit in todo:
+                try:
+                    future, omit = await writer.send_letter(record, error, omit=omit)
+                except KafkaError as exc:
+                    if is_too_large(exc):
+                        self._drop(error, exc)
+                        continue
+                    if not is_retriable(exc):
+                        raise
+                    failed.append((record, error, omit))
+                    last_error = exc
+                else:
+                    futures.append(future)
+                    sent.append((record, error, omit))
+            results = await asyncio.gather(*futures, return_exceptions=True)
+            for (record, error, omit), result in zip(sent, results, strict=True):
+                if not isinstance(result, BaseException):
+                    metrics.dead_lettered += 1
+                elif is_too_large(result):
+                    # The broker refused it (its limit is below the producer's): leave out more.
+                    if omit < Omitted.VALUE_AND_KEY:
+                        failed.append((record, error, Omitted(omit + 1)))
+                    else:
+                        self._drop(error, result)
+                elif is_retriable(result):
+                    failed.append((record, error, omit))
+                    last_error = result
+                else:
+                    raise result
+            todo = failed
+            if todo and last_error is not None:
+                attempt += 1
+                metrics.dead_letter_retries += 1
+                delay = self._backoff.delay(attempt)
+                log.warning(
+                    "dead-letter topic %s unavailable (%s): %d dead letters pending, "
+                    "retry %d in %.2fs",
+                    writer.topic,
+                    type(last_error).__name__,
+                    len(todo),
+                    attempt,
+                    delay,
+                )
+                if not await self._hold(delay):
+                    return False
+        return True
+
+    def _drop(self, error: VerificationError, exc: BaseException) -> None:
+        self._metrics.dead_letters_dropped += 1
+        log.error(
+            "dead letter dropped: too large for topic %s even without the record's value and "
+            "key (%s); the rejected record stays at its source position: %s",
+            self._writer.topic,
+            type(exc).__name__,
+            error,
+        )
