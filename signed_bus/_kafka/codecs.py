@@ -19,7 +19,8 @@ Where aiokafka looks the decoders up: ``aiokafka.record.default_records`` and
 ``aiokafka.record._crecords.default_records`` / ``legacy_records`` each do
 ``from aiokafka.codec import gzip_decode, ...`` and call those module globals by name when a
 batch is decompressed (Cython looks module globals up at call time), so :func:`install` rebinds
-the names in those four modules, and in ``aiokafka.codec`` itself for any module imported later.
+the names in those four modules, in ``aiokafka.protocol.message`` (the old message-set codec,
+which the consumer does not use) and in ``aiokafka.codec`` itself for any module imported later.
 
 The cap, 64 MiB: an honest batch is at most the broker's ``max.message.bytes`` compressed (1 MiB
 by default) and real payloads compress by well under 64:1 (signed envelopes carry random nonces
@@ -27,6 +28,14 @@ and signatures and barely compress at all), so no honest batch comes near it, wh
 case per batch read stays far from what kills a process. A deployment that raises
 ``max.message.bytes`` for very compressible payloads raises the cap with
 :func:`set_max_decompressed_batch_bytes`.
+
+Costs: aiokafka decodes batches one at a time, synchronously, in ``getmany()``, so a process
+holds about one cap per event-loop thread at worst (a refused batch: the cap; an honest batch of
+n bytes: about 2n, the output and its copy as bytes). zstd and lz4 are decompressed into a
+buffer of 8 times the compressed size (at least 256 KiB) that grows fourfold, decompressing
+again, until the output fits: an honest batch that compresses by more than 8:1 is decompressed
+a few times over; gzip streams in 1 MiB pieces; snappy blocks state their length, checked
+before decompressing.
 """
 
 from __future__ import annotations
@@ -70,6 +79,7 @@ _MODULES = (
     "aiokafka.record.legacy_records",
     "aiokafka.record._crecords.default_records",
     "aiokafka.record._crecords.legacy_records",
+    "aiokafka.protocol.message",  # the old message-set codec; not on the fetch path
 )
 _NAMES = ("gzip_decode", "snappy_decode", "lz4_decode", "zstd_decode")
 
@@ -99,11 +109,9 @@ def set_max_decompressed_batch_bytes(limit: int) -> None:
     _cap = limit
 
 
-def _too_large(codec: str, cap: int, detail: str = "") -> CorruptRecordException:
-    why = f" ({detail})" if detail else ""
+def _too_large(codec: str, cap: int) -> CorruptRecordException:
     return CorruptRecordException(
-        f"{codec} record batch decompresses to more than the cap of {cap} bytes{why}; "
-        "see signed_bus._kafka.codecs.set_max_decompressed_batch_bytes"
+        f"{codec} record batch decompresses to more than the cap of {cap} bytes"
     )
 
 

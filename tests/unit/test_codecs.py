@@ -67,9 +67,19 @@ def test_gzip_concatenated_members_and_zero_padding() -> None:
     assert codecs.gzip_decode(payload) == b"onetwo"
 
 
-def test_snappy_raw_block() -> None:
+def test_snappy_raw_block(small_cap: None) -> None:
+    """librdkafka sends snappy as one raw block, whose header states its length."""
     payload = aiokafka.codec.snappy_encode(b"abc" * 10_000, xerial_compatible=False)
     assert codecs.snappy_decode(payload) == codecs.AIOKAFKA_DECODERS["snappy_decode"](payload)
+    bomb = aiokafka.codec.snappy_encode(bytes(4 * CAP), xerial_compatible=False)
+    tracemalloc.start()
+    try:
+        with pytest.raises(CorruptRecordException, match=f"cap of {CAP} bytes"):
+            codecs.snappy_decode(bomb)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 * len(bomb) + (1 << 20)  # refused before decompressing anything
 
 
 @pytest.mark.parametrize("name", list(ENCODERS))
@@ -113,6 +123,7 @@ def test_every_reader_module_calls_the_bounded_decoders() -> None:
         "aiokafka.record.legacy_records",
         "aiokafka.record._crecords.default_records",
         "aiokafka.record._crecords.legacy_records",
+        "aiokafka.protocol.message",
     ]
     assert codecs.installed_modules() == expected  # by importing signed_bus._kafka
     codecs.install()  # idempotent
