@@ -5,14 +5,17 @@ the broker accepts with its default limits decompresses to hundreds of MiB, and 
 decompress it whole before any record reaches the verifier. The bounded decoders stop it at the
 cap (64 MiB): the consumer, in its own process so that its memory can be measured, dead-letters
 the batch as ``undecodable`` and delivers the honest records before and after it (those after it
-compressed in the same codec, by librdkafka: the bounded decoders read honest batches exactly).
+compressed in the same codec, by librdkafka: the bounded decoders read honest batches exactly,
+which the last test checks record by record against aiokafka's own decoders).
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import os
+import random
 import sys
 from pathlib import Path
 
@@ -25,6 +28,7 @@ from signed_bus._deadletter import (
     DeadLetter,
     header_map,
 )
+from signed_bus._kafka import codecs
 from signed_bus._kafka.codecs import MAX_DECOMPRESSED_BATCH_BYTES
 from tests.conftest import TopicFactory
 from tests.integration.bus import keyring, plain_producer, read_all, signer, unique
@@ -37,6 +41,7 @@ BOMB_RECORDS = 192  # of 1 MiB of zeros each: 192 MiB in one batch, three times 
 # Snappy's ratio on zeros (~21:1) keeps a batch within the broker's default 1 MiB under the cap,
 # so its topic takes larger batches; the others are accepted with the broker's defaults.
 TOPIC_CONFIG = {"snappy": {"max.message.bytes": str(16 * MIB)}}
+_READER_MODULES = [importlib.import_module(name) for name in codecs._MODULES]
 
 
 def _bomb(bootstrap: str, topic: str, codec: str) -> None:
@@ -124,3 +129,59 @@ async def test_a_decompression_bomb_is_dead_lettered_within_bounded_memory(
     assert "CorruptRecordException" in letter.error
     assert f"cap of {MAX_DECOMPRESSED_BATCH_BYTES} bytes" in letter.error
     assert not letter.value and letter.key is None
+
+
+async def _read_plain(bootstrap: str, topic: str, count: int) -> list[tuple[object, ...]]:
+    records = await read_all(bootstrap, topic, count)
+    return [(r.offset, r.key, r.value, tuple(r.headers)) for r in records]
+
+
+@pytest.mark.parametrize("codec", ["zstd", "gzip", "lz4", "snappy"])
+async def test_honest_librdkafka_batches_read_exactly_as_aiokafka_reads_them(
+    kafka_bootstrap: str,
+    unique_topic: TopicFactory,
+    codec: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every record of librdkafka-compressed batches (small and large, random and compressible
+    values, keys, headers, empty values) reads the same through the bounded decoders as through
+    aiokafka's own."""
+    topic = await unique_topic(f"codec-same-{codec}")
+    rng = random.Random(codec)
+    values = [
+        b"",
+        b"x",
+        rng.randbytes(900_000),
+        b"compressible " * 70_000,
+        *(
+            rng.randbytes(rng.randrange(1, 5_000)) + bytes(rng.randrange(0, 50_000))
+            for _ in range(60)
+        ),
+    ]
+
+    def produce() -> None:
+        producer = confluent_kafka.Producer(
+            {
+                "bootstrap.servers": kafka_bootstrap,
+                "compression.type": codec,
+                "linger.ms": 200,
+                "acks": -1,
+            }
+        )
+        for n, value in enumerate(values):
+            producer.produce(
+                topic, value, key=f"k{n}".encode() if n % 2 else None, partition=0,
+                headers=[("h", rng.randbytes(8))] if n % 3 else None,
+            )  # fmt: skip
+        assert producer.flush(30) == 0
+
+    await asyncio.to_thread(produce)
+    bounded = await _read_plain(kafka_bootstrap, topic, len(values))
+    assert [value for _, _, value, _ in bounded] == values
+    assert codecs.installed_modules()  # that read went through the bounded decoders
+    for module in _READER_MODULES:
+        for name, original in codecs.AIOKAFKA_DECODERS.items():
+            if hasattr(module, name):
+                monkeypatch.setattr(module, name, original)
+    assert codecs.installed_modules() == []
+    assert await _read_plain(kafka_bootstrap, topic, len(values)) == bounded
