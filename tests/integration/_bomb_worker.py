@@ -39,7 +39,7 @@ async def main(argv: list[str]) -> dict[str, Any]:
     verifier = Verifier(ring, freshness=Freshness(max_age_ms=300_000, future_skew_ms=5_000))
     guard = RedisReplayGuard.from_url(redis_url, prefix=prefix)
     options = ConsumerOptions(bootstrap_servers=bootstrap, group_id=group, topics=[topic])
-    consumer = VerifyingConsumer(
+    consumer = VerifyingConsumer.from_options(
         options, verifier=verifier, guard=guard, dead_letter_topic=dlq, max_records=500
     )
     delivered: list[ConsumedMessage] = []
