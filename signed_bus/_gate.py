@@ -52,6 +52,8 @@ __all__ = [
     "HELD_FOR_GUARD",
     "HELD_FOR_RELAY",
     "LOG_APPEND_TIME",
+    "RECHECK_AFTER_MS",
+    "WAITED_IN_BATCH",
     "ConsumedMessage",
     "Entry",
     "Gate",
@@ -69,6 +71,10 @@ LOG_APPEND_TIME = 1
 HELD_FOR_GUARD = "the batch was held for the replay guard (Redis unavailable)"
 HELD_FOR_DEAD_LETTERS = "the batch was held for the dead-letter topic (unavailable)"
 HELD_FOR_RELAY = "the relay's transform ran, before its outputs were published"
+WAITED_IN_BATCH = "it waited in its batch (slow handlers, a handler failure, slow acknowledgements)"
+#: A record handed out more than this long after it was verified (or last re-checked) is
+#: re-checked first: a second is well inside the future skew every window allows.
+RECHECK_AFTER_MS = 1_000
 
 
 P = TypeVar("P", bound=Hashable)

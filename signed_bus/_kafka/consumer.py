@@ -18,7 +18,16 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 
-from signed_bus._gate import HELD_FOR_RELAY, ConsumedMessage, Entry, Gate, Record, Settling
+from signed_bus._gate import (
+    HELD_FOR_RELAY,
+    RECHECK_AFTER_MS,
+    WAITED_IN_BATCH,
+    ConsumedMessage,
+    Entry,
+    Gate,
+    Record,
+    Settling,
+)
 from signed_bus._kafka.batch import EMPTY_BATCH, ConsumedBatch, whole_batch
 from signed_bus._kafka.clients import KafkaClients
 from signed_bus._kafka.commits import Commits
@@ -109,6 +118,7 @@ class VerifyingConsumer(AsyncLifecycle):
         self._clients = KafkaClients(options, dead_letter_producer)
         self.metrics = ConsumerMetrics()
         self._gate = Gate(verifier, fail_open=fail_open, metrics=self.metrics)
+        self._clock = verifier.clock
         self._guard = guard
         self._dead_letter_topic = dead_letter_topic
         self._max_records = max_records
@@ -240,6 +250,8 @@ class VerifyingConsumer(AsyncLifecycle):
         cursor.rewind()
         try:
             while not self._stopping:
+                if cursor.due(self._clock(), RECHECK_AFTER_MS) and not await self._refresh():
+                    break
                 message = cursor.next()
                 if message is None:
                     await self._commits.commit(wait=False)
@@ -272,7 +284,11 @@ class VerifyingConsumer(AsyncLifecycle):
             raise StopAsyncIteration
         cursor = self._cursor
         cursor.finish()
-        if self._active is None and self._started:
+        if (
+            self._active is None
+            and self._started
+            and not cursor.due(self._clock(), RECHECK_AFTER_MS)
+        ):
             # The batch has a message ready: nothing is awaited, so no other task can run
             # between here and the return, and _enter/_leave would have no observer.
             message = cursor.next()
@@ -281,6 +297,8 @@ class VerifyingConsumer(AsyncLifecycle):
         self._enter()
         try:
             while True:
+                if cursor.due(self._clock(), RECHECK_AFTER_MS) and not await self._refresh():
+                    raise StopAsyncIteration
                 message = cursor.next()
                 if message is not None:
                     return message
@@ -401,11 +419,28 @@ class VerifyingConsumer(AsyncLifecycle):
             )
             if not fetched:
                 continue
+            verified_at = self._clock()
             batch, revoked = self._receive(fetched)
             entries = await self._settler.settle(batch, revoked)
             if entries is not None:
-                self._cursor.load(entries)
+                self._cursor.load(entries, verified_at)
             return
+
+    async def _refresh(self) -> bool:
+        """Re-check the records of the batch not handed out yet, which waited more than
+        RECHECK_AFTER_MS since they were checked (a slow handler, a handler failure and its
+        retry, slow acknowledgements of dead letters or claims): stale ones are dead-lettered,
+        never delivered. False if the consumer stopped before those letters were durable."""
+        cursor = self._cursor
+        now = self._clock()
+        waiting = cursor.waiting()
+        if self._gate.audit:
+            cursor.rechecked(waiting, now)
+            return True
+        if await self._settler.reject_stale(waiting, cursor.revoked, WAITED_IN_BATCH) is None:
+            return False
+        cursor.rechecked(waiting, now)
+        return True
 
     def _receive(self, fetched: Fetched) -> tuple[Settling[TopicPartition], set[TopicPartition]]:
         """Verify a fetch; the revoked set the rebalance listener fills from now on."""

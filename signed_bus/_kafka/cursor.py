@@ -22,7 +22,7 @@ __all__ = ["DeliveryCursor"]
 class DeliveryCursor:
     """Queue, position, in-flight entry, finished offsets and revoked partitions."""
 
-    __slots__ = ("_done", "_inflight", "_metrics", "_pos", "_queue", "_revoked")
+    __slots__ = ("_checked_at", "_done", "_inflight", "_metrics", "_pos", "_queue", "_revoked")
 
     def __init__(self, metrics: ConsumerMetrics) -> None:
         self._metrics = metrics
@@ -31,6 +31,7 @@ class DeliveryCursor:
         self._inflight: int | None = None
         self._done: dict[TopicPartition, int] = {}
         self._revoked: set[TopicPartition] = set()
+        self._checked_at = 0
 
     @property
     def revoked(self) -> set[TopicPartition]:
@@ -58,9 +59,24 @@ class DeliveryCursor:
         self._revoked = set()
         return self._revoked
 
-    def load(self, entries: list[Entry[TopicPartition]]) -> None:
-        """Hand out ``entries`` (a settled batch) from the start."""
+    def load(self, entries: list[Entry[TopicPartition]], checked_at: int) -> None:
+        """Hand out ``entries`` (a settled batch, verified at ``checked_at``) from the start."""
         self._queue, self._pos, self._inflight = entries, 0, None
+        self._checked_at = checked_at
+
+    def due(self, now: int, after_ms: int) -> bool:
+        """True when entries wait to be handed out and more than ``after_ms`` passed since they
+        were checked: hand none out before :meth:`waiting` went through a re-check."""
+        return now - self._checked_at > after_ms and self._pos < len(self._queue)
+
+    def waiting(self) -> list[Entry[TopicPartition]]:
+        """The entries not handed out yet (a copy; the one handed out and rewound included)."""
+        return self._queue[self._pos :]
+
+    def rechecked(self, entries: list[Entry[TopicPartition]], now: int) -> None:
+        """Put back :meth:`waiting` after a re-check at ``now`` (stale ones now rejected)."""
+        self._queue[self._pos :] = entries
+        self._checked_at = now
 
     def next(self) -> ConsumedMessage | None:
         """The next deliverable message; rejected entries passed are finished."""

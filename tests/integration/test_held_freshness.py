@@ -240,3 +240,79 @@ async def test_a_relay_publishes_nothing_from_an_input_that_expired_while_transf
     (letter,) = [DeadLetter.from_record(r) for r in await read_all(kafka_bootstrap, dead, 1)]
     assert (letter.reason, letter.source_offset) == ("expired", 0)
     assert "relay" in letter.error
+
+
+async def test_a_record_that_expires_while_a_slow_handler_runs_is_not_delivered(
+    kafka_bootstrap: str, redis_url: str, redis_prefix: str, unique_topic: TopicFactory
+) -> None:
+    # One batch: the handler of its first record takes "two minutes" (the clock moves), so the
+    # next record is handed out long after it verified: it is checked again first.
+    topic = await unique_topic("held-handler")
+    dead = await unique_topic("held-handler-dlq")
+    ring = keyring()
+    clock = Clock()
+    now = clock()
+    sign = signer(ring).sign
+    await produce_together(
+        kafka_bootstrap,
+        topic,
+        [
+            sign({"n": 0}, topic=topic),
+            sign({"n": 1}, topic=topic, expires_at=now + 60_000),  # passes during the handler
+            sign({"n": 2}, topic=topic),
+        ],
+    )
+
+    def slow(message: ConsumedMessage) -> None:
+        if message.payload == {"n": 0}:
+            clock.offset = HELD_MS
+
+    async with guard(redis_url, redis_prefix) as g:
+        consumer = VerifyingConsumer.from_options(
+            consumer_options(kafka_bootstrap, [topic]),
+            verifier=verifier(ring, clock=clock),
+            guard=g,
+            dead_letter_topic=dead,
+        )
+        async with Running(consumer, slow) as running:
+            await running.caught_up(await end_offsets(kafka_bootstrap, [topic]))
+    assert [m.payload for m in running.delivered] == [{"n": 0}, {"n": 2}]
+    assert dict(consumer.metrics.rejected) == {"expired": 1}
+    (letter,) = letters_by_offset(await read_all(kafka_bootstrap, dead, 1)).values()
+    assert letter.source_offset == 1 and "waited in its batch" in letter.error
+
+
+async def test_a_record_whose_handler_failed_is_checked_again_before_its_retry(
+    kafka_bootstrap: str, redis_url: str, redis_prefix: str, unique_topic: TopicFactory
+) -> None:
+    topic = await unique_topic("held-retry")
+    dead = await unique_topic("held-retry-dlq")
+    ring = keyring()
+    clock = Clock()
+    now = clock()
+    sign = signer(ring).sign
+    await produce_together(
+        kafka_bootstrap,
+        topic,
+        [sign({"n": 0}, topic=topic, expires_at=now + 60_000), sign({"n": 1}, topic=topic)],
+    )
+    async with guard(redis_url, redis_prefix) as g:
+        consumer = VerifyingConsumer.from_options(
+            consumer_options(kafka_bootstrap, [topic]),
+            verifier=verifier(ring, clock=clock),
+            guard=g,
+            dead_letter_topic=dead,
+        )
+        async with consumer:
+            with pytest.raises(RuntimeError, match="handler failed"):
+                async for message in consumer:
+                    assert message.payload == {"n": 0}
+                    raise RuntimeError("handler failed")
+            clock.offset = HELD_MS  # the retry comes after the record's expires_at
+            async for message in consumer:  # the failed record would be handed out again first
+                assert message.payload == {"n": 1}
+                break
+            await consumer.commit()
+    assert dict(consumer.metrics.rejected) == {"expired": 1}
+    (letter,) = letters_by_offset(await read_all(kafka_bootstrap, dead, 1)).values()
+    assert letter.source_offset == 0 and "expires_at has passed" in letter.error

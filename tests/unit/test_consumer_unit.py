@@ -476,7 +476,8 @@ async def test_offsets_finish_in_order_and_an_unfinished_message_comes_again() -
             (p1, 6, None),
             (p1, 7, message(6, 1)),
             (p1, 8, None),
-        ]
+        ],
+        0,
     )
     first = consumer.next()
     assert first is not None and first.offset == 0
@@ -502,7 +503,7 @@ async def test_offsets_finish_in_order_and_an_unfinished_message_comes_again() -
 async def test_revoked_partitions_are_skipped_and_never_marked_finished() -> None:
     consumer = DeliveryCursor(ConsumerMetrics())
     p0, p1 = TopicPartition(TOPIC, 0), TopicPartition(TOPIC, 1)
-    consumer.load([(p0, 1, message(0)), (p1, 1, message(0, 1)), (p1, 2, None)])
+    consumer.load([(p0, 1, message(0)), (p1, 1, message(0, 1)), (p1, 2, None)], 0)
     first = consumer.next()
     assert first is not None
     assert consumer.revoked == set()
