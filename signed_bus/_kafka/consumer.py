@@ -19,11 +19,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 
 from signed_bus._gate import (
-    HELD_FOR_RELAY,
     RECHECK_AFTER_MS,
     WAITED_IN_BATCH,
     ConsumedMessage,
-    Entry,
     Gate,
     Record,
     Settling,
@@ -377,18 +375,9 @@ class VerifyingConsumer(AsyncLifecycle):
             return None
         self._enter()
         try:
-            entries: list[Entry[TopicPartition]] = [
-                (TopicPartition(m.topic, m.partition), m.offset + 1, m) for m in batch.messages
-            ]
-            stale = await self._settler.reject_stale(entries, self._cursor.revoked, HELD_FOR_RELAY)
+            return await self._settler.recheck_batch(batch, self._cursor.revoked)
         finally:
             self._leave()
-        if stale is None:
-            return None
-        if not stale:
-            return batch
-        messages = tuple(m for _, _, m in entries if m is not None)
-        return ConsumedBatch(messages, batch.offsets, batch.first_offsets)
 
     def _check_open(self) -> None:
         if self._closed:

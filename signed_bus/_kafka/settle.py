@@ -15,11 +15,13 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from signed_bus._gate import (
     HELD_FOR_DEAD_LETTERS,
     HELD_FOR_GUARD,
+    HELD_FOR_RELAY,
     Entry,
     Gate,
     Rejected,
     Settling,
 )
+from signed_bus._kafka.batch import ConsumedBatch
 from signed_bus._kafka.deadletters import DeadLetterSender, Hold
 from signed_bus._kafka.fetch import fetch_records
 from signed_bus._kafka.options import Backoff
@@ -138,6 +140,22 @@ class Settler:
                 return None
             if gate.metrics.dead_letter_retries == retries:
                 return total
+
+    async def recheck_batch(
+        self, batch: ConsumedBatch, revoked: set[TopicPartition]
+    ) -> ConsumedBatch | None:
+        """:meth:`VerifyingConsumer.recheck`: ``batch`` without its stale messages (each
+        dead-lettered), ``batch`` itself if none went stale, None if stopped before durable."""
+        entries: list[Entry[TopicPartition]] = [
+            (TopicPartition(m.topic, m.partition), m.offset + 1, m) for m in batch.messages
+        ]
+        stale = await self.reject_stale(entries, revoked, HELD_FOR_RELAY)
+        if stale is None:
+            return None
+        if not stale:
+            return batch
+        messages = tuple(m for _, _, m in entries if m is not None)
+        return ConsumedBatch(messages, batch.offsets, batch.first_offsets)
 
     async def dead_letter(self, positioned: Sequence[Rejected]) -> bool:
         """Dead-letter counted, positioned rejections; False if stopped before durable."""
