@@ -5,7 +5,8 @@
 #                        Kafka or Redis fails, so does one that skips
 #   make wheel-check     build the wheel and check it holds signed_bus/ only (producers/ and
 #                        consumers/ are reference agents run from the repository, not installed)
-#   make lint            ruff and mypy (strict)
+#   make lint            ruff check, ruff format --check (code and the docs' Python blocks),
+#                        mypy strict over the library, tests, agents, demo and benchmarks
 #   make services-up     real Kafka (127.0.0.1:9092) and Redis (127.0.0.1:6379), see compose/
 #   make services-down   stop what compose/local.sh started (never services it did not start)
 #   make test            venv, ruff, mypy, the container check (below), then services up + the
@@ -60,6 +61,7 @@ $(STAMP): pyproject.toml
 
 lint: venv
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
 # no service variables and no containers: tests/conftest.py then fails any test that asks for

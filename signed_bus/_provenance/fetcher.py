@@ -140,5 +140,3 @@ async def partitions_of(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
     consumer.assign([probe])
     await consumer.end_offsets([probe])
     return set(consumer.partitions_for_topic(topic) or ())
-
-

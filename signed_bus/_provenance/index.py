@@ -158,5 +158,3 @@ class ProvenanceIndex(AsyncLifecycle):
         self._stopped = True
         if self._owns_client:
             await self._client.aclose()
-
-

@@ -85,9 +85,7 @@ class RedisReplayGuard(AsyncLifecycle):
     ) -> None:
         _check_int("bucket_ms", bucket_ms, minimum=1, maximum=MAX_WINDOW_MS)
         _check_int("shards", shards, minimum=1, maximum=0xFFFF)
-        _check_int(
-            "max_claims_per_call", max_claims_per_call, minimum=1, maximum=MAX_KEYS_PER_CALL
-        )
+        _check_int("max_claims_per_call", max_claims_per_call, minimum=1, maximum=MAX_KEYS_PER_CALL)
         if not isinstance(prefix, str) or not prefix or "{" in prefix or "}" in prefix:
             raise ConfigurationError("prefix must be a non-empty string without '{' or '}'")
         if not isinstance(client, aioredis.Redis | RedisCluster):

@@ -686,9 +686,7 @@ async def test_a_key_too_large_for_the_producer_is_left_out_and_named_by_its_dig
 
     # A letter that fits keeps its key and carries no omission headers.
     fits = ScriptedProducer("ok")
-    await DeadLetterWriter(fits, "dlq").send(
-        record(b"garbage", offset=3, key=b"k"), error
-    )
+    await DeadLetterWriter(fits, "dlq").send(record(b"garbage", offset=3, key=b"k"), error)
     letter = DeadLetter.from_record(stored_letter(fits.sent[0]))
     assert (letter.value, letter.key, letter.key_omitted, letter.key_sha256) == (
         b"garbage",
