@@ -73,8 +73,11 @@ def decode_msgpack(body: bytes) -> object:
     C extension, the depth is checked by walking the value instead.
     """
     try:
-        with _no_collection(len(body)):
+        if len(body) <= _PAUSE_GC_ABOVE:  # the per-record path: nothing around the C call
             value = msgpack.unpackb(body)
+        else:
+            with _no_collection(len(body)):
+                value = msgpack.unpackb(body)
     except Exception as exc:  # msgpack raises several unrelated types
         raise PayloadError(f"msgpack body does not decode ({type(exc).__name__})") from None
     if not _C_UNPACKER:
