@@ -44,7 +44,7 @@ OWNED_OPTIONS = frozenset(
 def require_read_committed(consumer: AIOKafkaConsumer) -> None:
     """Refuse an ``AIOKafkaConsumer`` that reads records of aborted transactions.
 
-    Kept for the provenance index's handed-in consumer only: aiokafka has no documented way to
+    Kept for the trace's RecordFetcher's handed-in consumer only: aiokafka has no documented way to
     read a consumer's isolation level, so this reads a private attribute. VerifyingConsumer
     builds its own consumer and needs no such check. Raises ConfigurationError.
     """

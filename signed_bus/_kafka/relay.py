@@ -170,6 +170,7 @@ class Relay(AsyncLifecycle):
         self._stopping = False
         self._stopped = False
         self._running: asyncio.Task[Any] | None = None
+        self._fetching: asyncio.Future[ConsumedBatch | None] | None = None
         self._idle = asyncio.Event()
         self._idle.set()
         self.metrics = RelayMetrics()
@@ -185,11 +186,19 @@ class Relay(AsyncLifecycle):
 
     async def stop(self) -> None:
         """Ask :meth:`run` to return after the batch in hand is committed, and wait until it
-        did (called from inside the transform: only ask). Idempotent."""
+        did (called from inside the transform: only ask). Idempotent.
+
+        A fetch not handed to the transform yet is cancelled, so stopping does not wait for a
+        batch held while Redis or the dead-letter topic is down: nothing of it was published or
+        committed, and it is read again from the committed offsets (claims come back
+        SAME_POSITION)."""
         self._stopping = True
         self._stopped = True
         running = self._running
         if running is not None and running is not asyncio.current_task():
+            fetching = self._fetching
+            if fetching is not None:
+                fetching.cancel()
             await self._idle.wait()
 
     def _check_open(self) -> None:
@@ -205,7 +214,15 @@ class Relay(AsyncLifecycle):
         self._idle.clear()
         try:
             while not self._stopping:
-                batch = await self._consumer.getbatch()
+                fetching = self._fetching = asyncio.ensure_future(self._consumer.getbatch())
+                try:
+                    batch = await fetching
+                except asyncio.CancelledError:
+                    if self._stopping and fetching.cancelled():
+                        return  # stop() cancelled the fetch, not this task
+                    raise
+                finally:
+                    self._fetching = None
                 if batch is None:  # the consumer is stopping
                     return
                 if not batch.offsets:

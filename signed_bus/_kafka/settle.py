@@ -81,11 +81,12 @@ class Settler:
             return True
         freshness = gate.freshness
         try:
-            verdicts = await guard.claim(gate.claims(batch), freshness=freshness)
+            # settle() inside: a guard answering with the wrong number of verdicts is held and
+            # retried like one that did not answer
+            gate.settle(batch, await guard.claim(gate.claims(batch), freshness=freshness))
         except ReplayGuardUnavailable as exc:
             error = exc
         else:
-            gate.settle(batch, verdicts)
             return True
         if gate.fail_open:
             gate.unchecked(batch, error)
@@ -112,11 +113,10 @@ class Settler:
                     log.warning("every held record expired: nothing left to claim")
                     return True
                 try:
-                    verdicts = await guard.claim(gate.claims(batch), freshness=freshness)
+                    gate.settle(batch, await guard.claim(gate.claims(batch), freshness=freshness))
                 except ReplayGuardUnavailable as exc:
                     error = exc
                     continue
-                gate.settle(batch, verdicts)
                 log.warning("replay guard available again after %d retries", attempt)
                 return True
         finally:

@@ -1011,8 +1011,8 @@ class IdleConsumer:
         return ConsumedBatch((), {}, {})
 
 
-def idle_relay() -> tuple[Relay, IdleConsumer]:
-    consumer = IdleConsumer()
+def idle_relay(consumer: IdleConsumer | None = None) -> tuple[Relay, IdleConsumer]:
+    consumer = consumer or IdleConsumer()
     producer = SignedProducer(
         ProducerOptions(bootstrap_servers="127.0.0.1:1"),
         signer=Signer(ring(), kid="k1", issuer="agent", model="m"),
@@ -1034,6 +1034,24 @@ async def test_relay_stop_is_a_coroutine_that_waits_for_run() -> None:
         assert task.done()  # stop() returned only once run() had
     await task
     await relay.stop()  # idempotent
+
+
+class HeldConsumer(IdleConsumer):
+    """A consumer whose fetch is held (the replay guard's Redis is down) until cancelled."""
+
+    async def getbatch(self) -> Any:
+        self.calls += 1
+        self.polled.set()
+        await asyncio.Event().wait()  # held: only cancellation ends it
+
+
+async def test_stopping_a_relay_does_not_wait_for_a_fetch_held_for_redis() -> None:
+    consumer = HeldConsumer()
+    relay, _ = idle_relay(consumer)
+    task = asyncio.create_task(relay.run())
+    await consumer.polled.wait()
+    await asyncio.wait_for(relay.stop(), 2)  # waited for Redis to come back before
+    assert task.done() and task.exception() is None
 
 
 async def test_a_stopped_relay_refuses_start_run_and_process_with_stopped() -> None:
