@@ -21,8 +21,6 @@ import hashlib
 from collections.abc import Callable, Sequence
 from typing import Final
 
-import msgpack
-
 __all__ = [
     "CONTENT_TYPE_MSGPACK",
     "DIGEST_BYTES",
@@ -81,8 +79,6 @@ _PREFIX_LEN: Final = len(_VALUE_PREFIX)
 _SIGNED_PREFIX: Final = SIGNATURE_DOMAIN + len(_TAG_BYTES).to_bytes(4, "big") + _TAG_BYTES
 
 _sha256 = hashlib.sha256
-_unpackb = msgpack.unpackb
-_packb = msgpack.packb
 
 
 # -- hand-built msgpack ---------------------------------------------------------------------------
