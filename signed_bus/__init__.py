@@ -5,7 +5,8 @@ every other module is private (``_name``) and may change without notice. Map of 
 
 - signing core (no I/O): :class:`Signer` seals a result into an envelope, :class:`Verifier`
   checks one and returns a :class:`VerifiedMessage`; :class:`Freshness` is the one time window;
-  :class:`Keyring` holds :class:`HmacKey` / :class:`Ed25519Key` keys. Format: docs/ENVELOPE.md,
+  :class:`Keyring` holds :class:`HmacKey` / :class:`Ed25519Key` keys, :class:`ExternalKey` signs
+  through a KMS, :class:`KeySource` keeps a ring in step with a JWK Set. Format: docs/ENVELOPE.md,
   key files: docs/KEYFILE.md.
 - Kafka (aiokafka): :class:`SignedProducer`, :class:`VerifyingConsumer` (yields
   :class:`ConsumedMessage` / :class:`ConsumedBatch`), :class:`Relay` for one hop of a pipeline,
@@ -24,6 +25,7 @@ Every long-lived object (producer, consumer, relay, guard, index, fetcher) has `
 
 from signed_bus._deadletter import DeadLetter
 from signed_bus._envelope import CONTENT_TYPE_MSGPACK, TAG, envelope_digest
+from signed_bus._external import ExternalKey
 from signed_bus._freshness import Freshness
 from signed_bus._kafka.consumer import (
     Backoff,
@@ -45,6 +47,7 @@ from signed_bus._keys import (
     generate_ed25519_key,
     generate_hmac_key,
 )
+from signed_bus._keysource import KeySource
 from signed_bus._provenance import (
     Position,
     ProvenanceIndex,
@@ -82,9 +85,11 @@ __all__ = [  # noqa: RUF022 (grouped by topic, as in the map above; sorted withi
     "HS256",
     "TAG",
     "Ed25519Key",
+    "ExternalKey",
     "Freshness",
     "HmacKey",
     "Key",
+    "KeySource",
     "Keyring",
     "Signer",
     "VerifiedMessage",

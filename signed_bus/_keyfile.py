@@ -33,6 +33,7 @@ __all__ = [
     "MAX_KID_CHARS",
     "KeyEntry",
     "KeyFileData",
+    "b64u_decode",
     "b64u_encode",
     "check_issuers",
     "check_kid",
@@ -86,6 +87,11 @@ def _b64u_decode(text: str) -> bytes:
     if b64u_encode(raw) != stripped:
         raise ValueError("not canonical base64url")
     return raw
+
+
+#: Strict base64url decoding for the other formats (JWK Sets): raises ValueError, never naming
+#: the input.
+b64u_decode = _b64u_decode
 
 
 def _describe_fields(names: Iterable[object]) -> str:

@@ -26,7 +26,7 @@ import hashlib
 import hmac
 import os
 import secrets
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, ClassVar, Final, NoReturn
 
 from cryptography.exceptions import InvalidSignature
@@ -387,10 +387,13 @@ class Keyring:
     max_age has passed. ``add``/``remove`` are safe to call on a ring a verifier is using.
     """
 
-    __slots__ = ("_keys",)
+    __slots__ = ("_keys", "_on_miss")
 
     def __init__(self, keys: Iterable[Key] = ()) -> None:
         self._keys: dict[str, Key] = {}
+        # Told of every kid asked for and not found (a KeySource refetches, rate limited). It is
+        # handed untrusted header text: it must not log or keep it.
+        self._on_miss: Callable[[], None] | None = None
         for key in keys:
             self.add(key)
 
@@ -399,9 +402,12 @@ class Keyring:
     def get(self, kid: str) -> Key | None:
         """The key with this kid, or None (the verifier turns None into UnknownKey)."""
         try:
-            return self._keys.get(kid)
+            key = self._keys.get(kid)
         except TypeError:  # an unhashable kid decoded from an untrusted header
-            return None
+            key = None
+        if key is None and self._on_miss is not None:
+            self._on_miss()
+        return key
 
     def __getitem__(self, kid: str) -> Key:
         return self._keys[kid]
@@ -458,7 +464,8 @@ class Keyring:
         Ed25519 keys keep their public part. HMAC keys are dropped: they are symmetric, so the
         secret that verifies also signs, and there is no public part to export.
         """
-        return Keyring(key.public() for key in self._keys.values() if isinstance(key, Ed25519Key))
+        parts = (getattr(key, "public", None) for key in self._keys.values() if key.alg == EDDSA)
+        return Keyring(part() for part in parts if part is not None)
 
     # -- the key file (signed_bus._keyfile, docs/KEYFILE.md) ---------------------------------
 
@@ -486,6 +493,21 @@ class Keyring:
         """Parse key file contents. Errors name ``source``, never the contents; a member
         repeated in any JSON object is refused (docs/KEYFILE.md)."""
         return cls._from_document(_keyfile.parse_json(text, source=source), source=source)
+
+    def to_jwks(self) -> str:
+        """The JWK Set (RFC 7517) of this ring's Ed25519 public keys, issuers included
+        (docs/KEYFILE.md, "JWK Sets"); HMAC keys have no public part and are left out."""
+        from signed_bus._jwks import dumps_jwks
+
+        return dumps_jwks(self)
+
+    @classmethod
+    def from_jwks(cls, text: str | bytes, *, source: str = "JWK Set") -> Keyring:
+        """A verify-only ring from a JWK Set; Ed25519 keys without the issuers member are
+        refused (docs/KEYFILE.md, "JWK Sets")."""
+        from signed_bus._jwks import keyring_from_jwks
+
+        return keyring_from_jwks(text, source=source)
 
     @classmethod
     def from_env(cls, var: str = KEYRING_ENV_VAR) -> Keyring:

@@ -1,0 +1,252 @@
+"""A keyring kept in step with a JWK Set at a file path or an http(s) URL.
+
+The verifier reads its ring live, so the source only has to change the ring: it fetches the set
+every ``refresh_interval_s`` (off the event loop, in a thread, with the standard library), adds
+new kids, replaces changed keys and removes kids the set no longer holds, which then fail as
+``unknown_key``. An envelope naming a kid the ring lacks asks for an early fetch, at most once per
+``unknown_kid_interval_s`` whatever the number of such envelopes: random kids from an attacker
+cannot turn into a fetch storm. The envelope that asked is still rejected (``unknown_key``); the
+rotation procedure publishes a key before any signer uses it (docs/OPERATIONS.md, "Rotation").
+A fetch that fails or returns a set that is refused changes nothing: the last good set stays in
+force, and the failure is logged on ``signed_bus.keys`` (the location without credentials or
+query, never the set's contents).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import os
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
+from typing import Final
+
+from signed_bus._keyfile import read_file
+from signed_bus._keys import Keyring
+from signed_bus.errors import ConfigurationError, Stopped
+
+__all__ = ["KeySource"]
+
+log = logging.getLogger("signed_bus.keys")
+
+# A JWK Set is a few hundred bytes per key; the cap keeps a wrong URL from filling memory.
+_MAX_SET_BYTES: Final = 1024 * 1024
+
+
+class _NoDowngrade(urllib.request.HTTPRedirectHandler):
+    """Follow redirects, but never from https to anything else (a redirect must not drop TLS)."""
+
+    def redirect_request(
+        self,
+        req: urllib.request.Request,
+        fp: object,
+        code: int,
+        msg: str,
+        headers: object,
+        newurl: str,
+    ) -> urllib.request.Request | None:
+        if req.full_url.startswith("https:") and not newurl.startswith("https:"):
+            raise urllib.error.URLError("redirect from https to another scheme refused")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)  # type: ignore[arg-type]
+
+
+def _shown(location: str) -> str:
+    """The location as logs may show it: no user, password, query or fragment."""
+    parts = urllib.parse.urlsplit(location)
+    if parts.scheme not in ("http", "https"):
+        return location
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+def _request_parts(location: str) -> tuple[str, dict[str, str]]:
+    """The URL to open and the headers: a user and password in the URL become basic auth."""
+    headers = {"Accept": "application/json"}
+    parts = urllib.parse.urlsplit(location)
+    if parts.username is None:
+        return location, headers
+    credentials = f"{urllib.parse.unquote(parts.username)}:"
+    credentials += urllib.parse.unquote(parts.password or "")
+    headers["Authorization"] = "Basic " + base64.b64encode(credentials.encode()).decode()
+    netloc = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc)), headers
+
+
+class KeySource:
+    """A :class:`~signed_bus.Keyring` (:attr:`keyring`, hand it to the Verifier) that follows a
+    JWK Set at ``location``: an ``http://`` or ``https://`` URL, or a file path (checked like a
+    key file: regular, owned by this user or root, not writable by others).
+
+    ``start()`` loads the set once (ConfigurationError if that fails: there is no last good set
+    yet) and then refreshes in the background; ``stop()`` ends that. Without an event loop (sync
+    workers), call :meth:`refresh` from a thread of your own.
+    """
+
+    def __init__(
+        self,
+        location: str | os.PathLike[str],
+        *,
+        refresh_interval_s: float = 300.0,
+        unknown_kid_interval_s: float = 30.0,
+        timeout_s: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._location = os.fspath(location)
+        self._is_url = self._location.startswith(("http://", "https://"))
+        for name, value in (
+            ("refresh_interval_s", refresh_interval_s),
+            ("unknown_kid_interval_s", unknown_kid_interval_s),
+            ("timeout_s", timeout_s),
+        ):
+            if not isinstance(value, int | float) or not value > 0:
+                raise ConfigurationError(f"{name} must be a positive number of seconds")
+        self._refresh_s = float(refresh_interval_s)
+        self._unknown_s = float(unknown_kid_interval_s)
+        self._timeout_s = float(timeout_s)
+        self._clock = clock
+        self._ring = Keyring()
+        self._ring._on_miss = self._unknown_kid
+        self._lock = threading.Lock()  # one fetch at a time, whoever asks
+        self._last_fetch = -float("inf")  # clock() when the last fetch began
+        self._fetches = 0
+        self._failures = 0
+        self._wake: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopped = False
+
+    def __repr__(self) -> str:
+        return f"KeySource({_shown(self._location)!r}, keys={len(self._ring)})"
+
+    @property
+    def keyring(self) -> Keyring:
+        """The ring this source keeps current (the same object for the source's lifetime)."""
+        return self._ring
+
+    @property
+    def fetches(self) -> int:
+        """How many fetches were made, successful or not."""
+        return self._fetches
+
+    @property
+    def failures(self) -> int:
+        """How many fetches failed or returned a set that was refused (the ring kept its keys)."""
+        return self._failures
+
+    # -- fetching ------------------------------------------------------------------------------
+
+    def _read(self) -> Keyring:
+        if not self._is_url:
+            file = read_file(self._location)
+            return Keyring.from_jwks(file.data, source=f"JWK Set file {self._location}")
+        opener = urllib.request.build_opener(_NoDowngrade)
+        url, headers = _request_parts(self._location)
+        # Only http(s) gets here (_is_url); file: and other schemes are never opened as URLs.
+        request = urllib.request.Request(url, headers=headers)  # noqa: S310
+        shown = _shown(self._location)
+        try:
+            with opener.open(request, timeout=self._timeout_s) as response:
+                data = response.read(_MAX_SET_BYTES + 1)
+        except urllib.error.HTTPError as exc:
+            raise ConfigurationError(f"JWK Set {shown}: HTTP status {exc.code}") from None
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", None) or type(exc).__name__
+            raise ConfigurationError(f"JWK Set {shown} is unreachable: {reason}") from None
+        if len(data) > _MAX_SET_BYTES:
+            raise ConfigurationError(f"JWK Set {shown} is larger than {_MAX_SET_BYTES} bytes")
+        return Keyring.from_jwks(data, source=f"JWK Set {shown}")
+
+    def refresh(self) -> bool:
+        """Fetch the set now (blocking) and bring the ring in step with it.
+
+        Returns True if the set was applied; on failure, logs it, keeps the ring as it was and
+        returns False.
+        """
+        with self._lock:
+            self._last_fetch = self._clock()
+            self._fetches += 1
+            try:
+                fresh = self._read()
+            except ConfigurationError as exc:
+                self._failures += 1
+                log.warning("key source: %s; keeping the last good set", exc)
+                return False
+            self._apply(fresh)
+            return True
+
+    def _apply(self, fresh: Keyring) -> None:
+        # New and changed keys first, removals last: a verifier never sees a ring missing both.
+        for key in fresh:
+            # Not get(): that would count as an unknown kid and ask for another fetch.
+            current = self._ring[key.kid] if key.kid in self._ring else None  # noqa: SIM401
+            if current != key:
+                self._ring.add(key, replace=True)
+                log.info("key source: %s %r", "added" if current is None else "replaced", key)
+        for kid in self._ring.kids():
+            if kid not in fresh:
+                self._ring.remove(kid)
+                log.info("key source: removed kid %r", kid)
+
+    def _unknown_kid(self) -> None:
+        # Called by the ring, on the verifier's thread, for every kid it lacks: cheap and bounded.
+        if self._wake is None or self._loop is None:
+            return
+        if self._clock() - self._last_fetch < self._unknown_s:
+            return
+        # Counted as begun now, so a burst of unknown kids asks once.
+        self._last_fetch = self._clock()
+        with contextlib.suppress(RuntimeError):  # the loop closed under us: nothing to wake
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load the set (ConfigurationError if it cannot be), then keep it fresh."""
+        if self._stopped:
+            raise Stopped("KeySource was stopped; make a new one")
+        if self._task is not None:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        fresh = await asyncio.to_thread(self._first_load)
+        self._apply(fresh)
+        self._task = asyncio.create_task(self._run(), name="signed-bus key source")
+
+    def _first_load(self) -> Keyring:
+        with self._lock:
+            self._last_fetch = self._clock()
+            self._fetches += 1
+            return self._read()
+
+    async def _run(self) -> None:
+        assert self._wake is not None
+        while True:
+            due = self._last_fetch + self._refresh_s - self._clock()
+            if due > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=due)
+            self._wake.clear()
+            await asyncio.to_thread(self.refresh)
+
+    async def stop(self) -> None:
+        """Stop refreshing (the ring keeps its keys). Idempotent."""
+        self._stopped = True
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def __aenter__(self) -> KeySource:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
