@@ -86,6 +86,7 @@ services-status:
 # SIGNED_BUS_FORBID_SKIPS: a skipped test fails the run (tests/conftest.py); pytest's own exit
 # code (5 = no tests collected included) is make's
 test: lint test-containers-check
+	bash compose/tools.sh ensure
 	SIGNED_BUS_FORBID_SKIPS=1 $(SERVICES) run -- \
 		$(PY) -m pytest --timeout=$(PYTEST_TIMEOUT) --durations=10 $(PYTEST_ARGS)
 

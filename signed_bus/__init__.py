@@ -47,7 +47,7 @@ from signed_bus._keys import (
     generate_ed25519_key,
     generate_hmac_key,
 )
-from signed_bus._keysource import KeySource
+from signed_bus._keysource import KeySource, load_keyring
 from signed_bus._provenance import (
     Position,
     ProvenanceIndex,
@@ -97,6 +97,7 @@ __all__ = [  # noqa: RUF022 (grouped by topic, as in the map above; sorted withi
     "envelope_digest",
     "generate_ed25519_key",
     "generate_hmac_key",
+    "load_keyring",
     # Kafka
     "Backoff",
     "ConsumedBatch",

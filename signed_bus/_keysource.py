@@ -27,11 +27,14 @@ import urllib.request
 from collections.abc import Callable
 from typing import Final
 
-from signed_bus._keyfile import read_file
+from signed_bus._keyfile import KEYRING_ENV_VAR, read_file
 from signed_bus._keys import Keyring
 from signed_bus.errors import ConfigurationError, Stopped
 
-__all__ = ["KeySource"]
+__all__ = ["KEYRING_FILE_ENV_VAR", "KeySource", "load_keyring"]
+
+#: The environment variable naming a key file (the second place :func:`load_keyring` looks).
+KEYRING_FILE_ENV_VAR: Final = "SIGNED_BUS_KEYRING_FILE"
 
 log = logging.getLogger("signed_bus.keys")
 
@@ -64,6 +67,30 @@ def _shown(location: str) -> str:
     host = parts.hostname or ""
     port = f":{parts.port}" if parts.port else ""
     return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+def load_keyring(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    file_var: str = KEYRING_FILE_ENV_VAR,
+    var: str = KEYRING_ENV_VAR,
+) -> Keyring:
+    """The ring from the one lookup order every command and agent uses: ``path`` if given (a
+    key file), else the key file named by the environment variable ``file_var``
+    (``SIGNED_BUS_KEYRING_FILE``), else the key file contents in ``var``
+    (``SIGNED_BUS_KEYRING``). ConfigurationError naming all three if none is set; an empty
+    variable counts as unset."""
+    if path is not None and os.fspath(path):
+        return Keyring.from_file(path)
+    named = os.environ.get(file_var, "").strip()
+    if named:
+        return Keyring.from_file(named)
+    if os.environ.get(var, "").strip():
+        return Keyring.from_env(var)
+    raise ConfigurationError(
+        f"no key ring: give a key file, or set {file_var} (a key file's path) or {var} (a key "
+        "file's contents)"
+    )
 
 
 def _request_parts(location: str) -> tuple[str, dict[str, str]]:

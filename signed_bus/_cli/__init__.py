@@ -1,34 +1,46 @@
 """The ``signed-bus`` console script (``python -m signed_bus`` runs the same).
 
 One module per subcommand, each with ``register(subparsers)`` that adds its parser and sets
-``handler`` (:data:`~signed_bus._cli.options.Handler`): :mod:`.keygen`, :mod:`.export_public`,
-:mod:`.inspect`, :mod:`.trace`, :mod:`.tail`, :mod:`.bench`; what they share (exit codes,
-connection and freshness options, keyring loading) is in :mod:`.options`. To add a subcommand,
+``handler`` (:data:`~signed_bus._cli.options.Handler`): :mod:`.keygen`, :mod:`.export_public`
+(with import-jwks), :mod:`.inspect`, :mod:`.trace`, :mod:`.tail`, :mod:`.dlq`, :mod:`.bench`;
+what they share (exit codes, connection, security and freshness options, keyring loading,
+progress) is in :mod:`.options`. To add a subcommand,
 write such a module and list its ``register`` in :data:`COMMANDS`. Import heavy dependencies
 (aiokafka, redis) inside the handler, so that ``signed-bus keygen`` stays fast and works without
 them configured. Usage of each command: ``signed-bus COMMAND --help`` and docs/OPERATIONS.md.
 
-Exit codes: 0 success, 1 failed (inspect: the envelope did not verify; trace: a link did not),
-2 usage or configuration error. Nothing here prints key material, and text from an envelope, a
-record or a file is escaped (:func:`signed_bus._text.printable`).
+Exit codes: 0 success, 1 failed (inspect: the envelope did not verify; trace: a link did not;
+dlq redrive: a chosen letter was not sent), 2 usage or configuration error, 3 Kafka or Redis
+unreachable (one line names which), 130 interrupted. Nothing here prints key material, and text
+from an envelope, a record or a file is escaped (:func:`signed_bus._text.printable`).
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 from collections.abc import Callable, Sequence
 
 from signed_bus import __version__
-from signed_bus._cli import bench, export_public, inspect, keygen, tail, trace
+from signed_bus._cli import bench, dlq, export_public, inspect, keygen, tail, trace
 from signed_bus._cli.options import (
     EXIT_FAILED,
+    EXIT_UNREACHABLE,
     EXIT_USAGE,
     Handler,
     Subparsers,
+    Unreachable,
     UsageError,
     error,
+    shown_url,
 )
-from signed_bus.errors import ConfigurationError, SignedBusError, VerificationError
+from signed_bus.errors import (
+    ConfigurationError,
+    ProvenanceIndexUnavailable,
+    ReplayGuardUnavailable,
+    SignedBusError,
+    VerificationError,
+)
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
@@ -39,6 +51,7 @@ COMMANDS: tuple[Callable[[Subparsers], None], ...] = (
     inspect.register,
     trace.register,
     tail.register,
+    dlq.register,
     bench.register,
 )
 
@@ -55,8 +68,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_client_logs() -> None:
+    """Warnings of our own loggers on stderr, one line each; the Kafka client's connection
+    chatter (a refused connection is logged at ERROR before it is raised) is left out: the
+    command reports what failed, once."""
+    logging.basicConfig(level=logging.WARNING, format="signed-bus: %(name)s: %(message)s")
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (the console script exits with it)."""
+    _quiet_client_logs()
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -65,6 +87,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Handler = args.handler
     try:
         return handler(args)
+    except Unreachable as exc:
+        error(str(exc))
+        return EXIT_UNREACHABLE
+    except (ProvenanceIndexUnavailable, ReplayGuardUnavailable):
+        error(f"Redis at {shown_url(getattr(args, 'redis_url', ''))} is unreachable")
+        return EXIT_UNREACHABLE
+    except KeyboardInterrupt:
+        return 130
     except UsageError as exc:
         error(str(exc))
         return EXIT_USAGE

@@ -21,10 +21,10 @@ from signed_bus._cli.options import (
     UsageError,
     add_freshness_options,
     freshness_from_args,
+    keyring_from_args,
     stdout,
 )
 from signed_bus._clock import system_clock
-from signed_bus._keys import Keyring
 from signed_bus._text import printable
 from signed_bus.errors import VerificationError
 
@@ -55,7 +55,8 @@ def register(subparsers: Subparsers) -> None:
     parser.add_argument(
         "--keyring",
         metavar="FILE",
-        help="key file to verify with (default: the SIGNED_BUS_KEYRING environment variable)",
+        help="key file to verify with (default: $SIGNED_BUS_KEYRING_FILE, else the contents "
+        "of $SIGNED_BUS_KEYRING)",
     )
     parser.add_argument(
         "--topic",
@@ -185,7 +186,7 @@ def _inspect(args: argparse.Namespace) -> int:
     from signed_bus._decode import decode_envelope
     from signed_bus._verifier import Verifier
 
-    keyring = Keyring.from_env() if args.keyring is None else Keyring.from_file(args.keyring)
+    keyring = keyring_from_args(args)
     value = _read_input(args.input, is_hex=args.hex)
     notes: list[str] = []
     envelope: Envelope | None

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -22,13 +23,16 @@ from signed_bus._cli.options import (
     add_connection_options,
     add_freshness_options,
     freshness_from_args,
+    kafka_security,
     keyring_from_args,
+    start_client,
 )
 from signed_bus._text import printable
 
 if TYPE_CHECKING:
     from signed_bus._kafka.fetch import Skipped
     from signed_bus._keys import Keyring
+    from signed_bus.errors import VerificationError
 
 __all__ = ["register"]
 
@@ -58,6 +62,11 @@ def register(subparsers: Subparsers) -> None:
     )
     add_freshness_options(parser)
     add_connection_options(parser, redis=False)
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON object per record, then one with the counts",
+    )
     parser.set_defaults(handler=_tail)
 
 
@@ -84,8 +93,10 @@ async def _run(args: argparse.Namespace, keyring: Keyring, out: TextIO) -> int:
         group_id=None,
         enable_auto_commit=False,
         isolation_level="read_committed",
+        **kafka_security(args),
     )
-    await consumer.start()
+    await start_client(consumer, f"Kafka at {args.bootstrap_servers}")
+    report = _Report(out, as_json=args.json)
     seen = 0
     counts: dict[str, int] = {}
     try:
@@ -116,15 +127,14 @@ async def _run(args: argparse.Namespace, keyring: Keyring, out: TextIO) -> int:
             delivered = {(m.partition, m.offset): m for _, _, m in batch.entries if m is not None}
             errors = {(r.partition, r.offset): e for r, e in batch.rejected}
             for record in records:
-                where = f"{printable(record.topic)}[{record.partition}]@{record.offset}"
                 message = delivered.get((record.partition, record.offset))
                 if message is None:
                     exc = errors[(record.partition, record.offset)]
                     verdict = exc.reason
-                    print(f"{where}  REJECT {exc}", file=out)  # str() escapes the record's text
+                    report.reject(record, exc)
                 else:
                     verdict = "ok"
-                    print(f"{where}  OK {_describe(message.verified)}", file=out)
+                    report.ok(record, message.verified)
                 counts[verdict] = counts.get(verdict, 0) + 1
                 seen += 1
                 if args.count is not None and seen >= args.count:
@@ -134,15 +144,82 @@ async def _run(args: argparse.Namespace, keyring: Keyring, out: TextIO) -> int:
             for skipped in fetched.skipped:
                 if args.count is not None and seen >= args.count:
                     break
-                print(f"{_where(skipped)}  REJECT undecodable: {skipped.error}", file=out)
+                report.undecodable(skipped)
                 counts["undecodable"] = counts.get("undecodable", 0) + 1
                 seen += 1
             out.flush()
     finally:
         await consumer.stop()
-        summary = ", ".join(f"{k}={v}" for k, v in sorted(counts.items())) or "no records"
-        print(f"-- {seen} record(s): {summary}", file=out)
+        report.summary(seen, counts)
     return 0
+
+
+class _Report:
+    """One line per record: text (escaped) or JSON (``--json``)."""
+
+    def __init__(self, out: TextIO, *, as_json: bool) -> None:
+        self._out = out
+        self._json = as_json
+
+    def _emit(self, document: dict[str, Any]) -> None:
+        print(json.dumps(document), file=self._out)
+
+    def ok(self, record: Any, message: Any) -> None:
+        if not self._json:
+            print(f"{_where_record(record)}  OK {_describe(message)}", file=self._out)
+            return
+        self._emit(
+            {
+                **_position(record),
+                "verdict": "ok",
+                "issuer": message.issuer,
+                "kid": message.kid,
+                "model": message.model,
+                "created_at": message.created_at,
+                "digest": message.digest.hex(),
+                "parents": [parent.hex() for parent in message.parents],
+            }
+        )
+
+    def reject(self, record: Any, exc: VerificationError) -> None:
+        if not self._json:
+            # str() of a VerificationError escapes the record's text
+            print(f"{_where_record(record)}  REJECT {exc}", file=self._out)
+            return
+        self._emit(
+            {**_position(record), "verdict": "reject", "reason": exc.reason, "error": str(exc)}
+        )
+
+    def undecodable(self, skipped: Skipped) -> None:
+        if not self._json:
+            print(f"{_where(skipped)}  REJECT undecodable: {skipped.error}", file=self._out)
+            return
+        self._emit(
+            {
+                "topic": skipped.topic,
+                "partition": skipped.partition,
+                "offset": skipped.offset,
+                "last_offset": skipped.last_offset,
+                "verdict": "reject",
+                "reason": "undecodable",
+                "error": skipped.error,
+            }
+        )
+
+    def summary(self, seen: int, counts: dict[str, int]) -> None:
+        if self._json:
+            self._emit({"records": seen, "counts": dict(sorted(counts.items()))})
+            return
+        text = ", ".join(f"{k}={v}" for k, v in sorted(counts.items())) or "no records"
+        print(f"-- {seen} record(s): {text}", file=self._out)
+
+
+def _position(record: Any) -> dict[str, Any]:
+    return {"topic": record.topic, "partition": record.partition, "offset": record.offset}
+
+
+def _where_record(record: Any) -> str:
+    return f"{printable(record.topic)}[{record.partition}]@{record.offset}"
 
 
 def _where(skipped: Skipped) -> str:

@@ -12,11 +12,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
 from typing import TYPE_CHECKING
 
-from signed_bus._cli.options import Subparsers, add_connection_options, keyring_from_args
+from signed_bus._cli.options import (
+    Subparsers,
+    add_connection_options,
+    kafka_security,
+    keyring_from_args,
+    start_client,
+)
+from signed_bus._cli.trace_output import report_document, report_dot
 from signed_bus._text import printable
 from signed_bus.errors import ConfigurationError, SignedBusError
 
@@ -62,6 +70,16 @@ def register(subparsers: Subparsers) -> None:
         help="key prefix of the provenance index (default: $AGENT_STATE_PREFIX or signed-bus)",
     )
     add_connection_options(parser, redis=True)
+    output = parser.add_mutually_exclusive_group()
+    output.add_argument(
+        "--format",
+        choices=("text", "json", "dot"),
+        default="text",
+        help="text (default), json (one object) or dot (a Graphviz graph: dot -Tsvg)",
+    )
+    output.add_argument(
+        "--json", dest="format", action="store_const", const="json", help="--format json"
+    )
     parser.set_defaults(handler=_trace)
 
 
@@ -85,11 +103,17 @@ async def _run(
     from signed_bus._verifier import Verifier
 
     verifier = Verifier(keyring, audit=True)
-    # The index TTL only matters when writing; the tracer only reads.
-    async with (
-        ProvenanceIndex.from_url(args.redis_url, ttl_ms=1, prefix=args.index_prefix) as index,
-        RecordFetcher(bootstrap_servers=args.bootstrap_servers) as fetcher,
-    ):
+    security = kafka_security(args)
+    # Everything that can refuse its options is built before anything opens. The index TTL only
+    # matters when writing; the tracer only reads.
+    index = ProvenanceIndex.from_url(args.redis_url, ttl_ms=1, prefix=args.index_prefix)
+    fetcher = RecordFetcher(bootstrap_servers=args.bootstrap_servers, **security)
+    try:
+        await start_client(fetcher, f"Kafka at {args.bootstrap_servers}")
+    except BaseException:
+        await index.stop()
+        raise
+    async with index, fetcher:
         tracer = Tracer(index=index, verifier=verifier, fetcher=fetcher)
         if start is not None:
             report = await tracer.trace_position(start)
@@ -111,5 +135,10 @@ async def _run(
                 )
             topic = args.topic or header.topic
             report = await tracer.trace_value(value, topic=topic, key=key)
-    print(report.format())
+    if args.format == "json":
+        print(json.dumps(report_document(report), indent=2))
+    elif args.format == "dot":
+        print(report_dot(report), end="")
+    else:
+        print(report.format())
     return 0 if report.ok else 1

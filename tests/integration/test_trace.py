@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -372,3 +373,100 @@ async def test_cli_tail_output_cannot_be_forged_by_record_text(
     assert " REJECT unknown_key: " in lines[2]
     assert "issuer='x\\x0a\\x0d\\x1b[2Kchain verified" in lines[2]
     assert lines[3] == "-- 3 record(s): ok=2, unknown_key=1"
+
+
+def _dot_renders(graph: str) -> str:
+    """``dot -Tsvg`` of ``graph``; Graphviz must be installed (`make test` installs it:
+    compose/tools.sh): a missing ``dot`` fails here, loudly, never skips."""
+    import shutil
+
+    assert shutil.which("dot"), "Graphviz's dot is missing: run `bash compose/tools.sh ensure`"
+    done = subprocess.run(["dot", "-Tsvg"], input=graph.encode(), capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr.decode()
+    assert b"Warning" not in done.stderr and b"Error" not in done.stderr, done.stderr
+    return done.stdout.decode()
+
+
+async def test_cli_trace_as_json_and_as_a_graph_dot_renders(
+    kafka_bootstrap: str,
+    redis_url: str,
+    redis_prefix: str,
+    ring: Keyring,
+    chain: Chain,
+    producer: AIOKafkaProducer,
+    index: ProvenanceIndex,
+    tmp_path: object,
+) -> None:
+    from pathlib import Path
+
+    keyfile = Path(str(tmp_path)) / "public.keyring"
+    ring.public().dump(keyfile, mode=0o644)
+    env = {**os.environ, "SIGNED_BUS_KEYRING_FILE": str(keyfile)}
+    base = ["trace", "--index-prefix", redis_prefix, "--redis-url", redis_url]
+    base += ["--bootstrap-servers", kafka_bootstrap]
+    start = chain.positions[0]
+    where = f"{start.topic}:{start.partition}:{start.offset}"
+    code, stdout, stderr = await asyncio.to_thread(
+        _run_cli, [*base, "--position", where, "--json"], env
+    )
+    assert code == 0, stderr
+    document = json.loads(stdout)
+    assert document["ok"] is True
+    assert [link["digest"] for link in document["links"]] == [d.hex() for d in chain.digests]
+    assert [link["issuer"] for link in document["links"]] == [
+        "action-agent",
+        "planner",
+        "inference-agent",
+    ]
+    assert document["links"][1]["child"] == chain.digests[0].hex()
+    assert document["origins"] == [chain.digests[2].hex()]
+    code, graph, stderr = await asyncio.to_thread(
+        _run_cli, [*base, "--position", where, "--format", "dot"], env
+    )
+    assert code == 0, stderr
+    svg = _dot_renders(graph)
+    assert svg.count('class="node"') == 3 and svg.count('class="edge"') == 2
+
+    # A signed model name built to break out of a DOT label adds no node, edge or attribute.
+    hostile = 'm"]; evil [label="pwned"]; x -> y; a [label="' + "\\" + FORGED
+    signer = Signer(ring, kid="plan-1", issuer="planner", model=hostile)
+    digest, position, _ = await _publish(
+        producer, signer, chain.topics[1], b"k", (chain.digests[2],)
+    )
+    await index.record([(digest, position)])
+    where = f"{position.topic}:{position.partition}:{position.offset}"
+    code, graph, stderr = await asyncio.to_thread(
+        _run_cli, [*base, "--position", where, "--format", "dot"], env
+    )
+    assert code == 0, stderr
+    for char in RAW_CONTROLS:
+        assert char not in graph
+    svg = _dot_renders(graph)
+    assert svg.count('class="node"') == 2 and svg.count('class="edge"') == 1
+    assert "model=m&quot;]; evil [label=&quot;pwned" in svg  # shown as text, in its node
+    assert "<title>evil</title>" not in svg
+
+
+async def test_cli_tail_json_prints_one_object_per_record(
+    kafka_bootstrap: str, ring: Keyring, chain: Chain, producer: AIOKafkaProducer, tmp_path: object
+) -> None:
+    from pathlib import Path
+
+    keyfile = Path(str(tmp_path)) / "public.keyring"
+    ring.public().dump(keyfile, mode=0o644)
+    topic = chain.topics[1]
+    await producer.send_and_wait(
+        topic, b"not an envelope", key=b"x", partition=chain.positions[1].partition
+    )
+    env = {**os.environ, "SIGNED_BUS_KEYRING_FILE": str(keyfile)}
+    argv = ["tail", topic, "--from-beginning", "--count", "2", "--json"]
+    code, stdout, stderr = await asyncio.to_thread(
+        _run_cli, [*argv, "--bootstrap-servers", kafka_bootstrap], env
+    )
+    assert code == 0, stderr
+    ok, rejected, summary = (json.loads(line) for line in stdout.splitlines())
+    assert ok["verdict"] == "ok" and ok["issuer"] == "planner" and ok["kid"] == "plan-1"
+    assert ok["digest"] == chain.digests[1].hex()
+    assert ok["parents"] == [chain.digests[2].hex()]
+    assert rejected["verdict"] == "reject" and rejected["reason"] == "malformed"
+    assert summary == {"records": 2, "counts": {"malformed": 1, "ok": 1}}

@@ -41,6 +41,7 @@ PUBLIC = {
     "envelope_digest",
     "generate_ed25519_key",
     "generate_hmac_key",
+    "load_keyring",
     # Kafka
     "Backoff",
     "ConsumedBatch",
@@ -92,7 +93,8 @@ ERROR_ROOTS = {
 #: PayloadError: the body profiles -> VerifiedMessage.payload, which raises MalformedEnvelope.
 #: _DuplicateMember: the key-file JSON hook -> the key-file loader (ConfigurationError).
 #: UsageError: a CLI command -> the CLI's main (exit status 2).
-INTERNAL_SIGNALS = {"PayloadError", "_DuplicateMember", "UsageError"}
+#: Unreachable: a CLI command -> the CLI's main (exit status 3).
+INTERNAL_SIGNALS = {"PayloadError", "_DuplicateMember", "UsageError", "Unreachable"}
 
 #: Module paths an example may import from.
 PUBLIC_MODULES = {"signed_bus": signed_bus, "signed_bus.errors": errors}

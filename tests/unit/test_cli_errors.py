@@ -1,0 +1,135 @@
+"""The CLI as a user meets it when something is wrong: one line on stderr, a documented exit
+code, no traceback, no warning about unclosed clients (subprocesses, no services needed)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import signed_bus
+from signed_bus import Keyring, Signer, generate_ed25519_key
+
+
+def closed_port() -> int:
+    """A local port nothing listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def cli(*argv: str, **env: str) -> subprocess.CompletedProcess[str]:
+    environment = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("SIGNED_BUS_", "KAFKA_", "REDIS_"))
+    }
+    # ResourceWarnings (an unclosed consumer) are shown, as a developer's Python shows them.
+    environment.update(PYTHONWARNINGS="default", **env)
+    return subprocess.run(
+        [sys.executable, "-m", "signed_bus", *argv],
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=60,
+    )
+
+
+def one_line(done: subprocess.CompletedProcess[str]) -> str:
+    assert "Traceback" not in done.stderr, done.stderr
+    assert "Unclosed" not in done.stderr, done.stderr
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith("signed-bus: error: "), done.stderr
+    return done.stderr
+
+
+@pytest.fixture
+def keyfile(tmp_path: Path) -> Path:
+    path = tmp_path / "ring.json"
+    Keyring([generate_ed25519_key("k1", ["agent"])]).dump(path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["tail", "some-topic"],
+        ["trace", "--position", "some-topic:0:0"],
+        ["dlq", "stats", "some-dlq"],
+        ["dlq", "show", "some-dlq", "--json"],
+        ["dlq", "redrive", "some-dlq", "--reason", "expired"],
+    ],
+    ids=lambda argv: " ".join(argv[:2]),
+)
+def test_an_unreachable_broker_is_one_line_and_exit_3(command: list[str], keyfile: Path) -> None:
+    servers = f"127.0.0.1:{closed_port()}"
+    done = cli(*command, "--bootstrap-servers", servers, SIGNED_BUS_KEYRING_FILE=str(keyfile))
+    assert done.returncode == 3
+    assert f"Kafka at {servers} is unreachable" in one_line(done)
+
+
+def test_an_unreachable_redis_is_one_line_and_exit_3(keyfile: Path, tmp_path: Path) -> None:
+    ring = Keyring.from_file(keyfile)
+    envelope = tmp_path / "envelope.bin"
+    signer = Signer(ring, kid="k1", issuer="agent", model="m")
+    envelope.write_bytes(signer.sign(1, topic="t", parents=[bytes(32)]))
+    port = closed_port()
+    done = cli(
+        "trace",
+        "--file",
+        str(envelope),
+        "--keyring",
+        str(keyfile),
+        REDIS_URL=f"redis://user:hunter2@127.0.0.1:{port}/0",
+    )
+    assert done.returncode == 3
+    line = one_line(done)
+    assert f"Redis at redis://127.0.0.1:{port}/0 is unreachable" in line
+    assert "hunter2" not in line
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["tail", "t"], "no key ring"),
+        (["inspect", "-"], "no key ring"),
+        (["dlq", "redrive", "d"], "choose the letters"),
+        (["dlq", "redrive", "d", "--reason", "bad_signature"], "cannot be redriven"),
+        (["tail", "t", "--security-protocol", "SASL_SSL"], "needs --sasl-mechanism"),
+        (["export-public", "/nonexistent/ring.json"], "cannot open key file"),
+    ],
+)
+def test_usage_and_configuration_errors_are_one_line_and_exit_2(
+    argv: list[str], expected: str, keyfile: Path
+) -> None:
+    extra = {} if expected == "no key ring" else {"SIGNED_BUS_KEYRING_FILE": str(keyfile)}
+    done = cli(*argv, **extra)
+    assert done.returncode == 2
+    assert expected in one_line(done)
+
+
+def test_a_sasl_password_is_taken_from_the_environment_only(keyfile: Path) -> None:
+    servers = f"127.0.0.1:{closed_port()}"
+    argv = ["tail", "t", "--bootstrap-servers", servers, "--security-protocol", "SASL_PLAINTEXT"]
+    argv += ["--sasl-mechanism", "PLAIN", "--sasl-plain-username", "svc"]
+    missing = cli(*argv, SIGNED_BUS_KEYRING_FILE=str(keyfile))
+    assert missing.returncode == 2
+    assert "KAFKA_SASL_PLAIN_PASSWORD" in one_line(missing)
+    given = cli(*argv, SIGNED_BUS_KEYRING_FILE=str(keyfile), KAFKA_SASL_PLAIN_PASSWORD="pw-9x")
+    assert given.returncode == 3 and "pw-9x" not in given.stderr
+
+
+def test_version_and_help_list_every_command() -> None:
+    version = cli("--version")
+    assert version.returncode == 0
+    assert version.stdout.strip() == f"signed-bus {signed_bus.__version__}"
+    listed = cli("--help")
+    assert listed.returncode == 0
+    for command in ("keygen", "export-public", "import-jwks", "inspect", "trace", "tail", "dlq"):
+        assert command in listed.stdout
+    for action in ("stats", "show", "redrive"):
+        assert action in cli("dlq", "--help").stdout
