@@ -35,11 +35,14 @@ from consumers.plans import Plan
 from producers.common import (
     AgentEnv,
     StatusBoard,
+    agent_main,
+    describe_keyring,
     env_int,
     env_list,
     env_str,
     install_stop_signals,
     load_verify_keyring,
+    log_settings,
     setup_logging,
 )
 from signed_bus import (
@@ -173,24 +176,38 @@ class ActionAgent:
 async def run() -> int:
     env = AgentEnv.load(AGENT)
     log = setup_logging(env.agent_id)
+    allowed = frozenset(env_list("ALLOWED_ISSUERS", "planner"))
+    exec_ttl_s = env_int("EXEC_TTL_S", 86_400)
+    group = env_str("GROUP_ID", AGENT)
+    ring = load_verify_keyring()
+    log_settings(
+        log,
+        {
+            **env.describe(),
+            "GROUP_ID": group,
+            "ALLOWED_ISSUERS": ",".join(sorted(allowed)),
+            "EXEC_TTL_S": exec_ttl_s,
+            "verify keyring": describe_keyring(ring),
+        },
+    )
     redis = aioredis.Redis.from_url(env.redis_url)
     agent = ActionAgent(
         redis,
         state_prefix=env.state_prefix,
         agent_id=env.agent_id,
-        allowed_issuers=frozenset(env_list("ALLOWED_ISSUERS", "planner")),
-        exec_ttl_ms=env_int("EXEC_TTL_S", 86_400) * 1000,
+        allowed_issuers=allowed,
+        exec_ttl_ms=exec_ttl_s * 1000,
         log_name=env.agent_id,
     )
     guard = RedisReplayGuard.from_url(env.redis_url, prefix=env.replay_prefix)
     consumer = VerifyingConsumer.from_options(
         ConsumerOptions(
             bootstrap_servers=env.bootstrap_servers,
-            group_id=env_str("GROUP_ID", AGENT),
+            group_id=group,
             topics=[env.plans_topic],
             client_id=env.agent_id,
         ),
-        verifier=Verifier(load_verify_keyring(), freshness=env.freshness),
+        verifier=Verifier(ring, freshness=env.freshness),
         guard=guard,
         dead_letter_topic=env.plans_dlq,
     )
@@ -227,8 +244,8 @@ async def run() -> int:
     return code
 
 
-def main() -> None:
-    sys.exit(asyncio.run(run()))
+def main(argv: list[str] | None = None) -> None:
+    sys.exit(agent_main("consumers.action_agent", __doc__, run, argv))
 
 
 if __name__ == "__main__":

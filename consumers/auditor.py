@@ -40,12 +40,15 @@ from aiokafka import AIOKafkaConsumer
 from producers.common import (
     AgentEnv,
     StatusBoard,
+    agent_main,
+    describe_keyring,
     env_float,
     env_int,
     env_list,
     env_str,
     install_stop_signals,
     load_verify_keyring,
+    log_settings,
     setup_logging,
 )
 from signed_bus import (
@@ -225,13 +228,25 @@ async def run() -> int:
     dlq_topics = env_list("AUDIT_DLQ_TOPICS", f"{env.results_dlq},{env.plans_dlq}")
     group = env_str("GROUP_ID", AGENT)
     interval = env_float("STATUS_INTERVAL_S", 5.0)
-    redis = aioredis.Redis.from_url(env.redis_url)
-    index = ProvenanceIndex(
-        redis, ttl_ms=env_int("PROVENANCE_TTL_MS", 7 * 24 * 3600 * 1000), prefix=env.state_prefix
+    ttl_ms = env_int("PROVENANCE_TTL_MS", 7 * 24 * 3600 * 1000)
+    ring = load_verify_keyring()
+    log_settings(
+        log,
+        {
+            **env.describe(),
+            "AUDIT_TOPICS": ",".join(topics),
+            "AUDIT_DLQ_TOPICS": ",".join(dlq_topics),
+            "GROUP_ID": group,
+            "PROVENANCE_TTL_MS": ttl_ms,
+            "STATUS_INTERVAL_S": interval,
+            "verify keyring": describe_keyring(ring),
+        },
     )
+    redis = aioredis.Redis.from_url(env.redis_url)
+    index = ProvenanceIndex(redis, ttl_ms=ttl_ms, prefix=env.state_prefix)
     auditor = Auditor(index, topics=topics)
     guard = RedisReplayGuard.from_url(env.redis_url, prefix=env.replay_prefix)
-    verifier = Verifier(load_verify_keyring(), freshness=env.freshness)
+    verifier = Verifier(ring, freshness=env.freshness)
     consumers = {
         topic: VerifyingConsumer.from_options(
             ConsumerOptions(
@@ -303,8 +318,8 @@ async def run() -> int:
     return code
 
 
-def main() -> None:
-    sys.exit(asyncio.run(run()))
+def main(argv: list[str] | None = None) -> None:
+    sys.exit(agent_main("consumers.auditor", __doc__, run, argv))
 
 
 if __name__ == "__main__":

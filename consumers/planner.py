@@ -35,6 +35,8 @@ from consumers.plans import make_plan
 from producers.common import (
     AgentEnv,
     StatusBoard,
+    agent_main,
+    describe_keyring,
     env_bool,
     env_int,
     env_list,
@@ -42,6 +44,7 @@ from producers.common import (
     install_stop_signals,
     load_keyring,
     load_verify_keyring,
+    log_settings,
     setup_logging,
 )
 from producers.model import InferenceResult
@@ -121,17 +124,35 @@ async def run() -> int:
     group = env_str("GROUP_ID", AGENT)
     exactly_once = env_bool("EXACTLY_ONCE", True)
     restart_limit = env_int("RESTART_LIMIT", 5)
-    signer = Signer(
-        load_keyring(),
-        kid=env_str("SIGNED_BUS_KID", "planner-1"),
-        issuer=env.agent_id,
-        model=env_str("PLANNER_MODEL", "planner-rules@2.0"),
+    ring = load_keyring()
+    verify_ring = load_verify_keyring()
+    kid = env_str("SIGNED_BUS_KID", "planner-1")
+    model = env_str("PLANNER_MODEL", "planner-rules@2.0")
+    allowed = frozenset(env_list("ALLOWED_ISSUERS", "inference-agent"))
+    transactional_id = (
+        env_str("TRANSACTIONAL_ID", f"{group}-{env.agent_id}") if exactly_once else None
+    )
+    signer = Signer(ring, kid=kid, issuer=env.agent_id, model=model)
+    log_settings(
+        log,
+        {
+            **env.describe(),
+            "GROUP_ID": group,
+            "SIGNED_BUS_KID": kid,
+            "PLANNER_MODEL": model,
+            "ALLOWED_ISSUERS": ",".join(sorted(allowed)),
+            "EXACTLY_ONCE": exactly_once,
+            "TRANSACTIONAL_ID": transactional_id,
+            "RESTART_LIMIT": restart_limit,
+            "keyring": describe_keyring(ring),
+            "verify keyring": describe_keyring(verify_ring),
+        },
     )
     redis = aioredis.Redis.from_url(env.redis_url)
     planner = Planner(
         redis,
         ledger_key=env.ledger_key(env.agent_id),
-        allowed_issuers=frozenset(env_list("ALLOWED_ISSUERS", "inference-agent")),
+        allowed_issuers=allowed,
         log=log,
     )
     guard = RedisReplayGuard.from_url(env.redis_url, prefix=env.replay_prefix)
@@ -142,7 +163,7 @@ async def run() -> int:
             topics=[env.results_topic],
             client_id=env.agent_id,
         ),
-        verifier=Verifier(load_verify_keyring(), freshness=env.freshness),
+        verifier=Verifier(verify_ring, freshness=env.freshness),
         guard=guard,
         dead_letter_topic=env.results_dlq,
     )
@@ -150,9 +171,7 @@ async def run() -> int:
         bootstrap_servers=env.bootstrap_servers,
         enable_idempotence=True,
         client_id=env.agent_id,
-        transactional_id=(
-            env_str("TRANSACTIONAL_ID", f"{group}-{env.agent_id}") if exactly_once else None
-        ),
+        transactional_id=transactional_id,
     )
     producer = SignedProducer(kafka, signer=signer)
     relay = Relay(
@@ -216,8 +235,8 @@ async def run() -> int:
     return code
 
 
-def main() -> None:
-    sys.exit(asyncio.run(run()))
+def main(argv: list[str] | None = None) -> None:
+    sys.exit(agent_main("consumers.planner", __doc__, run, argv))
 
 
 if __name__ == "__main__":

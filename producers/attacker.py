@@ -302,11 +302,13 @@ async def run() -> int:
     from producers.common import (
         AgentEnv,
         StatusBoard,
+        describe_keyring,
         env_float,
         env_int,
         env_list,
         install_stop_signals,
         load_keyring,
+        log_settings,
         setup_logging,
     )
 
@@ -317,8 +319,21 @@ async def run() -> int:
     interval = env_float("ATTACK_INTERVAL_S", 1.0)
     capture_timeout = env_float("ATTACK_CAPTURE_TIMEOUT_S", 120.0)
     seed = os.environ.get("ATTACK_SEED")
+    stolen = load_keyring()
+    log_settings(
+        log,  # this module's logger, as the rest of the run logs to
+        {
+            **env.describe(),
+            "ATTACK_TOPICS": ",".join(topics),
+            "ATTACK_ROUNDS": rounds,
+            "ATTACK_INTERVAL_S": interval,
+            "ATTACK_CAPTURE_TIMEOUT_S": capture_timeout,
+            "ATTACK_SEED": seed,
+            "keyring": describe_keyring(stolen),
+        },
+    )
     forger = Forger(
-        compromised=load_keyring(),
+        compromised=stolen,
         rng=random.Random(int(seed)) if seed else None,  # noqa: S311 - not for secrets
     )
     stop = asyncio.Event()
@@ -432,8 +447,10 @@ async def _partitions(consumer: Any, topic: str) -> list[int]:
     raise RuntimeError(f"topic {topic} does not exist")
 
 
-def main() -> None:
-    sys.exit(asyncio.run(run()))
+def main(argv: list[str] | None = None) -> None:
+    from producers.common import agent_main
+
+    sys.exit(agent_main("producers.attacker", run.__doc__, run, argv))
 
 
 if __name__ == "__main__":

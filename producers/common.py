@@ -18,10 +18,15 @@ Environment (all agents; defaults in brackets):
 - ``RESULTS_DLQ_TOPIC`` / ``PLANS_DLQ_TOPIC``: their dead-letter topics [``<topic>.dlq``]
 - ``SIGNED_BUS_MAX_AGE_MS``: freshness window [300000]
 - ``LOG_LEVEL`` [``INFO``]; logs go to stderr
+
+Every agent runs through :func:`agent_main`: ``--help`` lists its settings and these, the
+effective settings are logged at start (URLs without credentials, keys as their kids, never a
+secret), and a missing or bad setting prints one line naming it and exits 2.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
@@ -30,17 +35,21 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 
-from signed_bus import ConfigurationError, Freshness, Keyring
+import signed_bus
+from signed_bus import ConfigurationError, Freshness, Keyring, printable
 
 __all__ = [
     "AgentEnv",
     "StatusBoard",
+    "agent_main",
+    "describe_keyring",
     "env_float",
     "env_int",
     "env_list",
@@ -48,7 +57,9 @@ __all__ = [
     "install_stop_signals",
     "load_keyring",
     "load_verify_keyring",
+    "log_settings",
     "setup_logging",
+    "shown_url",
 ]
 
 
@@ -97,11 +108,9 @@ def env_bool(name: str, default: bool) -> bool:
 
 
 def load_keyring() -> Keyring:
-    """The agent's key ring: ``SIGNED_BUS_KEYRING_FILE`` if set, else ``SIGNED_BUS_KEYRING``."""
-    path = os.environ.get("SIGNED_BUS_KEYRING_FILE", "").strip()
-    if path:
-        return Keyring.from_file(path)
-    return Keyring.from_env("SIGNED_BUS_KEYRING")
+    """The agent's key ring, by the one lookup order of the library and the CLI
+    (:func:`signed_bus.load_keyring`): ``SIGNED_BUS_KEYRING_FILE``, else ``SIGNED_BUS_KEYRING``."""
+    return signed_bus.load_keyring()
 
 
 def load_verify_keyring() -> Keyring:
@@ -152,6 +161,24 @@ class AgentEnv:
             ),
         )
 
+    def describe(self) -> dict[str, object]:
+        """The settings as :func:`log_settings` shows them (no credentials)."""
+        window = self.freshness
+        return {
+            "AGENT_ID": self.agent_id,
+            "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap_servers,
+            "REDIS_URL": shown_url(self.redis_url),
+            "SIGNED_BUS_REPLAY_PREFIX": self.replay_prefix,
+            "AGENT_STATE_PREFIX": self.state_prefix,
+            "RESULTS_TOPIC": self.results_topic,
+            "PLANS_TOPIC": self.plans_topic,
+            "RESULTS_DLQ_TOPIC": self.results_dlq,
+            "PLANS_DLQ_TOPIC": self.plans_dlq,
+            "SIGNED_BUS_MAX_AGE_MS": window.max_age_ms,
+            "SIGNED_BUS_FUTURE_SKEW_MS": window.future_skew_ms,
+            "SIGNED_BUS_MAX_LAG_MS": window.max_lag_ms,
+        }
+
     def status_key(self, agent: str | None = None) -> str:
         return f"{self.state_prefix}:status:{agent or self.agent_id}"
 
@@ -161,6 +188,10 @@ class AgentEnv:
 
 def setup_logging(agent_id: str) -> logging.Logger:
     level = env_str("LOG_LEVEL", "INFO").upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ConfigurationError(
+            f"LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL, got {level!r}"
+        )
     logging.basicConfig(
         level=level,
         stream=sys.stderr,
@@ -234,3 +265,62 @@ async def read_status(client: aioredis.Redis, key: str) -> dict[str, Any]:
     }
     counters = json.loads(decoded.get("counters", "{}"))
     return {"state": decoded.get("state"), "updated_ms": decoded.get("updated_ms"), **counters}
+
+
+# -- the entry point every agent shares ---------------------------------------------------------
+
+
+def shown_url(url: str) -> str:
+    """A URL as logs may show it: no user, password, query or fragment."""
+    try:
+        parts = urlsplit(url)
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "(unparsable URL)"
+    return f"{parts.scheme}://{parts.hostname or ''}{port}{parts.path}"
+
+
+def describe_keyring(ring: Keyring) -> str:
+    """A ring as logs may show it: its kids, and which of them can sign (never key material)."""
+    signing = sorted(key.kid for key in ring if key.can_sign)
+    verifying = sorted(key.kid for key in ring if not key.can_sign)
+    return f"signing={signing} verify-only={verifying}"
+
+
+def log_settings(log: logging.Logger, settings: Mapping[str, object]) -> None:
+    """One INFO line with the effective settings (each value escaped: they come from the
+    environment and may hold anything)."""
+    text = " ".join(f"{name}={printable(str(value))}" for name, value in settings.items())
+    log.info("settings: %s", text)
+
+
+def _common_help() -> str:
+    doc = __doc__ or ""
+    start = doc.find("Environment (all agents")
+    return doc[start:].strip() if start >= 0 else ""
+
+
+def agent_main(
+    module: str,
+    doc: str | None,
+    run: Callable[[], Coroutine[Any, Any, int]],
+    argv: Sequence[str] | None = None,
+) -> int:
+    """Run an agent: ``--help`` prints ``doc`` (its own settings) and the common settings; a
+    missing or bad setting (a ConfigurationError before the agent starts working) prints one
+    line naming it and returns 2, never a traceback. Returns the exit code."""
+    prog = f"python -m {module}"
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=doc,
+        epilog=_common_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.parse_args(argv)  # --help exits 0; settings come from the environment only
+    try:
+        return asyncio.run(run())
+    except ConfigurationError as exc:
+        print(f"{prog}: error: {printable(str(exc))}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

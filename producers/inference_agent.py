@@ -27,11 +27,14 @@ import redis.asyncio as aioredis
 from producers.common import (
     AgentEnv,
     StatusBoard,
+    agent_main,
+    describe_keyring,
     env_float,
     env_int,
     env_str,
     install_stop_signals,
     load_keyring,
+    log_settings,
     setup_logging,
 )
 from producers.model import StandInModel, prompts
@@ -49,11 +52,20 @@ async def run() -> int:
     model = StandInModel(
         name=env_str("MODEL_NAME", "incident-lm"), version=env_str("MODEL_VERSION", "1.3.0")
     )
-    signer = Signer(
-        load_keyring(),
-        kid=env_str("SIGNED_BUS_KID", "inference-agent-1"),
-        issuer=env.agent_id,
-        model=model.model_id,
+    ring = load_keyring()
+    kid = env_str("SIGNED_BUS_KID", "inference-agent-1")
+    signer = Signer(ring, kid=kid, issuer=env.agent_id, model=model.model_id)
+    log_settings(
+        log,
+        {
+            **env.describe(),
+            "PROMPT_COUNT": count,
+            "PROMPT_RATE": rate,
+            "RUN_ID": run_id,
+            "model": model.model_id,
+            "SIGNED_BUS_KID": kid,
+            "keyring": describe_keyring(ring),
+        },
     )
     stop = asyncio.Event()
     install_stop_signals(stop)
@@ -99,8 +111,8 @@ async def run() -> int:
         await redis.aclose()
 
 
-def main() -> None:
-    sys.exit(asyncio.run(run()))
+def main(argv: list[str] | None = None) -> None:
+    sys.exit(agent_main("producers.inference_agent", __doc__, run, argv))
 
 
 if __name__ == "__main__":
