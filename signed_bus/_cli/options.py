@@ -266,7 +266,7 @@ class Progress:
     per ``--progress-interval`` seconds, so a short run prints nothing and a long one shows it
     is moving."""
 
-    def __init__(self, label: str, total: int, args: argparse.Namespace) -> None:
+    def __init__(self, label: str, total: int | None, args: argparse.Namespace) -> None:
         import time
 
         self._clock = time.monotonic
@@ -287,8 +287,12 @@ class Progress:
             self._print()
 
     def _print(self) -> None:
-        share = f" ({100 * self._done // self._total}%)" if self._total else ""
-        print(f"signed-bus: {self._label}: {self._done}/{self._total}{share}", file=sys.stderr)
+        if self._total is None:  # open-ended (a trace): the count so far
+            text = str(self._done)
+        else:
+            share = f" ({100 * self._done // self._total}%)" if self._total else ""
+            text = f"{self._done}/{self._total}{share}"
+        print(f"signed-bus: {self._label}: {text}", file=sys.stderr)
         self._printed = True
 
     def done(self) -> None:

@@ -18,8 +18,10 @@ import sys
 from typing import TYPE_CHECKING
 
 from signed_bus._cli.options import (
+    Progress,
     Subparsers,
     add_connection_options,
+    add_progress_option,
     kafka_security,
     keyring_from_args,
     start_client,
@@ -30,7 +32,8 @@ from signed_bus.errors import ConfigurationError, SignedBusError
 
 if TYPE_CHECKING:
     from signed_bus._keys import Keyring
-    from signed_bus._provenance import Position
+    from signed_bus._provenance import Position, RecordFetcher
+    from signed_bus._provenance.trace import FetchedRecord
 
 __all__ = ["register"]
 
@@ -70,6 +73,7 @@ def register(subparsers: Subparsers) -> None:
         help="key prefix of the provenance index (default: $AGENT_STATE_PREFIX or signed-bus)",
     )
     add_connection_options(parser, redis=True)
+    add_progress_option(parser)
     output = parser.add_mutually_exclusive_group()
     output.add_argument(
         "--format",
@@ -114,7 +118,8 @@ async def _run(
         await index.stop()
         raise
     async with index, fetcher:
-        tracer = Tracer(index=index, verifier=verifier, fetcher=fetcher)
+        progress = Progress("tracing, records read", None, args)
+        tracer = Tracer(index=index, verifier=verifier, fetcher=_Counted(fetcher, progress))
         if start is not None:
             report = await tracer.trace_position(start)
         else:
@@ -135,6 +140,7 @@ async def _run(
                 )
             topic = args.topic or header.topic
             report = await tracer.trace_value(value, topic=topic, key=key)
+    progress.done()
     if args.format == "json":
         print(json.dumps(report_document(report), indent=2))
     elif args.format == "dot":
@@ -142,3 +148,17 @@ async def _run(
     else:
         print(report.format())
     return 0 if report.ok else 1
+
+
+class _Counted:
+    """The fetcher the tracer reads through, counting reads for the progress report (a long
+    chain is one read per link)."""
+
+    def __init__(self, fetcher: RecordFetcher, progress: Progress) -> None:
+        self._fetcher = fetcher
+        self._progress = progress
+
+    async def fetch(self, position: Position) -> FetchedRecord | None:
+        record = await self._fetcher.fetch(position)
+        self._progress.advance()
+        return record

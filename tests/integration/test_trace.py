@@ -407,9 +407,11 @@ async def test_cli_trace_as_json_and_as_a_graph_dot_renders(
     start = chain.positions[0]
     where = f"{start.topic}:{start.partition}:{start.offset}"
     code, stdout, stderr = await asyncio.to_thread(
-        _run_cli, [*base, "--position", where, "--json"], env
+        _run_cli, [*base, "--position", where, "--json", "--progress-interval", "1e-9"], env
     )
     assert code == 0, stderr
+    # progress on stderr (one line per record read, the last one the total), the report on stdout
+    assert stderr.splitlines()[-1] == "signed-bus: tracing, records read: 3"
     document = json.loads(stdout)
     assert document["ok"] is True
     assert [link["digest"] for link in document["links"]] == [d.hex() for d in chain.digests]
