@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import http.client
 import logging
 import os
 import threading
@@ -183,7 +184,7 @@ class KeySource:
                 data = response.read(_MAX_SET_BYTES + 1)
         except urllib.error.HTTPError as exc:
             raise ConfigurationError(f"JWK Set {shown}: HTTP status {exc.code}") from None
-        except (urllib.error.URLError, OSError, ValueError) as exc:
+        except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as exc:
             reason = getattr(exc, "reason", None) or type(exc).__name__
             raise ConfigurationError(f"JWK Set {shown} is unreachable: {reason}") from None
         if len(data) > _MAX_SET_BYTES:
@@ -260,7 +261,13 @@ class KeySource:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=due)
             self._wake.clear()
-            await asyncio.to_thread(self.refresh)
+            try:
+                await asyncio.to_thread(self.refresh)
+            except Exception:
+                # refresh() reports every failure it knows of; anything else is a bug, and must
+                # not end the refreshing for good: log it, keep the ring, try again next time.
+                self._failures += 1
+                log.exception("key source: refresh failed; keeping the last good set")
 
     async def stop(self) -> None:
         """Stop refreshing (the ring keeps its keys). Idempotent."""

@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime
 import json
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import TYPE_CHECKING, Any, TextIO
 
 from signed_bus._cli.options import (
@@ -155,7 +156,7 @@ def _chosen(entry: Entry, args: argparse.Namespace, positions: set[tuple[int, in
     return not (args.source_topic and (letter is None or letter.source_topic != args.source_topic))
 
 
-async def _letters(args: argparse.Namespace) -> AsyncIterator[Entry]:
+async def _letters(args: argparse.Namespace) -> AsyncGenerator[Entry, None]:
     """Every record of the topic from its beginning to its end as of now, as entries."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -350,16 +351,17 @@ async def _show(args: argparse.Namespace) -> int:
     positions = _positions(args)
     out = stdout()
     shown = 0
-    async for entry in _letters(args):
-        if not _chosen(entry, args, positions):
-            continue
-        if args.json:
-            print(json.dumps(_document(entry, args.topic)), file=out)
-        else:
-            _print_entry(entry, args.topic, out)
-        shown += 1
-        if args.limit is not None and shown >= args.limit:
-            break
+    async with contextlib.aclosing(_letters(args)) as entries:  # --limit stops it early
+        async for entry in entries:
+            if not _chosen(entry, args, positions):
+                continue
+            if args.json:
+                print(json.dumps(_document(entry, args.topic)), file=out)
+            else:
+                _print_entry(entry, args.topic, out)
+            shown += 1
+            if args.limit is not None and shown >= args.limit:
+                break
     if not args.json:
         print(f"-- {shown} letter(s)", file=out)
     return EXIT_OK

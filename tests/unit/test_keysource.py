@@ -24,11 +24,15 @@ class JwksServer:
         self.body = b'{"keys": []}'
         self.status = 200
         self.requests = 0
+        self.garbage = False  # answer with something that is not HTTP
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 server.requests += 1
+                if server.garbage:
+                    self.wfile.write(b"NOT HTTP AT ALL\r\n\r\n")
+                    return
                 self.send_response(server.status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(server.body)))
@@ -169,3 +173,18 @@ async def test_a_file_source_is_checked_like_a_key_file(tmp_path: Path) -> None:
     os.chmod(path, 0o644)
     async with KeySource(path) as source:
         assert source.keyring.kids() == ["k"]
+
+
+async def test_a_response_that_is_not_http_fails_the_fetch_and_refreshing_goes_on(
+    jwks_server: JwksServer,
+) -> None:
+    old = generate_ed25519_key("old", ["agent"])
+    new = generate_ed25519_key("new", ["agent"])
+    jwks_server.serve(old)
+    async with KeySource(jwks_server.url, refresh_interval_s=0.2) as source:
+        jwks_server.garbage = True
+        jwks_server.serve(old, new)
+        await wait_until(lambda: source.failures >= 2)
+        assert source.keyring.kids() == ["old"]
+        jwks_server.garbage = False
+        await wait_until(lambda: "new" in source.keyring, within=2.0)
