@@ -38,7 +38,6 @@ import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 
@@ -271,13 +270,15 @@ async def read_status(client: aioredis.Redis, key: str) -> dict[str, Any]:
 
 
 def shown_url(url: str) -> str:
-    """A URL as logs may show it: no user, password, query or fragment."""
-    try:
-        parts = urlsplit(url)
-        port = f":{parts.port}" if parts.port else ""
-    except ValueError:
-        return "(unparsable URL)"
-    return f"{parts.scheme}://{parts.hostname or ''}{port}{parts.path}"
+    """A URL as logs may show it: no credentials (everything up to the last '@', split on the
+    raw text: a parser would end the authority at a '/' inside a password), query or fragment."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return "(not a URL)"
+    rest = rest.rpartition("@")[2]
+    for mark in ("?", "#"):
+        rest = rest.partition(mark)[0]
+    return f"{scheme}://{rest}"
 
 
 def describe_keyring(ring: Keyring) -> str:

@@ -61,13 +61,16 @@ class _NoDowngrade(urllib.request.HTTPRedirectHandler):
 
 
 def _shown(location: str) -> str:
-    """The location as logs may show it: no user, password, query or fragment."""
-    parts = urllib.parse.urlsplit(location)
-    if parts.scheme not in ("http", "https"):
+    """The location as logs may show it: no user, password, query or fragment. Split on the raw
+    text (everything up to the last '@' is credentials), as the Redis URLs are: a parser would
+    end the authority at a '/' or '?' inside a password and show the rest of it."""
+    scheme, sep, rest = location.partition("://")
+    if not sep or scheme not in ("http", "https"):
         return location
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{host}{port}{parts.path}"
+    rest = rest.rpartition("@")[2]
+    for mark in ("?", "#"):
+        rest = rest.partition(mark)[0]
+    return f"{scheme}://{rest}"
 
 
 def load_keyring(

@@ -223,16 +223,15 @@ def kafka_security(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def shown_url(url: str) -> str:
-    """A URL as errors may show it: without its user, password or query."""
-    from urllib.parse import urlsplit
-
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        port = f":{parts.port}" if parts.port else ""
-    except ValueError:
-        return "(unparsable URL)"
-    return f"{parts.scheme}://{host}{port}{parts.path}"
+    """A URL as errors may show it: without its credentials (everything up to the last '@',
+    split on the raw text as :mod:`signed_bus._redis_url` does), query or fragment."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return "(not a URL)"
+    rest = rest.rpartition("@")[2]
+    for mark in ("?", "#"):
+        rest = rest.partition(mark)[0]
+    return f"{printable(scheme)}://{printable(rest)}"
 
 
 async def start_client(client: Any, what: str) -> None:

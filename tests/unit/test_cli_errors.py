@@ -84,12 +84,12 @@ def test_an_unreachable_redis_is_one_line_and_exit_3(keyfile: Path, tmp_path: Pa
         str(envelope),
         "--keyring",
         str(keyfile),
-        REDIS_URL=f"redis://user:hunter2@127.0.0.1:{port}/0",
+        REDIS_URL=f"redis://user:hunter2@127.0.0.1:{port}/0?password=hunter3",
     )
     assert done.returncode == 3
     line = one_line(done)
     assert f"Redis at redis://127.0.0.1:{port}/0 is unreachable" in line
-    assert "hunter2" not in line
+    assert "hunter2" not in line and "hunter3" not in line
 
 
 @pytest.mark.parametrize(

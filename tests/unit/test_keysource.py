@@ -162,6 +162,12 @@ async def test_logs_never_show_credentials_of_the_location(
         shown = caplog.text + repr(source)
         assert "HTTP status 503" in shown
         assert "hunter2" not in shown and "s3cr3t" not in shown
+    # A '/' in the password would end the authority for a URL parser: still nothing shown.
+    slashed = KeySource(jwks_server.url.replace("http://", "http://user:hun/ter2@"))
+    with caplog.at_level(logging.INFO, logger="signed_bus.keys"):
+        assert not await asyncio.to_thread(slashed.refresh)
+    assert "keeping the last good set" in caplog.text
+    assert "ter2" not in caplog.text + repr(slashed)
 
 
 async def test_a_file_source_is_checked_like_a_key_file(tmp_path: Path) -> None:
