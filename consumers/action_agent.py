@@ -179,7 +179,7 @@ async def run() -> int:
     allowed = frozenset(env_list("ALLOWED_ISSUERS", "planner"))
     exec_ttl_s = env_int("EXEC_TTL_S", 86_400)
     group = env_str("GROUP_ID", AGENT)
-    ring = load_verify_keyring()
+    ring = await load_verify_keyring()
     log_settings(
         log,
         {

@@ -229,7 +229,7 @@ async def run() -> int:
     group = env_str("GROUP_ID", AGENT)
     interval = env_float("STATUS_INTERVAL_S", 5.0)
     ttl_ms = env_int("PROVENANCE_TTL_MS", 7 * 24 * 3600 * 1000)
-    ring = load_verify_keyring()
+    ring = await load_verify_keyring()
     log_settings(
         log,
         {

@@ -125,7 +125,7 @@ async def run() -> int:
     exactly_once = env_bool("EXACTLY_ONCE", True)
     restart_limit = env_int("RESTART_LIMIT", 5)
     ring = load_keyring()
-    verify_ring = load_verify_keyring()
+    verify_ring = await load_verify_keyring()
     kid = env_str("SIGNED_BUS_KID", "planner-1")
     model = env_str("PLANNER_MODEL", "planner-rules@2.0")
     allowed = frozenset(env_list("ALLOWED_ISSUERS", "inference-agent"))

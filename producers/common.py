@@ -8,6 +8,10 @@ Environment (all agents; defaults in brackets):
 - ``SIGNED_BUS_KEYRING_FILE``: the agent's own key file (or ``SIGNED_BUS_KEYRING``: its
   contents)
 - ``SIGNED_BUS_VERIFY_KEYRING_FILE``: the public keys it verifies with [the key file above]
+- ``SIGNED_BUS_JWKS_URL``: verify with the keys of this JWK Set instead (an https URL or a file),
+  followed while the agent runs; ``SIGNED_BUS_JWKS_REFRESH_S`` [300],
+  ``SIGNED_BUS_JWKS_UNKNOWN_KID_S`` [30] (docs/OPERATIONS.md, "Distributing public keys as a JWK
+  Set")
 - ``SIGNED_BUS_KID``: kid of the agent's own signing key (signing agents)
 - ``AGENT_ID``: the issuer the agent signs as, its name in logs and status
 - ``SIGNED_BUS_REPLAY_PREFIX``: replay-guard key prefix; the SAME for every consumer, which is
@@ -42,7 +46,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 import signed_bus
-from signed_bus import ConfigurationError, Freshness, Keyring, printable
+from signed_bus import ConfigurationError, Freshness, Keyring, KeySource, printable
 
 __all__ = [
     "AgentEnv",
@@ -112,9 +116,22 @@ def load_keyring() -> Keyring:
     return signed_bus.load_keyring()
 
 
-def load_verify_keyring() -> Keyring:
-    """The ring verifiers use: ``SIGNED_BUS_VERIFY_KEYRING_FILE`` (public keys) if set, else the
-    agent's own ring. Keeping them apart lets a signing agent hold only its own private key."""
+async def load_verify_keyring() -> Keyring:
+    """The ring verifiers use. ``SIGNED_BUS_JWKS_URL`` set (an https URL or a file of a JWK Set):
+    the ring of a started :class:`signed_bus.KeySource` following it (new kids within
+    ``SIGNED_BUS_JWKS_REFRESH_S``, an early fetch on an unknown kid at most every
+    ``SIGNED_BUS_JWKS_UNKNOWN_KID_S``; its refreshing stops with the event loop). Else
+    ``SIGNED_BUS_VERIFY_KEYRING_FILE`` (public keys) if set, else the agent's own ring. Keeping
+    them apart lets a signing agent hold only its own private key."""
+    jwks = os.environ.get("SIGNED_BUS_JWKS_URL", "").strip()
+    if jwks:
+        source = KeySource(
+            jwks,
+            refresh_interval_s=env_float("SIGNED_BUS_JWKS_REFRESH_S", 300.0),
+            unknown_kid_interval_s=env_float("SIGNED_BUS_JWKS_UNKNOWN_KID_S", 30.0),
+        )
+        await source.start()  # the first load must succeed: ConfigurationError if not
+        return source.keyring  # the ring keeps the source (and its task) alive
     path = os.environ.get("SIGNED_BUS_VERIFY_KEYRING_FILE", "").strip()
     if path:
         return Keyring.from_file(path)
@@ -163,6 +180,7 @@ class AgentEnv:
     def describe(self) -> dict[str, object]:
         """The settings as :func:`log_settings` shows them (no credentials)."""
         window = self.freshness
+        jwks = os.environ.get("SIGNED_BUS_JWKS_URL", "").strip()
         return {
             "AGENT_ID": self.agent_id,
             "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap_servers,
@@ -176,6 +194,7 @@ class AgentEnv:
             "SIGNED_BUS_MAX_AGE_MS": window.max_age_ms,
             "SIGNED_BUS_FUTURE_SKEW_MS": window.future_skew_ms,
             "SIGNED_BUS_MAX_LAG_MS": window.max_lag_ms,
+            "SIGNED_BUS_JWKS_URL": shown_url(jwks) if jwks else None,
         }
 
     def status_key(self, agent: str | None = None) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from signed_bus import Keyring, generate_hmac_key
+from signed_bus import ConfigurationError, Keyring, generate_hmac_key
 from tests.unit.test_keys import assert_no_secret
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -99,3 +99,27 @@ def test_the_effective_settings_are_logged_without_secrets() -> None:
     encoded = json.loads(Keyring([key]).to_json())["keys"][0]["secret"]
     secret = base64.urlsafe_b64decode(encoded + "=")
     assert_no_secret(done.stderr, secret)
+
+
+async def test_verifying_agents_follow_a_jwks_when_one_is_named(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from producers.common import load_verify_keyring
+    from signed_bus import generate_ed25519_key
+    from tests.unit.test_keysource import JwksServer, wait_until
+
+    server = JwksServer()
+    try:
+        first = generate_ed25519_key("planner-1", ["planner"])
+        server.serve(first)
+        monkeypatch.setenv("SIGNED_BUS_JWKS_URL", server.url)
+        monkeypatch.setenv("SIGNED_BUS_JWKS_REFRESH_S", "0.2")
+        ring = await load_verify_keyring()
+        assert ring.kids() == ["planner-1"] and not ring.has_secrets
+        server.serve(first, generate_ed25519_key("planner-2", ["planner"]))
+        await wait_until(lambda: "planner-2" in ring, within=2.0)
+        server.status = 404  # an agent starting now cannot load the set: it must not start
+        with pytest.raises(ConfigurationError, match="HTTP status 404"):
+            await load_verify_keyring()
+    finally:
+        server.close()
