@@ -18,8 +18,9 @@ from an envelope, a record or a file is escaped (:func:`signed_bus._text.printab
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from signed_bus import __version__
 from signed_bus._cli import bench, dlq, export_public, inspect, keygen, tail, trace
@@ -68,17 +69,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _quiet_client_logs() -> None:
+@contextlib.contextmanager
+def _quiet_client_logs() -> Iterator[None]:
     """Warnings of our own loggers on stderr, one line each; the Kafka client's connection
-    chatter (a refused connection is logged at ERROR before it is raised) is left out: the
-    command reports what failed, once."""
+    chatter (a refused connection is logged at ERROR before it is raised) is left out while the
+    command runs: the command reports what failed, once."""
     logging.basicConfig(level=logging.WARNING, format="signed-bus: %(name)s: %(message)s")
-    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    client = logging.getLogger("aiokafka")
+    level = client.level
+    client.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        client.setLevel(level)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (the console script exits with it)."""
-    _quiet_client_logs()
+    with _quiet_client_logs():
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
