@@ -37,6 +37,7 @@ __all__ = [
     "freshness_from_args",
     "kafka_security",
     "keyring_from_args",
+    "redis_options",
     "shown_url",
     "start_client",
     "stdout",
@@ -97,12 +98,25 @@ def add_connection_options(
     )
     add_security_options(parser)
     if redis:
-        parser.add_argument(
+        group = parser.add_argument_group("Redis connection")
+        group.add_argument(
             "--redis-url",
             default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
             help="Redis URL; rediss:// for TLS, a password in the URL (default: $REDIS_URL or "
             "redis://127.0.0.1:6379/0; prefer the variable for a URL holding a password)",
         )
+        for option, variable, text in (
+            ("ssl-ca-certs", "REDIS_SSL_CA_CERTS", "CA bundle"),
+            ("ssl-certfile", "REDIS_SSL_CERTFILE", "client certificate"),
+            ("ssl-keyfile", "REDIS_SSL_KEYFILE", "client certificate's key"),
+        ):
+            group.add_argument(
+                f"--redis-{option}",
+                default=os.environ.get(variable),
+                metavar="FILE",
+                help=f"with rediss://: the {text} (redis-py's {option.replace('-', '_')}; "
+                f"default: ${variable})",
+            )
 
 
 def add_freshness_options(parser: argparse.ArgumentParser) -> None:
@@ -220,6 +234,19 @@ def kafka_security(args: argparse.Namespace) -> dict[str, Any]:
     elif args.sasl_mechanism:
         raise UsageError("--sasl-mechanism needs --security-protocol SASL_PLAINTEXT or SASL_SSL")
     return security
+
+
+def redis_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The redis-py keyword options the Redis options name (the library's ``from_url`` takes
+    them as they are)."""
+    options = {
+        name: value
+        for name in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
+        if (value := getattr(args, f"redis_{name}", None))
+    }
+    if options and not str(args.redis_url).startswith("rediss://"):
+        raise UsageError("--redis-ssl-* options need a rediss:// URL")
+    return options
 
 
 def shown_url(url: str) -> str:

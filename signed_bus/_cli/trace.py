@@ -24,6 +24,7 @@ from signed_bus._cli.options import (
     add_progress_option,
     kafka_security,
     keyring_from_args,
+    redis_options,
     start_client,
 )
 from signed_bus._cli.trace_output import report_document, report_dot
@@ -110,7 +111,9 @@ async def _run(
     security = kafka_security(args)
     # Everything that can refuse its options is built before anything opens. The index TTL only
     # matters when writing; the tracer only reads.
-    index = ProvenanceIndex.from_url(args.redis_url, ttl_ms=1, prefix=args.index_prefix)
+    index = ProvenanceIndex.from_url(
+        args.redis_url, ttl_ms=1, prefix=args.index_prefix, **redis_options(args)
+    )
     fetcher = RecordFetcher(bootstrap_servers=args.bootstrap_servers, **security)
     try:
         await start_client(fetcher, f"Kafka at {args.bootstrap_servers}")

@@ -100,6 +100,12 @@ def test_an_unreachable_redis_is_one_line_and_exit_3(keyfile: Path, tmp_path: Pa
         (["dlq", "redrive", "d"], "choose the letters"),
         (["dlq", "redrive", "d", "--reason", "bad_signature"], "cannot be redriven"),
         (["tail", "t", "--security-protocol", "SASL_SSL"], "needs --sasl-mechanism"),
+        (["tail", "t", "--ssl-cafile", "/ca.pem"], "need --security-protocol SSL"),
+        (
+            ["tail", "t", "--security-protocol", "SSL", "--ssl-cafile", "/nonexistent/ca.pem"],
+            "cannot build the TLS context",
+        ),
+        (["trace", "--position", "t:0:0", "--redis-ssl-ca-certs", "/ca.pem"], "rediss://"),
         (["export-public", "/nonexistent/ring.json"], "cannot open key file"),
     ],
 )
