@@ -6,7 +6,8 @@ every other module is private (``_name``) and may change without notice. Map of 
 - signing core (no I/O): :class:`Signer` seals a result into an envelope, :class:`Verifier`
   checks one and returns a :class:`VerifiedMessage`; :class:`Freshness` is the one time window;
   :class:`Keyring` holds :class:`HmacKey` / :class:`Ed25519Key` keys, :class:`ExternalKey` signs
-  through a KMS, :class:`KeySource` keeps a ring in step with a JWK Set. Format: docs/ENVELOPE.md,
+  through a KMS, :class:`KeySource` keeps a ring in step with a JWK Set, :func:`load_keyring`
+  finds key material by the one lookup order. Format: docs/ENVELOPE.md,
   key files: docs/KEYFILE.md.
 - Kafka (aiokafka): :class:`SignedProducer`, :class:`VerifyingConsumer` (yields
   :class:`ConsumedMessage` / :class:`ConsumedBatch`), :class:`Relay` for one hop of a pipeline,
