@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import stat
 import subprocess
 import sys
 from pathlib import Path
 
-from signed_bus import Keyring, generate_ed25519_key, generate_hmac_key
+from signed_bus import Keyring, Signer, generate_ed25519_key, generate_hmac_key
 from tests.unit.test_keys import assert_no_secret
 
 
@@ -63,3 +64,27 @@ def test_import_of_a_plain_jwks_is_refused_in_one_line(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert done.stderr.startswith("signed-bus: error: ") and done.stderr.count("\n") == 1
     assert "signed_bus_issuers" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_inspect_finds_its_ring_by_the_one_lookup_order(tmp_path: Path) -> None:
+    key = generate_ed25519_key("ed1", ["agent"])
+    ring_file = tmp_path / "ring.json"
+    Keyring([key.public()]).dump(ring_file, mode=0o644)
+    envelope = tmp_path / "value.bin"
+    envelope.write_bytes(
+        Signer(Keyring([key]), kid="ed1", issuer="agent", model="m").sign(1, topic="t")
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SIGNED_BUS_")}
+    for extra in ({"SIGNED_BUS_KEYRING_FILE": str(ring_file)}, {}):
+        argv = ["inspect", str(envelope), "--topic", "t"]
+        if not extra:
+            argv += ["--keyring", str(ring_file)]
+        done = subprocess.run(
+            [sys.executable, "-m", "signed_bus", *argv],
+            capture_output=True,
+            text=True,
+            env={**env, **extra, "SIGNED_BUS_KEYRING": "{not a ring}"},
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        assert "verdict: OK" in done.stdout
