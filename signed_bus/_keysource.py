@@ -116,8 +116,9 @@ class KeySource:
     key file: regular, owned by this user or root, not writable by others).
 
     ``start()`` loads the set once (ConfigurationError if that fails: there is no last good set
-    yet) and then refreshes in the background; ``stop()`` ends that. Without an event loop (sync
-    workers), call :meth:`refresh` from a thread of your own.
+    yet) and then refreshes in the background; ``stop()`` ends that (or ``async with``). Without
+    an event loop (sync workers): :meth:`start_thread` / :meth:`stop_thread` (or ``with``) do
+    the same in a daemon thread; :meth:`refresh` fetches now.
     """
 
     def __init__(
@@ -151,6 +152,8 @@ class KeySource:
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
+        self._thread: threading.Thread | None = None
+        self._thread_wake = threading.Event()
         self._stopped = False
 
     def __repr__(self) -> str:
@@ -227,14 +230,64 @@ class KeySource:
 
     def _unknown_kid(self) -> None:
         # Called by the ring, on the verifier's thread, for every kid it lacks: cheap and bounded.
-        if self._wake is None or self._loop is None:
-            return
+        if self._thread is None and (self._wake is None or self._loop is None):
+            return  # not started: nothing refreshes
         if self._clock() - self._last_fetch < self._unknown_s:
             return
         # Counted as begun now, so a burst of unknown kids asks once.
         self._last_fetch = self._clock()
+        if self._thread is not None:
+            self._thread_wake.set()
+            return
+        assert self._loop is not None and self._wake is not None
         with contextlib.suppress(RuntimeError):  # the loop closed under us: nothing to wake
             self._loop.call_soon_threadsafe(self._wake.set)
+
+    # -- without an event loop (sync workers) --------------------------------------------------
+
+    def start_thread(self) -> None:
+        """For sync workers: load the set (ConfigurationError if it cannot be), then refresh it
+        in a daemon thread, unknown kids included. Stop with :meth:`stop_thread`, or use the
+        source as a ``with`` block."""
+        if self._stopped:
+            raise Stopped("KeySource was stopped; make a new one")
+        if self._thread is not None or self._task is not None:
+            return
+        self._apply(self._first_load())
+        self._thread = threading.Thread(
+            target=self._run_thread, name="signed-bus key source", daemon=True
+        )
+        self._thread.start()
+
+    def _run_thread(self) -> None:
+        while not self._stopped:
+            due = self._last_fetch + self._refresh_s - self._clock()
+            if due > 0:
+                self._thread_wake.wait(due)
+            self._thread_wake.clear()
+            if self._stopped:
+                return
+            try:
+                self.refresh()
+            except Exception:  # as in _run: a bug must not end the refreshing
+                self._failures += 1
+                log.exception("key source: refresh failed; keeping the last good set")
+
+    def stop_thread(self, timeout_s: float | None = None) -> None:
+        """Stop the refreshing thread (the ring keeps its keys); waits for a fetch under way, at
+        most ``timeout_s`` seconds. Idempotent."""
+        self._stopped = True
+        self._thread_wake.set()
+        thread, self._thread = self._thread, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout_s)
+
+    def __enter__(self) -> KeySource:
+        self.start_thread()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_thread()
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -242,7 +295,7 @@ class KeySource:
         """Load the set (ConfigurationError if it cannot be), then keep it fresh."""
         if self._stopped:
             raise Stopped("KeySource was stopped; make a new one")
-        if self._task is not None:
+        if self._task is not None or self._thread is not None:
             return
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()

@@ -7,7 +7,7 @@ import http.server
 import logging
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -194,3 +194,35 @@ async def test_a_response_that_is_not_http_fails_the_fetch_and_refreshing_goes_o
         assert source.keyring.kids() == ["old"]
         jwks_server.garbage = False
         await wait_until(lambda: "new" in source.keyring, within=2.0)
+
+
+def test_without_an_event_loop_a_thread_refreshes_and_rate_limits_unknown_kids(
+    jwks_server: JwksServer,
+) -> None:
+    import time
+
+    def until(condition: Callable[[], bool], within: float = 5.0) -> None:
+        deadline = time.monotonic() + within
+        while not condition():
+            assert time.monotonic() < deadline, "condition not met in time"
+            time.sleep(0.02)
+
+    old = generate_ed25519_key("old", ["agent"])
+    new = generate_ed25519_key("new", ["agent"])
+    jwks_server.serve(old)
+    with KeySource(jwks_server.url, refresh_interval_s=3600, unknown_kid_interval_s=0.3) as source:
+        verifier = Verifier(source.keyring)
+        time.sleep(0.3)
+        jwks_server.serve(old, new)
+        value = signed(new)
+        for _ in range(100):  # the new kid, before the ring has it: one early fetch, not 100
+            with pytest.raises(UnknownKey):
+                verifier.verify(value, topic="t", key=None)
+        until(lambda: "new" in source.keyring)
+        time.sleep(0.2)
+        assert jwks_server.requests == 2
+        verifier.verify(value, topic="t", key=None)
+    requests = jwks_server.requests
+    assert source.keyring.get("gone") is None  # stopped: asks for nothing
+    time.sleep(0.4)
+    assert jwks_server.requests == requests
