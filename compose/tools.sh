@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Command-line tools the test suite drives besides the services: Graphviz's `dot`, which parses
-# what `signed-bus trace --format dot` prints (tests/integration/test_cli_services.py).
+# what `signed-bus trace --format dot` prints (tests/integration/test_trace.py).
 #   bash compose/tools.sh ensure   installs what is missing with apt-get (Debian), else fails
 set -euo pipefail
 
