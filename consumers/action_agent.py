@@ -42,6 +42,7 @@ from producers.common import (
     load_verify_keyring,
     setup_logging,
 )
+from producers.observe import observe
 from signed_bus import (
     ConsumedMessage,
     ConsumerOptions,
@@ -228,6 +229,7 @@ async def run() -> int:
 
 
 def main() -> None:
+    observe()  # /metrics if SIGNED_BUS_METRICS_PORT is set; spans if OpenTelemetry is installed
     sys.exit(asyncio.run(run()))
 
 

@@ -48,6 +48,7 @@ from producers.common import (
     load_verify_keyring,
     setup_logging,
 )
+from producers.observe import observe
 from signed_bus import (
     ConsumedMessage,
     ConsumerOptions,
@@ -304,6 +305,7 @@ async def run() -> int:
 
 
 def main() -> None:
+    observe()  # /metrics if SIGNED_BUS_METRICS_PORT is set; spans if OpenTelemetry is installed
     sys.exit(asyncio.run(run()))
 
 

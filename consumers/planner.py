@@ -45,6 +45,7 @@ from producers.common import (
     setup_logging,
 )
 from producers.model import InferenceResult
+from producers.observe import observe
 from signed_bus import (
     ConsumedMessage,
     ConsumerOptions,
@@ -217,6 +218,7 @@ async def run() -> int:
 
 
 def main() -> None:
+    observe()  # /metrics if SIGNED_BUS_METRICS_PORT is set; spans if OpenTelemetry is installed
     sys.exit(asyncio.run(run()))
 
 

@@ -35,6 +35,7 @@ from producers.common import (
     setup_logging,
 )
 from producers.model import StandInModel, prompts
+from producers.observe import observe
 from signed_bus import ProducerOptions, SignedProducer, Signer
 
 AGENT = "inference-agent"
@@ -100,6 +101,7 @@ async def run() -> int:
 
 
 def main() -> None:
+    observe()  # /metrics if SIGNED_BUS_METRICS_PORT is set; spans if OpenTelemetry is installed
     sys.exit(asyncio.run(run()))
 
 
