@@ -91,15 +91,24 @@ class Tracing(Observer):
         links = [Link(link)] if isinstance(link, trace.SpanContext) else None
         span = self._tracer.start_span(f"send {topic}", kind=SpanKind.PRODUCER, links=links)
         if span.is_recording():
-            span.set_attribute("messaging.system", _SYSTEM)
-            span.set_attribute("messaging.operation.type", "send")
-            span.set_attribute("messaging.destination.name", topic)
+            attributes: dict[str, str | int] = {
+                "messaging.system": _SYSTEM,
+                "messaging.operation.type": "send",
+                "messaging.destination.name": topic,
+            }
             if len(carriers) != 1:
-                span.set_attribute("messaging.batch.message_count", len(carriers))
+                attributes["messaging.batch.message_count"] = len(carriers)
+            span.set_attributes(attributes)
         context = trace.set_span_in_context(span, current)
         if not client_injects:
+            # Formatted once, copied into every record of a batch.
+            injected: Carrier = []
+            propagate.inject(injected, context=context, setter=_SETTER)
+            names = {name for name, _ in injected}
             for carrier in carriers:
-                propagate.inject(carrier, context=context, setter=_SETTER)
+                if carrier:  # a caller's header of the same name is replaced, never doubled
+                    carrier[:] = [(name, v) for name, v in carrier if name not in names]
+                carrier.extend(injected)
         # Current while the client sends: its own instrumentation's span is a child of ours.
         return span, otel_context.attach(context), None
 
@@ -155,8 +164,8 @@ class Tracing(Observer):
                 f"process {record.topic}", context=parent, kind=SpanKind.CONSUMER
             )
             if span.is_recording():
-                self._position(span, record)
-                _verification(span, error)
+                span.set_attributes({**self._position(record), **_verification(error)})
+                span.set_status(Status(StatusCode.ERROR, error.reason))
             span.end()
 
     def _process(self, message: ConsumedMessage) -> tuple[Any, trace.SpanContext | None]:
@@ -165,27 +174,31 @@ class Tracing(Observer):
         span = self._tracer.start_span(
             f"process {message.topic}", context=parent, kind=SpanKind.CONSUMER
         )
-        if span.is_recording():
-            self._position(span, message.record)
+        if span.is_recording():  # one call: each attribute set alone takes the span's lock
+            attributes = self._position(message.record)
             verified = message.verified
             claim = message.claim
-            span.set_attribute("signed_bus.issuer", verified.issuer)
-            span.set_attribute("signed_bus.kid", verified.kid)
-            span.set_attribute("signed_bus.model", verified.model)
-            span.set_attribute("signed_bus.digest", verified.digest.hex())
-            span.set_attribute("signed_bus.claim", claim.value if claim is not None else "none")
-            span.set_attribute("signed_bus.verification.result", "verified")
+            attributes["signed_bus.issuer"] = verified.issuer
+            attributes["signed_bus.kid"] = verified.kid
+            attributes["signed_bus.model"] = verified.model
+            attributes["signed_bus.digest"] = verified.digest.hex()
+            attributes["signed_bus.claim"] = claim.value if claim is not None else "none"
+            attributes["signed_bus.verification.result"] = "verified"
+            span.set_attributes(attributes)
         remote = trace.get_current_span(parent).get_span_context() if parent else None
         return span, remote if remote is not None and remote.is_valid else None
 
-    def _position(self, span: Any, record: Record | SkippedRange[Any]) -> None:
-        span.set_attribute("messaging.system", _SYSTEM)
-        span.set_attribute("messaging.operation.type", "process")
-        span.set_attribute("messaging.destination.name", record.topic)
-        span.set_attribute("messaging.destination.partition.id", str(record.partition))
-        span.set_attribute("messaging.kafka.offset", record.offset)
+    def _position(self, record: Record | SkippedRange[Any]) -> dict[str, str | int]:
+        attributes: dict[str, str | int] = {
+            "messaging.system": _SYSTEM,
+            "messaging.operation.type": "process",
+            "messaging.destination.name": record.topic,
+            "messaging.destination.partition.id": str(record.partition),
+            "messaging.kafka.offset": record.offset,
+        }
         if self._group is not None:
-            span.set_attribute("messaging.consumer.group.name", self._group)
+            attributes["messaging.consumer.group.name"] = self._group
+        return attributes
 
 
 def _parts(token: object) -> tuple[Any, Any, trace.SpanContext | None]:
@@ -208,14 +221,16 @@ def _end(span: Any, error: BaseException | None) -> None:
     span.end()
 
 
-def _verification(span: Any, error: VerificationError) -> None:
-    span.set_attribute("signed_bus.verification.result", "rejected")
-    span.set_attribute("error.type", error.reason)
+def _verification(error: VerificationError) -> dict[str, str | int]:
+    attributes: dict[str, str | int] = {
+        "signed_bus.verification.result": "rejected",
+        "error.type": error.reason,
+    }
     if error.issuer is not None:
-        span.set_attribute("signed_bus.issuer", error.issuer)
+        attributes["signed_bus.issuer"] = error.issuer
     if error.kid is not None:
-        span.set_attribute("signed_bus.kid", error.kid)
-    span.set_status(Status(StatusCode.ERROR, error.reason))
+        attributes["signed_bus.kid"] = error.kid
+    return attributes
 
 
 def _fronts(front: Front) -> Iterable[SignedProducer | VerifyingConsumer]:
