@@ -153,7 +153,7 @@ class Tee(Observer):
         return [o.send(topic, carriers, client_injects=client_injects) for o in self.observers]
 
     def sent(self, token: object, error: BaseException | None) -> None:
-        for o, t in zip(self.observers, _tokens(token), strict=True):
+        for o, t in zip(self.observers, _tokens(token, len(self.observers)), strict=True):
             o.sent(t, error)
 
     def received(
@@ -211,16 +211,19 @@ class Tee(Observer):
         return [o.processing(message) for o in self.observers]
 
     def enter(self, token: object) -> object:
-        return [o.enter(t) for o, t in zip(self.observers, _tokens(token), strict=True)]
+        return [
+            o.enter(t)
+            for o, t in zip(self.observers, _tokens(token, len(self.observers)), strict=True)
+        ]
 
     def leave(self, entered: object) -> None:
         # in reverse, as nested context managers would
-        pairs = list(zip(self.observers, _tokens(entered), strict=True))
+        pairs = list(zip(self.observers, _tokens(entered, len(self.observers)), strict=True))
         for o, t in reversed(pairs):
             o.leave(t)
 
     def finished(self, token: object, error: BaseException | None) -> None:
-        for o, t in zip(self.observers, _tokens(token), strict=True):
+        for o, t in zip(self.observers, _tokens(token, len(self.observers)), strict=True):
             o.finished(t, error)
 
 
@@ -265,9 +268,12 @@ def timed_receive(
     return batch
 
 
-def _tokens(token: object) -> list[object]:
-    assert isinstance(token, list)
-    return token
+def _tokens(token: object, count: int) -> list[object]:
+    """One token per observer; None for those attached after the hook that made ``token`` ran
+    (an observer added while a front runs gets None tokens until its next message). A token
+    that is not a list was made by the first observer alone, before the tee existed."""
+    tokens = token if isinstance(token, list) else [token]
+    return (tokens + [None] * count)[:count]
 
 
 class Observed(Protocol):

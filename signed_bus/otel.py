@@ -113,6 +113,8 @@ class Tracing(Observer):
         return span, otel_context.attach(context), None
 
     def sent(self, token: object, error: BaseException | None) -> None:
+        if token is None:  # sent before this observer was attached
+            return
         span, attached, _ = _parts(token)
         _detach(span, attached)
         _end(span, error)
@@ -152,6 +154,8 @@ class Tracing(Observer):
             _detach(span, attached)
 
     def finished(self, token: object, error: BaseException | None) -> None:
+        if token is None:  # handed out before this observer was attached
+            return
         span, attached, _ = _parts(token)
         _detach(span, attached)
         _end(span, error)

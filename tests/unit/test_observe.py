@@ -112,3 +112,13 @@ def test_a_bad_metrics_port_names_the_variable_and_exits_2(
 def test_the_metrics_port(raw: str, port: int | None) -> None:
     assert metrics_port({METRICS_PORT_ENV: raw}) == port
     assert metrics_port({}) is None
+
+
+def test_an_observer_attached_while_a_front_runs_gets_no_token_until_its_next_message() -> None:
+    calls: list[tuple[str, str, object]] = []
+    metrics = ConsumerMetrics()
+    attach(metrics, Recording("a", calls))
+    token = metrics.observer.send("t", [[]], client_injects=False)  # before "b" is attached
+    attach(metrics, Recording("b", calls))
+    metrics.observer.sent(token, None)
+    assert calls[-2:] == [("a", "sent", "a-token"), ("b", "sent", None)]
