@@ -10,6 +10,8 @@
 # the host from PyPI, so the image build needs no index nor the host's certificates), else PyPI.
 ARG AGENT_BASE=python:3.11-slim
 FROM ${AGENT_BASE}
+# optional extras (e.g. otel,prometheus: docs/OBSERVABILITY.md); none by default
+ARG AGENT_EXTRAS=
 ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PATH=/opt/venv/bin:$PATH
 RUN python3 -m venv /opt/venv && ln -sf /opt/venv/bin/python3 /opt/venv/bin/python
@@ -20,9 +22,9 @@ COPY producers ./producers
 COPY consumers ./consumers
 COPY compose/wheels/ /tmp/wheels/
 RUN if ls /tmp/wheels/*.whl >/dev/null 2>&1; then \
-        pip install --no-index --find-links /tmp/wheels signed-bus; \
+        pip install --no-index --find-links /tmp/wheels "signed-bus${AGENT_EXTRAS:+[$AGENT_EXTRAS]}"; \
     else \
-        pip install .; \
+        pip install ".${AGENT_EXTRAS:+[$AGENT_EXTRAS]}"; \
     fi \
     && rm -rf /tmp/wheels
 COPY demo ./demo

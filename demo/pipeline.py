@@ -181,6 +181,8 @@ class Demo:
         }
         if keyring:
             env["SIGNED_BUS_KEYRING_FILE"] = str(self.keys / f"{keyring}.keyring")
+        # one port per process: every agent inheriting the same one would fail to bind it
+        env.pop("SIGNED_BUS_METRICS_PORT", None)
         return env
 
     def start(self, agent: str, module: str, keyring: str | None, **extra: str) -> None:

@@ -22,6 +22,8 @@ Environment (all agents; defaults in brackets):
 - ``RESULTS_DLQ_TOPIC`` / ``PLANS_DLQ_TOPIC``: their dead-letter topics [``<topic>.dlq``]
 - ``SIGNED_BUS_MAX_AGE_MS``: freshness window [300000]
 - ``LOG_LEVEL`` [``INFO``]; logs go to stderr
+- ``SIGNED_BUS_METRICS_PORT``: serve Prometheus metrics at ``/metrics`` on this port
+  (``SIGNED_BUS_METRICS_ADDR`` [``0.0.0.0``]); unset: no metrics (docs/OBSERVABILITY.md)
 
 Every agent runs through :func:`agent_main`: ``--help`` lists its settings and these, the
 effective settings are logged at start (URLs without credentials, keys as their kids, never a
@@ -46,6 +48,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 import signed_bus
+from producers.observe import observe
 from signed_bus import ConfigurationError, Freshness, Keyring, KeySource, printable
 
 __all__ = [
@@ -337,6 +340,13 @@ def agent_main(
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.parse_args(argv)  # --help exits 0; settings come from the environment only
+    try:
+        # /metrics when SIGNED_BUS_METRICS_PORT is set (a bad value exits 2 naming it); spans
+        # when OpenTelemetry is installed
+        observe()
+    except OSError as exc:
+        print(f"{prog}: error: cannot serve /metrics: {printable(str(exc))}", file=sys.stderr)
+        return 2
     try:
         return asyncio.run(run())
     except ConfigurationError as exc:

@@ -18,6 +18,9 @@ every other module is private (``_name``) and may change without notice. Map of 
 - provenance: :class:`ProvenanceIndex` (digest -> :class:`Position`) and :class:`Tracer` walk a
   chain of envelopes back to its origin (docs/PIPELINES.md).
 - :func:`printable` escapes record text for terminals and logs.
+- observability (optional extras, imported only when used): :mod:`signed_bus.otel` (spans,
+  trace context in record headers) and :mod:`signed_bus.prometheus` (metrics);
+  docs/OBSERVABILITY.md.
 - errors: the roots are here; the whole tree is drawn in :mod:`signed_bus.errors`.
 
 Every long-lived object (producer, consumer, relay, guard, index, fetcher) has ``start()`` /

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+from signed_bus._observe import NOOP, Observer
+
 __all__ = ["ConsumerMetrics", "ProducerMetrics"]
 
 
@@ -28,6 +30,8 @@ class ConsumerMetrics:
     ``dead_letters_dropped`` counts rejected records whose dead letter fit the dead-letter topic
     in no form, not even without their value and key (logged at ERROR; their offsets are
     committed like the others).
+    ``observer`` receives the same events as they happen (:mod:`signed_bus.otel`,
+    :mod:`signed_bus.prometheus` attach to it); not part of the snapshot.
     """
 
     records: int = 0
@@ -44,6 +48,7 @@ class ConsumerMetrics:
     commits: int = 0
     commit_failures: int = 0
     committed: dict[tuple[str, int], int] = field(default_factory=dict)
+    observer: Observer = field(default=NOOP, repr=False)
 
     @property
     def rejected_total(self) -> int:
@@ -73,10 +78,12 @@ class ConsumerMetrics:
 
 @dataclass(slots=True, eq=False)
 class ProducerMetrics:
-    """What a :class:`~signed_bus._kafka.producer.SignedProducer` signed and handed to Kafka."""
+    """What a :class:`~signed_bus._kafka.producer.SignedProducer` signed and handed to Kafka
+    (``observer``: see :class:`ConsumerMetrics`)."""
 
     signed: int = 0
     batches: int = 0
+    observer: Observer = field(default=NOOP, repr=False)
 
     def snapshot(self) -> dict[str, object]:
         return {"signed": self.signed, "batches": self.batches}

@@ -37,6 +37,7 @@ from signed_bus._kafka.producer import SignedProducer
 from signed_bus._kafka.settle import Settler, hold_paused
 from signed_bus._lifecycle import AsyncLifecycle
 from signed_bus._metrics import ConsumerMetrics
+from signed_bus._observe import observed, observer_for, timed_receive
 from signed_bus._replay.guard import RedisReplayGuard
 from signed_bus._verifier import Verifier
 from signed_bus.errors import ConfigurationError, Stopped
@@ -114,7 +115,8 @@ class VerifyingConsumer(AsyncLifecycle):
         if max_records < 1 or timeout_ms < 0:
             raise ConfigurationError("max_records must be >= 1 and timeout_ms >= 0")
         self._clients = KafkaClients(options, dead_letter_producer)
-        self.metrics = ConsumerMetrics()
+        self._options = options
+        self.metrics = ConsumerMetrics(observer=observer_for(options.group_id, options.topics))
         self._gate = Gate(verifier, fail_open=fail_open, metrics=self.metrics)
         self._clock = verifier.clock
         self._guard = guard
@@ -246,6 +248,7 @@ class VerifyingConsumer(AsyncLifecycle):
         self._enter()
         cursor = self._cursor
         cursor.rewind()
+        handler = observed(self.metrics.observer, handler)  # its span covers the handler
         try:
             while not self._stopping:
                 if cursor.due(self._clock(), RECHECK_AFTER_MS) and not await self._refresh():
@@ -278,6 +281,7 @@ class VerifyingConsumer(AsyncLifecycle):
         """The next verified message. Asking for it means the previous one is finished: its
         offset (and any rejected records before it) is committed at the next batch boundary
         or by :meth:`stop`/:meth:`commit`."""
+        self.metrics.observer.iterated()  # the body of the loop is done with the last message
         if self._closed or self._stopping:
             raise StopAsyncIteration
         cursor = self._cursor
@@ -291,7 +295,7 @@ class VerifyingConsumer(AsyncLifecycle):
             # between here and the return, and _enter/_leave would have no observer.
             message = cursor.next()
             if message is not None:
-                return message
+                return self.metrics.observer.iterating(message)
         self._enter()
         try:
             while True:
@@ -299,7 +303,7 @@ class VerifyingConsumer(AsyncLifecycle):
                     raise StopAsyncIteration
                 message = cursor.next()
                 if message is not None:
-                    return message
+                    return self.metrics.observer.iterating(message)
                 await self._commits.commit(wait=False)
                 if self._stopping:
                     raise StopAsyncIteration
@@ -349,6 +353,7 @@ class VerifyingConsumer(AsyncLifecycle):
             return None
         whole = whole_batch(entries, revoked, batch.skipped)
         self.metrics.delivered += len(whole.messages)
+        self.metrics.observer.delivered(whole.messages)
         return whole
 
     async def commit_offsets(self, offsets: Mapping[TopicPartition, int]) -> None:
@@ -433,7 +438,7 @@ class VerifyingConsumer(AsyncLifecycle):
 
     def _receive(self, fetched: Fetched) -> tuple[Settling[TopicPartition], set[TopicPartition]]:
         """Verify a fetch; the revoked set the rebalance listener fills from now on."""
-        batch = self._gate.receive(fetched.records, fetched.skipped)
+        batch = timed_receive(self._gate, fetched.records, fetched.skipped, self.metrics.observer)
         return batch, self._cursor.fetched()
 
     async def _hold(self, seconds: float) -> bool:
@@ -442,3 +447,8 @@ class VerifyingConsumer(AsyncLifecycle):
         return await hold_paused(
             self.consumer, seconds, max_records=self._max_records, stopping=lambda: self._stopping
         )
+
+
+def options_of(consumer: VerifyingConsumer) -> ConsumerOptions:
+    """What ``consumer`` was built from (its group and topics label its metrics and spans)."""
+    return consumer._options

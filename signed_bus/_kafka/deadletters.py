@@ -195,7 +195,7 @@ class DeadLetterSender:
                     future, omit = await writer.send_letter(record, error, omit=omit)
                 except KafkaError as exc:
                     if is_too_large(exc):
-                        self._drop(error, exc)
+                        self._drop(record, error, exc)
                         continue
                     if not is_retriable(exc):
                         raise
@@ -208,12 +208,13 @@ class DeadLetterSender:
             for (record, error, omit), result in zip(sent, results, strict=True):
                 if not isinstance(result, BaseException):
                     metrics.dead_lettered += 1
+                    metrics.observer.dead_letter_written(record, error)
                 elif is_too_large(result):
                     # The broker refused it (its limit is below the producer's): leave out more.
                     if omit < Omitted.VALUE_AND_KEY:
                         failed.append((record, error, Omitted(omit + 1)))
                     else:
-                        self._drop(error, result)
+                        self._drop(record, error, result)
                 elif is_retriable(result):
                     failed.append((record, error, omit))
                     last_error = result
@@ -237,8 +238,9 @@ class DeadLetterSender:
                     return False
         return True
 
-    def _drop(self, error: VerificationError, exc: BaseException) -> None:
+    def _drop(self, record: Any, error: VerificationError, exc: BaseException) -> None:
         self._metrics.dead_letters_dropped += 1
+        self._metrics.observer.dead_letter_dropped(record, error)
         log.error(
             "dead letter dropped: too large for topic %s even without the record's value and "
             "key (%s); the rejected record stays at its source position: %s",

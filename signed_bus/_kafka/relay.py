@@ -173,7 +173,16 @@ class Relay(AsyncLifecycle):
         self._fetching: asyncio.Future[ConsumedBatch | None] | None = None
         self._idle = asyncio.Event()
         self._idle.set()
+        self._observed: dict[int, object] = {}  # input id -> its observer token (_process)
         self.metrics = RelayMetrics()
+
+    @property
+    def consumer(self) -> VerifyingConsumer:
+        return self._consumer
+
+    @property
+    def producer(self) -> SignedProducer:
+        return self._producer
 
     @property
     def exactly_once(self) -> bool:
@@ -238,6 +247,21 @@ class Relay(AsyncLifecycle):
         await self._process(batch)
 
     async def _process(self, batch: ConsumedBatch) -> None:
+        # One observer token per input: its span covers the transform and its outputs' sends.
+        observer = self._consumer.metrics.observer
+        self._observed = {id(m): observer.processing(m) for m in batch.messages}
+        error: BaseException | None = None
+        try:
+            await self._process_observed(batch)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            observed, self._observed = self._observed, {}
+            for token in observed.values():
+                observer.finished(token, error)
+
+    async def _process_observed(self, batch: ConsumedBatch) -> None:
         try:
             planned = await self._plan(batch)
         except Exception as exc:
@@ -267,8 +291,13 @@ class Relay(AsyncLifecycle):
 
     async def _plan(self, batch: ConsumedBatch) -> list[tuple[ConsumedMessage, Output]]:
         planned: list[tuple[ConsumedMessage, Output]] = []
+        observer = self._consumer.metrics.observer
         for message in batch.messages:
-            outputs = list(await self._transform(message))
+            entered = observer.enter(self._observed.get(id(message)))
+            try:
+                outputs = list(await self._transform(message))
+            finally:
+                observer.leave(entered)
             if not outputs:
                 self.metrics.empty += 1
             for output in outputs:
@@ -279,17 +308,22 @@ class Relay(AsyncLifecycle):
 
     async def _send_all(self, planned: list[tuple[ConsumedMessage, Output]]) -> None:
         futures: list[asyncio.Future[Any]] = []
+        observer = self._consumer.metrics.observer
         for message, output in planned:
-            futures.append(
-                await self._producer.send(
-                    output.topic or self._output_topic,
-                    output.result,
-                    key=output.key,
-                    parents=(message.verified.digest, *output.extra_parents),
-                    headers=output.headers,
-                    expires_at=output.expires_at,
+            entered = observer.enter(self._observed.get(id(message)))  # parents the send span
+            try:
+                futures.append(
+                    await self._producer.send(
+                        output.topic or self._output_topic,
+                        output.result,
+                        key=output.key,
+                        parents=(message.verified.digest, *output.extra_parents),
+                        headers=output.headers,
+                        expires_at=output.expires_at,
+                    )
                 )
-            )
+            finally:
+                observer.leave(entered)
         await asyncio.gather(*futures)
 
     async def _commit_after_acks(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Sequence
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -79,16 +80,17 @@ class Settler:
         if guard is None:  # audit mode
             gate.settle(batch)
             return True
-        freshness = gate.freshness
+        observer = gate.metrics.observer
         try:
             # settle() inside: a guard answering with the wrong number of verdicts is held and
             # retried like one that did not answer
-            gate.settle(batch, await guard.claim(gate.claims(batch), freshness=freshness))
+            await self._claim_once(guard, batch)
         except ReplayGuardUnavailable as exc:
             error = exc
         else:
             return True
         if gate.fail_open:
+            observer.unchecked([record for _, _, record, _ in batch.verified])
             gate.unchecked(batch, error)
             return True
         metrics = self._gate.metrics
@@ -113,7 +115,7 @@ class Settler:
                     log.warning("every held record expired: nothing left to claim")
                     return True
                 try:
-                    gate.settle(batch, await guard.claim(gate.claims(batch), freshness=freshness))
+                    await self._claim_once(guard, batch)
                 except ReplayGuardUnavailable as exc:
                     error = exc
                     continue
@@ -121,6 +123,21 @@ class Settler:
                 return True
         finally:
             metrics.guard_waiting = False
+
+    async def _claim_once(self, guard: RedisReplayGuard, batch: Settling[TopicPartition]) -> None:
+        """One claim call, timed for the observer; raises ReplayGuardUnavailable."""
+        gate = self._gate
+        observer = gate.metrics.observer
+        rows = gate.claims(batch)
+        started = time.perf_counter()
+        try:
+            verdicts = await guard.claim(rows, freshness=gate.freshness)
+            seconds = time.perf_counter() - started
+            gate.settle(batch, verdicts)
+        except ReplayGuardUnavailable:
+            observer.guard_unavailable(len(rows))
+            raise
+        observer.claimed(rows, verdicts, seconds)
 
     async def reject_stale(
         self, entries: list[Entry[TopicPartition]], revoked: set[TopicPartition], held_for: str
@@ -159,6 +176,7 @@ class Settler:
 
     async def dead_letter(self, positioned: Sequence[Rejected]) -> bool:
         """Dead-letter counted, positioned rejections; False if stopped before durable."""
+        self._gate.metrics.observer.rejected(positioned)
         if self.dead_letters is None:
             return True
         return await self.dead_letters.send(positioned)

@@ -96,8 +96,13 @@ ERROR_ROOTS = {
 #: Unreachable: a CLI command -> the CLI's main (exit status 3).
 INTERNAL_SIGNALS = {"PayloadError", "_DuplicateMember", "UsageError", "Unreachable"}
 
-#: Module paths an example may import from.
-PUBLIC_MODULES = {"signed_bus": signed_bus, "signed_bus.errors": errors}
+#: Module paths an example may import from (the optional integrations import their library).
+PUBLIC_MODULES = {
+    "signed_bus": signed_bus,
+    "signed_bus.errors": errors,
+    "signed_bus.otel": importlib.import_module("signed_bus.otel"),
+    "signed_bus.prometheus": importlib.import_module("signed_bus.prometheus"),
+}
 
 
 def _exported(module: ModuleType) -> dict[str, object]:
@@ -318,8 +323,9 @@ def test_docs_name_only_public_objects(path: Path) -> None:
         parts = dotted.split(".")
         if dotted in LOGGERS or parts[1] in ("bench", "__all__"):  # bench: python -m ...
             continue
-        if parts[1] == "errors":
-            ok = len(parts) == 2 or parts[2] in errors.__all__
+        module = PUBLIC_MODULES.get(".".join(parts[:2]))
+        if module is not None:
+            ok = len(parts) == 2 or parts[2] in module.__all__
         else:
             ok = parts[1] in signed_bus.__all__
         if not ok:

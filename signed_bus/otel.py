@@ -1,0 +1,266 @@
+"""OpenTelemetry tracing for signed-bus (extra ``signed-bus[otel]``; only the API is needed).
+
+:func:`instrument` traces one producer, consumer or relay, :func:`instrument_all` every one
+built afterwards. Spans follow the messaging conventions (docs/OBSERVABILITY.md):
+
+- ``send {topic}`` (PRODUCER) per ``send`` call and per ``send_batch`` call; its context goes
+  into every record's (unsigned) headers, batches included. When the official aiokafka
+  instrumentation wraps ``AIOKafkaProducer.send`` it injects the context itself (its span is a
+  child of ours), so this module does not: one ``traceparent`` per record, never two.
+- ``process {topic}`` (CONSUMER) per delivered record, parented to the context in its headers,
+  around the application's handler (``run``), the body of ``async for``, or a relay's
+  transform and the sends of its outputs; ``signed_bus.*`` attributes name the issuer, key,
+  model, envelope digest and claim verdict. A rejected record gets a ``process {topic}`` span
+  with status ERROR and ``error.type`` = its reason code.
+- A relay's output ``send`` span is a child of its input's ``process`` span and links to the
+  input's producer context.
+
+With no SDK configured the OpenTelemetry API hands out non-recording spans: nothing is recorded
+and no attribute is computed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.propagators.textmap import Getter, Setter
+from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+
+from signed_bus import __version__
+from signed_bus._kafka.consumer import VerifyingConsumer, options_of
+from signed_bus._kafka.producer import SignedProducer
+from signed_bus._kafka.relay import Relay
+from signed_bus._observe import Carrier, Observer, attach, install, uninstall
+
+if TYPE_CHECKING:
+    from signed_bus._gate import ConsumedMessage, Record, Rejected, SkippedRange
+    from signed_bus.errors import VerificationError
+
+__all__ = ["instrument", "instrument_all", "uninstrument_all"]
+
+Front = SignedProducer | VerifyingConsumer | Relay
+
+_SYSTEM = "kafka"
+# The input of a relay whose outputs are being sent: their send spans link to its context.
+_INPUT_KEY = otel_context.create_key("signed_bus.input")
+
+
+class _HeaderGetter(Getter[Sequence[tuple[str, bytes]]]):
+    def get(self, carrier: Sequence[tuple[str, bytes]], key: str) -> list[str] | None:
+        values = [
+            value.decode("latin-1") for name, value in carrier if name == key and value is not None
+        ]
+        return values or None
+
+    def keys(self, carrier: Sequence[tuple[str, bytes]]) -> list[str]:
+        return [name for name, _ in carrier]
+
+
+class _HeaderSetter(Setter[Carrier]):
+    """Replaces a header of the same name (a caller's stale ``traceparent``): never two."""
+
+    def set(self, carrier: Carrier, key: str, value: str) -> None:
+        carrier[:] = [(name, v) for name, v in carrier if name != key]
+        carrier.append((key, value.encode("latin-1")))
+
+
+_GETTER = _HeaderGetter()
+_SETTER = _HeaderSetter()
+
+
+class Tracing(Observer):
+    """Spans for one front (``group``: its consumer group, None for a producer)."""
+
+    __slots__ = ("_group", "_open", "_tracer")
+
+    def __init__(
+        self, group: str | None, *, tracer_provider: trace.TracerProvider | None = None
+    ) -> None:
+        self._group = group
+        self._open: object = None  # the token of the message async for handed out
+        self._tracer = trace.get_tracer("signed_bus", __version__, tracer_provider=tracer_provider)
+
+    # -- producing -------------------------------------------------------------------------
+
+    def send(self, topic: str, carriers: Sequence[Carrier], *, client_injects: bool) -> object:
+        current = otel_context.get_current()
+        link = otel_context.get_value(_INPUT_KEY, current)
+        links = [Link(link)] if isinstance(link, trace.SpanContext) else None
+        span = self._tracer.start_span(f"send {topic}", kind=SpanKind.PRODUCER, links=links)
+        if span.is_recording():
+            attributes: dict[str, str | int] = {
+                "messaging.system": _SYSTEM,
+                "messaging.operation.type": "send",
+                "messaging.destination.name": topic,
+            }
+            if len(carriers) != 1:
+                attributes["messaging.batch.message_count"] = len(carriers)
+            span.set_attributes(attributes)
+        context = trace.set_span_in_context(span, current)
+        if not client_injects:
+            # Formatted once, copied into every record of a batch.
+            injected: Carrier = []
+            propagate.inject(injected, context=context, setter=_SETTER)
+            names = {name for name, _ in injected}
+            for carrier in carriers:
+                if carrier:  # a caller's header of the same name is replaced, never doubled
+                    carrier[:] = [(name, v) for name, v in carrier if name not in names]
+                carrier.extend(injected)
+        # Current while the client sends: its own instrumentation's span is a child of ours.
+        return span, otel_context.attach(context), None
+
+    def sent(self, token: object, error: BaseException | None) -> None:
+        if token is None:  # sent before this observer was attached
+            return
+        span, attached, _ = _parts(token)
+        _detach(span, attached)
+        _end(span, error)
+
+    # -- consuming -------------------------------------------------------------------------
+
+    def handing(self, message: ConsumedMessage) -> object:
+        span, remote = self._process(message)
+        return span, otel_context.attach(trace.set_span_in_context(span)), remote
+
+    def processing(self, message: ConsumedMessage) -> object:
+        span, remote = self._process(message)
+        return span, None, remote
+
+    def iterating(self, message: ConsumedMessage) -> ConsumedMessage:
+        self.iterated()
+        self._open = self.handing(message)
+        return message
+
+    def iterated(self) -> None:
+        token, self._open = self._open, None
+        if token is not None:
+            self.finished(token, None)
+
+    def enter(self, token: object) -> object:
+        if token is None:
+            return None
+        span, _, remote = _parts(token)
+        context = trace.set_span_in_context(span)
+        if remote is not None:
+            context = otel_context.set_value(_INPUT_KEY, remote, context)
+        return span, otel_context.attach(context), None
+
+    def leave(self, entered: object) -> None:
+        if entered is not None:
+            span, attached, _ = _parts(entered)
+            _detach(span, attached)
+
+    def finished(self, token: object, error: BaseException | None) -> None:
+        if token is None:  # handed out before this observer was attached
+            return
+        span, attached, _ = _parts(token)
+        _detach(span, attached)
+        _end(span, error)
+
+    def rejected(self, rejections: Sequence[Rejected]) -> None:
+        for record, error in rejections:
+            headers: Sequence[tuple[str, bytes]] = getattr(record, "headers", None) or ()
+            parent = propagate.extract(headers, getter=_GETTER) if headers else None
+            span = self._tracer.start_span(
+                f"process {record.topic}", context=parent, kind=SpanKind.CONSUMER
+            )
+            if span.is_recording():
+                span.set_attributes({**self._position(record), **_verification(error)})
+                span.set_status(Status(StatusCode.ERROR, error.reason))
+            span.end()
+
+    def _process(self, message: ConsumedMessage) -> tuple[Any, trace.SpanContext | None]:
+        headers = message.headers
+        parent = propagate.extract(headers, getter=_GETTER) if headers else None
+        span = self._tracer.start_span(
+            f"process {message.topic}", context=parent, kind=SpanKind.CONSUMER
+        )
+        if span.is_recording():  # one call: each attribute set alone takes the span's lock
+            attributes = self._position(message.record)
+            verified = message.verified
+            claim = message.claim
+            attributes["signed_bus.issuer"] = verified.issuer
+            attributes["signed_bus.kid"] = verified.kid
+            attributes["signed_bus.model"] = verified.model
+            attributes["signed_bus.digest"] = verified.digest.hex()
+            attributes["signed_bus.claim"] = claim.value if claim is not None else "none"
+            attributes["signed_bus.verification.result"] = "verified"
+            span.set_attributes(attributes)
+        remote = trace.get_current_span(parent).get_span_context() if parent else None
+        return span, remote if remote is not None and remote.is_valid else None
+
+    def _position(self, record: Record | SkippedRange[Any]) -> dict[str, str | int]:
+        attributes: dict[str, str | int] = {
+            "messaging.system": _SYSTEM,
+            "messaging.operation.type": "process",
+            "messaging.destination.name": record.topic,
+            "messaging.destination.partition.id": str(record.partition),
+            "messaging.kafka.offset": record.offset,
+        }
+        if self._group is not None:
+            attributes["messaging.consumer.group.name"] = self._group
+        return attributes
+
+
+def _parts(token: object) -> tuple[Any, Any, trace.SpanContext | None]:
+    """A token: (span, the attach token or None, the remote parent's context or None)."""
+    assert isinstance(token, tuple)
+    return token[0], token[1], token[2]
+
+
+def _detach(span: Any, attached: Any) -> None:
+    # Only where it was attached: a consumer stopped from another task finishes the message
+    # async for handed out, but that task's context is not ours to change.
+    if attached is not None and trace.get_current_span() is span:
+        otel_context.detach(attached)
+
+
+def _end(span: Any, error: BaseException | None) -> None:
+    if error is not None and span.is_recording():
+        span.set_attribute("error.type", type(error).__qualname__)
+        span.set_status(Status(StatusCode.ERROR, type(error).__qualname__))
+    span.end()
+
+
+def _verification(error: VerificationError) -> dict[str, str | int]:
+    attributes: dict[str, str | int] = {
+        "signed_bus.verification.result": "rejected",
+        "error.type": error.reason,
+    }
+    if error.issuer is not None:
+        attributes["signed_bus.issuer"] = error.issuer
+    if error.kid is not None:
+        attributes["signed_bus.kid"] = error.kid
+    return attributes
+
+
+def _fronts(front: Front) -> Iterable[SignedProducer | VerifyingConsumer]:
+    """A relay observes through its consumer (its process spans) and its producer."""
+    if isinstance(front, Relay):
+        return (front.consumer, front.producer)
+    return (front,)
+
+
+def instrument(front: Front, *, tracer_provider: trace.TracerProvider | None = None) -> None:
+    """Trace ``front`` (a relay: its consumer and producer) from now on."""
+    for one in _fronts(front):
+        group = options_of(one).group_id if isinstance(one, VerifyingConsumer) else None
+        attach(one.metrics, Tracing(group, tracer_provider=tracer_provider))
+
+
+def _factory(group: str | None, topics: Sequence[str]) -> Observer:
+    return Tracing(group)
+
+
+def instrument_all() -> None:
+    """Trace every producer, consumer and relay built from now on (the global tracer
+    provider, as set up by the application)."""
+    install(_factory)
+
+
+def uninstrument_all() -> None:
+    """Undo :func:`instrument_all` for fronts built from now on."""
+    uninstall(_factory)
