@@ -93,7 +93,11 @@ ERROR_ROOTS = {
 INTERNAL_SIGNALS = {"PayloadError", "_DuplicateMember", "UsageError"}
 
 #: Module paths an example may import from.
-PUBLIC_MODULES = {"signed_bus": signed_bus, "signed_bus.errors": errors}
+PUBLIC_MODULES = {
+    "signed_bus": signed_bus,
+    "signed_bus.errors": errors,
+    "signed_bus.confluent": importlib.import_module("signed_bus.confluent"),
+}
 
 
 def _exported(module: ModuleType) -> dict[str, object]:
@@ -313,8 +317,9 @@ def test_docs_name_only_public_objects(path: Path) -> None:
         parts = dotted.split(".")
         if dotted in LOGGERS or parts[1] in ("bench", "__all__"):  # bench: python -m ...
             continue
-        if parts[1] == "errors":
-            ok = len(parts) == 2 or parts[2] in errors.__all__
+        if ".".join(parts[:2]) in PUBLIC_MODULES:
+            module = PUBLIC_MODULES[".".join(parts[:2])]
+            ok = len(parts) == 2 or parts[2] in module.__all__
         else:
             ok = parts[1] in signed_bus.__all__
         if not ok:
