@@ -31,7 +31,7 @@ from signed_bus.confluent import (
     SyncRedisReplayGuard,
     VerifyingConsumer,
 )
-from signed_bus.errors import ConfigurationError
+from signed_bus.errors import ConfigurationError, RelayTransformError
 from tests.conftest import TopicFactory
 from tests.integration.bus import keyring, signer, unique, verifier
 
@@ -198,3 +198,81 @@ def test_exactly_once_needs_a_transactional_producer(kafka_bootstrap: str, redis
             relay = Relay(consumer, p, lambda m: [], output_topic="o", exactly_once=True)
             with pytest.raises(ConfigurationError, match="transactional"):
                 relay.start()
+
+
+async def test_an_at_least_once_relay_chains_provenance_and_a_transform_error_rewinds(
+    kafka_bootstrap: str, redis_url: str, redis_prefix: str, unique_topic: TopicFactory
+) -> None:
+    topic = await unique_topic("alo-in")
+    out = await unique_topic("alo-out")
+    await asyncio.to_thread(
+        at_least_once_scenario, kafka_bootstrap, redis_url, redis_prefix, topic, out
+    )
+
+
+def at_least_once_scenario(
+    kafka_bootstrap: str, redis_url: str, redis_prefix: str, topic: str, out: str
+) -> None:
+    ring = keyring()
+    with SignedProducer({"bootstrap.servers": kafka_bootstrap}, signer=signer(ring)) as p:
+        p.produce_batch(topic, [Outgoing({"seq": i}) for i in range(10)])
+    failed = False
+    inputs: dict[int, bytes] = {}
+
+    def transform(message: ConsumedMessage) -> Iterable[Output]:
+        nonlocal failed
+        payload = message.payload
+        assert isinstance(payload, dict)
+        if payload["seq"] == 5 and not failed:
+            failed = True
+            raise ValueError("a transform bug")
+        inputs[payload["seq"]] = message.verified.digest
+        return [Output({"seq": payload["seq"]})]
+
+    group = unique("g")
+    with SyncRedisReplayGuard.from_url(redis_url, prefix=redis_prefix) as guard:
+        consumer = VerifyingConsumer(
+            {"bootstrap.servers": kafka_bootstrap, "group.id": group},
+            [topic],
+            verifier=verifier(ring),
+            guard=guard,
+            timeout_s=0.2,
+        )
+        with (
+            consumer,
+            SignedProducer({"bootstrap.servers": kafka_bootstrap}, signer=signer(ring)) as producer,
+        ):
+            relay = Relay(consumer, producer, transform, output_topic=out)
+            with pytest.raises(RelayTransformError):
+                relay.run()
+            assert relay.metrics.transform_errors == 1 and relay.metrics.outputs == 0
+            # the batch was rewound: the next run relays all of it (claims: SAME_POSITION)
+            stopper = threading.Thread(target=lambda: _stop_after(relay, 10))
+            stopper.start()
+            relay.run()
+            stopper.join()
+    assert relay.metrics.outputs == 10
+    # every output names its input's digest
+    reader = VerifyingConsumer(
+        {"bootstrap.servers": kafka_bootstrap, "group.id": unique("reader")},
+        [out],
+        verifier=verifier(ring),
+        guard=SyncRedisReplayGuard.from_url(redis_url, prefix=redis_prefix),
+        timeout_s=0.2,
+    )
+    seen: dict[int, tuple[bytes, ...]] = {}
+    with reader:
+        for message in reader:
+            payload = message.payload
+            assert isinstance(payload, dict)
+            seen[payload["seq"]] = tuple(message.verified.parents)
+            if len(seen) == 10:
+                break
+    assert seen == {seq: (digest,) for seq, digest in inputs.items()}
+
+
+def _stop_after(relay: Relay, outputs: int) -> None:
+    deadline = time.monotonic() + 30
+    while relay.metrics.outputs < outputs and time.monotonic() < deadline:
+        time.sleep(0.05)
+    relay.stop()
