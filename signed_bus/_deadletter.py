@@ -22,6 +22,7 @@ erasing earlier letters with its key (and which aiokafka refuses to send without
 from __future__ import annotations
 
 import enum
+import hashlib
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -47,6 +48,7 @@ __all__ = [
     "Omitted",
     "dead_letter_headers",
     "header_map",
+    "letter_parts",
 ]
 
 HEADER_REASON = "signed-bus-reason"
@@ -130,6 +132,40 @@ class Omitted(enum.IntEnum):
     NOTHING = 0
     VALUE = 1
     VALUE_AND_KEY = 2
+
+
+def letter_parts(
+    record: Any, error: VerificationError, omit: Omitted
+) -> tuple[bytes, bytes | None, list[tuple[str, bytes]], Omitted]:
+    """The value, key and headers of the dead letter of ``record`` (any client's record with
+    topic, partition, offset, timestamp, key and value) leaving out at least ``omit``, and what
+    it leaves out (more than ``omit`` for a tombstone, which has no value to leave out).
+
+    Every Kafka front produces the letter it builds here: a producer that refuses it as too
+    large is asked again with ``Omitted(omit + 1)``."""
+    headers = dead_letter_headers(
+        error,
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        timestamp=record.timestamp,
+    )
+    original: bytes | None = record.value
+    if original is None and not isinstance(error, Undecodable):
+        # A tombstone: marked, with an empty value (see the module docstring).
+        headers.append((HEADER_VALUE_NULL, b"1"))
+    if original is None and omit == Omitted.VALUE:
+        omit = Omitted.VALUE_AND_KEY  # no value to leave out: the rest is too large
+    value = b"" if original is None else original
+    key: bytes | None = record.key
+    if omit >= Omitted.VALUE and original is not None:
+        value = b""
+        headers.append((HEADER_VALUE_OMITTED, b"1"))
+    if omit >= Omitted.VALUE_AND_KEY and key is not None:
+        headers.append((HEADER_KEY_OMITTED, b"1"))
+        headers.append((HEADER_KEY_SHA256, hashlib.sha256(key).hexdigest().encode()))
+        key = None
+    return value, key, headers, omit
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,6 @@
-"""The async lifecycle every service-owning class shares: ``start()``/``stop()`` plus
-``async with`` (enter starts, exit stops; stop is idempotent in each class). After ``stop()``
-an object refuses ``start()`` and use with :class:`~signed_bus.errors.Stopped`
+"""The lifecycle every service-owning class shares: ``start()``/``stop()`` plus ``async with``
+(``with`` for the sync classes; enter starts, exit stops; stop is idempotent in each class).
+After ``stop()`` an object refuses ``start()`` and use with :class:`~signed_bus.errors.Stopped`
 (:func:`stopped_error` builds it)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Self
 
 from signed_bus.errors import Stopped
 
-__all__ = ["AsyncLifecycle", "stopped_error"]
+__all__ = ["AsyncLifecycle", "SyncLifecycle", "stopped_error"]
 
 
 class AsyncLifecycle(ABC):
@@ -36,6 +36,31 @@ class AsyncLifecycle(ABC):
         tb: TracebackType | None,
     ) -> None:
         await self.stop()
+
+
+class SyncLifecycle(ABC):
+    """The same without asyncio (the confluent-kafka front): ``with obj`` starts it and always
+    stops it."""
+
+    __slots__ = ()
+
+    @abstractmethod
+    def start(self) -> None: ...
+
+    @abstractmethod
+    def stop(self) -> None: ...
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
 
 
 def stopped_error(what: str) -> Stopped:

@@ -9,6 +9,7 @@
      ├── ProvenanceIndexUnavailable              the provenance index's Redis failed
      ├── UnsupportedContentType (also ValueError)  VerifiedMessage.payload has no decoder
      ├── MalformedDeadLetter (also ValueError)   a dead-letter record that does not parse
+     ├── DeliveryFailed                          records the broker did not take (confluent)
      ├── RelayError                              a relay stopped; its batch is not committed
      │    ├── RelayTransformError                the transform raised (``__cause__``)
      │    └── RelayFenced                        another relay took over its transactional_id
@@ -43,7 +44,7 @@ or payload bytes, so it can be logged as is; ``str()`` escapes the attacker-chos
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import ClassVar, Final
 
@@ -54,6 +55,7 @@ __all__ = [
     "AlgorithmMismatch",
     "BadSignature",
     "ConfigurationError",
+    "DeliveryFailed",
     "EnvelopeTooLarge",
     "Expired",
     "MalformedDeadLetter",
@@ -112,6 +114,19 @@ class UnsupportedContentType(SignedBusError, ValueError):
 class MalformedDeadLetter(SignedBusError, ValueError):
     """A record of a dead-letter topic is not a well-formed dead letter (see
     ``DeadLetter.from_record``). The message names the header at fault, never its value."""
+
+
+class DeliveryFailed(SignedBusError):
+    """Records the broker did not take (``signed_bus.confluent.SignedProducer.produce_batch``,
+    a relay's outputs). ``errors`` holds librdkafka's error of each failed record, in the order
+    produced; ``reports`` each record's delivery report (None where none came)."""
+
+    def __init__(
+        self, message: str, errors: Sequence[object] = (), reports: Sequence[object] = ()
+    ) -> None:
+        super().__init__(message)
+        self.errors = tuple(errors)
+        self.reports = tuple(reports)
 
 
 class RelayError(SignedBusError):

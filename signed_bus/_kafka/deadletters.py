@@ -6,7 +6,6 @@ with backoff while the dead-letter topic is unavailable. What a dead letter hold
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -20,18 +19,11 @@ from aiokafka.errors import (
     RecordTooLargeError,
 )
 
-from signed_bus._deadletter import (
-    HEADER_KEY_OMITTED,
-    HEADER_KEY_SHA256,
-    HEADER_VALUE_NULL,
-    HEADER_VALUE_OMITTED,
-    Omitted,
-    dead_letter_headers,
-)
+from signed_bus._deadletter import Omitted, letter_parts
 from signed_bus._gate import Rejected
 from signed_bus._kafka.options import Backoff
 from signed_bus._metrics import ConsumerMetrics
-from signed_bus.errors import Undecodable, VerificationError
+from signed_bus.errors import VerificationError
 
 __all__ = ["DeadLetterSender", "DeadLetterWriter", "is_retriable", "is_too_large"]
 
@@ -99,33 +91,11 @@ class DeadLetterWriter:
         by the broker can be retried leaving out more). Raises the producer's too-large error
         when even the letter without value and key does not fit.
         """
-        headers = dead_letter_headers(
-            error,
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-            timestamp=record.timestamp,
-        )
-        original: bytes | None = record.value
-        if original is None and not isinstance(error, Undecodable):
-            # A tombstone: marked, with an empty value (see the module docstring).
-            headers.append((HEADER_VALUE_NULL, b"1"))
         while True:
-            if original is None and omit == Omitted.VALUE:
-                omit = Omitted.VALUE_AND_KEY  # no value to leave out: the rest is too large
-            value = b"" if original is None else original
-            key: bytes | None = record.key
-            extra: list[tuple[str, bytes]] = []
-            if omit >= Omitted.VALUE and original is not None:
-                value = b""
-                extra.append((HEADER_VALUE_OMITTED, b"1"))
-            if omit >= Omitted.VALUE_AND_KEY and key is not None:
-                extra.append((HEADER_KEY_OMITTED, b"1"))
-                extra.append((HEADER_KEY_SHA256, hashlib.sha256(key).hexdigest().encode()))
-                key = None
+            value, key, headers, omit = letter_parts(record, error, omit)
             try:
                 future: asyncio.Future[Any] = await self._producer.send(
-                    self._topic, value, key=key, headers=headers + extra
+                    self._topic, value, key=key, headers=headers
                 )
             except _TOO_LARGE:
                 if omit >= Omitted.VALUE_AND_KEY:

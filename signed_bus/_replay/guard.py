@@ -22,12 +22,11 @@ from redis.commands.core import AsyncScript
 from redis.crc import key_slot
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
-from signed_bus._freshness import MAX_WINDOW_MS, Freshness
+from signed_bus._freshness import Freshness
 from signed_bus._lifecycle import AsyncLifecycle, stopped_error
 from signed_bus._redis_url import RedisUrl
 from signed_bus._replay.layout import (
     CLAIM_SCRIPT,
-    MAX_KEYS_PER_CALL,
     Claim,
     ClaimPlanner,
     ClaimRow,
@@ -38,6 +37,11 @@ from signed_bus._replay.layout import (
     layout_descriptor,
     layout_key,
 )
+from signed_bus._replay.settings import (
+    check_guard_settings,
+    check_no_window_options,
+    warn_if_evicting,
+)
 from signed_bus.errors import ConfigurationError, ReplayGuardUnavailable
 
 # Claim, ClaimRow and ClaimVerdict are the guard's API types (defined in layout.py).
@@ -46,9 +50,6 @@ __all__ = ["Claim", "ClaimRow", "ClaimVerdict", "RedisReplayGuard"]
 _log = logging.getLogger("signed_bus.replay")
 
 _CLUSTER_CONCURRENCY: Final = 16
-
-# Options a guard took before the window moved into Freshness; refused by name.
-_WINDOW_OPTIONS: Final = frozenset({"max_age_ms", "future_skew_ms", "max_lag_ms", "freshness"})
 
 # Everything a Redis client can raise for an unreachable or failing server.
 _REDIS_FAILURES: Final = (RedisError, RedisClusterException, OSError, asyncio.TimeoutError)
@@ -83,11 +84,12 @@ class RedisReplayGuard(AsyncLifecycle):
         max_claims_per_call: int = 4_096,
         check_layout: bool = True,
     ) -> None:
-        _check_int("bucket_ms", bucket_ms, minimum=1, maximum=MAX_WINDOW_MS)
-        _check_int("shards", shards, minimum=1, maximum=0xFFFF)
-        _check_int("max_claims_per_call", max_claims_per_call, minimum=1, maximum=MAX_KEYS_PER_CALL)
-        if not isinstance(prefix, str) or not prefix or "{" in prefix or "}" in prefix:
-            raise ConfigurationError("prefix must be a non-empty string without '{' or '}'")
+        check_guard_settings(
+            prefix=prefix,
+            bucket_ms=bucket_ms,
+            shards=shards,
+            max_claims_per_call=max_claims_per_call,
+        )
         if not isinstance(client, aioredis.Redis | RedisCluster):
             raise ConfigurationError(
                 "client must be a redis.asyncio.Redis or redis.asyncio.cluster.RedisCluster"
@@ -134,13 +136,7 @@ class RedisReplayGuard(AsyncLifecycle):
         client (``socket_timeout``, ``retry``, ``ssl_ca_certs`` ...); the defaults are short
         timeouts (2 s) so an outage is reported, not waited out.
         """
-        stale = _WINDOW_OPTIONS.intersection(client_options)
-        if stale:
-            # They would reach redis-py as connection options and fail at the first claim.
-            raise ConfigurationError(
-                f"the replay guard takes no freshness window ({', '.join(sorted(stale))}): "
-                "every claim carries the verifier's Freshness"
-            )
+        check_no_window_options(client_options)
         checked = RedisUrl(url)
         client_options.setdefault("socket_timeout", 2.0)
         client_options.setdefault("socket_connect_timeout", 2.0)
@@ -216,13 +212,7 @@ class RedisReplayGuard(AsyncLifecycle):
             info = await self._client.info("memory")
         except RedisError:  # INFO may be forbidden by an ACL; the docs say what to set
             return
-        policy = info.get("maxmemory_policy") if isinstance(info, dict) else None
-        if policy not in (None, "noeviction", b"noeviction"):
-            _log.warning(
-                "Redis maxmemory-policy is %s: it may evict replay-guard buckets and let "
-                "replays through; set maxmemory-policy noeviction",
-                policy,
-            )
+        warn_if_evicting(info)
 
     async def stop(self) -> None:
         """Close the client if the guard created it. Idempotent; the guard cannot start again."""
@@ -318,11 +308,3 @@ class RedisReplayGuard(AsyncLifecycle):
         return ReplayGuardUnavailable(
             f"Redis replay guard unavailable ({self._where}): {type(exc).__name__}: {detail}"
         )
-
-
-def _check_int(name: str, value: object, *, minimum: int, maximum: int | None = None) -> None:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise ConfigurationError(f"{name} must be an integer")
-    if value < minimum or (maximum is not None and value > maximum):
-        bound = f">= {minimum}" if maximum is None else f"between {minimum} and {maximum}"
-        raise ConfigurationError(f"{name} must be {bound}, got {value}")

@@ -52,7 +52,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "Redis: (1) produce and (2) consume throughput vs raw aiokafka, (3) end-to-end "
             "latency per hop at a fixed rate, (4) Redis round trips and bytes per nonce vs one "
             "key per nonce, (5) sign/verify per message vs naive JSON+HMAC and Standard "
-            "Webhooks. Prints a table with PASS/MISS targets and writes JSON and a PNG chart."
+            "Webhooks, (6) produce and consume throughput vs raw confluent-kafka. Prints a "
+            "table with PASS/MISS targets and writes JSON and a PNG chart."
         ),
     )
     parser.add_argument("--quick", action="store_true", help="small sizes: about a minute")

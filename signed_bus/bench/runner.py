@@ -37,6 +37,7 @@ _PART_FUNCTIONS: dict[str, tuple[str, str]] = {
     "consume": ("signed_bus.bench.consume", "measure_consume"),
     "latency": ("signed_bus.bench.latency", "measure_latency"),
     "observability": ("signed_bus.bench.observability", "measure_observability"),
+    "confluent": ("signed_bus.bench.confluent", "measure_confluent"),
 }
 
 

@@ -1,11 +1,13 @@
 """A VerifyingConsumer in its own process, for the crash test (test_faults_consumer_crash.py).
 
-    python -m tests.integration._crash_worker BOOTSTRAP TOPIC GROUP REDIS_URL PREFIX OUT HANG_AT
+    python -m tests.integration._crash_worker BOOTSTRAP TOPIC GROUP REDIS_URL PREFIX OUT \
+        HANG_AT FRONT
 
 The keyring comes from SIGNED_BUS_KEYRING. Every message the handler finishes is appended to
 ``OUT/handled`` (one JSON line: partition, offset, claim). The HANG_AT-th delivered message is
 not finished: the handler writes ``OUT/inflight`` (same fields) and sleeps, so the test can
 SIGKILL the process after the record's nonce was claimed and before its offset was committed.
+FRONT is ``aiokafka`` (an asyncio consumer) or ``confluent`` (the sync consumer, no event loop).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import asyncio
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 from signed_bus._freshness import Freshness
@@ -33,8 +36,45 @@ def _line(message: ConsumedMessage) -> str:
     return json.dumps({"partition": message.partition, "offset": message.offset, "claim": claim})
 
 
+def confluent_main(argv: list[str]) -> None:
+    from signed_bus.confluent import SyncRedisReplayGuard
+    from signed_bus.confluent import VerifyingConsumer as SyncConsumer
+
+    bootstrap, topic, group, redis_url, prefix, out_dir, hang_at_text, _ = argv
+    out = Path(out_dir)
+    hang_at = int(hang_at_text)
+    ring = Keyring.from_env()
+    verifier = Verifier(ring, freshness=Freshness(max_age_ms=MAX_AGE_MS, future_skew_ms=SKEW_MS))
+    guard = SyncRedisReplayGuard.from_url(redis_url, prefix=prefix)
+    config = {
+        "bootstrap.servers": bootstrap,
+        "group.id": group,
+        "session.timeout.ms": 6_000,
+        "heartbeat.interval.ms": 1_000,
+    }
+    consumer = SyncConsumer(
+        config, [topic], verifier=verifier, guard=guard, max_records=MAX_RECORDS
+    )
+    delivered = 0
+    with (out / "handled").open("a", encoding="utf-8") as handled:
+
+        def handler(message: ConsumedMessage) -> None:
+            nonlocal delivered
+            delivered += 1
+            if delivered == hang_at:
+                tmp = out / "inflight.tmp"
+                tmp.write_text(_line(message), encoding="utf-8")
+                os.replace(tmp, out / "inflight")
+                time.sleep(3_600)  # killed here: claimed, handed out, not committed
+            handled.write(_line(message) + "\n")
+            handled.flush()
+
+        with guard, consumer:
+            consumer.run(handler)
+
+
 async def main(argv: list[str]) -> None:
-    bootstrap, topic, group, redis_url, prefix, out_dir, hang_at_text = argv
+    bootstrap, topic, group, redis_url, prefix, out_dir, hang_at_text, _ = argv
     out = Path(out_dir)
     hang_at = int(hang_at_text)
     ring = Keyring.from_env()
@@ -70,4 +110,7 @@ async def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1:]))
+    if sys.argv[-1] == "confluent":
+        confluent_main(sys.argv[1:])
+    else:
+        asyncio.run(main(sys.argv[1:]))

@@ -1,7 +1,8 @@
-"""Forged, tampered and foreign records written by a plain aiokafka producer.
+"""Forged, tampered, foreign and replayed records written by a plain aiokafka producer.
 
 None may reach the application; each lands in the dead-letter topic with its reason, and the
-honest records interleaved with them are all delivered, in order.
+honest records interleaved with them are all delivered, in order. Every test runs against both
+consumer fronts (aiokafka and confluent-kafka: tests/integration/fronts.py).
 """
 
 from __future__ import annotations
@@ -28,23 +29,24 @@ from signed_bus._deadletter import (
 )
 from signed_bus._decode import decode_header, split_envelope
 from signed_bus._envelope import encode_envelope
-from signed_bus._kafka.consumer import VerifyingConsumer
 from signed_bus._keys import Keyring, generate_hmac_key
 from signed_bus._signer import Signer
 from tests.conftest import TopicFactory
 from tests.integration.bus import (
-    Running,
-    consumer_options,
     end_offsets,
-    guard,
     keyring,
     plain_producer,
     read_all,
     signer,
     verifier,
 )
+from tests.integration.fronts import FRONTS, Front, Spec
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.timeout(120),
+    pytest.mark.parametrize("front", FRONTS),
+]
 
 MAX_BYTES = 8_192
 
@@ -112,6 +114,7 @@ def forgeries(topic: str, ring: Keyring) -> list[Bad]:
 
 
 async def test_forgeries_are_dead_lettered_and_honest_records_flow_around_them(
+    front: Front,
     kafka_bootstrap: str,
     redis_url: str,
     redis_prefix: str,
@@ -144,16 +147,17 @@ async def test_forgeries_are_dead_lettered_and_honest_records_flow_around_them(
     ends = await end_offsets(kafka_bootstrap, [topic])
     assert sum(ends.values()) == honest_count + len(written)
 
-    async with guard(redis_url, redis_prefix) as g:
-        consumer = VerifyingConsumer.from_options(
-            consumer_options(kafka_bootstrap, [topic]),
-            verifier=verifier(ring, max_envelope_bytes=MAX_BYTES),
-            guard=g,
-            dead_letter_topic=dead,
-        )
-        with caplog.at_level(logging.WARNING, logger="signed_bus.consumer"):
-            async with Running(consumer) as running:
-                await running.caught_up(ends)
+    spec = Spec(
+        kafka_bootstrap,
+        [topic],
+        redis_url,
+        redis_prefix,
+        verifier(ring, max_envelope_bytes=MAX_BYTES),
+        dead_letter_topic=dead,
+    )
+    with caplog.at_level(logging.WARNING, logger="signed_bus.consumer"):
+        async with front.consume(spec) as running:
+            await running.caught_up(ends)
 
     # Exactly the honest records, each once, in offset order per partition.
     delivered = running.delivered
@@ -189,8 +193,8 @@ async def test_forgeries_are_dead_lettered_and_honest_records_flow_around_them(
     expected: dict[str, int] = {}
     for item in written.values():
         expected[item.reason] = expected.get(item.reason, 0) + 1
-    assert dict(consumer.metrics.rejected) == expected
-    assert consumer.metrics.dead_lettered == len(written)
+    assert dict(running.metrics.rejected) == expected
+    assert running.metrics.dead_lettered == len(written)
     # One WARNING per rejected record, none carrying payload bytes.
     rejected_logs = [r for r in caplog.records if r.getMessage().startswith("rejected record")]
     assert len(rejected_logs) == len(written)
@@ -198,7 +202,11 @@ async def test_forgeries_are_dead_lettered_and_honest_records_flow_around_them(
 
 
 async def test_without_a_dead_letter_topic_rejects_are_counted_and_committed(
-    kafka_bootstrap: str, redis_url: str, redis_prefix: str, unique_topic: TopicFactory
+    front: Front,
+    kafka_bootstrap: str,
+    redis_url: str,
+    redis_prefix: str,
+    unique_topic: TopicFactory,
 ) -> None:
     ring = keyring()
     topic = await unique_topic("nodlq")
@@ -207,19 +215,20 @@ async def test_without_a_dead_letter_topic_rejects_are_counted_and_committed(
         await producer.send(topic, signer(ring).sign({"seq": 1}, topic=topic))
         await producer.send(topic, b"more garbage")
         await producer.flush()
-    async with guard(redis_url, redis_prefix) as g:
-        consumer = VerifyingConsumer.from_options(
-            consumer_options(kafka_bootstrap, [topic]), verifier=verifier(ring), guard=g
-        )
-        async with Running(consumer) as running:
-            await running.caught_up({(topic, 0): 3})
+    spec = Spec(kafka_bootstrap, [topic], redis_url, redis_prefix, verifier(ring))
+    async with front.consume(spec) as running:
+        await running.caught_up({(topic, 0): 3})
     assert [m.payload for m in running.delivered] == [{"seq": 1}]
-    assert consumer.metrics.rejected == {"malformed": 2}
-    assert consumer.metrics.committed == {(topic, 0): 3}
+    assert running.metrics.rejected == {"malformed": 2}
+    assert running.metrics.committed == {(topic, 0): 3}
 
 
 async def test_a_value_too_large_for_the_dead_letter_producer_is_omitted_not_lost(
-    kafka_bootstrap: str, redis_url: str, redis_prefix: str, unique_topic: TopicFactory
+    front: Front,
+    kafka_bootstrap: str,
+    redis_url: str,
+    redis_prefix: str,
+    unique_topic: TopicFactory,
 ) -> None:
     ring = keyring()
     topic = await unique_topic("big")
@@ -229,22 +238,18 @@ async def test_a_value_too_large_for_the_dead_letter_producer_is_omitted_not_los
         await producer.send(topic, huge, key=b"k")
         await producer.send(topic, signer(ring).sign({"seq": 1}, topic=topic))
         await producer.flush()
-    small = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, max_request_size=4_096)
-    await small.start()
-    try:
-        async with guard(redis_url, redis_prefix) as g:
-            consumer = VerifyingConsumer.from_options(
-                consumer_options(kafka_bootstrap, [topic]),
-                verifier=verifier(ring, max_envelope_bytes=MAX_BYTES),
-                guard=g,
-                dead_letter_topic=dead,
-                dead_letter_producer=small,
-            )
-            async with Running(consumer) as running:
-                await running.caught_up({(topic, 0): 2})
-        await small.send_and_wait(topic, b"the producer handed in is still open")
-    finally:
-        await small.stop()
+    # a dead-letter producer handed in that refuses requests over 4 KiB (still open after)
+    spec = Spec(
+        kafka_bootstrap,
+        [topic],
+        redis_url,
+        redis_prefix,
+        verifier(ring, max_envelope_bytes=MAX_BYTES),
+        dead_letter_topic=dead,
+        dead_letter_max_bytes=4_096,
+    )
+    async with front.consume(spec) as running:
+        await running.caught_up({(topic, 0): 2})
     assert [m.payload for m in running.delivered] == [{"seq": 1}]
     (record,) = await read_all(kafka_bootstrap, dead, 1)
     letter = DeadLetter.from_record(record)
@@ -267,7 +272,11 @@ async def max_message_bytes(bootstrap: str, topic: str) -> int:
 
 
 async def test_a_key_near_the_broker_limit_is_dead_lettered_without_it_and_never_stops_the_consumer(
-    kafka_bootstrap: str, redis_url: str, redis_prefix: str, unique_topic: TopicFactory
+    front: Front,
+    kafka_bootstrap: str,
+    redis_url: str,
+    redis_prefix: str,
+    unique_topic: TopicFactory,
 ) -> None:
     ring = keyring()
     topic = await unique_topic("bigkey")
@@ -294,19 +303,15 @@ async def test_a_key_near_the_broker_limit_is_dead_lettered_without_it_and_never
     finally:
         await big.stop()
 
-    async with guard(redis_url, redis_prefix) as g:
-        consumer = VerifyingConsumer.from_options(
-            consumer_options(kafka_bootstrap, [topic]),
-            verifier=verifier(ring),
-            guard=g,
-            dead_letter_topic=dead,
-        )
-        async with Running(consumer) as running:
-            await running.caught_up({(topic, 0): 5})
-            assert running.task is not None and not running.task.done()
+    spec = Spec(
+        kafka_bootstrap, [topic], redis_url, redis_prefix, verifier(ring), dead_letter_topic=dead
+    )
+    async with front.consume(spec) as running:
+        await running.caught_up({(topic, 0): 5})
+        assert running.alive()
     assert [m.payload for m in running.delivered] == [{"seq": 0}, {"seq": 1}, {"seq": 2}]
-    assert consumer.metrics.rejected == {"malformed": 2}
-    assert consumer.metrics.dead_lettered == 2 and consumer.metrics.dead_letters_dropped == 0
+    assert running.metrics.rejected == {"malformed": 2}
+    assert running.metrics.dead_lettered == 2 and running.metrics.dead_letters_dropped == 0
 
     letters = await read_all(kafka_bootstrap, dead, 2)
     assert len(letters) == 2

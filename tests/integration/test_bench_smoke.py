@@ -52,7 +52,7 @@ def test_bench_smallest_mode_writes_a_complete_sane_report(
                 assert value > 0, (name, row)
 
     targets = report["targets"]
-    assert len(targets) == 9
+    assert len(targets) == 11
     assert {t["status"] for t in targets} <= {"PASS", "MISS"}
     trips = report["parts"]["redis"]["details"]["round_trips_per_batch"]
     assert float(trips).is_integer()

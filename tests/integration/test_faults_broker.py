@@ -4,7 +4,8 @@ A private broker (tests/integration/services.py; never the shared one on 9092) i
 while a SignedProducer keeps sending and a VerifyingConsumer keeps consuming. Both recover by
 themselves: every acknowledged record is in the log once (idempotent producer) and delivered;
 a record delivered twice (read again from the committed offset after the group lost its
-member) comes back as SAME_POSITION, never as a replay.
+member) comes back as SAME_POSITION, never as a replay. Runs against both consumer fronts
+(tests/integration/fronts.py).
 """
 
 from __future__ import annotations
@@ -16,20 +17,11 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from signed_bus._kafka.consumer import VerifyingConsumer
 from signed_bus._kafka.producer import ProducerOptions, SignedProducer
 from signed_bus._kafka.topics import create_topics
 from signed_bus._replay.guard import ClaimVerdict
-from tests.integration.bus import (
-    Running,
-    consumer_options,
-    end_offsets,
-    guard,
-    keyring,
-    signer,
-    unique,
-    verifier,
-)
+from tests.integration.bus import end_offsets, keyring, signer, unique, verifier
+from tests.integration.fronts import FRONTS, Front, Spec
 from tests.integration.services import KafkaProcess
 from tests.integration.test_faults_redis import FAST_BACKOFF, Stream, fixed_ports, until
 
@@ -66,38 +58,44 @@ def crash(broker: KafkaProcess) -> None:
     broker.start()
 
 
+@pytest.mark.parametrize("front", FRONTS)
 @pytest.mark.parametrize("fault", [restart, crash], ids=["restart", "crash"])
 async def test_producer_and_consumer_ride_out_a_broker_restart(
-    broker: KafkaProcess, redis_url: str, redis_prefix: str, fault: Callable[[KafkaProcess], None]
+    front: Front,
+    broker: KafkaProcess,
+    redis_url: str,
+    redis_prefix: str,
+    fault: Callable[[KafkaProcess], None],
 ) -> None:
     ring = keyring()
     topic = unique("restart")
     await create_topics(broker.bootstrap, [topic], partitions=2)
-    async with guard(redis_url, redis_prefix) as g:
-        consumer = VerifyingConsumer.from_options(
-            consumer_options(broker.bootstrap, [topic]),
-            verifier=verifier(ring),
-            guard=g,
-            backoff=FAST_BACKOFF,
-            max_records=50,
-        )
-        options = ProducerOptions(bootstrap_servers=broker.bootstrap)  # idempotent by default
-        async with (
-            SignedProducer(options, signer=signer(ring)) as producer,
-            Running(consumer) as running,
-        ):
-            stream = Stream(producer, topic)
-            async with stream.running():
-                await until(lambda: len(running.delivered) >= 30, "30 deliveries first")
-                before = stream.sent
-                await asyncio.to_thread(fault, broker)
-                while_down = stream.sent - before
-                await stream.more(30)  # sends after the restart
-            produced = await stream.positions()  # every send acknowledged: no failed future
-            ends = await end_offsets(broker.bootstrap, [topic])
-            await running.caught_up(ends, within=45)
+    spec = Spec(
+        broker.bootstrap,
+        [topic],
+        redis_url,
+        redis_prefix,
+        verifier(ring),
+        backoff=FAST_BACKOFF,
+        max_records=50,
+    )
+    options = ProducerOptions(bootstrap_servers=broker.bootstrap)  # idempotent by default
+    async with (
+        SignedProducer(options, signer=signer(ring)) as producer,
+        front.consume(spec) as running,
+    ):
+        stream = Stream(producer, topic)
+        async with stream.running():
+            await until(lambda: len(running.delivered) >= 30, "30 deliveries first")
+            before = stream.sent
+            await asyncio.to_thread(fault, broker)
+            while_down = stream.sent - before
+            await stream.more(30)  # sends after the restart
+        produced = await stream.positions()  # every send acknowledged: no failed future
+        ends = await end_offsets(broker.bootstrap, [topic])
+        await running.caught_up(ends, within=45)
 
-    metrics = consumer.metrics
+    metrics = running.metrics
     assert while_down > 0, "sends went on while the broker was down"
     assert sum(ends.values()) == len(produced) == stream.sent, "each record in the log once"
     assert metrics.rejected_total == 0, f"no replay false positive: {metrics.rejected}"

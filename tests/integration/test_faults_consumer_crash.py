@@ -3,6 +3,7 @@
 The record in flight was claimed in Redis at its position but never committed. A new consumer
 in the same group reads it again from the committed offset, its claim finds the same position
 (SAME_POSITION) and delivers it: the crash loses nothing and no honest record reads as a replay.
+The worker and the new consumer run on either consumer front (tests/integration/fronts.py).
 """
 
 from __future__ import annotations
@@ -19,21 +20,17 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from signed_bus._kafka.consumer import VerifyingConsumer
 from signed_bus._kafka.producer import Outgoing, ProducerOptions, SignedProducer
-from signed_bus._replay.guard import ClaimVerdict, RedisReplayGuard
+from signed_bus._replay.guard import ClaimVerdict
 from tests.conftest import TopicFactory
-from tests.integration.bus import (
-    Running,
-    consumer_options,
-    end_offsets,
-    keyring,
-    signer,
-    unique,
-    verifier,
-)
+from tests.integration.bus import end_offsets, keyring, signer, unique, verifier
+from tests.integration.fronts import FRONTS, Front, Spec
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.timeout(90),
+    pytest.mark.parametrize("front", FRONTS),
+]
 
 WORKER = Path(__file__).with_name("_crash_worker.py")
 RECORDS = 24
@@ -73,6 +70,7 @@ async def _committed(bootstrap: str, group: str, topic: str, partitions: int) ->
 
 
 async def test_a_consumer_killed_between_claim_and_commit_loses_nothing(
+    front: Front,
     kafka_bootstrap: str,
     redis_url: str,
     unique_topic: TopicFactory,
@@ -95,7 +93,7 @@ async def test_a_consumer_killed_between_claim_and_commit_loses_nothing(
     env = {**os.environ, "SIGNED_BUS_KEYRING": ring.to_json()}
     proc = await asyncio.create_subprocess_exec(
         sys.executable, str(WORKER), kafka_bootstrap, topic, group, redis_url, redis_prefix,
-        str(tmp_path), str(HANG_AT),
+        str(tmp_path), str(HANG_AT), front.name,
         env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     try:
@@ -123,16 +121,13 @@ async def test_a_consumer_killed_between_claim_and_commit_loses_nothing(
     # 3. A new consumer in the same group gets every record from the committed offsets on,
     #    the one in flight included, as SAME_POSITION: the worker's claim does not drop it.
     ends = await end_offsets(kafka_bootstrap, [topic])
-    async with RedisReplayGuard.from_url(redis_url, prefix=redis_prefix) as guard:
-        consumer = VerifyingConsumer.from_options(
-            consumer_options(kafka_bootstrap, [topic], group), verifier=verifier(ring), guard=guard
-        )
-        async with Running(consumer) as running:
-            await running.caught_up(ends, within=45)
+    spec = Spec(kafka_bootstrap, [topic], redis_url, redis_prefix, verifier(ring), group=group)
+    async with front.consume(spec) as running:
+        await running.caught_up(ends, within=45)
     again = {(m.partition, m.offset): m for m in running.delivered}
     assert len(again) == len(running.delivered), "each record once in the restarted consumer"
-    assert consumer.metrics.rejected_total == 0, consumer.metrics.rejected
-    assert consumer.metrics.unchecked == 0
+    assert running.metrics.rejected_total == 0, running.metrics.rejected
+    assert running.metrics.unchecked == 0
 
     assert in_flight in again, "the record in flight at the crash is delivered again"
     assert again[in_flight].claim is ClaimVerdict.SAME_POSITION
@@ -143,4 +138,4 @@ async def test_a_consumer_killed_between_claim_and_commit_loses_nothing(
         assert again[position].claim is ClaimVerdict.SAME_POSITION
     # nothing lost: the worker's finished records and the new consumer's cover every record
     assert finished | set(again) == produced
-    assert consumer.metrics.same_position >= 1
+    assert running.metrics.same_position >= 1

@@ -5,7 +5,8 @@ producer keeps sending. Fail closed (the default): the consumer holds the batch 
 claim, delivers and commits nothing of it, retries with backoff (counted), and delivers every
 record once Redis is back. Fail open: records are delivered during the outage, each counted as
 unchecked and marked ``claim=None``, and checking resumes when Redis returns. A hung Redis
-(SIGSTOP: connections open, no answers) times the claims out and is held the same way.
+(SIGSTOP: connections open, no answers) times the claims out and is held the same way. Every
+test runs against both consumer fronts (tests/integration/fronts.py).
 """
 
 from __future__ import annotations
@@ -20,24 +21,20 @@ from typing import Any
 
 import pytest
 
-from signed_bus._kafka.consumer import Backoff, ConsumedMessage, VerifyingConsumer
+from signed_bus._kafka.consumer import Backoff, ConsumedMessage
 from signed_bus._kafka.producer import ProducerOptions, SignedProducer
 from signed_bus._keys import Keyring
 from signed_bus._replay.guard import ClaimVerdict
 from tests.conftest import TopicFactory
-from tests.integration.bus import (
-    Running,
-    consumer_options,
-    end_offsets,
-    guard,
-    keyring,
-    signer,
-    unique,
-    verifier,
-)
+from tests.integration.bus import end_offsets, keyring, signer, unique, verifier
+from tests.integration.fronts import FRONTS, Consuming, Front, Spec
 from tests.integration.services import RedisProcess
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.timeout(60),
+    pytest.mark.parametrize("front", FRONTS),
+]
 
 FAST_BACKOFF = Backoff(initial_ms=50, max_ms=400)
 RETRIES_WHILE_DOWN = 4
@@ -124,12 +121,13 @@ class Stream:
 
 
 async def _outage_scenario(
+    front: Front,
     kafka_bootstrap: str,
     unique_topic: TopicFactory,
     redis_server: RedisProcess,
     *,
     fail_open: bool,
-) -> tuple[Running, VerifyingConsumer, set[Position], list[ConsumedMessage]]:
+) -> tuple[Consuming, set[Position], list[ConsumedMessage]]:
     """Stream records; stop Redis after some were delivered; keep streaming; start it again.
 
     Returns the running consumer (stopped), the produced positions and what it delivered
@@ -144,62 +142,61 @@ async def _outage_scenario(
         if down:
             during.append(message)
 
-    async with guard(redis_server.url, unique("g")) as g:
-        consumer = VerifyingConsumer.from_options(
-            consumer_options(kafka_bootstrap, [topic]),
-            verifier=verifier(ring),
-            guard=g,
-            fail_open=fail_open,
-            backoff=FAST_BACKOFF,
-            max_records=50,
-        )
-        options = ProducerOptions(bootstrap_servers=kafka_bootstrap)
-        async with (
-            SignedProducer(options, signer=signer(ring)) as producer,
-            Running(consumer, note) as running,
-        ):
-            stream = Stream(producer, topic)
-            async with stream.running():
-                await until(lambda: len(running.delivered) >= 30, "30 deliveries first")
-                await asyncio.to_thread(redis_server.stop)
-                assert not redis_server.is_running()
-                metrics = consumer.metrics
-                if fail_open:
-                    await stream.more(30)
-                    await until(lambda: metrics.unchecked >= 20, "unchecked deliveries")
-                    down = True
-                    await stream.more(20)
-                    await until(lambda: metrics.unchecked >= 40, "more unchecked deliveries")
-                else:
-                    # The consumer noticed: it holds a batch and retries; from here on nothing
-                    # may be delivered or committed until Redis is back.
-                    await until(lambda: metrics.guard_waiting, "the consumer to hold its batch")
-                    down = True
-                    held_delivered = metrics.delivered
-                    held_committed = dict(metrics.committed)
-                    await stream.more(30)
-                    await until(
-                        lambda: metrics.guard_retries >= RETRIES_WHILE_DOWN, "guard retries"
-                    )
-                    assert metrics.guard_waiting
-                    assert metrics.delivered == held_delivered
-                    assert metrics.committed == held_committed
-                    assert metrics.unchecked == 0
-                down = False
-                await asyncio.to_thread(redis_server.start)
-                await stream.more(30)  # records after the outage, claimed normally again
-            produced = await stream.positions()
-            await running.caught_up(await end_offsets(kafka_bootstrap, [topic]), within=30)
-    return running, consumer, produced, during
+    spec = Spec(
+        kafka_bootstrap,
+        [topic],
+        redis_server.url,
+        unique("g"),
+        verifier(ring),
+        fail_open=fail_open,
+        backoff=FAST_BACKOFF,
+        max_records=50,
+    )
+    options = ProducerOptions(bootstrap_servers=kafka_bootstrap)
+    async with (
+        SignedProducer(options, signer=signer(ring)) as producer,
+        front.consume(spec, note) as running,
+    ):
+        stream = Stream(producer, topic)
+        async with stream.running():
+            await until(lambda: len(running.delivered) >= 30, "30 deliveries first")
+            await asyncio.to_thread(redis_server.stop)
+            assert not redis_server.is_running()
+            metrics = running.metrics
+            if fail_open:
+                await stream.more(30)
+                await until(lambda: metrics.unchecked >= 20, "unchecked deliveries")
+                down = True
+                await stream.more(20)
+                await until(lambda: metrics.unchecked >= 40, "more unchecked deliveries")
+            else:
+                # The consumer noticed: it holds a batch and retries; from here on nothing
+                # may be delivered or committed until Redis is back.
+                await until(lambda: metrics.guard_waiting, "the consumer to hold its batch")
+                down = True
+                held_delivered = metrics.delivered
+                held_committed = dict(metrics.committed)
+                await stream.more(30)
+                await until(lambda: metrics.guard_retries >= RETRIES_WHILE_DOWN, "guard retries")
+                assert metrics.guard_waiting
+                assert metrics.delivered == held_delivered
+                assert metrics.committed == held_committed
+                assert metrics.unchecked == 0
+            down = False
+            await asyncio.to_thread(redis_server.start)
+            await stream.more(30)  # records after the outage, claimed normally again
+        produced = await stream.positions()
+        await running.caught_up(await end_offsets(kafka_bootstrap, [topic]), within=30)
+    return running, produced, during
 
 
 async def test_fail_closed_holds_everything_while_redis_is_down_then_delivers_it(
-    kafka_bootstrap: str, unique_topic: TopicFactory, redis_server: RedisProcess
+    front: Front, kafka_bootstrap: str, unique_topic: TopicFactory, redis_server: RedisProcess
 ) -> None:
-    running, consumer, produced, during = await _outage_scenario(
-        kafka_bootstrap, unique_topic, redis_server, fail_open=False
+    running, produced, during = await _outage_scenario(
+        front, kafka_bootstrap, unique_topic, redis_server, fail_open=False
     )
-    metrics = consumer.metrics
+    metrics = running.metrics
     assert during == [], "nothing delivered while the consumer knew Redis was down"
     assert all(m.claim is ClaimVerdict.NEW for m in running.delivered), "nothing unchecked"
     assert metrics.unchecked == 0 and metrics.rejected_total == 0
@@ -211,12 +208,12 @@ async def test_fail_closed_holds_everything_while_redis_is_down_then_delivers_it
 
 
 async def test_fail_open_delivers_during_the_outage_and_counts_it_unchecked(
-    kafka_bootstrap: str, unique_topic: TopicFactory, redis_server: RedisProcess
+    front: Front, kafka_bootstrap: str, unique_topic: TopicFactory, redis_server: RedisProcess
 ) -> None:
-    running, consumer, produced, during = await _outage_scenario(
-        kafka_bootstrap, unique_topic, redis_server, fail_open=True
+    running, produced, during = await _outage_scenario(
+        front, kafka_bootstrap, unique_topic, redis_server, fail_open=True
     )
-    metrics = consumer.metrics
+    metrics = running.metrics
     assert during, "records flowed while Redis was down"
     assert all(m.claim is None for m in during), "delivered during the outage: unchecked"
     unchecked = [m for m in running.delivered if m.claim is None]
@@ -233,7 +230,7 @@ async def test_fail_open_delivers_during_the_outage_and_counts_it_unchecked(
 
 
 async def test_a_hung_redis_times_out_claims_and_the_held_batch_is_delivered_once(
-    kafka_bootstrap: str, unique_topic: TopicFactory, redis_server: RedisProcess
+    front: Front, kafka_bootstrap: str, unique_topic: TopicFactory, redis_server: RedisProcess
 ) -> None:
     """Claims time out (socket_timeout) instead of being refused; the held batch's claim may
     have run on the server after all, which the retry must still deliver."""
@@ -246,36 +243,37 @@ async def test_a_hung_redis_times_out_claims_and_the_held_batch_is_delivered_onc
         if down:
             during.append(message)
 
-    async with guard(redis_server.url, unique("g")) as g:
-        consumer = VerifyingConsumer.from_options(
-            consumer_options(kafka_bootstrap, [topic]),
-            verifier=verifier(ring),
-            guard=g,
-            backoff=FAST_BACKOFF,
-            max_records=50,
-        )
-        options = ProducerOptions(bootstrap_servers=kafka_bootstrap)
-        metrics = consumer.metrics
-        async with (
-            SignedProducer(options, signer=signer(ring)) as producer,
-            Running(consumer, note) as running,
-        ):
-            stream = Stream(producer, topic)
-            async with stream.running():
-                await until(lambda: len(running.delivered) >= 30, "30 deliveries first")
-                redis_server.pause()  # SIGSTOP: connections stay open, nothing answers
-                try:
-                    await until(lambda: metrics.guard_waiting, "the consumer to hold its batch")
-                    down = True
-                    held_delivered = metrics.delivered
-                    await until(lambda: metrics.guard_retries >= 2, "guard retries")
-                    assert metrics.delivered == held_delivered
-                    down = False
-                finally:
-                    redis_server.resume()
-                await stream.more(30)
-            produced = await stream.positions()
-            await running.caught_up(await end_offsets(kafka_bootstrap, [topic]), within=30)
+    spec = Spec(
+        kafka_bootstrap,
+        [topic],
+        redis_server.url,
+        unique("g"),
+        verifier(ring),
+        backoff=FAST_BACKOFF,
+        max_records=50,
+    )
+    options = ProducerOptions(bootstrap_servers=kafka_bootstrap)
+    async with (
+        SignedProducer(options, signer=signer(ring)) as producer,
+        front.consume(spec, note) as running,
+    ):
+        metrics = running.metrics
+        stream = Stream(producer, topic)
+        async with stream.running():
+            await until(lambda: len(running.delivered) >= 30, "30 deliveries first")
+            redis_server.pause()  # SIGSTOP: connections stay open, nothing answers
+            try:
+                await until(lambda: metrics.guard_waiting, "the consumer to hold its batch")
+                down = True
+                held_delivered = metrics.delivered
+                await until(lambda: metrics.guard_retries >= 2, "guard retries")
+                assert metrics.delivered == held_delivered
+                down = False
+            finally:
+                redis_server.resume()
+            await stream.more(30)
+        produced = await stream.positions()
+        await running.caught_up(await end_offsets(kafka_bootstrap, [topic]), within=30)
     assert during == [], "nothing delivered while Redis hung"
     assert metrics.rejected_total == 0 and metrics.unchecked == 0
     # The claim that timed out was buffered in Redis and ran when it woke up; the retry found
@@ -289,7 +287,7 @@ async def test_a_hung_redis_times_out_claims_and_the_held_batch_is_delivered_onc
 
 
 async def test_a_consumer_stopped_while_holding_leaves_the_held_batch_to_the_group(
-    kafka_bootstrap: str, unique_topic: TopicFactory, redis_server: RedisProcess
+    front: Front, kafka_bootstrap: str, unique_topic: TopicFactory, redis_server: RedisProcess
 ) -> None:
     """Stopped during the outage, the consumer commits only what it delivered; the group's
     next consumer, after Redis is back, delivers the rest: nothing lost, nothing twice."""
@@ -298,25 +296,26 @@ async def test_a_consumer_stopped_while_holding_leaves_the_held_batch_to_the_gro
     group = unique("g")
     prefix = unique("p")
     options = ProducerOptions(bootstrap_servers=kafka_bootstrap)
+    first = Spec(
+        kafka_bootstrap,
+        [topic],
+        redis_server.url,
+        prefix,
+        verifier(ring),
+        group=group,
+        backoff=FAST_BACKOFF,
+        max_records=20,
+    )
     async with SignedProducer(options, signer=signer(ring)) as producer:
-        async with guard(redis_server.url, prefix) as g:
-            first = VerifyingConsumer.from_options(
-                consumer_options(kafka_bootstrap, [topic], group),
-                verifier=verifier(ring),
-                guard=g,
-                backoff=FAST_BACKOFF,
-                max_records=20,
-            )
-            async with Running(first) as running:
-                stream = Stream(producer, topic)
-                async with stream.running():
-                    await until(lambda: len(running.delivered) >= 30, "30 deliveries first")
-                    await asyncio.to_thread(redis_server.stop)
-                    await until(lambda: first.metrics.guard_waiting, "the consumer to hold")
-                    await stream.more(20)
-                started = time.monotonic()
-                await running.stop()
-                assert time.monotonic() - started < 10, "stop does not wait for Redis"
+        async with front.consume(first) as running:
+            stream = Stream(producer, topic)
+            async with stream.running():
+                await until(lambda: len(running.delivered) >= 30, "30 deliveries first")
+                await asyncio.to_thread(redis_server.stop)
+                await until(lambda: running.metrics.guard_waiting, "the consumer to hold")
+                await stream.more(20)
+            started = time.monotonic()
+        assert time.monotonic() - started < 10, "stop does not wait for Redis"
         produced = await stream.positions()
     before = {(m.partition, m.offset) for m in running.delivered}
     assert len(before) == len(running.delivered) < len(produced)
@@ -324,17 +323,14 @@ async def test_a_consumer_stopped_while_holding_leaves_the_held_batch_to_the_gro
     last: dict[tuple[str, int], int] = {}
     for m in running.delivered:
         last[(m.topic, m.partition)] = max(last.get((m.topic, m.partition), 0), m.offset + 1)
-    assert first.metrics.committed == last
+    assert running.metrics.committed == last
 
     await asyncio.to_thread(redis_server.start)
-    async with guard(redis_server.url, prefix) as g:
-        second = VerifyingConsumer.from_options(
-            consumer_options(kafka_bootstrap, [topic], group), verifier=verifier(ring), guard=g
-        )
-        async with Running(second) as rest:
-            await rest.caught_up(await end_offsets(kafka_bootstrap, [topic]), within=30)
+    second = Spec(kafka_bootstrap, [topic], redis_server.url, prefix, verifier(ring), group=group)
+    async with front.consume(second) as rest:
+        await rest.caught_up(await end_offsets(kafka_bootstrap, [topic]), within=30)
     after = {(m.partition, m.offset) for m in rest.delivered}
     assert len(after) == len(rest.delivered)
     assert after == produced - before, "the held records, and only those, come next"
     assert all(m.claim is ClaimVerdict.NEW for m in rest.delivered)
-    assert second.metrics.rejected_total == 0
+    assert rest.metrics.rejected_total == 0

@@ -102,6 +102,7 @@ PUBLIC_MODULES = {
     "signed_bus.errors": errors,
     "signed_bus.otel": importlib.import_module("signed_bus.otel"),
     "signed_bus.prometheus": importlib.import_module("signed_bus.prometheus"),
+    "signed_bus.confluent": importlib.import_module("signed_bus.confluent"),
 }
 
 

@@ -1,0 +1,220 @@
+"""The signing producer over ``confluent_kafka.Producer``: sign for the topic and key, then
+``produce``; delivery reports come back through librdkafka's ``poll``/``flush``.
+
+Record headers pass through unsigned (tracing adds them after signing; see
+:mod:`signed_bus._kafka.producer`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+from confluent_kafka import KafkaError, Message, Producer
+
+from signed_bus._kafka.producer import Outgoing
+from signed_bus._lifecycle import SyncLifecycle
+from signed_bus._metrics import ProducerMetrics
+from signed_bus._signer import Signer
+from signed_bus.errors import ConfigurationError, DeliveryFailed, Stopped
+
+__all__ = ["SignedProducer", "producer_config"]
+
+Headers = Sequence[tuple[str, bytes]]
+DeliveryCallback = Callable[[KafkaError | None, Message], None]
+
+# How long produce() polls for room when librdkafka's local queue is full, per attempt.
+_QUEUE_FULL_POLL_S = 0.1
+
+
+def producer_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """librdkafka producer settings with the library's defaults: ``acks=all`` and idempotence,
+    so a retried batch is not written twice (both can be overridden, not idempotence alone)."""
+    if not isinstance(config, Mapping):
+        raise ConfigurationError("config must be a mapping of librdkafka settings")
+    if not config.get("bootstrap.servers"):
+        raise ConfigurationError("bootstrap.servers is required")
+    built = dict(config)
+    built.setdefault("enable.idempotence", True)
+    built.setdefault("acks", "all")
+    return built
+
+
+class SignedProducer(SyncLifecycle):
+    """Signs results with a :class:`~signed_bus.Signer` and produces them with librdkafka.
+
+    ``kafka`` is a built ``confluent_kafka.Producer`` (yours: :meth:`stop` only flushes it) or
+    a mapping of librdkafka settings (the producer is built here, idempotent with acks=all, and
+    flushed by :meth:`stop`). Thread-safe as librdkafka's producer is: worker threads may share
+    one. Delivery reports: pass ``on_delivery`` to :meth:`produce` and call :meth:`poll`
+    regularly (as with any librdkafka producer), or use :meth:`produce_batch`, which waits for
+    every report and raises :class:`DeliveryFailed` when one failed.
+    """
+
+    def __init__(self, kafka: Producer | Mapping[str, Any], *, signer: Signer) -> None:
+        if isinstance(kafka, Producer):
+            self._producer = kafka
+            self._owned = False
+        elif isinstance(kafka, Mapping):
+            self._producer = Producer(producer_config(kafka))
+            self._owned = True
+        else:
+            raise ConfigurationError("kafka must be a confluent_kafka.Producer or its settings")
+        self._signer = signer
+        self._closed = False
+        self.metrics = ProducerMetrics()
+
+    def __repr__(self) -> str:  # never the settings: they may hold a password
+        return f"SignedProducer(signer={self._signer!r}, owned={self._owned})"
+
+    @property
+    def signer(self) -> Signer:
+        return self._signer
+
+    @property
+    def producer(self) -> Producer:
+        """The underlying librdkafka producer."""
+        if self._closed:
+            raise Stopped("SignedProducer was stopped; make a new one")
+        return self._producer
+
+    def produce(
+        self,
+        topic: str,
+        result: object,
+        *,
+        key: bytes | None = None,
+        parents: Sequence[bytes] = (),
+        headers: Headers | None = None,
+        expires_at: int | None = None,
+        partition: int | None = None,
+        on_delivery: DeliveryCallback | None = None,
+    ) -> None:
+        """Sign ``result`` for ``topic`` and ``key`` and queue it; ``on_delivery(error,
+        message)`` runs from :meth:`poll` or :meth:`flush` once the broker answered. While
+        librdkafka's local queue is full this polls (serving delivery reports) until it has
+        room, so a loop of ``produce`` calls never fails with BufferError."""
+        value = self._signer.sign(
+            result, topic=topic, key=key, parents=parents, expires_at=expires_at
+        )
+        self._queue(topic, value, key, headers, partition, on_delivery)
+
+    def produce_bytes(
+        self,
+        topic: str,
+        body: bytes,
+        *,
+        content_type: str,
+        key: bytes | None = None,
+        parents: Sequence[bytes] = (),
+        headers: Headers | None = None,
+        expires_at: int | None = None,
+        partition: int | None = None,
+        on_delivery: DeliveryCallback | None = None,
+    ) -> None:
+        """Like :meth:`produce` for a body already encoded by the caller."""
+        value = self._signer.sign_bytes(
+            body,
+            content_type=content_type,
+            topic=topic,
+            key=key,
+            parents=parents,
+            expires_at=expires_at,
+        )
+        self._queue(topic, value, key, headers, partition, on_delivery)
+
+    def _queue(
+        self,
+        topic: str,
+        value: bytes,
+        key: bytes | None,
+        headers: Headers | None,
+        partition: int | None,
+        on_delivery: DeliveryCallback | None,
+    ) -> None:
+        producer = self.producer
+        kwargs: dict[str, Any] = {}
+        if headers:
+            kwargs["headers"] = list(headers)
+        if on_delivery is not None:
+            kwargs["on_delivery"] = on_delivery
+        while True:
+            try:
+                producer.produce(
+                    topic, value, key, -1 if partition is None else partition, **kwargs
+                )
+            except BufferError:
+                producer.poll(_QUEUE_FULL_POLL_S)
+                continue
+            break
+        self.metrics.signed += 1
+
+    def produce_batch(
+        self, topic: str, items: Iterable[Outgoing], *, timeout: float = 60.0
+    ) -> list[Message]:
+        """Sign and queue every item, then wait for every delivery report (librdkafka batches
+        the records per partition itself). Returns the delivered messages in order (with their
+        partitions and offsets); raises :class:`DeliveryFailed` if any record failed or no
+        report came within ``timeout`` seconds."""
+        reports: list[Message | None] = []
+        errors: dict[int, KafkaError] = {}
+
+        def report_at(index: int) -> DeliveryCallback:
+            def report(error: KafkaError | None, message: Message) -> None:
+                reports[index] = message
+                if error is not None:
+                    errors[index] = error
+
+            return report
+
+        for item in items:
+            reports.append(None)
+            self.produce(
+                topic,
+                item.result,
+                key=item.key,
+                parents=item.parents,
+                headers=item.headers,
+                expires_at=item.expires_at,
+                on_delivery=report_at(len(reports) - 1),
+            )
+        self.metrics.batches += 1
+        self.producer.flush(timeout)
+        missing = sum(1 for r in reports if r is None)
+        if errors or missing:
+            failed = [errors[i] for i in sorted(errors)]
+            names = sorted({e.name() for e in failed})
+            raise DeliveryFailed(
+                f"{len(failed)} of {len(reports)} records failed ({', '.join(names) or 'none'}), "
+                f"{missing} without a delivery report after {timeout}s",
+                failed,
+                reports,
+            )
+        return [r for r in reports if r is not None]
+
+    def produce_and_wait(
+        self, topic: str, result: object, *, timeout: float = 60.0, **kwargs: Any
+    ) -> Message:
+        """:meth:`produce` one result and wait for its delivery report (the message with its
+        partition and offset); raises :class:`DeliveryFailed`."""
+        return self.produce_batch(topic, [Outgoing(result, **kwargs)], timeout=timeout)[0]
+
+    def poll(self, timeout: float = 0.0) -> int:
+        """Serve delivery reports; how many callbacks ran."""
+        return self.producer.poll(timeout)
+
+    def flush(self, timeout: float = -1) -> int:
+        """Wait for every queued record's delivery report; how many are still queued."""
+        return self.producer.flush(timeout)
+
+    def start(self) -> None:
+        """Nothing to start (librdkafka connects on the first produce)."""
+        if self._closed:
+            raise Stopped("SignedProducer was stopped; make a new one")
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Flush (a producer built here, or one handed in). Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._producer.flush(timeout)
