@@ -124,7 +124,7 @@ class VerifyingConsumer(AsyncLifecycle):
         self._backoff = backoff or Backoff()
         self._listener = _Listener(self)
         self._cursor = DeliveryCursor(self.metrics)
-        self._commits = Commits(lambda: self.consumer, self._cursor, self.metrics)
+        self._commits = Commits(lambda: self.consumer, self._cursor, self.metrics, options)
         self._settler = Settler(self._gate, guard, backoff=self._backoff, hold=self._hold)
         self._started = False
         self._stopping = False
@@ -237,8 +237,9 @@ class VerifyingConsumer(AsyncLifecycle):
     async def run(self, handler: Handler) -> None:
         """Await ``handler`` for every delivered message until :meth:`stop` is called.
 
-        Offsets are committed after each batch (and before the next ``getmany``) for the
-        records whose handler returned, plus the rejected records before them. If the handler
+        Offsets are committed in the background at most every ``commit_interval_ms``
+        (:class:`ConsumerOptions`) for the records whose handler returned, plus the rejected
+        records before them, and on a rebalance and :meth:`stop`. If the handler
         raises, the offsets finished so far are committed, that record is not, and the error
         propagates: the record is delivered again by the next ``run``/``async for`` on this
         consumer, or after a restart (at-least-once). Cancelling ``run`` commits nothing more.
@@ -252,7 +253,7 @@ class VerifyingConsumer(AsyncLifecycle):
                     break
                 message = cursor.next()
                 if message is None:
-                    await self._commits.commit(wait=False)
+                    await self._commits.at_boundary()
                     if not self._stopping:
                         await self._fill()
                     continue
@@ -262,6 +263,7 @@ class VerifyingConsumer(AsyncLifecycle):
                     await self._commits.commit_quietly()
                     raise
                 cursor.finish()
+                self._commits.tick()
             await self._commits.commit()
         finally:
             self._leave()
@@ -276,12 +278,13 @@ class VerifyingConsumer(AsyncLifecycle):
 
     async def __anext__(self) -> ConsumedMessage:
         """The next verified message. Asking for it means the previous one is finished: its
-        offset (and any rejected records before it) is committed at the next batch boundary
-        or by :meth:`stop`/:meth:`commit`."""
+        offset (and any rejected records before it) is committed with the next commit
+        (``commit_interval_ms``, a rebalance) or by :meth:`stop`/:meth:`commit`."""
         if self._closed or self._stopping:
             raise StopAsyncIteration
         cursor = self._cursor
         cursor.finish()
+        self._commits.tick()
         if (
             self._active is None
             and self._started
@@ -300,7 +303,7 @@ class VerifyingConsumer(AsyncLifecycle):
                 message = cursor.next()
                 if message is not None:
                     return message
-                await self._commits.commit(wait=False)
+                await self._commits.at_boundary()
                 if self._stopping:
                     raise StopAsyncIteration
                 await self._fill()
@@ -340,6 +343,7 @@ class VerifyingConsumer(AsyncLifecycle):
                 self.consumer, timeout_ms=self._timeout_ms, max_records=self._max_records
             )
             if not fetched:
+                self._commits.tick(boundary=True)
                 return None if self._stopping else EMPTY_BATCH
             batch, revoked = self._receive(fetched)
             entries = await self._settler.settle(batch, revoked)
@@ -352,11 +356,14 @@ class VerifyingConsumer(AsyncLifecycle):
         return whole
 
     async def commit_offsets(self, offsets: Mapping[TopicPartition, int]) -> None:
-        """Commit a batch's ``offsets`` (from :meth:`getbatch`) for the partitions still assigned
-        (a partition lost to a rebalance is read again by its new owner: at-least-once)."""
+        """Mark a batch's ``offsets`` (from :meth:`getbatch`) finished: they are committed, for
+        the partitions still assigned, with the next commit (``commit_interval_ms``, a
+        rebalance, :meth:`commit` or :meth:`stop`; with ``commit_interval_ms=0`` before this
+        returns). A partition lost to a rebalance is read again by its new owner:
+        at-least-once."""
         self._check_open()
         self._cursor.mark_finished(offsets)
-        await self._commits.commit()
+        await self._commits.batch_done()
 
     async def recheck(self, batch: ConsumedBatch) -> ConsumedBatch | None:
         """Re-check the freshness of a batch from :meth:`getbatch` that waited, before anything
@@ -407,6 +414,7 @@ class VerifyingConsumer(AsyncLifecycle):
                 consumer, timeout_ms=self._timeout_ms, max_records=self._max_records
             )
             if not fetched:
+                self._commits.tick(boundary=True)
                 continue
             verified_at = self._clock()
             batch, revoked = self._receive(fetched)
@@ -439,6 +447,7 @@ class VerifyingConsumer(AsyncLifecycle):
     async def _hold(self, seconds: float) -> bool:
         """Wait while holding a batch, polling with every partition paused (see
         :func:`~signed_bus._kafka.settle.hold_paused`). False if the consumer is stopping."""
+        self._commits.tick(boundary=True)
         return await hold_paused(
             self.consumer, seconds, max_records=self._max_records, stopping=lambda: self._stopping
         )
