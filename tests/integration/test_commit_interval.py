@@ -1,7 +1,7 @@
 """Coalesced offset commits at steady load: at most one commit per ``commit_interval_ms``, a
 commit on every rebalance before partitions move, and after a crash mid-interval at most one
-interval of finished records delivered again, none lost (docs/OPERATIONS.md, "Batches and
-commit interval")."""
+interval of finished records delivered again, none lost; the same for an at-least-once relay
+(docs/OPERATIONS.md, "Batches and commit interval")."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from signed_bus._kafka.consumer import ConsumedMessage, VerifyingConsumer
 from signed_bus._kafka.producer import ProducerOptions, SignedProducer
+from signed_bus._kafka.relay import Output, Relay
 from signed_bus._keys import Keyring
 from tests.conftest import TopicFactory
 from tests.integration.bus import (
@@ -200,3 +201,47 @@ async def test_a_consumer_killed_mid_interval_redelivers_at_most_one_interval_an
     assert {(h["partition"], h["offset"]) for h in uncommitted} <= set(again)
     assert finished | set(again) == produced
     assert consumer.metrics.rejected_total == 0, consumer.metrics.rejected
+
+
+async def test_an_at_least_once_relay_commits_at_most_once_per_interval(
+    kafka_bootstrap: str, redis_url: str, unique_topic: TopicFactory, redis_prefix: str
+) -> None:
+    ring = keyring()
+    source = await unique_topic("interval-relay-in", partitions=2)
+    sink = await unique_topic("interval-relay-out")
+    interval_s = 1.0
+
+    async def echo(message: ConsumedMessage) -> list[Output]:
+        return [Output({"from": message.payload})]
+
+    async with guard(redis_url, redis_prefix) as g:
+        consumer = VerifyingConsumer.from_options(
+            consumer_options(kafka_bootstrap, [source], commit_interval_ms=1_000),
+            verifier=verifier(ring),
+            guard=g,
+            max_records=5,  # many small batches: each used to be committed
+        )
+        async with (
+            consumer,
+            SignedProducer(
+                ProducerOptions(bootstrap_servers=kafka_bootstrap), signer=signer(ring)
+            ) as producer,
+        ):
+            relay = Relay(consumer, producer, echo, output_topic=sink)
+            running = asyncio.create_task(relay.run())
+            started = time.monotonic()
+            produced = await _produce_steadily(kafka_bootstrap, ring, source, 3.0)
+            ends = await end_offsets(kafka_bootstrap, [source])
+            deadline = time.monotonic() + 30
+            committed = consumer.metrics.committed
+            while any(committed.get(pos, 0) < end for pos, end in ends.items()):
+                assert time.monotonic() < deadline, f"not committed: {committed}, ends {ends}"
+                assert not running.done()
+                await asyncio.sleep(0.05)
+            elapsed = time.monotonic() - started
+            await relay.stop()
+            await running
+    assert relay.metrics.inputs == len(produced)
+    commits, batches = consumer.metrics.commits, relay.metrics.batches
+    assert batches >= 4 * commits, (batches, commits)
+    assert 1 <= commits <= elapsed / interval_s + 1, (commits, elapsed)
