@@ -1,8 +1,8 @@
 """Offset commits of a :class:`~signed_bus._kafka.consumer.VerifyingConsumer`: only what the
 application finished (the cursor's finished offsets), coalesced to at most one commit per
 ``commit_interval_ms``, one commit in flight at a time, and on a rebalance the finished offsets
-of the revoked partitions first (docs/OPERATIONS.md, "Producing and consuming" and "Commit
-interval").
+of the revoked partitions first (docs/OPERATIONS.md, "Delivery semantics: at-least-once" and
+"Batches and commit interval").
 
 Coalescing changes when, never what, is committed: an offset is still committed only once its
 record and every record before it in its partition is finished. :meth:`Commits.tick` commits
