@@ -182,10 +182,12 @@ async def test_a_consumer_killed_mid_interval_redelivers_at_most_one_interval_an
     committed = await _committed(kafka_bootstrap, group, topic, 2)
     uncommitted = [h for h in handled if h["offset"] >= committed[h["partition"]]]
     assert uncommitted, "killed between two commits: finished records not yet committed"
-    # At most one interval of finished records (plus the commit's own round trip) is left.
+    # At most one interval of finished records is left (the slack covers the commit's round
+    # trip and a batch's fetch wait on a loaded machine, not a second interval).
     oldest = min(h["t"] for h in uncommitted)
-    assert killed_at - oldest <= interval_ms / 1000 + 0.5, (killed_at - oldest, len(uncommitted))
-    assert len(uncommitted) <= RATE * (interval_ms / 1000 + 0.5)
+    slack = 0.9
+    assert killed_at - oldest <= interval_ms / 1000 + slack, (killed_at - oldest, len(uncommitted))
+    assert len(uncommitted) <= RATE * (interval_ms / 1000 + slack)
 
     # A new consumer in the same group delivers exactly the uncommitted tail: nothing lost.
     ends = await end_offsets(kafka_bootstrap, [topic])
