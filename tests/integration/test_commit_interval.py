@@ -1,7 +1,8 @@
 """Coalesced offset commits at steady load: at most one commit per ``commit_interval_ms``, a
 commit on every rebalance before partitions move, and after a crash mid-interval at most one
-interval of finished records delivered again, none lost; the same for an at-least-once relay
-(docs/OPERATIONS.md, "Batches and commit interval")."""
+interval of finished records delivered again, none lost; the same for an at-least-once relay,
+and one transaction per fetch wait for an exactly-once one (docs/OPERATIONS.md, "Batches and
+commit interval")."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from signed_bus._kafka.consumer import ConsumedMessage, VerifyingConsumer
 from signed_bus._kafka.producer import ProducerOptions, SignedProducer
@@ -247,3 +248,57 @@ async def test_an_at_least_once_relay_commits_at_most_once_per_interval(
     commits, batches = consumer.metrics.commits, relay.metrics.batches
     assert batches >= 4 * commits, (batches, commits)
     assert 1 <= commits <= elapsed / interval_s + 1, (commits, elapsed)
+
+
+async def test_an_exactly_once_relay_commits_one_transaction_per_fetch_wait_not_per_record(
+    kafka_bootstrap: str, redis_url: str, unique_topic: TopicFactory, redis_prefix: str
+) -> None:
+    ring = keyring()
+    source = await unique_topic("txn-relay-in", partitions=2)
+    sink = await unique_topic("txn-relay-out")
+    group = unique("g-txn-relay")
+    seconds = 3.0
+
+    async def echo(message: ConsumedMessage) -> list[Output]:
+        return [Output({"from": message.payload})]
+
+    kafka = AIOKafkaProducer(
+        bootstrap_servers=kafka_bootstrap,
+        enable_idempotence=True,
+        transactional_id=unique("txn-relay"),
+    )
+    async with guard(redis_url, redis_prefix) as g:
+        # the default fetch settings (the bus helper only sets the commit interval)
+        options = consumer_options(kafka_bootstrap, [source], group)
+        assert options.fetch_min_bytes > 1
+        consumer = VerifyingConsumer.from_options(options, verifier=verifier(ring), guard=g)
+        await kafka.start()
+        try:
+            async with consumer, SignedProducer(kafka, signer=signer(ring)) as producer:
+                relay = Relay(
+                    consumer, producer, echo, output_topic=sink, exactly_once=True, group_id=group
+                )
+                running = asyncio.create_task(relay.run())
+                deadline = time.monotonic() + 30
+                while not consumer.consumer.assignment():
+                    assert time.monotonic() < deadline, "no partition assigned"
+                    await asyncio.sleep(0.05)
+                started = time.monotonic()
+                produced = await _produce_steadily(kafka_bootstrap, ring, source, seconds)
+                deadline = time.monotonic() + 30
+                while relay.metrics.inputs < len(produced):
+                    assert time.monotonic() < deadline, relay.metrics.snapshot()
+                    assert not running.done()
+                    await asyncio.sleep(0.05)
+                elapsed = time.monotonic() - started
+                await relay.stop()
+                await running
+        finally:
+            await kafka.stop()
+    transactions = relay.metrics.transactions
+    assert relay.metrics.inputs == len(produced) == int(RATE * seconds)
+    # A fetch is answered after fetch_max_wait_ms at this rate (far below fetch_min_bytes):
+    # about 5 transactions a second, not one per record or two.
+    per_second = 1000 / options.fetch_max_wait_ms
+    assert transactions <= elapsed * per_second * 1.5 + 2, (transactions, elapsed)
+    assert relay.metrics.inputs >= 10 * transactions
