@@ -59,6 +59,30 @@ log = logging.getLogger("signed_bus.consumer")
 Handler = Callable[[ConsumedMessage], Awaitable[object]]
 
 
+def _check_arguments(
+    options: object,
+    verifier: Verifier,
+    guard: RedisReplayGuard | None,
+    dead_letter_topic: str | None,
+    dead_letter_producer: object,
+    max_records: int,
+    timeout_ms: int,
+) -> None:
+    """Refuse a combination :class:`VerifyingConsumer` cannot run with."""
+    if not isinstance(options, ConsumerOptions):
+        raise ConfigurationError(
+            "VerifyingConsumer is built from ConsumerOptions (VerifyingConsumer.from_options)"
+        )
+    if verifier.audit and guard is not None:
+        raise ConfigurationError("audit mode does not check replays: pass guard=None")
+    if not verifier.audit and guard is None:
+        raise ConfigurationError("a replay guard is required unless the verifier audits")
+    if dead_letter_producer is not None and dead_letter_topic is None:
+        raise ConfigurationError("dead_letter_producer given without dead_letter_topic")
+    if max_records < 1 or timeout_ms < 0:
+        raise ConfigurationError("max_records must be >= 1 and timeout_ms >= 0")
+
+
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, owner: VerifyingConsumer) -> None:
         self._owner = owner
@@ -102,18 +126,15 @@ class VerifyingConsumer(AsyncLifecycle):
         timeout_ms: int = 1_000,
         backoff: Backoff | None = None,
     ) -> None:
-        if not isinstance(options, ConsumerOptions):
-            raise ConfigurationError(
-                "VerifyingConsumer is built from ConsumerOptions (VerifyingConsumer.from_options)"
-            )
-        if verifier.audit and guard is not None:
-            raise ConfigurationError("audit mode does not check replays: pass guard=None")
-        if not verifier.audit and guard is None:
-            raise ConfigurationError("a replay guard is required unless the verifier audits")
-        if dead_letter_producer is not None and dead_letter_topic is None:
-            raise ConfigurationError("dead_letter_producer given without dead_letter_topic")
-        if max_records < 1 or timeout_ms < 0:
-            raise ConfigurationError("max_records must be >= 1 and timeout_ms >= 0")
+        _check_arguments(
+            options,
+            verifier,
+            guard,
+            dead_letter_topic,
+            dead_letter_producer,
+            max_records,
+            timeout_ms,
+        )
         self._clients = KafkaClients(options, dead_letter_producer)
         self._options = options
         self.metrics = ConsumerMetrics(observer=observer_for(options.group_id, options.topics))
@@ -126,7 +147,7 @@ class VerifyingConsumer(AsyncLifecycle):
         self._backoff = backoff or Backoff()
         self._listener = _Listener(self)
         self._cursor = DeliveryCursor(self.metrics)
-        self._commits = Commits(lambda: self.consumer, self._cursor, self.metrics)
+        self._commits = Commits(lambda: self.consumer, self._cursor, self.metrics, options)
         self._settler = Settler(self._gate, guard, backoff=self._backoff, hold=self._hold)
         self._started = False
         self._stopping = False
@@ -239,8 +260,9 @@ class VerifyingConsumer(AsyncLifecycle):
     async def run(self, handler: Handler) -> None:
         """Await ``handler`` for every delivered message until :meth:`stop` is called.
 
-        Offsets are committed after each batch (and before the next ``getmany``) for the
-        records whose handler returned, plus the rejected records before them. If the handler
+        Offsets are committed in the background at most every ``commit_interval_ms``
+        (:class:`ConsumerOptions`) for the records whose handler returned, plus the rejected
+        records before them, and on a rebalance and :meth:`stop`. If the handler
         raises, the offsets finished so far are committed, that record is not, and the error
         propagates: the record is delivered again by the next ``run``/``async for`` on this
         consumer, or after a restart (at-least-once). Cancelling ``run`` commits nothing more.
@@ -255,7 +277,7 @@ class VerifyingConsumer(AsyncLifecycle):
                     break
                 message = cursor.next()
                 if message is None:
-                    await self._commits.commit(wait=False)
+                    await self._commits.at_boundary()
                     if not self._stopping:
                         await self._fill()
                     continue
@@ -265,6 +287,7 @@ class VerifyingConsumer(AsyncLifecycle):
                     await self._commits.commit_quietly()
                     raise
                 cursor.finish()
+                self._commits.tick()
             await self._commits.commit()
         finally:
             self._leave()
@@ -279,13 +302,14 @@ class VerifyingConsumer(AsyncLifecycle):
 
     async def __anext__(self) -> ConsumedMessage:
         """The next verified message. Asking for it means the previous one is finished: its
-        offset (and any rejected records before it) is committed at the next batch boundary
-        or by :meth:`stop`/:meth:`commit`."""
+        offset (and any rejected records before it) is committed with the next commit
+        (``commit_interval_ms``, a rebalance) or by :meth:`stop`/:meth:`commit`."""
         self.metrics.observer.iterated()  # the body of the loop is done with the last message
         if self._closed or self._stopping:
             raise StopAsyncIteration
         cursor = self._cursor
         cursor.finish()
+        self._commits.tick()
         if (
             self._active is None
             and self._started
@@ -304,7 +328,7 @@ class VerifyingConsumer(AsyncLifecycle):
                 message = cursor.next()
                 if message is not None:
                     return self.metrics.observer.iterating(message)
-                await self._commits.commit(wait=False)
+                await self._commits.at_boundary()
                 if self._stopping:
                     raise StopAsyncIteration
                 await self._fill()
@@ -344,6 +368,7 @@ class VerifyingConsumer(AsyncLifecycle):
                 self.consumer, timeout_ms=self._timeout_ms, max_records=self._max_records
             )
             if not fetched:
+                self._commits.tick(boundary=True)
                 return None if self._stopping else EMPTY_BATCH
             batch, revoked = self._receive(fetched)
             entries = await self._settler.settle(batch, revoked)
@@ -357,11 +382,14 @@ class VerifyingConsumer(AsyncLifecycle):
         return whole
 
     async def commit_offsets(self, offsets: Mapping[TopicPartition, int]) -> None:
-        """Commit a batch's ``offsets`` (from :meth:`getbatch`) for the partitions still assigned
-        (a partition lost to a rebalance is read again by its new owner: at-least-once)."""
+        """Mark a batch's ``offsets`` (from :meth:`getbatch`) finished: they are committed, for
+        the partitions still assigned, with the next commit (``commit_interval_ms``, a
+        rebalance, :meth:`commit` or :meth:`stop`; with ``commit_interval_ms=0`` before this
+        returns). A partition lost to a rebalance is read again by its new owner:
+        at-least-once."""
         self._check_open()
         self._cursor.mark_finished(offsets)
-        await self._commits.commit()
+        await self._commits.batch_done()
 
     async def recheck(self, batch: ConsumedBatch) -> ConsumedBatch | None:
         """Re-check the freshness of a batch from :meth:`getbatch` that waited, before anything
@@ -401,8 +429,6 @@ class VerifyingConsumer(AsyncLifecycle):
         self._active = None
         self._idle.set()
 
-    # -- batch preparation ---------------------------------------------------------------------
-
     async def _fill(self) -> None:
         """Fetch, verify, claim and dead-letter the next non-empty batch into the cursor."""
         consumer = self.consumer
@@ -412,6 +438,7 @@ class VerifyingConsumer(AsyncLifecycle):
                 consumer, timeout_ms=self._timeout_ms, max_records=self._max_records
             )
             if not fetched:
+                self._commits.tick(boundary=True)
                 continue
             verified_at = self._clock()
             batch, revoked = self._receive(fetched)
@@ -444,6 +471,7 @@ class VerifyingConsumer(AsyncLifecycle):
     async def _hold(self, seconds: float) -> bool:
         """Wait while holding a batch, polling with every partition paused (see
         :func:`~signed_bus._kafka.settle.hold_paused`). False if the consumer is stopping."""
+        self._commits.tick(boundary=True)
         return await hold_paused(
             self.consumer, seconds, max_records=self._max_records, stopping=lambda: self._stopping
         )

@@ -32,6 +32,7 @@ OWNED_OPTIONS = frozenset(
         "heartbeat_interval_ms",
         "max_poll_interval_ms",
         "fetch_max_wait_ms",
+        "fetch_min_bytes",
         "max_partition_fetch_bytes",
         "max_poll_records",
         "key_deserializer",
@@ -66,8 +67,18 @@ class ConsumerOptions:
     aborted transaction is never verified, claimed or delivered. ``security`` is passed to
     aiokafka as is (see :class:`~signed_bus._kafka.producer.ProducerOptions`) and kept out of
     ``repr``. ``extra`` holds further ``AIOKafkaConsumer`` keyword options (e.g.
-    ``fetch_min_bytes``); the ones the library sets itself (:data:`OWNED_OPTIONS`, and the
+    ``retry_backoff_ms``); the ones the library sets itself (:data:`OWNED_OPTIONS`, and the
     security ones, which go in ``security``) are refused.
+
+    Batches and commits at steady load (docs/OPERATIONS.md, "Batches and commit interval"):
+    the broker answers a fetch once ``fetch_min_bytes`` are ready or ``fetch_max_wait_ms``
+    passed, so below ``fetch_min_bytes`` per ``fetch_max_wait_ms`` (about 1.3 MB/s with the
+    defaults) a batch holds ``fetch_max_wait_ms`` of records (300 at 1,500/s) and each record
+    waits up to that long in the broker; one replay claim per batch follows. Set
+    ``fetch_min_bytes=1`` for the lowest latency at low rates (one batch, claim and commit per
+    few records). ``commit_interval_ms`` spaces offset commits: finished offsets are committed
+    at most that often (and always on a rebalance, ``stop()`` and ``commit()``), so a crash
+    redelivers at most that interval's finished records; 0 commits at every batch boundary.
     """
 
     bootstrap_servers: str | Sequence[str]
@@ -79,7 +90,9 @@ class ConsumerOptions:
     session_timeout_ms: int = 10_000
     heartbeat_interval_ms: int = 3_000
     max_poll_interval_ms: int = 300_000
-    fetch_max_wait_ms: int = 500
+    fetch_max_wait_ms: int = 200
+    fetch_min_bytes: int = 262_144
+    commit_interval_ms: int = 2_000
     max_partition_fetch_bytes: int = 1_048_576
     security: Mapping[str, Any] = field(default_factory=dict, repr=False)
     extra: Mapping[str, Any] = field(default_factory=dict, repr=False)
@@ -92,6 +105,10 @@ class ConsumerOptions:
             raise ConfigurationError("group_id is required: offsets are committed per group")
         if self.auto_offset_reset not in ("earliest", "latest"):
             raise ConfigurationError("auto_offset_reset must be 'earliest' or 'latest'")
+        if self.fetch_max_wait_ms < 0 or self.fetch_min_bytes < 1 or self.commit_interval_ms < 0:
+            raise ConfigurationError(
+                "fetch_max_wait_ms and commit_interval_ms must be >= 0 and fetch_min_bytes >= 1"
+            )
         if self.isolation_level != _READ_COMMITTED:
             raise ConfigurationError(
                 'isolation_level must be "read_committed": a record of an aborted transaction '
@@ -121,6 +138,7 @@ class ConsumerOptions:
             heartbeat_interval_ms=self.heartbeat_interval_ms,
             max_poll_interval_ms=self.max_poll_interval_ms,
             fetch_max_wait_ms=self.fetch_max_wait_ms,
+            fetch_min_bytes=self.fetch_min_bytes,
             max_partition_fetch_bytes=self.max_partition_fetch_bytes,
             **kwargs,
             **dict(self.security),

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any, Final
 
@@ -32,6 +33,7 @@ from signed_bus._replay.layout import (
     ClaimRow,
     ClaimVerdict,
     ScriptCall,
+    bucket_key,
     check_layout_record,
     decode_verdicts,
     layout_descriptor,
@@ -40,7 +42,13 @@ from signed_bus._replay.layout import (
 from signed_bus._replay.settings import (
     check_guard_settings,
     check_no_window_options,
+    shards_to_adopt,
     warn_if_evicting,
+)
+from signed_bus._replay.sizing import (
+    LISTPACK_ENTRIES,
+    compact_rate,
+    recommended_shards,
 )
 from signed_bus.errors import ConfigurationError, ReplayGuardUnavailable
 
@@ -50,6 +58,8 @@ __all__ = ["Claim", "ClaimRow", "ClaimVerdict", "RedisReplayGuard"]
 _log = logging.getLogger("signed_bus.replay")
 
 _CLUSTER_CONCURRENCY: Final = 16
+#: Seconds between two checks that the hashes of a full bucket are still compact listpacks.
+_SHARD_CHECK_EVERY_S: Final = 30.0
 
 # Everything a Redis client can raise for an unreachable or failing server.
 _REDIS_FAILURES: Final = (RedisError, RedisClusterException, OSError, asyncio.TimeoutError)
@@ -63,10 +73,15 @@ class RedisReplayGuard(AsyncLifecycle):
 
     Every consumer sharing ``prefix`` must use the same ``bucket_ms`` and ``shards`` (they decide
     where a nonce lives); :meth:`start` records them in ``{prefix}:layout`` and refuses a
-    mismatch. Size ``shards`` with :func:`recommended_shards` from the planned peak rate of
-    distinct envelopes (the default 16 suits up to ~1,000/s). Too few shards costs memory (a hash
-    that outgrows Redis's ``hash-max-listpack-entries`` becomes a hashtable, ~3x the bytes per
-    nonce); too many costs a little per key at low rates; neither affects correctness.
+    mismatch. Give either ``shards`` or ``peak_rate`` (the planned peak of distinct envelopes
+    per second; shards = :func:`recommended_shards` of it), not both; neither means 16 shards
+    (~1,000/s). Too few shards costs memory (a hash that outgrows Redis's
+    ``hash-max-listpack-entries`` becomes a hashtable, ~3x the bytes per nonce); too many costs
+    a little per key at low rates; neither affects correctness. A guard sized by ``peak_rate``
+    adopts the shards already recorded for the prefix (the first guard decides; a WARNING says
+    when they are fewer than its rate needs), while explicit ``shards`` must match. Every
+    ``_SHARD_CHECK_EVERY_S`` the guard also checks in the background that a full bucket's hash
+    is still a listpack and logs a WARNING (once) when the observed rate outgrew the shards.
 
     Lifecycle: :meth:`start` (or the first claim) loads the script and checks the layout;
     :meth:`stop` closes a client the guard created and is idempotent; ``async with`` does both.
@@ -80,16 +95,19 @@ class RedisReplayGuard(AsyncLifecycle):
         *,
         prefix: str = "signed-bus",
         bucket_ms: int = 1_000,
-        shards: int = 16,
+        shards: int | None = None,
+        peak_rate: float | None = None,
         max_claims_per_call: int = 4_096,
         check_layout: bool = True,
     ) -> None:
-        check_guard_settings(
+        shards = check_guard_settings(
             prefix=prefix,
             bucket_ms=bucket_ms,
             shards=shards,
+            peak_rate=peak_rate,
             max_claims_per_call=max_claims_per_call,
         )
+        self.peak_rate = peak_rate
         if not isinstance(client, aioredis.Redis | RedisCluster):
             raise ConfigurationError(
                 "client must be a redis.asyncio.Redis or redis.asyncio.cluster.RedisCluster"
@@ -115,6 +133,9 @@ class RedisReplayGuard(AsyncLifecycle):
         self._started = False
         self._stopped = False
         self._start_lock = asyncio.Lock()
+        self._checked_at = -_SHARD_CHECK_EVERY_S
+        self._check_task: asyncio.Task[None] | None = None
+        self._warned_hashtable = False
 
     @classmethod
     def from_url(
@@ -124,7 +145,8 @@ class RedisReplayGuard(AsyncLifecycle):
         cluster: bool = False,
         prefix: str = "signed-bus",
         bucket_ms: int = 1_000,
-        shards: int = 16,
+        shards: int | None = None,
+        peak_rate: float | None = None,
         max_claims_per_call: int = 4_096,
         check_layout: bool = True,
         **client_options: Any,
@@ -150,6 +172,7 @@ class RedisReplayGuard(AsyncLifecycle):
             prefix=prefix,
             bucket_ms=bucket_ms,
             shards=shards,
+            peak_rate=peak_rate,
             max_claims_per_call=max_claims_per_call,
             check_layout=check_layout,
         )
@@ -204,7 +227,16 @@ class RedisReplayGuard(AsyncLifecycle):
         # SET NX then GET (not SET NX GET, which needs Redis 7): the record never changes once
         # written, so the two steps cannot interleave badly.
         await self._client.set(key, self.layout.encode(), nx=True)
-        check_layout_record(self.prefix, await self._client.get(key), self.layout)
+        stored = await self._client.get(key)
+        shards = shards_to_adopt(
+            self.prefix,
+            stored,
+            bucket_ms=self.bucket_ms,
+            shards=self.shards,
+            peak_rate=self.peak_rate,
+        )
+        self.shards = self._planner.shards = shards
+        check_layout_record(self.prefix, stored, self.layout)
 
     async def _warn_if_evicting(self) -> None:
         # An evicted bucket forgets its nonces: replays inside the window would pass.
@@ -219,6 +251,8 @@ class RedisReplayGuard(AsyncLifecycle):
         if self._stopped:
             return
         self._stopped = True
+        if self._check_task is not None:
+            self._check_task.cancel()
         if self._owns_client:
             try:
                 await self._client.aclose()
@@ -259,7 +293,48 @@ class RedisReplayGuard(AsyncLifecycle):
         verdicts = decode_verdicts(calls, replies, len(claims))
         if verdicts is None:
             raise ReplayGuardUnavailable("Redis returned a malformed replay claim reply")
+        now = time.monotonic()
+        if now - self._checked_at >= _SHARD_CHECK_EVERY_S and not self._warned_hashtable:
+            self._checked_at = now
+            self._check_shards(claims[0][2] // self.bucket_ms - 1)
         return verdicts
+
+    def _check_shards(self, bucket: int) -> None:
+        """In the background, check that one hash of ``bucket`` (a full one) is a listpack."""
+        if self._check_task is not None and not self._check_task.done():
+            return
+        shard = int(self._checked_at) % self.shards
+        key = bucket_key(self.prefix, bucket, shard)
+        self._check_task = asyncio.create_task(self._check_hash(key))
+
+    async def _check_hash(self, key: bytes) -> None:
+        try:
+            pipe = self._client.pipeline(transaction=False)
+            pipe.object("encoding", key)
+            pipe.hlen(key)
+            encoding, entries = await pipe.execute()
+        except _REDIS_FAILURES as exc:  # OBJECT may be forbidden by an ACL: no check then
+            _log.debug("replay guard shard check failed: %s", type(exc).__name__)
+            return
+        if encoding not in (b"hashtable", "hashtable"):
+            return
+        self._warned_hashtable = True
+        rate = int(entries) * self.shards * 1000 / self.bucket_ms
+        _log.warning(
+            "replay guard hash %s holds %d nonces, more than the compact encoding's limit "
+            "(hash-max-listpack-entries, %d by default): about %.0f envelopes/s reach prefix %r, "
+            "more than its %d shards suit (%.0f/s), so each nonce takes about 3x the memory. "
+            "Size a new prefix with peak_rate=%.0f (or shards=%d)",
+            key.decode(),
+            int(entries),
+            LISTPACK_ENTRIES,
+            rate,
+            self.prefix,
+            self.shards,
+            compact_rate(self.shards, bucket_ms=self.bucket_ms),
+            rate,
+            recommended_shards(rate, bucket_ms=self.bucket_ms),
+        )
 
     async def _execute(self, calls: list[ScriptCall], ttl: int) -> list[Any]:
         """Run the script calls: one EVALSHA, or one pipeline (per node on a cluster)."""

@@ -59,6 +59,7 @@ __all__ = [
     "layout_key",
     "nonce_field",
     "nonce_shard",
+    "parse_layout_descriptor",
     "position_value",
 ]
 
@@ -227,6 +228,27 @@ def layout_key(prefix: str) -> bytes:
 def layout_descriptor(bucket_ms: int, shards: int) -> str:
     """What the layout record holds; every consumer sharing a prefix must agree on it."""
     return f"v{LAYOUT_VERSION} bucket_ms={bucket_ms} shards={shards}"
+
+
+def parse_layout_descriptor(stored: bytes | str | None) -> tuple[int, int] | None:
+    """``(bucket_ms, shards)`` of a stored :func:`layout_descriptor`; None if it is not one."""
+    if isinstance(stored, bytes):
+        stored = stored.decode("utf-8", "replace")
+    if stored is None:
+        return None
+    parts = stored.split(" ")
+    if len(parts) != 3 or parts[0] != f"v{LAYOUT_VERSION}":
+        return None
+    names = ("bucket_ms=", "shards=")
+    if not all(part.startswith(name) for part, name in zip(parts[1:], names, strict=True)):
+        return None
+    try:
+        bucket_ms, shards = (int(part.split("=", 1)[1]) for part in parts[1:])
+    except ValueError:
+        return None
+    if bucket_ms < 1 or not 1 <= shards <= 0xFFFF:
+        return None
+    return bucket_ms, shards
 
 
 def check_layout_record(prefix: str, stored: bytes | str | None, wanted: str) -> None:

@@ -10,7 +10,19 @@ from typing import Final
 
 from signed_bus.errors import ConfigurationError
 
-__all__ = ["DEFAULT_BYTES_PER_NONCE", "estimate_memory_bytes", "recommended_shards"]
+__all__ = [
+    "DEFAULT_BYTES_PER_NONCE",
+    "DEFAULT_SHARDS",
+    "LISTPACK_ENTRIES",
+    "compact_rate",
+    "estimate_memory_bytes",
+    "recommended_shards",
+]
+
+#: Shards per bucket of a guard given neither ``shards`` nor ``peak_rate``: 1,000/s.
+DEFAULT_SHARDS: Final = 16
+#: Redis's stock ``hash-max-listpack-entries``: a hash with more fields becomes a hashtable.
+LISTPACK_ENTRIES: Final = 128
 
 #: Bytes per nonce of Redis ``used_memory`` assumed by :func:`estimate_memory_bytes`. Measured
 #: with benchmarks/bench_replay.py on Redis 7.0: about 33 with shards sized for the rate (hashes
@@ -45,7 +57,22 @@ def recommended_shards(
     consumer sharing a prefix must use the same value, so derive it from a planned peak rate,
     not a measured one. 1,000/s with 1 s buckets gives the default, 16.
     """
-    if peak_rate_per_second < 0 or bucket_ms < 1 or nonces_per_hash < 1:
-        raise ConfigurationError("rate must be >= 0, bucket_ms and nonces_per_hash >= 1")
+    if (
+        isinstance(peak_rate_per_second, bool)
+        or not isinstance(peak_rate_per_second, int | float)
+        or not math.isfinite(peak_rate_per_second)
+        or peak_rate_per_second < 0
+        or bucket_ms < 1
+        or nonces_per_hash < 1
+    ):
+        raise ConfigurationError(
+            "rate must be a finite number >= 0, bucket_ms and nonces_per_hash >= 1"
+        )
     wanted = math.ceil(peak_rate_per_second * bucket_ms / 1000 / nonces_per_hash)
     return max(1, min(0xFFFF, wanted))
+
+
+def compact_rate(shards: int, *, bucket_ms: int = 1_000, nonces_per_hash: int = 64) -> float:
+    """The rate of distinct envelopes per second ``shards`` are sized for (the inverse of
+    :func:`recommended_shards`): 64 nonces per hash, half the stock listpack limit."""
+    return shards * nonces_per_hash * 1000 / bucket_ms

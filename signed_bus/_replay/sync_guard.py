@@ -39,6 +39,7 @@ from signed_bus._replay.layout import (
 from signed_bus._replay.settings import (
     check_guard_settings,
     check_no_window_options,
+    shards_to_adopt,
     warn_if_evicting,
 )
 from signed_bus.errors import ConfigurationError, ReplayGuardUnavailable
@@ -70,16 +71,19 @@ class SyncRedisReplayGuard(SyncLifecycle):
         *,
         prefix: str = "signed-bus",
         bucket_ms: int = 1_000,
-        shards: int = 16,
+        shards: int | None = None,
+        peak_rate: float | None = None,
         max_claims_per_call: int = 4_096,
         check_layout: bool = True,
     ) -> None:
-        check_guard_settings(
+        shards = check_guard_settings(
             prefix=prefix,
             bucket_ms=bucket_ms,
             shards=shards,
+            peak_rate=peak_rate,
             max_claims_per_call=max_claims_per_call,
         )
+        self.peak_rate = peak_rate
         if not isinstance(client, redis.Redis | RedisCluster):
             raise ConfigurationError("client must be a redis.Redis or redis.cluster.RedisCluster")
         self._client = client
@@ -112,7 +116,8 @@ class SyncRedisReplayGuard(SyncLifecycle):
         cluster: bool = False,
         prefix: str = "signed-bus",
         bucket_ms: int = 1_000,
-        shards: int = 16,
+        shards: int | None = None,
+        peak_rate: float | None = None,
         max_claims_per_call: int = 4_096,
         check_layout: bool = True,
         **client_options: Any,
@@ -133,6 +138,7 @@ class SyncRedisReplayGuard(SyncLifecycle):
             prefix=prefix,
             bucket_ms=bucket_ms,
             shards=shards,
+            peak_rate=peak_rate,
             max_claims_per_call=max_claims_per_call,
             check_layout=check_layout,
         )
@@ -167,7 +173,16 @@ class SyncRedisReplayGuard(SyncLifecycle):
                 if self.check_layout:
                     key = layout_key(self.prefix)
                     self._client.set(key, self.layout.encode(), nx=True)
-                    check_layout_record(self.prefix, self._client.get(key), self.layout)
+                    stored = self._client.get(key)
+                    shards = shards_to_adopt(
+                        self.prefix,
+                        stored,
+                        bucket_ms=self.bucket_ms,
+                        shards=self.shards,
+                        peak_rate=self.peak_rate,
+                    )
+                    self.shards = self._planner.shards = shards
+                    check_layout_record(self.prefix, stored, self.layout)
                 self._client.script_load(CLAIM_SCRIPT)
                 if not self._cluster:
                     with contextlib.suppress(RedisError):  # INFO may be forbidden by an ACL

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from signed_bus.bench.config import PARTS, BenchConfig
+from signed_bus.bench.config import EXTRA_PARTS, PARTS, BenchConfig
 from signed_bus.errors import ConfigurationError
 
 __all__ = ["config_from_args", "register"]
@@ -26,6 +26,7 @@ _OVERRIDES = {
     "repeats": "repeats",
     "bootstrap_servers": "bootstrap_servers",
     "redis_url": "redis_url",
+    "steady_duration": "steady_duration_s",
 }
 
 
@@ -66,7 +67,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--out", type=Path, default=Path("results"), metavar="DIR", help="results folder"
     )
     parser.add_argument(
-        "--only", metavar="PART,...", help=f"run only these parts: {','.join(PARTS)}"
+        "--only",
+        metavar="PART,...",
+        help=f"run only these parts: {','.join(PARTS)} (default: all), {','.join(EXTRA_PARTS)}",
+    )
+    parser.add_argument(
+        "--steady-duration", type=_positive_float, metavar="S", help="seconds per steady run"
     )
     parser.add_argument(
         "--nonces", type=_positive_int, metavar="N", help="claims for bytes per nonce"
@@ -99,13 +105,13 @@ def _parts(only: str | None) -> tuple[str, ...]:
     if not only:
         return PARTS
     wanted = [name.strip() for name in only.split(",") if name.strip()]
-    unknown = [name for name in wanted if name not in PARTS]
+    unknown = [name for name in wanted if name not in PARTS + EXTRA_PARTS]
     if unknown or not wanted:
         raise ConfigurationError(
             f"--only: unknown part(s) {', '.join(unknown) or '(none)'}; choose from "
-            f"{', '.join(PARTS)}"
+            f"{', '.join(PARTS + EXTRA_PARTS)}"
         )
-    return tuple(name for name in PARTS if name in wanted)
+    return tuple(name for name in PARTS + EXTRA_PARTS if name in wanted)
 
 
 def config_from_args(args: argparse.Namespace) -> BenchConfig:
@@ -134,7 +140,8 @@ def _command_line(args: argparse.Namespace) -> str:
     words = ["signed-bus", "bench"]
     if args.quick:
         words.append("--quick")
-    for dest in ("messages", "duration", "rate", "nonces", "codec_ops", "repeats", "only"):
+    named = ("messages", "duration", "rate", "nonces", "codec_ops", "repeats", "only")
+    for dest in (*named, "steady_duration"):
         value = getattr(args, dest)
         if value is not None:
             words += [f"--{dest.replace('_', '-')}", str(value)]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from signed_bus._freshness import Freshness
 
-__all__ = ["PARTS", "BenchConfig"]
+__all__ = ["EXTRA_PARTS", "PARTS", "BenchConfig"]
 
 #: Every measurement, in the order the runner executes them (cheap, service-free ones first).
 PARTS: tuple[str, ...] = (
@@ -21,6 +21,8 @@ PARTS: tuple[str, ...] = (
     "observability",
     "confluent",
 )
+#: Parts run only when named in ``--only`` (they take minutes), after the others.
+EXTRA_PARTS: tuple[str, ...] = ("steady",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +48,9 @@ class BenchConfig:
     #: Rounds of the latency run (each ``duration_s`` per variant).
     latency_rounds: int = 3
     payload_bytes: int = 512
+    #: The steady-load part: results per second and seconds per run (three runs).
+    steady_rate: int = 1_500
+    steady_duration_s: float = 120.0
     #: The verifier's window; the replay guard keeps nonces for its retention.
     freshness: Freshness = dataclasses.field(default_factory=Freshness)
     #: Run the replay guard of parts 2 and 3 on a private redis-server (part 4 always does):
@@ -76,4 +81,5 @@ class BenchConfig:
             codec_ops=5_000,
             repeats=3,
             latency_rounds=1,
+            steady_duration_s=10.0,
         )

@@ -39,8 +39,10 @@ def unique_name(kind: str) -> str:
 
 
 @contextlib.asynccontextmanager
-async def bench_topics(config: BenchConfig, kinds: Sequence[str]) -> AsyncIterator[dict[str, str]]:
-    """One new single-partition LogAppendTime topic per kind (kind -> name), deleted after.
+async def bench_topics(
+    config: BenchConfig, kinds: Sequence[str], *, partitions: int = 1
+) -> AsyncIterator[dict[str, str]]:
+    """One new LogAppendTime topic per kind (kind -> name), deleted after.
 
     Yields once each partition's leader answers (a ListOffsets round trip), so the first
     produce does not meet a leader still being elected.
@@ -49,11 +51,13 @@ async def bench_topics(config: BenchConfig, kinds: Sequence[str]) -> AsyncIterat
     admin = AIOKafkaAdminClient(bootstrap_servers=config.bootstrap_servers)
     await admin.start()
     try:
-        await create_topics(admin, names.values(), partitions=1)
+        await create_topics(admin, names.values(), partitions=partitions)
         probe = AIOKafkaConsumer(bootstrap_servers=config.bootstrap_servers)
         await probe.start()
         try:
-            await probe.end_offsets([TopicPartition(name, 0) for name in names.values()])
+            await probe.end_offsets(
+                [TopicPartition(name, p) for name in names.values() for p in range(partitions)]
+            )
         finally:
             await probe.stop()
         yield names

@@ -19,7 +19,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from signed_bus.bench.config import PARTS, BenchConfig
+from signed_bus.bench.config import EXTRA_PARTS, PARTS, BenchConfig
 from signed_bus.bench.machine import describe_machine
 from signed_bus.bench.results import BenchReport, PartResult
 
@@ -38,6 +38,7 @@ _PART_FUNCTIONS: dict[str, tuple[str, str]] = {
     "latency": ("signed_bus.bench.latency", "measure_latency"),
     "observability": ("signed_bus.bench.observability", "measure_observability"),
     "confluent": ("signed_bus.bench.confluent", "measure_confluent"),
+    "steady": ("signed_bus.bench.steady", "measure_steady"),
 }
 
 
@@ -45,7 +46,8 @@ def _part_function(name: str) -> PartFunction:
     try:
         module_name, function_name = _PART_FUNCTIONS[name]
     except KeyError:
-        raise ValueError(f"unknown part {name!r}; choose from {', '.join(PARTS)}") from None
+        names = ", ".join(PARTS + EXTRA_PARTS)
+        raise ValueError(f"unknown part {name!r}; choose from {names}") from None
     function: PartFunction = getattr(importlib.import_module(module_name), function_name)
     return function
 
@@ -96,7 +98,7 @@ async def run_bench(
         machine=describe_machine(redis_info=await _redis_server_info(config.redis_url)),
         config={k: str(v) if isinstance(v, Path) else v for k, v in _asdict(config).items()},
     )
-    for name in PARTS:
+    for name in PARTS + EXTRA_PARTS:
         if name not in config.parts:
             continue
         if progress:

@@ -87,6 +87,7 @@ async def main(argv: list[str]) -> None:
         # the broker's minimum: the restarted consumer's join waits this long for the dead one
         session_timeout_ms=6_000,
         heartbeat_interval_ms=1_000,
+        commit_interval_ms=0,  # commit every finished batch: the test kills it mid-batch
     )
     consumer = VerifyingConsumer.from_options(
         options, verifier=verifier, guard=guard, max_records=MAX_RECORDS

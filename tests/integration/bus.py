@@ -115,6 +115,9 @@ async def read_all(bootstrap: str, topic: str, count: int, *, within: float = 30
 def consumer_options(
     bootstrap: str, topics: list[str], group: str | None = None, **kw: Any
 ) -> ConsumerOptions:
+    # Commits at every batch boundary unless a test says otherwise: Running.caught_up then
+    # sees the commit at once (test_commit_interval.py tests the coalesced default).
+    kw.setdefault("commit_interval_ms", 0)
     return ConsumerOptions(
         bootstrap_servers=bootstrap, group_id=group or unique("g"), topics=topics, **kw
     )

@@ -213,11 +213,12 @@ async def test_a_handed_in_kafka_consumer_is_refused(guard: RedisReplayGuard) ->
 
 def test_consumer_options_refuse_extra_options_the_library_owns() -> None:
     base: dict[str, Any] = {"bootstrap_servers": "b", "group_id": "g", "topics": ["t"]}
-    for owned in ("enable_auto_commit", "isolation_level", "group_id", "sasl_plain_password"):
+    owned_names = ("enable_auto_commit", "isolation_level", "group_id", "sasl_plain_password")
+    for owned in (*owned_names, "fetch_min_bytes"):
         with pytest.raises(ConfigurationError, match=owned):
             ConsumerOptions(**base, extra={owned: "x"})
-    options = ConsumerOptions(**base, extra={"fetch_min_bytes": 2, "retry_backoff_ms": 50})
-    assert "fetch_min_bytes" not in repr(options)
+    options = ConsumerOptions(**base, extra={"metadata_max_age_ms": 2, "retry_backoff_ms": 50})
+    assert "metadata_max_age_ms" not in repr(options)
 
 
 async def test_consumer_needs_a_guard_unless_auditing(guard: RedisReplayGuard) -> None:
