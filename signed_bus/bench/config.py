@@ -12,7 +12,7 @@ from signed_bus._freshness import Freshness
 __all__ = ["PARTS", "BenchConfig"]
 
 #: Every measurement, in the order the runner executes them (cheap, service-free ones first).
-PARTS: tuple[str, ...] = ("codec", "redis", "produce", "consume", "latency")
+PARTS: tuple[str, ...] = ("codec", "redis", "produce", "consume", "latency", "faststream")
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,6 +36,7 @@ _PART_FUNCTIONS: dict[str, tuple[str, str]] = {
     "produce": ("signed_bus.bench.produce", "measure_produce"),
     "consume": ("signed_bus.bench.consume", "measure_consume"),
     "latency": ("signed_bus.bench.latency", "measure_latency"),
+    "faststream": ("signed_bus.bench.faststream_cost", "measure_faststream"),
 }
 
 
