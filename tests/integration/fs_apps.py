@@ -38,6 +38,17 @@ def broker(flavour: str, bootstrap: str, bus: SignedBus | None) -> KafkaBroker |
     return ConfluentBroker(bootstrap, middlewares=middlewares, logger=None)
 
 
+def keyed(flavour: str, body: object, key: bytes) -> Any:
+    """``body`` with its own record key, for ``publish_batch``."""
+    if flavour == "kafka":
+        from faststream.kafka import KafkaResponse
+
+        return KafkaResponse(body, key=key)
+    from faststream.confluent import KafkaResponse as ConfluentResponse
+
+    return ConfluentResponse(body, key=key)
+
+
 def subscriber_options(flavour: str, group: str, *, batch: bool = False) -> dict[str, Any]:
     """At-least-once subscriber settings: a group, from the beginning, NACK on error."""
     from faststream import AckPolicy

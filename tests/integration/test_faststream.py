@@ -43,6 +43,7 @@ from tests.integration.fs_apps import (
     FLAVOURS,
     Result,
     broker,
+    keyed,
     result,
     subscriber_options,
     wait_for,
@@ -210,13 +211,15 @@ async def test_a_batch_is_claimed_in_one_redis_call(
 
         async with running(publisher):
             for start in range(0, count, 25):  # within the producer's batch buffer
-                chunk = (result(i) for i in range(start, start + 25))
+                # each record signed for its own key (a wrong key digest would be rejected)
+                chunk = (keyed(flavour, result(i), b"k%d" % i) for i in range(start, start + 25))
                 await publisher.publish_batch(*chunk, topic=topic)
         await claims.start()  # loads the script: EVALSHA calls from here on are claims
         before = await _evalsha_calls(stats)
         async with running(app):
             await wait_for(lambda: sum(sizes) == count, "every record")
         calls = await _evalsha_calls(stats) - before
+        assert bus.metrics.rejected_total == 0, bus.metrics.rejected
         await claims.stop()
         await stats.aclose()
     assert max(sizes) > 1, sizes  # real batches, not one record each
@@ -250,8 +253,8 @@ async def test_a_handler_failure_is_redelivered_not_skipped(
             raise RuntimeError("the handler failed once")
 
     async with running(publisher):
-        for seq in range(3):
-            await publisher.publish(result(seq), topic)
+        for seq in range(3):  # a str key is signed as the UTF-8 bytes the broker sends
+            await publisher.publish(result(seq), topic, key=f"k-{seq}")
     async with running(app):
         await wait_for(lambda: {seq for seq, _ in attempts} == {0, 1, 2}, "every record")
         await asyncio.sleep(0.5)
