@@ -13,10 +13,12 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
 
+from fast_depends.exceptions import ValidationError as ArgumentsMisfit
 from faststream import BaseMiddleware
 from faststream._internal.context.repository import ContextRepo
 
@@ -37,7 +39,12 @@ from signed_bus._metrics import ConsumerMetrics
 from signed_bus._replay.guard import RedisReplayGuard
 from signed_bus._signer import Signer
 from signed_bus._verifier import Verifier
-from signed_bus.errors import ConfigurationError, ReplayGuardUnavailable, VerificationError
+from signed_bus.errors import (
+    ConfigurationError,
+    MalformedEnvelope,
+    ReplayGuardUnavailable,
+    VerificationError,
+)
 from signed_bus.faststream._records import as_record, letter
 
 __all__ = ["CONTEXT_KEY", "SignedBus", "verified_batch", "verified_message"]
@@ -206,6 +213,18 @@ class SignedBus:
         gate.metrics.delivered += len(delivered)
         return delivered
 
+    async def misfit(self, message: ConsumedMessage, broker: Any) -> None:
+        """Dead-letter a verified message whose payload the handler's types refused."""
+        gate = self._gate
+        assert gate is not None
+        error = MalformedEnvelope(
+            "the verified payload does not fit the handler's parameter types",
+            kid=message.verified.kid,
+            issuer=message.verified.issuer,
+        )
+        gate.metrics.delivered -= 1
+        await self._dead_letter(gate.reject([(message.record, error)]), broker)
+
     async def _claim(self, gate: Gate, batch: Settling[tuple[str, int]]) -> bool:
         """One claim call; while Redis is unavailable, retry with backoff up to ``hold_s``
         (dropping what went stale), then raise. True if the batch was held."""
@@ -305,7 +324,16 @@ class _Middleware(BaseMiddleware):
         msg.set_decoder(decode)
         msg.clear_cache()
         with self.context.scope(CONTEXT_KEY, consumed if is_batch else consumed[0]):
-            return await call_next(msg)
+            try:
+                return await call_next(msg)
+            except ValueError as exc:
+                # which record of a batch misfits is unknown: the batch is redelivered
+                if is_batch or not _arguments_misfit(exc, self.context):
+                    raise
+        # FastStream could not validate the verified payload into the handler's parameters:
+        # redelivering it would fail the same way forever, so it is dead-lettered instead
+        await bus.misfit(consumed[0], self.context.get("broker"))
+        return None
 
     async def publish_scope(self, call_next: Callable[[Any], Awaitable[Any]], cmd: Any) -> Any:
         signer = self._bus._signer
@@ -318,6 +346,23 @@ class _Middleware(BaseMiddleware):
             _consumed.reset(self._token)
             self._token = None
         return False
+
+
+def _arguments_misfit(exc: ValueError, context: ContextRepo) -> bool:
+    """True when FastStream could not validate the decoded payload into the handler's
+    parameters (before the handler ran), not when the handler or its return value failed."""
+    if isinstance(exc, ArgumentsMisfit):  # an app built with fast_depends' own errors
+        return all(item.field_name != "return" for item in exc.error_fields)
+    pydantic = sys.modules.get("pydantic")
+    if pydantic is None or not isinstance(exc, pydantic.ValidationError):
+        return False
+    # FastStream validates the arguments with a model named after the handler function
+    # (its parameters); a ValidationError the handler raised names the handler's own model
+    names = set()
+    for item in getattr(context.get("handler_"), "calls", None) or ():
+        call = getattr(getattr(item, "handler", None), "_declared_call", None)
+        names.add(getattr(call, "__name__", None))
+    return exc.title in names
 
 
 def _key(key: object) -> bytes | None:

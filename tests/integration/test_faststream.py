@@ -266,6 +266,44 @@ async def test_a_handler_failure_is_redelivered_not_skipped(
 
 
 @pytest.mark.parametrize("flavour", FLAVOURS)
+async def test_a_signed_payload_that_misfits_the_handler_is_dead_lettered_not_redelivered(
+    flavour: str,
+    kafka_bootstrap: str,
+    redis_url: str,
+    redis_prefix: str,
+    unique_topic: TopicFactory,
+    ring: Keyring,
+) -> None:
+    topic = await unique_topic("fs-misfit")
+    dlq = await unique_topic("fs-misfit-dlq")
+    claims = guard(redis_url, redis_prefix)
+    bus = SignedBus(verifier=_verifier(ring), guard=claims, dead_letter_topic=dlq)
+    app = broker(flavour, kafka_bootstrap, bus)
+    publisher = broker(flavour, kafka_bootstrap, SignedBus(signer=_signer(ring)))
+    handled: list[int] = []
+    failed: list[int] = []
+
+    @app.subscriber(topic, **subscriber_options(flavour, unique("g")))
+    async def on_result(item: Result) -> None:
+        if not failed:  # the handler's own ValidationError is a failure: redelivered
+            failed.append(item.seq)
+            Result.model_validate({"seq": "raised by the handler"})
+        handled.append(item.seq)
+
+    async with running(publisher):
+        await publisher.publish({"seq": "not a number", "label": "x", "score": 1.0}, topic)
+        await publisher.publish(result(1), topic)
+    async with stopping(claims), running(app):
+        await wait_for(lambda: handled == [1], "the record after the misfit")
+        (letter,) = [DeadLetter.from_record(r) for r in await read_all(kafka_bootstrap, dlq, 1)]
+    assert failed == [1]
+    assert (letter.reason, letter.source_offset) == ("malformed", 0)
+    assert "parameter types" in letter.error and "not a number" not in letter.error
+    assert bus.metrics.rejected == {"malformed": 1}
+    assert (bus.metrics.delivered, bus.metrics.same_position) == (2, 1)  # seq 1, twice
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
 async def test_a_relay_hop_carries_provenance_that_trace_walks(
     flavour: str,
     kafka_bootstrap: str,
