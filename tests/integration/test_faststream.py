@@ -21,7 +21,7 @@ import redis.asyncio as aioredis
 from faststream import Context
 
 from producers.attacker import EXPECTED_REASONS, Captured, Forger
-from signed_bus import Keyring, Signer, Verifier, generate_ed25519_key
+from signed_bus import Backoff, Keyring, Signer, Verifier, generate_ed25519_key
 from signed_bus._deadletter import DeadLetter
 from signed_bus._gate import ConsumedMessage
 from signed_bus._kafka.consumer import VerifyingConsumer
@@ -263,6 +263,38 @@ async def test_a_handler_failure_is_redelivered_not_skipped(
     # the failed record came back at its own position (SAME_POSITION), nothing was skipped
     assert ones == [ClaimVerdict.NEW, ClaimVerdict.SAME_POSITION], attempts
     assert [seq for seq, _ in attempts] == [0, 1, 1, 2]
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+async def test_records_held_while_redis_is_down_are_delivered_once_it_is_back(
+    flavour: str, kafka_bootstrap: str, unique_topic: TopicFactory, ring: Keyring, tmp_path: Path
+) -> None:
+    topic = await unique_topic("fs-redis-down")
+    publisher = broker(flavour, kafka_bootstrap, SignedBus(signer=_signer(ring)))
+    async with running(publisher):
+        for seq in range(3):
+            await publisher.publish(result(seq), topic)
+    handled: list[tuple[int, ClaimVerdict | None]] = []
+    with RedisProcess(directory=tmp_path) as server:
+        claims = guard(server.url, "down")
+        await claims.start()
+        server.stop()
+        fast = Backoff(initial_ms=50, max_ms=200)
+        bus = SignedBus(verifier=_verifier(ring), guard=claims, backoff=fast, hold_s=0.5)
+        app = broker(flavour, kafka_bootstrap, bus)
+
+        @app.subscriber(topic, **subscriber_options(flavour, unique("g")))
+        async def on_result(item: Result, signed: ConsumedMessage = SIGNED) -> None:
+            handled.append((item.seq, signed.claim))
+
+        async with stopping(claims), running(app):
+            await wait_for(lambda: bus.metrics.guard_retries >= 3, "the held claim to retry")
+            assert handled == []  # fail closed: nothing delivered unchecked
+            server.start()
+            await wait_for(lambda: len(handled) >= 3, "every record")
+            await asyncio.sleep(0.5)
+    assert handled == [(seq, ClaimVerdict.NEW) for seq in range(3)]
+    assert bus.metrics.unchecked == 0
 
 
 @pytest.mark.parametrize("flavour", FLAVOURS)
