@@ -21,12 +21,15 @@ from typing import Any, cast
 from fast_depends.exceptions import ValidationError as ArgumentsMisfit
 from faststream import BaseMiddleware
 from faststream._internal.context.repository import ContextRepo
+from faststream.exceptions import AckMessage
 
 from signed_bus._deadletter import Omitted
 from signed_bus._envelope import MAX_PARENTS
 from signed_bus._gate import (
     HELD_FOR_DEAD_LETTERS,
     HELD_FOR_GUARD,
+    HELD_FOR_RELAY,
+    RECHECK_AFTER_MS,
     ConsumedMessage,
     Gate,
     Record,
@@ -58,6 +61,10 @@ CONTEXT_KEY = "signed"
 # What the running handler consumed (verified), and the digests its publishes name as parents.
 _consumed: contextvars.ContextVar[tuple[ConsumedMessage, ...]] = contextvars.ContextVar(
     "signed_bus_faststream_consumed", default=()
+)
+# The gate that admitted them and when (its clock, ms): a publish re-checks their window.
+_admitted: contextvars.ContextVar[tuple[Gate, int] | None] = contextvars.ContextVar(
+    "signed_bus_faststream_admitted", default=None
 )
 # Set while a dead letter is published through the broker: it is not signed.
 _raw_publish: contextvars.ContextVar[bool] = contextvars.ContextVar(
@@ -153,7 +160,10 @@ class SignedBus:
 
     @staticmethod
     def _sign(cmd: Any, signer: Signer) -> None:
-        parents = [m.verified.digest for m in _consumed.get()]
+        consumed = _consumed.get()
+        if consumed:
+            _recheck(consumed)
+        parents = [m.verified.digest for m in consumed]
         if len(parents) > MAX_PARENTS:
             raise ConfigurationError(
                 f"a batch handler that publishes names every record it consumed as a parent: "
@@ -291,12 +301,13 @@ class SignedBus:
 class _Middleware(BaseMiddleware):
     """The per-message middleware FastStream builds from a :class:`SignedBus`."""
 
-    __slots__ = ("_bus", "_token")
+    __slots__ = ("_admitted", "_bus", "_token")
 
     def __init__(self, msg: Any, /, *, context: ContextRepo, bus: SignedBus) -> None:
         super().__init__(msg, context=context)
         self._bus = bus
         self._token: contextvars.Token[tuple[ConsumedMessage, ...]] | None = None
+        self._admitted: contextvars.Token[tuple[Gate, int] | None] | None = None
 
     async def consume_scope(self, call_next: Callable[[Any], Awaitable[Any]], msg: Any) -> Any:
         bus = self._bus
@@ -306,10 +317,13 @@ class _Middleware(BaseMiddleware):
         is_batch = isinstance(raw, tuple)
         delivered = await bus.admit(raw if is_batch else (raw,), self.context.get("broker"))
         if not delivered:
-            return None  # everything was rejected (and dead-lettered): acknowledged
+            # everything was rejected (and dead-lettered): acknowledged, and not returning
+            # None either, which FastStream would publish to the handler's publishers
+            raise AckMessage
         consumed = tuple(delivered)
         # reset in after_processed: the handler's return value is published after this returns
         self._token = _consumed.set(consumed)
+        self._admitted = _admitted.set((bus._gate, bus._gate.verifier.clock()))
         payloads = [m.payload for m in consumed]
         if is_batch:
             msg.body = [m.body for m in consumed]
@@ -333,7 +347,7 @@ class _Middleware(BaseMiddleware):
         # FastStream could not validate the verified payload into the handler's parameters:
         # redelivering it would fail the same way forever, so it is dead-lettered instead
         await bus.misfit(consumed[0], self.context.get("broker"))
-        return None
+        raise AckMessage
 
     async def publish_scope(self, call_next: Callable[[Any], Awaitable[Any]], cmd: Any) -> Any:
         signer = self._bus._signer
@@ -345,7 +359,28 @@ class _Middleware(BaseMiddleware):
         if self._token is not None:
             _consumed.reset(self._token)
             self._token = None
+        if self._admitted is not None:
+            _admitted.reset(self._admitted)
+            self._admitted = None
         return False
+
+
+def _recheck(consumed: Sequence[ConsumedMessage]) -> None:
+    """Before a handler's output is signed: if the handler ran longer than RECHECK_AFTER_MS,
+    the inputs it names as parents must still be fresh (the relay's rule, docs/OPERATIONS.md
+    "Freshness re-checks"). A stale one fails the publish, so the handler fails and the ack
+    policy redelivers the message, which the gate then dead-letters as stale."""
+    admitted = _admitted.get()
+    if admitted is None:
+        return
+    gate, at = admitted
+    now = gate.verifier.clock()
+    if now - at <= RECHECK_AFTER_MS:
+        return
+    for message in consumed:
+        error = gate.stale(message.record, message.verified, now, HELD_FOR_RELAY)
+        if error is not None:
+            raise error.with_position(message.topic, message.partition, message.offset)
 
 
 def _arguments_misfit(exc: ValueError, context: ContextRepo) -> bool:

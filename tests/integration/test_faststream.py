@@ -12,6 +12,7 @@ import contextlib
 import os
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -263,6 +264,50 @@ async def test_a_handler_failure_is_redelivered_not_skipped(
     # the failed record came back at its own position (SAME_POSITION), nothing was skipped
     assert ones == [ClaimVerdict.NEW, ClaimVerdict.SAME_POSITION], attempts
     assert [seq for seq, _ in attempts] == [0, 1, 1, 2]
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+async def test_a_relay_output_of_an_input_that_expired_in_a_slow_handler_is_not_published(
+    flavour: str,
+    kafka_bootstrap: str,
+    redis_url: str,
+    redis_prefix: str,
+    unique_topic: TopicFactory,
+    ring: Keyring,
+) -> None:
+    results = await unique_topic("fs-slow-results")
+    plans = await unique_topic("fs-slow-plans")
+    dlq = await unique_topic("fs-slow-dlq")
+    claims = guard(redis_url, redis_prefix)
+    planner = broker(
+        flavour,
+        kafka_bootstrap,
+        SignedBus(
+            signer=_signer(ring, "plan-1", "planner"),
+            verifier=_verifier(ring),
+            guard=claims,
+            dead_letter_topic=dlq,
+        ),
+    )
+    calls: list[int] = []
+
+    @planner.subscriber(results, **subscriber_options(flavour, unique("g")))
+    @planner.publisher(plans)
+    async def plan(item: Result) -> dict[str, Any]:
+        calls.append(item.seq)
+        await asyncio.sleep(2.0)  # the input expires meanwhile
+        return {"kind": "plan", "for": item.seq}
+
+    expires_at = int(time.time() * 1000) + 1_500
+    value = _signer(ring).sign(result(3), topic=results, expires_at=expires_at)
+    async with plain_producer(kafka_bootstrap) as producer:
+        await producer.send_and_wait(results, value)
+    async with stopping(claims), running(planner):
+        (letter,) = [DeadLetter.from_record(r) for r in await read_all(kafka_bootstrap, dlq, 1)]
+    assert (letter.reason, letter.source_offset) == ("expired", 0)
+    assert calls == [3]  # the redelivered copy was expired: not handed out again
+    # nothing published: neither the plan nor anything for the rejected redelivery
+    assert await end_offsets(kafka_bootstrap, [plans]) == {(plans, 0): 0}
 
 
 @pytest.mark.parametrize("flavour", FLAVOURS)
