@@ -149,13 +149,6 @@ class SignedBus:
         """FastStream builds one middleware per consumed message and per publish."""
         return _Middleware(msg, context=context, bus=self)
 
-    async def sign_publish(self, call_next: Callable[[Any], Awaitable[Any]], cmd: Any) -> Any:
-        """A publisher middleware that only signs: ``broker.publisher(topic,
-        middlewares=[bus.sign_publish])`` signs that publisher's messages alone."""
-        if self._signer is not None and not _raw_publish.get():
-            self._sign(cmd, self._signer)
-        return await call_next(cmd)
-
     # -- publishing ----------------------------------------------------------------------------
 
     @staticmethod

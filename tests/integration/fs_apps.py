@@ -38,6 +38,17 @@ def broker(flavour: str, bootstrap: str, bus: SignedBus | None) -> KafkaBroker |
     return ConfluentBroker(bootstrap, middlewares=middlewares, logger=None)
 
 
+def router(flavour: str, bus: SignedBus) -> Any:
+    """A router of ``flavour`` with ``bus`` as its middleware."""
+    if flavour == "kafka":
+        from faststream.kafka import KafkaRouter
+
+        return KafkaRouter(middlewares=[bus])
+    from faststream.confluent import KafkaRouter as ConfluentRouter
+
+    return ConfluentRouter(middlewares=[bus])
+
+
 def keyed(flavour: str, body: object, key: bytes) -> Any:
     """``body`` with its own record key, for ``publish_batch``."""
     if flavour == "kafka":

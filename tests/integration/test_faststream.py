@@ -46,6 +46,7 @@ from tests.integration.fs_apps import (
     broker,
     keyed,
     result,
+    router,
     subscriber_options,
     wait_for,
 )
@@ -396,16 +397,19 @@ async def test_a_relay_hop_carries_provenance_that_trace_walks(
     planner_bus = SignedBus(
         signer=_signer(ring, "plan-1", "planner"), verifier=_verifier(ring), guard=claims
     )
-    planner = broker(flavour, kafka_bootstrap, planner_bus)
+    # the bus on a router: only the router's subscribers and publishers are signed-bus ones
+    planner = broker(flavour, kafka_bootstrap, None)
+    relay = router(flavour, planner_bus)
     publisher = broker(flavour, kafka_bootstrap, SignedBus(signer=_signer(ring)))
     consumed: list[ConsumedMessage] = []
 
-    @planner.subscriber(results, **subscriber_options(flavour, unique("g")))
-    @planner.publisher(plans)
+    @relay.subscriber(results, **subscriber_options(flavour, unique("g")))
+    @relay.publisher(plans)
     async def plan(item: Result, signed: ConsumedMessage = SIGNED) -> dict[str, Any]:
         consumed.append(signed)
         return {"kind": "plan", "for": item.seq, "action": "restart"}  # no digest passed
 
+    planner.include_router(relay)
     async with running(publisher):
         await publisher.publish(result(7), results, key=b"incident-7")
     async with running(planner):
