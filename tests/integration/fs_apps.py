@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from faststream.confluent import KafkaBroker as ConfluentBroker
 from faststream.kafka import KafkaBroker
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from signed_bus.faststream import SignedBus
 
@@ -19,15 +19,32 @@ FLAVOURS = ("kafka", "confluent")
 
 
 class Result(BaseModel):
-    """A typed inference result; ``score`` is produced as a numpy float."""
+    """The typed result a handler takes."""
 
     seq: int
     label: str
     score: float
+    embedding: list[float]
 
 
-def result(seq: int) -> Result:
-    return Result(seq=seq, label=f"label-{seq}", score=np.float32(seq / 4))  # type: ignore[arg-type]
+class ModelOutput(BaseModel):
+    """What ML code produces: a Pydantic model holding numpy values as they are."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    seq: int
+    label: str
+    score: np.float32
+    embedding: np.ndarray
+
+
+def result(seq: int) -> ModelOutput:
+    return ModelOutput(
+        seq=seq,
+        label=f"label-{seq}",
+        score=np.float32(seq / 4),
+        embedding=np.arange(seq, seq + 3, dtype=np.float32) / 2,
+    )
 
 
 def broker(flavour: str, bootstrap: str, bus: SignedBus | None) -> KafkaBroker | ConfluentBroker:

@@ -181,7 +181,10 @@ async def test_typed_handlers_see_only_verified_records_and_forgeries_are_dead_l
         # the first group to see a record claims it NEW, the others find it at that position
         claims = {ClaimVerdict.NEW, ClaimVerdict.SAME_POSITION}
         assert all(m.claim in claims and m.verified.issuer == ISSUER for _, m in delivered)
+        # the numpy values of the producer's model arrive as the handler's float fields
         assert {item.score for item, _ in delivered} == {seq / 4 for seq in range(honest)}
+        for item, _ in delivered:
+            assert item.embedding == [item.seq / 2, (item.seq + 1) / 2, (item.seq + 2) / 2]
     assert sorted(m.payload["seq"] for m in vc.delivered) == list(range(honest))  # type: ignore[index]
     # every forgery dead-lettered, with the reason VerifyingConsumer gives it
     assert letters["single"] == letters["plain"] == letters["batch"]
