@@ -48,7 +48,7 @@ from signed_bus.errors import (
     ReplayGuardUnavailable,
     VerificationError,
 )
-from signed_bus.faststream._records import as_record, letter
+from signed_bus.faststream._records import as_record, letter, readable_headers
 
 __all__ = ["CONTEXT_KEY", "SignedBus", "verified_batch", "verified_message"]
 
@@ -301,6 +301,11 @@ class _Middleware(BaseMiddleware):
         self._bus = bus
         self._token: contextvars.Token[tuple[ConsumedMessage, ...]] | None = None
         self._admitted: contextvars.Token[tuple[Gate, int] | None] | None = None
+
+    async def on_receive(self) -> None:
+        # before FastStream parses the raw message: its parsers decode every header as UTF-8
+        if self._bus._gate is not None and self.msg is not None:
+            readable_headers(self.msg)
 
     async def consume_scope(self, call_next: Callable[[Any], Awaitable[Any]], msg: Any) -> Any:
         bus = self._bus

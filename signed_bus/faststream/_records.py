@@ -6,6 +6,7 @@ confluent-kafka ``Message`` objects (read once into :class:`ConfluentRecord`).""
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +22,9 @@ from signed_bus._deadletter import (
 from signed_bus._gate import LOG_APPEND_TIME, Record
 from signed_bus.errors import Undecodable, VerificationError
 
-__all__ = ["ConfluentRecord", "as_record", "letter"]
+__all__ = ["ConfluentRecord", "as_record", "letter", "readable_headers"]
+
+log = logging.getLogger("signed_bus.consumer")
 
 # confluent_kafka.TIMESTAMP_LOG_APPEND_TIME (not imported: aiokafka-only apps lack the module)
 _CONFLUENT_LOG_APPEND_TIME = 2
@@ -63,6 +66,50 @@ def as_record(raw: Any) -> Record:
     if callable(getattr(raw, "topic", None)):  # confluent-kafka: accessor methods
         return ConfluentRecord.of(raw)
     return raw  # type: ignore[no-any-return]  # aiokafka's ConsumerRecord fits Record
+
+
+def readable_headers(raw: Any) -> None:
+    """Drop, in place, the headers of a raw record (or tuple of them) that are not UTF-8 text.
+
+    FastStream's parsers decode every header value as UTF-8 before any middleware sees the
+    message, and a header that does not decode fails the parse, which the ack policy answers
+    by redelivering the same record forever. Headers are not signed (anyone on the path can add
+    one) and the gate never reads them, so the unreadable ones are dropped and logged."""
+    for record in raw if isinstance(raw, tuple) else (raw,):
+        accessor = getattr(record, "headers", None)
+        if callable(accessor):  # confluent-kafka: a None value is skipped by the parser
+            headers = accessor() or ()
+            kept = [(n, v) for n, v in headers if v is None or isinstance(v, str) or _text(v)]
+            if len(kept) != len(headers):
+                record.set_headers(kept)
+        else:
+            headers = accessor or ()
+            kept = [(n, v) for n, v in headers if isinstance(v, bytes) and _text(v)]
+            if len(kept) != len(headers):
+                record.headers = tuple(kept)
+        if len(kept) != len(headers):
+            log.warning(
+                "dropped %d header(s) that are not UTF-8 text from %s[%s]@%s (headers are not "
+                "signed; FastStream cannot parse them)",
+                len(headers) - len(kept),
+                *(_position(record)),
+            )
+
+
+def _text(value: object) -> bool:
+    if not isinstance(value, bytes):
+        return False
+    try:
+        value.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _position(record: Any) -> tuple[object, object, object]:
+    if callable(getattr(record, "topic", None)):
+        return record.topic(), record.partition(), record.offset()
+    return record.topic, record.partition, record.offset
 
 
 def letter(

@@ -315,6 +315,35 @@ async def test_a_relay_output_of_an_input_that_expired_in_a_slow_handler_is_not_
 
 
 @pytest.mark.parametrize("flavour", FLAVOURS)
+async def test_a_header_that_is_not_text_does_not_stall_the_subscriber(
+    flavour: str,
+    kafka_bootstrap: str,
+    redis_url: str,
+    redis_prefix: str,
+    unique_topic: TopicFactory,
+    ring: Keyring,
+) -> None:
+    topic = await unique_topic("fs-headers")
+    claims = guard(redis_url, redis_prefix)
+    app = broker(flavour, kafka_bootstrap, SignedBus(verifier=_verifier(ring), guard=claims))
+    handled: list[int] = []
+
+    @app.subscriber(topic, **subscriber_options(flavour, unique("g")))
+    async def on_result(item: Result) -> None:
+        handled.append(item.seq)
+
+    sign = _signer(ring).sign
+    async with plain_producer(kafka_bootstrap) as producer:
+        # headers are unsigned: anyone on the path can add one FastStream's parser cannot read
+        await producer.send_and_wait(topic, sign(result(0), topic=topic), headers=[("x", b"\xff")])
+        await producer.send_and_wait(topic, sign(result(1), topic=topic))
+    async with stopping(claims), running(app):
+        await wait_for(lambda: len(handled) >= 2, "both records", within=20)
+        await asyncio.sleep(0.5)
+    assert handled == [0, 1]
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
 async def test_records_held_while_redis_is_down_are_delivered_once_it_is_back(
     flavour: str, kafka_bootstrap: str, unique_topic: TopicFactory, ring: Keyring, tmp_path: Path
 ) -> None:

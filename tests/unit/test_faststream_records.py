@@ -14,7 +14,7 @@ from signed_bus._deadletter import Omitted
 from signed_bus._gate import LOG_APPEND_TIME
 from signed_bus.errors import BadSignature, ConfigurationError
 from signed_bus.faststream import SignedBus
-from signed_bus.faststream._records import ConfluentRecord, as_record, letter
+from signed_bus.faststream._records import ConfluentRecord, as_record, letter, readable_headers
 
 
 class FakeConfluentMessage:
@@ -42,7 +42,7 @@ class FakeConfluentMessage:
     def value(self) -> bytes | None:
         return self._value
 
-    def headers(self) -> list[tuple[str, bytes]] | None:
+    def headers(self) -> list[tuple[str, bytes | None]] | None:
         return None
 
 
@@ -113,3 +113,28 @@ def test_a_bus_needs_a_guard_to_verify_and_hides_its_keys() -> None:
         SignedBus(verifier=Verifier(ring))
     with pytest.raises(ConfigurationError):
         SignedBus()
+
+
+def test_headers_that_are_not_text_are_dropped_before_faststream_parses() -> None:
+    from aiokafka.structs import ConsumerRecord
+
+    record = ConsumerRecord(
+        "t", 0, 5, 1, 1, None, b"v", None, 0, 1, [("ok", b"text"), ("bad", b"\xff"), ("n", None)]
+    )
+    readable_headers((record,))
+    assert list(record.headers) == [("ok", b"text")]
+
+    class Confluent(FakeConfluentMessage):
+        def __init__(self) -> None:
+            super().__init__(2, b"v")
+            self.set_to: list[tuple[str, bytes | None]] | None = None
+
+        def headers(self) -> list[tuple[str, bytes | None]] | None:
+            return [("ok", b"text"), ("bad", b"\xfe"), ("n", None)]
+
+        def set_headers(self, headers: list[tuple[str, bytes | None]]) -> None:
+            self.set_to = headers
+
+    message = Confluent()
+    readable_headers(message)
+    assert message.set_to == [("ok", b"text"), ("n", None)]
