@@ -15,6 +15,9 @@ every other module is private (``_name``) and may change without notice. Map of 
 - replay guard (Redis): :class:`RedisReplayGuard` claims nonces (:class:`Claim` ->
   :class:`ClaimVerdict`); :func:`estimate_memory_bytes` and :func:`recommended_shards` size it.
 - dead letters: :meth:`DeadLetter.from_record` reads a record of a dead-letter topic.
+- payloads: :func:`encode_payload` (the Signer's default encoder: numpy, Pydantic, dataclasses,
+  datetimes...) and :func:`payload_as` (a verified payload as a model); FastStream apps:
+  :mod:`signed_bus.faststream` (docs/FASTSTREAM.md).
 - provenance: :class:`ProvenanceIndex` (digest -> :class:`Position`) and :class:`Tracer` walk a
   chain of envelopes back to its origin (docs/PIPELINES.md).
 - :func:`printable` escapes record text for terminals and logs.
@@ -52,6 +55,7 @@ from signed_bus._keys import (
     generate_hmac_key,
 )
 from signed_bus._keysource import KeySource, load_keyring
+from signed_bus._payload import encode_payload, payload_as
 from signed_bus._provenance import (
     Position,
     ProvenanceIndex,
@@ -122,6 +126,9 @@ __all__ = [  # noqa: RUF022 (grouped by topic, as in the map above; sorted withi
     "recommended_shards",
     # dead letters
     "DeadLetter",
+    # payloads
+    "encode_payload",
+    "payload_as",
     # provenance
     "Position",
     "ProvenanceIndex",

@@ -1,4 +1,5 @@
-"""Body decoding profiles behind ``VerifiedMessage.payload`` (spec: docs/ENVELOPE.md section 3).
+"""Body decoding profiles behind ``VerifiedMessage.payload`` (spec: docs/ENVELOPE.md section 3),
+the default encoder :class:`~signed_bus.Signer` writes bodies with, and :func:`payload_as`.
 
 One profile per content type, the same in every implementation that shares a topic, so no two
 consumers read different values from the same verified bytes: strict UTF-8, one rule for
@@ -10,16 +11,32 @@ body.
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
+import decimal
+import enum
+import functools
 import gc
 import json
 import math
-from collections.abc import Iterator
+import sys
+import uuid
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, Final
+from typing import Any, Final, TypeVar, cast
 
 import msgpack
 
-__all__ = ["MAX_DEPTH", "MAX_MSGPACK_DEPTH", "PayloadError", "decode_json", "decode_msgpack"]
+__all__ = [
+    "MAX_DEPTH",
+    "MAX_MSGPACK_DEPTH",
+    "Encoder",
+    "PayloadError",
+    "decode_json",
+    "decode_msgpack",
+    "encode_payload",
+    "payload_as",
+]
 
 #: Most JSON arrays/objects nested inside each other; a top-level container is 1.
 MAX_DEPTH: Final = 128
@@ -154,3 +171,119 @@ def _check_tree(value: object, *, text: bool, max_depth: int = MAX_DEPTH) -> Non
                     item.encode("utf-8")
                 except UnicodeEncodeError:
                     raise PayloadError("JSON string holds an unpaired surrogate") from None
+
+
+# -- encoding: the default encoder (its form: docs/ENVELOPE.md section 3, "The default encoder") --
+
+#: Encodes a result into a msgpack body (``application/msgpack``): what :class:`Signer` takes.
+Encoder = Callable[[object], bytes]
+
+
+def encode_payload(result: object) -> bytes:
+    """The default encoder: msgpack, with the types ML code produces mapped onto plain msgpack
+    values (no extension types, so any msgpack reader reads the body and the strict reader
+    :func:`decode_msgpack` needs nothing new). Raises TypeError for a type it has no form for.
+    """
+    return cast(bytes, _packb(result, default=_plain))
+
+
+def _plain(value: object) -> object:
+    """msgpack's ``default`` hook: one non-msgpack value -> its plain form (msgpack then
+    encodes what comes back, calling this again for what is still not plain)."""
+    # Checked by module presence, not import: a numpy or pydantic value cannot exist unless its
+    # library is already imported, and encoding must not import either.
+    numpy = sys.modules.get("numpy")
+    if numpy is not None:
+        if isinstance(value, numpy.ndarray):
+            if value.dtype.kind in _NUMPY_KINDS:
+                return value.tolist()
+            raise TypeError(f"a numpy array of dtype {value.dtype.str} has no payload form")
+        if isinstance(value, numpy.generic):
+            if value.dtype.kind in _NUMPY_KINDS:
+                return value.item()
+            raise TypeError(f"a numpy scalar of dtype {value.dtype.str} has no payload form")
+    pydantic = sys.modules.get("pydantic")
+    if pydantic is not None and isinstance(value, pydantic.BaseModel):
+        # python mode keeps datetimes, numpy values etc. as they are: this hook encodes them
+        return value.model_dump(mode="python", by_alias=True)
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, datetime.datetime | datetime.date | datetime.time):
+        return value.isoformat()
+    if isinstance(value, datetime.timedelta):
+        return value.total_seconds()
+    if isinstance(value, uuid.UUID | decimal.Decimal):
+        return str(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    if isinstance(value, set | frozenset):
+        try:
+            return sorted(value)
+        except TypeError:
+            return list(value)
+    raise TypeError(f"{type(value).__qualname__} has no payload form")
+
+
+# numpy dtype kinds with a plain form: bool, signed and unsigned integers, floats, str, bytes.
+_NUMPY_KINDS: Final = frozenset("biufUS")
+_packb = msgpack.packb
+
+
+# -- decoding into a type ------------------------------------------------------------------------
+
+T = TypeVar("T")
+
+
+def payload_as(model: type[T], payload: object) -> T:
+    """A verified payload as ``model``: a Pydantic model, a dataclass, or any type Pydantic
+    validates (``list[Model]``, a ``TypedDict``...).
+
+    ``payload`` is the decoded payload, or a message carrying one (``ConsumedMessage``,
+    ``VerifiedMessage``: anything with a ``payload`` attribute is read through it, since a
+    decoded payload is only ever plain msgpack values). Only ``model`` decides which Python
+    type is built: nothing in the payload names a type. Raises ValueError when the payload
+    does not fit; the message names the fields, never their values.
+    """
+    if not isinstance(payload, dict | list | str | bytes | int | float | bool | None):
+        payload = getattr(payload, "payload", payload)
+    pydantic = _pydantic()
+    if pydantic is not None:
+        try:
+            target: Any = model
+            if isinstance(model, type) and issubclass(model, pydantic.BaseModel):
+                return cast(T, target.model_validate(payload))
+            return cast(T, _adapter(target).validate_python(payload))
+        except pydantic.ValidationError as exc:
+            where = sorted({".".join(map(str, e["loc"])) or "(root)" for e in exc.errors()})
+            raise ValueError(
+                f"the payload does not fit {_name(model)}: {exc.error_count()} error(s) at "
+                + ", ".join(where[:8])
+            ) from None
+    if isinstance(model, type) and dataclasses.is_dataclass(model):
+        if not isinstance(payload, dict):
+            raise ValueError(f"the payload does not fit {_name(model)}: not a map")
+        names = {f.name for f in dataclasses.fields(model) if f.init}
+        if not set(payload) <= names:
+            raise ValueError(f"the payload does not fit {_name(model)}: unknown fields")
+        try:
+            return cast(T, model(**payload))
+        except TypeError:
+            raise ValueError(f"the payload does not fit {_name(model)}: missing fields") from None
+    raise ValueError(f"decoding into {_name(model)} needs pydantic (pip install pydantic)")
+
+
+def _pydantic() -> Any:
+    try:
+        import pydantic  # optional: imported when first needed
+    except ImportError:
+        return None
+    return pydantic
+
+
+@functools.lru_cache(maxsize=256)
+def _adapter(model: object) -> Any:
+    return _pydantic().TypeAdapter(model)
+
+
+def _name(model: object) -> str:
+    return getattr(model, "__qualname__", None) or repr(model)

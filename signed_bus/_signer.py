@@ -12,8 +12,6 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Final
 
-import msgpack
-
 from signed_bus._clock import Clock, system_clock
 from signed_bus._envelope import (
     CONTENT_TYPE_MSGPACK,
@@ -26,6 +24,7 @@ from signed_bus._envelope import (
     topic_entry,
 )
 from signed_bus._keys import Keyring
+from signed_bus._payload import Encoder, encode_payload
 from signed_bus.errors import ConfigurationError
 
 __all__ = ["NonceSource", "Signer"]
@@ -39,7 +38,6 @@ _EMPTY_PARENTS: Final = check_parents(())
 _MAX_CACHED_TOPICS: Final = 1024
 _MAX_CACHED_CONTENT_TYPES: Final = 64
 _sha256 = hashlib.sha256
-_packb = msgpack.packb
 
 # Default nonces come from the OS CSPRNG, read 4 KiB at a time: one getrandom call per 256
 # nonces instead of one per message. A list iterator hands them out atomically under the GIL, so
@@ -71,6 +69,9 @@ class Signer:
 
     ``clock`` gives created_at (int ms). ``nonce_source`` returns the 16-byte nonce per message;
     leave it unset (fresh CSPRNG bytes) except to produce known-answer test vectors.
+    ``encoder`` turns a result into its msgpack body (:meth:`sign`); the default,
+    :func:`~signed_bus._payload.encode_payload`, also encodes numpy values, Pydantic models,
+    dataclasses, datetimes, UUIDs, Decimals and enums in the form docs/ENVELOPE.md gives.
 
     Rotation: build a new Signer with the new kid once every verifier's ring holds the new key.
     """
@@ -79,6 +80,7 @@ class Signer:
         "_alg",
         "_clock",
         "_cty_prefixes",
+        "_encode",
         "_issuer",
         "_kid",
         "_model",
@@ -97,6 +99,7 @@ class Signer:
         model: str,
         clock: Clock = system_clock,
         nonce_source: NonceSource | None = None,
+        encoder: Encoder = encode_payload,
     ) -> None:
         key = keyring.get(kid)
         if key is None:
@@ -118,6 +121,7 @@ class Signer:
         self._sign = key.sign
         self._clock = clock
         self._nonce = nonce_source
+        self._encode = encoder
 
     @property
     def kid(self) -> str:
@@ -150,11 +154,15 @@ class Signer:
         parents: Sequence[bytes] = (),
         expires_at: int | None = None,
     ) -> bytes:
-        """Encode ``result`` with msgpack and sign it for ``topic`` and record ``key``.
+        """Encode ``result`` with the signer's encoder (msgpack) and sign it for ``topic`` and
+        record ``key``.
 
-        Returns the Kafka record value. Raises TypeError if msgpack cannot encode ``result``.
+        Returns the Kafka record value. Raises TypeError if the encoder cannot encode ``result``.
         """
-        return self._seal(_packb(result), self._msgpack_prefix, topic, key, parents, expires_at)
+        body = self._encode(result)
+        if type(body) is not bytes:
+            raise TypeError("the encoder must return bytes")
+        return self._seal(body, self._msgpack_prefix, topic, key, parents, expires_at)
 
     def sign_bytes(
         self,

@@ -20,6 +20,7 @@ PARTS: tuple[str, ...] = (
     "latency",
     "observability",
     "confluent",
+    "faststream",
 )
 #: Parts run only when named in ``--only`` (they take minutes), after the others.
 EXTRA_PARTS: tuple[str, ...] = ("steady",)

@@ -39,6 +39,7 @@ _PART_FUNCTIONS: dict[str, tuple[str, str]] = {
     "observability": ("signed_bus.bench.observability", "measure_observability"),
     "confluent": ("signed_bus.bench.confluent", "measure_confluent"),
     "steady": ("signed_bus.bench.steady", "measure_steady"),
+    "faststream": ("signed_bus.bench.faststream_cost", "measure_faststream"),
 }
 
 

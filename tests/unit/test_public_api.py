@@ -62,6 +62,9 @@ PUBLIC = {
     "recommended_shards",
     # dead letters
     "DeadLetter",
+    # payloads
+    "encode_payload",
+    "payload_as",
     # provenance
     "Position",
     "ProvenanceIndex",
@@ -103,6 +106,7 @@ PUBLIC_MODULES = {
     "signed_bus.otel": importlib.import_module("signed_bus.otel"),
     "signed_bus.prometheus": importlib.import_module("signed_bus.prometheus"),
     "signed_bus.confluent": importlib.import_module("signed_bus.confluent"),
+    "signed_bus.faststream": importlib.import_module("signed_bus.faststream"),
 }
 
 

@@ -1,0 +1,139 @@
+"""The default payload encoder's msgpack form (docs/ENVELOPE.md section 3),
+``payload_as``, and the Signer's ``encoder`` parameter."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import decimal
+import enum
+import subprocess
+import sys
+import uuid
+
+import msgpack
+import numpy as np
+import pytest
+from pydantic import BaseModel
+
+from signed_bus import Keyring, Signer, Verifier, encode_payload, generate_hmac_key, payload_as
+
+
+class Colour(enum.Enum):
+    RED = "red"
+
+
+@dataclasses.dataclass
+class Box:
+    width: int
+    at: datetime.datetime
+
+
+class Scored(BaseModel):
+    label: str
+    score: float
+    box: Box
+
+
+WHEN = datetime.datetime(2026, 3, 4, 5, 6, 7, 890000, tzinfo=datetime.UTC)
+ID = uuid.UUID("12345678-1234-5678-1234-567812345678")
+
+
+@pytest.mark.parametrize(
+    ("value", "plain"),
+    [
+        (np.float32(0.5), 0.5),
+        (np.float64(0.25), 0.25),
+        (np.int64(-3), -3),
+        (np.uint8(7), 7),
+        (np.bool_(True), True),
+        (np.array([[1, 2], [3, 4]], dtype=np.int16), [[1, 2], [3, 4]]),
+        (np.array([0.5, 1.5], dtype=np.float32), [0.5, 1.5]),
+        (WHEN, "2026-03-04T05:06:07.890000+00:00"),
+        (datetime.date(2026, 3, 4), "2026-03-04"),
+        (datetime.time(5, 6, 7), "05:06:07"),
+        (datetime.timedelta(seconds=90, milliseconds=5), 90.005),
+        (ID, "12345678-1234-5678-1234-567812345678"),
+        (decimal.Decimal("1.10"), "1.10"),
+        (Colour.RED, "red"),
+        (Box(3, WHEN), {"width": 3, "at": "2026-03-04T05:06:07.890000+00:00"}),
+        (frozenset({3, 1, 2}), [1, 2, 3]),
+        (
+            Scored(label="a", score=np.float32(0.5), box=Box(1, WHEN)),  # type: ignore[arg-type]
+            {"label": "a", "score": 0.5, "box": {"width": 1, "at": WHEN.isoformat()}},
+        ),
+    ],
+)
+def test_each_type_encodes_to_its_documented_plain_form(value: object, plain: object) -> None:
+    assert encode_payload(value) == msgpack.packb(plain)
+    assert encode_payload({"v": [value]}) == msgpack.packb({"v": [plain]})
+
+
+@pytest.mark.parametrize(
+    "value", [object(), np.array([1 + 2j]), np.complex64(1), np.array([object()])]
+)
+def test_a_type_without_a_form_is_refused(value: object) -> None:
+    with pytest.raises(TypeError):
+        encode_payload(value)
+
+
+def test_the_form_uses_no_extension_types() -> None:
+    body = encode_payload(
+        {"t": WHEN, "a": np.arange(3), "m": Scored(label="x", score=1, box=Box(1, WHEN))}
+    )
+
+    def no_ext(code: int, data: bytes) -> object:
+        raise AssertionError(f"extension type {code}")
+
+    msgpack.unpackb(body, ext_hook=no_ext)
+
+
+def test_payload_as_builds_only_the_type_asked_for() -> None:
+    plain = msgpack.unpackb(
+        encode_payload(Scored(label="a", score=np.float32(0.5), box=Box(1, WHEN)))  # type: ignore[arg-type]
+    )
+    model = payload_as(Scored, plain)
+    assert model == Scored(label="a", score=0.5, box=Box(1, WHEN))
+    assert isinstance(model.box, Box) and model.box.at == WHEN
+    assert payload_as(Box, {"width": 2, "at": WHEN.isoformat()}) == Box(2, WHEN)
+    assert payload_as(list[Box], [{"width": 2, "at": WHEN.isoformat()}]) == [Box(2, WHEN)]
+    # an extension value in the payload (the strict reader yields msgpack.ExtType) builds nothing
+    with pytest.raises(ValueError, match="Box"):
+        payload_as(Box, {"width": msgpack.ExtType(42, b"os.system"), "at": WHEN.isoformat()})
+
+
+def test_a_misfit_names_fields_never_values() -> None:
+    with pytest.raises(ValueError) as caught:
+        payload_as(Scored, {"label": "a", "score": "secret-token-value", "box": {}})
+    assert "secret-token-value" not in str(caught.value)
+    assert "score" in str(caught.value)
+
+
+def test_signer_encodes_with_its_encoder() -> None:
+    ring = Keyring([generate_hmac_key("k", ["me"])])
+    verifier = Verifier(ring, audit=True)
+    default = Signer(ring, kid="k", issuer="me", model="m")
+    value = default.sign({"score": np.float32(0.5), "at": WHEN}, topic="t")
+    assert verifier.verify(value, topic="t", key=None).payload == {
+        "score": 0.5,
+        "at": WHEN.isoformat(),
+    }
+    custom = Signer(ring, kid="k", issuer="me", model="m", encoder=lambda r: msgpack.packb([r]))
+    assert verifier.verify(custom.sign(1, topic="t"), topic="t", key=None).payload == [1]
+    wrong = Signer(ring, kid="k", issuer="me", model="m", encoder=lambda r: "text")  # type: ignore[arg-type,return-value]
+    with pytest.raises(TypeError):
+        wrong.sign(1, topic="t")
+
+
+def test_importing_and_signing_imports_no_optional_library() -> None:
+    code = (
+        "import sys, signed_bus;"
+        "ring = signed_bus.Keyring([signed_bus.generate_hmac_key('k', ['me'])]);"
+        "signed_bus.Signer(ring, kid='k', issuer='me', model='m').sign({'a': 1}, topic='t');"
+        "print(sorted(m for m in ('faststream', 'pydantic', 'numpy', 'confluent_kafka')"
+        " if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert done.stdout.strip() == "[]"
