@@ -297,6 +297,7 @@ def test_doc_examples_import_only_public_names(doc: str, line: int, source: str)
 #: Logger names are public too (docs/OPERATIONS.md); they do not follow the private modules.
 LOGGERS = {
     "signed_bus.consumer",
+    "signed_bus.native",
     "signed_bus.provenance",
     "signed_bus.relay",
     "signed_bus.replay",
