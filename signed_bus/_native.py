@@ -25,7 +25,16 @@ from signed_bus._freshness import Freshness
 from signed_bus._keys import Ed25519Key, HmacKey, Key, Keyring
 from signed_bus.errors import ConfigurationError
 
-__all__ = ["ABI_VERSION", "ENV_VAR", "active", "load", "opener", "reopen", "sealer"]
+__all__ = [
+    "ABI_VERSION",
+    "ENV_VAR",
+    "active",
+    "claim_planner",
+    "load",
+    "opener",
+    "reopen",
+    "sealer",
+]
 
 ENV_VAR: Final = "SIGNED_BUS_NATIVE"
 #: The interface version this package speaks; the extension exports its own (native/src/lib.rs).
@@ -136,6 +145,13 @@ def opener(
         audit,
         clock,
     )
+
+
+def claim_planner() -> Callable[..., Any] | None:
+    """The extension's claim planner (signed_bus._replay.layout.ClaimPlanner.plan without a
+    slot function, returning (keys, blob, indexes) per call, or None to leave a batch to
+    Python), or None on the pure path."""
+    return None if _module is None else _module.plan_claims
 
 
 def refresh(native_opener: Any) -> None:

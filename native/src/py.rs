@@ -402,6 +402,91 @@ fn decode_reason(value: &[u8]) -> &'static str {
     }
 }
 
+/// One claim script call: its KEYS in order, its record blob and the input index of each record.
+type PlannedCall<'py> = (Vec<Bound<'py, PyBytes>>, Bound<'py, PyBytes>, Vec<usize>);
+
+/// signed_bus._replay.layout.ClaimPlanner.plan for a planner without ``slot_of``: the same
+/// calls, keys and record bytes. None where a row is not what the layout encodes (the Python
+/// planner then raises its own error).
+#[pyfunction]
+fn plan_claims<'py>(
+    py: Python<'py>,
+    prefix: &str,
+    bucket_ms: i64,
+    shards: i64,
+    limit: usize,
+    rows: &Bound<'py, PyList>,
+) -> PyResult<Option<Vec<PlannedCall<'py>>>> {
+    if bucket_ms <= 0 || shards <= 0 || limit == 0 {
+        return Ok(None);
+    }
+    let mut done: Vec<PlannedCall<'py>> = Vec::new();
+    let mut keys: Vec<Bound<'py, PyBytes>> = Vec::new();
+    let mut key_ids: std::collections::HashMap<(i64, i64), u16> = std::collections::HashMap::new();
+    let mut blob: Vec<u8> = Vec::with_capacity(rows.len().min(limit) * 26);
+    let mut indexes: Vec<usize> = Vec::new();
+    for (index, row) in rows.iter().enumerate() {
+        let Ok(row) = row.downcast_into::<PyTuple>() else {
+            return Ok(None);
+        };
+        if row.len() != 6 {
+            return Ok(None);
+        }
+        let (Ok(issuer), Ok(nonce), Ok(created_at), Ok(topic), Ok(partition), Ok(offset)) = (
+            row.get_item(0)?.downcast_into::<PyString>(),
+            row.get_item(1)?.downcast_into::<PyBytes>(),
+            row.get_item(2)?.extract::<i64>(),
+            row.get_item(3)?.downcast_into::<PyString>(),
+            row.get_item(4)?.extract::<i64>(),
+            row.get_item(5)?.extract::<i64>(),
+        ) else {
+            return Ok(None);
+        };
+        let (Ok(issuer), Ok(topic)) = (issuer.to_str(), topic.to_str()) else {
+            return Ok(None);
+        };
+        let Some((field, shard_bytes, position)) =
+            wire::claim_digests(issuer, nonce.as_bytes(), topic, partition, offset)
+        else {
+            return Ok(None);
+        };
+        let bucket = created_at.div_euclid(bucket_ms);
+        let shard = i64::from(shard_bytes) % shards;
+        if indexes.len() >= limit {
+            let full = PyBytes::new(py, &blob);
+            done.push((
+                std::mem::take(&mut keys),
+                full,
+                std::mem::take(&mut indexes),
+            ));
+            key_ids.clear();
+            blob.clear();
+        }
+        let key_id = match key_ids.get(&(bucket, shard)) {
+            Some(id) => *id,
+            None => {
+                let Ok(id) = u16::try_from(keys.len()) else {
+                    return Ok(None);
+                };
+                keys.push(PyBytes::new(
+                    py,
+                    format!("{prefix}:n:{{{bucket}}}:{shard}").as_bytes(),
+                ));
+                key_ids.insert((bucket, shard), id);
+                id
+            }
+        };
+        blob.extend_from_slice(&key_id.to_be_bytes());
+        blob.extend_from_slice(&field);
+        blob.extend_from_slice(&position);
+        indexes.push(index);
+    }
+    if !indexes.is_empty() {
+        done.push((keys, PyBytes::new(py, &blob), indexes));
+    }
+    Ok(Some(done))
+}
+
 #[pymodule]
 fn signed_bus_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("ABI_VERSION", crate::ABI_VERSION)?;
@@ -411,5 +496,6 @@ fn signed_bus_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<NativeKey>()?;
     m.add_class::<Opener>()?;
     m.add_function(wrap_pyfunction!(decode_reason, m)?)?;
+    m.add_function(wrap_pyfunction!(plan_claims, m)?)?;
     Ok(())
 }

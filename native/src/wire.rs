@@ -468,3 +468,35 @@ pub fn envelope(protected: &[u8], body: &[u8], signature: &[u8]) -> Vec<u8> {
     out.extend_from_slice(signature);
     out
 }
+
+/// One claim row's digests (signed_bus/_replay/layout.py): the 16-byte hash field, the shard
+/// bytes (digest bytes 16-17) and the 8-byte position value. None where the layout cannot
+/// encode the row (the Python planner then raises its error).
+pub fn claim_digests(
+    issuer: &str,
+    nonce: &[u8],
+    topic: &str,
+    partition: i64,
+    offset: i64,
+) -> Option<([u8; 16], u16, [u8; 8])> {
+    use sha2::{Digest, Sha256};
+    let partition = i32::try_from(partition).ok()?;
+    let issuer_len = u16::try_from(issuer.len()).ok()?;
+    let topic_len = u16::try_from(topic.len()).ok()?;
+    let mut h = Sha256::new();
+    h.update(issuer_len.to_be_bytes());
+    h.update(issuer.as_bytes());
+    h.update(nonce);
+    let digest = h.finalize();
+    let mut p = Sha256::new();
+    p.update(topic_len.to_be_bytes());
+    p.update(topic.as_bytes());
+    p.update(partition.to_be_bytes());
+    p.update(offset.to_be_bytes());
+    let position = p.finalize();
+    let mut field = [0u8; 16];
+    field.copy_from_slice(&digest[..16]);
+    let mut value = [0u8; 8];
+    value.copy_from_slice(&position[..8]);
+    Some((field, u16::from_be_bytes([digest[16], digest[17]]), value))
+}

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from signed_bus._decode import decode_envelope
 from signed_bus._envelope import encode_envelope, signed_message
 from signed_bus._freshness import Freshness
 from signed_bus._keys import Ed25519Key, HmacKey, Key, Keyring
+from signed_bus._replay.layout import ClaimPlanner, ClaimRow
 from signed_bus._signer import Signer
 from signed_bus._verifier import Verifier
 from signed_bus.errors import ConfigurationError, VerificationError
@@ -413,3 +414,64 @@ def test_a_key_added_or_removed_after_the_first_call_is_seen() -> None:
     assert pair.check(value, "t", None) == "bad_signature"
     verifying.add(HmacKey("h1", _seed("h1"), issuers=["agent-a"]), replace=True)
     assert pair.check(value, "t", None) == ""
+
+
+# -- claim-row planning --------------------------------------------------------------------------
+
+
+def _plans(
+    planner: ClaimPlanner, rows: Iterable[ClaimRow]
+) -> list[tuple[list[bytes], bytes, list[int]]]:
+    return [(list(call.keys), call.blob, call.indexes) for call in planner.plan(rows)]
+
+
+def test_claim_planning_gives_the_same_calls_on_both_paths() -> None:
+    rng = random.Random(7)
+    planned = 0
+    for round_ in range(300):
+        options: dict[str, Any] = {
+            "prefix": rng.choice(["sb", "tenant-ü:{x}"]),
+            "bucket_ms": rng.choice([1, 60_000, 3_600_000]),
+            "shards": rng.choice([1, 3, 64, 4096]),
+            "max_claims_per_call": rng.choice([1, 7, 500]),
+        }
+        with pure_path():
+            pure = ClaimPlanner(**options)
+        with native_path():
+            native = ClaimPlanner(**options)
+        rows = [
+            (
+                rng.choice(["agent-a", "ágent", "x" * 300]),
+                rng.randbytes(16),
+                NOW + rng.randrange(-(10**8), 10**8),
+                rng.choice(["t", "tópico", "y" * 255]),
+                rng.choice([0, 1, 2**31 - 1]),
+                rng.choice([0, 1, rng.randrange(2**63)]),
+            )
+            for _ in range(rng.choice([0, 1, 5, 600]))
+        ]
+        expected = _plans(pure, rows)
+        assert _plans(native, rows) == expected, (round_, options)
+        assert _plans(native, iter(rows)) == expected  # any iterable, as the pure planner takes
+        planned += len(rows)
+    assert planned > 10_000
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        ("a", b"\x00" * 16, NOW, "t", 2**31, 0),  # partition past i32
+        ("a", b"\x00" * 16, NOW, "t", 0, 2**63),  # offset past i64
+        ("a" * 70_000, b"\x00" * 16, NOW, "t", 0, 0),  # issuer past u16 length
+    ],
+)
+def test_a_row_the_layout_cannot_encode_raises_the_same_error(row: ClaimRow) -> None:
+    options: dict[str, Any] = {"prefix": "p", "bucket_ms": 1000, "shards": 4}
+    errors = []
+    for path in (pure_path, native_path):
+        with path():
+            planner = ClaimPlanner(max_claims_per_call=10, **options)
+        with pytest.raises(ValueError) as caught:
+            planner.plan([row])
+        errors.append(str(caught.value))
+    assert errors[0] == errors[1]
