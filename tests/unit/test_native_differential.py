@@ -301,7 +301,7 @@ class Generator:
 
     def mutate(self, value: bytes) -> bytes:
         rng = self.rng
-        kind = rng.randrange(12)
+        kind = rng.randrange(13)
         if kind == 0 or not value:
             return value
         if kind == 1:  # a flipped bit anywhere
@@ -344,6 +344,11 @@ class Generator:
             items = list(header.items())
             rng.shuffle(items)
             protected = msgpack.packb(dict(items))
+        elif kind == 12:  # one key or value in a wider encoding than the shortest, re-signed
+            if rng.random() < 0.5:
+                header["iat"] = rng.choice([0, 5, 127, 128, 255, 256, 65_535, 65_536, 2**32])
+                header.pop("exp", None)
+            protected = _pack_widened(header, rng)
         else:  # a non-shortest integer or a duplicated key, re-signed
             protected = env.protected
             if rng.random() < 0.5:
@@ -355,6 +360,37 @@ class Generator:
                 protected = protected.replace(b"\xa3par\x90", b"\xa3par\xdc\x00\x00", 1)
         kid = env.header.kid if env.header.kid in {"h1", "h2", "e1", "gone", "swap"} else "h1"
         return self.resign(protected, env.body, kid)
+
+
+def _wide(value: object, rng: random.Random) -> bytes:
+    """``value`` in msgpack, in a random form that fits it (often not the shortest)."""
+    if type(value) is int and value >= 0:
+        forms = [(0xCC, 1), (0xCD, 2), (0xCE, 4), (0xCF, 8), (0xD0, 1), (0xD1, 2), (0xD2, 4)]
+        forms.append((0xD3, 8))
+        fitting = [(tag, n) for tag, n in forms if value < 2 ** (8 * n - (1 if tag >= 0xD0 else 0))]
+        tag, n = rng.choice(fitting)
+        return bytes((tag,)) + value.to_bytes(n, "big")
+    if isinstance(value, str | bytes):
+        raw = value.encode() if isinstance(value, str) else value
+        tags = [0xD9, 0xDA, 0xDB] if isinstance(value, str) else [0xC4, 0xC5, 0xC6]
+        i = rng.choice([i for i in range(3) if len(raw) < 2 ** (8 * 2**i)])
+        return bytes((tags[i],)) + len(raw).to_bytes(2**i, "big") + raw
+    if isinstance(value, list):
+        tag, n = rng.choice([(0xDC, 2), (0xDD, 4)])
+        inner = b"".join(msgpack.packb(item) for item in value)
+        return bytes((tag,)) + len(value).to_bytes(n, "big") + inner
+    return msgpack.packb(value)  # type: ignore[no-any-return]
+
+
+def _pack_widened(header: dict[str, Any], rng: random.Random) -> bytes:
+    """The header map with one key or value (or the map header) widened."""
+    victim = rng.randrange(2 * len(header) + 1)
+    size = len(header)
+    out = [b"\xde" + size.to_bytes(2, "big") if victim == 0 else bytes((0x80 | size,))]
+    for i, (key, value) in enumerate(header.items()):
+        out.append(_wide(key, rng) if victim == 2 * i + 1 else msgpack.packb(key))
+        out.append(_wide(value, rng) if victim == 2 * i + 2 else msgpack.packb(value))
+    return b"".join(out)
 
 
 def test_100000_generated_and_mutated_envelopes_agree() -> None:
