@@ -20,6 +20,7 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any, Final
 
+from signed_bus._clock import system_clock
 from signed_bus._envelope import MAX_PROTECTED_BYTES, TAG, seal
 from signed_bus._freshness import Freshness
 from signed_bus._keys import Ed25519Key, HmacKey, Key, Keyring
@@ -38,7 +39,7 @@ __all__ = [
 
 ENV_VAR: Final = "SIGNED_BUS_NATIVE"
 #: The interface version this package speaks; the extension exports its own (native/src/lib.rs).
-ABI_VERSION: Final = 1
+ABI_VERSION: Final = 2
 #: The distribution that holds the extension.
 DISTRIBUTION: Final = "signed-bus-native"
 
@@ -144,6 +145,7 @@ def opener(
         freshness.max_lag_ms,
         audit,
         clock,
+        clock is system_clock,
     )
 
 

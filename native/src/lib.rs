@@ -13,7 +13,7 @@ mod py;
 
 /// Bumped whenever the Python-facing interface changes; signed_bus/_native.py refuses a module
 /// with another number.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 #[cfg(test)]
 mod tests;

@@ -145,6 +145,9 @@ pub struct Opener {
     window: Window,
     audit: bool,
     clock: Py<PyAny>,
+    /// The clock is signed_bus._clock.system_clock (time.time_ns() // 1_000_000): read the same
+    /// wall clock here instead of calling back into Python.
+    system_clock: bool,
 }
 
 fn header_key<'py>(py: Python<'py>, index: usize) -> &'py Bound<'py, PyString> {
@@ -193,6 +196,17 @@ fn header_dict<'py>(
 }
 
 impl Opener {
+    /// Milliseconds since the epoch, floored, when the clock is the system clock.
+    fn system_now(&self) -> Option<i64> {
+        if !self.system_clock {
+            return None;
+        }
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()?;
+        i64::try_from(since.as_millis()).ok()
+    }
+
     fn check<'a, 'py>(
         &self,
         py: Python<'py>,
@@ -279,8 +293,12 @@ impl Opener {
         if self.audit {
             return Ok(Outcome::Verified(h, frame, texts));
         }
-        let Ok(now) = self.clock.bind(py).call0()?.extract::<i64>() else {
-            return Ok(Outcome::Python);
+        let now = match self.system_now() {
+            Some(now) => now,
+            None => match self.clock.bind(py).call0()?.extract::<i64>() {
+                Ok(now) => now,
+                Err(_) => return Ok(Outcome::Python),
+            },
         };
         match self
             .window
@@ -315,6 +333,7 @@ impl Opener {
         max_lag_ms: i64,
         audit: bool,
         clock: Py<PyAny>,
+        system_clock: bool,
     ) -> Self {
         let window = Window {
             max_age_ms: max_age_ms as i128,
@@ -328,6 +347,7 @@ impl Opener {
             window,
             audit,
             clock,
+            system_clock,
         }
     }
 

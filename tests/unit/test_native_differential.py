@@ -24,6 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from signed_bus import _native
+from signed_bus._clock import system_clock
 from signed_bus._decode import decode_envelope
 from signed_bus._envelope import encode_envelope, signed_message
 from signed_bus._freshness import Freshness
@@ -511,3 +512,23 @@ def test_a_row_the_layout_cannot_encode_raises_the_same_error(row: ClaimRow) -> 
             planner.plan([row])
         errors.append(str(caught.value))
     assert errors[0] == errors[1]
+
+
+def _fixed_clock(at: int) -> Callable[[], int]:
+    return lambda: at
+
+
+def test_the_system_clock_is_read_the_same_way_on_both_paths() -> None:
+    # The extension reads the wall clock itself when the verifier's clock is system_clock.
+    signing, verifying = _keys()
+    pair = Pair(verifying, system_clock, freshness=WINDOW)
+    verdicts = set()
+    for age in (0, 1_000, WINDOW.max_age_ms + 1_000, -WINDOW.future_skew_ms - 1_000):
+        created = system_clock() - age
+        with native_path():
+            signer = Signer(
+                signing, kid="h1", issuer="agent-a", model="m", clock=_fixed_clock(created)
+            )
+        value = signer.sign_bytes(b"x", content_type="c", topic="t")
+        verdicts.add(pair.check(value, "t", None, None if age < 1_000 else created + age))
+    assert verdicts == {"", "expired", "not_yet_valid"}
