@@ -13,7 +13,9 @@
 #   make services-down   stop what compose/local.sh started (never services it did not start)
 #   make test            venv, ruff, mypy, the container check (below), then services up + the
 #                        whole pytest suite + services down again unless they were running
-#                        before; exits non-zero on failure
+#                        before, then the unit tests again on the pure-Python path
+#                        (SIGNED_BUS_NATIVE=0; the first run takes the native one where it is
+#                        built); exits non-zero on failure
 #   make test-containers-check   the container part of make test: a container engine (podman
 #                        where none answers; compose/engine.sh), the images built or reused
 #                        (compose/images.sh), then under SERVICES_BACKEND=containers a signed round
@@ -108,6 +110,9 @@ services-status:
 test: lint test-containers-check
 	SIGNED_BUS_FORBID_SKIPS=1 $(SERVICES) run -- \
 		$(PY) -m pytest --timeout=$(PYTEST_TIMEOUT) --durations=10 $(PYTEST_ARGS)
+	$(UNIT_ENV) SIGNED_BUS_NATIVE=0 \
+		$(PY) -m pytest -q --timeout=120 -p no:cacheprovider tests/unit \
+		--deselect tests/unit/test_native_differential.py
 
 demo: venv services-up
 	eval "$$($(SERVICES) env)" && $(PY) $(DEMO)
