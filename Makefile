@@ -1,8 +1,10 @@
 # signed-bus: the two commands are `make demo` and `make test` (see README.md).
-#   make venv            .venv with the project installed editable, dev and bench extras (stamped)
-#   make unit            the unit tests (tests/unit) without services, under a minute (about 40 s
-#                        on 2 busy cores, half of it the fuzz tests): a unit test that asks for
-#                        Kafka or Redis fails, so does one that skips
+#   make venv            .venv with the project installed editable, dev and bench extras (stamped),
+#                        plus the native hot path (native/, signed-bus-native) where cargo exists
+#   make unit            the unit tests (tests/unit) without services, on the pure-Python path
+#                        (SIGNED_BUS_NATIVE=0), then again with the native path required
+#                        (SIGNED_BUS_NATIVE=1); about 40 s per run on 2 busy cores: a unit test
+#                        that asks for Kafka or Redis fails, so does one that skips
 #   make wheel-check     build the wheel and check it holds signed_bus/ only (producers/ and
 #                        consumers/ are reference agents run from the repository, not installed)
 #   make lint            ruff check, ruff format --check (code and the docs' Python blocks),
@@ -11,7 +13,9 @@
 #   make services-down   stop what compose/local.sh started (never services it did not start)
 #   make test            venv, ruff, mypy, the container check (below), then services up + the
 #                        whole pytest suite + services down again unless they were running
-#                        before; exits non-zero on failure
+#                        before, then the unit tests again on the pure-Python path
+#                        (SIGNED_BUS_NATIVE=0; the first run takes the native one where it is
+#                        built); exits non-zero on failure
 #   make test-containers-check   the container part of make test: a container engine (podman
 #                        where none answers; compose/engine.sh), the images built or reused
 #                        (compose/images.sh), then under SERVICES_BACKEND=containers a signed round
@@ -37,6 +41,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.signed-bus-installed
+NATIVE_STAMP := $(VENV)/.signed-bus-native-installed
+NATIVE_SOURCES := native/Cargo.toml native/Cargo.lock native/pyproject.toml $(wildcard native/src/*.rs)
 SERVICES := bash compose/services.sh
 # a hung test fails after this many seconds instead of hanging CI
 PYTEST_TIMEOUT ?= 300
@@ -49,7 +55,7 @@ DEMO ?= -m demo.pipeline
 help:
 	@sed -n '1,/^$$/p' Makefile | sed 's/^# \{0,1\}//'
 
-venv: $(STAMP)
+venv: $(STAMP) $(NATIVE_STAMP)
 
 # re-installs only when pyproject.toml changed since the last install
 $(STAMP): pyproject.toml
@@ -59,6 +65,17 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check --progress-bar off -e '.[dev,bench]'
 	@touch $@
 
+# the extension is its own distribution (the signed-bus wheel stays pure Python); without cargo
+# the package runs on the pure path, and the unit suite says the extension is missing
+$(NATIVE_STAMP): $(STAMP) $(NATIVE_SOURCES)
+	@if command -v cargo >/dev/null; then \
+		echo "building signed-bus-native (native/, cargo $$(cargo --version | cut -d' ' -f2))"; \
+		$(PY) -m pip install -q --disable-pip-version-check --progress-bar off ./native; \
+	else \
+		echo "no cargo: signed-bus-native not built, signed-bus runs on its pure-Python path"; \
+	fi
+	@touch $@
+
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -66,9 +83,14 @@ lint: venv
 
 # no service variables and no containers: tests/conftest.py then fails any test that asks for
 # Kafka or Redis, and SIGNED_BUS_FORBID_SKIPS fails any that skips
+# the second run leaves out the differential test, which drives both paths in either run
+UNIT_ENV := env -u KAFKA_BOOTSTRAP_SERVERS -u REDIS_URL SERVICES_BACKEND=local SIGNED_BUS_FORBID_SKIPS=1
 unit: venv
-	env -u KAFKA_BOOTSTRAP_SERVERS -u REDIS_URL SERVICES_BACKEND=local SIGNED_BUS_FORBID_SKIPS=1 \
+	$(UNIT_ENV) SIGNED_BUS_NATIVE=0 \
 		$(PY) -m pytest -q --timeout=120 -p no:cacheprovider tests/unit $(PYTEST_ARGS)
+	$(UNIT_ENV) SIGNED_BUS_NATIVE=1 \
+		$(PY) -m pytest -q --timeout=120 -p no:cacheprovider tests/unit $(PYTEST_ARGS) \
+		--deselect tests/unit/test_native_differential.py
 
 # the same check tests/unit/test_packaging.py makes (make unit runs it too)
 wheel-check: venv
@@ -89,6 +111,9 @@ test: lint test-containers-check
 	bash compose/tools.sh ensure
 	SIGNED_BUS_FORBID_SKIPS=1 $(SERVICES) run -- \
 		$(PY) -m pytest --timeout=$(PYTEST_TIMEOUT) --durations=10 $(PYTEST_ARGS)
+	$(UNIT_ENV) SIGNED_BUS_NATIVE=0 \
+		$(PY) -m pytest -q --timeout=120 -p no:cacheprovider tests/unit \
+		--deselect tests/unit/test_native_differential.py
 
 demo: venv services-up
 	eval "$$($(SERVICES) env)" && $(PY) $(DEMO)

@@ -12,6 +12,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Final
 
+from signed_bus import _native
 from signed_bus._clock import Clock, system_clock
 from signed_bus._envelope import (
     CONTENT_TYPE_MSGPACK,
@@ -20,7 +21,6 @@ from signed_bus._envelope import (
     check_expiry,
     check_parents,
     header_prefix,
-    seal,
     topic_entry,
 )
 from signed_bus._keys import Keyring
@@ -86,6 +86,7 @@ class Signer:
         "_model",
         "_msgpack_prefix",
         "_nonce",
+        "_seal_fn",
         "_sign",
         "_topics",
     )
@@ -119,6 +120,7 @@ class Signer:
         self._cty_prefixes: dict[str, bytes] = {CONTENT_TYPE_MSGPACK: self._msgpack_prefix}
         self._topics: dict[str, bytes] = {}
         self._sign = key.sign
+        self._seal_fn = _native.sealer(key)  # the extension's seal where it is loaded
         self._clock = clock
         self._nonce = nonce_source
         self._encode = encoder
@@ -220,7 +222,7 @@ class Signer:
                 raise ConfigurationError(f"the nonce source must return {NONCE_BYTES} bytes")
         if expires_at is not None:
             check_expiry(expires_at, created_at)
-        return seal(
+        return self._seal_fn(
             prefix,
             topic_part,
             rkd,

@@ -38,6 +38,7 @@ import struct
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final, NamedTuple
 
+import signed_bus._native as _native  # no I/O: the optional extension's planner, or None
 from signed_bus.errors import ConfigurationError
 
 __all__ = [
@@ -282,6 +283,15 @@ class ScriptCall:
     def blob(self) -> bytes:
         return b"".join(self.records)
 
+    @classmethod
+    def planned(cls, keys: list[bytes], blob: bytes, indexes: list[int]) -> ScriptCall:
+        """A call the native planner packed (signed_bus._native.claim_planner)."""
+        call = cls()
+        call.keys = {key: i for i, key in enumerate(keys)}
+        call.records = [blob]
+        call.indexes = indexes
+        return call
+
 
 class ClaimPlanner:
     """Packs claims into :class:`ScriptCall` values for one layout.
@@ -295,6 +305,7 @@ class ClaimPlanner:
 
     __slots__ = (
         "_issuer_states",
+        "_native_plan",
         "_position_states",
         "bucket_ms",
         "max_claims_per_call",
@@ -319,10 +330,17 @@ class ClaimPlanner:
         self.slot_of = slot_of
         self._issuer_states: dict[str, Any] = {}
         self._position_states: dict[tuple[str, int], Any] = {}
+        self._native_plan = None if slot_of is not None else _native.claim_planner()
 
     def plan(self, rows: Iterable[ClaimRow]) -> list[ScriptCall]:
         """The script calls for ``rows`` (ValueError for an issuer, topic, partition or offset
         the layout cannot encode)."""
+        if self._native_plan is not None:  # the same calls from the extension, one call
+            rows = rows if type(rows) is list else list(rows)
+            planned = self._native_plan(self.prefix, self.bucket_ms, self.shards,
+                                        self.max_claims_per_call, rows)  # fmt: skip
+            if planned is not None:
+                return [ScriptCall.planned(*call) for call in planned]
         bucket_ms, shards, prefix = self.bucket_ms, self.shards, self.prefix
         limit = self.max_claims_per_call
         slot_of = self.slot_of

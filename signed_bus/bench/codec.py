@@ -25,12 +25,16 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import msgpack
+
+from signed_bus._envelope import CONTENT_TYPE_MSGPACK
 from signed_bus._keys import Keyring, generate_ed25519_key, generate_hmac_key
 from signed_bus._signer import Signer
 from signed_bus._verifier import Verifier
 from signed_bus.bench.config import BenchConfig
+from signed_bus.bench.paths import bench_paths, built_on
 from signed_bus.bench.payloads import inference_results
-from signed_bus.bench.results import PartResult, Row
+from signed_bus.bench.results import PartResult, Row, Target
 from signed_bus.bench.stats import time_per_op_us
 
 __all__ = ["ISSUER", "TOPIC", "bench_keyring", "measure_codec", "naive_sign", "naive_verify"]
@@ -134,6 +138,21 @@ def _codec_cases(
             _cycle(ed_envelopes, ops),
         ),
     }
+    # The core: seal an encoded body, open (verify) a value without decoding its body, per path.
+    bodies = [msgpack.packb(result) for result in results]
+    for path in bench_paths():
+        with built_on(path):
+            path_signer = Signer(keyring, kid=HMAC_KID, issuer=ISSUER, model=MODEL)
+            path_verifier = Verifier(keyring, freshness=config.freshness)
+
+        def seal(body: bytes, signer: Signer = path_signer) -> bytes:
+            return signer.sign_bytes(body, content_type=CONTENT_TYPE_MSGPACK, topic=TOPIC)
+
+        def open_(value: bytes, verifier: Verifier = path_verifier) -> object:
+            return verifier.verify(value, topic=TOPIC, key=None)
+
+        cases[f"core_seal_{path}"] = (seal, _cycle(bodies, ops))
+        cases[f"core_open_{path}"] = (open_, _cycle(hs_envelopes, ops))
     sizes = {
         "payload_msgpack": float(config.payload_bytes),
         "hs256_envelope": sum(map(len, hs_envelopes)) / len(hs_envelopes),
@@ -194,6 +213,28 @@ def measure_codec(config: BenchConfig) -> PartResult:
             sizes["hs256_envelope"],
             naive,
             "lower",
+        ),
+    ]
+    paths = bench_paths()
+    base, fast = paths[-1], paths[0]  # pure, and native where it is installed
+    for label, case in (("core seal HS256 (body encoded)", "seal"), ("core open HS256", "open")):
+        part.rows.append(
+            Row(
+                "codec",
+                label,
+                unit,
+                us[f"core_{case}_{base}"],
+                us[f"core_{case}_{fast}"],
+                f"{base} vs {fast}",
+                "lower",
+            )
+        )
+    part.targets = [
+        Target(
+            f"HS256 seal per 512-byte result ({fast})", us[f"core_seal_{fast}"], "<=", 1.5, "us"
+        ),
+        Target(
+            f"HS256 open per 512-byte result ({fast})", us[f"core_open_{fast}"], "<=", 1.5, "us"
         ),
     ]
     part.details = {

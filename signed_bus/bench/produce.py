@@ -21,13 +21,15 @@ from signed_bus._signer import Signer
 from signed_bus.bench.codec import ED25519_KID, HMAC_KID, ISSUER, MODEL, bench_keyring
 from signed_bus.bench.config import BenchConfig
 from signed_bus.bench.kafka import bench_topics, start_producer
+from signed_bus.bench.paths import bench_paths, built_on
 from signed_bus.bench.payloads import inference_results
 from signed_bus.bench.profiling import profiled
 from signed_bus.bench.results import PartResult, Row, Target
 
 __all__ = ["measure_produce"]
 
-_VARIANTS = ("raw", "hs256", "eddsa")
+#: Signed variants are "<alg>-<path>": each algorithm on the native and the pure-Python path.
+_VARIANTS = ("raw", *(f"{alg}-{path}" for alg in ("hs256", "eddsa") for path in bench_paths()))
 
 Send = Callable[[str, object], Awaitable["asyncio.Future[Any]"]]
 _WARMUP = 200
@@ -60,29 +62,44 @@ async def _measure(config: BenchConfig, topics: dict[str, str]) -> PartResult:
             return future
 
         sends: dict[str, Send] = {"raw": raw_send}
-        for variant, kid in (("hs256", HMAC_KID), ("eddsa", ED25519_KID)):
-            signer = Signer(keyring, kid=kid, issuer=ISSUER, model=MODEL)
-            sends[variant] = SignedProducer(producer, signer=signer).send
+        for alg, kid in (("hs256", HMAC_KID), ("eddsa", ED25519_KID)):
+            for path in bench_paths():
+                with built_on(path):
+                    signer = Signer(keyring, kid=kid, issuer=ISSUER, model=MODEL)
+                sends[f"{alg}-{path}"] = SignedProducer(producer, signer=signer).send
         rates: dict[str, list[float]] = {variant: [] for variant in sends}
         for variant, send in sends.items():
             await _rate(send, topics[variant], warmup)
         for _ in range(config.repeats):
             for variant, send in sends.items():
                 rates[variant].append(await _rate(send, topics[variant], results))
+        first = f"hs256-{bench_paths()[0]}"
         async with profiled(config, "produce-hs256") as profiles:
             if config.profile:
-                await _rate(sends["hs256"], topics["hs256"], results)
+                await _rate(sends[first], topics[first], results)
     finally:
         await producer.stop()
 
     best = {variant: max(values) for variant, values in rates.items()}
     unit = "msg/s"
+    raw = best["raw"]
     part.rows = [
-        Row("produce", "HS256 signed send", unit, best["raw"], best["hs256"], "raw aiokafka"),
-        Row("produce", "EdDSA signed send", unit, best["raw"], best["eddsa"], "raw aiokafka"),
+        Row(
+            "produce",
+            f"{label} signed send, {path}",
+            unit,
+            raw,
+            best[f"{alg}-{path}"],
+            "raw aiokafka",
+        )
+        for alg, label in (("hs256", "HS256"), ("eddsa", "EdDSA"))
+        for path in bench_paths()
     ]
+    # the target is the default path's: native where it is installed
     part.targets = [
-        Target("HMAC signed produce vs raw", part.rows[0].ratio, ">=", 0.90, "x"),
+        Target(
+            f"HMAC signed produce vs raw ({bench_paths()[0]})", part.rows[0].ratio, ">=", 0.90, "x"
+        ),
     ]
     part.details = {
         "messages": config.messages,

@@ -24,9 +24,18 @@ def test_codec_part_measures_every_contender() -> None:
     config = dataclasses.replace(BenchConfig(), codec_ops=50, repeats=1)
     part = measure_codec(config)
     assert part.error is None
-    assert {row.baseline_label for row in part.rows} == {"naive JSON+HMAC", "standardwebhooks"}
+    assert {row.baseline_label for row in part.rows} == {
+        "naive JSON+HMAC",
+        "standardwebhooks",
+        "pure vs native",  # the core seal and open on both paths (the extension is installed)
+    }
+    assert [target.name for target in part.targets] == [
+        "HS256 seal per 512-byte result (native)",
+        "HS256 open per 512-byte result (native)",
+    ]
     for row in part.rows:
         assert row.ratio is not None and math.isfinite(row.ratio) and row.ratio > 0
     us = part.details["us_per_op"]
     assert set(us) >= {"hs256_sign", "hs256_verify", "eddsa_sign", "eddsa_verify"}
+    assert set(us) >= {"core_seal_native", "core_seal_pure", "core_open_native", "core_open_pure"}
     assert part.details["bytes_per_message"]["payload_msgpack"] == 512

@@ -312,6 +312,7 @@ def test_doc_examples_import_only_public_names(doc: str, line: int, source: str)
 LOGGERS = {
     "signed_bus.consumer",
     "signed_bus.keys",
+    "signed_bus.native",
     "signed_bus.provenance",
     "signed_bus.relay",
     "signed_bus.replay",

@@ -1,0 +1,109 @@
+"""Per-record cost of each hot-path step on the pure-Python and the native path, in one run.
+
+    .venv/bin/python benchmarks/bench_native.py [--repeats N] [--ops N]
+
+No I/O: the steps a verifying consumer and a signing producer run per record, on the same
+512-byte results (signed_bus.bench.payloads). Every round times every step on both paths
+(interleaved, so load from other processes hits all alike); the best round counts. The native
+path needs signed-bus-native installed (make venv).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+
+from signed_bus._envelope import CONTENT_TYPE_MSGPACK
+from signed_bus._replay.layout import ClaimPlanner
+from signed_bus._signer import Signer
+from signed_bus._verifier import Verifier
+from signed_bus.bench.codec import ED25519_KID, HMAC_KID, ISSUER, MODEL, bench_keyring
+from signed_bus.bench.paths import bench_paths, built_on
+from signed_bus.bench.payloads import inference_results
+
+TOPIC = "bench"
+BATCH = 500
+
+
+def steps(path: str, ops: int) -> dict[str, tuple[Callable[[Any], object], list[Any]]]:
+    ring = bench_keyring()
+    results = inference_results(1000, size=512)
+    bodies = [msgpack.packb(result) for result in results]
+    with built_on(path):
+        hs = Signer(ring, kid=HMAC_KID, issuer=ISSUER, model=MODEL)
+        ed = Signer(ring, kid=ED25519_KID, issuer=ISSUER, model=MODEL)
+        verifier = Verifier(ring)
+        planner = ClaimPlanner(prefix="p", bucket_ms=60_000, shards=64, max_claims_per_call=BATCH)
+    hs_values = [hs.sign(result, topic=TOPIC) for result in results]
+    ed_values = [ed.sign(result, topic=TOPIC) for result in results]
+    messages = [verifier.verify(value, topic=TOPIC, key=None) for value in hs_values]
+    rows = [(m.issuer, m.nonce, m.created_at, TOPIC, 0, i) for i, m in enumerate(messages)]
+
+    def cycle(items: list[Any]) -> list[Any]:
+        return [items[i % len(items)] for i in range(ops)]
+
+    return {
+        "HS256 seal (sign_bytes, body encoded)": (
+            lambda body: hs.sign_bytes(body, content_type=CONTENT_TYPE_MSGPACK, topic=TOPIC),
+            cycle(bodies),
+        ),
+        "HS256 sign(result) (+ msgpack packb)": (
+            lambda result: hs.sign(result, topic=TOPIC),
+            cycle(results),
+        ),
+        "HS256 open (verify, body not decoded)": (
+            lambda value: verifier.verify(value, topic=TOPIC, key=None),
+            cycle(hs_values),
+        ),
+        "HS256 verify + .payload": (
+            lambda value: verifier.verify(value, topic=TOPIC, key=None).payload,
+            cycle(hs_values),
+        ),
+        "EdDSA sign(result)": (lambda result: ed.sign(result, topic=TOPIC), cycle(results)[:500]),
+        "EdDSA verify": (
+            lambda value: verifier.verify(value, topic=TOPIC, key=None),
+            cycle(ed_values)[:500],
+        ),
+        f"claim planning, per row of a {BATCH}-row batch": (
+            lambda batch: planner.plan(batch),
+            [rows[i : i + BATCH] for i in range(0, len(rows), BATCH)] * max(1, ops // 1000),
+        ),
+    }
+
+
+def per_op_us(fn: Callable[[Any], object], items: list[Any], per: int) -> float:
+    start = time.perf_counter_ns()
+    for item in items:
+        fn(item)
+    return (time.perf_counter_ns() - start) / (len(items) * per) / 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--ops", type=int, default=5000)
+    args = parser.parse_args()
+    paths = bench_paths()
+    cases = {path: steps(path, args.ops) for path in paths}
+    best: dict[tuple[str, str], float] = {}
+    for _ in range(args.repeats):
+        for name in cases[paths[0]]:
+            for path in paths:
+                fn, items = cases[path][name]
+                per = BATCH if name.startswith("claim") else 1
+                us = per_op_us(fn, items, per)
+                best[(name, path)] = min(best.get((name, path), us), us)
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"per record, best of {args.repeats} interleaved rounds (load {load}); us")
+    print(f"{'step':44} " + " ".join(f"{path:>8}" for path in paths))
+    for name in cases[paths[0]]:
+        print(f"{name:44} " + " ".join(f"{best[(name, path)]:8.2f}" for path in paths))
+
+
+if __name__ == "__main__":
+    main()

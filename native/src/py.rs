@@ -1,0 +1,521 @@
+//! The Python module `signed_bus_native` (loaded by signed_bus/_native.py).
+
+use std::collections::HashSet;
+
+use pyo3::exceptions::PyValueError;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
+
+use crate::crypto::{sha256, Material};
+use crate::wire::{self, Frame, Header, Reason, SealInput, Window};
+
+/// Key material for one kid, built from a signed_bus Key. Opaque: no repr of the material, no
+/// pickling.
+#[pyclass(frozen, module = "signed_bus_native", name = "Key")]
+pub struct NativeKey {
+    material: Material,
+    issuers: HashSet<String>,
+}
+
+#[pymethods]
+impl NativeKey {
+    #[staticmethod]
+    fn hmac(secret: &[u8], issuers: HashSet<String>) -> Self {
+        NativeKey {
+            material: Material::hmac(secret),
+            issuers,
+        }
+    }
+
+    /// None when the key does not decode here (the Python path then serves this kid).
+    #[staticmethod]
+    #[pyo3(signature = (public, issuers, private = None))]
+    fn ed25519(public: &[u8], issuers: HashSet<String>, private: Option<&[u8]>) -> Option<Self> {
+        let public: &[u8; 32] = public.try_into().ok()?;
+        let private: Option<&[u8; 32]> = match private {
+            None => None,
+            Some(raw) => Some(raw.try_into().ok()?),
+        };
+        Some(NativeKey {
+            material: Material::ed25519(public, private)?,
+            issuers,
+        })
+    }
+
+    #[getter]
+    fn alg(&self) -> &'static str {
+        self.material.alg()
+    }
+
+    #[getter]
+    fn can_sign(&self) -> bool {
+        self.material.can_sign()
+    }
+
+    fn sign<'py>(&self, py: Python<'py>, message: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
+        match self.material.sign(&[message]) {
+            Some(signature) => Ok(PyBytes::new(py, &signature)),
+            None => Err(PyValueError::new_err(
+                "this key holds only a public key and cannot sign",
+            )),
+        }
+    }
+
+    /// Whether the signature is valid; Ed25519 runs without the GIL.
+    fn verify(&self, py: Python<'_>, message: &[u8], signature: &[u8]) -> bool {
+        verify_parts(py, &self.material, &[message], signature)
+    }
+
+    /// signed_bus._envelope.seal with this key: the protected header, the signature and the
+    /// framing in one call. `sign` (the Python signing function) is accepted and not used.
+    #[pyo3(signature = (prefix, topic_part, rkd, created_at, nonce, parents_part, expires_at, body, sign = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn seal<'py>(
+        &self,
+        py: Python<'py>,
+        prefix: &[u8],
+        topic_part: &[u8],
+        rkd: Option<&[u8]>,
+        created_at: u64,
+        nonce: &[u8],
+        parents_part: &[u8],
+        expires_at: Option<u64>,
+        body: &[u8],
+        sign: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let _ = sign;
+        if body.len() > u32::MAX as usize {
+            return Err(PyValueError::new_err(
+                "msgpack bin is limited to 2**32 - 1 bytes",
+            ));
+        }
+        let input = SealInput {
+            prefix,
+            topic_part,
+            rkd,
+            created_at,
+            nonce,
+            parents_part,
+            expires_at,
+        };
+        let protected = wire::protected_header(&input);
+        let lengths = wire::lengths(&protected, body);
+        let parts = wire::signed_parts(&protected, body, &lengths);
+        let signature = self.material.sign(&parts).ok_or_else(|| {
+            PyValueError::new_err("this key holds only a public key and cannot sign")
+        })?;
+        Ok(PyBytes::new(
+            py,
+            &wire::envelope(&protected, body, &signature),
+        ))
+    }
+}
+
+fn verify_parts(py: Python<'_>, material: &Material, parts: &[&[u8]], signature: &[u8]) -> bool {
+    match material {
+        Material::Hmac(_) => material.verify(parts, signature),
+        // A batch verified on several threads runs on several cores.
+        Material::Ed25519(..) => py.allow_threads(|| material.verify(parts, signature)),
+    }
+}
+
+/// The header's six texts as Python strings, built once per value: the keyring lookups and the
+/// header map share them.
+type Texts<'py> = [Bound<'py, PyString>; 6];
+
+enum Outcome<'a, 'py> {
+    Verified(Header<'a>, Frame, Texts<'py>),
+    /// Authentic, but outside the freshness window at `now`.
+    Stale(Header<'a>, Frame, Texts<'py>, i64, Reason),
+    Rejected(Reason),
+    /// The Python path must decide (a key without native material, a clock that is not an int).
+    Python,
+    /// The key cache no longer matches the keyring: refresh it and call again.
+    Refresh,
+}
+
+/// Opens (verifies) record values for one Verifier: size cap, strict decode, policy against the
+/// live keyring, signature, destination, freshness (signed_bus/_verifier.py, Verifier.verify).
+#[pyclass(frozen, module = "signed_bus_native")]
+pub struct Opener {
+    keyring: Py<PyAny>,
+    cache: Py<PyDict>,
+    max_bytes: usize,
+    window: Window,
+    audit: bool,
+    clock: Py<PyAny>,
+    /// The clock is signed_bus._clock.system_clock (time.time_ns() // 1_000_000): read the same
+    /// wall clock here instead of calling back into Python.
+    system_clock: bool,
+}
+
+fn header_key<'py>(py: Python<'py>, index: usize) -> &'py Bound<'py, PyString> {
+    match index {
+        wire::K_ALG => intern!(py, "alg"),
+        wire::K_KID => intern!(py, "kid"),
+        wire::K_ISS => intern!(py, "iss"),
+        wire::K_MDL => intern!(py, "mdl"),
+        wire::K_CTY => intern!(py, "cty"),
+        wire::K_TPC => intern!(py, "tpc"),
+        wire::K_RKD => intern!(py, "rkd"),
+        wire::K_IAT => intern!(py, "iat"),
+        wire::K_NCE => intern!(py, "nce"),
+        wire::K_PAR => intern!(py, "par"),
+        _ => intern!(py, "exp"),
+    }
+}
+
+fn header_dict<'py>(
+    py: Python<'py>,
+    h: &Header<'_>,
+    texts: &Texts<'py>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let dict = PyDict::new(py);
+    for &index in &h.order {
+        let key = header_key(py, index);
+        match index {
+            wire::K_ALG..=wire::K_TPC => dict.set_item(key, &texts[index])?,
+            wire::K_RKD => match h.rkd {
+                None => dict.set_item(key, py.None())?,
+                Some(rkd) => dict.set_item(key, PyBytes::new(py, rkd))?,
+            },
+            wire::K_IAT => dict.set_item(key, h.iat)?,
+            wire::K_NCE => dict.set_item(key, PyBytes::new(py, h.nce))?,
+            wire::K_PAR => {
+                let parents = PyList::empty(py);
+                for parent in &h.par {
+                    parents.append(PyBytes::new(py, parent))?;
+                }
+                dict.set_item(key, parents)?
+            }
+            _ => dict.set_item(key, h.exp)?,
+        }
+    }
+    Ok(dict)
+}
+
+impl Opener {
+    /// Milliseconds since the epoch, floored, when the clock is the system clock.
+    fn system_now(&self) -> Option<i64> {
+        if !self.system_clock {
+            return None;
+        }
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()?;
+        i64::try_from(since.as_millis()).ok()
+    }
+
+    fn check<'a, 'py>(
+        &self,
+        py: Python<'py>,
+        value: &'a [u8],
+        topic: &Bound<'py, PyAny>,
+        key: Option<&[u8]>,
+        reference_ms: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Outcome<'a, 'py>> {
+        let Ok(topic) = topic.downcast::<PyString>() else {
+            return Ok(Outcome::Python);
+        };
+        let topic = topic.to_str()?;
+        let reference = match reference_ms {
+            None => None,
+            Some(obj) => match obj.extract::<i64>() {
+                Ok(n) => Some(n),
+                Err(_) => return Ok(Outcome::Python),
+            },
+        };
+        if value.len() > self.max_bytes {
+            return Ok(Outcome::Rejected(Reason::Oversized));
+        }
+        let frame = match wire::frame(value) {
+            Ok(frame) => frame,
+            Err(reason) => return Ok(Outcome::Rejected(reason)),
+        };
+        let h = match wire::parse_header(&value[frame.p_start..frame.p_end]) {
+            Ok(h) => h,
+            Err(reason) => return Ok(Outcome::Rejected(reason)),
+        };
+        let [alg, _, issuer, _, _, signed_topic] = h.texts;
+        let sig_bytes = match alg {
+            crate::crypto::HS256 => 32,
+            crate::crypto::EDDSA => 64,
+            _ => return Ok(Outcome::Rejected(Reason::AlgorithmMismatch)),
+        };
+        let texts: Texts<'py> = h.texts.map(|text| PyString::new(py, text));
+        let keys = self.keyring.bind(py).getattr(intern!(py, "_keys"))?;
+        let Ok(keys) = keys.downcast::<PyDict>() else {
+            return Ok(Outcome::Python);
+        };
+        let Some(key_obj) = keys.get_item(&texts[wire::K_KID])? else {
+            return Ok(Outcome::Rejected(Reason::UnknownKey));
+        };
+        let Some(entry) = self.cache.bind(py).get_item(&texts[wire::K_KID])? else {
+            return Ok(Outcome::Refresh);
+        };
+        let entry = entry.downcast_into::<PyTuple>()?;
+        if !entry.get_item(0)?.is(&key_obj) {
+            return Ok(Outcome::Refresh);
+        }
+        let handle = entry.get_item(1)?;
+        let Ok(handle) = handle.downcast::<NativeKey>() else {
+            return Ok(Outcome::Python);
+        };
+        let native = handle.get();
+        if alg != native.material.alg() {
+            return Ok(Outcome::Rejected(Reason::AlgorithmMismatch));
+        }
+        if !native.issuers.contains(issuer) {
+            return Ok(Outcome::Rejected(Reason::UntrustedIssuer));
+        }
+        if value.len() - frame.s_start != sig_bytes {
+            return Ok(Outcome::Rejected(Reason::BadSignature));
+        }
+        let protected = &value[frame.p_start..frame.p_end];
+        let body = &value[frame.b_start..frame.b_end];
+        let lengths = wire::lengths(protected, body);
+        let parts = wire::signed_parts(protected, body, &lengths);
+        if !verify_parts(py, &native.material, &parts, &value[frame.s_start..]) {
+            return Ok(Outcome::Rejected(Reason::BadSignature));
+        }
+        if signed_topic != topic {
+            return Ok(Outcome::Rejected(Reason::WrongTopic));
+        }
+        let key_matches = match (h.rkd, key) {
+            (None, None) => true,
+            (Some(rkd), Some(key)) => rkd == sha256(key),
+            _ => false,
+        };
+        if !key_matches {
+            return Ok(Outcome::Rejected(Reason::WrongKey));
+        }
+        if self.audit {
+            return Ok(Outcome::Verified(h, frame, texts));
+        }
+        let now = match self.system_now() {
+            Some(now) => now,
+            None => match self.clock.bind(py).call0()?.extract::<i64>() {
+                Ok(now) => now,
+                Err(_) => return Ok(Outcome::Python),
+            },
+        };
+        match self
+            .window
+            .check(h.iat, h.exp, reference.unwrap_or(now), now)
+        {
+            Ok(()) => Ok(Outcome::Verified(h, frame, texts)),
+            Err(reason) => Ok(Outcome::Stale(h, frame, texts, now, reason)),
+        }
+    }
+}
+
+#[pymethods]
+impl Opener {
+    #[getter]
+    fn keyring(&self, py: Python<'_>) -> Py<PyAny> {
+        self.keyring.clone_ref(py)
+    }
+
+    #[getter]
+    fn cache(&self, py: Python<'_>) -> Py<PyDict> {
+        self.cache.clone_ref(py)
+    }
+
+    #[new]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        keyring: Py<PyAny>,
+        cache: Py<PyDict>,
+        max_bytes: usize,
+        max_age_ms: i64,
+        future_skew_ms: i64,
+        max_lag_ms: i64,
+        audit: bool,
+        clock: Py<PyAny>,
+        system_clock: bool,
+    ) -> Self {
+        let window = Window {
+            max_age_ms: max_age_ms as i128,
+            future_skew_ms: future_skew_ms as i128,
+            max_lag_ms: max_lag_ms as i128,
+        };
+        Opener {
+            keyring,
+            cache,
+            max_bytes,
+            window,
+            audit,
+            clock,
+            system_clock,
+        }
+    }
+
+    /// `(header, body, None)` for a verified value; `(header, body, now)` for an authentic value
+    /// outside the freshness window at `now`; a reason code (str) for a refused one; `""` where
+    /// the Python path must decide; None when the key cache must be refreshed first.
+    #[pyo3(signature = (value, topic, key, reference_ms = None))]
+    fn open<'py>(
+        &self,
+        py: Python<'py>,
+        value: &Bound<'py, PyBytes>,
+        topic: &Bound<'py, PyAny>,
+        key: Option<&[u8]>,
+        reference_ms: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<PyObject> {
+        let raw = value.as_bytes();
+        Ok(match self.check(py, raw, topic, key, reference_ms)? {
+            Outcome::Verified(h, frame, texts) => {
+                let body = PyBytes::new(py, &raw[frame.b_start..frame.b_end]);
+                let header = header_dict(py, &h, &texts)?;
+                (header, body, py.None())
+                    .into_pyobject(py)?
+                    .into_any()
+                    .unbind()
+            }
+            Outcome::Stale(h, frame, texts, now, _) => {
+                let body = PyBytes::new(py, &raw[frame.b_start..frame.b_end]);
+                (header_dict(py, &h, &texts)?, body, now)
+                    .into_pyobject(py)?
+                    .into_any()
+                    .unbind()
+            }
+            Outcome::Rejected(reason) => PyString::intern(py, reason.code()).into_any().unbind(),
+            Outcome::Python => PyString::new(py, "").into_any().unbind(),
+            Outcome::Refresh => py.None(),
+        })
+    }
+
+    /// The reason code this opener gives a value ("" when it verifies); None where the Python
+    /// path decides or the cache needs a refresh. For the differential tests.
+    #[pyo3(signature = (value, topic, key, reference_ms = None))]
+    fn reason(
+        &self,
+        py: Python<'_>,
+        value: &Bound<'_, PyBytes>,
+        topic: &Bound<'_, PyAny>,
+        key: Option<&[u8]>,
+        reference_ms: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Option<&'static str>> {
+        Ok(
+            match self.check(py, value.as_bytes(), topic, key, reference_ms)? {
+                Outcome::Verified(..) => Some(""),
+                Outcome::Stale(_, _, _, _, reason) | Outcome::Rejected(reason) => {
+                    Some(reason.code())
+                }
+                Outcome::Python | Outcome::Refresh => None,
+            },
+        )
+    }
+}
+
+/// signed_bus._decode.frame_offsets and decode_header_values as a reason: "" when the value
+/// frames and decodes, else "malformed" or "unsupported_version". For the differential tests.
+#[pyfunction]
+fn decode_reason(value: &[u8]) -> &'static str {
+    match wire::frame(value) {
+        Err(reason) => reason.code(),
+        Ok(frame) => match wire::parse_header(&value[frame.p_start..frame.p_end]) {
+            Ok(_) => "",
+            Err(reason) => reason.code(),
+        },
+    }
+}
+
+/// One claim script call: its KEYS in order, its record blob and the input index of each record.
+type PlannedCall<'py> = (Vec<Bound<'py, PyBytes>>, Bound<'py, PyBytes>, Vec<usize>);
+
+/// signed_bus._replay.layout.ClaimPlanner.plan for a planner without ``slot_of``: the same
+/// calls, keys and record bytes. None where a row is not what the layout encodes (the Python
+/// planner then raises its own error).
+#[pyfunction]
+fn plan_claims<'py>(
+    py: Python<'py>,
+    prefix: &str,
+    bucket_ms: i64,
+    shards: i64,
+    limit: usize,
+    rows: &Bound<'py, PyList>,
+) -> PyResult<Option<Vec<PlannedCall<'py>>>> {
+    if bucket_ms <= 0 || shards <= 0 || limit == 0 {
+        return Ok(None);
+    }
+    let mut done: Vec<PlannedCall<'py>> = Vec::new();
+    let mut keys: Vec<Bound<'py, PyBytes>> = Vec::new();
+    let mut key_ids: std::collections::HashMap<(i64, i64), u16> = std::collections::HashMap::new();
+    let mut blob: Vec<u8> = Vec::with_capacity(rows.len().min(limit) * 26);
+    let mut indexes: Vec<usize> = Vec::new();
+    for (index, row) in rows.iter().enumerate() {
+        let Ok(row) = row.downcast_into::<PyTuple>() else {
+            return Ok(None);
+        };
+        if row.len() != 6 {
+            return Ok(None);
+        }
+        let (Ok(issuer), Ok(nonce), Ok(created_at), Ok(topic), Ok(partition), Ok(offset)) = (
+            row.get_item(0)?.downcast_into::<PyString>(),
+            row.get_item(1)?.downcast_into::<PyBytes>(),
+            row.get_item(2)?.extract::<i64>(),
+            row.get_item(3)?.downcast_into::<PyString>(),
+            row.get_item(4)?.extract::<i64>(),
+            row.get_item(5)?.extract::<i64>(),
+        ) else {
+            return Ok(None);
+        };
+        let (Ok(issuer), Ok(topic)) = (issuer.to_str(), topic.to_str()) else {
+            return Ok(None);
+        };
+        let Some((field, shard_bytes, position)) =
+            wire::claim_digests(issuer, nonce.as_bytes(), topic, partition, offset)
+        else {
+            return Ok(None);
+        };
+        let bucket = created_at.div_euclid(bucket_ms);
+        let shard = i64::from(shard_bytes) % shards;
+        if indexes.len() >= limit {
+            let full = PyBytes::new(py, &blob);
+            done.push((
+                std::mem::take(&mut keys),
+                full,
+                std::mem::take(&mut indexes),
+            ));
+            key_ids.clear();
+            blob.clear();
+        }
+        let key_id = match key_ids.get(&(bucket, shard)) {
+            Some(id) => *id,
+            None => {
+                let Ok(id) = u16::try_from(keys.len()) else {
+                    return Ok(None);
+                };
+                keys.push(PyBytes::new(
+                    py,
+                    format!("{prefix}:n:{{{bucket}}}:{shard}").as_bytes(),
+                ));
+                key_ids.insert((bucket, shard), id);
+                id
+            }
+        };
+        blob.extend_from_slice(&key_id.to_be_bytes());
+        blob.extend_from_slice(&field);
+        blob.extend_from_slice(&position);
+        indexes.push(index);
+    }
+    if !indexes.is_empty() {
+        done.push((keys, PyBytes::new(py, &blob), indexes));
+    }
+    Ok(Some(done))
+}
+
+#[pymodule]
+fn signed_bus_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("ABI_VERSION", crate::ABI_VERSION)?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("TAG", wire::TAG)?;
+    m.add("MAX_PROTECTED_BYTES", wire::MAX_PROTECTED_BYTES)?;
+    m.add_class::<NativeKey>()?;
+    m.add_class::<Opener>()?;
+    m.add_function(wrap_pyfunction!(decode_reason, m)?)?;
+    m.add_function(wrap_pyfunction!(plan_claims, m)?)?;
+    Ok(())
+}

@@ -1,0 +1,156 @@
+//! Known answers for the pure-Rust core; the Python differential tests cover the rest.
+
+use crate::crypto::{sha256, Material};
+use crate::wire::{self, Reason, SealInput, Window};
+
+fn input<'a>(prefix: &'a [u8], topic: &'a [u8], nonce: &'a [u8]) -> SealInput<'a> {
+    SealInput {
+        prefix,
+        topic_part: topic,
+        rkd: None,
+        created_at: 1_700_000_000_000,
+        nonce,
+        parents_part: b"\x90",
+        expires_at: None,
+    }
+}
+
+const PREFIX: &[u8] =
+    b"\xa3alg\xa5HS256\xa3kid\xa1k\xa3iss\xa1a\xa3mdl\xa1m\xa3cty\xb3application/msgpack";
+
+fn sealed(material: &Material) -> Vec<u8> {
+    let nonce = [7u8; 16];
+    let protected = wire::protected_header(&input(PREFIX, b"\xa3tpc\xa1t", &nonce));
+    let body = b"\x81\xa1x\x01";
+    let lengths = wire::lengths(&protected, body);
+    let signature = material
+        .sign(&wire::signed_parts(&protected, body, &lengths))
+        .unwrap();
+    wire::envelope(&protected, body, &signature)
+}
+
+#[test]
+fn hmac_matches_rfc_4231_case_2() {
+    let mac = Material::hmac(b"Jefe");
+    let tag = mac.sign(&[b"what do ya want ", b"for nothing?"]).unwrap();
+    let hex: String = tag.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(
+        hex,
+        "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+    );
+    assert!(mac.verify(&[b"what do ya want for nothing?"], &tag));
+    let mut bad = tag.clone();
+    bad[31] ^= 1;
+    assert!(!mac.verify(&[b"what do ya want for nothing?"], &bad));
+    assert!(!mac.verify(&[b"what do ya want for nothing?"], &tag[..31]));
+}
+
+#[test]
+fn a_sealed_value_frames_decodes_and_verifies() {
+    let mac = Material::hmac(&[1u8; 32]);
+    let value = sealed(&mac);
+    let frame = wire::frame(&value).unwrap();
+    let header = wire::parse_header(&value[frame.p_start..frame.p_end]).unwrap();
+    assert_eq!(
+        header.texts,
+        ["HS256", "k", "a", "m", "application/msgpack", "t"]
+    );
+    assert_eq!(header.iat, 1_700_000_000_000);
+    assert_eq!(header.order, (0..10).collect::<Vec<_>>());
+    let protected = &value[frame.p_start..frame.p_end];
+    let body = &value[frame.b_start..frame.b_end];
+    let lengths = wire::lengths(protected, body);
+    assert!(mac.verify(
+        &wire::signed_parts(protected, body, &lengths),
+        &value[frame.s_start..]
+    ));
+}
+
+#[test]
+fn every_truncation_and_extension_is_malformed() {
+    let value = sealed(&Material::hmac(&[1u8; 32]));
+    for n in 0..value.len() {
+        assert_eq!(
+            wire::frame(&value[..n]).err(),
+            Some(Reason::Malformed),
+            "cut at {n}"
+        );
+    }
+    let mut longer = value.clone();
+    longer.push(0);
+    assert_eq!(wire::frame(&longer).err(), Some(Reason::Malformed));
+}
+
+#[test]
+fn another_version_tag_is_unsupported() {
+    assert_eq!(
+        wire::classify_foreign(b"\x94\xadsigned-bus/v2"),
+        Reason::UnsupportedVersion
+    );
+    assert_eq!(
+        wire::classify_foreign(b"\x91\xa1x"),
+        Reason::UnsupportedVersion
+    );
+    assert_eq!(wire::classify_foreign(b"\x91\xa1\xff"), Reason::Malformed);
+    assert_eq!(wire::classify_foreign(b"\x90"), Reason::Malformed);
+    assert_eq!(wire::classify_foreign(b""), Reason::Malformed);
+}
+
+#[test]
+fn header_rules() {
+    // a duplicate key, a non-shortest int, an empty text: each malformed
+    let nonce = [7u8; 16];
+    let good = wire::protected_header(&input(PREFIX, b"\xa3tpc\xa1t", &nonce));
+    assert!(wire::parse_header(&good).is_ok());
+    let dup = [&good[..], b"\xa3tpc\xa1t"].concat();
+    let mut dup = dup;
+    dup[0] = 0x8B;
+    assert_eq!(wire::parse_header(&dup).err(), Some(Reason::Malformed));
+    let empty = wire::protected_header(&input(PREFIX, b"\xa3tpc\xa0", &nonce));
+    assert_eq!(wire::parse_header(&empty).err(), Some(Reason::Malformed));
+    let mut wide = good.clone();
+    let at = wide.windows(4).position(|w| w == b"\xa3iat").unwrap() + 4;
+    assert_eq!(wide[at], 0xCF);
+    wide.splice(
+        at..at + 9,
+        [0xD3].into_iter().chain(1_700_000_000_000u64.to_be_bytes()),
+    );
+    assert_eq!(wire::parse_header(&wide).err(), Some(Reason::Malformed));
+}
+
+#[test]
+fn freshness_window() {
+    let w = Window {
+        max_age_ms: 100,
+        future_skew_ms: 10,
+        max_lag_ms: 1000,
+    };
+    assert_eq!(w.check(1000, None, 1000, 1000), Ok(()));
+    assert_eq!(w.check(1011, None, 1000, 2000), Err(Reason::NotYetValid));
+    assert_eq!(w.check(899, None, 1000, 1000), Err(Reason::Expired));
+    assert_eq!(w.check(1000, Some(999), 1000, 1000), Err(Reason::Expired));
+    assert_eq!(w.check(1000, None, 1000, 2101), Err(Reason::Expired));
+}
+
+#[test]
+fn ed25519_signs_as_rfc_8032_test_1() {
+    let hex = |s: &str| -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
+    };
+    let seed: [u8; 32] = hex("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60")
+        .try_into()
+        .unwrap();
+    let public: [u8; 32] = hex("d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a")
+        .try_into()
+        .unwrap();
+    let key = Material::ed25519(&public, Some(&seed)).unwrap();
+    let signature = key.sign(&[b""]).unwrap();
+    assert_eq!(signature, hex("e5564300c360ac729086e2cc806e828a84877f1eb8e5d974d873e065224901555fb8821590a33bacc61e39701cf9b46bd25bf5f0595bbe24655141438e7a100b"));
+    assert!(key.verify(&[b""], &signature));
+    assert!(!key.verify(&[b"x"], &signature));
+    assert!(Material::ed25519(&public, Some(&[0u8; 32])).is_none());
+    assert_eq!(sha256(b"").len(), 32);
+}

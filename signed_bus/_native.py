@@ -1,0 +1,176 @@
+"""The optional native hot path: envelope seal and open in one call each (docs/PERFORMANCE.md).
+
+The extension is its own distribution, ``signed-bus-native`` (module ``signed_bus_native``,
+built from native/ in the repository; ``make venv`` installs it where cargo exists). The
+pure-Python modules stay the reference: the native path must give the same bytes, verdicts and
+reasons (tests/unit/test_native_differential.py), and every refusal it finds is raised by the
+pure path, so exceptions and messages are the pure path's own.
+
+``SIGNED_BUS_NATIVE``: unset (or empty) uses the extension when it is installed and answers the
+handshake, else the pure path, said once at DEBUG; ``0`` forces the pure path; ``1`` requires
+the extension and raises ConfigurationError at import if it is missing or does not match.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any, Final
+
+from signed_bus._clock import system_clock
+from signed_bus._envelope import MAX_PROTECTED_BYTES, TAG, seal
+from signed_bus._freshness import Freshness
+from signed_bus._keys import Ed25519Key, HmacKey, Key, Keyring
+from signed_bus.errors import ConfigurationError
+
+__all__ = [
+    "ABI_VERSION",
+    "ENV_VAR",
+    "active",
+    "claim_planner",
+    "load",
+    "opener",
+    "reopen",
+    "sealer",
+]
+
+ENV_VAR: Final = "SIGNED_BUS_NATIVE"
+#: The interface version this package speaks; the extension exports its own (native/src/lib.rs).
+ABI_VERSION: Final = 2
+#: The distribution that holds the extension.
+DISTRIBUTION: Final = "signed-bus-native"
+
+_log = logging.getLogger("signed_bus.native")
+
+#: signed_bus._envelope.seal's signature: the native Key.seal takes the same arguments.
+SealFn = Callable[..., bytes]
+
+
+def _mismatch(module: ModuleType) -> str | None:
+    """Why the module cannot serve this package, or None when it can."""
+    if getattr(module, "ABI_VERSION", None) != ABI_VERSION:
+        return f"its interface version is {getattr(module, 'ABI_VERSION', None)}, not {ABI_VERSION}"
+    if getattr(module, "TAG", None) != TAG:
+        return "it speaks another envelope version"
+    if getattr(module, "MAX_PROTECTED_BYTES", None) != MAX_PROTECTED_BYTES:
+        return "its header limits differ from this package's"
+    return None
+
+
+def load(mode: str | None = None) -> ModuleType | None:
+    """The extension module for ``mode`` (the ``SIGNED_BUS_NATIVE`` value), or None for the
+    pure path. Raises ConfigurationError where mode "1" cannot be honoured."""
+    if mode is None:
+        mode = os.environ.get(ENV_VAR, "")
+    mode = mode.strip()
+    if mode not in ("", "0", "1"):
+        raise ConfigurationError(f"{ENV_VAR} must be 0 (pure Python), 1 (native) or unset")
+    if mode == "0":
+        _log.debug("native hot path off (%s=0): pure-Python envelope code", ENV_VAR)
+        return None
+    try:
+        import signed_bus_native as module  # type: ignore[import-untyped]
+    except ImportError:
+        if mode == "1":
+            raise ConfigurationError(
+                f"{ENV_VAR}=1 but the {DISTRIBUTION} extension is not installed "
+                "(make venv builds it where cargo exists; docs/PERFORMANCE.md)"
+            ) from None
+        _log.debug("%s is not installed: pure-Python envelope code", DISTRIBUTION)
+        return None
+    problem = _mismatch(module)
+    if problem is not None:
+        if mode == "1":
+            raise ConfigurationError(f"{ENV_VAR}=1 but the installed {DISTRIBUTION}: {problem}")
+        _log.debug("%s not used: %s; pure-Python envelope code", DISTRIBUTION, problem)
+        return None
+    return module  # type: ignore[no-any-return]
+
+
+_module: ModuleType | None = load()
+
+
+def active() -> bool:
+    """Whether signers and verifiers built from now on use the extension."""
+    return _module is not None
+
+
+def _native_key(module: ModuleType, key: Key) -> Any:
+    """The extension's key object for ``key``, or None where the pure path must serve it."""
+    if type(key) is HmacKey:
+        return module.Key.hmac(key._secret, key.issuers)
+    if type(key) is Ed25519Key:
+        private = None
+        if key._private is not None:
+            from cryptography.hazmat.primitives.serialization import (
+                Encoding,
+                NoEncryption,
+                PrivateFormat,
+            )
+
+            private = key._private.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+        return module.Key.ed25519(key.public_bytes, key.issuers, private)
+    return None  # a Key subclass of the application's own: its methods decide
+
+
+def sealer(key: Key) -> SealFn:
+    """The seal function for a signer holding ``key``: the extension's, else the pure one."""
+    if _module is not None:
+        native = _native_key(_module, key)
+        if native is not None and native.can_sign:
+            return native.seal  # type: ignore[no-any-return]
+    return seal
+
+
+def opener(
+    keyring: Keyring,
+    *,
+    max_envelope_bytes: int,
+    freshness: Freshness,
+    audit: bool,
+    clock: Callable[[], int],
+) -> Any:
+    """A native opener for one verifier's settings, or None (pure path)."""
+    if _module is None:
+        return None
+    return _module.Opener(
+        keyring,
+        {},
+        max_envelope_bytes,
+        freshness.max_age_ms,
+        freshness.future_skew_ms,
+        freshness.max_lag_ms,
+        audit,
+        clock,
+        clock is system_clock,
+    )
+
+
+def claim_planner() -> Callable[..., Any] | None:
+    """The extension's claim planner (signed_bus._replay.layout.ClaimPlanner.plan without a
+    slot function, returning (keys, blob, indexes) per call, or None to leave a batch to
+    Python), or None on the pure path."""
+    return None if _module is None else _module.plan_claims
+
+
+def refresh(native_opener: Any) -> None:
+    """Bring the opener's key cache in line with its keyring (after an add or remove)."""
+    module = sys.modules[type(native_opener).__module__]  # the extension that built it
+    cache: dict[str, tuple[Key, Any]] = native_opener.cache
+    keys: dict[str, Key] = native_opener.keyring._keys
+    for kid in [kid for kid in cache if kid not in keys]:
+        del cache[kid]
+    for kid, key in list(keys.items()):
+        entry = cache.get(kid)
+        if entry is None or entry[0] is not key:
+            cache[kid] = (key, _native_key(module, key))
+
+
+def reopen(native_opener: Any, value: bytes, topic: str, key: bytes | None, ref: Any) -> Any:
+    """``open`` again after a refresh of the key cache; "" (pure path) if it still asks."""
+    refresh(native_opener)
+    opened = native_opener.open(value, topic, key, ref)
+    return "" if opened is None else opened
