@@ -18,6 +18,7 @@ import asyncio
 import base64
 import contextlib
 import http.client
+import ipaddress
 import logging
 import os
 import threading
@@ -43,8 +44,39 @@ log = logging.getLogger("signed_bus.keys")
 _MAX_SET_BYTES: Final = 1024 * 1024
 
 
-class _NoDowngrade(urllib.request.HTTPRedirectHandler):
-    """Follow redirects, but never from https to anything else (a redirect must not drop TLS)."""
+def _plain_http_allowed(url: str, allow_http: bool) -> bool:
+    """Whether ``url`` may be fetched: https always; http only from a loopback host (a sidecar
+    on the same machine) or when ``allow_http`` says the network is trusted. A JWK Set decides
+    which keys may sign: fetched in clear over a network, anyone on the path could add theirs."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme == "https":
+        return True
+    if parts.scheme != "http":
+        return False
+    if allow_http:
+        return True
+    host = (parts.hostname or "").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urllib.parse.urlsplit(url)
+    return parts.scheme, (parts.hostname or "").lower(), parts.port
+
+
+class _SafeRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow redirects only to a location the source itself could use (https, or http where
+    allowed: never from https down to http), and never carry the credentials to another
+    origin (urllib copies every header, Authorization included, to the new request)."""
+
+    def __init__(self, allow_http: bool) -> None:
+        super().__init__()
+        self._allow_http = allow_http
 
     def redirect_request(
         self,
@@ -55,9 +87,13 @@ class _NoDowngrade(urllib.request.HTTPRedirectHandler):
         headers: object,
         newurl: str,
     ) -> urllib.request.Request | None:
-        if req.full_url.startswith("https:") and not newurl.startswith("https:"):
-            raise urllib.error.URLError("redirect from https to another scheme refused")
-        return super().redirect_request(req, fp, code, msg, headers, newurl)  # type: ignore[arg-type]
+        downgrade = req.full_url.startswith("https:") and not newurl.startswith("https:")
+        if downgrade or not _plain_http_allowed(newurl, self._allow_http):
+            raise urllib.error.URLError("redirect to a location the key source may not use")
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)  # type: ignore[arg-type]
+        if new is not None and _origin(newurl) != _origin(req.full_url):
+            new.remove_header("Authorization")
+        return new
 
 
 def _shown(location: str) -> str:
@@ -112,8 +148,10 @@ def _request_parts(location: str) -> tuple[str, dict[str, str]]:
 
 class KeySource:
     """A :class:`~signed_bus.Keyring` (:attr:`keyring`, hand it to the Verifier) that follows a
-    JWK Set at ``location``: an ``http://`` or ``https://`` URL, or a file path (checked like a
-    key file: regular, owned by this user or root, not writable by others).
+    JWK Set at ``location``: an ``https://`` URL, or a file path (checked like a key file:
+    regular, owned by this user or root, not writable by others). Plain ``http://`` only from a
+    loopback host, or anywhere with ``allow_http=True``; redirects obey the same rule and never
+    carry the URL's credentials to another origin.
 
     ``start()`` loads the set once (ConfigurationError if that fails: there is no last good set
     yet) and then refreshes in the background; ``stop()`` ends that (or ``async with``). Without
@@ -128,10 +166,18 @@ class KeySource:
         refresh_interval_s: float = 300.0,
         unknown_kid_interval_s: float = 30.0,
         timeout_s: float = 10.0,
+        allow_http: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._location = os.fspath(location)
         self._is_url = self._location.startswith(("http://", "https://"))
+        self._allow_http = allow_http
+        if self._is_url and not _plain_http_allowed(self._location, allow_http):
+            raise ConfigurationError(
+                f"JWK Set {_shown(self._location)}: plain http is refused except from a "
+                "loopback host (anyone on the network path could add keys); use https, or "
+                "allow_http=True on a network you trust"
+            )
         for name, value in (
             ("refresh_interval_s", refresh_interval_s),
             ("unknown_kid_interval_s", unknown_kid_interval_s),
@@ -180,7 +226,7 @@ class KeySource:
         if not self._is_url:
             file = read_file(self._location)
             return Keyring.from_jwks(file.data, source=f"JWK Set file {self._location}")
-        opener = urllib.request.build_opener(_NoDowngrade)
+        opener = urllib.request.build_opener(_SafeRedirects(self._allow_http))
         url, headers = _request_parts(self._location)
         # Only http(s) gets here (_is_url); file: and other schemes are never opened as URLs.
         request = urllib.request.Request(url, headers=headers)  # noqa: S310

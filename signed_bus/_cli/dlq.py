@@ -6,12 +6,14 @@ consumer group, nothing committed) and parses each record with
 Nothing in a dead letter is authenticated, so every text shown is escaped
 (:func:`signed_bus._text.printable`) or JSON-encoded.
 
-``redrive`` sends chosen letters back to their source topic and partition, unchanged (value,
-key), for the consumers to verify again from scratch. Only letters whose reason allows it
-(:data:`REDRIVABLE`) and that still verify in audit mode (signature, topic and key binding) are
-sent: never a signature failure, whatever its reason header claims. Redriving is idempotent
-through the replay guard: a letter redriven twice is two copies of one envelope, and only one
-of them is ever delivered (the other is a ``replay``). Usage: docs/OPERATIONS.md, "Dead letters".
+``redrive`` sends chosen letters back to their source topic and partition, unchanged (value, key),
+for the consumers to verify again from scratch. Only letters whose reason allows it
+(:data:`REDRIVABLE`), that still verify in audit mode (signature, topic and key binding) and whose
+envelope is younger than the retention of the fleet's window (the guard may have forgotten an older
+one's claim) are sent: never a signature failure, whatever its reason header claims. Redriving is
+idempotent through the replay guard: a letter redriven twice is two copies of one envelope, and
+only one of them is ever delivered (the other is a ``replay``). Usage: docs/OPERATIONS.md, "Dead
+letters".
 """
 
 from __future__ import annotations
@@ -32,7 +34,9 @@ from signed_bus._cli.options import (
     Subparsers,
     UsageError,
     add_connection_options,
+    add_freshness_options,
     add_progress_option,
+    freshness_from_args,
     kafka_security,
     keyring_from_args,
     start_client,
@@ -108,6 +112,8 @@ def register(subparsers: Subparsers) -> None:
         command.add_argument("--json", action="store_true", help="print JSON")
     show.add_argument("--limit", type=int, help="print at most this many letters")
     redrive.add_argument("--dry-run", action="store_true", help="say what would be sent")
+    # the fleet's window: how long the replay guard remembers a claim (retention_ms)
+    add_freshness_options(redrive)
     stats.set_defaults(handler=lambda args: asyncio.run(_stats(args)))
     show.set_defaults(handler=lambda args: asyncio.run(_show(args)))
     redrive.set_defaults(handler=_redrive)
@@ -383,8 +389,9 @@ def _redrive(args: argparse.Namespace) -> int:
     return asyncio.run(_run_redrive(args, keyring))
 
 
-def _refusal(entry: Entry, check: Callable[[DeadLetter], None]) -> str | None:
-    """Why this letter may not be redriven, or None."""
+def _refusal(entry: Entry, check: Callable[[DeadLetter], int]) -> str | None:
+    """Why this letter may not be redriven, or None. ``check`` verifies the letter (audit mode)
+    and returns why its age refuses it, as a number of ms past the guard's memory (<= 0: fine)."""
     letter = entry.letter
     if letter is None:
         return "not a dead letter"
@@ -393,9 +400,14 @@ def _refusal(entry: Entry, check: Callable[[DeadLetter], None]) -> str | None:
     if letter.value is None or letter.key_omitted:
         return "the letter does not hold the record's value and key"
     try:
-        check(letter)
+        past = check(letter)
     except VerificationError as exc:
         return f"does not verify ({exc.reason})"
+    if past > 0:
+        return (
+            "created longer ago than the replay guard remembers claims (the window's "
+            f"retention, by {past} ms): a copy could pass as new"
+        )
     return None
 
 
@@ -405,10 +417,14 @@ async def _run_redrive(args: argparse.Namespace, keyring: Keyring) -> int:
     from signed_bus._verifier import Verifier
 
     verifier = Verifier(keyring, audit=True)
+    retention_ms = freshness_from_args(args).retention_ms
 
-    def check(letter: DeadLetter) -> None:
+    def check(letter: DeadLetter) -> int:
         assert letter.value is not None
-        verifier.verify(letter.value, topic=letter.source_topic, key=letter.key)
+        verified = verifier.verify(letter.value, topic=letter.source_topic, key=letter.key)
+        # The guard keeps a nonce retention_ms after its last claim: an envelope older than
+        # that may have been delivered and forgotten, and its copy would be claimed as new.
+        return verifier.clock() - verified.created_at - retention_ms
 
     positions = _positions(args)
     chosen: list[tuple[Entry, DeadLetter]] = []

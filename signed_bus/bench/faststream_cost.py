@@ -73,6 +73,7 @@ async def _run(
         "group_id": unique_name("fs-group"),
         "auto_offset_reset": "earliest",
         "ack_policy": AckPolicy.NACK_ON_ERROR,
+        "isolation_level": "read_committed",  # SignedBus refuses a subscriber without it
     }
     if batch:
         options.update(batch=True, max_records=MAX_RECORDS)

@@ -12,6 +12,7 @@ from aiokafka import TopicPartition
 from confluent_kafka import TIMESTAMP_LOG_APPEND_TIME, KafkaError, KafkaException, Message
 
 from signed_bus._gate import LOG_APPEND_TIME
+from signed_bus._librdkafka import message_headers
 from signed_bus.errors import ConfigurationError
 
 __all__ = [
@@ -104,8 +105,11 @@ def split_messages(
                 log.warning("the Kafka client reported %s: %s", error.name(), error.str())
             continue
         assert topic is not None and partition is not None and offset is not None
+        headers = message_headers(message)
+        if headers is None:  # as the aiokafka front: dead-lettered by position, never fatal
+            skipped.append(SkippedOffset(topic, partition, offset, "header key not UTF-8"))
+            continue
         kind, timestamp = message.timestamp()
-        headers = message.headers()
         records.setdefault(TopicPartition(topic, partition), []).append(
             KafkaRecord(
                 topic,

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
 
 from fast_depends.exceptions import ValidationError as ArgumentsMisfit
-from faststream import BaseMiddleware
+from faststream import AckPolicy, BaseMiddleware
 from faststream._internal.context.repository import ContextRepo
 from faststream.exceptions import AckMessage
 
@@ -46,6 +46,7 @@ from signed_bus.errors import (
     ConfigurationError,
     MalformedEnvelope,
     ReplayGuardUnavailable,
+    UnsupportedContentType,
     VerificationError,
 )
 from signed_bus.faststream._records import as_record, letter, readable_headers
@@ -87,6 +88,50 @@ def verified_batch() -> tuple[ConsumedMessage, ...]:
     """The verified messages the running handler consumed, in partition and offset order
     (empty outside a handler of a verifying broker)."""
     return _consumed.get()
+
+
+#: Ack policies that keep delivery at-least-once: a message whose handler (or whose hold while
+#: Redis is down) failed is redelivered, never acknowledged.
+SAFE_ACK_POLICIES = frozenset({AckPolicy.NACK_ON_ERROR, AckPolicy.MANUAL})
+
+
+def subscriber_problem(subscriber: object) -> str | None:
+    """Why ``subscriber`` cannot run under SignedBus, or None.
+
+    Its ack policy must redeliver a failure (``AckPolicy.NACK_ON_ERROR``, or ``MANUAL``): with
+    FastStream's default (``ACK_FIRST``) a message held while Redis is down, or one whose dead
+    letter could not be written, would be acknowledged and lost. A ``faststream.kafka``
+    subscriber must read ``isolation_level="read_committed"`` (aiokafka reads uncommitted
+    records by default): a copy inside an aborted transaction would otherwise claim its nonce and
+    reach the handler, and the retried output too. (librdkafka, under ``faststream.confluent``,
+    reads committed records by default.)
+    """
+    policy = getattr(subscriber, "ack_policy", None)
+    if policy is not None and policy not in SAFE_ACK_POLICIES:
+        return (
+            f"its ack_policy is {getattr(policy, 'name', policy)}: use "
+            "ack_policy=AckPolicy.NACK_ON_ERROR so that a failure is redelivered, not lost"
+        )
+    options = getattr(subscriber, "_connection_args", None)  # faststream.kafka's consumer options
+    if isinstance(options, dict):
+        level = options.get("isolation_level", "read_uncommitted")
+        if level != "read_committed":
+            return (
+                f'it reads isolation_level={level!r}: use isolation_level="read_committed" so '
+                "that a record of an aborted transaction never claims a nonce"
+            )
+    return None
+
+
+def payload_of(message: ConsumedMessage) -> object:
+    """What the handler is given: the payload decoded per its content type, or the body bytes
+    for a content type signed-bus does not decode (authentic all the same: FastStream's own
+    decoding, or the handler, takes it from there). A msgpack or JSON body that does not decode
+    raises MalformedEnvelope (dead-lettered as malformed)."""
+    try:
+        return message.payload
+    except UnsupportedContentType:
+        return message.body
 
 
 class SignedBus:
@@ -138,6 +183,7 @@ class SignedBus:
         self._hold_s = hold_s
         self.metrics = ConsumerMetrics()
         self._gate = Gate(verifier, fail_open=fail_open, metrics=self.metrics) if verifier else None
+        self._checked: set[int] = set()  # subscribers whose settings were checked
 
     def __repr__(self) -> str:
         return (
@@ -178,6 +224,16 @@ class SignedBus:
 
     # -- consuming -----------------------------------------------------------------------------
 
+    def check_subscriber(self, subscriber: object) -> None:
+        """Refuse (ConfigurationError, before anything is claimed) a subscriber whose settings
+        would lose or double-deliver records (:func:`subscriber_problem`); checked once each."""
+        if subscriber is None or id(subscriber) in self._checked:
+            return
+        problem = subscriber_problem(subscriber)
+        if problem is not None:
+            raise ConfigurationError(f"SignedBus cannot guard this subscriber: {problem}")
+        self._checked.add(id(subscriber))
+
     async def admit(self, raw: Sequence[Any], broker: Any) -> list[ConsumedMessage]:
         """Verify, claim and dead-letter one consumed message or batch; the messages to hand
         to the handler (raises to have FastStream redeliver, see the class docstring)."""
@@ -197,7 +253,7 @@ class SignedBus:
             if message is None:
                 continue
             try:
-                message.payload  # noqa: B018 - decoded now: a body that does not decode is rejected
+                payload_of(message)  # decoded now: a body that does not decode is rejected
             except VerificationError as exc:
                 late.append((message.record, exc))
             else:
@@ -313,6 +369,7 @@ class _Middleware(BaseMiddleware):
             return await call_next(msg)
         raw = msg.raw_message
         is_batch = isinstance(raw, tuple)
+        bus.check_subscriber(self.context.get("handler_"))
         delivered = await bus.admit(raw if is_batch else (raw,), self.context.get("broker"))
         if not delivered:
             # everything was rejected (and dead-lettered): acknowledged, and not returning
@@ -322,7 +379,7 @@ class _Middleware(BaseMiddleware):
         # reset in after_processed: the handler's return value is published after this returns
         self._token = _consumed.set(consumed)
         self._admitted = _admitted.set((bus._gate, bus._gate.verifier.clock()))
-        payloads = [m.payload for m in consumed]
+        payloads = [payload_of(m) for m in consumed]
         if is_batch:
             msg.body = [m.body for m in consumed]
             decoded: object = payloads

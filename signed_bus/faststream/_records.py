@@ -20,6 +20,7 @@ from signed_bus._deadletter import (
     dead_letter_headers,
 )
 from signed_bus._gate import LOG_APPEND_TIME, Record
+from signed_bus._librdkafka import message_headers
 from signed_bus.errors import Undecodable, VerificationError
 
 __all__ = ["ConfluentRecord", "as_record", "letter", "readable_headers"]
@@ -57,7 +58,7 @@ class ConfluentRecord:
             # a str key or value only comes from a consumer with deserializers: take its bytes
             key=key.encode() if isinstance(key, str) else key,
             value=value.encode() if isinstance(value, str) else value,
-            headers=tuple(message.headers() or ()),
+            headers=tuple(message_headers(message) or ()),
         )
 
 
@@ -78,7 +79,15 @@ def readable_headers(raw: Any) -> None:
     for record in raw if isinstance(raw, tuple) else (raw,):
         accessor = getattr(record, "headers", None)
         if callable(accessor):  # confluent-kafka: a None value is skipped by the parser
-            headers = accessor() or ()
+            read = message_headers(record)
+            if read is None:  # a header key that is not UTF-8: all of them dropped
+                log.warning(
+                    "dropped the headers of %s[%s]@%s: a header key is not UTF-8 text (headers "
+                    "are not signed; the Kafka client cannot read them)",
+                    *(_position(record)),
+                )
+                continue
+            headers = read or ()
             kept = [(n, v) for n, v in headers if v is None or isinstance(v, str) or _text(v)]
             if len(kept) != len(headers):
                 record.set_headers(kept)

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from signed_bus import DeadLetter
 from signed_bus._gate import ConsumedMessage
 from signed_bus._kafka.producer import Outgoing, ProducerOptions
 from signed_bus._kafka.producer import SignedProducer as AioProducer
@@ -19,8 +20,19 @@ from signed_bus._replay.guard import Claim, ClaimVerdict
 from signed_bus.confluent import SignedProducer, SyncRedisReplayGuard, VerifyingConsumer
 from signed_bus.errors import ConfigurationError, DeliveryFailed, ReplayGuardUnavailable
 from tests.conftest import TopicFactory
-from tests.integration.bus import WINDOW, end_offsets, guard, keyring, signer, unique, verifier
+from tests.integration.bus import (
+    WINDOW,
+    end_offsets,
+    guard,
+    keyring,
+    plain_producer,
+    read_all,
+    signer,
+    unique,
+    verifier,
+)
 from tests.integration.fronts import AIOKAFKA, CONFLUENT, Spec, confluent_config
+from tests.integration.test_undecodable import bad_header_batch, produce_raw
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -199,3 +211,49 @@ def _has_running_loop() -> bool:
     except RuntimeError:
         return False
     return True
+
+
+async def test_a_header_key_that_is_not_utf8_is_dead_lettered_not_fatal(
+    kafka_bootstrap: str, redis_url: str, redis_prefix: str, unique_topic: TopicFactory
+) -> None:
+    # librdkafka's binding raises SystemError reading such a key and leaves a NULL key cached:
+    # the consumer must dead-letter the record by its position and go on, as the aiokafka one
+    topic = await unique_topic("cf-bad-header")
+    dead = await unique_topic("cf-bad-header-dlq")
+    ring = keyring()
+    sign = signer(ring)
+    async with plain_producer(kafka_bootstrap) as producer:
+        for seq in range(2):
+            await producer.send_and_wait(topic, sign.sign({"seq": seq}, topic=topic), partition=0)
+    bad = await produce_raw(
+        kafka_bootstrap, topic, 0, bad_header_batch(sign.sign({"seq": "bad"}, topic=topic))
+    )
+    async with plain_producer(kafka_bootstrap) as producer:
+        await producer.send_and_wait(topic, sign.sign({"seq": 2}, topic=topic), partition=0)
+
+    def consume() -> tuple[list[ConsumedMessage], dict[str, int]]:
+        delivered: list[ConsumedMessage] = []
+        with SyncRedisReplayGuard.from_url(redis_url, prefix=redis_prefix) as g:
+            consumer = VerifyingConsumer(
+                confluent_config(kafka_bootstrap, unique("g"), **{"auto.offset.reset": "earliest"}),
+                [topic],
+                verifier=verifier(ring),
+                guard=g,
+                dead_letter_topic=dead,
+                timeout_s=0.2,
+            )
+            with consumer:
+                deadline = time.monotonic() + 60
+                for message in consumer:
+                    delivered.append(message)
+                    if len(delivered) == 3 or time.monotonic() > deadline:
+                        break
+            return delivered, dict(consumer.metrics.rejected)
+
+    delivered, rejected = await asyncio.to_thread(consume)
+    assert [m.payload["seq"] for m in delivered] == [0, 1, 2]  # type: ignore[index]
+    assert bad == 2 and [m.offset for m in delivered] == [0, 1, 3]
+    assert rejected == {"undecodable": 1}
+    (letter_record,) = await read_all(kafka_bootstrap, dead, 1)
+    letter = DeadLetter.from_record(letter_record)
+    assert (letter.reason, letter.source_offset, letter.not_decoded) == ("undecodable", 2, True)

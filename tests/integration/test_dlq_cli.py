@@ -121,6 +121,17 @@ async def test_dlq_stats_show_and_an_idempotent_redrive(
     assert skipped.returncode == 1
     assert "reason bad_signature cannot be redriven" in skipped.stdout
 
+    # Never older than the guard's memory of claims: with the fleet's window as narrow as the
+    # consumer's (retention 70 s), the ten-minute-old letters may have been delivered and
+    # forgotten already, so their copies could pass as new: skipped, nothing sent.
+    too_old = await cli(
+        "dlq", "redrive", dead, "--reason", "expired", "--max-age-ms", "60000",
+        "--max-lag-ms", "0", "--future-skew-ms", "5000", env=env,
+    )  # fmt: skip
+    assert too_old.returncode == 1, too_old.stderr + too_old.stdout
+    assert too_old.stdout.count("longer ago than the replay guard remembers") == N
+    assert f"-- redrove 0 letter(s), skipped {N}" in too_old.stdout
+
     # Redriven twice (an operator's retry): two copies of each letter reach the source topic.
     for _ in range(2):
         sent = await cli("dlq", "redrive", dead, "--reason", "expired", env=env)

@@ -8,7 +8,6 @@ Compressed batches come from librdkafka (confluent-kafka), a producer that is no
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import io
 import logging
@@ -382,20 +381,14 @@ async def test_a_batch_in_a_codec_the_client_cannot_decode_is_skipped_whole(
 async def test_tail_prints_an_undecodable_record_as_rejected_and_goes_on(
     setup: Setup, unique_topic: TopicFactory
 ) -> None:
+    from signed_bus._cli import build_parser
     from signed_bus._cli.tail import _run
 
     topic, _ = await setup.topic_with_bad_header(unique_topic)
-    args = argparse.Namespace(
-        topic=topic,
-        from_beginning=True,
-        count=7,
-        idle_timeout=20.0,
-        audit=True,
-        max_age_ms=Freshness().max_age_ms,  # the CLI's defaults
-        future_skew_ms=Freshness().future_skew_ms,
-        max_lag_ms=Freshness().max_lag_ms,
-        bootstrap_servers=setup.bootstrap,
-    )
+    # the arguments as the CLI parses them (its defaults: the whole window, no TLS or SASL)
+    argv = ["tail", topic, "--from-beginning", "--count", "7", "--idle-timeout", "20", "--audit"]
+    args = build_parser().parse_args([*argv, "--bootstrap-servers", setup.bootstrap])
+    assert (args.max_age_ms, args.max_lag_ms) == (Freshness().max_age_ms, Freshness().max_lag_ms)
     out = io.StringIO()
     assert await _run(args, setup.ring, out) == 0
     lines = out.getvalue().splitlines()

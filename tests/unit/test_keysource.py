@@ -25,11 +25,20 @@ class JwksServer:
         self.status = 200
         self.requests = 0
         self.garbage = False  # answer with something that is not HTTP
+        self.redirect_to: str | None = None  # answer 302 to this location
+        self.authorizations: list[str | None] = []  # the Authorization header of each request
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 server.requests += 1
+                server.authorizations.append(self.headers.get("Authorization"))
+                if server.redirect_to is not None:
+                    self.send_response(302)
+                    self.send_header("Location", server.redirect_to)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 if server.garbage:
                     self.wfile.write(b"NOT HTTP AT ALL\r\n\r\n")
                     return
@@ -163,7 +172,9 @@ async def test_logs_never_show_credentials_of_the_location(
         assert "HTTP status 503" in shown
         assert "hunter2" not in shown and "s3cr3t" not in shown
     # A '/' in the password would end the authority for a URL parser: still nothing shown.
-    slashed = KeySource(jwks_server.url.replace("http://", "http://user:hun/ter2@"))
+    slashed = KeySource(
+        jwks_server.url.replace("http://", "http://user:hun/ter2@"), allow_http=True
+    )
     with caplog.at_level(logging.INFO, logger="signed_bus.keys"):
         assert not await asyncio.to_thread(slashed.refresh)
     assert "keeping the last good set" in caplog.text
@@ -226,3 +237,38 @@ def test_without_an_event_loop_a_thread_refreshes_and_rate_limits_unknown_kids(
     assert source.keyring.get("gone") is None  # stopped: asks for nothing
     time.sleep(0.4)
     assert jwks_server.requests == requests
+
+
+def test_plain_http_is_refused_unless_loopback_or_allowed() -> None:
+    # a JWK Set decides which keys may sign: fetched in clear, anyone on the path adds theirs
+    with pytest.raises(ConfigurationError, match="plain http is refused") as caught:
+        KeySource("http://user:hunter2@keys.example.com/jwks.json")
+    assert "hunter2" not in str(caught.value)
+    KeySource("http://keys.example.com/jwks.json", allow_http=True)
+    KeySource("http://localhost:8080/jwks.json")
+    KeySource("http://[::1]:8080/jwks.json")
+    KeySource("https://keys.example.com/jwks.json")
+
+
+async def test_a_redirect_to_another_origin_does_not_carry_the_credentials(
+    jwks_server: JwksServer,
+) -> None:
+    target = JwksServer()
+    try:
+        target.serve(generate_ed25519_key("k", ["agent"]))
+        jwks_server.redirect_to = target.url  # another port: another origin
+        url = jwks_server.url.replace("http://", "http://ops:s3cret@")
+        async with KeySource(url, refresh_interval_s=3600) as source:
+            assert "k" in source.keyring
+        assert jwks_server.authorizations[0] is not None  # the origin it was given to
+        assert target.authorizations == [None]  # never to the place it was sent on to
+    finally:
+        target.close()
+
+
+async def test_a_redirect_to_plain_http_on_a_remote_host_is_refused(
+    jwks_server: JwksServer,
+) -> None:
+    jwks_server.redirect_to = "http://keys.example.com/jwks.json"
+    with pytest.raises(ConfigurationError, match="unreachable"):
+        await KeySource(jwks_server.url).start()
