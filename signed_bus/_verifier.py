@@ -54,6 +54,8 @@ CONTENT_TYPE_JSON: Final = "application/json"
 #: Signature length per algorithm: a wrong length is a bad signature before any crypto runs.
 _SIG_BYTES: Final = {HS256: 32, EDDSA: 64}
 _sha256 = hashlib.sha256
+#: VerifiedMessage._payload before the first read of ``payload``.
+_UNDECODED: Final = object()
 _WITH_EXPIRY: Final = len(HEADER_KEYS)  # a header map holds exp only when it has every key
 #: One record for :meth:`Verifier.verify_batch`: value, topic, record key, reference time.
 BatchItem = tuple[bytes, str, bytes | None, int | None]
@@ -68,8 +70,10 @@ class VerifiedMessage:
     """
 
     # Verifier.verify builds instances without __init__: a view over the checked header map,
-    # three slot writes. ``_digest`` and ``_payload`` stay unset until first read. The keyword
-    # constructor below serves tests and code that builds messages by hand.
+    # four slot writes. ``_digest`` stays unset until first read and ``_payload`` holds
+    # _UNDECODED until then (a sentinel costs a tenth of a caught AttributeError, and every
+    # consumed record reads its payload). The keyword constructor below serves tests and code
+    # that builds messages by hand.
     __slots__ = ("_digest", "_header", "_payload", "_value", "body")
 
     _header: dict[str, Any]
@@ -110,6 +114,7 @@ class VerifiedMessage:
         _set_header(self, header)
         _set_body(self, body)
         _set_value(self, None)
+        _set_payload(self, _UNDECODED)
         _set_digest(self, digest)
 
     def __setattr__(self, name: str, value: object) -> NoReturn:
@@ -176,15 +181,14 @@ class VerifiedMessage:
         UnsupportedContentType (read ``body`` instead). An authentic body that does not decode
         raises MalformedEnvelope (reason "malformed").
         """
-        try:
-            return self._payload
-        except AttributeError:  # first read
+        payload = self._payload
+        if payload is _UNDECODED:  # first read
             payload = self._decode_payload()
             _set_payload(self, payload)
-            return payload
+        return payload
 
     def _decode_payload(self) -> object:
-        content_type = self.content_type
+        content_type = self._header[K_CTY]
         if content_type == CONTENT_TYPE_MSGPACK:
             decode = decode_msgpack
         elif content_type == CONTENT_TYPE_JSON:
@@ -246,6 +250,7 @@ def _rebuild(header: dict[str, Any], body: bytes, digest: bytes) -> VerifiedMess
     _set_header(msg, header)
     _set_body(msg, body)
     _set_value(msg, None)
+    _set_payload(msg, _UNDECODED)
     _set_digest(msg, digest)
     return msg
 
@@ -433,20 +438,16 @@ class Verifier:
                 _set_header(msg, opened[0])
                 _set_body(msg, opened[1])
                 _set_value(msg, items[index][0])
+                _set_payload(msg, _UNDECODED)
                 answers[index] = msg
                 continue
-            value, topic, key, reference_ms = items[index]
-            try:
-                if opened is None:  # the keyring changed since the last call
-                    opened = _native.reopen(opener, value, topic, key, reference_ms)
-                if opened.__class__ is tuple:
-                    answers[index] = self._opened(value, opened, reference_ms)
-                elif opened:  # a refusal: the pure path raises it, with its message
-                    answers[index] = self._verify_pure(value, topic, key, reference_ms)
-                else:  # the extension leaves this item to Python
-                    answers[index] = self._answer(items[index])
-            except Exception as exc:
-                answers[index] = exc
+            if opened.__class__ is tuple:  # authentic, not fresh: the pure rule raises
+                try:
+                    answers[index] = self._opened(items[index][0], opened, items[index][3])
+                except Exception as exc:
+                    answers[index] = exc
+            else:  # refused, left to Python, or a stale key cache: verify answers
+                answers[index] = self._answer(items[index])
         return answers
 
     def _answer(self, item: BatchItem) -> VerifiedMessage | Exception:
@@ -477,6 +478,7 @@ class Verifier:
         _set_header(msg, header)
         _set_body(msg, body)
         _set_value(msg, value)
+        _set_payload(msg, _UNDECODED)
         return msg
 
     def _verify_pure(
@@ -538,4 +540,5 @@ class Verifier:
         _set_header(msg, header)
         _set_body(msg, body)
         _set_value(msg, value)
+        _set_payload(msg, _UNDECODED)
         return msg

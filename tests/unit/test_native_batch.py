@@ -8,6 +8,7 @@ reject the same records with the same errors either way. The extension must be i
 
 from __future__ import annotations
 
+import pickle
 import random
 from collections.abc import Callable
 from typing import Any
@@ -272,3 +273,36 @@ def test_the_gate_settles_and_rejects_the_same_records_on_both_paths() -> None:
         )
         assert [a for a in by_record if a[0] == ""] == [m for *_, m in seen[0][1]]
     assert gates[0].metrics.rejected == gates[1].metrics.rejected
+
+
+def test_every_way_a_message_is_built_decodes_its_payload_once() -> None:
+    ring = Keyring([HmacKey("h1", _seed("h1"), issuers=["agent-a"])])
+    with native_path():
+        signer = Signer(ring, kid="h1", issuer="agent-a", model="m", clock=lambda: NOW)
+    value = signer.sign({"score": 0.5}, topic="t")
+    items: list[BatchItem] = [(value, "t", None, None)] * 2
+    built: list[Any] = []
+    for verifier in verifiers(ring, lambda: NOW, freshness=WINDOW):
+        built.append(verifier.verify(value, topic="t", key=None))
+        built.extend(verifier.verify_batch(items))
+    built.append(pickle.loads(pickle.dumps(built[0])))
+    m = built[0]
+    built.append(
+        VerifiedMessage(
+            body=m.body,
+            content_type=m.content_type,
+            issuer=m.issuer,
+            model=m.model,
+            kid=m.kid,
+            alg=m.alg,
+            created_at=m.created_at,
+            expires_at=None,
+            nonce=m.nonce,
+            parents=[],
+            digest=m.digest,
+            topic=m.topic,
+        )
+    )
+    for message in built:
+        first = message.payload
+        assert first == {"score": 0.5} and message.payload is first
