@@ -429,8 +429,13 @@ class Verifier:
         if opener is None or len(items) < 2 or type(self).verify is not Verifier.verify:
             return [self._answer(item) for item in items]
         try:
-            answers: list[Any] = opener.open_batch(items)
+            answers: list[Any] | None = opener.open_batch(items)
+            if answers is None:  # the keyring changed since the last call
+                _native.refresh(opener)
+                answers = opener.open_batch(items)
         except Exception:  # e.g. a clock that raised: each item then meets it on its own
+            answers = None
+        if answers is None:
             return [self._answer(item) for item in items]
         for index, opened in enumerate(answers):
             if opened.__class__ is tuple and opened[2] is None:  # verified and fresh

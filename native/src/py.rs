@@ -513,12 +513,13 @@ impl Opener {
     /// `open` for every item of `items` (tuples `(value, topic, key, reference_ms)`), in order:
     /// the same checks and answers, with the batch's Ed25519 signatures verified on several
     /// threads, the GIL released. An item that is not such a tuple of bytes, any, bytes or
-    /// None, any is answered `""` (the Python path decides).
+    /// None, any is answered `""` (the Python path decides). None, before any signature is
+    /// checked, when the key cache must be refreshed first (then call again).
     fn open_batch<'py>(
         &self,
         py: Python<'py>,
         items: &Bound<'py, PyList>,
-    ) -> PyResult<Bound<'py, PyList>> {
+    ) -> PyResult<Option<Bound<'py, PyList>>> {
         let items: Vec<Option<Item<'py>>> = items.iter().map(item).collect();
         let mut steps: Vec<Option<Step<'_, 'py>>> = Vec::with_capacity(items.len());
         for entry in &items {
@@ -528,6 +529,12 @@ impl Opener {
                     Some(self.before(py, value.as_bytes(), topic, reference.as_ref())?)
                 }
             });
+        }
+        if steps
+            .iter()
+            .any(|step| matches!(step, Some(Step::Done(Outcome::Refresh))))
+        {
+            return Ok(None);
         }
         // Ed25519 on every thread without the GIL; HMAC costs less than a hand-over.
         let checks: Vec<Check<'_>> = steps
@@ -561,7 +568,7 @@ impl Opener {
             };
             answers.append(outcome_object(py, value.as_bytes(), outcome)?)?;
         }
-        Ok(answers)
+        Ok(Some(answers))
     }
 
     /// The reason code this opener gives a value ("" when it verifies); None where the Python

@@ -16,7 +16,7 @@ from typing import Any
 import msgpack
 
 from signed_bus._gate import Gate
-from signed_bus._keys import HmacKey, Keyring
+from signed_bus._keys import Ed25519Key, HmacKey, Keyring
 from signed_bus._signer import Signer
 from signed_bus._verifier import BatchItem, VerifiedMessage, Verifier
 from signed_bus.errors import VerificationError
@@ -306,3 +306,51 @@ def test_every_way_a_message_is_built_decodes_its_payload_once() -> None:
     for message in built:
         first = message.payload
         assert first == {"score": 0.5} and message.payload is first
+
+
+class Spy:
+    """Counts the per-record ``open`` calls of a native opener (``verify`` makes them)."""
+
+    __module__ = "signed_bus_native"  # signed_bus._native.refresh finds the extension by it
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.opens = 0
+
+    @property
+    def cache(self) -> Any:
+        return self.inner.cache
+
+    @property
+    def keyring(self) -> Any:
+        return self.inner.keyring
+
+    def open(self, *args: Any) -> Any:
+        self.opens += 1
+        return self.inner.open(*args)
+
+    def open_batch(self, items: Any) -> Any:
+        return self.inner.open_batch(items)
+
+
+def test_the_first_batch_after_a_key_change_is_still_verified_in_one_call() -> None:
+    """A new verifier's key cache is empty, and a key change makes it stale: the batch call
+    refreshes it and checks the whole batch again, rather than leaving every record to
+    verify one by one (which would verify the first fetch's signatures on one core)."""
+    signing, verifying = _keys()
+    with native_path():
+        signer = Signer(signing, kid="e1", issuer="agent-a", model="m", clock=lambda: NOW)
+    items: list[BatchItem] = [
+        (signer.sign_bytes(b"x", content_type="c", topic="t"), "t", None, None) for _ in range(20)
+    ]
+    _, native = verifiers(verifying, lambda: NOW, freshness=WINDOW)
+    spy = Spy(native._opener)
+    native._opener = spy
+    for change in (None, "replace"):
+        if change:
+            e1 = signing["e1"]
+            assert isinstance(e1, Ed25519Key)
+            verifying.add(e1.public(), replace=True)
+        answers = native.verify_batch(items)
+        assert all(isinstance(a, VerifiedMessage) for a in answers), answers
+        assert spy.opens == 0
