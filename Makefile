@@ -83,14 +83,14 @@ lint: venv
 
 # no service variables and no containers: tests/conftest.py then fails any test that asks for
 # Kafka or Redis, and SIGNED_BUS_FORBID_SKIPS fails any that skips
-# the second run leaves out the differential test, which drives both paths in either run
+# the second run leaves out the differential tests, which drive both paths in either run
 UNIT_ENV := env -u KAFKA_BOOTSTRAP_SERVERS -u REDIS_URL SERVICES_BACKEND=local SIGNED_BUS_FORBID_SKIPS=1
 unit: venv
 	$(UNIT_ENV) SIGNED_BUS_NATIVE=0 \
 		$(PY) -m pytest -q --timeout=120 -p no:cacheprovider tests/unit $(PYTEST_ARGS)
 	$(UNIT_ENV) SIGNED_BUS_NATIVE=1 \
 		$(PY) -m pytest -q --timeout=120 -p no:cacheprovider tests/unit $(PYTEST_ARGS) \
-		--deselect tests/unit/test_native_differential.py
+		--deselect tests/unit/test_native_differential.py --deselect tests/unit/test_native_batch.py
 
 # the same check tests/unit/test_packaging.py makes (make unit runs it too)
 wheel-check: venv
@@ -113,7 +113,7 @@ test: lint test-containers-check
 		$(PY) -m pytest --timeout=$(PYTEST_TIMEOUT) --durations=10 $(PYTEST_ARGS)
 	$(UNIT_ENV) SIGNED_BUS_NATIVE=0 \
 		$(PY) -m pytest -q --timeout=120 -p no:cacheprovider tests/unit \
-		--deselect tests/unit/test_native_differential.py
+		--deselect tests/unit/test_native_differential.py --deselect tests/unit/test_native_batch.py
 
 demo: venv services-up
 	eval "$$($(SERVICES) env)" && $(PY) $(DEMO)

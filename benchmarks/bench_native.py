@@ -12,13 +12,18 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import time
 from collections.abc import Callable
 from typing import Any
 
 import msgpack
+from aiokafka.structs import ConsumerRecord
 
 from signed_bus._envelope import CONTENT_TYPE_MSGPACK
+from signed_bus._gate import Gate
+from signed_bus._kafka.cursor import DeliveryCursor
+from signed_bus._replay.guard import ClaimVerdict
 from signed_bus._replay.layout import ClaimPlanner
 from signed_bus._signer import Signer
 from signed_bus._verifier import Verifier
@@ -43,6 +48,9 @@ def steps(path: str, ops: int) -> dict[str, tuple[Callable[[Any], object], list[
     ed_values = [ed.sign(result, topic=TOPIC) for result in results]
     messages = [verifier.verify(value, topic=TOPIC, key=None) for value in hs_values]
     rows = [(m.issuer, m.nonce, m.created_at, TOPIC, 0, i) for i, m in enumerate(messages)]
+    gate = Gate(verifier)
+    hs_fetches = [fetch(hs_values[i : i + BATCH]) for i in range(0, len(hs_values), BATCH)]
+    ed_fetches = [fetch(ed_values[:BATCH])]
 
     def cycle(items: list[Any]) -> list[Any]:
         return [items[i % len(items)] for i in range(ops)]
@@ -69,11 +77,43 @@ def steps(path: str, ops: int) -> dict[str, tuple[Callable[[Any], object], list[
             lambda value: verifier.verify(value, topic=TOPIC, key=None),
             cycle(ed_values)[:500],
         ),
+        f"HS256 Gate.receive, per record of {BATCH}": (
+            gate.receive,
+            hs_fetches * max(1, ops // 1000),
+        ),
+        f"HS256 Gate.receive + cursor + .payload, per record of {BATCH}": (
+            lambda records: deliver(gate, records),
+            hs_fetches * max(1, ops // 1000),
+        ),
+        f"EdDSA Gate.receive, per record of {BATCH}": (gate.receive, ed_fetches),
         f"claim planning, per row of a {BATCH}-row batch": (
             lambda batch: planner.plan(batch),
             [rows[i : i + BATCH] for i in range(0, len(rows), BATCH)] * max(1, ops // 1000),
         ),
     }
+
+
+def fetch(values: list[bytes]) -> dict[int, list[ConsumerRecord[bytes, bytes]]]:
+    """One fetch of one partition, as aiokafka hands it to the gate (LogAppendTime, now)."""
+    now = time.time_ns() // 1_000_000
+    return {
+        0: [
+            ConsumerRecord(TOPIC, 0, offset, now, 1, None, value, None, 0, len(value), ())
+            for offset, value in enumerate(values)
+        ]
+    }
+
+
+def deliver(gate: Gate, records: dict[int, list[ConsumerRecord[bytes, bytes]]]) -> None:
+    """What VerifyingConsumer does per fetch without I/O: verify, settle (every claim NEW),
+    hand out each message through the delivery cursor and decode its payload."""
+    batch = gate.receive(records)
+    gate.settle(batch, [ClaimVerdict.NEW] * len(gate.claims(batch)))
+    cursor = DeliveryCursor(gate.metrics)
+    cursor.load(batch.entries, 0)
+    while (message := cursor.next()) is not None:
+        message.payload  # noqa: B018 - decode the result, as a consumer does
+        cursor.finish()
 
 
 def per_op_us(fn: Callable[[Any], object], items: list[Any], per: int) -> float:
@@ -95,14 +135,35 @@ def main() -> None:
         for name in cases[paths[0]]:
             for path in paths:
                 fn, items = cases[path][name]
-                per = BATCH if name.startswith("claim") else 1
+                per = BATCH if name.startswith("claim") or "per record of" in name else 1
                 us = per_op_us(fn, items, per)
                 best[(name, path)] = min(best.get((name, path), us), us)
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     print(f"per record, best of {args.repeats} interleaved rounds (load {load}); us")
-    print(f"{'step':44} " + " ".join(f"{path:>8}" for path in paths))
+    print(f"{'step':60} " + " ".join(f"{path:>8}" for path in paths))
     for name in cases[paths[0]]:
-        print(f"{name:44} " + " ".join(f"{best[(name, path)]:8.2f}" for path in paths))
+        print(f"{name:60} " + " ".join(f"{best[(name, path)]:8.2f}" for path in paths))
+    if "native" in paths:
+        parallel(args.repeats)
+
+
+def parallel(repeats: int) -> None:
+    """Wall and CPU time of the EdDSA signatures of one 500-record fetch (Gate.receive on the
+    native path): CPU time above wall time is the second core at work."""
+    ring = bench_keyring()
+    with built_on("native"):
+        ed = Signer(ring, kid=ED25519_KID, issuer=ISSUER, model=MODEL)
+        gate = Gate(Verifier(ring))
+    records = fetch([ed.sign(result, topic=TOPIC) for result in inference_results(BATCH, size=512)])
+    print(f"EdDSA Gate.receive of {BATCH} records, native, each round (wall / CPU ms):", end="")
+    for _ in range(repeats):
+        before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter_ns()
+        gate.receive(records)
+        wall = (time.perf_counter_ns() - start) / 1e6
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        cpu = (after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime) * 1e3
+        print(f"  {wall:.1f} / {cpu:.1f}", end="")
+    print()
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 from signed_bus._freshness import Freshness
 from signed_bus._metrics import ConsumerMetrics
-from signed_bus._verifier import VerifiedMessage, Verifier
+from signed_bus._verifier import BatchItem, VerifiedMessage, Verifier
 from signed_bus.errors import (
     Expired,
     MalformedEnvelope,
@@ -247,11 +247,14 @@ class Gate:
         self, records: Mapping[P, Sequence[Record]], skipped: Sequence[SkippedRange[P]] = ()
     ) -> Settling[P]:
         """Verify every record of one fetch; reject the ranges the client could not decode."""
-        verify = self._verifier.verify
         batch: Settling[P] = Settling()
         entries, verified, rejected = batch.entries, batch.verified, batch.rejected
         warned = self._warned_create_time
         count = 0
+        # One verify_batch call for the fetch (the native path checks Ed25519 signatures on
+        # several threads); the answers are verify's own, record by record.
+        items: list[BatchItem] = []
+        waiting: list[tuple[int, P, Record]] = []
         for tp, records_of_tp in records.items():
             count += len(records_of_tp)
             for record in records_of_tp:
@@ -262,21 +265,24 @@ class Gate:
                     if record.topic not in warned:
                         self._warn_create_time(record.topic)
                 value = record.value
-                try:
-                    if value is None:
-                        raise MalformedEnvelope("the record has no value")
-                    message = verify(
-                        value, topic=record.topic, key=record.key, reference_ms=reference
-                    )
-                except VerificationError as exc:
-                    rejected.append((record, exc))
-                except Exception as exc:  # a verifier bug must not stop the consumer
-                    log.exception("the verifier raised %s", type(exc).__name__)
-                    error = MalformedEnvelope(f"the verifier raised {type(exc).__name__}")
-                    rejected.append((record, error))
-                else:
-                    verified.append((len(entries), tp, record, message))
+                if value is not None:
+                    items.append((value, record.topic, record.key, reference))
+                waiting.append((len(entries), tp, record))
                 entries.append((tp, record.offset + 1, None))
+        answers = iter(self._verifier.verify_batch(items))
+        for index, tp, record in waiting:
+            if record.value is None:
+                answer: VerifiedMessage | Exception = MalformedEnvelope("the record has no value")
+            else:
+                answer = next(answers)
+            if not isinstance(answer, Exception):
+                verified.append((index, tp, record, answer))
+            elif isinstance(answer, VerificationError):
+                rejected.append((record, answer))
+            else:  # a verifier bug must not stop the consumer
+                name = type(answer).__name__
+                log.error("the verifier raised %s", name, exc_info=answer)
+                rejected.append((record, MalformedEnvelope(f"the verifier raised {name}")))
         # A range follows every record of its partition in the fetch: its entry comes last.
         for unreadable in skipped:
             count += 1

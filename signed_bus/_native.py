@@ -39,7 +39,7 @@ __all__ = [
 
 ENV_VAR: Final = "SIGNED_BUS_NATIVE"
 #: The interface version this package speaks; the extension exports its own (native/src/lib.rs).
-ABI_VERSION: Final = 2
+ABI_VERSION: Final = 3
 #: The distribution that holds the extension.
 DISTRIBUTION: Final = "signed-bus-native"
 

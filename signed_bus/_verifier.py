@@ -48,13 +48,17 @@ from signed_bus.errors import (
     WrongTopic,
 )
 
-__all__ = ["CONTENT_TYPE_JSON", "VerifiedMessage", "Verifier"]
+__all__ = ["CONTENT_TYPE_JSON", "BatchItem", "VerifiedMessage", "Verifier"]
 
 CONTENT_TYPE_JSON: Final = "application/json"
 #: Signature length per algorithm: a wrong length is a bad signature before any crypto runs.
 _SIG_BYTES: Final = {HS256: 32, EDDSA: 64}
 _sha256 = hashlib.sha256
+#: VerifiedMessage._payload before the first read of ``payload``.
+_UNDECODED: Final = object()
 _WITH_EXPIRY: Final = len(HEADER_KEYS)  # a header map holds exp only when it has every key
+#: One record for :meth:`Verifier.verify_batch`: value, topic, record key, reference time.
+BatchItem = tuple[bytes, str, bytes | None, int | None]
 
 
 class VerifiedMessage:
@@ -66,8 +70,10 @@ class VerifiedMessage:
     """
 
     # Verifier.verify builds instances without __init__: a view over the checked header map,
-    # three slot writes. ``_digest`` and ``_payload`` stay unset until first read. The keyword
-    # constructor below serves tests and code that builds messages by hand.
+    # four slot writes. ``_digest`` stays unset until first read and ``_payload`` holds
+    # _UNDECODED until then (a sentinel costs a tenth of a caught AttributeError, and every
+    # consumed record reads its payload). The keyword constructor below serves tests and code
+    # that builds messages by hand.
     __slots__ = ("_digest", "_header", "_payload", "_value", "body")
 
     _header: dict[str, Any]
@@ -108,6 +114,7 @@ class VerifiedMessage:
         _set_header(self, header)
         _set_body(self, body)
         _set_value(self, None)
+        _set_payload(self, _UNDECODED)
         _set_digest(self, digest)
 
     def __setattr__(self, name: str, value: object) -> NoReturn:
@@ -174,15 +181,14 @@ class VerifiedMessage:
         UnsupportedContentType (read ``body`` instead). An authentic body that does not decode
         raises MalformedEnvelope (reason "malformed").
         """
-        try:
-            return self._payload
-        except AttributeError:  # first read
+        payload = self._payload
+        if payload is _UNDECODED:  # first read
             payload = self._decode_payload()
             _set_payload(self, payload)
-            return payload
+        return payload
 
     def _decode_payload(self) -> object:
-        content_type = self.content_type
+        content_type = self._header[K_CTY]
         if content_type == CONTENT_TYPE_MSGPACK:
             decode = decode_msgpack
         elif content_type == CONTENT_TYPE_JSON:
@@ -244,6 +250,7 @@ def _rebuild(header: dict[str, Any], body: bytes, digest: bytes) -> VerifiedMess
     _set_header(msg, header)
     _set_body(msg, body)
     _set_value(msg, None)
+    _set_payload(msg, _UNDECODED)
     _set_digest(msg, digest)
     return msg
 
@@ -404,23 +411,85 @@ class Verifier:
             if opened is None:  # the keyring changed since the last call
                 opened = _native.reopen(opener, value, topic, key, reference_ms)
             if opened.__class__ is tuple:
-                header, body, stale_at = opened
-                if stale_at is not None:  # the pure rule raises its own Expired/NotYetValid
-                    self._check(
-                        header[K_IAT],
-                        header.get(K_EXP),
-                        reference_ms=stale_at if reference_ms is None else reference_ms,
-                        now=stale_at,
-                        kid=header[K_KID],
-                        issuer=header[K_ISS],
-                    )
-                msg: VerifiedMessage = _new(VerifiedMessage)
-                _set_header(msg, header)
-                _set_body(msg, body)
-                _set_value(msg, value)
-                return msg
+                return self._opened(value, opened, reference_ms)
             # A refusal (or a case the extension leaves to Python): the pure path below finds
             # the same reason and raises its exception, with its message.
+        return self._verify_pure(value, topic, key, reference_ms)
+
+    def verify_batch(self, items: list[BatchItem]) -> list[VerifiedMessage | Exception]:
+        """:meth:`verify` for every ``(value, topic, key, reference_ms)`` of a fetched batch.
+
+        One answer per item, in order: the message :meth:`verify` returns for it, or the
+        exception it raises (the same verdict, reason, message and context; nothing is
+        raised here). On the native path one call checks the whole batch, its Ed25519
+        signatures on several threads with the GIL released (docs/PERFORMANCE.md); a subclass
+        that overrides :meth:`verify` has it called for every item.
+        """
+        opener = self._opener
+        if opener is None or len(items) < 2 or type(self).verify is not Verifier.verify:
+            return [self._answer(item) for item in items]
+        try:
+            answers: list[Any] | None = opener.open_batch(items)
+            if answers is None:  # the keyring changed since the last call
+                _native.refresh(opener)
+                answers = opener.open_batch(items)
+        except Exception:  # e.g. a clock that raised: each item then meets it on its own
+            answers = None
+        if answers is None:
+            return [self._answer(item) for item in items]
+        for index, opened in enumerate(answers):
+            if opened.__class__ is tuple and opened[2] is None:  # verified and fresh
+                msg: VerifiedMessage = _new(VerifiedMessage)
+                _set_header(msg, opened[0])
+                _set_body(msg, opened[1])
+                _set_value(msg, items[index][0])
+                _set_payload(msg, _UNDECODED)
+                answers[index] = msg
+                continue
+            if opened.__class__ is tuple:  # authentic, not fresh: the pure rule raises
+                try:
+                    answers[index] = self._opened(items[index][0], opened, items[index][3])
+                except Exception as exc:
+                    answers[index] = exc
+            else:  # refused, left to Python, or a stale key cache: verify answers
+                answers[index] = self._answer(items[index])
+        return answers
+
+    def _answer(self, item: BatchItem) -> VerifiedMessage | Exception:
+        value, topic, key, reference_ms = item
+        try:
+            return self.verify(value, topic=topic, key=key, reference_ms=reference_ms)
+        except Exception as exc:
+            return exc
+
+    def _opened(
+        self,
+        value: bytes,
+        opened: tuple[dict[str, Any], bytes, int | None],
+        reference_ms: int | None,
+    ) -> VerifiedMessage:
+        """The message of a value the extension opened: ``(header, body, stale_at)``."""
+        header, body, stale_at = opened
+        if stale_at is not None:  # the pure rule raises its own Expired/NotYetValid
+            self._check(
+                header[K_IAT],
+                header.get(K_EXP),
+                reference_ms=stale_at if reference_ms is None else reference_ms,
+                now=stale_at,
+                kid=header[K_KID],
+                issuer=header[K_ISS],
+            )
+        msg: VerifiedMessage = _new(VerifiedMessage)
+        _set_header(msg, header)
+        _set_body(msg, body)
+        _set_value(msg, value)
+        _set_payload(msg, _UNDECODED)
+        return msg
+
+    def _verify_pure(
+        self, value: bytes, topic: str, key: bytes | None, reference_ms: int | None
+    ) -> VerifiedMessage:
+        """The reference implementation of :meth:`verify`, on bytes."""
         if len(value) > self._max_bytes:
             raise EnvelopeTooLarge(
                 f"{len(value)} bytes exceeds the {self._max_bytes}-byte cap", topic=topic
@@ -476,4 +545,5 @@ class Verifier:
         _set_header(msg, header)
         _set_body(msg, body)
         _set_value(msg, value)
+        _set_payload(msg, _UNDECODED)
         return msg

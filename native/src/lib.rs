@@ -5,6 +5,7 @@
 //! The Python module (feature `python`, which maturin turns on) is in `py`.
 #![forbid(unsafe_code)]
 
+pub mod batch;
 pub mod crypto;
 pub mod wire;
 
@@ -13,7 +14,7 @@ mod py;
 
 /// Bumped whenever the Python-facing interface changes; signed_bus/_native.py refuses a module
 /// with another number.
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 #[cfg(test)]
 mod tests;

@@ -7,6 +7,7 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 
+use crate::batch::{self, Check};
 use crate::crypto::{sha256, Material};
 use crate::wire::{self, Frame, Header, Reason, SealInput, Window};
 
@@ -115,7 +116,7 @@ impl NativeKey {
 fn verify_parts(py: Python<'_>, material: &Material, parts: &[&[u8]], signature: &[u8]) -> bool {
     match material {
         Material::Hmac(_) => material.verify(parts, signature),
-        // A batch verified on several threads runs on several cores.
+        // Other threads run meanwhile (Python threads calling open verify on several cores).
         Material::Ed25519(..) => py.allow_threads(|| material.verify(parts, signature)),
     }
 }
@@ -195,6 +196,48 @@ fn header_dict<'py>(
     Ok(dict)
 }
 
+/// What the checks before the signature found.
+enum Step<'a, 'py> {
+    Done(Outcome<'a, 'py>),
+    /// The policy allows the value: its signature decides, then destination and freshness.
+    Sign(Pending<'a, 'py>),
+}
+
+/// A value whose signature is still to check.
+struct Pending<'a, 'py> {
+    native: Bound<'py, NativeKey>,
+    value: &'a [u8],
+    topic: &'a str,
+    reference: Option<i64>,
+    frame: Frame,
+    h: Header<'a>,
+    texts: Texts<'py>,
+}
+
+impl<'a> Pending<'a, '_> {
+    fn check(&self) -> Check<'_> {
+        let frame = &self.frame;
+        Check {
+            material: &self.native.get().material,
+            protected: &self.value[frame.p_start..frame.p_end],
+            body: &self.value[frame.b_start..frame.b_end],
+            signature: &self.value[frame.s_start..],
+        }
+    }
+
+    fn is_ed25519(&self) -> bool {
+        matches!(self.native.get().material, Material::Ed25519(..))
+    }
+}
+
+/// One item of a batch, borrowed by the checks: value, topic, record key, reference time.
+type Item<'py> = (
+    Bound<'py, PyBytes>,
+    Bound<'py, PyAny>,
+    Option<Bound<'py, PyBytes>>,
+    Option<Bound<'py, PyAny>>,
+);
+
 impl Opener {
     /// Milliseconds since the epoch, floored, when the clock is the system clock.
     fn system_now(&self) -> Option<i64> {
@@ -207,79 +250,127 @@ impl Opener {
         i64::try_from(since.as_millis()).ok()
     }
 
+    /// Every check of Verifier.verify, in its order: the signature on this thread (Ed25519
+    /// with the GIL released).
     fn check<'a, 'py>(
         &self,
         py: Python<'py>,
         value: &'a [u8],
-        topic: &Bound<'py, PyAny>,
+        topic: &'a Bound<'py, PyAny>,
         key: Option<&[u8]>,
         reference_ms: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Outcome<'a, 'py>> {
+        match self.before(py, value, topic, reference_ms)? {
+            Step::Done(outcome) => Ok(outcome),
+            Step::Sign(pending) => {
+                let valid = match pending.is_ed25519() {
+                    true => {
+                        let check = pending.check();
+                        py.allow_threads(|| check.verify())
+                    }
+                    false => pending.check().verify(),
+                };
+                self.after(py, pending, key, valid)
+            }
+        }
+    }
+
+    /// The checks before the signature: size cap, decode, policy.
+    fn before<'a, 'py>(
+        &self,
+        py: Python<'py>,
+        value: &'a [u8],
+        topic: &'a Bound<'py, PyAny>,
+        reference_ms: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Step<'a, 'py>> {
+        let done = |outcome| Ok(Step::Done(outcome));
         let Ok(topic) = topic.downcast::<PyString>() else {
-            return Ok(Outcome::Python);
+            return done(Outcome::Python);
         };
         let topic = topic.to_str()?;
         let reference = match reference_ms {
             None => None,
             Some(obj) => match obj.extract::<i64>() {
                 Ok(n) => Some(n),
-                Err(_) => return Ok(Outcome::Python),
+                Err(_) => return done(Outcome::Python),
             },
         };
         if value.len() > self.max_bytes {
-            return Ok(Outcome::Rejected(Reason::Oversized));
+            return done(Outcome::Rejected(Reason::Oversized));
         }
         let frame = match wire::frame(value) {
             Ok(frame) => frame,
-            Err(reason) => return Ok(Outcome::Rejected(reason)),
+            Err(reason) => return done(Outcome::Rejected(reason)),
         };
         let h = match wire::parse_header(&value[frame.p_start..frame.p_end]) {
             Ok(h) => h,
-            Err(reason) => return Ok(Outcome::Rejected(reason)),
+            Err(reason) => return done(Outcome::Rejected(reason)),
         };
-        let [alg, _, issuer, _, _, signed_topic] = h.texts;
+        let [alg, _, issuer, _, _, _] = h.texts;
         let sig_bytes = match alg {
             crate::crypto::HS256 => 32,
             crate::crypto::EDDSA => 64,
-            _ => return Ok(Outcome::Rejected(Reason::AlgorithmMismatch)),
+            _ => return done(Outcome::Rejected(Reason::AlgorithmMismatch)),
         };
         let texts: Texts<'py> = h.texts.map(|text| PyString::new(py, text));
         let keys = self.keyring.bind(py).getattr(intern!(py, "_keys"))?;
         let Ok(keys) = keys.downcast::<PyDict>() else {
-            return Ok(Outcome::Python);
+            return done(Outcome::Python);
         };
         let Some(key_obj) = keys.get_item(&texts[wire::K_KID])? else {
-            return Ok(Outcome::Rejected(Reason::UnknownKey));
+            return done(Outcome::Rejected(Reason::UnknownKey));
         };
         let Some(entry) = self.cache.bind(py).get_item(&texts[wire::K_KID])? else {
-            return Ok(Outcome::Refresh);
+            return done(Outcome::Refresh);
         };
         let entry = entry.downcast_into::<PyTuple>()?;
         if !entry.get_item(0)?.is(&key_obj) {
-            return Ok(Outcome::Refresh);
+            return done(Outcome::Refresh);
         }
-        let handle = entry.get_item(1)?;
-        let Ok(handle) = handle.downcast::<NativeKey>() else {
-            return Ok(Outcome::Python);
+        let Ok(native) = entry.get_item(1)?.downcast_into::<NativeKey>() else {
+            return done(Outcome::Python);
         };
-        let native = handle.get();
-        if alg != native.material.alg() {
-            return Ok(Outcome::Rejected(Reason::AlgorithmMismatch));
+        let key_ref = native.get();
+        if alg != key_ref.material.alg() {
+            return done(Outcome::Rejected(Reason::AlgorithmMismatch));
         }
-        if !native.issuers.contains(issuer) {
-            return Ok(Outcome::Rejected(Reason::UntrustedIssuer));
+        if !key_ref.issuers.contains(issuer) {
+            return done(Outcome::Rejected(Reason::UntrustedIssuer));
         }
         if value.len() - frame.s_start != sig_bytes {
+            return done(Outcome::Rejected(Reason::BadSignature));
+        }
+        Ok(Step::Sign(Pending {
+            native,
+            value,
+            topic,
+            reference,
+            frame,
+            h,
+            texts,
+        }))
+    }
+
+    /// The checks after the signature (`valid`): destination, freshness.
+    fn after<'a, 'py>(
+        &self,
+        py: Python<'py>,
+        pending: Pending<'a, 'py>,
+        key: Option<&[u8]>,
+        valid: bool,
+    ) -> PyResult<Outcome<'a, 'py>> {
+        if !valid {
             return Ok(Outcome::Rejected(Reason::BadSignature));
         }
-        let protected = &value[frame.p_start..frame.p_end];
-        let body = &value[frame.b_start..frame.b_end];
-        let lengths = wire::lengths(protected, body);
-        let parts = wire::signed_parts(protected, body, &lengths);
-        if !verify_parts(py, &native.material, &parts, &value[frame.s_start..]) {
-            return Ok(Outcome::Rejected(Reason::BadSignature));
-        }
-        if signed_topic != topic {
+        let Pending {
+            topic,
+            reference,
+            frame,
+            h,
+            texts,
+            ..
+        } = pending;
+        if h.texts[wire::K_TPC] != topic {
             return Ok(Outcome::Rejected(Reason::WrongTopic));
         }
         let key_matches = match (h.rkd, key) {
@@ -308,6 +399,57 @@ impl Opener {
             Err(reason) => Ok(Outcome::Stale(h, frame, texts, now, reason)),
         }
     }
+}
+
+/// What `Opener.open` returns for an outcome (see there).
+fn outcome_object<'py>(
+    py: Python<'py>,
+    raw: &[u8],
+    outcome: Outcome<'_, 'py>,
+) -> PyResult<PyObject> {
+    Ok(match outcome {
+        Outcome::Verified(h, frame, texts) => {
+            let body = PyBytes::new(py, &raw[frame.b_start..frame.b_end]);
+            let header = header_dict(py, &h, &texts)?;
+            (header, body, py.None())
+                .into_pyobject(py)?
+                .into_any()
+                .unbind()
+        }
+        Outcome::Stale(h, frame, texts, now, _) => {
+            let body = PyBytes::new(py, &raw[frame.b_start..frame.b_end]);
+            (header_dict(py, &h, &texts)?, body, now)
+                .into_pyobject(py)?
+                .into_any()
+                .unbind()
+        }
+        Outcome::Rejected(reason) => PyString::intern(py, reason.code()).into_any().unbind(),
+        Outcome::Python => PyString::new(py, "").into_any().unbind(),
+        Outcome::Refresh => py.None(),
+    })
+}
+
+/// A batch item as the checks take it; None where it is not (bytes, any, bytes or None, any;
+/// exactly bytes, as Verifier.verify takes them without a copy).
+fn item<'py>(obj: Bound<'py, PyAny>) -> Option<Item<'py>> {
+    let tuple = obj.downcast_into::<PyTuple>().ok()?;
+    if tuple.len() != 4 {
+        return None;
+    }
+    let value = tuple
+        .get_item(0)
+        .ok()?
+        .downcast_into_exact::<PyBytes>()
+        .ok()?;
+    let topic = tuple.get_item(1).ok()?;
+    let key = tuple.get_item(2).ok()?;
+    let key = match key.is_none() {
+        true => None,
+        false => Some(key.downcast_into_exact::<PyBytes>().ok()?),
+    };
+    let reference = tuple.get_item(3).ok()?;
+    let reference = (!reference.is_none()).then_some(reference);
+    Some((value, topic, key, reference))
 }
 
 #[pymethods]
@@ -364,26 +506,69 @@ impl Opener {
         reference_ms: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<PyObject> {
         let raw = value.as_bytes();
-        Ok(match self.check(py, raw, topic, key, reference_ms)? {
-            Outcome::Verified(h, frame, texts) => {
-                let body = PyBytes::new(py, &raw[frame.b_start..frame.b_end]);
-                let header = header_dict(py, &h, &texts)?;
-                (header, body, py.None())
-                    .into_pyobject(py)?
-                    .into_any()
-                    .unbind()
-            }
-            Outcome::Stale(h, frame, texts, now, _) => {
-                let body = PyBytes::new(py, &raw[frame.b_start..frame.b_end]);
-                (header_dict(py, &h, &texts)?, body, now)
-                    .into_pyobject(py)?
-                    .into_any()
-                    .unbind()
-            }
-            Outcome::Rejected(reason) => PyString::intern(py, reason.code()).into_any().unbind(),
-            Outcome::Python => PyString::new(py, "").into_any().unbind(),
-            Outcome::Refresh => py.None(),
-        })
+        let outcome = self.check(py, raw, topic, key, reference_ms)?;
+        outcome_object(py, raw, outcome)
+    }
+
+    /// `open` for every item of `items` (tuples `(value, topic, key, reference_ms)`), in order:
+    /// the same checks and answers, with the batch's Ed25519 signatures verified on several
+    /// threads, the GIL released. An item that is not such a tuple of bytes, any, bytes or
+    /// None, any is answered `""` (the Python path decides). None, before any signature is
+    /// checked, when the key cache must be refreshed first (then call again).
+    fn open_batch<'py>(
+        &self,
+        py: Python<'py>,
+        items: &Bound<'py, PyList>,
+    ) -> PyResult<Option<Bound<'py, PyList>>> {
+        let items: Vec<Option<Item<'py>>> = items.iter().map(item).collect();
+        let mut steps: Vec<Option<Step<'_, 'py>>> = Vec::with_capacity(items.len());
+        for entry in &items {
+            steps.push(match entry {
+                None => None,
+                Some((value, topic, _, reference)) => {
+                    Some(self.before(py, value.as_bytes(), topic, reference.as_ref())?)
+                }
+            });
+        }
+        if steps
+            .iter()
+            .any(|step| matches!(step, Some(Step::Done(Outcome::Refresh))))
+        {
+            return Ok(None);
+        }
+        // Ed25519 on every thread without the GIL; HMAC costs less than a hand-over.
+        let checks: Vec<Check<'_>> = steps
+            .iter()
+            .filter_map(|step| match step {
+                Some(Step::Sign(pending)) if pending.is_ed25519() => Some(pending.check()),
+                _ => None,
+            })
+            .collect();
+        let threads = batch::threads();
+        let mut ed25519 = py
+            .allow_threads(|| batch::verify_all(&checks, threads))
+            .into_iter();
+        drop(checks);
+        let answers = PyList::empty(py);
+        for (step, entry) in steps.into_iter().zip(&items) {
+            let (Some(step), Some((value, _, key, _))) = (step, entry) else {
+                answers.append(PyString::new(py, ""))?;
+                continue;
+            };
+            let outcome = match step {
+                Step::Done(outcome) => outcome,
+                Step::Sign(pending) => {
+                    let valid = match pending.is_ed25519() {
+                        true => ed25519.next().unwrap_or(false),
+                        false => pending.check().verify(),
+                    };
+                    let key = key.as_ref().map(|key| key.as_bytes());
+                    self.after(py, pending, key, valid)?
+                }
+            };
+            answers.append(outcome_object(py, value.as_bytes(), outcome)?)?;
+        }
+        Ok(Some(answers))
     }
 
     /// The reason code this opener gives a value ("" when it verifies); None where the Python

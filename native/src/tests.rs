@@ -154,3 +154,64 @@ fn ed25519_signs_as_rfc_8032_test_1() {
     assert!(Material::ed25519(&public, Some(&[0u8; 32])).is_none());
     assert_eq!(sha256(b"").len(), 32);
 }
+
+#[test]
+fn a_batch_gives_each_check_its_own_verdict_in_order_on_any_number_of_threads() {
+    use crate::batch::{verify_all, Check, MIN_PER_THREAD};
+    let seed = [9u8; 32];
+    let public = ed25519_dalek::SigningKey::from_bytes(&seed).verifying_key();
+    let ed = Material::ed25519(public.as_bytes(), Some(&seed)).unwrap();
+    let other = Material::ed25519(
+        ed25519_dalek::SigningKey::from_bytes(&[3u8; 32])
+            .verifying_key()
+            .as_bytes(),
+        None,
+    )
+    .unwrap();
+    let hmac = Material::hmac(b"secret");
+    let good_ed = sealed(&ed);
+    let good_hmac = sealed(&hmac);
+    let mut bad_ed = good_ed.clone();
+    *bad_ed.last_mut().unwrap() ^= 1;
+    let pieces = |value: &[u8]| {
+        let frame = wire::frame(value).unwrap();
+        (
+            frame.p_start,
+            frame.p_end,
+            frame.b_start,
+            frame.b_end,
+            frame.s_start,
+        )
+    };
+    // good, tampered, foreign key, HMAC: a pattern that no split lines up with
+    let cases: [(&Material, &[u8], bool); 5] = [
+        (&ed, &good_ed, true),
+        (&ed, &bad_ed, false),
+        (&other, &good_ed, false),
+        (&hmac, &good_hmac, true),
+        (&hmac, &bad_ed[..], false),
+    ];
+    let mut checks = Vec::new();
+    let mut expected = Vec::new();
+    for n in 0..(7 * MIN_PER_THREAD + 3) {
+        let (material, value, valid) = cases[(n * 7 + n / 3) % cases.len()];
+        let (p0, p1, b0, b1, s0) = pieces(value);
+        checks.push(Check {
+            material,
+            protected: &value[p0..p1],
+            body: &value[b0..b1],
+            signature: &value[s0..],
+        });
+        expected.push(valid && material.signature_bytes() == value.len() - s0);
+    }
+    assert!(expected.iter().any(|v| *v) && expected.iter().any(|v| !*v));
+    for threads in [1, 2, 3, 4, 16] {
+        for len in [0, 1, MIN_PER_THREAD * 2, checks.len()] {
+            assert_eq!(
+                verify_all(&checks[..len], threads),
+                expected[..len],
+                "{threads} threads, {len} checks"
+            );
+        }
+    }
+}
