@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any, Final
@@ -156,17 +157,23 @@ def claim_planner() -> Callable[..., Any] | None:
     return None if _module is None else _module.plan_claims
 
 
+# Verifiers may run on several threads (a sync worker's pool; a key source's thread changes the
+# ring): one refresh at a time, so none iterates a cache another is changing.
+_REFRESH_LOCK: Final = threading.Lock()
+
+
 def refresh(native_opener: Any) -> None:
     """Bring the opener's key cache in line with its keyring (after an add or remove)."""
     module = sys.modules[type(native_opener).__module__]  # the extension that built it
     cache: dict[str, tuple[Key, Any]] = native_opener.cache
     keys: dict[str, Key] = native_opener.keyring._keys
-    for kid in [kid for kid in cache if kid not in keys]:
-        del cache[kid]
-    for kid, key in list(keys.items()):
-        entry = cache.get(kid)
-        if entry is None or entry[0] is not key:
-            cache[kid] = (key, _native_key(module, key))
+    with _REFRESH_LOCK:
+        for kid in [kid for kid in list(cache) if kid not in keys]:
+            cache.pop(kid, None)
+        for kid, key in list(keys.items()):
+            entry = cache.get(kid)
+            if entry is None or entry[0] is not key:
+                cache[kid] = (key, _native_key(module, key))
 
 
 def reopen(native_opener: Any, value: bytes, topic: str, key: bytes | None, ref: Any) -> Any:
