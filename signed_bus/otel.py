@@ -1,7 +1,8 @@
 """OpenTelemetry tracing for signed-bus (extra ``signed-bus[otel]``; only the API is needed).
 
-:func:`instrument` traces one producer, consumer or relay, :func:`instrument_all` every one
-built afterwards. Spans follow the messaging conventions (docs/OBSERVABILITY.md):
+:func:`instrument` traces one producer, consumer, relay or FastStream bus (aiokafka or
+confluent-kafka), :func:`instrument_all` every one built afterwards. Spans follow the
+messaging conventions (docs/OBSERVABILITY.md):
 
 - ``send {topic}`` (PRODUCER) per ``send`` call and per ``send_batch`` call; its context goes
   into every record's (unsigned) headers, batches included. When the official aiokafka
@@ -21,7 +22,7 @@ and no attribute is computed.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
@@ -30,18 +31,13 @@ from opentelemetry.propagators.textmap import Getter, Setter
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
 from signed_bus import __version__
-from signed_bus._kafka.consumer import VerifyingConsumer, options_of
-from signed_bus._kafka.producer import SignedProducer
-from signed_bus._kafka.relay import Relay
-from signed_bus._observe import Carrier, Observer, attach, install, uninstall
+from signed_bus._observe import Carrier, Observer, attach, install, targets, uninstall
 
 if TYPE_CHECKING:
     from signed_bus._gate import ConsumedMessage, Record, Rejected, SkippedRange
     from signed_bus.errors import VerificationError
 
 __all__ = ["instrument", "instrument_all", "uninstrument_all"]
-
-Front = SignedProducer | VerifyingConsumer | Relay
 
 _SYSTEM = "kafka"
 # The input of a relay whose outputs are being sent: their send spans link to its context.
@@ -237,18 +233,11 @@ def _verification(error: VerificationError) -> dict[str, str | int]:
     return attributes
 
 
-def _fronts(front: Front) -> Iterable[SignedProducer | VerifyingConsumer]:
-    """A relay observes through its consumer (its process spans) and its producer."""
-    if isinstance(front, Relay):
-        return (front.consumer, front.producer)
-    return (front,)
-
-
-def instrument(front: Front, *, tracer_provider: trace.TracerProvider | None = None) -> None:
-    """Trace ``front`` (a relay: its consumer and producer) from now on."""
-    for one in _fronts(front):
-        group = options_of(one).group_id if isinstance(one, VerifyingConsumer) else None
-        attach(one.metrics, Tracing(group, tracer_provider=tracer_provider))
+def instrument(front: object, *, tracer_provider: trace.TracerProvider | None = None) -> None:
+    """Trace ``front`` from now on: a producer, consumer or relay (a relay: its consumer and
+    producer), aiokafka or confluent-kafka, or a FastStream ``SignedBus``."""
+    for metrics, group, _ in targets(front):
+        attach(metrics, Tracing(group, tracer_provider=tracer_provider))
 
 
 def _factory(group: str | None, topics: Sequence[str]) -> Observer:

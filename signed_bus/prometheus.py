@@ -27,10 +27,7 @@ from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from signed_bus._kafka.consumer import VerifyingConsumer, options_of
-from signed_bus._kafka.producer import SignedProducer
-from signed_bus._kafka.relay import Relay
-from signed_bus._observe import Carrier, Observer, attach, install, uninstall
+from signed_bus._observe import Carrier, Observer, attach, install, targets, uninstall
 from signed_bus._replay.layout import ClaimVerdict
 from signed_bus.errors import REASONS
 
@@ -40,8 +37,6 @@ if TYPE_CHECKING:
     from signed_bus.errors import VerificationError
 
 __all__ = ["instrument", "instrument_all", "uninstrument_all"]
-
-Front = SignedProducer | VerifyingConsumer | Relay
 
 _TG = ("topic", "group")
 # Verification of one fetch, one claim call: well under a millisecond to a second.
@@ -305,21 +300,11 @@ def _by_topic(records: Iterable[Record]) -> dict[str, int]:
     return counts
 
 
-def _fronts(front: Front) -> Iterable[SignedProducer | VerifyingConsumer]:
-    if isinstance(front, Relay):
-        return (front.consumer, front.producer)
-    return (front,)
-
-
-def instrument(front: Front, *, registry: CollectorRegistry = REGISTRY) -> None:
-    """Count ``front``'s events (a relay: its consumer's and producer's) into ``registry``."""
-    for one in _fronts(front):
-        if isinstance(one, VerifyingConsumer):
-            options = options_of(one)
-            observer = Metrics(registry, options.group_id, options.topics)
-        else:
-            observer = Metrics(registry, None, ())
-        attach(one.metrics, observer)
+def instrument(front: object, *, registry: CollectorRegistry = REGISTRY) -> None:
+    """Count ``front``'s events into ``registry``: a producer, consumer or relay (a relay: its
+    consumer's and producer's), aiokafka or confluent-kafka, or a FastStream ``SignedBus``."""
+    for metrics, group, topics in targets(front):
+        attach(metrics, Metrics(registry, group, topics))
 
 
 class _Factory:
