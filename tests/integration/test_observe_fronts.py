@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import re
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -30,13 +31,14 @@ from signed_bus.confluent import Relay, SignedProducer, SyncRedisReplayGuard, Ve
 from signed_bus.errors import REASONS
 from signed_bus.faststream import SignedBus
 from tests.conftest import TopicFactory
-from tests.integration.bus import end_offsets, guard, keyring, signer, unique, verifier
+from tests.integration.bus import end_offsets, guard, keyring, read_all, signer, unique, verifier
 from tests.integration.fronts import CONFLUENT, Spec, confluent_config
-from tests.integration.fs_apps import broker, subscriber_options, wait_for
+from tests.integration.fs_apps import FLAVOURS, broker, subscriber_options, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 PROMPTS = 3
+_TRACEPARENT = re.compile(rb"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
 
 
 @pytest.fixture
@@ -151,7 +153,9 @@ async def test_a_confluent_consumer_and_producer_count_what_their_own_counters_c
     assert (sample("signed_bus_claim_duration_seconds_count", group=group) or 0) >= 1
 
 
+@pytest.mark.parametrize("flavour", FLAVOURS)
 async def test_one_trace_crosses_aiokafka_faststream_and_confluent_hops(
+    flavour: str,
     spans: tuple[TracerProvider, InMemorySpanExporter],
     kafka_bootstrap: str,
     redis_url: str,
@@ -169,9 +173,9 @@ async def test_one_trace_crosses_aiokafka_faststream_and_confluent_hops(
     claims = guard(redis_url, redis_prefix)
     planner_bus = SignedBus(signer=signer(ring), verifier=verifier(ring), guard=claims)
     otel.instrument(planner_bus, tracer_provider=provider)
-    planner = broker("kafka", kafka_bootstrap, planner_bus)
+    planner = broker(flavour, kafka_bootstrap, planner_bus)
 
-    @planner.subscriber(results, **subscriber_options("kafka", f"planner-{run}"))
+    @planner.subscriber(results, **subscriber_options(flavour, f"planner-{run}"))
     @planner.publisher(plans)
     async def plan(item: dict[str, Any]) -> dict[str, Any]:
         return {"plan": item["prompt"]}
@@ -324,3 +328,50 @@ async def test_a_rejected_record_names_its_reason_on_the_confluent_and_faststrea
         assert attributes["signed_bus.verification.result"] == "rejected"
         assert span.parent is not None
         assert span.parent.span_id == attacker.get_span_context().span_id
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+async def test_batches_of_both_fronts_carry_one_traceparent_per_record(
+    flavour: str,
+    spans: tuple[TracerProvider, InMemorySpanExporter],
+    kafka_bootstrap: str,
+    unique_topic: TopicFactory,
+) -> None:
+    provider, exporter = spans
+    topic = await unique_topic("batches", partitions=2)
+    ring = keyring()
+    stale = b"00-" + b"1" * 32 + b"-" + b"2" * 16 + b"-01"
+    with SignedProducer({"bootstrap.servers": kafka_bootstrap}, signer=signer(ring)) as producer:
+        otel.instrument(producer, tracer_provider=provider)
+        items = [Outgoing({"n": n}, key=b"k%d" % n) for n in range(3)]
+        items.append(Outgoing({"n": 3}, headers=[("traceparent", stale), ("app", b"y")]))
+        await asyncio.to_thread(producer.produce_batch, topic, items)
+    bus = SignedBus(signer=signer(ring))
+    otel.instrument(bus, tracer_provider=provider)
+    app = broker(flavour, kafka_bootstrap, bus)
+    await app.start()
+    try:
+        await app.publish_batch({"n": 4}, {"n": 5}, topic=topic, headers={"traceparent": "x"})
+    finally:
+        await app.stop()
+    sends = {
+        s.context.trace_id: s
+        for s in ours(exporter)
+        if s.name == f"send {topic}" and s.kind is SpanKind.PRODUCER
+    }
+    assert len(sends) == 2  # one span per batch call
+    assert {(s.attributes or {}).get("messaging.batch.message_count") for s in sends.values()} == {
+        4,
+        2,
+    }
+    records = await read_all(kafka_bootstrap, topic, 6)
+    by_trace: dict[int, int] = {}
+    for record in records:
+        (parent,) = [value for name, value in record.headers if name == "traceparent"]
+        assert _TRACEPARENT.fullmatch(parent), parent  # the stale and the bogus one replaced
+        trace_id = int(parent.split(b"-")[1], 16)
+        by_trace[trace_id] = by_trace.get(trace_id, 0) + 1
+    assert {trace_id: count for trace_id, count in by_trace.items()} == {
+        trace_id: (s.attributes or {})["messaging.batch.message_count"]
+        for trace_id, s in sends.items()
+    }
