@@ -75,6 +75,7 @@ _GETTER = _HeaderGetter()
 _SETTER = _HeaderSetter()
 
 _ROOT = otel_context.Context()
+_NO_STATE = trace.TraceState()  # immutable: shared by every parent without a tracestate
 # The headers the W3C propagators read (trace context and baggage: the default global one).
 _W3C = frozenset({"traceparent", "tracestate", "baggage"})
 # A version 00 traceparent exactly as the W3C propagator accepts it (lowercase hex).
@@ -119,7 +120,9 @@ class _Parents:
                 context: otel_context.Context | None = otel_context.Context()  # a root span
                 if trace_id and span_id:
                     flags = trace.TraceFlags(int(match[3], 16))
-                    remote = trace.SpanContext(trace_id, span_id, is_remote=True, trace_flags=flags)
+                    remote = trace.SpanContext(
+                        trace_id, span_id, is_remote=True, trace_flags=flags, trace_state=_NO_STATE
+                    )
                     context = None  # made from ``remote`` only if a span is started with it
                 self._raw, self._context, self._remote = raw, context, remote
                 return context, remote
@@ -155,7 +158,16 @@ def _drops_unsampled(tracer: object) -> bool:
 class Tracing(Observer):
     """Spans for one front (``group``: its consumer group, None for a producer)."""
 
-    __slots__ = ("_drops_unsampled", "_group", "_names", "_open", "_parents", "_tracer")
+    __slots__ = (
+        "_drops_unsampled",
+        "_group",
+        "_names",
+        "_open",
+        "_parents",
+        "_tracer",
+        "_unsampled",
+        "_unsampled_parent",
+    )
 
     def __init__(
         self, group: str | None, *, tracer_provider: trace.TracerProvider | None = None
@@ -166,6 +178,9 @@ class Tracing(Observer):
         self._parents = _Parents()
         self._names: dict[str, str] = {}  # topic -> "process {topic}"
         self._drops_unsampled = _drops_unsampled(self._tracer)
+        # the last non-recording span made for an unsampled parent, and that parent
+        self._unsampled: Any = None
+        self._unsampled_parent: trace.SpanContext | None = None
 
     # -- producing -------------------------------------------------------------------------
 
@@ -214,14 +229,18 @@ class Tracing(Observer):
         return span, None, remote
 
     def iterating(self, message: ConsumedMessage) -> ConsumedMessage:
-        self.iterated()
-        self._open = self.handing(message)
+        # per record of async for: handing and finishing inlined
+        if self._open is not None:
+            _close(self._open)
+        span, remote = self._process(message)
+        context = trace.set_span_in_context(span)
+        self._open = span, (context, otel_context.attach(context)), remote
         return message
 
     def iterated(self) -> None:
         token, self._open = self._open, None
         if token is not None:
-            self.finished(token, None)
+            _close(token)
 
     def enter(self, token: object) -> object:
         if token is None:
@@ -255,6 +274,8 @@ class Tracing(Observer):
     def _process(self, message: ConsumedMessage) -> tuple[Any, trace.SpanContext | None]:
         parent, remote = self._parents.extract(message.headers)
         span = self._start(message.topic, parent, remote)
+        if span is self._unsampled:
+            return span, remote
         if span.is_recording():  # one call: each attribute set alone takes the span's lock
             attributes = self._position(message.record)
             verified = message.verified
@@ -280,7 +301,10 @@ class Tracing(Observer):
         the SDK hands out for a disabled tracer), so the records it leads to stay unsampled
         in the same trace, without the SDK's sampling call and span ids."""
         if remote is not None and self._drops_unsampled and not remote.trace_flags.sampled:
-            return trace.NonRecordingSpan(remote)
+            if remote is not self._unsampled_parent:  # the records of a batch share it
+                self._unsampled_parent = remote
+                self._unsampled = trace.NonRecordingSpan(remote)
+            return self._unsampled
         if parent is None and remote is not None:
             parent = trace.set_span_in_context(trace.NonRecordingSpan(remote), _ROOT)
         name = self._names.get(topic)
@@ -317,6 +341,14 @@ def _detach(attached: Any) -> None:
     # async for handed out, but that task's context is not ours to change.
     if attached is not None and otel_context.get_current() is attached[0]:
         otel_context.detach(attached[1])
+
+
+def _close(token: Any) -> None:
+    """Finish the message of a token of :meth:`Tracing.handing` that raised nothing."""
+    span, attached, _ = token
+    if otel_context.get_current() is attached[0]:
+        otel_context.detach(attached[1])
+    span.end()
 
 
 def _end(span: Any, error: BaseException | None) -> None:

@@ -145,3 +145,16 @@ def test_a_rejected_record_is_parented_through_the_same_path(
     (span,) = exporter.get_finished_spans()
     assert span.parent is not None and span.parent.span_id == SPAN
     assert span.attributes is not None and span.attributes["error.type"] == "bad_signature"
+
+
+def test_each_record_continues_its_own_trace_when_parents_alternate(
+    exporter: InMemorySpanExporter,
+) -> None:
+    observer = tracing(exporter, ParentBased(ALWAYS_ON))
+    parents = [("00", 1), ("00", 1), ("01", 2), ("00", 1), ("00", 3), ("01", 2)]
+    for flags, trace_id in parents:
+        sent = handled(observer, [("traceparent", traceparent(flags, trace_id=trace_id))])
+        assert sent.trace_id == trace_id
+        assert sent.trace_flags.sampled is (flags == "01")
+    spans = exporter.get_finished_spans()
+    assert len(spans) == 4 and {s.context.trace_id for s in spans} == {2}
