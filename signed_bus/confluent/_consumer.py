@@ -240,12 +240,12 @@ class VerifyingConsumer(SyncLifecycle):
 
     def __next__(self) -> ConsumedMessage:
         """The next verified message; asking for it finishes the previous one."""
+        observer = self.metrics.observer
+        observer.iterated()  # the body of the loop is done with the last message
         if self._closed or self._stopping:
             raise StopIteration
         cursor = self._cursor
         cursor.finish()
-        observer = self.metrics.observer
-        observer.iterated()  # the body of the loop is done with the last message
         if (
             self._active is None
             and self._consumer is not None

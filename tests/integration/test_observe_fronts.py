@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaProducer
-from opentelemetry import propagate
+from opentelemetry import propagate, trace
 from opentelemetry.propagators.textmap import Setter
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -375,3 +375,50 @@ async def test_batches_of_both_fronts_carry_one_traceparent_per_record(
         trace_id: (s.attributes or {})["messaging.batch.message_count"]
         for trace_id, s in sends.items()
     }
+
+
+async def test_a_confluent_loop_body_runs_inside_its_records_process_span(
+    spans: tuple[TracerProvider, InMemorySpanExporter],
+    kafka_bootstrap: str,
+    redis_url: str,
+    redis_prefix: str,
+    unique_topic: TopicFactory,
+) -> None:
+    provider, exporter = spans
+    topic = await unique_topic("sync-loop")
+    ring = keyring()
+    async with AioProducer(
+        ProducerOptions(bootstrap_servers=kafka_bootstrap), signer=signer(ring)
+    ) as producer:
+        otel.instrument(producer, tracer_provider=provider)
+        await producer.send_batch(topic, [Outgoing({"n": n}) for n in range(3)])
+
+    def loop() -> dict[int, int]:
+        current: dict[int, int] = {}  # offset -> the span current in the loop body
+        with SyncRedisReplayGuard.from_url(redis_url, prefix=redis_prefix) as sync_guard:
+            config = confluent_config(kafka_bootstrap, **{"auto.offset.reset": "earliest"})
+            consumer = VerifyingConsumer(config, [topic], verifier=verifier(ring), guard=sync_guard)
+            otel.instrument(consumer, tracer_provider=provider)
+            consumer.start()
+            try:
+                for message in consumer:
+                    current[message.offset] = trace.get_current_span().get_span_context().span_id
+                    if len(current) == 3:
+                        break
+            finally:
+                consumer.stop()
+        return current
+
+    current = await asyncio.to_thread(loop)
+    (send,) = (s for s in ours(exporter) if s.name == f"send {topic}")
+    processed = {
+        int(str((s.attributes or {})["messaging.kafka.offset"])): s
+        for s in ours(exporter)
+        if s.name == f"process {topic}"
+    }
+    # each body ran in its record's span, ended when the next record was asked for; the
+    # body that broke out of the loop leaves its span open
+    assert sorted(processed) == [0, 1]
+    for offset, span in processed.items():
+        assert current[offset] == span.context.span_id
+        assert span.parent is not None and span.parent.span_id == send.context.span_id
