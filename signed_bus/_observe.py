@@ -18,6 +18,7 @@ hook means for a span or a metric: docs/OBSERVABILITY.md.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -38,6 +39,7 @@ __all__ = [
     "install",
     "observed",
     "observer_for",
+    "targets",
     "timed_receive",
     "uninstall",
 ]
@@ -320,3 +322,34 @@ def observer_for(group: str | None, topics: Sequence[str] = ()) -> Observer:
         return NOOP
     observers = [factory(group, topics) for factory in _factories]
     return observers[0] if len(observers) == 1 else Tee(*observers)
+
+
+def targets(front: object) -> list[tuple[Observed, str | None, Sequence[str]]]:
+    """What :func:`attach` observes for ``front``, each with its consumer group and topics: a
+    producer or consumer itself (aiokafka or confluent-kafka), a relay's consumer and producer,
+    a FastStream :class:`~signed_bus.faststream.SignedBus` (no group: it serves every
+    subscriber). The optional fronts are only looked for when their module is loaded."""
+    from signed_bus._kafka.consumer import VerifyingConsumer, options_of
+    from signed_bus._kafka.producer import SignedProducer
+    from signed_bus._kafka.relay import Relay
+
+    if isinstance(front, Relay):
+        return targets(front.consumer) + targets(front.producer)
+    if isinstance(front, VerifyingConsumer):
+        options = options_of(front)
+        return [(front.metrics, options.group_id, options.topics)]
+    if isinstance(front, SignedProducer):
+        return [(front.metrics, None, ())]
+    confluent = sys.modules.get("signed_bus.confluent")
+    if confluent is not None:
+        if isinstance(front, confluent.Relay):
+            return targets(front.consumer) + targets(front.producer)
+        if isinstance(front, confluent.VerifyingConsumer):
+            group, topics = sys.modules["signed_bus.confluent._consumer"].observed_as(front)
+            return [(front.metrics, group, topics)]
+        if isinstance(front, confluent.SignedProducer):
+            return [(front.metrics, None, ())]
+    faststream = sys.modules.get("signed_bus.faststream")
+    if faststream is not None and isinstance(front, faststream.SignedBus):
+        return [(front.metrics, None, ())]
+    raise TypeError(f"not a signed-bus producer, consumer, relay or bus: {type(front).__name__}")

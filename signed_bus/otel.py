@@ -1,7 +1,8 @@
 """OpenTelemetry tracing for signed-bus (extra ``signed-bus[otel]``; only the API is needed).
 
-:func:`instrument` traces one producer, consumer or relay, :func:`instrument_all` every one
-built afterwards. Spans follow the messaging conventions (docs/OBSERVABILITY.md):
+:func:`instrument` traces one producer, consumer, relay or FastStream bus (aiokafka or
+confluent-kafka), :func:`instrument_all` every one built afterwards. Spans follow the
+messaging conventions (docs/OBSERVABILITY.md):
 
 - ``send {topic}`` (PRODUCER) per ``send`` call and per ``send_batch`` call; its context goes
   into every record's (unsigned) headers, batches included. When the official aiokafka
@@ -17,11 +18,19 @@ built afterwards. Spans follow the messaging conventions (docs/OBSERVABILITY.md)
 
 With no SDK configured the OpenTelemetry API hands out non-recording spans: nothing is recorded
 and no attribute is computed.
+
+Per record, the cost is kept to what the span needs: a lone W3C ``traceparent`` (the default
+propagator's format) is parsed here and remembered (the records of one batch share it), and
+a record whose remote parent was not sampled gets a non-recording span directly when the
+tracer's sampler is parent-based and drops such children (the SDK's default and its usual
+ratio setting): exactly the span the SDK would return, without its sampling machinery.
+Anything else goes through the global propagator and the tracer.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import re
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
@@ -30,18 +39,13 @@ from opentelemetry.propagators.textmap import Getter, Setter
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
 from signed_bus import __version__
-from signed_bus._kafka.consumer import VerifyingConsumer, options_of
-from signed_bus._kafka.producer import SignedProducer
-from signed_bus._kafka.relay import Relay
-from signed_bus._observe import Carrier, Observer, attach, install, uninstall
+from signed_bus._observe import Carrier, Observer, attach, install, targets, uninstall
 
 if TYPE_CHECKING:
     from signed_bus._gate import ConsumedMessage, Record, Rejected, SkippedRange
     from signed_bus.errors import VerificationError
 
 __all__ = ["instrument", "instrument_all", "uninstrument_all"]
-
-Front = SignedProducer | VerifyingConsumer | Relay
 
 _SYSTEM = "kafka"
 # The input of a relay whose outputs are being sent: their send spans link to its context.
@@ -70,11 +74,100 @@ class _HeaderSetter(Setter[Carrier]):
 _GETTER = _HeaderGetter()
 _SETTER = _HeaderSetter()
 
+_ROOT = otel_context.Context()
+_NO_STATE = trace.TraceState()  # immutable: shared by every parent without a tracestate
+# The headers the W3C propagators read (trace context and baggage: the default global one).
+_W3C = frozenset({"traceparent", "tracestate", "baggage"})
+# A version 00 traceparent exactly as the W3C propagator accepts it (lowercase hex).
+_TRACEPARENT = re.compile(rb"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+
+
+class _Parents:
+    """The parent context in a record's headers, and its span context when valid (a relay
+    links its outputs to it). A lone ``traceparent`` under the default W3C propagator is
+    parsed here and the last one remembered; anything else goes through the propagator."""
+
+    __slots__ = ("_context", "_raw", "_remote", "_textmap", "_w3c")
+
+    def __init__(self) -> None:
+        self._textmap: object = None
+        self._w3c = False
+        self._raw: bytes | None = None
+        self._context: otel_context.Context | None = None
+        self._remote: trace.SpanContext | None = None
+
+    def extract(
+        self, headers: Sequence[tuple[str, bytes]]
+    ) -> tuple[otel_context.Context | None, trace.SpanContext | None]:
+        """(parent context, its valid remote span context): (None, None) for no headers (the
+        current context is the parent); (None, remote) when the context is ``remote`` alone
+        (made when needed, see :meth:`Tracing._start`)."""
+        if not headers:
+            return None, None
+        textmap = propagate.get_global_textmap()
+        if textmap is not self._textmap:  # set up once per global propagator
+            fields = textmap.fields
+            self._w3c = "traceparent" in fields and fields <= _W3C
+            self._textmap, self._raw = textmap, None
+        raw = _lone_traceparent(headers) if self._w3c else None
+        if raw is not None:
+            if raw == self._raw:
+                return self._context, self._remote
+            match = _TRACEPARENT.fullmatch(raw)
+            if match is not None:
+                trace_id, span_id = int(match[1], 16), int(match[2], 16)
+                remote = None
+                context: otel_context.Context | None = otel_context.Context()  # a root span
+                if trace_id and span_id:
+                    flags = trace.TraceFlags(int(match[3], 16))
+                    remote = trace.SpanContext(
+                        trace_id, span_id, is_remote=True, trace_flags=flags, trace_state=_NO_STATE
+                    )
+                    context = None  # made from ``remote`` only if a span is started with it
+                self._raw, self._context, self._remote = raw, context, remote
+                return context, remote
+        context = propagate.extract(headers, getter=_GETTER)
+        remote = trace.get_current_span(context).get_span_context()
+        return context, remote if remote.is_valid else None
+
+
+def _lone_traceparent(headers: Sequence[tuple[str, bytes]]) -> bytes | None:
+    """The value of the only ``traceparent`` header when no other W3C header is there."""
+    found: bytes | None = None
+    for name, value in headers:
+        if name in _W3C:
+            if name != "traceparent" or found is not None or not isinstance(value, bytes):
+                return None
+            found = value
+    return found
+
+
+def _drops_unsampled(tracer: object) -> bool:
+    """True when ``tracer``'s sampler is the SDK's parent-based one and drops the children of
+    an unsampled remote parent (what its description says; a custom sampler: False)."""
+    sampler = getattr(tracer, "sampler", None)
+    describe = getattr(sampler, "get_description", None)
+    description = describe() if callable(describe) else None
+    return (
+        isinstance(description, str)
+        and description.startswith("ParentBased{")
+        and "remoteParentNotSampled:AlwaysOffSampler," in description
+    )
+
 
 class Tracing(Observer):
     """Spans for one front (``group``: its consumer group, None for a producer)."""
 
-    __slots__ = ("_group", "_open", "_tracer")
+    __slots__ = (
+        "_drops_unsampled",
+        "_group",
+        "_names",
+        "_open",
+        "_parents",
+        "_tracer",
+        "_unsampled",
+        "_unsampled_parent",
+    )
 
     def __init__(
         self, group: str | None, *, tracer_provider: trace.TracerProvider | None = None
@@ -82,6 +175,12 @@ class Tracing(Observer):
         self._group = group
         self._open: object = None  # the token of the message async for handed out
         self._tracer = trace.get_tracer("signed_bus", __version__, tracer_provider=tracer_provider)
+        self._parents = _Parents()
+        self._names: dict[str, str] = {}  # topic -> "process {topic}"
+        self._drops_unsampled = _drops_unsampled(self._tracer)
+        # the last non-recording span made for an unsampled parent, and that parent
+        self._unsampled: Any = None
+        self._unsampled_parent: trace.SpanContext | None = None
 
     # -- producing -------------------------------------------------------------------------
 
@@ -110,34 +209,38 @@ class Tracing(Observer):
                     carrier[:] = [(name, v) for name, v in carrier if name not in names]
                 carrier.extend(injected)
         # Current while the client sends: its own instrumentation's span is a child of ours.
-        return span, otel_context.attach(context), None
+        return span, _attach(context), None
 
     def sent(self, token: object, error: BaseException | None) -> None:
         if token is None:  # sent before this observer was attached
             return
         span, attached, _ = _parts(token)
-        _detach(span, attached)
+        _detach(attached)
         _end(span, error)
 
     # -- consuming -------------------------------------------------------------------------
 
     def handing(self, message: ConsumedMessage) -> object:
         span, remote = self._process(message)
-        return span, otel_context.attach(trace.set_span_in_context(span)), remote
+        return span, _attach(trace.set_span_in_context(span)), remote
 
     def processing(self, message: ConsumedMessage) -> object:
         span, remote = self._process(message)
         return span, None, remote
 
     def iterating(self, message: ConsumedMessage) -> ConsumedMessage:
-        self.iterated()
-        self._open = self.handing(message)
+        # per record of async for: handing and finishing inlined
+        if self._open is not None:
+            _close(self._open)
+        span, remote = self._process(message)
+        context = trace.set_span_in_context(span)
+        self._open = span, (context, otel_context.attach(context)), remote
         return message
 
     def iterated(self) -> None:
         token, self._open = self._open, None
         if token is not None:
-            self.finished(token, None)
+            _close(token)
 
     def enter(self, token: object) -> object:
         if token is None:
@@ -146,38 +249,33 @@ class Tracing(Observer):
         context = trace.set_span_in_context(span)
         if remote is not None:
             context = otel_context.set_value(_INPUT_KEY, remote, context)
-        return span, otel_context.attach(context), None
+        return span, _attach(context), None
 
     def leave(self, entered: object) -> None:
         if entered is not None:
-            span, attached, _ = _parts(entered)
-            _detach(span, attached)
+            _detach(_parts(entered)[1])
 
     def finished(self, token: object, error: BaseException | None) -> None:
         if token is None:  # handed out before this observer was attached
             return
         span, attached, _ = _parts(token)
-        _detach(span, attached)
+        _detach(attached)
         _end(span, error)
 
     def rejected(self, rejections: Sequence[Rejected]) -> None:
         for record, error in rejections:
             headers: Sequence[tuple[str, bytes]] = getattr(record, "headers", None) or ()
-            parent = propagate.extract(headers, getter=_GETTER) if headers else None
-            span = self._tracer.start_span(
-                f"process {record.topic}", context=parent, kind=SpanKind.CONSUMER
-            )
+            span = self._start(record.topic, *self._parents.extract(headers))
             if span.is_recording():
                 span.set_attributes({**self._position(record), **_verification(error)})
                 span.set_status(Status(StatusCode.ERROR, error.reason))
             span.end()
 
     def _process(self, message: ConsumedMessage) -> tuple[Any, trace.SpanContext | None]:
-        headers = message.headers
-        parent = propagate.extract(headers, getter=_GETTER) if headers else None
-        span = self._tracer.start_span(
-            f"process {message.topic}", context=parent, kind=SpanKind.CONSUMER
-        )
+        parent, remote = self._parents.extract(message.headers)
+        span = self._start(message.topic, parent, remote)
+        if span is self._unsampled:
+            return span, remote
         if span.is_recording():  # one call: each attribute set alone takes the span's lock
             attributes = self._position(message.record)
             verified = message.verified
@@ -189,8 +287,30 @@ class Tracing(Observer):
             attributes["signed_bus.claim"] = claim.value if claim is not None else "none"
             attributes["signed_bus.verification.result"] = "verified"
             span.set_attributes(attributes)
-        remote = trace.get_current_span(parent).get_span_context() if parent else None
-        return span, remote if remote is not None and remote.is_valid else None
+        return span, remote
+
+    def _start(
+        self,
+        topic: str,
+        parent: otel_context.Context | None,
+        remote: trace.SpanContext | None,
+    ) -> Any:
+        """The ``process`` span of a record whose headers hold ``parent`` (``remote``: its
+        span context when valid). A child of an unsampled remote parent is not recorded under
+        a parent-based sampler: its span is the parent's context itself, non-recording (what
+        the SDK hands out for a disabled tracer), so the records it leads to stay unsampled
+        in the same trace, without the SDK's sampling call and span ids."""
+        if remote is not None and self._drops_unsampled and not remote.trace_flags.sampled:
+            if remote is not self._unsampled_parent:  # the records of a batch share it
+                self._unsampled_parent = remote
+                self._unsampled = trace.NonRecordingSpan(remote)
+            return self._unsampled
+        if parent is None and remote is not None:
+            parent = trace.set_span_in_context(trace.NonRecordingSpan(remote), _ROOT)
+        name = self._names.get(topic)
+        if name is None:
+            name = self._names[topic] = f"process {topic}"
+        return self._tracer.start_span(name, context=parent, kind=SpanKind.CONSUMER)
 
     def _position(self, record: Record | SkippedRange[Any]) -> dict[str, str | int]:
         attributes: dict[str, str | int] = {
@@ -211,11 +331,24 @@ def _parts(token: object) -> tuple[Any, Any, trace.SpanContext | None]:
     return token[0], token[1], token[2]
 
 
-def _detach(span: Any, attached: Any) -> None:
+def _attach(context: otel_context.Context) -> tuple[otel_context.Context, object]:
+    """Make ``context`` current; what :func:`_detach` needs to undo it."""
+    return context, otel_context.attach(context)
+
+
+def _detach(attached: Any) -> None:
     # Only where it was attached: a consumer stopped from another task finishes the message
     # async for handed out, but that task's context is not ours to change.
-    if attached is not None and trace.get_current_span() is span:
-        otel_context.detach(attached)
+    if attached is not None and otel_context.get_current() is attached[0]:
+        otel_context.detach(attached[1])
+
+
+def _close(token: Any) -> None:
+    """Finish the message of a token of :meth:`Tracing.handing` that raised nothing."""
+    span, attached, _ = token
+    if otel_context.get_current() is attached[0]:
+        otel_context.detach(attached[1])
+    span.end()
 
 
 def _end(span: Any, error: BaseException | None) -> None:
@@ -237,18 +370,11 @@ def _verification(error: VerificationError) -> dict[str, str | int]:
     return attributes
 
 
-def _fronts(front: Front) -> Iterable[SignedProducer | VerifyingConsumer]:
-    """A relay observes through its consumer (its process spans) and its producer."""
-    if isinstance(front, Relay):
-        return (front.consumer, front.producer)
-    return (front,)
-
-
-def instrument(front: Front, *, tracer_provider: trace.TracerProvider | None = None) -> None:
-    """Trace ``front`` (a relay: its consumer and producer) from now on."""
-    for one in _fronts(front):
-        group = options_of(one).group_id if isinstance(one, VerifyingConsumer) else None
-        attach(one.metrics, Tracing(group, tracer_provider=tracer_provider))
+def instrument(front: object, *, tracer_provider: trace.TracerProvider | None = None) -> None:
+    """Trace ``front`` from now on: a producer, consumer or relay (a relay: its consumer and
+    producer), aiokafka or confluent-kafka, or a FastStream ``SignedBus``."""
+    for metrics, group, _ in targets(front):
+        attach(metrics, Tracing(group, tracer_provider=tracer_provider))
 
 
 def _factory(group: str | None, topics: Sequence[str]) -> Observer:

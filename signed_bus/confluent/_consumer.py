@@ -27,6 +27,7 @@ from signed_bus._kafka.cursor import DeliveryCursor
 from signed_bus._kafka.options import Backoff
 from signed_bus._lifecycle import SyncLifecycle
 from signed_bus._metrics import ConsumerMetrics
+from signed_bus._observe import Observer, observer_for, timed_receive
 from signed_bus._replay.sync_guard import SyncRedisReplayGuard
 from signed_bus._verifier import Verifier
 from signed_bus.confluent._commits import SyncCommits
@@ -34,7 +35,7 @@ from signed_bus.confluent._records import consumer_config, dead_letter_config, s
 from signed_bus.confluent._settle import DeadLetters, SyncSettler, hold_paused
 from signed_bus.errors import ConfigurationError, Stopped
 
-__all__ = ["Handler", "VerifyingConsumer"]
+__all__ = ["Handler", "VerifyingConsumer", "observed_as"]
 
 log = logging.getLogger("signed_bus.consumer")
 
@@ -84,7 +85,7 @@ class VerifyingConsumer(SyncLifecycle):
         if max_records < 1 or timeout_s < 0:
             raise ConfigurationError("max_records must be >= 1 and timeout_s >= 0")
         self._topics = list(topics)
-        self.metrics = ConsumerMetrics()
+        self.metrics = ConsumerMetrics(observer=observer_for(*observed_as(self)))
         self._gate = Gate(verifier, fail_open=fail_open, metrics=self.metrics)
         self._clock = verifier.clock
         self._max_records = max_records
@@ -222,9 +223,9 @@ class VerifyingConsumer(SyncLifecycle):
                         self._fill()
                     continue
                 try:
-                    handler(message)
+                    _handle(self.metrics.observer, handler, message)
                 except Exception:
-                    self._commit_quietly()
+                    _commit_quietly(self._commits)
                     raise
                 cursor.finish()
             self._commits.commit()
@@ -239,6 +240,8 @@ class VerifyingConsumer(SyncLifecycle):
 
     def __next__(self) -> ConsumedMessage:
         """The next verified message; asking for it finishes the previous one."""
+        observer = self.metrics.observer
+        observer.iterated()  # the body of the loop is done with the last message
         if self._closed or self._stopping:
             raise StopIteration
         cursor = self._cursor
@@ -252,7 +255,7 @@ class VerifyingConsumer(SyncLifecycle):
             # so the per-record cost of marking the consumer busy is saved.
             message = cursor.next()
             if message is not None:
-                return message
+                return observer.iterating(message)
         self._enter()
         try:
             while True:
@@ -260,7 +263,7 @@ class VerifyingConsumer(SyncLifecycle):
                     raise StopIteration
                 message = cursor.next()
                 if message is not None:
-                    return message
+                    return observer.iterating(message)
                 self._commits.commit(wait=False)
                 if self._stopping:
                     raise StopIteration
@@ -295,7 +298,7 @@ class VerifyingConsumer(SyncLifecycle):
             records, skipped = split_messages(messages)
             if not records and not skipped:
                 return None if self._stopping else EMPTY_BATCH
-            batch = self._gate.receive(records, skipped)
+            batch = timed_receive(self._gate, records, skipped, self.metrics.observer)
             revoked = self._cursor.fetched()
             entries = self._settler.settle(batch, revoked)
         finally:
@@ -304,6 +307,7 @@ class VerifyingConsumer(SyncLifecycle):
             return None
         whole = whole_batch(entries, revoked, batch.skipped)
         self.metrics.delivered += len(whole.messages)
+        self.metrics.observer.delivered(whole.messages)
         return whole
 
     def commit_offsets(self, offsets: Mapping[TopicPartition, int]) -> None:
@@ -346,12 +350,6 @@ class VerifyingConsumer(SyncLifecycle):
         self._active = None
         self._idle.set()
 
-    def _commit_quietly(self) -> None:
-        try:
-            self._commits.commit()
-        except Exception as exc:  # already on an error path
-            log.warning("commit failed: %s", type(exc).__name__)
-
     def _fill(self) -> None:
         """Consume, verify, claim and dead-letter the next non-empty batch into the cursor."""
         consumer = self.consumer
@@ -364,7 +362,7 @@ class VerifyingConsumer(SyncLifecycle):
             if not records and not skipped:
                 continue
             verified_at = self._clock()
-            batch = self._gate.receive(records, skipped)
+            batch = timed_receive(self._gate, records, skipped, self.metrics.observer)
             entries = self._settler.settle(batch, self._cursor.fetched())
             if entries is not None:
                 self._cursor.load(entries, verified_at)
@@ -387,3 +385,27 @@ class VerifyingConsumer(SyncLifecycle):
         return hold_paused(
             self.consumer, seconds, self._max_records, stopping=lambda: self._stopping
         )
+
+
+def observed_as(consumer: VerifyingConsumer) -> tuple[str, tuple[str, ...]]:
+    """The consumer group and topics that label ``consumer``'s metrics and spans."""
+    return str(consumer._config["group.id"]), tuple(consumer._topics)
+
+
+def _handle(observer: Observer, handler: Handler, message: ConsumedMessage) -> None:
+    """``handler(message)`` between :meth:`Observer.handing` and :meth:`Observer.finished`."""
+    token = observer.handing(message)  # a span around the handler
+    try:
+        handler(message)
+    except BaseException as exc:
+        observer.finished(token, exc)
+        raise
+    observer.finished(token, None)
+
+
+def _commit_quietly(commits: SyncCommits) -> None:
+    """Commit what was finished, on an error path: a failure is logged, not raised."""
+    try:
+        commits.commit()
+    except Exception as exc:
+        log.warning("commit failed: %s", type(exc).__name__)

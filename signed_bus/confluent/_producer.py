@@ -1,8 +1,9 @@
 """The signing producer over ``confluent_kafka.Producer``: sign for the topic and key, then
 ``produce``; delivery reports come back through librdkafka's ``poll``/``flush``.
 
-Record headers pass through unsigned (tracing adds them after signing; see
-:mod:`signed_bus._kafka.producer`).
+Record headers pass through unsigned: the observer hooks (:mod:`signed_bus._observe`) see
+every send, one per ``produce`` and one per ``produce_batch``, and tracing adds its context to
+the headers after signing, as on the aiokafka producer.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from confluent_kafka import KafkaError, Message, Producer
 from signed_bus._kafka.producer import Outgoing
 from signed_bus._lifecycle import SyncLifecycle
 from signed_bus._metrics import ProducerMetrics
+from signed_bus._observe import Carrier, observer_for
 from signed_bus._signer import Signer
 from signed_bus.errors import ConfigurationError, DeliveryFailed, Stopped
 
@@ -62,7 +64,7 @@ class SignedProducer(SyncLifecycle):
             raise ConfigurationError("kafka must be a confluent_kafka.Producer or its settings")
         self._signer = signer
         self._closed = False
-        self.metrics = ProducerMetrics()
+        self.metrics = ProducerMetrics(observer=observer_for(None))
 
     def __repr__(self) -> str:  # never the settings: they may hold a password
         return f"SignedProducer(signer={self._signer!r}, owned={self._owned})"
@@ -132,10 +134,29 @@ class SignedProducer(SyncLifecycle):
         partition: int | None,
         on_delivery: DeliveryCallback | None,
     ) -> None:
+        carrier: Carrier = list(headers) if headers else []
+        observer = self.metrics.observer
+        token = observer.send(topic, (carrier,), client_injects=False)
+        try:
+            self._produce(topic, value, key, carrier, partition, on_delivery)
+        except BaseException as exc:
+            observer.sent(token, exc)
+            raise
+        observer.sent(token, None)
+
+    def _produce(
+        self,
+        topic: str,
+        value: bytes,
+        key: bytes | None,
+        carrier: Carrier,
+        partition: int | None,
+        on_delivery: DeliveryCallback | None,
+    ) -> None:
         producer = self.producer
         kwargs: dict[str, Any] = {}
-        if headers:
-            kwargs["headers"] = list(headers)
+        if carrier:
+            kwargs["headers"] = carrier
         if on_delivery is not None:
             kwargs["on_delivery"] = on_delivery
         while True:
@@ -156,8 +177,25 @@ class SignedProducer(SyncLifecycle):
         the records per partition itself). Returns the delivered messages in order (with their
         partitions and offsets); raises :class:`DeliveryFailed` if any record failed or no
         report came within ``timeout`` seconds."""
+        items = list(items)
+        # one send for the batch: its trace context goes into every record's headers
+        carriers: list[Carrier] = [list(item.headers) if item.headers else [] for item in items]
+        observer = self.metrics.observer
+        token = observer.send(topic, carriers, client_injects=False)
+        try:
+            delivered = self._produce_batch(topic, items, carriers, timeout)
+        except BaseException as exc:
+            observer.sent(token, exc)
+            raise
+        observer.sent(token, None)
+        return delivered
+
+    def _produce_batch(
+        self, topic: str, items: list[Outgoing], carriers: list[Carrier], timeout: float
+    ) -> list[Message]:
         reports: list[Message | None] = []
         errors: dict[int, KafkaError] = {}
+        sign = self._signer.sign
 
         def report_at(index: int) -> DeliveryCallback:
             def report(error: KafkaError | None, message: Message) -> None:
@@ -167,17 +205,16 @@ class SignedProducer(SyncLifecycle):
 
             return report
 
-        for item in items:
+        for item, carrier in zip(items, carriers, strict=True):
             reports.append(None)
-            self.produce(
-                topic,
+            value = sign(
                 item.result,
+                topic=topic,
                 key=item.key,
                 parents=item.parents,
-                headers=item.headers,
                 expires_at=item.expires_at,
-                on_delivery=report_at(len(reports) - 1),
             )
+            self._produce(topic, value, item.key, carrier, None, report_at(len(reports) - 1))
         self.metrics.batches += 1
         self.producer.flush(timeout)
         missing = sum(1 for r in reports if r is None)

@@ -92,7 +92,16 @@ class Relay:
         self._idle = threading.Event()
         self._idle.set()
         self._running: int | None = None
+        self._observed: dict[int, object] = {}  # input id -> its observer token (process)
         self.metrics = SyncRelayMetrics()
+
+    @property
+    def consumer(self) -> VerifyingConsumer:
+        return self._consumer
+
+    @property
+    def producer(self) -> SignedProducer:
+        return self._producer
 
     @property
     def exactly_once(self) -> bool:
@@ -145,6 +154,21 @@ class Relay:
         """Transform, produce and commit one batch from the consumer's ``getbatch()``."""
         if not self._started:
             self.start()
+        # One observer token per input: its span covers the transform and its outputs' sends.
+        observer = self._consumer.metrics.observer
+        self._observed = {id(m): observer.processing(m) for m in batch.messages}
+        error: BaseException | None = None
+        try:
+            self._process(batch)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            observed, self._observed = self._observed, {}
+            for token in observed.values():
+                observer.finished(token, error)
+
+    def _process(self, batch: ConsumedBatch) -> None:
         metadata = self._consumer.group_metadata
         try:
             planned = self._plan(batch)
@@ -177,8 +201,13 @@ class Relay:
 
     def _plan(self, batch: ConsumedBatch) -> list[tuple[ConsumedMessage, Output]]:
         planned: list[tuple[ConsumedMessage, Output]] = []
+        observer = self._consumer.metrics.observer
         for message in batch.messages:
-            outputs = list(self._transform(message))
+            entered = observer.enter(self._observed.get(id(message)))
+            try:
+                outputs = list(self._transform(message))
+            finally:
+                observer.leave(entered)
             if not outputs:
                 self.metrics.empty += 1
             for output in outputs:
@@ -195,16 +224,21 @@ class Relay:
             if error is not None:
                 errors.append(error)
 
+        observer = self._consumer.metrics.observer
         for message, output in planned:
-            self._producer.produce(
-                output.topic or self._output_topic,
-                output.result,
-                key=output.key,
-                parents=(message.verified.digest, *output.extra_parents),
-                headers=output.headers,
-                expires_at=output.expires_at,
-                on_delivery=report,
-            )
+            entered = observer.enter(self._observed.get(id(message)))  # parents the send span
+            try:
+                self._producer.produce(
+                    output.topic or self._output_topic,
+                    output.result,
+                    key=output.key,
+                    parents=(message.verified.digest, *output.extra_parents),
+                    headers=output.headers,
+                    expires_at=output.expires_at,
+                    on_delivery=report,
+                )
+            finally:
+                observer.leave(entered)
         if not self._exactly_once:
             # at-least-once: every output acknowledged before the offsets are committed
             self._producer.flush()

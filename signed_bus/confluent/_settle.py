@@ -87,8 +87,9 @@ class DeadLetters:
             for (record, error, omit), result in zip(queued, results, strict=True):
                 if result is None:
                     self._metrics.dead_lettered += 1
+                    self._metrics.observer.dead_letter_written(record, error)
                 elif result is False:  # refused locally even without value and key
-                    self._drop(error, "MSG_SIZE_TOO_LARGE")
+                    self._drop(record, error, "MSG_SIZE_TOO_LARGE")
                 elif result is True:  # no delivery report within flush_s
                     retry.append((record, error, omit))
                     last = "no delivery report"
@@ -96,7 +97,7 @@ class DeadLetters:
                     if omit < Omitted.VALUE_AND_KEY:
                         retry.append((record, error, Omitted(omit + 1)))
                     else:
-                        self._drop(error, result.name())
+                        self._drop(record, error, result.name())
                 elif isinstance(result, KafkaError) and (result.fatal()):
                     raise KafkaException(result)
                 else:
@@ -153,8 +154,9 @@ class DeadLetters:
                 continue
             return omit
 
-    def _drop(self, error: VerificationError, why: str) -> None:
+    def _drop(self, record: Any, error: VerificationError, why: str) -> None:
         self._metrics.dead_letters_dropped += 1
+        self._metrics.observer.dead_letter_dropped(record, error)
         log.error(
             "dead letter dropped: too large for topic %s even without the record's value and "
             "key (%s); the rejected record stays at its source position: %s",
@@ -204,14 +206,14 @@ class SyncSettler:
         if guard is None:  # audit mode
             gate.settle(batch)
             return True
-        freshness = gate.freshness
         try:
-            gate.settle(batch, guard.claim(gate.claims(batch), freshness=freshness))
+            self._claim_once(guard, batch)
         except ReplayGuardUnavailable as exc:
             error = exc
         else:
             return True
         if gate.fail_open:
+            gate.metrics.observer.unchecked([record for _, _, record, _ in batch.verified])
             gate.unchecked(batch, error)
             return True
         metrics = gate.metrics
@@ -236,7 +238,7 @@ class SyncSettler:
                     log.warning("every held record expired: nothing left to claim")
                     return True
                 try:
-                    gate.settle(batch, guard.claim(gate.claims(batch), freshness=freshness))
+                    self._claim_once(guard, batch)
                 except ReplayGuardUnavailable as exc:
                     error = exc
                     continue
@@ -244,6 +246,21 @@ class SyncSettler:
                 return True
         finally:
             metrics.guard_waiting = False
+
+    def _claim_once(self, guard: SyncRedisReplayGuard, batch: Settling[TopicPartition]) -> None:
+        """One claim call, timed for the observer; raises ReplayGuardUnavailable."""
+        gate = self._gate
+        observer = gate.metrics.observer
+        rows = gate.claims(batch)
+        started = time.perf_counter()
+        try:
+            verdicts = guard.claim(rows, freshness=gate.freshness)
+            seconds = time.perf_counter() - started
+            gate.settle(batch, verdicts)
+        except ReplayGuardUnavailable:
+            observer.guard_unavailable(len(rows))
+            raise
+        observer.claimed(rows, verdicts, seconds)
 
     def reject_stale(
         self, entries: list[Entry[TopicPartition]], revoked: set[TopicPartition], held_for: str
@@ -282,6 +299,8 @@ class SyncSettler:
         return ConsumedBatch(messages, batch.offsets, batch.first_offsets)
 
     def dead_letter(self, positioned: Sequence[Rejected]) -> bool:
+        """Dead-letter counted, positioned rejections; False if stopped before durable."""
+        self._gate.metrics.observer.rejected(positioned)
         if self.dead_letters is None:
             return True
         return self.dead_letters.send(positioned, self._hold)

@@ -6,6 +6,11 @@ claims (one call per consumed message or batch), rejects are dead-lettered throu
 itself with the same reasons and headers. FastStream owns fetching, acknowledgement and
 redelivery: an exception raised here (Redis or the dead-letter topic unavailable for too long)
 reaches its ack policy, which with ``AckPolicy.NACK_ON_ERROR`` redelivers the message.
+
+The observer hooks (:mod:`signed_bus._observe`, ``bus.metrics.observer``) see what the other
+fronts report: verification, claims, rejections, dead letters, each single message handed to
+its handler (a span from the handing until FastStream has published the handler's return
+value) or each batch, and every signed publish (trace context added to its headers).
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from signed_bus._gate import (
 from signed_bus._kafka.deadletters import is_too_large
 from signed_bus._kafka.options import Backoff
 from signed_bus._metrics import ConsumerMetrics
+from signed_bus._observe import NOOP, Carrier, observer_for, timed_receive
 from signed_bus._replay.guard import RedisReplayGuard
 from signed_bus._signer import Signer
 from signed_bus._verifier import Verifier
@@ -181,7 +187,8 @@ class SignedBus:
         self._dead_letter_topic = dead_letter_topic
         self._backoff = backoff or Backoff()
         self._hold_s = hold_s
-        self.metrics = ConsumerMetrics()
+        # no group: one bus serves every subscriber
+        self.metrics = ConsumerMetrics(observer=observer_for(None))
         self._gate = Gate(verifier, fail_open=fail_open, metrics=self.metrics) if verifier else None
         self._checked: set[int] = set()  # subscribers whose settings were checked
 
@@ -243,7 +250,7 @@ class SignedBus:
         grouped: dict[tuple[str, int], list[Record]] = {}
         for record in records:
             grouped.setdefault((record.topic, record.partition), []).append(record)
-        batch: Settling[tuple[str, int]] = gate.receive(grouped)
+        batch: Settling[tuple[str, int]] = timed_receive(gate, grouped, (), self.metrics.observer)
         held = False
         if batch.verified:
             held = await self._claim(gate, batch)
@@ -293,12 +300,20 @@ class SignedBus:
             return False
         deadline = time.monotonic() + self._hold_s
         attempt = 0
+        observer = self.metrics.observer
         while True:
+            rows = gate.claims(batch)
+            started = time.perf_counter()
             try:
-                gate.settle(batch, await guard.claim(gate.claims(batch), freshness=gate.freshness))
+                verdicts = await guard.claim(rows, freshness=gate.freshness)
+                seconds = time.perf_counter() - started
+                gate.settle(batch, verdicts)
+                observer.claimed(rows, verdicts, seconds)
                 return attempt > 0
             except ReplayGuardUnavailable as exc:
+                observer.guard_unavailable(len(rows))
                 if gate.fail_open:
+                    observer.unchecked([record for _, _, record, _ in batch.verified])
                     gate.unchecked(batch, exc)
                     return attempt > 0
                 attempt += 1
@@ -325,15 +340,18 @@ class SignedBus:
     async def _dead_letter(self, rejected: Sequence[Rejected], broker: Any) -> None:
         """Publish the dead letters and wait for the broker to have each; a letter too large
         leaves out the value, then the key. Raises (the message is redelivered) otherwise."""
+        observer = self.metrics.observer
+        observer.rejected(rejected)
         topic = self._dead_letter_topic
         if topic is None:
             return
         token = _raw_publish.set(True)
         try:
-            for record, error in rejected:
+            for rejection, error in rejected:
+                record = cast(Record, rejection)  # a FastStream record always decodes
                 omit = Omitted.NOTHING
                 while True:
-                    value, key, headers = letter(cast(Record, record), error, omit)
+                    value, key, headers = letter(record, error, omit)
                     try:
                         await broker.publish(value, topic, key=key, headers=headers)
                     except Exception as exc:
@@ -342,6 +360,7 @@ class SignedBus:
                             continue
                         raise
                     self.metrics.dead_lettered += 1
+                    observer.dead_letter_written(record, error)
                     break
         finally:
             _raw_publish.reset(token)
@@ -350,13 +369,14 @@ class SignedBus:
 class _Middleware(BaseMiddleware):
     """The per-message middleware FastStream builds from a :class:`SignedBus`."""
 
-    __slots__ = ("_admitted", "_bus", "_token")
+    __slots__ = ("_admitted", "_bus", "_observed", "_token")
 
     def __init__(self, msg: Any, /, *, context: ContextRepo, bus: SignedBus) -> None:
         super().__init__(msg, context=context)
         self._bus = bus
         self._token: contextvars.Token[tuple[ConsumedMessage, ...]] | None = None
         self._admitted: contextvars.Token[tuple[Gate, int] | None] | None = None
+        self._observed: object = None  # the observer's token of a single message
 
     async def on_receive(self) -> None:
         # before FastStream parses the raw message: its parsers decode every header as UTF-8
@@ -379,6 +399,11 @@ class _Middleware(BaseMiddleware):
         # reset in after_processed: the handler's return value is published after this returns
         self._token = _consumed.set(consumed)
         self._admitted = _admitted.set((bus._gate, bus._gate.verifier.clock()))
+        observer = bus.metrics.observer
+        if is_batch:  # no span: a batch is handed out whole (counted as delivered)
+            observer.delivered(consumed)
+        else:  # finished in after_processed, after the return value is published
+            self._observed = observer.handing(consumed[0])
         payloads = [payload_of(m) for m in consumed]
         if is_batch:
             msg.body = [m.body for m in consumed]
@@ -399,18 +424,38 @@ class _Middleware(BaseMiddleware):
                 # which record of a batch misfits is unknown: the batch is redelivered
                 if is_batch or not _arguments_misfit(exc, self.context):
                     raise
+                misfit = exc
         # FastStream could not validate the verified payload into the handler's parameters:
         # redelivering it would fail the same way forever, so it is dead-lettered instead
+        self._finish(misfit)
         await bus.misfit(consumed[0], self.context.get("broker"))
         raise AckMessage
 
     async def publish_scope(self, call_next: Callable[[Any], Awaitable[Any]], cmd: Any) -> Any:
         signer = self._bus._signer
-        if signer is not None and not _raw_publish.get():
-            SignedBus._sign(cmd, signer)
-        return await call_next(cmd)
+        if signer is None or _raw_publish.get():
+            return await call_next(cmd)
+        SignedBus._sign(cmd, signer)
+        observer = self._bus.metrics.observer
+        if observer is NOOP:
+            return await call_next(cmd)
+        # the headers of a batch are shared: one carrier, one send for all its records
+        carrier: Carrier = []
+        count = 1 + len(cmd.extra_bodies or ())
+        token = observer.send(cmd.destination, [carrier] * count, client_injects=False)
+        try:
+            for name, value in carrier:  # replaces a caller's header of the same name
+                cmd.headers[name] = value.decode("latin-1")
+            result = await call_next(cmd)
+        except BaseException as exc:
+            observer.sent(token, exc)
+            raise
+        observer.sent(token, None)
+        return result
 
     async def after_processed(self, *exc: Any) -> bool | None:
+        error = exc[1] if len(exc) > 1 and not isinstance(exc[1], AckMessage) else None
+        self._finish(error)
         if self._token is not None:
             _consumed.reset(self._token)
             self._token = None
@@ -418,6 +463,11 @@ class _Middleware(BaseMiddleware):
             _admitted.reset(self._admitted)
             self._admitted = None
         return False
+
+    def _finish(self, error: BaseException | None) -> None:
+        token, self._observed = self._observed, None
+        if token is not None:
+            self._bus.metrics.observer.finished(token, error)
 
 
 def _recheck(consumed: Sequence[ConsumedMessage]) -> None:
