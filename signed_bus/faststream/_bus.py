@@ -46,6 +46,7 @@ from signed_bus.errors import (
     ConfigurationError,
     MalformedEnvelope,
     ReplayGuardUnavailable,
+    ReplayStateLost,
     VerificationError,
 )
 from signed_bus.faststream._records import as_record, letter, readable_headers
@@ -242,7 +243,7 @@ class SignedBus:
                 gate.settle(batch, await guard.claim(gate.claims(batch), freshness=gate.freshness))
                 return attempt > 0
             except ReplayGuardUnavailable as exc:
-                if gate.fail_open:
+                if gate.fail_open and not isinstance(exc, ReplayStateLost):  # a loss holds
                     gate.unchecked(batch, exc)
                     return attempt > 0
                 attempt += 1
