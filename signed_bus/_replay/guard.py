@@ -41,6 +41,7 @@ from signed_bus._replay.layout import (
     layout_descriptor,
     layout_key,
 )
+from signed_bus._replay.rebuild import RebuildSource, rebuilder
 from signed_bus._replay.recovery import AsyncEpochs
 from signed_bus._replay.settings import (
     Durability,
@@ -108,6 +109,7 @@ class RedisReplayGuard(AsyncLifecycle):
         on_state_loss: str = "quarantine",
         durable_replicas: int = 0,
         durable_timeout_ms: int = 1_000,
+        rebuild_from: RebuildSource | None = None,
     ) -> None:
         shards = check_guard_settings(
             prefix=prefix,
@@ -137,6 +139,7 @@ class RedisReplayGuard(AsyncLifecycle):
             cluster=self._cluster,
             layout=(lambda: self.layout) if check_layout else None,
             on_state_loss=self.on_state_loss,
+            rebuild=rebuilder(self, rebuild_from),
         )
         self._planner = ClaimPlanner(
             prefix=prefix,
@@ -170,6 +173,7 @@ class RedisReplayGuard(AsyncLifecycle):
         on_state_loss: str = "quarantine",
         durable_replicas: int = 0,
         durable_timeout_ms: int = 1_000,
+        rebuild_from: RebuildSource | None = None,
         **client_options: Any,
     ) -> RedisReplayGuard:
         """Build a guard that owns its client, from ``redis://`` or ``rediss://`` (TLS).
@@ -199,6 +203,7 @@ class RedisReplayGuard(AsyncLifecycle):
             on_state_loss=on_state_loss,
             durable_replicas=durable_replicas,
             durable_timeout_ms=durable_timeout_ms,
+            rebuild_from=rebuild_from,
         )
         guard._owns_client = True
         guard._where = f"url={checked.redacted!r}"
@@ -313,6 +318,8 @@ class RedisReplayGuard(AsyncLifecycle):
         try:
             epoch = await self._epochs.current()
             send, held = quarantine_split(claims, epoch, freshness.future_skew_ms)
+            if held:
+                self._epochs.wait_for_rebuild(claims, held)
             rows = claims if not held else [claims[i] for i in send]
             calls = self._planner.plan(rows) if rows else []
             ttl = self.retention_ms(freshness)

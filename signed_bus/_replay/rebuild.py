@@ -14,6 +14,7 @@ quarantined, never delivered as new. ``signed-bus guard rebuild`` runs it by han
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,19 +36,73 @@ if TYPE_CHECKING:
     from signed_bus._replay.guard import RedisReplayGuard
     from signed_bus._verifier import Verifier
 
-__all__ = ["RebuildReport", "read_epoch", "rebuild"]
+__all__ = ["Rebuild", "RebuildReport", "RebuildSource", "read_epoch", "rebuild", "rebuilder"]
+
+_log = logging.getLogger("signed_bus.replay")
 
 #: Seconds without a record before the end offsets: the topic counts as not re-read.
 _IDLE_S = 30.0
 
-#: Marks the epoch ready with its covered topics, unless another recovery replaced it.
+#: Adds the rebuilt topics to ``covered`` and marks the epoch ready, unless another recovery
+#: replaced it meanwhile.
 _FINISH_SCRIPT = """
 if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then
   return 0
 end
-redis.call('HSET', KEYS[1], 'covered', ARGV[2], 'state', ARGV[3])
+local covered = redis.call('HGET', KEYS[1], 'covered') or ''
+if covered ~= '' and ARGV[2] ~= '' then
+  covered = covered .. ','
+end
+redis.call('HSET', KEYS[1], 'covered', covered .. ARGV[2], 'state', ARGV[3])
 return 1
 """
+
+
+@dataclass(frozen=True)
+class RebuildSource:
+    """Where a guard rebuilds its topics from by itself after a loss
+    (``RedisReplayGuard(rebuild_from=...)``): the Kafka cluster, every topic its consumers read,
+    the verifier that checks each record (audit mode is used), the client's security options."""
+
+    bootstrap_servers: str
+    topics: tuple[str, ...]
+    verifier: Verifier
+    kafka_options: Mapping[str, Any] = field(default_factory=dict)
+
+
+class Rebuild:
+    """A guard's rebuild of its own topics, as the epoch code runs it (one call, one rebuild)."""
+
+    __slots__ = ("_guard", "source", "topics")
+
+    def __init__(self, guard: RedisReplayGuard, source: RebuildSource) -> None:
+        self._guard = guard
+        self.source = source
+        self.topics = frozenset(source.topics)
+
+    async def __call__(self) -> None:
+        source = self.source
+        report = await rebuild(
+            self._guard,
+            bootstrap_servers=source.bootstrap_servers,
+            topics=source.topics,
+            verifier=source.verifier,
+            kafka_options=source.kafka_options,
+        )
+        _log.warning(
+            "replay guard prefix %r: rebuilt %s from Kafka in %.1fs (%d records, %s); failed: %s",
+            self._guard.prefix,
+            ", ".join(report.covered) or "nothing",
+            report.seconds,
+            report.read,
+            report.claimed,
+            ", ".join(report.failed) or "none",
+        )
+
+
+def rebuilder(guard: RedisReplayGuard, source: RebuildSource | None) -> Rebuild | None:
+    """The guard's rebuild of ``source`` (None without one)."""
+    return None if source is None else Rebuild(guard, source)
 
 
 @dataclass
@@ -93,16 +148,15 @@ async def rebuild(
     key = epoch_key(guard.prefix)
     current = await read_epoch(guard)
     epochs = guard._epochs
-    if current is not None and not current.ready:
-        state = current  # a guard holding for this rebuild started the epoch
-    else:
-        lost_at = current.lost_at if current is not None and current.lost_at > 0 else now
-        known = current.epoch if current is not None else ""
-        started_epoch = await epochs.start_epoch(known, lost_at)
+    if current is not None:
+        # rebuilding: a guard that saw the loss started the epoch and holds for it; ready:
+        # re-claim inside it (consumers quarantine those topics meanwhile) and add the topics
+        state = current
+    else:  # nothing survived: run before any consumer starts (docs)
+        started_epoch = await epochs.start_epoch("", now)
         if started_epoch is None:
             raise ReplayGuardUnavailable("another recovery started a new epoch meanwhile")
-        state = started_epoch
-    await epochs.restore(state, ready=False)
+        state = await epochs.restore(started_epoch, ready=False)
     report = RebuildReport(epoch=state.epoch, lost_at=state.lost_at)
     rows = await _read(bootstrap_servers, topics, verifier, now - retention, kafka_options, report)
     rows.sort(key=lambda item: item[0])

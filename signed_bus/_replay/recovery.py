@@ -3,10 +3,11 @@ starting an epoch after a loss, restoring the layout record and the markers."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Callable
-from typing import Any, NoReturn
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from redis.commands.core import AsyncScript
 from redis.crc import key_slot
@@ -23,7 +24,10 @@ from signed_bus._replay.epoch import (
     new_epoch,
     parse_epoch_record,
 )
-from signed_bus._replay.layout import layout_key
+from signed_bus._replay.layout import ClaimRow, layout_key
+
+if TYPE_CHECKING:
+    from signed_bus._replay.rebuild import Rebuild
 
 __all__ = ["AsyncEpochs"]
 
@@ -37,7 +41,17 @@ class AsyncEpochs:
     ``on_state_loss`` is ``quarantine`` (the new epoch is ready at once) or ``hold`` (it stays
     rebuilding until ``signed-bus guard rebuild`` marks it ready)."""
 
-    __slots__ = ("_client", "_cluster", "_layout", "_recover", "on_state_loss", "prefix", "state")
+    __slots__ = (
+        "_client",
+        "_cluster",
+        "_layout",
+        "_rebuild",
+        "_rebuilding",
+        "_recover",
+        "on_state_loss",
+        "prefix",
+        "state",
+    )
 
     def __init__(
         self,
@@ -47,14 +61,42 @@ class AsyncEpochs:
         cluster: bool,
         layout: Callable[[], str] | None,
         on_state_loss: str,
+        rebuild: Rebuild | None = None,
     ) -> None:
         self._client = client
         self._cluster = cluster
         self._layout = layout
         self._recover: AsyncScript = client.register_script(RECOVER_SCRIPT)
         self.prefix = prefix
-        self.on_state_loss = on_state_loss
+        # a guard that rebuilds its own topics holds (never quarantines them) until it did
+        self.on_state_loss = "hold" if rebuild is not None else on_state_loss
         self.state: EpochState | None = None
+        self._rebuild = rebuild
+        self._rebuilding: asyncio.Task[None] | None = None
+
+    def wait_for_rebuild(self, rows: Sequence[ClaimRow], held: Sequence[int]) -> None:
+        """ReplayStateLost (and a rebuild started) when a row the epoch quarantines is on a
+        topic this guard rebuilds itself: it waits for the rebuild instead."""
+        if self._rebuild is not None and any(rows[i][3] in self._rebuild.topics for i in held):
+            self._start_rebuild()
+            raise lost_error(self.prefix, self.state)
+
+    def _start_rebuild(self) -> None:
+        if self._rebuild is None or (self._rebuilding and not self._rebuilding.done()):
+            return
+        self._rebuilding = asyncio.create_task(self._run_rebuild(self._rebuild))
+
+    async def _run_rebuild(self, rebuild: Rebuild) -> None:
+        try:
+            await rebuild()
+        except Exception as exc:  # logged; the next held claim starts another attempt
+            _log.warning(
+                "replay guard prefix %r: rebuild from Kafka failed (%s): claims stay held",
+                self.prefix,
+                type(exc).__name__,
+            )
+        else:
+            self.state = None  # read the epoch record again at the next claim
 
     def marker(self, first_key: bytes) -> bytes:
         """The marker a claim call naming ``first_key`` (and keys of its slot) checks."""
@@ -81,6 +123,8 @@ class AsyncEpochs:
                 state = parse_epoch_record(await self._client.hgetall(key))
         self.state = state
         if state is None or not state.ready:
+            if state is not None:
+                self._start_rebuild()
             raise lost_error(self.prefix, state)
         return state
 
@@ -110,7 +154,9 @@ class AsyncEpochs:
                 if self.on_state_loss == "hold"
                 else "quarantined (dead-lettered as quarantined) unless a rebuild covers them",
             )
-            await self.restore(state, ready=self.on_state_loss == "quarantine")
+            state = await self.restore(state, ready=self.on_state_loss == "quarantine")
+            if not state.ready:
+                self._start_rebuild()
         raise lost_error(self.prefix, state)
 
     async def restore(self, state: EpochState, *, ready: bool) -> EpochState:
