@@ -405,13 +405,11 @@ class RedisReplayGuard(AsyncLifecycle):
     async def _run(self, call: ScriptCall, ttl: int, epoch: str) -> Any:
         # the script object loads the script again when Redis answers NOSCRIPT
         keys = self._keys(call)
-        reply = await self._script(keys=keys, args=[ttl, call.blob, epoch])
-        if self.durable and self._cluster:  # redis-py pipelines no EVALSHA on a cluster
+        if self.durable and self._cluster:
             assert isinstance(self._client, RedisCluster)
-            node = self._client.get_node_from_key(keys[0].decode())
-            wait = self.durable.wait_args
-            self.durable.check(await self._client.execute_command("WAIT", *wait, target_nodes=node))
-        return reply
+            args = [ttl, call.blob, epoch]
+            return await _durable_on_node(self._client, self._script.sha, keys, args, self.durable)
+        return await self._script(keys=keys, args=[ttl, call.blob, epoch])
 
     def _unavailable(self, exc: BaseException) -> ReplayGuardUnavailable:
         detail = str(exc) if self._url is None else self._url.scrub(str(exc))
@@ -455,3 +453,34 @@ async def _pipelined(
         await client.script_load(CLAIM_SCRIPT)  # flushed, or a node that never had it
         pending = missing
     raise NoScriptError("the claim script is still missing after SCRIPT LOAD")
+
+
+async def _durable_on_node(
+    client: RedisCluster, sha: str, keys: list[bytes], args: list[Any], durable: Durability
+) -> Any:
+    """EVALSHA then WAIT on one connection to the slot's master, in one round trip: WAIT
+    counts the replicas that hold the writes of its own connection. redis-py's cluster pipeline
+    takes no EVALSHA, so this sends the two commands through the node's own pipeline."""
+    from redis.asyncio.cluster import PipelineCommand
+
+    node = client.get_node_from_key(keys[0].decode())
+    if node is None:
+        raise RedisClusterException(f"no node serves {keys[0]!r}")
+    try:
+        for _ in range(2):
+            script = PipelineCommand(0, "EVALSHA", sha, len(keys), *keys, *args)
+            wait = PipelineCommand(1, "WAIT", *durable.wait_args)
+            await node.execute_pipeline([script, wait])
+            if isinstance(script.result, NoScriptError):
+                await client.script_load(CLAIM_SCRIPT)
+                continue
+            if isinstance(script.result, BaseException):
+                raise script.result
+            durable.check(wait.result)
+            return script.result
+        raise NoScriptError("the claim script is still missing after SCRIPT LOAD")
+    except _REDIS_FAILURES:
+        # a failover moved the slot: learn the new topology before the retry
+        with contextlib.suppress(*_REDIS_FAILURES):
+            await client.nodes_manager.initialize()
+        raise
