@@ -1,5 +1,7 @@
 """Multi-node services on loopback for scale and fault tests: a Redis Cluster of 3 masters with
-1 replica each (real redis-server processes, free ports, a folder of their own).
+1 replica each (real redis-server processes, free ports, a folder of their own) and a 3-node
+KRaft Kafka cluster (each node broker and controller; replication factor 3, min.insync.replicas
+2; the jars of compose/local.sh, ``$KAFKA_LIB_DIR`` or ``.services/kafka/lib``).
 
 In a test::
 
@@ -18,20 +20,24 @@ Every process is stopped and the folder removed when the block ends, also on fai
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import os
 import shutil
 import signal
 import socket
 import subprocess
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-__all__ = ["RedisClusterProcesses"]
+__all__ = ["KafkaClusterProcesses", "RedisClusterProcesses"]
 
 HOST = "127.0.0.1"
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _free_pair() -> int:
@@ -210,9 +216,147 @@ class RedisClusterProcesses:
         self.close()
 
 
+_KAFKA_PROPERTIES = """\
+process.roles=broker,controller
+node.id={node}
+controller.quorum.voters={voters}
+listeners=PLAINTEXT://{host}:{port},CONTROLLER://{host}:{controller}
+advertised.listeners=PLAINTEXT://{host}:{port}
+inter.broker.listener.name=PLAINTEXT
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+log.dirs={data}
+num.partitions=3
+default.replication.factor=3
+min.insync.replicas=2
+offsets.topic.replication.factor=3
+offsets.topic.num.partitions=3
+transaction.state.log.replication.factor=3
+transaction.state.log.min.isr=2
+transaction.state.log.num.partitions=3
+share.coordinator.state.topic.replication.factor=3
+share.coordinator.state.topic.min.isr=2
+group.initial.rebalance.delay.ms=0
+log.segment.bytes=16777216
+"""
+
+
+class KafkaClusterProcesses:
+    """``nodes`` KRaft nodes (broker and controller each) on free loopback ports."""
+
+    def __init__(self, nodes: int = 3, *, heap: str = "320m") -> None:
+        lib = Path(os.environ.get("KAFKA_LIB_DIR", REPO / ".services" / "kafka" / "lib"))
+        if not any(lib.glob("*.jar")) or shutil.which("java") is None:
+            raise RuntimeError(f"no Kafka jars in {lib} or no java: run compose/local.sh up once")
+        self.lib, self.heap, self.nodes = lib, heap, nodes
+        self.directory = Path(tempfile.mkdtemp(prefix="kafka-cluster-"))
+        self.ports = [_free_pair() for _ in range(nodes)]
+        self.controllers = [_free_pair() for _ in range(nodes)]
+        self._procs: dict[int, subprocess.Popen[bytes]] = {}
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(f"{HOST}:{port}" for port in self.ports)
+
+    def _java(self, *args: str) -> list[str]:
+        return ["java", f"-Xms{self.heap}", f"-Xmx{self.heap}", "-Djava.awt.headless=true",
+                f"-Dlog4j2.configurationFile={REPO / 'compose' / 'kafka' / 'log4j2.properties'}",
+                "-cp", f"{self.lib}/*", *args]  # fmt: skip
+
+    def start(self) -> Self:
+        voters = ",".join(f"{n + 1}@{HOST}:{c}" for n, c in enumerate(self.controllers))
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = "A" + cluster_id[1:]  # never a leading "-"
+        for n, port in enumerate(self.ports):
+            folder = self.directory / str(n + 1)
+            (folder / "data").mkdir(parents=True)
+            props = folder / "server.properties"
+            props.write_text(_KAFKA_PROPERTIES.format(
+                node=n + 1, voters=voters, host=HOST, port=port,
+                controller=self.controllers[n], data=folder / "data"))  # fmt: skip
+            subprocess.run(
+                self._java(f"-Dkafka.logs.dir={folder}", "kafka.tools.StorageTool", "format", "-t",
+                           cluster_id, "-c", str(props)),
+                check=True, capture_output=True, timeout=120, stdin=subprocess.DEVNULL,
+            )  # fmt: skip
+        for n in range(self.nodes):  # all at once: a node serves once a majority votes
+            self.start_node(n, wait=False)
+        for n in range(self.nodes):
+            self._wait_serving(n)
+        return self
+
+    def start_node(self, n: int, *, wait: bool = True) -> None:
+        """Start node ``n`` (0-based), again after :meth:`kill`; with ``wait``, return once
+        it serves."""
+        folder = self.directory / str(n + 1)
+        args = self._java(
+            f"-Dkafka.logs.dir={folder}", "kafka.Kafka", f"{folder}/server.properties"
+        )
+        with open(folder / "kafka.out", "ab") as out:
+            self._procs[n] = subprocess.Popen(
+                args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
+        if wait:
+            self._wait_serving(n)
+
+    def _wait_serving(self, n: int) -> None:
+        folder = self.directory / str(n + 1)
+        deadline = time.monotonic() + 180
+        while not _port_open(self.ports[n]):
+            if self._procs[n].poll() is not None or time.monotonic() > deadline:
+                log = folder / "server.log"
+                tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
+                raise RuntimeError(f"kafka node {n + 1} did not start:\n{tail}")
+            time.sleep(0.2)
+
+    def kill(self, n: int) -> None:
+        """kill -9 of node ``n`` (0-based)."""
+        proc = self._procs[n]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+
+    def close(self) -> None:
+        for proc in self._procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self._procs.values():
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        try:
+            return self.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.settimeout(0.5)
+        return probe.connect_ex((HOST, port)) == 0
+
+
 if __name__ == "__main__":
-    with RedisClusterProcesses() as cluster, contextlib.suppress(KeyboardInterrupt):
+    with (
+        RedisClusterProcesses() as cluster,
+        KafkaClusterProcesses() as kafka,
+        contextlib.suppress(KeyboardInterrupt),
+    ):
         print(f"Redis Cluster (3 masters, 1 replica each): {cluster.url}", flush=True)
-        print("ports:", " ".join(map(str, cluster.ports)), "- Ctrl-C stops it", flush=True)
+        print(f"Kafka (3 KRaft nodes, RF 3, min.insync.replicas 2): {kafka.bootstrap}", flush=True)
+        print("Ctrl-C stops and removes both", flush=True)
         while True:
             time.sleep(3600)
