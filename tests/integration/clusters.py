@@ -81,6 +81,7 @@ class RedisClusterProcesses:
         self.directory = Path(tempfile.mkdtemp(prefix="redis-cluster-"))
         self.ports: list[int] = []
         self._procs: dict[int, subprocess.Popen[bytes]] = {}
+        self._args: dict[int, list[str]] = {}
 
     @property
     def url(self) -> str:
@@ -97,6 +98,7 @@ class RedisClusterProcesses:
                     "--cluster-node-timeout", str(self.node_timeout_ms), "--save", "",
                     "--appendonly", "no", "--dir", str(folder),
                     "--repl-diskless-sync-delay", "0"]  # fmt: skip
+            self._args[port] = args
             self._procs[port] = subprocess.Popen(
                 args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
             )
@@ -150,6 +152,13 @@ class RedisClusterProcesses:
         proc = self._procs[port]
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
+
+    def restart(self, port: int) -> None:
+        """Start a killed node again (empty: no persistence); it rejoins as a replica."""
+        self._procs[port] = subprocess.Popen(
+            self._args[port], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        self._wait(lambda: _cli(port, "PING").strip() == "PONG", f"{port} up")
 
     def wait_promoted(self, killed: int, *, within: float = 60) -> int:
         """Wait until a replica of the killed master serves its slots and the cluster is ok;
