@@ -26,6 +26,8 @@
 #   make engine-up / engine-down / images     the container engine and the local images alone
 #   make compose-demo    the demo under Compose (docker-compose.yml, profile demo) on the engine
 #   make demo            venv, services up, then the demo job; services are left running
+#   make soak            10 min through an exactly-once hop on local Kafka and Redis clusters with
+#                        a broker and a Redis master killed (benchmarks/soak.py; not in make test)
 # Knobs: PYTHON=python3.12, PYTEST_ARGS='-k harness', PYTEST_TIMEOUT=600,
 #        SERVICES_BACKEND=local|docker (default: local when Java is installed, else Docker),
 #        KAFKA_IMAGE=apache/kafka:4.1.2 REDIS_IMAGE=redis:7 (the container targets: images from a
@@ -49,7 +51,7 @@ PYTEST_TIMEOUT ?= 300
 PYTEST_ARGS ?=
 DEMO ?= -m demo.pipeline
 
-.PHONY: help venv lint unit wheel-check services-up services-down services-status test demo \
+.PHONY: help venv lint unit wheel-check services-up services-down services-status test demo soak \
 	engine-up engine-down images test-containers-check test-containers compose-demo
 
 help:
@@ -158,3 +160,9 @@ test-containers: lint
 # the demo in containers under Compose (compose/compose.sh): prints the report, RESULT: PASS/FAIL
 compose-demo:
 	$(ENGINE) run -- bash compose/compose.sh demo
+
+# 10 minutes through an exactly-once hop on a 3-node KRaft cluster and a Redis Cluster with
+# replicas (started and removed by benchmarks/soak.py), one broker and one Redis master killed
+# on the way; not part of `make test`
+soak: venv
+	$(PY) benchmarks/soak.py --duration $${SOAK_SECONDS:-600} --rate $${SOAK_RATE:-200}

@@ -13,7 +13,8 @@ every other module is private (``_name``) and may change without notice. Map of 
   :class:`ConsumedMessage` / :class:`ConsumedBatch`), :class:`Relay` for one hop of a pipeline,
   :func:`create_topics`. Operating them: docs/OPERATIONS.md; relays: docs/PIPELINES.md.
 - replay guard (Redis): :class:`RedisReplayGuard` claims nonces (:class:`Claim` ->
-  :class:`ClaimVerdict`); :func:`estimate_memory_bytes` and :func:`recommended_shards` size it.
+  :class:`ClaimVerdict`); :func:`estimate_memory_bytes` and :func:`recommended_shards` size it;
+  :class:`RebuildSource` lets it rebuild its topics from Kafka after Redis lost state.
 - dead letters: :meth:`DeadLetter.from_record` reads a record of a dead-letter topic.
 - payloads: :func:`encode_payload` (the Signer's default encoder: numpy, Pydantic, dataclasses,
   datetimes...) and :func:`payload_as` (a verified payload as a model); FastStream apps:
@@ -67,6 +68,7 @@ from signed_bus._provenance import (
 from signed_bus._replay import (
     Claim,
     ClaimVerdict,
+    RebuildSource,
     RedisReplayGuard,
     estimate_memory_bytes,
     recommended_shards,
@@ -121,6 +123,7 @@ __all__ = [  # noqa: RUF022 (grouped by topic, as in the map above; sorted withi
     # replay guard
     "Claim",
     "ClaimVerdict",
+    "RebuildSource",
     "RedisReplayGuard",
     "estimate_memory_bytes",
     "recommended_shards",

@@ -38,6 +38,7 @@ from signed_bus.errors import (
     Expired,
     MalformedEnvelope,
     NotYetValid,
+    Quarantined,
     ReplayDetected,
     ReplayGuardUnavailable,
     Undecodable,
@@ -334,13 +335,10 @@ class Gate:
         kind = next((type(v) for v in verdicts if v is not None), None)
         replay = kind.REPLAY if kind is not None else None
         same = kind.SAME_POSITION if kind is not None else None
+        held = kind.QUARANTINED if kind is not None else None
         for (index, tp, record, message), verdict in zip(verified, verdicts, strict=True):
-            if verdict is replay and replay is not None:
-                error = ReplayDetected(
-                    "nonce already claimed at another position",
-                    kid=message.kid,
-                    issuer=message.issuer,
-                )
+            if (verdict is replay or verdict is held) and verdict is not None:
+                error = _refused(verdict is held, message)
                 rejected.append((record, error))
                 continue
             if verdict is same and same is not None:
@@ -465,4 +463,17 @@ def undecodable(skipped: SkippedRange[Hashable]) -> Undecodable:
     return Undecodable(
         f"the Kafka client could not decode {span}: {skipped.error}; skipped",
         last_offset=skipped.last_offset,
+    )
+
+
+def _refused(quarantined: bool, message: VerifiedMessage) -> VerificationError:
+    """The error of a record the guard refused: a replay, or quarantined after a state loss."""
+    if quarantined:
+        return Quarantined(
+            "created before the replay state was lost, on a topic no rebuild covered",
+            kid=message.kid,
+            issuer=message.issuer,
+        )
+    return ReplayDetected(
+        "nonce already claimed at another position", kid=message.kid, issuer=message.issuer
     )

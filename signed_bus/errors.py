@@ -6,6 +6,7 @@
      ├── ConfigurationError (also ValueError)    bad options, keys or key files
      ├── Stopped (also RuntimeError)             a long-lived object used after stop()
      ├── ReplayGuardUnavailable                  the replay guard's Redis failed
+     │    └── ReplayStateLost                    Redis lost the nonces; recovery holds claims
      ├── ProvenanceIndexUnavailable              the provenance index's Redis failed
      ├── UnsupportedContentType (also ValueError)  VerifiedMessage.payload has no decoder
      ├── MalformedDeadLetter (also ValueError)   a dead-letter record that does not parse
@@ -27,6 +28,7 @@
           ├── Expired                            ``expired``
           ├── NotYetValid                        ``not_yet_valid``
           ├── ReplayDetected                     ``replay``
+          ├── Quarantined                        ``quarantined``
           └── Undecodable                        ``undecodable``
 
 Each reason code belongs to exactly one class (:data:`REASONS` maps them, e.g. to read a dead
@@ -62,11 +64,13 @@ __all__ = [
     "MalformedEnvelope",
     "NotYetValid",
     "ProvenanceIndexUnavailable",
+    "Quarantined",
     "RelayError",
     "RelayFenced",
     "RelayTransformError",
     "ReplayDetected",
     "ReplayGuardUnavailable",
+    "ReplayStateLost",
     "SignedBusError",
     "Stopped",
     "Undecodable",
@@ -96,6 +100,13 @@ class Stopped(SignedBusError, RuntimeError):
 
 class ReplayGuardUnavailable(SignedBusError):
     """The replay guard's Redis was unreachable or returned an error."""
+
+
+class ReplayStateLost(ReplayGuardUnavailable):
+    """Redis lost the replay guard's nonces (a restart without persistence, a flush, an
+    eviction, a failover): a claim found its epoch marker missing. The guard started a new
+    epoch; consumers hold the batch as for an outage and retry it (docs/OPERATIONS.md,
+    "Losing Redis state")."""
 
 
 class ProvenanceIndexUnavailable(SignedBusError):
@@ -267,6 +278,14 @@ class ReplayDetected(VerificationError):
     reason = "replay"
 
 
+class Quarantined(VerificationError):
+    """Created before a loss of the replay state, on a topic no rebuild re-read: the record may
+    have been delivered before, so it is held back (redrivable with ``signed-bus dlq
+    redrive``), never delivered as new."""
+
+    reason = "quarantined"
+
+
 class Undecodable(VerificationError):
     """The Kafka client could not decode the record at all (a compression codec it has no
     decoder for, a bad CRC, a corrupt batch, a header key that is not UTF-8), so no bytes of it
@@ -307,6 +326,7 @@ REASONS: Final[Mapping[str, type[VerificationError]]] = MappingProxyType(
             Expired,
             NotYetValid,
             ReplayDetected,
+            Quarantined,
             Undecodable,
         )
     }

@@ -2,9 +2,9 @@
 
 One module per subcommand, each with ``register(subparsers)`` that adds its parser and sets
 ``handler`` (:data:`~signed_bus._cli.options.Handler`): :mod:`.keygen`, :mod:`.export_public`
-(with import-jwks), :mod:`.inspect`, :mod:`.trace`, :mod:`.tail`, :mod:`.dlq`, :mod:`.bench`;
-what they share (exit codes, connection, security and freshness options, keyring loading,
-progress) is in :mod:`.options`. To add a subcommand,
+(with import-jwks), :mod:`.inspect`, :mod:`.trace`, :mod:`.tail`, :mod:`.dlq`, :mod:`.guard`,
+:mod:`.bench`; what they share (exit codes, connection, security and freshness options,
+keyring loading, progress) is in :mod:`.options`. To add a subcommand,
 write such a module and list its ``register`` in :data:`COMMANDS`. Import heavy dependencies
 (aiokafka, redis) inside the handler, so that ``signed-bus keygen`` stays fast and works without
 them configured. Usage of each command: ``signed-bus COMMAND --help`` and docs/OPERATIONS.md.
@@ -23,7 +23,7 @@ import logging
 from collections.abc import Callable, Iterator, Sequence
 
 from signed_bus import __version__
-from signed_bus._cli import bench, dlq, export_public, inspect, keygen, tail, trace
+from signed_bus._cli import bench, dlq, export_public, guard, inspect, keygen, tail, trace
 from signed_bus._cli.options import (
     EXIT_FAILED,
     EXIT_UNREACHABLE,
@@ -53,6 +53,7 @@ COMMANDS: tuple[Callable[[Subparsers], None], ...] = (
     trace.register,
     tail.register,
     dlq.register,
+    guard.register,
     bench.register,
 )
 

@@ -27,7 +27,7 @@ from signed_bus._kafka.deadletters import DeadLetterSender, Hold
 from signed_bus._kafka.fetch import fetch_records
 from signed_bus._kafka.options import Backoff
 from signed_bus._replay.guard import RedisReplayGuard
-from signed_bus.errors import ReplayGuardUnavailable
+from signed_bus.errors import ReplayGuardUnavailable, ReplayStateLost
 
 __all__ = ["Settler", "hold_paused"]
 
@@ -89,7 +89,7 @@ class Settler:
             error = exc
         else:
             return True
-        if gate.fail_open:
+        if gate.fail_open and not isinstance(error, ReplayStateLost):  # a loss always holds
             observer.unchecked([record for _, _, record, _ in batch.verified])
             gate.unchecked(batch, error)
             return True

@@ -21,6 +21,7 @@ from signed_bus._replay.layout import (
     nonce_shard,
     position_value,
 )
+from signed_bus._replay.rebuild import RebuildSource
 from signed_bus._replay.sizing import (
     DEFAULT_BYTES_PER_NONCE,
     estimate_memory_bytes,
@@ -35,6 +36,7 @@ __all__ = [
     "ClaimPlanner",
     "ClaimRow",
     "ClaimVerdict",
+    "RebuildSource",
     "RedisReplayGuard",
     "ScriptCall",
     "bucket_key",

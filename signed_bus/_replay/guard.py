@@ -12,6 +12,7 @@ two), run concurrently.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -26,6 +27,7 @@ from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 from signed_bus._freshness import Freshness
 from signed_bus._lifecycle import AsyncLifecycle, stopped_error
 from signed_bus._redis_url import RedisUrl
+from signed_bus._replay.epoch import is_lost, merge_verdicts, quarantine_split
 from signed_bus._replay.layout import (
     CLAIM_SCRIPT,
     Claim,
@@ -39,9 +41,14 @@ from signed_bus._replay.layout import (
     layout_descriptor,
     layout_key,
 )
+from signed_bus._replay.rebuild import RebuildSource, rebuilder
+from signed_bus._replay.recovery import AsyncEpochs
 from signed_bus._replay.settings import (
+    Durability,
+    check_durable_settings,
     check_guard_settings,
     check_no_window_options,
+    check_state_loss_settings,
     shards_to_adopt,
     warn_if_evicting,
 )
@@ -50,7 +57,7 @@ from signed_bus._replay.sizing import (
     compact_rate,
     recommended_shards,
 )
-from signed_bus.errors import ConfigurationError, ReplayGuardUnavailable
+from signed_bus.errors import ConfigurationError, ReplayGuardUnavailable, ReplayStateLost
 
 # Claim, ClaimRow and ClaimVerdict are the guard's API types (defined in layout.py).
 __all__ = ["Claim", "ClaimRow", "ClaimVerdict", "RedisReplayGuard"]
@@ -99,6 +106,10 @@ class RedisReplayGuard(AsyncLifecycle):
         peak_rate: float | None = None,
         max_claims_per_call: int = 4_096,
         check_layout: bool = True,
+        on_state_loss: str = "quarantine",
+        durable_replicas: int = 0,
+        durable_timeout_ms: int = 1_000,
+        rebuild_from: RebuildSource | None = None,
     ) -> None:
         shards = check_guard_settings(
             prefix=prefix,
@@ -108,6 +119,8 @@ class RedisReplayGuard(AsyncLifecycle):
             max_claims_per_call=max_claims_per_call,
         )
         self.peak_rate = peak_rate
+        self.on_state_loss = check_state_loss_settings(on_state_loss)
+        self.durable = check_durable_settings(durable_replicas, durable_timeout_ms)
         if not isinstance(client, aioredis.Redis | RedisCluster):
             raise ConfigurationError(
                 "client must be a redis.asyncio.Redis or redis.asyncio.cluster.RedisCluster"
@@ -120,6 +133,14 @@ class RedisReplayGuard(AsyncLifecycle):
         self.max_claims_per_call = max_claims_per_call
         self.check_layout = check_layout
         self._script: AsyncScript = client.register_script(CLAIM_SCRIPT)
+        self._epochs = AsyncEpochs(
+            client,
+            prefix=prefix,
+            cluster=self._cluster,
+            layout=(lambda: self.layout) if check_layout else None,
+            on_state_loss=self.on_state_loss,
+            rebuild=rebuilder(self, rebuild_from),
+        )
         self._planner = ClaimPlanner(
             prefix=prefix,
             bucket_ms=bucket_ms,
@@ -149,6 +170,10 @@ class RedisReplayGuard(AsyncLifecycle):
         peak_rate: float | None = None,
         max_claims_per_call: int = 4_096,
         check_layout: bool = True,
+        on_state_loss: str = "quarantine",
+        durable_replicas: int = 0,
+        durable_timeout_ms: int = 1_000,
+        rebuild_from: RebuildSource | None = None,
         **client_options: Any,
     ) -> RedisReplayGuard:
         """Build a guard that owns its client, from ``redis://`` or ``rediss://`` (TLS).
@@ -175,6 +200,10 @@ class RedisReplayGuard(AsyncLifecycle):
             peak_rate=peak_rate,
             max_claims_per_call=max_claims_per_call,
             check_layout=check_layout,
+            on_state_loss=on_state_loss,
+            durable_replicas=durable_replicas,
+            durable_timeout_ms=durable_timeout_ms,
+            rebuild_from=rebuild_from,
         )
         guard._owns_client = True
         guard._where = f"url={checked.redacted!r}"
@@ -216,6 +245,8 @@ class RedisReplayGuard(AsyncLifecycle):
                 # On a cluster this loads on every primary; a node that lacks it later (a
                 # failover) answers NOSCRIPT and the script object loads it again.
                 await self._client.script_load(CLAIM_SCRIPT)
+                with contextlib.suppress(ReplayStateLost):  # claims hold until it is ready
+                    await self._epochs.load(create=True)
                 if not self._cluster:
                     await self._warn_if_evicting()
             except _REDIS_FAILURES as exc:
@@ -284,15 +315,24 @@ class RedisReplayGuard(AsyncLifecycle):
             return []
         if not self._started:
             await self.start()
-        calls = self._planner.plan(claims)
-        ttl = self.retention_ms(freshness)
         try:
-            replies = await self._execute(calls, ttl)
+            epoch = await self._epochs.current()
+            send, held = quarantine_split(claims, epoch, freshness.future_skew_ms)
+            if held:
+                self._epochs.wait_for_rebuild(claims, held)
+            rows = claims if not held else [claims[i] for i in send]
+            calls = self._planner.plan(rows) if rows else []
+            ttl = self.retention_ms(freshness)
+            replies = await self._execute(calls, ttl, epoch.epoch) if calls else []
+            if any(is_lost(reply) for reply in replies):
+                await self._epochs.lost(epoch)
         except _REDIS_FAILURES as exc:
             raise self._unavailable(exc) from exc
-        verdicts = decode_verdicts(calls, replies, len(claims))
+        verdicts = decode_verdicts(calls, replies, len(rows)) if rows else []
         if verdicts is None:
             raise ReplayGuardUnavailable("Redis returned a malformed replay claim reply")
+        if held:
+            verdicts = merge_verdicts(len(claims), send, verdicts)
         now = time.monotonic()
         if now - self._checked_at >= _SHARD_CHECK_EVERY_S and not self._warned_hashtable:
             self._checked_at = now
@@ -336,10 +376,17 @@ class RedisReplayGuard(AsyncLifecycle):
             recommended_shards(rate, bucket_ms=self.bucket_ms),
         )
 
-    async def _execute(self, calls: list[ScriptCall], ttl: int) -> list[Any]:
-        """Run the script calls: one EVALSHA, or one pipeline (per node on a cluster)."""
-        if len(calls) == 1:
-            return [await self._run(calls[0], ttl)]
+    def _keys(self, call: ScriptCall) -> list[bytes]:
+        """The call's bucket keys, then the marker of their slot."""
+        keys = list(call.keys)
+        keys.append(self._epochs.marker(keys[0]))
+        return keys
+
+    async def _execute(self, calls: list[ScriptCall], ttl: int, epoch: str) -> list[Any]:
+        """Run the script calls: one EVALSHA, or one pipeline (per node on a cluster); with
+        durable claims, WAIT in the same pipeline (after each call on a cluster)."""
+        if len(calls) == 1 and not (self.durable and not self._cluster):
+            return [await self._run(calls[0], ttl, epoch)]
         if self._cluster:
             # redis-py refuses EVALSHA in cluster pipelines: one call per slot, concurrently,
             # at most _CLUSTER_CONCURRENCY at a time (a node's pool fails rather than waits
@@ -348,38 +395,92 @@ class RedisReplayGuard(AsyncLifecycle):
 
             async def bounded(call: ScriptCall) -> Any:
                 async with limit:
-                    return await self._run(call, ttl)
+                    return await self._run(call, ttl, epoch)
 
             return list(await asyncio.gather(*(bounded(call) for call in calls)))
-        # A batch over max_claims_per_call: its calls go in one pipeline, one round trip.
-        replies: list[Any] = [None] * len(calls)
-        pending = list(range(len(calls)))
-        for _ in range(2):
-            pipe = self._client.pipeline(transaction=False)
-            for i in pending:
-                keys = list(calls[i].keys)
-                pipe.evalsha(self._script.sha, len(keys), *keys, ttl, calls[i].blob)
-            results = await pipe.execute(raise_on_error=False)
-            missing = []
-            for i, result in zip(pending, results, strict=True):
-                if isinstance(result, NoScriptError):
-                    missing.append(i)
-                elif isinstance(result, BaseException):
-                    raise result
-                else:
-                    replies[i] = result
-            if not missing:
-                return replies
-            await self._client.script_load(CLAIM_SCRIPT)  # flushed, or a node that never had it
-            pending = missing
-        raise NoScriptError("the claim script is still missing after SCRIPT LOAD")
+        # A batch over max_claims_per_call (or a durable claim): one pipeline, one round trip.
+        keyed = [(self._keys(call), call.blob) for call in calls]
+        return await _pipelined(self._client, self._script.sha, keyed, [ttl, epoch], self.durable)
 
-    async def _run(self, call: ScriptCall, ttl: int) -> Any:
+    async def _run(self, call: ScriptCall, ttl: int, epoch: str) -> Any:
         # the script object loads the script again when Redis answers NOSCRIPT
-        return await self._script(keys=list(call.keys), args=[ttl, call.blob])
+        keys = self._keys(call)
+        if self.durable and self._cluster:
+            assert isinstance(self._client, RedisCluster)
+            args = [ttl, call.blob, epoch]
+            return await _durable_on_node(self._client, self._script.sha, keys, args, self.durable)
+        return await self._script(keys=keys, args=[ttl, call.blob, epoch])
 
     def _unavailable(self, exc: BaseException) -> ReplayGuardUnavailable:
         detail = str(exc) if self._url is None else self._url.scrub(str(exc))
         return ReplayGuardUnavailable(
             f"Redis replay guard unavailable ({self._where}): {type(exc).__name__}: {detail}"
         )
+
+
+async def _pipelined(
+    client: Any,  # a redis.asyncio.Redis (never a cluster: it pipelines no EVALSHA)
+    sha: str,
+    keyed: list[tuple[list[bytes], bytes]],
+    args: list[Any],
+    durable: Durability | None,
+) -> list[Any]:
+    """Run the script once per (keys, blob) in one pipeline on a single node, with WAIT after
+    the calls when claims are durable; loads the script again once if Redis lost it."""
+    ttl, epoch = args
+    replies: list[Any] = [None] * len(keyed)
+    pending = list(range(len(keyed)))
+    for _ in range(2):
+        pipe = client.pipeline(transaction=False)
+        for i in pending:
+            keys, blob = keyed[i]
+            pipe.evalsha(sha, len(keys), *keys, ttl, blob, epoch)
+        if durable:
+            pipe.execute_command("WAIT", *durable.wait_args)
+        results = await pipe.execute(raise_on_error=False)
+        if durable:
+            durable.check(results.pop())
+        missing = []
+        for i, result in zip(pending, results, strict=True):
+            if isinstance(result, NoScriptError):
+                missing.append(i)
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                replies[i] = result
+        if not missing:
+            return replies
+        await client.script_load(CLAIM_SCRIPT)  # flushed, or a node that never had it
+        pending = missing
+    raise NoScriptError("the claim script is still missing after SCRIPT LOAD")
+
+
+async def _durable_on_node(
+    client: RedisCluster, sha: str, keys: list[bytes], args: list[Any], durable: Durability
+) -> Any:
+    """EVALSHA then WAIT on one connection to the slot's master, in one round trip: WAIT
+    counts the replicas that hold the writes of its own connection. redis-py's cluster pipeline
+    takes no EVALSHA, so this sends the two commands through the node's own pipeline."""
+    from redis.asyncio.cluster import PipelineCommand
+
+    node = client.get_node_from_key(keys[0].decode())
+    if node is None:
+        raise RedisClusterException(f"no node serves {keys[0]!r}")
+    try:
+        for _ in range(2):
+            script = PipelineCommand(0, "EVALSHA", sha, len(keys), *keys, *args)
+            wait = PipelineCommand(1, "WAIT", *durable.wait_args)
+            await node.execute_pipeline([script, wait])
+            if isinstance(script.result, NoScriptError):
+                await client.script_load(CLAIM_SCRIPT)
+                continue
+            if isinstance(script.result, BaseException):
+                raise script.result
+            durable.check(wait.result)
+            return script.result
+        raise NoScriptError("the claim script is still missing after SCRIPT LOAD")
+    except _REDIS_FAILURES:
+        # a failover moved the slot: learn the new topology before the retry
+        with contextlib.suppress(*_REDIS_FAILURES):
+            await client.nodes_manager.initialize()
+        raise

@@ -80,13 +80,18 @@ _PARTITION: Final = struct.Struct(">i")
 #: The claim script: claims a batch of nonces in one call.
 #:
 #: ``KEYS``: the distinct bucket keys (:func:`bucket_key`) the records of this call name, at
-#: most :data:`MAX_KEYS_PER_CALL`; on a cluster they must all hash to one slot.
+#: most :data:`MAX_KEYS_PER_CALL`, then the epoch marker of their slot (last;
+#: :func:`signed_bus._replay.epoch.marker_key`); on a cluster they must all hash to one slot.
 #:
-#: ``ARGV[1]``: the TTL in milliseconds each key is extended to (never shortened):
+#: ``ARGV[1]``: the TTL in milliseconds each bucket key is extended to (never shortened):
 #: ``Freshness.retention_ms + bucket_ms``.
 #:
 #: ``ARGV[2]``: the packed records, :data:`RECORD_BYTES` each: a big-endian u16 index into
 #: ``KEYS`` (0-based), the 16-byte :func:`nonce_field`, the 8-byte :func:`position_value`.
+#:
+#: ``ARGV[3]``: the epoch the guard knows. When the marker is missing or holds another epoch,
+#: Redis lost state (or another guard recovered from a loss): the script claims nothing and
+#: returns ``"L"`` (:data:`signed_bus._replay.epoch.LOST_REPLY`).
 #:
 #: Returns a string of one byte per record, in order: ``"0"`` new, ``"1"`` same position,
 #: ``"2"`` replay (see :func:`decode_verdicts`). Records are processed in order, so two records
@@ -100,6 +105,10 @@ local blob = ARGV[2]
 local size = {RECORD_BYTES}
 if #blob % size ~= 0 then
   return redis.error_reply('ERR signed-bus replay claim: bad record blob')
+end
+local buckets = #KEYS - 1
+if redis.call('GET', KEYS[#KEYS]) ~= ARGV[3] then
+  return 'L'
 end
 local out = {{}}
 local n = 0
@@ -118,7 +127,7 @@ for p = 1, #blob, size do
     out[n] = '2'
   end
 end
-for i = 1, #KEYS do
+for i = 1, buckets do
   if redis.call('PTTL', KEYS[i]) < ttl then
     redis.call('PEXPIRE', KEYS[i], ttl)
   end
@@ -157,11 +166,14 @@ class ClaimVerdict(enum.Enum):
     NEW = "new"
     SAME_POSITION = "same_position"
     REPLAY = "replay"
+    #: Created before a loss of the replay state on a topic no rebuild covered: it may have
+    #: been claimed before, so it is dead-lettered (reason ``quarantined``), never claimed.
+    QUARANTINED = "quarantined"
 
     @property
     def deliver(self) -> bool:
         """True for NEW and SAME_POSITION: the record goes to the application."""
-        return self is not ClaimVerdict.REPLAY
+        return self is ClaimVerdict.NEW or self is ClaimVerdict.SAME_POSITION
 
 
 # The verdict of each reply byte (None: not a verdict code).

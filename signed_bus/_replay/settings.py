@@ -11,11 +11,14 @@ from typing import Any, Final
 from signed_bus._freshness import MAX_WINDOW_MS
 from signed_bus._replay.layout import MAX_KEYS_PER_CALL, parse_layout_descriptor
 from signed_bus._replay.sizing import DEFAULT_SHARDS, compact_rate, recommended_shards
-from signed_bus.errors import ConfigurationError
+from signed_bus.errors import ConfigurationError, ReplayGuardUnavailable
 
 __all__ = [
+    "Durability",
+    "check_durable_settings",
     "check_guard_settings",
     "check_no_window_options",
+    "check_state_loss_settings",
     "shards_to_adopt",
     "warn_if_evicting",
 ]
@@ -51,6 +54,61 @@ def check_guard_settings(
         raise ConfigurationError("prefix must be a non-empty string without '{' or '}'")
     assert isinstance(shards, int)  # checked above
     return shards
+
+
+#: What a guard does with records created before a loss of the replay state: dead-letter them
+#: as ``quarantined`` (unless a rebuild covered their topic), or hold every claim until a
+#: rebuild (``signed-bus guard rebuild``) marks the new epoch ready.
+STATE_LOSS_MODES: Final = ("quarantine", "hold")
+
+
+def check_state_loss_settings(on_state_loss: object) -> str:
+    """The guard's ``on_state_loss`` (ConfigurationError unless one of STATE_LOSS_MODES)."""
+    if on_state_loss not in STATE_LOSS_MODES:
+        raise ConfigurationError(
+            f"on_state_loss must be one of {', '.join(STATE_LOSS_MODES)}, got {on_state_loss!r}"
+        )
+    assert isinstance(on_state_loss, str)
+    return on_state_loss
+
+
+class Durability:
+    """Durable claims: a claim counts only once ``replicas`` replicas acknowledged it (Redis
+    ``WAIT replicas timeout_ms``, sent with the claim); counts what it waited for."""
+
+    __slots__ = ("replicas", "short", "timeout_ms", "waits")
+
+    def __init__(self, replicas: int, timeout_ms: int) -> None:
+        self.replicas = replicas
+        self.timeout_ms = timeout_ms
+        #: WAIT calls sent, and those that returned fewer replicas than asked for
+        self.waits = 0
+        self.short = 0
+
+    @property
+    def wait_args(self) -> tuple[int, int]:
+        return self.replicas, self.timeout_ms
+
+    def check(self, acknowledged: object) -> None:
+        """ReplayGuardUnavailable unless WAIT's reply reaches ``replicas`` (the batch is then
+        held and claimed again: the claims that landed come back as SAME_POSITION)."""
+        self.waits += 1
+        if isinstance(acknowledged, BaseException):
+            raise ReplayGuardUnavailable(f"WAIT failed: {type(acknowledged).__name__}")
+        if not isinstance(acknowledged, int) or acknowledged < self.replicas:
+            self.short += 1
+            raise ReplayGuardUnavailable(
+                f"claim not durable: {acknowledged} of {self.replicas} replicas acknowledged "
+                f"within {self.timeout_ms} ms"
+            )
+
+
+def check_durable_settings(replicas: object, timeout_ms: object) -> Durability | None:
+    """The guard's durable-claim setting: None for ``replicas=0`` (the default)."""
+    _check_int("durable_replicas", replicas, minimum=0, maximum=64)
+    _check_int("durable_timeout_ms", timeout_ms, minimum=1, maximum=MAX_WINDOW_MS)
+    assert isinstance(replicas, int) and isinstance(timeout_ms, int)
+    return Durability(replicas, timeout_ms) if replicas else None
 
 
 def shards_to_adopt(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any, Final
 
@@ -25,6 +26,21 @@ from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 from signed_bus._freshness import Freshness
 from signed_bus._lifecycle import SyncLifecycle, stopped_error
 from signed_bus._redis_url import RedisUrl
+from signed_bus._replay.epoch import (
+    READY,
+    REBUILDING,
+    RECOVER_SCRIPT,
+    SLOTS,
+    EpochState,
+    epoch_key,
+    is_lost,
+    lost_error,
+    marker_key,
+    merge_verdicts,
+    new_epoch,
+    parse_epoch_record,
+    quarantine_split,
+)
 from signed_bus._replay.layout import (
     CLAIM_SCRIPT,
     ClaimPlanner,
@@ -39,10 +55,11 @@ from signed_bus._replay.layout import (
 from signed_bus._replay.settings import (
     check_guard_settings,
     check_no_window_options,
+    check_state_loss_settings,
     shards_to_adopt,
     warn_if_evicting,
 )
-from signed_bus.errors import ConfigurationError, ReplayGuardUnavailable
+from signed_bus.errors import ConfigurationError, ReplayGuardUnavailable, ReplayStateLost
 
 __all__ = ["SyncRedisReplayGuard"]
 
@@ -75,6 +92,7 @@ class SyncRedisReplayGuard(SyncLifecycle):
         peak_rate: float | None = None,
         max_claims_per_call: int = 4_096,
         check_layout: bool = True,
+        on_state_loss: str = "quarantine",
     ) -> None:
         shards = check_guard_settings(
             prefix=prefix,
@@ -84,6 +102,7 @@ class SyncRedisReplayGuard(SyncLifecycle):
             max_claims_per_call=max_claims_per_call,
         )
         self.peak_rate = peak_rate
+        self.on_state_loss = check_state_loss_settings(on_state_loss)
         if not isinstance(client, redis.Redis | RedisCluster):
             raise ConfigurationError("client must be a redis.Redis or redis.cluster.RedisCluster")
         self._client = client
@@ -94,6 +113,8 @@ class SyncRedisReplayGuard(SyncLifecycle):
         self.max_claims_per_call = max_claims_per_call
         self.check_layout = check_layout
         self._script: Script = client.register_script(CLAIM_SCRIPT)
+        self._recover: Script = client.register_script(RECOVER_SCRIPT)
+        self._epoch: EpochState | None = None
         self._planner = ClaimPlanner(
             prefix=prefix,
             bucket_ms=bucket_ms,
@@ -120,6 +141,7 @@ class SyncRedisReplayGuard(SyncLifecycle):
         peak_rate: float | None = None,
         max_claims_per_call: int = 4_096,
         check_layout: bool = True,
+        on_state_loss: str = "quarantine",
         **client_options: Any,
     ) -> SyncRedisReplayGuard:
         """A guard owning its client, from ``redis://`` or ``rediss://``: as
@@ -141,6 +163,7 @@ class SyncRedisReplayGuard(SyncLifecycle):
             peak_rate=peak_rate,
             max_claims_per_call=max_claims_per_call,
             check_layout=check_layout,
+            on_state_loss=on_state_loss,
         )
         guard._owns_client = True
         guard._where = f"url={checked.redacted!r}"
@@ -184,6 +207,8 @@ class SyncRedisReplayGuard(SyncLifecycle):
                     self.shards = self._planner.shards = shards
                     check_layout_record(self.prefix, stored, self.layout)
                 self._client.script_load(CLAIM_SCRIPT)
+                with contextlib.suppress(ReplayStateLost):  # claims hold until it is ready
+                    self._load_epoch("")
                 if not self._cluster:
                     with contextlib.suppress(RedisError):  # INFO may be forbidden by an ACL
                         warn_if_evicting(self._client.info("memory"))
@@ -215,28 +240,90 @@ class SyncRedisReplayGuard(SyncLifecycle):
             return []
         if not self._started:
             self.start()
-        calls = self._planner.plan(claims)
-        ttl = self.retention_ms(freshness)
         try:
-            replies = self._execute(calls, ttl)
+            epoch = self._epoch
+            if epoch is None or not epoch.ready:
+                epoch = self._load_epoch(None)
+            send, held = quarantine_split(claims, epoch, freshness.future_skew_ms)
+            rows = claims if not held else [claims[i] for i in send]
+            calls = self._planner.plan(rows) if rows else []
+            ttl = self.retention_ms(freshness)
+            replies = self._execute(calls, ttl, epoch.epoch) if calls else []
+            if any(is_lost(reply) for reply in replies):
+                self._recover_from_loss(epoch)
         except _REDIS_FAILURES as exc:
             raise self._unavailable(exc) from exc
-        verdicts = decode_verdicts(calls, replies, len(claims))
+        verdicts = decode_verdicts(calls, replies, len(rows)) if rows else []
         if verdicts is None:
             raise ReplayGuardUnavailable("Redis returned a malformed replay claim reply")
-        return verdicts
+        return merge_verdicts(len(claims), send, verdicts) if held else verdicts
 
-    def _execute(self, calls: list[ScriptCall], ttl: int) -> list[Any]:
+    def _load_epoch(self, known: str | None) -> EpochState:
+        """Read the epoch record (see the async guard's twin)."""
+        key = epoch_key(self.prefix)
+        state = parse_epoch_record(self._client.hgetall(key))
+        if state is None and known is not None:
+            mine = new_epoch()
+            state = parse_epoch_record(self._recover(keys=[key], args=["", mine, 0, REBUILDING]))
+            if state is not None and state.epoch == mine:
+                state = self._restore(state, ready=True)
+        if state is None or not state.ready:
+            self._epoch = None
+            raise lost_error(self.prefix, state)
+        self._epoch = state
+        return state
+
+    def _recover_from_loss(self, known: EpochState) -> None:
+        """Start a new epoch after a loss (see the async guard's twin); raises."""
+        self._epoch = None
+        mine = new_epoch()
+        lost_at = int(time.time() * 1000)
+        state = parse_epoch_record(
+            self._recover(
+                keys=[epoch_key(self.prefix)], args=[known.epoch, mine, lost_at, REBUILDING]
+            )
+        )
+        if state is not None and state.epoch == mine:
+            _log.error(
+                "replay guard prefix %r: Redis lost its nonces; new epoch started (%s)",
+                self.prefix,
+                self.on_state_loss,
+            )
+            state = self._restore(state, ready=self.on_state_loss == "quarantine")
+        raise lost_error(self.prefix, state)
+
+    def _restore(self, state: EpochState, *, ready: bool) -> EpochState:
+        if self.check_layout:
+            self._client.set(layout_key(self.prefix), self.layout.encode(), nx=True)
+        value = state.epoch.encode()
+        if self._cluster:
+            pipe = self._client.pipeline()
+            for slot in range(SLOTS):
+                pipe.set(marker_key(self.prefix, slot), value)
+            pipe.execute()
+        else:
+            self._client.set(marker_key(self.prefix), value)
+        if not ready:
+            return state
+        self._client.hset(epoch_key(self.prefix), "state", READY)
+        return EpochState(state.epoch, state.lost_at, state.covered, ready=True)
+
+    def _keys(self, call: ScriptCall) -> list[bytes]:
+        keys = list(call.keys)
+        keys.append(marker_key(self.prefix, key_slot(keys[0]) if self._cluster else None))
+        return keys
+
+    def _execute(self, calls: list[ScriptCall], ttl: int, epoch: str) -> list[Any]:
         if len(calls) == 1 or self._cluster:
             # redis-py refuses EVALSHA in cluster pipelines: one call per slot
-            return [self._script(keys=list(c.keys), args=[ttl, c.blob]) for c in calls]
+            return [self._script(keys=self._keys(c), args=[ttl, c.blob, epoch]) for c in calls]
         replies: list[Any] = [None] * len(calls)
         pending = list(range(len(calls)))
         for _ in range(2):
             pipe = self._client.pipeline(transaction=False)
             for i in pending:
-                keys = list(calls[i].keys)
-                pipe.evalsha(self._script.sha, len(keys), *keys, ttl, calls[i].blob)
+                keys = self._keys(calls[i])
+                pipe.evalsha(self._script.sha, len(keys), *keys, ttl, calls[i].blob, epoch)
             results = pipe.execute(raise_on_error=False)
             missing = []
             for i, result in zip(pending, results, strict=True):

@@ -23,7 +23,7 @@ PARTS: tuple[str, ...] = (
     "faststream",
 )
 #: Parts run only when named in ``--only`` (they take minutes), after the others.
-EXTRA_PARTS: tuple[str, ...] = ("steady",)
+EXTRA_PARTS: tuple[str, ...] = ("steady", "durable")
 
 
 @dataclass(frozen=True, slots=True)

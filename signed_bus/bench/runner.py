@@ -40,6 +40,7 @@ _PART_FUNCTIONS: dict[str, tuple[str, str]] = {
     "confluent": ("signed_bus.bench.confluent", "measure_confluent"),
     "steady": ("signed_bus.bench.steady", "measure_steady"),
     "faststream": ("signed_bus.bench.faststream_cost", "measure_faststream"),
+    "durable": ("signed_bus.bench.durable_cost", "measure_durable"),
 }
 
 

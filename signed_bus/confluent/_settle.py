@@ -32,7 +32,7 @@ from signed_bus._kafka.options import Backoff
 from signed_bus._metrics import ConsumerMetrics
 from signed_bus._replay.sync_guard import SyncRedisReplayGuard
 from signed_bus.confluent._records import split_messages
-from signed_bus.errors import ReplayGuardUnavailable, VerificationError
+from signed_bus.errors import ReplayGuardUnavailable, ReplayStateLost, VerificationError
 
 __all__ = ["DeadLetters", "Hold", "SyncSettler", "hold_paused"]
 
@@ -212,7 +212,7 @@ class SyncSettler:
             error = exc
         else:
             return True
-        if gate.fail_open:
+        if gate.fail_open and not isinstance(error, ReplayStateLost):  # a loss always holds
             gate.metrics.observer.unchecked([record for _, _, record, _ in batch.verified])
             gate.unchecked(batch, error)
             return True

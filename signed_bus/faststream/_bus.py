@@ -52,6 +52,7 @@ from signed_bus.errors import (
     ConfigurationError,
     MalformedEnvelope,
     ReplayGuardUnavailable,
+    ReplayStateLost,
     UnsupportedContentType,
     VerificationError,
 )
@@ -312,7 +313,7 @@ class SignedBus:
                 return attempt > 0
             except ReplayGuardUnavailable as exc:
                 observer.guard_unavailable(len(rows))
-                if gate.fail_open:
+                if gate.fail_open and not isinstance(exc, ReplayStateLost):  # a loss holds
                     observer.unchecked([record for _, _, record, _ in batch.verified])
                     gate.unchecked(batch, exc)
                     return attempt > 0

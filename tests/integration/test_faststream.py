@@ -353,7 +353,7 @@ async def test_records_held_while_redis_is_down_are_delivered_once_it_is_back(
         for seq in range(3):
             await publisher.publish(result(seq), topic)
     handled: list[tuple[int, ClaimVerdict | None]] = []
-    with RedisProcess(directory=tmp_path) as server:
+    with RedisProcess(directory=tmp_path, persistent=True) as server:
         claims = guard(server.url, "down")
         await claims.start()
         server.stop()

@@ -66,7 +66,7 @@ def _free(port: int) -> bool:
 def redis_server() -> Iterator[RedisProcess]:
     """A redis-server of this test's own at 6390 and up (no persistence: empty after a
     restart, like a Redis that lost its data)."""
-    with RedisProcess(fixed_ports(6390)) as server:
+    with RedisProcess(fixed_ports(6390), persistent=True) as server:
         yield server
 
 

@@ -62,7 +62,7 @@ class Clock:
 
 @pytest.fixture
 def redis_server() -> Iterator[RedisProcess]:
-    with RedisProcess(fixed_ports(6490)) as server:
+    with RedisProcess(fixed_ports(6490), persistent=True) as server:
         yield server
 
 

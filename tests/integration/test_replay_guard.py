@@ -225,7 +225,13 @@ async def test_empty_batch_costs_nothing(guard: RedisReplayGuard) -> None:
 # --- one round trip per batch ---------------------------------------------------------------
 
 
-_SCRIPT_INTERNAL = {"cmdstat_hsetnx", "cmdstat_hget", "cmdstat_pttl", "cmdstat_pexpire"}
+_SCRIPT_INTERNAL = {
+    "cmdstat_hsetnx",
+    "cmdstat_hget",
+    "cmdstat_pttl",
+    "cmdstat_pexpire",
+    "cmdstat_get",
+}
 
 
 async def command_calls(client: aioredis.Redis) -> Counter[str]:

@@ -57,6 +57,7 @@ PUBLIC = {
     # replay guard
     "Claim",
     "ClaimVerdict",
+    "RebuildSource",
     "RedisReplayGuard",
     "estimate_memory_bytes",
     "recommended_shards",
