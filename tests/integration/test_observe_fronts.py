@@ -147,7 +147,7 @@ async def test_a_confluent_consumer_and_producer_count_what_their_own_counters_c
     verdicts = {
         v.value: sample("signed_bus_claims_total", verdict=v.value, **at) for v in ClaimVerdict
     }
-    assert verdicts == {"new": 6, "same_position": 0, "replay": 1}
+    assert verdicts == {"new": 6, "same_position": 0, "replay": 1, "quarantined": 0}
     assert sample("signed_bus_record_age_seconds_count", **at) == counted.delivered
     assert (sample("signed_bus_verify_duration_seconds_count", group=group) or 0) >= 1
     assert (sample("signed_bus_claim_duration_seconds_count", group=group) or 0) >= 1

@@ -180,7 +180,7 @@ async def test_metrics_pass_the_exposition_checks_and_match_the_counters(
     verdicts = {
         v.value: value(families, "signed_bus_claims", verdict=v.value, **at) for v in ClaimVerdict
     }
-    assert verdicts == {"new": 6, "same_position": 0, "replay": 1}
+    assert verdicts == {"new": 6, "same_position": 0, "replay": 1, "quarantined": 0}
     assert value(families, "signed_bus_record_age_seconds", **at) == counted.delivered
     assert value(families, "signed_bus_verify_duration_seconds", group=group) >= 1
     assert value(families, "signed_bus_claim_duration_seconds", group=group) >= 1
