@@ -211,7 +211,8 @@ async def test_fail_closed_holds_everything_while_redis_is_down_then_delivers_it
     delivered = [(m.partition, m.offset) for m in running.delivered]
     assert len(delivered) == len(set(delivered)), "each record once"
     assert set(delivered) == produced, "every honest record delivered after Redis returned"
-    assert len(produced) >= 120
+    # at least 30 before the outage, 30 sent during it and 30 after it (more while waiting)
+    assert len(produced) >= 90
 
 
 async def test_fail_open_delivers_during_the_outage_and_counts_it_unchecked(
