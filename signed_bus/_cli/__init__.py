@@ -22,6 +22,8 @@ import contextlib
 import logging
 from collections.abc import Callable, Iterator, Sequence
 
+from redis.exceptions import ConnectionError as RedisConnectionError
+
 from signed_bus import __version__
 from signed_bus._cli import bench, dlq, export_public, guard, inspect, keygen, tail, trace
 from signed_bus._cli.options import (
@@ -103,7 +105,7 @@ def _main(argv: Sequence[str] | None) -> int:
     except Unreachable as exc:
         error(str(exc))
         return EXIT_UNREACHABLE
-    except (ProvenanceIndexUnavailable, ReplayGuardUnavailable):
+    except (ProvenanceIndexUnavailable, ReplayGuardUnavailable, RedisConnectionError):
         error(f"Redis at {shown_url(getattr(args, 'redis_url', ''))} is unreachable")
         return EXIT_UNREACHABLE
     except KeyboardInterrupt:
