@@ -154,7 +154,10 @@ class RedisReplayGuard(AsyncLifecycle):
         self._started = False
         self._stopped = False
         self._start_lock = asyncio.Lock()
-        self._checked_at = -_SHARD_CHECK_EVERY_S
+        # The first check waits one period: a just-started guard has no full bucket to look at
+        # yet, and a check at the first claim costs a second connection and a round trip in
+        # every short-lived consumer.
+        self._checked_at = time.monotonic()
         self._check_task: asyncio.Task[None] | None = None
         self._warned_hashtable = False
 
