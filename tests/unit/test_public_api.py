@@ -152,6 +152,12 @@ def test_public_names_are_exactly_the_pinned_list() -> None:
     assert set(signed_bus.__all__) == PUBLIC
 
 
+def test_the_changelog_counts_the_public_names() -> None:
+    # The "Public API" paragraph quotes how many names `__all__` holds; it went stale twice.
+    counts = re.findall(r"\((\d+) names, grouped", (ROOT / "CHANGELOG.md").read_text())
+    assert counts == [str(len(signed_bus.__all__))]
+
+
 def test_every_public_name_resolves() -> None:
     namespace: dict[str, object] = {}
     exec("from signed_bus import *", namespace)
