@@ -31,7 +31,6 @@ import os
 import shutil
 import signal
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 from typing import Self
@@ -44,7 +43,8 @@ __all__ = ["NamespacedRedisCluster", "Namespaces", "remove_leftovers"]
 PREFIX = "sbn"
 _PID_WIDTH = 5
 _SUBNETS = "10.213.{}.0/24"
-_LOCK = Path(tempfile.gettempdir()) / "signed-bus-netns.lock"
+#: Locked while a run picks its subnet (this file: the lock leaves nothing behind).
+_LOCK = Path(__file__)
 _IPTABLES = shutil.which("iptables") or "/usr/sbin/iptables"
 _counter = itertools.count()
 _DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
@@ -170,7 +170,7 @@ class Namespaces:
 
     def create(self) -> Self:
         """Remove leftovers of crashed runs, then create the bridge and the namespaces."""
-        with open(_LOCK, "a") as lock:
+        with open(_LOCK, "rb") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # two runs never pick the same subnet
             remove_leftovers()
             self.network = self._free_subnet()
