@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Command-line tools the test suite drives besides the services: Graphviz's `dot`, which parses
-# what `signed-bus trace --format dot` prints (tests/integration/test_trace.py).
+# what `signed-bus trace --format dot` prints (tests/integration/test_trace.py); `ip` (iproute2)
+# and `iptables`, which build and cut the network namespaces of tests/integration/netns.py.
 #   bash compose/tools.sh ensure   installs what is missing with apt-get (Debian), else fails
 set -euo pipefail
 
@@ -10,6 +11,8 @@ say() { echo "tools.sh: $*" >&2; }
 ensure() {
     local missing=()
     command -v dot >/dev/null || missing+=(graphviz)
+    command -v ip >/dev/null || missing+=(iproute2)
+    command -v iptables >/dev/null || [ -x /usr/sbin/iptables ] || missing+=(iptables)
     [ ${#missing[@]} -eq 0 ] && return 0
     command -v apt-get >/dev/null || die "missing ${missing[*]} and apt-get is not available; install ${missing[*]} yourself"
     [ "$(id -u)" = 0 ] || die "missing ${missing[*]}; run as root (apt-get install -y ${missing[*]})"

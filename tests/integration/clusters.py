@@ -16,6 +16,10 @@ For a local scale test by hand (Ctrl-C stops and removes everything)::
     python -m tests.integration.clusters
 
 Every process is stopped and the folder removed when the block ends, also on failure.
+
+Where a node runs is a :class:`Placement` (the default, :class:`Loopback`: a process of this
+network namespace on 127.0.0.1); tests/integration/netns.py places each node in a network
+namespace of its own, to cut one off from the others.
 """
 
 from __future__ import annotations
@@ -32,9 +36,9 @@ import time
 import uuid
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Protocol, Self
 
-__all__ = ["KafkaClusterProcesses", "RedisClusterProcesses"]
+__all__ = ["KafkaClusterProcesses", "Loopback", "Placement", "RedisClusterProcesses"]
 
 HOST = "127.0.0.1"
 REPO = Path(__file__).resolve().parents[2]
@@ -57,9 +61,9 @@ def _free_pair() -> int:
     raise RuntimeError("no free port pair for a Redis Cluster node")
 
 
-def _cli(port: int, *args: str, timeout: float = 10) -> str:
+def _cli(port: int, *args: str, host: str = HOST, timeout: float = 10) -> str:
     done = subprocess.run(
-        ["redis-cli", "-h", HOST, "-p", str(port), *args],
+        ["redis-cli", "-h", host, "-p", str(port), *args],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -69,53 +73,96 @@ def _cli(port: int, *args: str, timeout: float = 10) -> str:
     return done.stdout
 
 
+class Placement(Protocol):
+    """Where node ``index`` (0-based, in start order) of a Redis Cluster runs."""
+
+    def host(self, index: int) -> str:
+        """The address the node binds and announces to clients and to the other nodes."""
+
+    def command(self, index: int, args: list[str]) -> list[str]:
+        """The command line that launches the node, given the redis-server command line."""
+
+
+class Loopback:
+    """Every node a process of this network namespace, on 127.0.0.1."""
+
+    def host(self, index: int) -> str:
+        return HOST
+
+    def command(self, index: int, args: list[str]) -> list[str]:
+        return args
+
+
 class RedisClusterProcesses:
     """``masters`` redis-server masters with ``replicas`` replicas each, as one Redis Cluster
     (no persistence; ``node_timeout_ms`` decides how fast a replica takes over)."""
 
-    def __init__(self, masters: int = 3, replicas: int = 1, *, node_timeout_ms: int = 2_000):
+    def __init__(
+        self,
+        masters: int = 3,
+        replicas: int = 1,
+        *,
+        node_timeout_ms: int = 2_000,
+        placement: Placement | None = None,
+    ):
         if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
             raise RuntimeError("redis-server and redis-cli must be installed")
         self.masters, self.replicas = masters, replicas
         self.node_timeout_ms = node_timeout_ms
+        self.placement = placement or Loopback()
         self.directory = Path(tempfile.mkdtemp(prefix="redis-cluster-"))
         self.ports: list[int] = []
+        #: the address of the node on each port
+        self.hosts: dict[int, str] = {}
         self._procs: dict[int, subprocess.Popen[bytes]] = {}
         self._args: dict[int, list[str]] = {}
 
     @property
     def url(self) -> str:
         alive = [port for port in self.ports if self._procs[port].poll() is None]
-        return f"redis://{HOST}:{alive[0]}"
+        return f"redis://{self.hosts[alive[0]]}:{alive[0]}"
+
+    def cli(self, port: int, *args: str, timeout: float = 10) -> str:
+        """``redis-cli`` against the node on ``port``: its standard output."""
+        return _cli(port, *args, host=self.hosts[port], timeout=timeout)
 
     def start(self) -> Self:
-        for _ in range(self.masters * (1 + self.replicas)):
+        for index in range(self.masters * (1 + self.replicas)):
             port = _free_pair()
+            while port in self.hosts:  # a node elsewhere (a namespace) leaves its port free here
+                port = _free_pair()
+            host = self.hosts[port] = self.placement.host(index)
             folder = self.directory / str(port)
             folder.mkdir()
-            args = ["redis-server", "--bind", HOST, "--port", str(port), "--cluster-enabled",
+            args = ["redis-server", "--bind", host, "--port", str(port), "--cluster-enabled",
                     "yes", "--cluster-config-file", str(folder / "nodes.conf"),
+                    "--cluster-announce-ip", host, "--protected-mode", "no",
                     "--cluster-node-timeout", str(self.node_timeout_ms), "--save", "",
                     "--appendonly", "no", "--dir", str(folder),
                     "--repl-diskless-sync-delay", "0"]  # fmt: skip
-            self._args[port] = args
+            self._args[port] = self.placement.command(index, args)
             self._procs[port] = subprocess.Popen(
-                args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+                self._args[port], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
             )
             self.ports.append(port)
         for port in self.ports:
-            self._wait(lambda port=port: _cli(port, "PING").strip() == "PONG", f"{port} up")
+            self._wait(lambda port=port: self.cli(port, "PING").strip() == "PONG", f"{port} up")
         subprocess.run(
-            ["redis-cli", "--cluster", "create", *(f"{HOST}:{p}" for p in self.ports),
+            ["redis-cli", "--cluster", "create", *(f"{self.hosts[p]}:{p}" for p in self.ports),
              "--cluster-replicas", str(self.replicas), "--cluster-yes"],
             check=True, capture_output=True, timeout=60, stdin=subprocess.DEVNULL,
         )  # fmt: skip
-        self._wait(self._settled, "every node to see cluster_state:ok and its replicas")
+        self.wait_settled()
         return self
+
+    def wait_settled(self, *, within: float = 60) -> None:
+        """Wait until every live node sees ``cluster_state:ok``, there are ``masters``
+        masters, and each has ``replicas`` replicas that finished their first sync."""
+        self._wait(self._settled, "every node to see cluster_state:ok and its replicas", within)
 
     def _settled(self) -> bool:
         alive = [port for port in self.ports if self._procs[port].poll() is None]
-        if not all("cluster_state:ok" in _cli(port, "CLUSTER", "INFO") for port in alive):
+        if not all("cluster_state:ok" in self.cli(port, "CLUSTER", "INFO") for port in alive):
             return False
         masters = [port for port in alive if self.role(port) == "master"]
         online = [
@@ -125,7 +172,7 @@ class RedisClusterProcesses:
         return len(masters) == self.masters and all(n >= self.replicas for n in online)
 
     def _info(self, port: int) -> dict[str, str]:
-        lines = _cli(port, "INFO", "replication").splitlines()
+        lines = self.cli(port, "INFO", "replication").splitlines()
         return dict(line.strip().split(":", 1) for line in lines if ":" in line)
 
     def role(self, port: int) -> str:
@@ -136,7 +183,7 @@ class RedisClusterProcesses:
         for port in self.ports:
             if self._procs[port].poll() is not None:
                 continue
-            for line in _cli(port, "CLUSTER", "NODES").splitlines():
+            for line in self.cli(port, "CLUSTER", "NODES").splitlines():
                 fields = line.split()
                 if "master" not in fields[2] or "fail" in fields[2]:
                     continue
@@ -158,7 +205,7 @@ class RedisClusterProcesses:
         self._procs[port] = subprocess.Popen(
             self._args[port], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
-        self._wait(lambda: _cli(port, "PING").strip() == "PONG", f"{port} up")
+        self._wait(lambda: self.cli(port, "PING").strip() == "PONG", f"{port} up")
 
     def wait_promoted(self, killed: int, *, within: float = 60) -> int:
         """Wait until a replica of the killed master serves its slots and the cluster is ok;
@@ -172,7 +219,7 @@ class RedisClusterProcesses:
                 port = killed
             alive = [p for p in self.ports if self._procs[p].poll() is None]
             if port != killed and all(
-                "cluster_state:ok" in _cli(p, "CLUSTER", "INFO") for p in alive
+                "cluster_state:ok" in self.cli(p, "CLUSTER", "INFO") for p in alive
             ):
                 return port
             if time.monotonic() > deadline:
@@ -184,7 +231,7 @@ class RedisClusterProcesses:
         for other in self.ports:
             if other == port or self._procs[other].poll() is not None:
                 continue
-            for line in _cli(other, "CLUSTER", "NODES").splitlines():
+            for line in self.cli(other, "CLUSTER", "NODES").splitlines():
                 fields = line.split()
                 if fields[1].split("@")[0].endswith(f":{port}") and len(fields) > 8:
                     return int(fields[8].partition("-")[0])
