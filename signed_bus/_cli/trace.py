@@ -3,7 +3,8 @@
 Start from a record in Kafka (``--position topic:partition:offset``) or an envelope saved to a
 file (``--file``). Every parent is looked up in the provenance index (Redis), read back from
 Kafka, checked against its digest and verified in audit mode; the chain is printed link by link.
-Exit 0: every link verified; 1: a link is missing, tampered or invalid; 2: usage/configuration.
+Exit 0: every link verified; 1: a link is missing, tampered or invalid, or the walk stopped at
+``--max-links`` with parents unchecked; 2: usage/configuration.
 Record text in the report is escaped (:meth:`signed_bus._provenance.TraceLink.describe`), so a
 signed model name cannot print a fake "chain verified" line.
 """
@@ -73,6 +74,14 @@ def register(subparsers: Subparsers) -> None:
         default=os.environ.get("AGENT_STATE_PREFIX", "signed-bus"),
         help="key prefix of the provenance index (default: $AGENT_STATE_PREFIX or signed-bus)",
     )
+    parser.add_argument(
+        "--max-links",
+        type=_positive,
+        default=1000,
+        metavar="N",
+        help="stop the walk after N links (default 1000); a walk stopped with parents left "
+        "unchecked is reported as not verified (exit 1)",
+    )
     add_connection_options(parser, redis=True)
     add_progress_option(parser)
     output = parser.add_mutually_exclusive_group()
@@ -122,7 +131,12 @@ async def _run(
         raise
     async with index, fetcher:
         progress = Progress("tracing, records read", None, args)
-        tracer = Tracer(index=index, verifier=verifier, fetcher=_Counted(fetcher, progress))
+        tracer = Tracer(
+            index=index,
+            verifier=verifier,
+            fetcher=_Counted(fetcher, progress),
+            max_links=args.max_links,
+        )
         if start is not None:
             report = await tracer.trace_position(start)
         else:
@@ -151,6 +165,16 @@ async def _run(
     else:
         print(report.format())
     return 0 if report.ok else 1
+
+
+def _positive(text: str) -> int:
+    try:
+        number = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return number
 
 
 class _Counted:

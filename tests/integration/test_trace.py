@@ -214,6 +214,20 @@ async def test_cli_trace(
         timeout=60,
     )
     assert by_file.returncode == 0, by_file.stderr + by_file.stdout
+    # A walk cut short by --max-links has not checked every link: exit 1, never "verified".
+    short = await asyncio.to_thread(
+        subprocess.run,
+        [*base, "--position", str(start), "--max-links", "2", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert short.returncode == 1, short.stderr + short.stdout
+    document = json.loads(short.stdout)
+    assert document["ok"] is False
+    assert document["truncated"] is True and document["unchecked"] == 1
+    assert [link["status"] for link in document["links"]] == ["ok", "ok"]
     await index.forget(chain.digests[1])
     broken = await asyncio.to_thread(
         subprocess.run,
