@@ -266,8 +266,10 @@ async def start_client(client: Any, what: str) -> None:
     unclosed one warns when collected) and raise :class:`Unreachable` naming ``what``."""
     from aiokafka.errors import KafkaError
 
+    from signed_bus._lifecycle import start_kafka_client
+
     try:
-        await client.start()
+        await start_kafka_client(client)
     except (KafkaError, OSError) as exc:
         # Closing what never opened; the cause is what gets reported.
         with contextlib.suppress(Exception):
