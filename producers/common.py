@@ -52,6 +52,7 @@ import signed_bus
 from producers.observe import observe
 from signed_bus import ConfigurationError, Freshness, Keyring, KeySource, printable
 from signed_bus._redis_url import RedisUrl
+from signed_bus._url import without_credentials
 
 __all__ = [
     "AgentEnv",
@@ -318,15 +319,9 @@ async def read_status(client: aioredis.Redis, key: str) -> dict[str, Any]:
 
 
 def shown_url(url: str) -> str:
-    """A URL as logs may show it: no credentials (everything up to the last '@', split on the
-    raw text: a parser would end the authority at a '/' inside a password), query or fragment."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return "(not a URL)"
-    rest = rest.rpartition("@")[2]
-    for mark in ("?", "#"):
-        rest = rest.partition(mark)[0]
-    return f"{scheme}://{rest}"
+    """A URL as logs may show it: no credentials, query or fragment (the library's rule, one
+    implementation: everything up to the last '@' is credentials)."""
+    return without_credentials(url)
 
 
 def describe_keyring(ring: Keyring) -> str:

@@ -31,7 +31,7 @@ from typing import Final
 
 from signed_bus._keyfile import KEYRING_ENV_VAR, read_file
 from signed_bus._keys import Keyring
-from signed_bus._url import AMBIGUOUS_USERINFO, userinfo_is_ambiguous
+from signed_bus._url import AMBIGUOUS_USERINFO, userinfo_is_ambiguous, without_credentials
 from signed_bus.errors import ConfigurationError, Stopped
 
 __all__ = ["KEYRING_FILE_ENV_VAR", "KeySource", "load_keyring"]
@@ -98,16 +98,11 @@ class _SafeRedirects(urllib.request.HTTPRedirectHandler):
 
 
 def _shown(location: str) -> str:
-    """The location as logs may show it: no user, password, query or fragment. Split on the raw
-    text (everything up to the last '@' is credentials), as the Redis URLs are: a parser would
-    end the authority at a '/' or '?' inside a password and show the rest of it."""
-    scheme, sep, rest = location.partition("://")
-    if not sep or scheme not in ("http", "https"):
+    """The location as logs may show it: a URL without user, password, query or fragment
+    (:func:`signed_bus._url.without_credentials`), a file path as it is."""
+    if not location.startswith(("http://", "https://")):
         return location
-    rest = rest.rpartition("@")[2]
-    for mark in ("?", "#"):
-        rest = rest.partition(mark)[0]
-    return f"{scheme}://{rest}"
+    return without_credentials(location)
 
 
 def load_keyring(

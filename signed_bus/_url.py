@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import urllib.parse
 
-__all__ = ["AMBIGUOUS_USERINFO", "split_userinfo", "userinfo_is_ambiguous"]
+__all__ = ["AMBIGUOUS_USERINFO", "split_userinfo", "userinfo_is_ambiguous", "without_credentials"]
 
 #: What to tell the user about a URL :func:`userinfo_is_ambiguous` refuses.
 AMBIGUOUS_USERINFO = (
@@ -43,3 +43,15 @@ def userinfo_is_ambiguous(url: str) -> bool:
         netloc = ""
     parsed = netloc.rpartition("@")[0] if "@" in netloc else None
     return userinfo != parsed
+
+
+def without_credentials(url: str) -> str:
+    """``url`` as logs and errors may show it: no userinfo (everything up to the last '@'), query
+    or fragment, so neither a password nor a token in the query is shown; ``"(not a URL)"``
+    without a ``://``. Not escaped: print it through :func:`signed_bus._text.printable`."""
+    if "://" not in url:
+        return "(not a URL)"
+    scheme, _, rest = split_userinfo(url)
+    for mark in ("?", "#"):
+        rest = rest.partition(mark)[0]
+    return f"{scheme}://{rest}"
