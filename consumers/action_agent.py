@@ -190,7 +190,7 @@ async def run() -> int:
             "verify keyring": describe_keyring(ring),
         },
     )
-    redis = aioredis.Redis.from_url(env.redis_url)
+    redis = env.redis()
     agent = ActionAgent(
         redis,
         state_prefix=env.state_prefix,

@@ -34,7 +34,6 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
-import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer
 
 from producers.common import (
@@ -242,7 +241,7 @@ async def run() -> int:
             "verify keyring": describe_keyring(ring),
         },
     )
-    redis = aioredis.Redis.from_url(env.redis_url)
+    redis = env.redis()
     index = ProvenanceIndex(redis, ttl_ms=ttl_ms, prefix=env.state_prefix)
     auditor = Auditor(index, topics=topics)
     guard = RedisReplayGuard.from_url(env.redis_url, prefix=env.replay_prefix)

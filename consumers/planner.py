@@ -148,7 +148,7 @@ async def run() -> int:
             "verify keyring": describe_keyring(verify_ring),
         },
     )
-    redis = aioredis.Redis.from_url(env.redis_url)
+    redis = env.redis()
     planner = Planner(
         redis,
         ledger_key=env.ledger_key(env.agent_id),

@@ -50,8 +50,9 @@ from demo.report import (
     conclude,
     format_report,
 )
-from producers.common import read_status
+from producers.common import checked_redis_url, read_status, redis_client
 from signed_bus import (
+    ConfigurationError,
     Keyring,
     Position,
     ProvenanceIndex,
@@ -106,6 +107,7 @@ class Demo:
             self.scale = Scale(**{**_asdict(self.scale), "prompts": args.prompts})
         self.bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
         self.redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+        checked_redis_url(self.redis_url)  # refused before anything is set up
         self.run_id = time.strftime("demo%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:4]
         self.home = Path(args.dir or REPO / ".services" / "demo") / self.run_id
         self.keys = self.home / "keys"
@@ -407,7 +409,7 @@ class Demo:
         """Run ``tidy`` on a client of its own; a failure is reported, never raised, so it
         cannot change the exit status."""
         try:
-            redis = aioredis.Redis.from_url(self.redis_url)
+            redis = redis_client(self.redis_url)
             try:
                 print(await self.tidy(redis), flush=True)
             finally:
@@ -431,7 +433,7 @@ class Demo:
         print(f"  keys and agent logs: {self.home}")
         self.keygen()
         await self.create_topics()
-        redis = aioredis.Redis.from_url(self.redis_url)
+        redis = redis_client(self.redis_url)
         try:
             self.start("auditor", "consumers.auditor", None, STATUS_INTERVAL_S="5")
             self.start("action-agent", "consumers.action_agent", None)
@@ -520,7 +522,11 @@ def main(argv: list[str] | None = None) -> int:
         "the records go after a day, so the printed trace command works until then)",
     )
     args = parser.parse_args(argv)
-    demo = Demo(args)
+    try:
+        demo = Demo(args)
+    except ConfigurationError as exc:
+        print(f"{parser.prog}: error: {printable(str(exc))}", file=sys.stderr)
+        return 2
     try:
         return asyncio.run(demo.run())
     except KeyboardInterrupt:

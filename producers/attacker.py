@@ -35,7 +35,6 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import msgpack
-import redis.asyncio as aioredis
 
 from signed_bus import Keyring, Signer, generate_ed25519_key
 
@@ -338,7 +337,7 @@ async def run() -> int:
     )
     stop = asyncio.Event()
     install_stop_signals(stop)
-    redis = aioredis.Redis.from_url(env.redis_url)
+    redis = env.redis()
     status = StatusBoard(redis, env.status_key())
     tried: Counter[str] = Counter()
     by_topic: Counter[str] = Counter()

@@ -4,7 +4,8 @@ hash in Redis, and a clean stop on SIGTERM/SIGINT.
 Environment (all agents; defaults in brackets):
 
 - ``KAFKA_BOOTSTRAP_SERVERS`` [``127.0.0.1:9092``]
-- ``REDIS_URL``: Redis for the replay guard and agent state [``redis://127.0.0.1:6379/0``]
+- ``REDIS_URL``: Redis for the replay guard and agent state [``redis://127.0.0.1:6379/0``];
+  checked at start as the guard checks it (percent-encode '/', '?' and '#' in a password)
 - ``SIGNED_BUS_KEYRING_FILE``: the agent's own key file (or ``SIGNED_BUS_KEYRING``: its
   contents)
 - ``SIGNED_BUS_VERIFY_KEYRING_FILE``: the public keys it verifies with [the key file above]
@@ -50,6 +51,8 @@ import redis.asyncio as aioredis
 import signed_bus
 from producers.observe import observe
 from signed_bus import ConfigurationError, Freshness, Keyring, KeySource, printable
+from signed_bus._redis_url import RedisUrl
+from signed_bus._url import without_credentials
 
 __all__ = [
     "AgentEnv",
@@ -64,6 +67,7 @@ __all__ = [
     "load_keyring",
     "load_verify_keyring",
     "log_settings",
+    "redis_client",
     "setup_logging",
     "shown_url",
 ]
@@ -163,10 +167,12 @@ class AgentEnv:
         results = env_str("RESULTS_TOPIC", "inference.results")
         plans = env_str("PLANS_TOPIC", "agent.plans")
         window = Freshness()
+        redis_url = env_str("REDIS_URL", "redis://127.0.0.1:6379/0")
+        checked_redis_url(redis_url)  # refused here, before anything starts
         return cls(
             agent_id=env_str("AGENT_ID", default_agent_id),
             bootstrap_servers=env_str("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
-            redis_url=env_str("REDIS_URL", "redis://127.0.0.1:6379/0"),
+            redis_url=redis_url,
             replay_prefix=env_str("SIGNED_BUS_REPLAY_PREFIX", "signed-bus"),
             state_prefix=env_str("AGENT_STATE_PREFIX", "signed-bus"),
             results_topic=results,
@@ -200,11 +206,32 @@ class AgentEnv:
             "SIGNED_BUS_JWKS_URL": shown_url(jwks) if jwks else None,
         }
 
+    def redis(self) -> aioredis.Redis:
+        """A client for agent state at ``REDIS_URL`` (:func:`redis_client`)."""
+        return redis_client(self.redis_url)
+
     def status_key(self, agent: str | None = None) -> str:
         return f"{self.state_prefix}:status:{agent or self.agent_id}"
 
     def ledger_key(self, name: str) -> str:
         return f"{self.state_prefix}:ledger:{name}"
+
+
+def checked_redis_url(url: str) -> RedisUrl:
+    """``url`` checked as the replay guard checks it: a userinfo every parser reads the same way
+    (a password holding an unencoded '/', '#' or '?' would be parsed as a host or port and
+    quoted by the client's error), the password masked in any error."""
+    try:
+        return RedisUrl(url)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"REDIS_URL: {exc}") from None
+
+
+def redis_client(url: str) -> aioredis.Redis:
+    """The one way the agents and the demo build a Redis client: the library's checked URL
+    (:func:`checked_redis_url`), then redis-py's ``from_url``; ConfigurationError (exit 2, the
+    password masked) instead of the client's own error."""
+    return checked_redis_url(url).client(aioredis.Redis.from_url, "agent state")
 
 
 def setup_logging(agent_id: str) -> logging.Logger:
@@ -292,15 +319,9 @@ async def read_status(client: aioredis.Redis, key: str) -> dict[str, Any]:
 
 
 def shown_url(url: str) -> str:
-    """A URL as logs may show it: no credentials (everything up to the last '@', split on the
-    raw text: a parser would end the authority at a '/' inside a password), query or fragment."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return "(not a URL)"
-    rest = rest.rpartition("@")[2]
-    for mark in ("?", "#"):
-        rest = rest.partition(mark)[0]
-    return f"{scheme}://{rest}"
+    """A URL as logs may show it: no credentials, query or fragment (the library's rule, one
+    implementation: everything up to the last '@' is credentials)."""
+    return without_credentials(url)
 
 
 def describe_keyring(ring: Keyring) -> str:

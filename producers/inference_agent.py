@@ -22,8 +22,6 @@ import contextlib
 import sys
 import time
 
-import redis.asyncio as aioredis
-
 from producers.common import (
     AgentEnv,
     StatusBoard,
@@ -69,7 +67,7 @@ async def run() -> int:
     )
     stop = asyncio.Event()
     install_stop_signals(stop)
-    redis = aioredis.Redis.from_url(env.redis_url)
+    redis = env.redis()
     status = StatusBoard(redis, env.status_key())
     reporter = asyncio.create_task(status.run_every(1.0, stop))
     produced = 0

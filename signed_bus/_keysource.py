@@ -31,6 +31,7 @@ from typing import Final
 
 from signed_bus._keyfile import KEYRING_ENV_VAR, read_file
 from signed_bus._keys import Keyring
+from signed_bus._url import AMBIGUOUS_USERINFO, userinfo_is_ambiguous, without_credentials
 from signed_bus.errors import ConfigurationError, Stopped
 
 __all__ = ["KEYRING_FILE_ENV_VAR", "KeySource", "load_keyring"]
@@ -97,16 +98,11 @@ class _SafeRedirects(urllib.request.HTTPRedirectHandler):
 
 
 def _shown(location: str) -> str:
-    """The location as logs may show it: no user, password, query or fragment. Split on the raw
-    text (everything up to the last '@' is credentials), as the Redis URLs are: a parser would
-    end the authority at a '/' or '?' inside a password and show the rest of it."""
-    scheme, sep, rest = location.partition("://")
-    if not sep or scheme not in ("http", "https"):
+    """The location as logs may show it: a URL without user, password, query or fragment
+    (:func:`signed_bus._url.without_credentials`), a file path as it is."""
+    if not location.startswith(("http://", "https://")):
         return location
-    rest = rest.rpartition("@")[2]
-    for mark in ("?", "#"):
-        rest = rest.partition(mark)[0]
-    return f"{scheme}://{rest}"
+    return without_credentials(location)
 
 
 def load_keyring(
@@ -149,7 +145,9 @@ def _request_parts(location: str) -> tuple[str, dict[str, str]]:
 class KeySource:
     """A :class:`~signed_bus.Keyring` (:attr:`keyring`, hand it to the Verifier) that follows a
     JWK Set at ``location``: an ``https://`` URL, or a file path (checked like a key file:
-    regular, owned by this user or root, not writable by others). Plain ``http://`` only from a
+    regular, owned by this user or root, not writable by others). A user and password in the URL
+    are sent as basic auth; '/', '?' and '#' in them must be percent-encoded (a URL a parser
+    would split differently is refused, as the Redis URLs are). Plain ``http://`` only from a
     loopback host, or anywhere with ``allow_http=True``; redirects obey the same rule and never
     carry the URL's credentials to another origin.
 
@@ -172,6 +170,9 @@ class KeySource:
         self._location = os.fspath(location)
         self._is_url = self._location.startswith(("http://", "https://"))
         self._allow_http = allow_http
+        # First: every check below, and the request, read the host as a URL parser does.
+        if self._is_url and userinfo_is_ambiguous(self._location):
+            raise ConfigurationError(f"JWK Set {_shown(self._location)} {AMBIGUOUS_USERINFO}")
         if self._is_url and not _plain_http_allowed(self._location, allow_http):
             raise ConfigurationError(
                 f"JWK Set {_shown(self._location)}: plain http is refused except from a "

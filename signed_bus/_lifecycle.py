@@ -5,13 +5,14 @@ After ``stop()`` an object refuses ``start()`` and use with :class:`~signed_bus.
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from signed_bus.errors import Stopped
 
-__all__ = ["AsyncLifecycle", "SyncLifecycle", "stopped_error"]
+__all__ = ["AsyncLifecycle", "SyncLifecycle", "start_kafka_client", "stopped_error"]
 
 
 class AsyncLifecycle(ABC):
@@ -66,3 +67,16 @@ class SyncLifecycle(ABC):
 def stopped_error(what: str) -> Stopped:
     """The error every long-lived object raises when started or used after ``stop()``."""
     return Stopped(f"{what} was stopped; it cannot be started again, make a new one")
+
+
+async def start_kafka_client(client: Any) -> None:
+    """``await client.start()`` for an aiokafka consumer or producer, so that ``stop()`` may
+    follow at once.
+
+    A consumer without a group starts a coordinator task in ``start()`` that has not run when
+    ``start()`` returns; ``stop()`` cancels and awaits it, and a task cancelled before its first
+    step raises CancelledError out of ``stop()`` (leaving the client open). One turn of the loop
+    lets it reach its first wait, where a cancel ends it cleanly.
+    """
+    await client.start()
+    await asyncio.sleep(0)

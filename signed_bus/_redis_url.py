@@ -2,8 +2,7 @@
 
 A URL's password must never reach a repr, a log line or an exception. Everything here works on
 the raw text before any parser sees it: the userinfo is everything between ``://`` and the LAST
-``@``. URL parsers end the authority at the first '/', '?' or '#', so a password holding one
-(``redis://user:pa/ss@host``) would otherwise be read as a host, port or path and printed.
+``@`` (:mod:`signed_bus._url`, whose rule refuses a userinfo a parser would read otherwise).
 Masking up to the last '@' can only hide too much (an '@' in a path or query), never a password.
 """
 
@@ -14,6 +13,7 @@ import urllib.parse
 from collections.abc import Callable
 from typing import Any, Final, TypeVar
 
+from signed_bus._url import AMBIGUOUS_USERINFO, split_userinfo, userinfo_is_ambiguous
 from signed_bus.errors import ConfigurationError
 
 __all__ = ["RedisUrl"]
@@ -27,23 +27,12 @@ SCHEMES: Final = ("redis", "rediss")
 _QUERY_PASSWORD: Final = re.compile(r"(?i)([?&;]password=)[^&;#]*")
 
 
-def _split_userinfo(url: str) -> tuple[str, str | None, str]:
-    """``(scheme, userinfo, rest)`` split on the raw text; userinfo None without an '@'."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return "", None, url
-    userinfo, at, host_and_path = rest.rpartition("@")
-    if not at:
-        return scheme, None, rest
-    return scheme, userinfo, host_and_path
-
-
 def redact(url: str) -> str:
     """``url`` with its userinfo password and any ``password=`` query item masked.
 
     A userinfo without a colon is masked whole: it is a username, but often a misplaced password.
     """
-    scheme, userinfo, rest = _split_userinfo(url)
+    scheme, userinfo, rest = split_userinfo(url)
     if not scheme:
         return "<not a URL>"
     shown = ""
@@ -57,7 +46,7 @@ def redact(url: str) -> str:
 def _secrets(url: str) -> tuple[str, ...]:
     """Every string of the URL that is or may be a secret, raw and percent-decoded, longest
     first (so a secret is never half-replaced by a shorter one inside it)."""
-    _, userinfo, rest = _split_userinfo(url)
+    _, userinfo, rest = split_userinfo(url)
     found: list[str] = []
     if userinfo is not None:
         user, colon, password = userinfo.partition(":")
@@ -87,23 +76,14 @@ class RedisUrl:
         self._check_userinfo()
 
     def _check_userinfo(self) -> None:
-        """Refuse a userinfo a parser would read differently from the raw text.
+        """Refuse a userinfo a parser would read differently from the raw text
+        (:mod:`signed_bus._url`).
 
         ``redis://user:1234#secret@host/0`` parses as host "user", port 1234 and no password:
-        the client would connect elsewhere and print the password's start as a port. Such a
-        userinfo must percent-encode '/', '?', '#' (and an '@' outside it too).
+        the client would connect elsewhere and print the password's start as a port.
         """
-        _, userinfo, _ = _split_userinfo(self._raw)
-        try:
-            netloc = urllib.parse.urlsplit(self._raw).netloc
-        except ValueError:
-            netloc = ""
-        parsed = netloc.rpartition("@")[0] if "@" in netloc else None
-        if userinfo != parsed:
-            raise ConfigurationError(
-                f"Redis URL {self.redacted} is ambiguous: percent-encode '/', '?' and '#' in "
-                "its userinfo, and any '@' after the host"
-            )
+        if userinfo_is_ambiguous(self._raw):
+            raise ConfigurationError(f"Redis URL {self.redacted} {AMBIGUOUS_USERINFO}")
 
     @property
     def raw(self) -> str:

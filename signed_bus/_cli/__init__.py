@@ -10,9 +10,11 @@ write such a module and list its ``register`` in :data:`COMMANDS`. Import heavy 
 them configured. Usage of each command: ``signed-bus COMMAND --help`` and docs/OPERATIONS.md.
 
 Exit codes: 0 success, 1 failed (inspect: the envelope did not verify; trace: a link did not;
-dlq redrive: a chosen letter was not sent), 2 usage or configuration error, 3 Kafka or Redis
-unreachable (one line names which), 130 interrupted. Nothing here prints key material, and text
-from an envelope, a record or a file is escaped (:func:`signed_bus._text.printable`).
+dlq redrive: a chosen letter was not sent; a Kafka request failed), 2 usage or configuration
+error, 3 Kafka or Redis unreachable (one line names which), 130 interrupted. :func:`_main` maps
+every error a command lets through to these codes, one line each, so no command has its own.
+Nothing here prints key material, and text from an envelope, a record or a file is escaped
+(:func:`signed_bus._text.printable`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import sys
 from collections.abc import Callable, Iterator, Sequence
 
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -123,3 +126,40 @@ def _main(argv: Sequence[str] | None) -> int:
         # Only the strerror and the file name: an OSError's args never hold file contents.
         error(f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": "))
         return EXIT_USAGE
+    except Exception as exc:
+        code = _kafka_error(exc, args)
+        if code is None:
+            raise
+        return code
+
+
+#: aiokafka errors that mean the cluster (or the broker a request went to) could not be reached.
+_UNREACHABLE_KAFKA = (
+    "KafkaConnectionError",
+    "NodeNotReadyError",
+    "NoBrokersAvailable",
+    "BrokerNotAvailableError",
+    "KafkaTimeoutError",
+    "RequestTimedOutError",
+)
+
+
+def _kafka_error(exc: Exception, args: argparse.Namespace) -> int | None:
+    """Report a Kafka client error from any command, whenever it came (connecting is handled
+    where the client starts; a broker can go away or refuse a request later), and return its
+    exit code: 3 for the unreachable kinds, 1 for the rest; None if ``exc`` is not one.
+
+    Only the error's type is shown: the client's message may quote the request or the
+    server's text. aiokafka is looked up, not imported: a command that never imported it
+    cannot have raised its errors (and ``keygen`` stays fast)."""
+    errors = sys.modules.get("aiokafka.errors")
+    if errors is None or not isinstance(exc, errors.KafkaError):
+        return None
+    where = f"Kafka at {getattr(args, 'bootstrap_servers', None) or '(no address)'}"
+    kind = type(exc).__name__
+    unreachable = tuple(getattr(errors, name) for name in _UNREACHABLE_KAFKA)
+    if isinstance(exc, unreachable):
+        error(f"{where} is unreachable ({kind})")
+        return EXIT_UNREACHABLE
+    error(f"{where} failed: {kind}")
+    return EXIT_FAILED

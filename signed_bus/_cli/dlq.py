@@ -32,6 +32,7 @@ from signed_bus._cli.options import (
     EXIT_OK,
     Progress,
     Subparsers,
+    Unreachable,
     UsageError,
     add_connection_options,
     add_freshness_options,
@@ -47,6 +48,8 @@ from signed_bus._text import printable
 from signed_bus.errors import ConfigurationError, MalformedDeadLetter, VerificationError
 
 if TYPE_CHECKING:
+    from aiokafka import AIOKafkaProducer
+
     from signed_bus._keys import Keyring
 
 __all__ = ["REDRIVABLE", "register"]
@@ -450,6 +453,7 @@ async def _run_redrive(args: argparse.Namespace, keyring: Keyring) -> int:
             )
         print(f"-- dry run: {len(chosen)} to send, {len(skipped)} skipped", file=out)
         return EXIT_OK if not skipped else EXIT_FAILED
+    sent = 0
     if chosen:
         producer = AIOKafkaProducer(
             bootstrap_servers=args.bootstrap_servers,
@@ -460,8 +464,50 @@ async def _run_redrive(args: argparse.Namespace, keyring: Keyring) -> int:
         await start_client(producer, f"Kafka at {args.bootstrap_servers}")
         progress = Progress("redriving", len(chosen), args)
         try:
-            for entry, letter in chosen:
-                origin = f"{args.topic}:{entry.partition}:{entry.offset}".encode()
+            sent = await _send(producer, chosen, args, progress, skipped)
+        finally:
+            await producer.stop()
+        progress.done()
+    print(f"-- redrove {sent} letter(s), skipped {len(skipped)}", file=out)
+    if not chosen and not skipped:
+        print("signed-bus: note: no letter matched", file=sys.stderr)
+    return EXIT_OK if not skipped else EXIT_FAILED
+
+
+async def _send(
+    producer: AIOKafkaProducer,
+    chosen: list[tuple[Entry, DeadLetter]],
+    args: argparse.Namespace,
+    progress: Progress,
+    skipped: list[tuple[Entry, str]],
+) -> int:
+    """Send each chosen letter back; returns how many were sent. A letter that cannot be sent
+    is a printed skip (added to ``skipped``), never the end of the run: its source partition is
+    an unsigned header (a forged or stale letter may name one the topic lacks), and one refused
+    send says nothing about the next letter."""
+    from aiokafka.errors import KafkaError
+
+    try:
+        # Every topic's partitions in one request; asking for the source topics one by one
+        # could create a missing one on a broker that auto-creates topics.
+        cluster = await producer.client.fetch_all_metadata()
+    except KafkaError as exc:
+        raise Unreachable(
+            f"Kafka at {args.bootstrap_servers} is unreachable ({type(exc).__name__})"
+        ) from None
+    out = stdout()
+    sent = 0
+    for entry, letter in chosen:
+        where = f"{args.topic}[{entry.partition}]@{entry.offset}"
+        why = None
+        partitions = cluster.partitions_for_topic(letter.source_topic)
+        if not partitions:
+            why = f"{letter.source_topic} does not exist"
+        elif letter.source_partition not in partitions:
+            why = f"{letter.source_topic} has no partition {letter.source_partition}"
+        else:
+            origin = f"{args.topic}:{entry.partition}:{entry.offset}".encode()
+            try:
                 await producer.send_and_wait(
                     letter.source_topic,
                     letter.value,
@@ -469,11 +515,12 @@ async def _run_redrive(args: argparse.Namespace, keyring: Keyring) -> int:
                     partition=letter.source_partition,
                     headers=[(HEADER_REDRIVEN_FROM, origin)],
                 )
-                progress.advance()
-        finally:
-            await producer.stop()
-        progress.done()
-    print(f"-- redrove {len(chosen)} letter(s), skipped {len(skipped)}", file=out)
-    if not chosen and not skipped:
-        print("signed-bus: note: no letter matched", file=sys.stderr)
-    return EXIT_OK if not skipped else EXIT_FAILED
+            except KafkaError as exc:
+                why = f"not sent ({type(exc).__name__})"
+        if why is None:
+            sent += 1
+        else:
+            skipped.append((entry, why))
+            print(f"skip {printable(where)}: {printable(why)}", file=out)
+        progress.advance()
+    return sent

@@ -64,11 +64,25 @@ def _load_or_new(path: str, *, append: bool) -> Keyring:
     return Keyring.from_file(path)
 
 
+def _same_file(first: str, second: str) -> bool:
+    """Whether two paths name one file: the same path spelt otherwise, a symbolic link to it,
+    or (both existing) a hard link."""
+    if os.path.realpath(first) == os.path.realpath(second):
+        return True
+    try:
+        return os.path.samefile(first, second)
+    except OSError:  # one of them does not exist (yet): not the same file
+        return False
+
+
 def _keygen(args: argparse.Namespace) -> int:
     if args.public_out is not None and args.alg != "ed25519":
         raise UsageError(
             "--public-out needs --alg ed25519: an HMAC key is symmetric and has no public part"
         )
+    if args.public_out is not None and _same_file(args.out, args.public_out):
+        # The public ring, written second, would replace the private key just generated.
+        raise UsageError("--out and --public-out name the same file; give the public key its own")
     # Check both files before writing either, so a failure leaves nothing half done.
     ring = _load_or_new(args.out, append=args.append)
     public_ring = None

@@ -250,15 +250,11 @@ def redis_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def shown_url(url: str) -> str:
-    """A URL as errors may show it: without its credentials (everything up to the last '@',
-    split on the raw text as :mod:`signed_bus._redis_url` does), query or fragment."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return "(not a URL)"
-    rest = rest.rpartition("@")[2]
-    for mark in ("?", "#"):
-        rest = rest.partition(mark)[0]
-    return f"{printable(scheme)}://{printable(rest)}"
+    """A URL as errors may show it: without its credentials, query or fragment
+    (:func:`signed_bus._url.without_credentials`); not escaped yet (:func:`error` does)."""
+    from signed_bus._url import without_credentials
+
+    return without_credentials(url)
 
 
 async def start_client(client: Any, what: str) -> None:
@@ -266,8 +262,10 @@ async def start_client(client: Any, what: str) -> None:
     unclosed one warns when collected) and raise :class:`Unreachable` naming ``what``."""
     from aiokafka.errors import KafkaError
 
+    from signed_bus._lifecycle import start_kafka_client
+
     try:
-        await client.start()
+        await start_kafka_client(client)
     except (KafkaError, OSError) as exc:
         # Closing what never opened; the cause is what gets reported.
         with contextlib.suppress(Exception):

@@ -48,9 +48,13 @@ def _link_document(link: TraceLink) -> dict[str, Any]:
 
 
 def report_document(report: TraceReport) -> dict[str, Any]:
-    """The trace as one JSON-ready object: ``ok``, ``links`` (walk order, the start first)."""
+    """The trace as one JSON-ready object: ``ok``, ``truncated`` and ``unchecked`` (the walk
+    stopped at its link limit with that many parents, at least, not checked), ``links`` (walk
+    order, the start first), ``origins``."""
     return {
         "ok": report.ok,
+        "truncated": report.truncated,
+        "unchecked": report.unchecked,
         "links": [_link_document(link) for link in report.links],
         "origins": [link.digest.hex() for link in report.origins],
     }
@@ -86,5 +90,11 @@ def report_dot(report: TraceReport) -> str:
         lines.append(f'  {_node(link.digest)} [label="{label}", color={color}];')
         if link.child is not None:
             lines.append(f"  {_node(link.digest)} -> {_node(link.child)};")
+    if report.truncated:
+        note = (
+            f"walk STOPPED at the limit of {report.max_links} link(s): at least "
+            f"{report.unchecked} parent(s) not checked"
+        )
+        lines.append(f"  label={_quoted(note)}; labelloc=t; fontcolor=red;")
     lines.append("}")
     return "\n".join(lines) + "\n"

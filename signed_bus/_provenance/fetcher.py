@@ -10,7 +10,7 @@ from aiokafka.errors import KafkaError
 
 from signed_bus._kafka.consumer import require_read_committed
 from signed_bus._kafka.fetch import fetch_records
-from signed_bus._lifecycle import AsyncLifecycle, stopped_error
+from signed_bus._lifecycle import AsyncLifecycle, start_kafka_client, stopped_error
 from signed_bus._provenance.trace import FetchedRecord, Position
 from signed_bus.errors import ConfigurationError
 
@@ -61,7 +61,7 @@ class RecordFetcher(AsyncLifecycle):
         if self._stopped:
             raise stopped_error("the record fetcher")
         if self._owns_consumer and not self._started:
-            await self._consumer.start()
+            await start_kafka_client(self._consumer)
         self._started = True
 
     async def stop(self) -> None:

@@ -138,13 +138,21 @@ class TraceLink:
 
 @dataclass(slots=True)
 class TraceReport:
-    """The links of one trace, in walk order (the starting envelope first)."""
+    """The links of one trace, in walk order (the starting envelope first).
+
+    ``truncated``: the walk stopped at the tracer's ``max_links`` while parents were left
+    unchecked (``unchecked`` of them at least: the parents of links already walked; theirs are
+    not known). A truncated report is never ``ok``: an unchecked parent may be missing or forged.
+    """
 
     links: list[TraceLink] = field(default_factory=list)
+    truncated: bool = False
+    unchecked: int = 0
+    max_links: int | None = None  # the limit the walk stopped at, when truncated
 
     @property
     def ok(self) -> bool:
-        return bool(self.links) and all(link.ok for link in self.links)
+        return bool(self.links) and not self.truncated and all(link.ok for link in self.links)
 
     @property
     def broken(self) -> list[TraceLink]:
@@ -163,11 +171,16 @@ class TraceReport:
         lines = [link.describe() for link in self.links]
         if self.ok:
             lines.append(f"chain verified: {len(self.links)} link(s), every signature valid")
-        else:
+        if self.broken:
             first = self.broken[0]
             lines.append(
                 f"chain BROKEN at depth {first.depth} ({first.status}); "
                 f"{len(self.broken)} bad link(s) of {len(self.links)}"
+            )
+        if self.truncated:
+            lines.append(
+                f"walk STOPPED at the limit of {self.max_links} link(s): at least "
+                f"{self.unchecked} parent(s) not checked; the chain is NOT verified"
             )
         return "\n".join(lines)
 
@@ -176,7 +189,9 @@ class Tracer:
     """Walks parents from one envelope back to the model output(s) it came from.
 
     ``verifier`` must be in audit mode: records on the chain are older than any sensible
-    max_age, and tracing must not touch the replay guard.
+    max_age, and tracing must not touch the replay guard. ``max_links`` bounds the walk (one
+    index lookup and one Kafka read per link); a walk that reaches it with parents left is
+    reported ``truncated``, never verified.
     """
 
     def __init__(
@@ -189,6 +204,8 @@ class Tracer:
     ) -> None:
         if not verifier.audit:
             raise ConfigurationError("the tracer needs a Verifier built with audit=True")
+        if max_links < 1:
+            raise ConfigurationError(f"max_links must be at least 1, not {max_links}")
         self._index = index
         self._verifier = verifier
         self._fetcher = fetcher
@@ -237,9 +254,12 @@ class Tracer:
             for parent in link.message.parents:
                 if parent in seen:
                     continue
-                seen.add(parent)
                 if len(report.links) >= self._max_links:
+                    report.truncated = True
+                    report.unchecked = _unchecked((link, *queue), seen)
+                    report.max_links = self._max_links
                     return report
+                seen.add(parent)
                 found = await self._follow(link.depth + 1, parent, child=link.digest)
                 report.links.append(found)
                 queue.append(found)
@@ -310,6 +330,19 @@ class Tracer:
             message=message,
             child=child,
         )
+
+
+def _unchecked(links: tuple[TraceLink, ...], seen: set[bytes]) -> int:
+    """How many parents the walked ``links`` name that the walk never looked at."""
+    return len(
+        {
+            parent
+            for link in links
+            if link.ok and link.message is not None
+            for parent in link.message.parents
+            if parent not in seen
+        }
+    )
 
 
 def iso_ms(ms: int) -> str:

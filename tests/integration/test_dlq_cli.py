@@ -152,3 +152,34 @@ async def test_dlq_stats_show_and_an_idempotent_redrive(
     assert all(
         m.headers and dict(m.headers).get("signed-bus-redriven-from") for m in running.delivered
     )
+
+
+async def test_redrive_skips_a_letter_naming_a_partition_its_topic_lacks(
+    kafka_bootstrap: str, unique_topic: TopicFactory, tmp_path: Path
+) -> None:
+    """The source partition is an unsigned header: a forged or stale letter may name one the
+    topic does not have. That letter is skipped with a line saying why; the others are sent."""
+    from signed_bus._deadletter import dead_letter_headers
+    from signed_bus.errors import Expired
+
+    source = await unique_topic("dlq-part-src")  # one partition: 0
+    dead = await unique_topic("dlq-part-dead")
+    ring = Keyring([generate_ed25519_key("agent-1", ["agent"])])
+    keyfile = tmp_path / "public.json"
+    ring.public().dump(keyfile, mode=0o644)
+    signer = Signer(ring, kid="agent-1", issuer="agent", model="m")
+    async with plain_producer(kafka_bootstrap) as producer:
+        for partition in (5, 0):
+            key = f"k-{partition}".encode()
+            value = signer.sign({"partition": partition}, topic=source, key=key)
+            headers = dead_letter_headers(
+                Expired("late"), topic=source, partition=partition, offset=0
+            )
+            await producer.send_and_wait(dead, value, key=key, headers=headers)
+    env = {"KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "SIGNED_BUS_KEYRING_FILE": str(keyfile)}
+    done = await cli("dlq", "redrive", dead, "--reason", "expired", env=env)
+    assert done.returncode == 1, done.stderr + done.stdout
+    assert "Traceback" not in done.stderr and "Unclosed" not in done.stderr, done.stderr
+    assert f"skip {dead}[0]@0: {source} has no partition 5" in done.stdout, done.stdout
+    assert "-- redrove 1 letter(s), skipped 1" in done.stdout
+    assert await end_offsets(kafka_bootstrap, [source]) == {(source, 0): 1}

@@ -169,6 +169,49 @@ async def test_aborted_record_is_not_found(
     assert statuses == ["ok", "not_found"]
 
 
+async def test_fetcher_stops_right_after_start(kafka_bootstrap: str) -> None:
+    """A walk that reads nothing (the first envelope already fails) stops the fetcher right
+    after starting it; that must close it, not raise CancelledError out of the Kafka client."""
+    fetcher = RecordFetcher(bootstrap_servers=kafka_bootstrap)
+    await fetcher.start()
+    await fetcher.stop()
+    async with RecordFetcher(bootstrap_servers=kafka_bootstrap):
+        pass
+
+
+async def test_cli_trace_of_a_file_that_reads_nothing_prints_its_verdict(
+    kafka_bootstrap: str, redis_url: str, redis_prefix: str, ring: Keyring, tmp_path: object
+) -> None:
+    from pathlib import Path
+
+    folder = Path(str(tmp_path))
+    keyfile = folder / "public.keyring"
+    ring.public().dump(keyfile, mode=0o644)
+    envelope = folder / "result.env"
+    signer = Signer(ring, kid="inf-1", issuer="inference-agent", model="lm@1")
+    envelope.write_bytes(signer.sign({"n": 1}, topic="trace-signed-for", key=None))
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [
+            *(sys.executable, "-m", "signed_bus", "trace", "--index-prefix", redis_prefix),
+            *("--file", str(envelope), "--topic", "trace-other-topic"),
+        ],
+        env={
+            **os.environ,
+            "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+            "REDIS_URL": redis_url,
+            "SIGNED_BUS_KEYRING_FILE": str(keyfile),
+            "PYTHONWARNINGS": "default",
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1, done.stderr + done.stdout
+    assert "INVALID" in done.stdout and "BROKEN at depth 0" in done.stdout
+    assert done.stderr == ""
+
+
 async def test_cli_trace(
     kafka_bootstrap: str,
     redis_url: str,
@@ -214,6 +257,20 @@ async def test_cli_trace(
         timeout=60,
     )
     assert by_file.returncode == 0, by_file.stderr + by_file.stdout
+    # A walk cut short by --max-links has not checked every link: exit 1, never "verified".
+    short = await asyncio.to_thread(
+        subprocess.run,
+        [*base, "--position", str(start), "--max-links", "2", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert short.returncode == 1, short.stderr + short.stdout
+    document = json.loads(short.stdout)
+    assert document["ok"] is False
+    assert document["truncated"] is True and document["unchecked"] == 1
+    assert [link["status"] for link in document["links"]] == ["ok", "ok"]
     await index.forget(chain.digests[1])
     broken = await asyncio.to_thread(
         subprocess.run,

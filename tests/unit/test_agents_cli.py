@@ -76,6 +76,38 @@ def test_a_bad_number_is_one_line_naming_it_and_exit_2(module: str, tmp_path: Pa
     assert f"{AGENTS[module]} must be" in one_line(done, module)
 
 
+@pytest.mark.parametrize("module", sorted(AGENTS))
+def test_an_ambiguous_redis_url_is_refused_without_its_password(
+    module: str, tmp_path: Path
+) -> None:
+    """Every agent builds its Redis clients through the library's checked URL: a password with
+    an unencoded '/' (or '#', '?': tests/unit/test_redis_url.py) is refused in one line, never
+    parsed into a host and port ("Hunter2") and quoted by the client's error."""
+    ring = tmp_path / "ring.json"
+    Keyring([generate_hmac_key("k", ["x"])]).dump(ring)
+    url = "redis://:Hunter2/Secret@127.0.0.1:6379/0"
+    done = agent(module, SIGNED_BUS_KEYRING_FILE=str(ring), REDIS_URL=url)
+    assert done.returncode == 2, done.stderr
+    line = one_line(done, module)
+    assert "REDIS_URL" in line and "ambiguous" in line
+    assert "Hunter2" not in line and "Secret" not in line
+
+
+def test_the_demo_refuses_an_ambiguous_redis_url_before_setting_anything_up(
+    tmp_path: Path,
+) -> None:
+    done = agent(
+        "demo.pipeline",
+        "--dir",
+        str(tmp_path),
+        REDIS_URL="redis://:Hunter2/Secret@127.0.0.1:6379/0",
+    )
+    assert done.returncode == 2, done.stderr
+    line = one_line(done, "demo.pipeline")
+    assert "REDIS_URL" in line and "Hunter2" not in line and "Secret" not in line
+    assert list(tmp_path.iterdir()) == []  # no keys made, no agent started
+
+
 def test_the_effective_settings_are_logged_without_secrets() -> None:
     key = generate_hmac_key("inference-agent-1", ["inference-agent"])
     with socket.socket() as sock:
@@ -85,7 +117,7 @@ def test_the_effective_settings_are_logged_without_secrets() -> None:
         "producers.inference_agent",
         SIGNED_BUS_KEYRING=Keyring([key]).to_json(),
         KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{port}",
-        REDIS_URL=f"redis://:hun/ter2@127.0.0.1:{port}/0?token=s3cr3t",
+        REDIS_URL=f"redis://:hun%2Fter2@127.0.0.1:{port}/0?password=s3cr3t",
         PROMPT_COUNT="3",
     )
     settings = [line for line in done.stderr.splitlines() if "settings:" in line]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import stat
 import sys
 from pathlib import Path
@@ -12,7 +13,13 @@ from pathlib import Path
 import pytest
 
 from signed_bus._cli import main
-from signed_bus._keys import Ed25519Key, HmacKey, Keyring, generate_hmac_key
+from signed_bus._keys import (
+    Ed25519Key,
+    HmacKey,
+    Keyring,
+    generate_ed25519_key,
+    generate_hmac_key,
+)
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -99,6 +106,38 @@ def test_keygen_append_and_public_out(tmp_path: Path, capsys: pytest.CaptureFixt
     )  # fmt: skip
     assert code == 2 and "already in the keyring" in stderr
     assert out.read_bytes() == before
+
+
+@pytest.mark.parametrize("spelling", ["same", "dot", "symlink", "hardlink"])
+@pytest.mark.parametrize("append", [True, False], ids=["append", "new"])
+def test_keygen_refuses_one_file_for_the_key_and_its_public_part(
+    spelling: str, append: bool, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Written to one file, the public ring would replace the new private key (or the second
+    write fail after the first): refused before anything is written, however the path is
+    spelt."""
+    out = tmp_path / "ring.json"
+    if append or spelling in ("symlink", "hardlink"):
+        Keyring([generate_ed25519_key("old", ["a"])]).dump(out)
+    public = {
+        "same": out,
+        "dot": tmp_path / "." / "ring.json",
+        "symlink": tmp_path / "link.json",
+        "hardlink": tmp_path / "hard.json",
+    }[spelling]
+    if spelling == "symlink":
+        public.symlink_to(out)
+    if spelling == "hardlink":
+        os.link(out, public)
+    before = sorted((p.name, p.read_bytes()) for p in tmp_path.iterdir()) if out.exists() else []
+    code, stdout, stderr = run(
+        capsys, "keygen", "--alg", "ed25519", "--kid", "e1", "--issuer", "a", "--out", str(out),
+        "--public-out", str(public), *(["--append"] if append else []),
+    )  # fmt: skip
+    assert code == 2, stdout + stderr
+    assert "the same file" in stderr and stdout == ""
+    after = sorted((p.name, p.read_bytes()) for p in tmp_path.iterdir()) if out.exists() else []
+    assert after == before
 
 
 def test_keygen_hmac_has_no_public_part(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -112,6 +112,86 @@ def test_usage_and_configuration_errors_are_one_line_and_exit_2(
     assert expected in one_line(done)
 
 
+@pytest.fixture
+def envelope(tmp_path: Path, keyfile: Path) -> Path:
+    from signed_bus import Signer
+
+    signer = Signer(Keyring.from_file(keyfile), kid="k1", issuer="agent", model="m")
+    path = tmp_path / "one.envelope"
+    path.write_bytes(signer.sign({"n": 1}, topic="t", key=b"order-1"))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("key", "expected"),
+    [
+        (["--key-hex", "zz"], "--key-hex is not hex"),
+        (["--key-hex", "abc"], "--key-hex is not hex"),
+        (["--key", "order-1", "--key-hex", "6f"], "not allowed with argument"),
+        ([], "pass --key or --key-hex"),
+    ],
+    ids=["not-hex", "odd-length", "both", "none"],
+)
+def test_trace_refuses_a_bad_record_key_before_connecting(
+    key: list[str], expected: str, keyfile: Path, envelope: Path
+) -> None:
+    """Checked before anything connects: nothing listens on the broker's or Redis's port, so a
+    check made after connecting would exit 3."""
+    port = closed_port()
+    done = cli(
+        "trace",
+        "--file",
+        str(envelope),
+        *key,
+        "--bootstrap-servers",
+        f"127.0.0.1:{port}",
+        "--redis-url",
+        f"redis://127.0.0.1:{port}/0",
+        SIGNED_BUS_KEYRING_FILE=str(keyfile),
+    )
+    assert done.returncode == 2
+    if expected.startswith("not allowed"):  # argparse's own usage message
+        assert expected in done.stderr and "Traceback" not in done.stderr
+    else:
+        assert expected in one_line(done)
+
+
+@pytest.mark.parametrize(
+    ("raised", "code", "expected"),
+    [
+        ("KafkaConnectionError", 3, "Kafka at 10.9.8.7:9092 is unreachable (KafkaConnectionError)"),
+        ("NodeNotReadyError", 3, "Kafka at 10.9.8.7:9092 is unreachable (NodeNotReadyError)"),
+        ("KafkaTimeoutError", 3, "Kafka at 10.9.8.7:9092 is unreachable (KafkaTimeoutError)"),
+        ("RequestTimedOutError", 3, "is unreachable (RequestTimedOutError)"),
+        ("TopicAuthorizationFailedError", 1, "Kafka at 10.9.8.7:9092 failed: Topic"),
+        ("KafkaError", 1, "Kafka at 10.9.8.7:9092 failed: KafkaError"),
+    ],
+)
+def test_a_kafka_error_after_connecting_is_one_line_and_a_documented_code(
+    raised: str,
+    code: int,
+    expected: str,
+    keyfile: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A command that connected and then met a Kafka error (a broker gone mid-run, a request
+    refused) ends with one line and the code the docs give, whichever command it was."""
+    import aiokafka.errors
+
+    from signed_bus._cli import guard, main
+
+    def fails(args: object) -> int:
+        raise getattr(aiokafka.errors, raised)("secret-looking detail")
+
+    monkeypatch.setattr(guard, "_rebuild", fails)
+    argv = ["guard", "rebuild", "t", "--keyring", str(keyfile)]
+    assert main([*argv, "--bootstrap-servers", "10.9.8.7:9092"]) == code
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("signed-bus: error: "), err
+    assert expected in err and "secret-looking detail" not in err
+
+
 def test_a_sasl_password_is_taken_from_the_environment_only(keyfile: Path) -> None:
     servers = f"127.0.0.1:{closed_port()}"
     argv = ["tail", "t", "--bootstrap-servers", servers, "--security-protocol", "SASL_PLAINTEXT"]

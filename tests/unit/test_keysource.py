@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import http.server
 import logging
 import os
@@ -171,14 +172,36 @@ async def test_logs_never_show_credentials_of_the_location(
         shown = caplog.text + repr(source)
         assert "HTTP status 503" in shown
         assert "hunter2" not in shown and "s3cr3t" not in shown
-    # A '/' in the password would end the authority for a URL parser: still nothing shown.
-    slashed = KeySource(
-        jwks_server.url.replace("http://", "http://user:hun/ter2@"), allow_http=True
+    # Percent-encoded, a '/' in the password is the password's: sent as basic auth, not shown.
+    jwks_server.status = 200
+    encoded = KeySource(
+        jwks_server.url.replace("http://", "http://user:hun%2Fter2@"), allow_http=True
     )
     with caplog.at_level(logging.INFO, logger="signed_bus.keys"):
-        assert not await asyncio.to_thread(slashed.refresh)
-    assert "keeping the last good set" in caplog.text
-    assert "ter2" not in caplog.text + repr(slashed)
+        assert await asyncio.to_thread(encoded.refresh)
+    assert jwks_server.authorizations[-1] == "Basic " + base64.b64encode(b"user:hun/ter2").decode()
+    assert "ter2" not in caplog.text + repr(encoded)
+
+
+@pytest.mark.parametrize(
+    "userinfo",
+    ["localhost:{port}/s3cret", "user:pa#s3cret", "user:pa?s3cret"],
+    ids=["slash", "hash", "question-mark"],
+)
+def test_an_ambiguous_userinfo_is_refused_before_any_request(
+    userinfo: str, jwks_server: JwksServer
+) -> None:
+    """The rule of the Redis URLs: the userinfo (everything up to the last '@') must be what a
+    URL parser reads. Unencoded, "localhost:PORT/s3cret@keys.internal.example" is parsed as the
+    host localhost, port PORT and a path holding the rest of the password: the request would go
+    to whatever listens there, carrying the password in its path."""
+    port = jwks_server.url.rsplit(":", 1)[1].split("/")[0]
+    url = f"http://{userinfo.format(port=port)}@keys.internal.example/jwks.json"
+    with pytest.raises(ConfigurationError, match="ambiguous") as caught:
+        KeySource(url, allow_http=True)
+    assert "s3cret" not in str(caught.value)
+    assert "keys.internal.example" in str(caught.value)
+    assert jwks_server.requests == 0
 
 
 async def test_a_file_source_is_checked_like_a_key_file(tmp_path: Path) -> None:

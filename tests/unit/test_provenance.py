@@ -169,6 +169,50 @@ async def test_join_walks_every_parent_once() -> None:
     assert {o.digest for o in report.origins} == {r1, r2}
 
 
+async def test_a_walk_cut_short_by_max_links_is_not_verified() -> None:
+    """A walk that stops at its link limit has not looked at every parent: one of those could be
+    missing or forged, so the report must not say the chain verified."""
+    world = World()
+    inference = world.signer("inf-1", "inference-agent", "lm@1")
+    r1, _, _ = world.publish(inference, "results")
+    r2, _, _ = world.publish(inference, "results", index=False)  # missing: never checked
+    planner = world.signer("plan-1", "planner", "rules@2")
+    _, top, _ = world.publish(planner, "plans", (r1, r2))
+    verifier = Verifier(world.ring.public(), audit=True)
+    tracer = Tracer(index=world.index, verifier=verifier, fetcher=world.log, max_links=2)
+    report = await tracer.trace_position(top)
+    assert [link.status for link in report.links] == ["ok", "ok"]
+    assert report.truncated and report.unchecked == 1
+    assert not report.ok
+    text = report.format()
+    assert "chain verified" not in text
+    assert "walk STOPPED at the limit of 2 link(s): at least 1 parent(s) not checked" in text
+    # With room for every link the same chain is walked to the end, and the missing one found.
+    whole = await Tracer(
+        index=world.index, verifier=verifier, fetcher=world.log, max_links=3
+    ).trace_position(top)
+    assert not whole.truncated and whole.unchecked == 0
+    assert [link.status for link in whole.links] == ["ok", "ok", "not_indexed"]
+
+
+async def test_a_walk_that_ends_at_max_links_is_complete() -> None:
+    world = World()
+    _, positions = world.chain()
+    verifier = Verifier(world.ring.public(), audit=True)
+    tracer = Tracer(index=world.index, verifier=verifier, fetcher=world.log, max_links=3)
+    report = await tracer.trace_position(positions[0])
+    assert report.ok and not report.truncated
+    assert "chain verified: 3 link(s)" in report.format()
+
+
+@pytest.mark.parametrize("limit", [0, -1])
+def test_max_links_must_be_positive(limit: int) -> None:
+    world = World()
+    verifier = Verifier(world.ring.public(), audit=True)
+    with pytest.raises(ConfigurationError, match="max_links"):
+        Tracer(index=world.index, verifier=verifier, fetcher=world.log, max_links=limit)
+
+
 async def test_start_position_without_a_record() -> None:
     world = World()
     report = await world.tracer().trace_position(Position("plans", 0, 99))
