@@ -217,18 +217,16 @@ class SignedBus:
                 f"at most {MAX_PARENTS}; subscribe with max_records <= {MAX_PARENTS}"
             )
         topic = cmd.destination
-        if cmd.extra_bodies:  # publish_batch: per-message keys stay aligned by index
-            bodies = (cmd.body, *cmd.extra_bodies)
-            signed = [
-                signer.sign(body, topic=topic, key=_key(cmd.key_for(i)), parents=parents)
-                for i, body in enumerate(bodies)
-            ]
-            cmd.body, cmd.extra_bodies = signed[0], tuple(signed[1:])
-            if isinstance(cmd.key, str):
-                cmd.key = cmd.key.encode()
-            return
-        cmd.key = _key(cmd.key)
-        cmd.body = signer.sign(cmd.body, topic=topic, key=cmd.key, parents=parents)
+        # each body is signed for the key the broker sends it with: a message's own key
+        # (publish_batch of keyed messages, whatever their number), else the command's
+        extra = tuple(cmd.extra_bodies or ())
+        signed = [
+            signer.sign(body, topic=topic, key=_key(cmd.key_for(i)), parents=parents)
+            for i, body in enumerate((cmd.body, *extra))
+        ]
+        cmd.body, cmd.extra_bodies = signed[0], tuple(signed[1:])
+        if isinstance(cmd.key, str):
+            cmd.key = cmd.key.encode()
 
     # -- consuming -----------------------------------------------------------------------------
 
