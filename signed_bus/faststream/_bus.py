@@ -222,9 +222,9 @@ class SignedBus:
         """A subscriber started without :meth:`check`: at each of its messages, raise
         ConfigurationError if it cannot be guarded, after rewinding the message (nothing is
         claimed or acknowledged; the subscriber retries with ``backoff`` until it is stopped).
-        Under ``ACK_FIRST`` with faststream.confluent, librdkafka's auto-commit has stored the
-        offset past the first record of each partition before any middleware ran: only
-        :meth:`check` before the start keeps that record."""
+        Under ``ACK_FIRST`` the client commits on its own (librdkafka has stored the offset
+        past the record before any middleware ran; an aiokafka auto-commit may run before the
+        rewind): only :meth:`check` before the start keeps such a record for sure."""
         try:
             self._check(subscriber)
         except ConfigurationError as exc:
