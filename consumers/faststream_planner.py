@@ -94,7 +94,8 @@ async def run() -> int:
         made = make_plan(result, source_digest=signed.verified.digest)
         await plans.publish(made.to_payload(), key=made.prompt_id.encode())
 
-    app = FastStream(broker, on_shutdown=[guard.stop])
+    # a subscriber the bus cannot guard is refused before anything is fetched
+    app = FastStream(broker, on_startup=[lambda: bus.check(broker)], on_shutdown=[guard.stop])
     await app.run()
     return 0
 

@@ -182,9 +182,32 @@ Encoder = Callable[[object], bytes]
 def encode_payload(result: object) -> bytes:
     """The default encoder: msgpack, with the types ML code produces mapped onto plain msgpack
     values (no extension types, so any msgpack reader reads the body and the strict reader
-    :func:`decode_msgpack` needs nothing new). Raises TypeError for a type it has no form for.
+    :func:`decode_msgpack` needs nothing new). Raises TypeError for a type it has no form for,
+    and for a map key whose form is not str or bytes (``{0: 0.1}``): the decoding profile
+    refuses such a map, so every verifier would dead-letter the signed body as malformed.
     """
-    return cast(bytes, _packb(result, default=_plain))
+    body = cast(bytes, _packb(result, default=_plain))
+    _check_map_keys(body)
+    return body
+
+
+def _check_map_keys(body: bytes) -> None:
+    """The profile's map-key rule on an encoded body. msgpack's packer writes any key, so the
+    body is read back once by msgpack's C reader, which refuses the others (``strict_map_key``,
+    its default), as :func:`decode_msgpack` does; ``raw=True`` and ``use_list=False`` spare it
+    decoding text and building lists. The keys are those msgpack wrote, after ``_plain``: an
+    enum member's or a UUID's form is a str key, as a verifier reads it."""
+    try:
+        if len(body) <= _PAUSE_GC_ABOVE:
+            _unpackb(body, raw=True, use_list=False)
+        else:
+            with _no_collection(len(body)):
+                _unpackb(body, raw=True, use_list=False)
+    except (ValueError, TypeError):  # a key of another type; a map as a key is unhashable
+        raise TypeError(
+            "a map key whose form is not str or bytes has no payload form (the decoding "
+            "profile refuses it: docs/ENVELOPE.md section 3)"
+        ) from None
 
 
 def _plain(value: object) -> object:
@@ -227,6 +250,7 @@ def _plain(value: object) -> object:
 # numpy dtype kinds with a plain form: bool, signed and unsigned integers, floats, str, bytes.
 _NUMPY_KINDS: Final = frozenset("biufUS")
 _packb = msgpack.packb
+_unpackb = msgpack.unpackb
 
 
 # -- decoding into a type ------------------------------------------------------------------------

@@ -20,11 +20,12 @@ import contextvars
 import logging
 import sys
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
 
 from fast_depends.exceptions import ValidationError as ArgumentsMisfit
-from faststream import AckPolicy, BaseMiddleware
+from faststream import BaseMiddleware
 from faststream._internal.context.repository import ContextRepo
 from faststream.exceptions import AckMessage
 
@@ -57,6 +58,7 @@ from signed_bus.errors import (
     VerificationError,
 )
 from signed_bus.faststream._records import as_record, letter, readable_headers
+from signed_bus.faststream._settings import guarded, rewind, subscriber_problem
 
 __all__ = ["CONTEXT_KEY", "SignedBus", "verified_batch", "verified_message"]
 
@@ -97,39 +99,6 @@ def verified_batch() -> tuple[ConsumedMessage, ...]:
     return _consumed.get()
 
 
-#: Ack policies that keep delivery at-least-once: a message whose handler (or whose hold while
-#: Redis is down) failed is redelivered, never acknowledged.
-SAFE_ACK_POLICIES = frozenset({AckPolicy.NACK_ON_ERROR, AckPolicy.MANUAL})
-
-
-def subscriber_problem(subscriber: object) -> str | None:
-    """Why ``subscriber`` cannot run under SignedBus, or None.
-
-    Its ack policy must redeliver a failure (``AckPolicy.NACK_ON_ERROR``, or ``MANUAL``): with
-    FastStream's default (``ACK_FIRST``) a message held while Redis is down, or one whose dead
-    letter could not be written, would be acknowledged and lost. A ``faststream.kafka``
-    subscriber must read ``isolation_level="read_committed"`` (aiokafka reads uncommitted
-    records by default): a copy inside an aborted transaction would otherwise claim its nonce and
-    reach the handler, and the retried output too. (librdkafka, under ``faststream.confluent``,
-    reads committed records by default.)
-    """
-    policy = getattr(subscriber, "ack_policy", None)
-    if policy is not None and policy not in SAFE_ACK_POLICIES:
-        return (
-            f"its ack_policy is {getattr(policy, 'name', policy)}: use "
-            "ack_policy=AckPolicy.NACK_ON_ERROR so that a failure is redelivered, not lost"
-        )
-    options = getattr(subscriber, "_connection_args", None)  # faststream.kafka's consumer options
-    if isinstance(options, dict):
-        level = options.get("isolation_level", "read_uncommitted")
-        if level != "read_committed":
-            return (
-                f'it reads isolation_level={level!r}: use isolation_level="read_committed" so '
-                "that a record of an aborted transaction never claims a nonce"
-            )
-    return None
-
-
 def payload_of(message: ConsumedMessage) -> object:
     """What the handler is given: the payload decoded per its content type, or the body bytes
     for a content type signed-bus does not decode (authentic all the same: FastStream's own
@@ -144,7 +113,8 @@ def payload_of(message: ConsumedMessage) -> object:
 class SignedBus:
     """One FastStream middleware that signs what the broker publishes and verifies what its
     subscribers consume: ``KafkaBroker(..., middlewares=[bus])`` (or a router's
-    ``middlewares``), with ``ack_policy=AckPolicy.NACK_ON_ERROR`` on each subscriber.
+    ``middlewares``), with ``ack_policy=AckPolicy.NACK_ON_ERROR`` on each subscriber, and
+    :meth:`check` before the broker starts (``FastStream(broker, on_startup=[...])``).
 
     - ``signer``: signs every published message for its destination topic and record key
       (a str key is signed as its UTF-8 bytes, which is what the broker sends). Inside a
@@ -191,7 +161,8 @@ class SignedBus:
         # no group: one bus serves every subscriber
         self.metrics = ConsumerMetrics(observer=observer_for(None))
         self._gate = Gate(verifier, fail_open=fail_open, metrics=self.metrics) if verifier else None
-        self._checked: set[int] = set()  # subscribers whose settings were checked
+        self._checked: weakref.WeakSet[Any] = weakref.WeakSet()  # subscribers found right
+        self._refusals: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
 
     def __repr__(self) -> str:
         return (
@@ -217,30 +188,52 @@ class SignedBus:
                 f"at most {MAX_PARENTS}; subscribe with max_records <= {MAX_PARENTS}"
             )
         topic = cmd.destination
-        if cmd.extra_bodies:  # publish_batch: per-message keys stay aligned by index
-            bodies = (cmd.body, *cmd.extra_bodies)
-            signed = [
-                signer.sign(body, topic=topic, key=_key(cmd.key_for(i)), parents=parents)
-                for i, body in enumerate(bodies)
-            ]
-            cmd.body, cmd.extra_bodies = signed[0], tuple(signed[1:])
-            if isinstance(cmd.key, str):
-                cmd.key = cmd.key.encode()
-            return
-        cmd.key = _key(cmd.key)
-        cmd.body = signer.sign(cmd.body, topic=topic, key=cmd.key, parents=parents)
+        # each body is signed for the key the broker sends it with: a message's own key
+        # (publish_batch of keyed messages, whatever their number), else the command's
+        extra = tuple(cmd.extra_bodies or ())
+        signed = [
+            signer.sign(body, topic=topic, key=_key(cmd.key_for(i)), parents=parents)
+            for i, body in enumerate((cmd.body, *extra))
+        ]
+        cmd.body, cmd.extra_bodies = signed[0], tuple(signed[1:])
+        if isinstance(cmd.key, str):
+            cmd.key = cmd.key.encode()
 
     # -- consuming -----------------------------------------------------------------------------
 
-    def check_subscriber(self, subscriber: object) -> None:
-        """Refuse (ConfigurationError, before anything is claimed) a subscriber whose settings
-        would lose or double-deliver records (:func:`subscriber_problem`); checked once each."""
-        if subscriber is None or id(subscriber) in self._checked:
+    def check(self, *brokers: Any) -> None:
+        """Refuse (ConfigurationError) a subscriber of ``brokers`` (FastStream brokers or
+        routers) that this bus guards and whose settings would lose or double-deliver records
+        (:func:`~signed_bus.faststream._settings.subscriber_problem`). Call it once the
+        subscribers are declared and before the broker starts (``FastStream(broker,
+        on_startup=[...])``): then nothing is fetched for a subscriber the bus cannot guard."""
+        for subscriber in guarded(brokers, self):
+            self._check(subscriber)
+
+    def _check(self, subscriber: object) -> None:
+        if subscriber is None or subscriber in self._checked:
             return
         problem = subscriber_problem(subscriber)
         if problem is not None:
             raise ConfigurationError(f"SignedBus cannot guard this subscriber: {problem}")
-        self._checked.add(id(subscriber))
+        self._checked.add(subscriber)
+
+    async def _refuse(self, subscriber: object, msg: Any) -> None:
+        """A subscriber started without :meth:`check`: at each of its messages, raise
+        ConfigurationError if it cannot be guarded, after rewinding the message (nothing is
+        claimed or acknowledged; the subscriber retries with ``backoff`` until it is stopped).
+        Under ``ACK_FIRST`` the client commits on its own (librdkafka has stored the offset
+        past the record before any middleware ran; an aiokafka auto-commit may run before the
+        rewind): only :meth:`check` before the start keeps such a record for sure."""
+        try:
+            self._check(subscriber)
+        except ConfigurationError as exc:
+            await rewind(msg)
+            attempt = self._refusals.get(subscriber, 0) + 1
+            self._refusals[subscriber] = attempt
+            log.error("%s: its message is left for redelivery", exc)
+            await asyncio.sleep(self._backoff.delay(attempt))
+            raise
 
     async def admit(self, raw: Sequence[Any], broker: Any) -> list[ConsumedMessage]:
         """Verify, claim and dead-letter one consumed message or batch; the messages to hand
@@ -390,7 +383,7 @@ class _Middleware(BaseMiddleware):
             return await call_next(msg)
         raw = msg.raw_message
         is_batch = isinstance(raw, tuple)
-        bus.check_subscriber(self.context.get("handler_"))
+        await bus._refuse(self.context.get("handler_"), msg)
         delivered = await bus.admit(raw if is_batch else (raw,), self.context.get("broker"))
         if not delivered:
             # everything was rejected (and dead-lettered): acknowledged, and not returning

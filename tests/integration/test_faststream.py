@@ -473,3 +473,28 @@ async def test_a_relay_hop_carries_provenance_that_trace_walks(
     assert trace.returncode == 0, trace.stderr + trace.stdout
     assert "chain verified: 2 link(s)" in trace.stdout
     assert "issuer=planner" in trace.stdout and f"issuer={ISSUER}" in trace.stdout
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+async def test_every_message_of_a_batch_publish_is_signed_for_the_key_it_is_sent_with(
+    flavour: str, kafka_bootstrap: str, unique_topic: TopicFactory, ring: Keyring
+) -> None:
+    topic = await unique_topic("fs-batch-keys", partitions=1)
+    publisher = broker(flavour, kafka_bootstrap, SignedBus(signer=_signer(ring)))
+    async with running(publisher):
+        # a batch of one keyed message, then of two: each sent with its own key
+        await publisher.publish_batch(keyed(flavour, result(0), b"order-0"), topic=topic)
+        await publisher.publish_batch(
+            keyed(flavour, result(1), b"order-1"),
+            keyed(flavour, result(2), b"order-2"),
+            topic=topic,
+        )
+        await publisher.publish(result(3), topic, key="order-3")
+    verifier = _verifier(ring)
+    sent = []
+    for record in await read_all(kafka_bootstrap, topic, 4):
+        verified = verifier.verify(
+            record.value, topic=topic, key=record.key, reference_ms=record.timestamp
+        )
+        sent.append((record.key, verified.payload["seq"]))  # type: ignore[index]
+    assert sent == [(b"order-%d" % seq, seq) for seq in range(4)]

@@ -77,6 +77,61 @@ def test_a_type_without_a_form_is_refused(value: object) -> None:
         encode_payload(value)
 
 
+class Level(enum.IntEnum):
+    LOW = 1
+
+
+class Named(enum.StrEnum):
+    A = "a"
+
+
+class Probabilities(BaseModel):
+    by_class: dict[int, float]
+
+
+@dataclasses.dataclass
+class Counts:
+    by_flag: dict[bool, int]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {0: 0.1, 1: 0.9},  # int keys: what a label -> probability map often has
+        {"label_probs": {0: 0.1, 1: 0.9}},
+        {"v": [{"ok": 1}, {1.5: "x"}]},
+        {True: 1},
+        {None: 1},
+        {(1, 2): "pair"},
+        {Level.LOW: "low"},  # an IntEnum key is an int
+        {ID: {Level.LOW: 1}},  # a key the encoder maps to str is fine, one inside it is not
+        Probabilities(by_class={0: 0.1}),  # maps inside Pydantic models
+        [Counts(by_flag={True: 1})],  # and dataclasses
+    ],
+)
+def test_a_map_key_the_decoding_profile_refuses_is_refused(value: object) -> None:
+    # msgpack writes such keys, and every verifier would refuse the signed body as malformed
+    ring = Keyring([generate_hmac_key("k", ["me"])])
+    signer = Signer(ring, kid="k", issuer="me", model="m")
+    with pytest.raises(TypeError, match="map key"):
+        encode_payload(value)
+    with pytest.raises(TypeError, match="map key"):
+        signer.sign(value, topic="t")
+
+
+def test_str_and_bytes_map_keys_and_keys_encoded_as_str_are_kept() -> None:
+    value = {"a": {b"raw": 1, Named.A: [{"deep": {"er": 2}}]}, b"": None, Colour.RED: ID, ID: 3}
+    ring = Keyring([generate_hmac_key("k", ["me"])])
+    signed = Signer(ring, kid="k", issuer="me", model="m").sign(value, topic="t")
+    payload = Verifier(ring, audit=True).verify(signed, topic="t", key=None).payload
+    assert payload == {
+        "a": {b"raw": 1, "a": [{"deep": {"er": 2}}]},
+        b"": None,
+        "red": str(ID),
+        str(ID): 3,
+    }
+
+
 def test_the_form_uses_no_extension_types() -> None:
     body = encode_payload(
         {"t": WHEN, "a": np.arange(3), "m": Scored(label="x", score=1, box=Box(1, WHEN))}
