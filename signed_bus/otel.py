@@ -216,7 +216,8 @@ class Tracing(Observer):
             return
         span, attached, _ = _parts(token)
         _detach(attached)
-        _end(span, error)
+        if span is not _NOTHING_TO_END:
+            _end(span, error)
 
     def rejected(self, rejections: Sequence[Rejected]) -> None:
         for record, error in rejections:
@@ -306,10 +307,12 @@ def _attach(context: otel_context.Context) -> tuple[otel_context.Context, object
 def _detach(attached: Any) -> None:
     # Only where it was attached: a consumer stopped from another task finishes the message
     # async for handed out, but that task's context is not ours to change.
-    if attached is not None and _current() is attached[0]:
-        if CURRENT is None:
+    if attached is None:
+        return
+    if CURRENT is None:
+        if otel_context.get_current() is attached[0]:
             otel_context.detach(attached[1])
-            return
+    elif CURRENT.get() is attached[0]:
         try:
             CURRENT.reset(attached[1])
         except ValueError:  # made in another asyncio context: as detach would, log it

@@ -190,3 +190,31 @@ def test_claims_are_counted_by_topic_and_verdict() -> None:
 
     assert [value("a", v.value) for v in ClaimVerdict] == [3, 1, 2, 1]
     assert [value("b", v.value) for v in ClaimVerdict] == [1, 1, None, None]
+
+
+class Finishing(Recording):
+    __slots__ = ()
+
+    def handing(self, message: ConsumedMessage) -> object:
+        return f"{self.name}-handed"
+
+    def finished(self, token: object, error: BaseException | None) -> None:
+        self.calls.append((self.name, "finished", token))
+
+
+def test_a_tee_finishes_each_observer_with_its_own_token() -> None:
+    calls: list[tuple[str, str, object]] = []
+    metrics = ConsumerMetrics()
+    for observer in (Recording("a", calls), Finishing("b", calls), Recording("c", calls)):
+        attach(metrics, observer)
+    message = cast("ConsumedMessage", object())
+    token = metrics.observer.handing(message)
+    attach(metrics, Finishing("d", calls))  # attached while the message is handled
+    metrics.observer.finished(token, None)
+    metrics.observer.finished(metrics.observer.handing(message), None)
+    assert calls == [
+        ("b", "finished", "b-handed"),
+        ("d", "finished", None),
+        ("b", "finished", "b-handed"),
+        ("d", "finished", "d-handed"),
+    ]
