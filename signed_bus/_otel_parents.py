@@ -48,6 +48,7 @@ _SHAPE = b"xx-" + b"x" * 32 + b"-" + b"x" * 16 + b"-xx"
 _ZERO_TRACE_ID, _ZERO_SPAN_ID = b"0" * 32, b"0" * 16
 _EVEN = b"02468ace"  # the last hex digit of flags whose sampled bit (the lowest) is clear
 
+_new = object.__new__
 # The key a context holds its current span under (taken from the API, not its private name).
 _SPAN_KEY = next(iter(trace.set_span_in_context(trace.INVALID_SPAN, otel_context.Context())))
 
@@ -127,9 +128,7 @@ class _UnsampledParent(trace.NonRecordingSpan):
     (a send, any OpenTelemetry instrumentation), not for every record."""
 
     _parsed: trace.SpanContext | None = None
-
-    def __init__(self, raw: bytes) -> None:  # no NonRecordingSpan.__init__: parsed when read
-        self._raw = raw
+    _raw: bytes  # set by ShortPath.context, which makes these without calling __init__
 
     def get_span_context(self) -> trace.SpanContext:
         parsed = self._parsed
@@ -185,7 +184,8 @@ class ShortPath:
             and not raw.startswith(_ZERO_SPAN_ID, 36)
         ):
             return None
-        span = _UnsampledParent(raw)
+        span = _new(_UnsampledParent)  # no __init__ frame: this runs for every record
+        span._raw = raw
         values = {**base, _SPAN_KEY: span} if base else {_SPAN_KEY: span}
         context = otel_context.Context(values)
         self._last = raw, base, context
