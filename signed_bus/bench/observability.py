@@ -25,6 +25,7 @@ NEW) and settles fetches of those records, and ``async for``'s two hooks are cal
 record, as the consumer calls them; CPU time per record, interleaved, best of the rounds. No
 broker or Redis is involved, so other jobs on a shared machine disturb it least: it is the
 per-record cost of each observer, the figure to profile and compare changes with.
+``--profile`` profiles one more, untimed consume pass with metrics and 1%-sampled tracing.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ from signed_bus.bench.codec import HMAC_KID, ISSUER, MODEL, bench_keyring
 from signed_bus.bench.config import BenchConfig
 from signed_bus.bench.kafka import bench_topics, consumer_options, start_producer, wait_assigned
 from signed_bus.bench.payloads import inference_results
+from signed_bus.bench.profiling import profiled
 from signed_bus.bench.redis_server import private_redis_url
 from signed_bus.bench.results import PartResult, Row, Target
 
@@ -278,6 +280,16 @@ async def _measure(config: BenchConfig, topics: dict[str, str]) -> PartResult:
                         wall, cpu = await _timed_consume(consumer, count, shutdown)
                         consume[variant].append(wall)
                         consume_cpu[variant].append(cpu)
+                # --profile: one more, untimed consume pass of the production setting
+                async with profiled(config, "observability-sampled") as profiles:
+                    if config.profile:
+                        consumer = VerifyingConsumer.from_options(
+                            consumer_options(config, topics["consume"]),
+                            verifier=verifier,
+                            guard=RedisReplayGuard(client, prefix=f"sb-obs-{uuid.uuid4().hex[:8]}"),
+                            max_records=MAX_RECORDS,
+                        )
+                        await _timed_consume(consumer, count, _instrumenter(SAMPLED)(consumer))
             finally:
                 await client.aclose()
     finally:
@@ -353,6 +365,7 @@ async def _measure(config: BenchConfig, topics: dict[str, str]) -> PartResult:
         "hooks_us_cpu_per_record": hooks,
         "hooks_added_us_per_record": {v: hooks[v] - hooks["off"] for v in VARIANTS},
         "hook_records": min(HOOK_RECORDS, count),
+        "profiles": [str(path) for path in profiles],
         "best_produce_msg_per_s": best_produce,
         "estimator": "best of interleaved rounds, each round starting with another variant",
         "tracing": "SDK TracerProvider, BatchSpanProcessor, dropping exporter; parent-based "
