@@ -19,27 +19,35 @@ messaging conventions (docs/OBSERVABILITY.md):
 With no SDK configured the OpenTelemetry API hands out non-recording spans: nothing is recorded
 and no attribute is computed.
 
-Per record, the cost is kept to what the span needs: a lone W3C ``traceparent`` (the default
-propagator's format) is parsed here and remembered (the records of one batch share it), and
-a record whose remote parent was not sampled gets a non-recording span directly when the
-tracer's sampler is parent-based and drops such children (the SDK's default and its usual
-ratio setting): exactly the span the SDK would return, without its sampling machinery.
-Anything else goes through the global propagator and the tracer.
+Per record, the cost is kept to what the span needs: a delivered record whose only trace
+header is the ``traceparent`` of a parent that was not sampled, under the SDK's parent-based
+sampler (its default and its usual ratio setting) and the W3C propagator, gets a context whose
+non-recording span is that parent's own context, checked but parsed only when something reads
+it, made current by setting OpenTelemetry's context variable directly (records sharing the
+parent share the context). Otherwise a lone W3C ``traceparent`` is parsed here and remembered
+(the records of one batch share it), and an unsampled parent still costs no SDK call. Anything
+else goes through the global propagator and the tracer. docs/OBSERVABILITY.md, "Cost".
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
-from opentelemetry.propagators.textmap import Getter, Setter
+from opentelemetry.propagators.textmap import Setter
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
 from signed_bus import __version__
 from signed_bus._observe import Carrier, Observer, attach, install, targets, uninstall
+from signed_bus._otel_parents import (
+    CURRENT,
+    ROOT,
+    Parents,
+    ShortPath,
+    drops_unsampled,
+)
 
 if TYPE_CHECKING:
     from signed_bus._gate import ConsumedMessage, Record, Rejected, SkippedRange
@@ -52,17 +60,6 @@ _SYSTEM = "kafka"
 _INPUT_KEY = otel_context.create_key("signed_bus.input")
 
 
-class _HeaderGetter(Getter[Sequence[tuple[str, bytes]]]):
-    def get(self, carrier: Sequence[tuple[str, bytes]], key: str) -> list[str] | None:
-        values = [
-            value.decode("latin-1") for name, value in carrier if name == key and value is not None
-        ]
-        return values or None
-
-    def keys(self, carrier: Sequence[tuple[str, bytes]]) -> list[str]:
-        return [name for name, _ in carrier]
-
-
 class _HeaderSetter(Setter[Carrier]):
     """Replaces a header of the same name (a caller's stale ``traceparent``): never two."""
 
@@ -71,88 +68,7 @@ class _HeaderSetter(Setter[Carrier]):
         carrier.append((key, value.encode("latin-1")))
 
 
-_GETTER = _HeaderGetter()
 _SETTER = _HeaderSetter()
-
-_ROOT = otel_context.Context()
-_NO_STATE = trace.TraceState()  # immutable: shared by every parent without a tracestate
-# The headers the W3C propagators read (trace context and baggage: the default global one).
-_W3C = frozenset({"traceparent", "tracestate", "baggage"})
-# A version 00 traceparent exactly as the W3C propagator accepts it (lowercase hex).
-_TRACEPARENT = re.compile(rb"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
-
-
-class _Parents:
-    """The parent context in a record's headers, and its span context when valid (a relay
-    links its outputs to it). A lone ``traceparent`` under the default W3C propagator is
-    parsed here and the last one remembered; anything else goes through the propagator."""
-
-    __slots__ = ("_context", "_raw", "_remote", "_textmap", "_w3c")
-
-    def __init__(self) -> None:
-        self._textmap: object = None
-        self._w3c = False
-        self._raw: bytes | None = None
-        self._context: otel_context.Context | None = None
-        self._remote: trace.SpanContext | None = None
-
-    def extract(
-        self, headers: Sequence[tuple[str, bytes]]
-    ) -> tuple[otel_context.Context | None, trace.SpanContext | None]:
-        """(parent context, its valid remote span context): (None, None) for no headers (the
-        current context is the parent); (None, remote) when the context is ``remote`` alone
-        (made when needed, see :meth:`Tracing._start`)."""
-        if not headers:
-            return None, None
-        textmap = propagate.get_global_textmap()
-        if textmap is not self._textmap:  # set up once per global propagator
-            fields = textmap.fields
-            self._w3c = "traceparent" in fields and fields <= _W3C
-            self._textmap, self._raw = textmap, None
-        raw = _lone_traceparent(headers) if self._w3c else None
-        if raw is not None:
-            if raw == self._raw:
-                return self._context, self._remote
-            match = _TRACEPARENT.fullmatch(raw)
-            if match is not None:
-                trace_id, span_id = int(match[1], 16), int(match[2], 16)
-                remote = None
-                context: otel_context.Context | None = otel_context.Context()  # a root span
-                if trace_id and span_id:
-                    flags = trace.TraceFlags(int(match[3], 16))
-                    remote = trace.SpanContext(
-                        trace_id, span_id, is_remote=True, trace_flags=flags, trace_state=_NO_STATE
-                    )
-                    context = None  # made from ``remote`` only if a span is started with it
-                self._raw, self._context, self._remote = raw, context, remote
-                return context, remote
-        context = propagate.extract(headers, getter=_GETTER)
-        remote = trace.get_current_span(context).get_span_context()
-        return context, remote if remote.is_valid else None
-
-
-def _lone_traceparent(headers: Sequence[tuple[str, bytes]]) -> bytes | None:
-    """The value of the only ``traceparent`` header when no other W3C header is there."""
-    found: bytes | None = None
-    for name, value in headers:
-        if name in _W3C:
-            if name != "traceparent" or found is not None or not isinstance(value, bytes):
-                return None
-            found = value
-    return found
-
-
-def _drops_unsampled(tracer: object) -> bool:
-    """True when ``tracer``'s sampler is the SDK's parent-based one and drops the children of
-    an unsampled remote parent (what its description says; a custom sampler: False)."""
-    sampler = getattr(tracer, "sampler", None)
-    describe = getattr(sampler, "get_description", None)
-    description = describe() if callable(describe) else None
-    return (
-        isinstance(description, str)
-        and description.startswith("ParentBased{")
-        and "remoteParentNotSampled:AlwaysOffSampler," in description
-    )
 
 
 class Tracing(Observer):
@@ -160,10 +76,14 @@ class Tracing(Observer):
 
     __slots__ = (
         "_drops_unsampled",
+        "_entered",
+        "_entered_token",
+        "_fast",
         "_group",
         "_names",
         "_open",
         "_parents",
+        "_short",
         "_tracer",
         "_unsampled",
         "_unsampled_parent",
@@ -174,13 +94,18 @@ class Tracing(Observer):
     ) -> None:
         self._group = group
         self._open: object = None  # the token of the message async for handed out
+        # or, on the short path of an unsampled parent, the context made current and its token
+        self._entered: otel_context.Context | None = None
+        self._entered_token: Any = None
         self._tracer = trace.get_tracer("signed_bus", __version__, tracer_provider=tracer_provider)
-        self._parents = _Parents()
+        self._parents = Parents()
         self._names: dict[str, str] = {}  # topic -> "process {topic}"
-        self._drops_unsampled = _drops_unsampled(self._tracer)
+        self._drops_unsampled = drops_unsampled(self._tracer)
         # the last non-recording span made for an unsampled parent, and that parent
         self._unsampled: Any = None
         self._unsampled_parent: trace.SpanContext | None = None
+        self._short = ShortPath()
+        self._fast = False  # set per fetch by received()
 
     # -- producing -------------------------------------------------------------------------
 
@@ -221,6 +146,10 @@ class Tracing(Observer):
     # -- consuming -------------------------------------------------------------------------
 
     def handing(self, message: ConsumedMessage) -> object:
+        if self._fast:
+            context = self._short.context(message.record.headers)
+            if context is not None:
+                return _NOTHING_TO_END, _attach(context), None
         span, remote = self._process(message)
         return span, _attach(trace.set_span_in_context(span)), remote
 
@@ -230,17 +159,44 @@ class Tracing(Observer):
 
     def iterating(self, message: ConsumedMessage) -> ConsumedMessage:
         # per record of async for: handing and finishing inlined
-        if self._open is not None:
-            _close(self._open)
+        if self._entered is not None or self._open is not None:
+            self.iterated()
+        if self._fast:
+            context = self._short.context(message.record.headers)
+            if context is not None:
+                assert CURRENT is not None  # _fast
+                self._entered_token = CURRENT.set(context)
+                self._entered = context
+                return message
         span, remote = self._process(message)
-        context = trace.set_span_in_context(span)
-        self._open = span, (context, otel_context.attach(context)), remote
+        self._open = span, _attach(trace.set_span_in_context(span)), remote
         return message
 
     def iterated(self) -> None:
-        token, self._open = self._open, None
+        entered = self._entered
+        if entered is not None:  # the short path: no span to end
+            self._entered = None
+            assert CURRENT is not None  # _fast
+            if CURRENT.get() is entered:  # see _detach
+                try:
+                    CURRENT.reset(self._entered_token)
+                except ValueError:
+                    otel_context.detach(self._entered_token)
+            return
+        token = self._open
         if token is not None:
+            self._open = None
             _close(token)
+
+    def received(
+        self,
+        records: Mapping[Any, Sequence[Record]],
+        skipped: Sequence[SkippedRange[Any]],
+        seconds: float,
+    ) -> None:
+        # Checked once per fetch: whether its records may take the short path of an unsampled
+        # parent (the default runtime context, a parent-based sampler, the W3C propagator).
+        self._fast = CURRENT is not None and self._drops_unsampled and self._parents.w3c()
 
     def enter(self, token: object) -> object:
         if token is None:
@@ -260,7 +216,8 @@ class Tracing(Observer):
             return
         span, attached, _ = _parts(token)
         _detach(attached)
-        _end(span, error)
+        if span is not _NOTHING_TO_END:
+            _end(span, error)
 
     def rejected(self, rejections: Sequence[Rejected]) -> None:
         for record, error in rejections:
@@ -306,7 +263,7 @@ class Tracing(Observer):
                 self._unsampled = trace.NonRecordingSpan(remote)
             return self._unsampled
         if parent is None and remote is not None:
-            parent = trace.set_span_in_context(trace.NonRecordingSpan(remote), _ROOT)
+            parent = trace.set_span_in_context(trace.NonRecordingSpan(remote), ROOT)
         name = self._names.get(topic)
         if name is None:
             name = self._names[topic] = f"process {topic}"
@@ -331,24 +288,50 @@ def _parts(token: object) -> tuple[Any, Any, trace.SpanContext | None]:
     return token[0], token[1], token[2]
 
 
+# The span of a token whose span needs no end (an unsampled parent's non-recording span).
+_NOTHING_TO_END = trace.INVALID_SPAN
+
+
+def _current() -> otel_context.Context:
+    """OpenTelemetry's current context."""
+    return otel_context.get_current() if CURRENT is None else CURRENT.get()
+
+
 def _attach(context: otel_context.Context) -> tuple[otel_context.Context, object]:
     """Make ``context`` current; what :func:`_detach` needs to undo it."""
-    return context, otel_context.attach(context)
+    if CURRENT is None:
+        return context, otel_context.attach(context)
+    return context, CURRENT.set(context)
 
 
 def _detach(attached: Any) -> None:
     # Only where it was attached: a consumer stopped from another task finishes the message
     # async for handed out, but that task's context is not ours to change.
-    if attached is not None and otel_context.get_current() is attached[0]:
-        otel_context.detach(attached[1])
+    if attached is None:
+        return
+    if CURRENT is None:
+        if otel_context.get_current() is attached[0]:
+            otel_context.detach(attached[1])
+    elif CURRENT.get() is attached[0]:
+        try:
+            CURRENT.reset(attached[1])
+        except ValueError:  # made in another asyncio context: as detach would, log it
+            otel_context.detach(attached[1])
 
 
 def _close(token: Any) -> None:
     """Finish the message of a token of :meth:`Tracing.handing` that raised nothing."""
-    span, attached, _ = token
-    if otel_context.get_current() is attached[0]:
-        otel_context.detach(attached[1])
-    span.end()
+    attached = token[1]
+    if CURRENT is None:
+        _detach(attached)
+    elif CURRENT.get() is attached[0]:
+        try:
+            CURRENT.reset(attached[1])
+        except ValueError:  # made in another asyncio context: as detach would, log it
+            otel_context.detach(attached[1])
+    span = token[0]
+    if span is not _NOTHING_TO_END:
+        span.end()
 
 
 def _end(span: Any, error: BaseException | None) -> None:

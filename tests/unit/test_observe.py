@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, cast
 
 import pytest
 
@@ -20,6 +21,10 @@ from signed_bus._observe import (
     observer_for,
     uninstall,
 )
+
+if TYPE_CHECKING:
+    from signed_bus._gate import ConsumedMessage
+    from signed_bus._replay.layout import ClaimRow
 
 
 def test_importing_signed_bus_imports_no_optional_integration() -> None:
@@ -122,3 +127,94 @@ def test_an_observer_attached_while_a_front_runs_gets_no_token_until_its_next_me
     attach(metrics, Recording("b", calls))
     metrics.observer.sent(token, None)
     assert calls[-2:] == [("a", "sent", "a-token"), ("b", "sent", None)]
+
+
+class Iterating(Recording):
+    __slots__ = ()
+
+    def iterating(self, message: ConsumedMessage) -> ConsumedMessage:
+        self.calls.append((self.name, "iterating", message))
+        return message
+
+
+class Iterated(Recording):
+    __slots__ = ()
+
+    def iterated(self) -> None:
+        self.calls.append((self.name, "iterated", None))
+
+
+@pytest.mark.parametrize("kinds", ["", "a", "b", "ab", "aab", "abab", "ba"])
+def test_a_tee_calls_every_observer_that_iterates_in_order(kinds: str) -> None:
+    """a: observes each record handed out by async for; b: each end of a loop body."""
+    calls: list[tuple[str, str, object]] = []
+    observers = [
+        (Iterating if kind == "a" else Iterated)(f"{kind}{n}", calls)
+        for n, kind in enumerate(kinds)
+    ]
+    tee = Tee(Recording("plain", calls), *observers)
+    message = cast("ConsumedMessage", object())
+    assert tee.iterating(message) is message
+    tee.iterated()
+    expected: list[tuple[str, str, object]] = [
+        (o.name, "iterating", message) for o in observers if isinstance(o, Iterating)
+    ]
+    expected += [(o.name, "iterated", None) for o in observers if isinstance(o, Iterated)]
+    assert calls == expected
+
+
+def test_claims_are_counted_by_topic_and_verdict() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from signed_bus._replay.layout import ClaimVerdict
+    from signed_bus.prometheus import Metrics
+
+    registry = CollectorRegistry()
+    metrics = Metrics(registry, "g", ["a"])
+    new, same, replay, held = (
+        ClaimVerdict.NEW,
+        ClaimVerdict.SAME_POSITION,
+        ClaimVerdict.REPLAY,
+        ClaimVerdict.QUARANTINED,
+    )
+
+    def rows(*topics: str) -> list[ClaimRow]:
+        return [("i", b"n", 0, topic, 0, n) for n, topic in enumerate(topics)]
+
+    metrics.claimed(rows("a", "a", "a", "a", "a"), [new, same, new, replay, held], 0.001)
+    metrics.claimed(rows("a", "b", "a", "b"), [new, new, replay, same], 0.001)
+
+    def value(topic: str, verdict: str) -> float | None:
+        labels = {"topic": topic, "group": "g", "verdict": verdict}
+        return registry.get_sample_value("signed_bus_claims_total", labels)
+
+    assert [value("a", v.value) for v in ClaimVerdict] == [3, 1, 2, 1]
+    assert [value("b", v.value) for v in ClaimVerdict] == [1, 1, None, None]
+
+
+class Finishing(Recording):
+    __slots__ = ()
+
+    def handing(self, message: ConsumedMessage) -> object:
+        return f"{self.name}-handed"
+
+    def finished(self, token: object, error: BaseException | None) -> None:
+        self.calls.append((self.name, "finished", token))
+
+
+def test_a_tee_finishes_each_observer_with_its_own_token() -> None:
+    calls: list[tuple[str, str, object]] = []
+    metrics = ConsumerMetrics()
+    for observer in (Recording("a", calls), Finishing("b", calls), Recording("c", calls)):
+        attach(metrics, observer)
+    message = cast("ConsumedMessage", object())
+    token = metrics.observer.handing(message)
+    attach(metrics, Finishing("d", calls))  # attached while the message is handled
+    metrics.observer.finished(token, None)
+    metrics.observer.finished(metrics.observer.handing(message), None)
+    assert calls == [
+        ("b", "finished", "b-handed"),
+        ("d", "finished", None),
+        ("b", "finished", "b-handed"),
+        ("d", "finished", "d-handed"),
+    ]

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pytest
+from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -158,3 +159,180 @@ def test_each_record_continues_its_own_trace_when_parents_alternate(
         assert sent.trace_flags.sampled is (flags == "01")
     spans = exporter.get_finished_spans()
     assert len(spans) == 4 and {s.context.trace_id for s in spans} == {2}
+
+
+# -- the short path of an unsampled parent (records of a fetch, after received) -----------------
+
+
+def fetched(observer: Tracing) -> Tracing:
+    """``observer`` as a consumer's: a fetch was verified (the short path is checked per fetch)."""
+    observer.received({}, (), 0.0)
+    return observer
+
+
+def carried(observer: Tracing, headers: list[tuple[str, bytes]]) -> tuple[bytes, bytes]:
+    """What a handler's send (ours and another instrumentation's inject) carries, and what was
+    exported, for a record with ``headers``."""
+    token = observer.handing(message(headers))
+    ours: Carrier = []
+    sent = observer.send("out", [ours], client_injects=False)
+    observer.sent(sent, None)
+    theirs: dict[str, str] = {}
+    propagate.inject(theirs)  # another instrumentation, from the current context
+    observer.finished(token, None)
+    assert trace.get_current_span() is trace.INVALID_SPAN  # nothing left attached
+    return dict(ours)["traceparent"], theirs["traceparent"].encode()
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [("traceparent", traceparent("00"))],
+        [("traceparent", traceparent("02"))],  # another flag, not sampled
+        [("app", b"x"), ("traceparent", traceparent("00"))],
+        [("traceparent", traceparent("01"))],
+        [("traceparent", traceparent("00").upper())],
+        [("traceparent", traceparent("00", trace_id=0))],
+        [("traceparent", traceparent("00", span_id=0))],
+        [("traceparent", b"01-" + traceparent("00")[3:] + b"-extra")],
+        [("traceparent", traceparent("00")), ("tracestate", b"vendor=1")],
+        [("traceparent", traceparent("00")), ("traceparent", traceparent("01", span_id=7))],
+        [("traceparent", traceparent("00")[:-1])],
+        [("app", b"no trace context")],
+    ],
+    ids=[
+        "unsampled",
+        "flags-02",
+        "with-app-header",
+        "sampled",
+        "uppercase",
+        "zero-trace",
+        "zero-span",
+        "version-01",
+        "tracestate",
+        "twice",
+        "truncated",
+        "none",
+    ],
+)
+def test_the_short_path_continues_exactly_what_the_general_path_continues(
+    headers: list[tuple[str, bytes]],
+) -> None:
+    short, general = InMemorySpanExporter(), InMemorySpanExporter()
+    sampler = ParentBased(TraceIdRatioBased(0.0))  # new roots never sampled: deterministic
+
+    def fields(traceparents: tuple[bytes, bytes]) -> list[tuple[bytes, ...]]:
+        """Trace id (the record's, or a new one) and flags; and the span id where it is not
+        random: the current span's (what another instrumentation injects) when nothing
+        recorded it. Both carriers are in one trace."""
+        ours, theirs = (value.split(b"-") for value in traceparents)
+        assert ours[1] == theirs[1]
+        mine = ours[1] == format_trace_id(TRACE).encode()
+        return [
+            (b"record's" if mine else b"new", ours[3], b""),
+            (b"record's" if mine else b"new", theirs[3], theirs[2] if theirs[3] == b"00" else b""),
+        ]
+
+    by_short = fields(carried(fetched(tracing(short, sampler)), headers))
+    by_general = fields(carried(tracing(general, sampler), headers))
+    assert by_short == by_general
+    assert [s.name for s in short.get_finished_spans()] == [
+        s.name for s in general.get_finished_spans()
+    ]
+    if headers == [("traceparent", traceparent("00"))]:  # the parent itself, unsampled
+        assert by_short[1] == (b"record's", b"00", traceparent("00")[36:52])
+
+
+def test_an_unsampled_parent_is_current_unparsed_and_shared_by_its_batch(
+    exporter: InMemorySpanExporter,
+) -> None:
+    observer = fetched(tracing(exporter, ParentBased(TraceIdRatioBased(0.01))))
+    shared = [("traceparent", traceparent("00"))]
+    contexts = []
+    for offset in range(3):
+        token = observer.handing(message(list(shared), offset))
+        contexts.append(otel_context.get_current())
+        span = trace.get_current_span()
+        assert not span.is_recording()
+        observer.finished(token, None)
+    assert contexts[0] is contexts[1] is contexts[2]  # one context for the batch's parent
+    parent = span.get_span_context()
+    assert (parent.trace_id, parent.span_id, parent.trace_flags.sampled) == (TRACE, SPAN, False)
+    assert parent.is_remote and "NonRecordingSpan" in repr(span)
+    assert exporter.get_finished_spans() == ()
+
+
+def test_the_current_context_values_stay_around_the_short_path(
+    exporter: InMemorySpanExporter,
+) -> None:
+    observer = fetched(tracing(exporter, ParentBased(ALWAYS_ON)))
+    outer = otel_context.attach(otel_context.set_value("app-key", "app-value"))
+    try:
+        token = observer.handing(message([("traceparent", traceparent("00"))]))
+        assert otel_context.get_value("app-key") == "app-value"
+        assert trace.get_current_span().get_span_context().trace_id == TRACE
+        observer.finished(token, None)
+        assert otel_context.get_value("app-key") == "app-value"
+        assert trace.get_current_span() is trace.INVALID_SPAN
+    finally:
+        otel_context.detach(outer)
+
+
+def test_async_for_switches_the_current_context_record_by_record(
+    exporter: InMemorySpanExporter,
+) -> None:
+    observer = fetched(tracing(exporter, ParentBased(ALWAYS_ON)))
+    seen = []
+    for n, flags in enumerate(["00", "00", "01", "00"]):
+        observer.iterated()
+        observer.iterating(message([("traceparent", traceparent(flags, trace_id=n + 1))], n))
+        seen.append(trace.get_current_span().get_span_context().trace_id)
+    observer.iterated()
+    assert seen == [1, 2, 3, 4]
+    assert trace.get_current_span() is trace.INVALID_SPAN
+    assert [s.context.trace_id for s in exporter.get_finished_spans()] == [3]
+
+
+def test_the_short_path_sets_the_variable_opentelemetry_reads() -> None:
+    """The default runtime context is set directly: pinned, so an OpenTelemetry that moves it
+    fails here rather than silently taking the slower public calls."""
+    from signed_bus._otel_parents import CURRENT
+
+    assert CURRENT is not None
+    context = otel_context.set_value("k", "v")
+    token = otel_context.attach(context)
+    try:
+        assert CURRENT.get() is context
+    finally:
+        otel_context.detach(token)
+
+
+def test_the_unsampled_check_agrees_with_the_propagators_reading() -> None:
+    """The bytes check of the short path accepts exactly the valid, unsampled version 00
+    traceparents: every one-byte change of valid ones, checked against the regular expression
+    and the flags the general path reads."""
+    import random
+
+    from signed_bus._otel_parents import TRACEPARENT
+
+    observer = fetched(tracing(InMemorySpanExporter(), ParentBased(ALWAYS_ON)))
+    rng = random.Random(5)
+    alphabet = b"0123456789abcdefABCDEF-xz 0"
+    cases = [traceparent(flags) for flags in ("00", "01", "02", "03", "fe", "ff")]
+    cases += [traceparent("00", trace_id=0), traceparent("00", span_id=0), b"", b"00"]
+    for _ in range(3000):
+        changed = bytearray(rng.choice(cases[:6]))
+        changed[rng.randrange(len(changed))] = rng.choice(alphabet)
+        if rng.random() < 0.05:
+            changed = changed[:-1] if rng.random() < 0.5 else changed + b"0"
+        cases.append(bytes(changed))
+    for raw in cases:
+        match = TRACEPARENT.fullmatch(raw)
+        expected = (
+            match is not None
+            and int(match[1], 16) != 0
+            and int(match[2], 16) != 0
+            and not int(match[3], 16) & 1
+        )
+        short = observer._short.context([("traceparent", raw)])
+        assert (short is not None) is expected, raw
