@@ -199,6 +199,9 @@ class KeySource:
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
+        # The fetch a refreshing task runs in a worker thread: stop() waits for it, since
+        # cancelling the task does not stop the thread (it would log after stop returned).
+        self._fetching: asyncio.Future[bool] | None = None
         self._thread: threading.Thread | None = None
         self._thread_wake = threading.Event()
         self._stopped = False
@@ -365,7 +368,8 @@ class KeySource:
                     await asyncio.wait_for(self._wake.wait(), timeout=due)
             self._wake.clear()
             try:
-                await asyncio.to_thread(self.refresh)
+                self._fetching = asyncio.ensure_future(asyncio.to_thread(self.refresh))
+                await asyncio.shield(self._fetching)
             except Exception:
                 # refresh() reports every failure it knows of; anything else is a bug, and must
                 # not end the refreshing for good: log it, keep the ring, try again next time.
@@ -380,6 +384,12 @@ class KeySource:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        fetching, self._fetching = self._fetching, None
+        if fetching is not None and not fetching.done():
+            try:
+                await fetching
+            except Exception:  # refresh() reports its own failures: this is a bug in it
+                log.exception("key source: refresh failed; keeping the last good set")
 
     async def __aenter__(self) -> KeySource:
         await self.start()

@@ -8,6 +8,7 @@ import http.server
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -28,12 +29,14 @@ class JwksServer:
         self.garbage = False  # answer with something that is not HTTP
         self.redirect_to: str | None = None  # answer 302 to this location
         self.authorizations: list[str | None] = []  # the Authorization header of each request
+        self.delay_s = 0.0  # wait this long before answering
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 server.requests += 1
                 server.authorizations.append(self.headers.get("Authorization"))
+                time.sleep(server.delay_s)
                 if server.redirect_to is not None:
                     self.send_response(302)
                     self.send_header("Location", server.redirect_to)
@@ -295,3 +298,23 @@ async def test_a_redirect_to_plain_http_on_a_remote_host_is_refused(
     jwks_server.redirect_to = "http://keys.example.com/jwks.json"
     with pytest.raises(ConfigurationError, match="unreachable"):
         await KeySource(jwks_server.url).start()
+
+
+async def test_stop_waits_for_the_fetch_under_way(
+    jwks_server: JwksServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Cancelling the refreshing task leaves its worker thread fetching: stop() must wait for it,
+    # or the source goes on fetching (and logging) after it said it stopped.
+    jwks_server.serve(generate_ed25519_key("k", ["agent"]))
+    source = KeySource(jwks_server.url, refresh_interval_s=0.05)
+    await source.start()
+    jwks_server.delay_s = 0.5
+    requests = jwks_server.requests
+    await wait_until(lambda: jwks_server.requests > requests)  # a slow fetch is under way
+    with caplog.at_level(logging.INFO, logger="signed_bus.keys"):
+        await source.stop()
+        stopped_at = len(caplog.records)
+        jwks_server.status = 500
+        await asyncio.sleep(0.7)
+    assert len(caplog.records) == stopped_at, [r.getMessage() for r in caplog.records]
+    assert source._fetching is None
