@@ -184,7 +184,16 @@ def encode_payload(result: object) -> bytes:
     values (no extension types, so any msgpack reader reads the body and the strict reader
     :func:`decode_msgpack` needs nothing new). Raises TypeError for a type it has no form for.
     """
-    return cast(bytes, _packb(result, default=_plain))
+    # A packer from the pool instead of a new one per call (what packb does): each is used by
+    # one call at a time, so threads and a _plain hook that encodes again never share one.
+    try:
+        packer = _packers.pop()
+    except IndexError:
+        packer = msgpack.Packer(default=_plain)
+    body = cast(bytes, packer.pack(result))  # on an error the packer is dropped (and resets)
+    if len(body) <= _POOLED_PACKER_BYTES and len(_packers) < _MAX_POOLED_PACKERS:
+        _packers.append(packer)  # a packer keeps its largest buffer: big ones are dropped
+    return body
 
 
 def _plain(value: object) -> object:
@@ -227,6 +236,10 @@ def _plain(value: object) -> object:
 # numpy dtype kinds with a plain form: bool, signed and unsigned integers, floats, str, bytes.
 _NUMPY_KINDS: Final = frozenset("biufUS")
 _packb = msgpack.packb
+_packers: list[msgpack.Packer] = []
+#: A packer that encoded more than this is not pooled (it keeps its buffer's size).
+_POOLED_PACKER_BYTES: Final = 1 << 16
+_MAX_POOLED_PACKERS: Final = 16
 
 
 # -- decoding into a type ------------------------------------------------------------------------

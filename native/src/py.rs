@@ -15,7 +15,7 @@ use crate::wire::{self, Frame, Header, Reason, SealInput, Window};
 /// pickling.
 #[pyclass(frozen, module = "signed_bus_native", name = "Key")]
 pub struct NativeKey {
-    material: Material,
+    pub(crate) material: Material,
     issuers: HashSet<String>,
 }
 
@@ -700,6 +700,8 @@ fn signed_bus_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("MAX_PROTECTED_BYTES", wire::MAX_PROTECTED_BYTES)?;
     m.add_class::<NativeKey>()?;
     m.add_class::<Opener>()?;
+    m.add_class::<crate::py_seal::Sealer>()?;
+    m.add_function(wrap_pyfunction!(crate::py_seal::drop_nonces, m)?)?;
     m.add_function(wrap_pyfunction!(decode_reason, m)?)?;
     m.add_function(wrap_pyfunction!(plan_claims, m)?)?;
     Ok(())
