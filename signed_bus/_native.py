@@ -160,8 +160,11 @@ def opener(
     freshness: Freshness,
     audit: bool,
     clock: Callable[[], int],
+    maker: tuple[Any, ...] | None = None,
 ) -> Any:
-    """A native opener for one verifier's settings, or None (pure path)."""
+    """A native opener for one verifier's settings, or None (pure path). With ``maker``
+    (signed_bus._message.MAKER) it answers a verified value with its VerifiedMessage, else
+    with ``(header, body, None)``."""
     if _module is None:
         return None
     return _module.Opener(
@@ -174,6 +177,7 @@ def opener(
         audit,
         clock,
         clock is system_clock,
+        maker,
     )
 
 
