@@ -31,6 +31,7 @@ from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
+from signed_bus._envelope import K_IAT, K_ISS, K_NCE
 from signed_bus._freshness import Freshness
 from signed_bus._metrics import ConsumerMetrics
 from signed_bus._verifier import BatchItem, VerifiedMessage, Verifier
@@ -181,6 +182,12 @@ class ConsumedMessage:
         return self.record.headers
 
 
+_new = object.__new__
+# The slots' descriptors write past the frozen dataclass's __setattr__ (as its __init__ does).
+_set_verified = ConsumedMessage.__dict__["verified"].__set__
+_set_record = ConsumedMessage.__dict__["record"].__set__
+_set_claim = ConsumedMessage.__dict__["claim"].__set__
+
 # One entry per consumed record, in delivery order: (partition, offset + 1, message), where the
 # message is None for a rejected record.
 Entry = tuple[P, int, ConsumedMessage | None]
@@ -256,6 +263,7 @@ class Gate:
         # several threads); the answers are verify's own, record by record.
         items: list[BatchItem] = []
         waiting: list[tuple[int, P, Record]] = []
+        add_item, add_waiting, add_entry = items.append, waiting.append, entries.append
         for tp, records_of_tp in records.items():
             count += len(records_of_tp)
             for record in records_of_tp:
@@ -267,17 +275,18 @@ class Gate:
                         self._warn_create_time(record.topic)
                 value = record.value
                 if value is not None:
-                    items.append((value, record.topic, record.key, reference))
-                waiting.append((len(entries), tp, record))
-                entries.append((tp, record.offset + 1, None))
+                    add_item((value, record.topic, record.key, reference))
+                add_waiting((len(entries), tp, record))
+                add_entry((tp, record.offset + 1, None))
         answers = iter(self._verifier.verify_batch(items))
+        add_verified = verified.append
         for index, tp, record in waiting:
             if record.value is None:
                 answer: VerifiedMessage | Exception = MalformedEnvelope("the record has no value")
             else:
                 answer = next(answers)
-            if not isinstance(answer, Exception):
-                verified.append((index, tp, record, answer))
+            if answer.__class__ is VerifiedMessage or not isinstance(answer, Exception):
+                add_verified((index, tp, record, answer))
             elif isinstance(answer, VerificationError):
                 rejected.append((record, answer))
             else:  # a verifier bug must not stop the consumer
@@ -310,11 +319,14 @@ class Gate:
         audit mode, where :meth:`settle` takes no verdicts)."""
         if self._verifier.audit:
             return []
-        # Plain tuples, not Claim objects: built once per record, so kept cheap.
-        return [
-            (m.issuer, m.nonce, m.created_at, r.topic, r.partition, r.offset)
-            for _, _, r, m in batch.verified
-        ]
+        # Plain tuples, not Claim objects: built once per record, so kept cheap (the header
+        # map's items rather than the message's properties: one dict read each, no call).
+        rows: list[ClaimRow] = []
+        add = rows.append
+        for _, _, r, m in batch.verified:
+            h = m._header
+            add((h[K_ISS], h[K_NCE], h[K_IAT], r.topic, r.partition, r.offset))
+        return rows
 
     def settle(
         self, batch: Settling[P], verdicts: Sequence[ClaimVerdict | None] | None = None
@@ -343,7 +355,11 @@ class Gate:
                 continue
             if verdict is same and same is not None:
                 metrics.same_position += 1
-            entries[index] = (tp, record.offset + 1, ConsumedMessage(message, record, verdict))
+            consumed = _new(ConsumedMessage)  # the dataclass __init__ without its frame
+            _set_verified(consumed, message)
+            _set_record(consumed, record)
+            _set_claim(consumed, verdict)
+            entries[index] = (tp, record.offset + 1, consumed)
         verified.clear()
 
     def unchecked(self, batch: Settling[P], error: ReplayGuardUnavailable) -> None:

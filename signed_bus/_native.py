@@ -32,6 +32,7 @@ __all__ = [
     "ENV_VAR",
     "active",
     "claim_planner",
+    "fast_sealer",
     "load",
     "opener",
     "reopen",
@@ -40,7 +41,7 @@ __all__ = [
 
 ENV_VAR: Final = "SIGNED_BUS_NATIVE"
 #: The interface version this package speaks; the extension exports its own (native/src/lib.rs).
-ABI_VERSION: Final = 3
+ABI_VERSION: Final = 4
 #: The distribution that holds the extension.
 DISTRIBUTION: Final = "signed-bus-native"
 
@@ -88,7 +89,19 @@ def load(mode: str | None = None) -> ModuleType | None:
             raise ConfigurationError(f"{ENV_VAR}=1 but the installed {DISTRIBUTION}: {problem}")
         _log.debug("%s not used: %s; pure-Python envelope code", DISTRIBUTION, problem)
         return None
+    _drop_nonces_at_fork(module)
     return module  # type: ignore[no-any-return]
+
+
+_fork_hooks: set[int] = set()
+
+
+def _drop_nonces_at_fork(module: ModuleType) -> None:
+    """A forked child must not hand out the nonces its parent still holds in the extension's
+    pool (its Sealer's default nonce source): the child drops them, once per loaded module."""
+    if id(module) not in _fork_hooks and hasattr(os, "register_at_fork"):
+        _fork_hooks.add(id(module))
+        os.register_at_fork(after_in_child=module.drop_nonces)
 
 
 _module: ModuleType | None = load()
@@ -126,6 +139,20 @@ def sealer(key: Key) -> SealFn:
     return seal
 
 
+def fast_sealer(key: Key, msgpack_prefix: bytes, max_topics: int) -> Any:
+    """The extension's one-call signing path for a signer holding ``key`` with the system clock
+    and the default nonce source: ``sign(body, topic, key)`` gives the record value of an
+    encoded msgpack body without parents or expiry, or None where the Python path must seal
+    (a topic not handed over with ``add_topic`` yet, a key or body that is not bytes). None on
+    the pure path or for a key the extension does not hold."""
+    if _module is None:
+        return None
+    native = _native_key(_module, key)
+    if native is None or not native.can_sign:
+        return None
+    return _module.Sealer(native, msgpack_prefix, max_topics)
+
+
 def opener(
     keyring: Keyring,
     *,
@@ -133,8 +160,11 @@ def opener(
     freshness: Freshness,
     audit: bool,
     clock: Callable[[], int],
+    maker: tuple[Any, ...] | None = None,
 ) -> Any:
-    """A native opener for one verifier's settings, or None (pure path)."""
+    """A native opener for one verifier's settings, or None (pure path). With ``maker``
+    (signed_bus._message.MAKER) it answers a verified value with its VerifiedMessage, else
+    with ``(header, body, None)``."""
     if _module is None:
         return None
     return _module.Opener(
@@ -147,6 +177,7 @@ def opener(
         audit,
         clock,
         clock is system_clock,
+        maker,
     )
 
 

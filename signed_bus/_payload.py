@@ -186,7 +186,15 @@ def encode_payload(result: object) -> bytes:
     and for a map key whose form is not str or bytes (``{0: 0.1}``): the decoding profile
     refuses such a map, so every verifier would dead-letter the signed body as malformed.
     """
-    body = cast(bytes, _packb(result, default=_plain))
+    # A packer from the pool instead of a new one per call (what packb does): each is used by
+    # one call at a time, so threads and a _plain hook that encodes again never share one.
+    try:
+        packer = _packers.pop()
+    except IndexError:
+        packer = msgpack.Packer(default=_plain)
+    body = cast(bytes, packer.pack(result))  # on an error the packer is dropped (and resets)
+    if len(body) <= _POOLED_PACKER_BYTES and len(_packers) < _MAX_POOLED_PACKERS:
+        _packers.append(packer)  # a packer keeps its largest buffer: big ones are dropped
     _check_map_keys(body)
     return body
 
@@ -251,6 +259,10 @@ def _plain(value: object) -> object:
 _NUMPY_KINDS: Final = frozenset("biufUS")
 _packb = msgpack.packb
 _unpackb = msgpack.unpackb
+_packers: list[msgpack.Packer] = []
+#: A packer that encoded more than this is not pooled (it keeps its buffer's size).
+_POOLED_PACKER_BYTES: Final = 1 << 16
+_MAX_POOLED_PACKERS: Final = 16
 
 
 # -- decoding into a type ------------------------------------------------------------------------

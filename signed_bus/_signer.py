@@ -81,6 +81,7 @@ class Signer:
         "_clock",
         "_cty_prefixes",
         "_encode",
+        "_fast",
         "_issuer",
         "_kid",
         "_model",
@@ -124,6 +125,13 @@ class Signer:
         self._clock = clock
         self._nonce = nonce_source
         self._encode = encoder
+        # The default clock and nonce source: the extension reads both itself and seals a
+        # msgpack body without parents or expiry in one call (None: the path below serves).
+        self._fast = (
+            _native.fast_sealer(key, self._msgpack_prefix, _MAX_CACHED_TOPICS)
+            if clock is system_clock and nonce_source is None
+            else None
+        )
 
     @property
     def kid(self) -> str:
@@ -162,6 +170,11 @@ class Signer:
         Returns the Kafka record value. Raises TypeError if the encoder cannot encode ``result``.
         """
         body = self._encode(result)
+        fast = self._fast
+        if fast is not None and expires_at is None and not parents:
+            value: bytes | None = fast.sign(body, topic, key)
+            if value is not None:
+                return value
         if type(body) is not bytes:
             raise TypeError("the encoder must return bytes")
         return self._seal(body, self._msgpack_prefix, topic, key, parents, expires_at)
@@ -177,6 +190,16 @@ class Signer:
         expires_at: int | None = None,
     ) -> bytes:
         """Sign an already-encoded body of the given content type; returns the record value."""
+        fast = self._fast
+        if (
+            fast is not None
+            and content_type == CONTENT_TYPE_MSGPACK
+            and expires_at is None
+            and not parents
+        ):
+            value: bytes | None = fast.sign(body, topic, key)
+            if value is not None:
+                return value
         if type(body) is not bytes:
             if not isinstance(body, bytearray | memoryview):
                 raise TypeError("body must be bytes")
@@ -202,6 +225,8 @@ class Signer:
             topic_part = topic_entry(topic)
             if len(self._topics) < _MAX_CACHED_TOPICS:
                 self._topics[topic] = topic_part
+                if self._fast is not None:
+                    self._fast.add_topic(topic, topic_part)
         if key is None:
             rkd = None
         elif type(key) is bytes:

@@ -8,33 +8,34 @@ raises its VerificationError subclass; nothing else escapes for any input bytes.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
-from collections.abc import Callable, Sequence
-from typing import Any, Final, NoReturn
+from typing import Any, Final
 
 from signed_bus import _native
 from signed_bus._clock import Clock, system_clock
 from signed_bus._decode import decode_header_values, frame_offsets
 from signed_bus._envelope import (
-    CONTENT_TYPE_MSGPACK,
     HEADER_KEYS,
-    K_ALG,
-    K_CTY,
     K_EXP,
     K_IAT,
     K_ISS,
     K_KID,
-    K_MDL,
-    K_NCE,
-    K_PAR,
-    K_TPC,
-    envelope_digest,
     signed_message,
 )
 from signed_bus._freshness import Freshness
 from signed_bus._keys import EDDSA, HS256, Keyring
-from signed_bus._payload import PayloadError, decode_json, decode_msgpack
+from signed_bus._message import (
+    _UNDECODED,
+    CONTENT_TYPE_JSON,
+    MAKER,
+    VerifiedMessage,
+    _new,
+    _set_body,
+    _set_header,
+    _set_payload,
+    _set_value,
+)
+from signed_bus._message import _rebuild as _rebuild  # pickles name it here
 from signed_bus.errors import (
     AlgorithmMismatch,
     BadSignature,
@@ -42,7 +43,6 @@ from signed_bus.errors import (
     EnvelopeTooLarge,
     MalformedEnvelope,
     UnknownKey,
-    UnsupportedContentType,
     UntrustedIssuer,
     WrongKey,
     WrongTopic,
@@ -50,226 +50,12 @@ from signed_bus.errors import (
 
 __all__ = ["CONTENT_TYPE_JSON", "BatchItem", "VerifiedMessage", "Verifier"]
 
-CONTENT_TYPE_JSON: Final = "application/json"
 #: Signature length per algorithm: a wrong length is a bad signature before any crypto runs.
 _SIG_BYTES: Final = {HS256: 32, EDDSA: 64}
 _sha256 = hashlib.sha256
-#: VerifiedMessage._payload before the first read of ``payload``.
-_UNDECODED: Final = object()
 _WITH_EXPIRY: Final = len(HEADER_KEYS)  # a header map holds exp only when it has every key
 #: One record for :meth:`Verifier.verify_batch`: value, topic, record key, reference time.
 BatchItem = tuple[bytes, str, bytes | None, int | None]
-
-
-class VerifiedMessage:
-    """An envelope that passed verification: its exact body bytes and its header fields.
-
-    Immutable. ``payload`` decodes the body once, on first access (msgpack or JSON content
-    types). ``digest`` (SHA-256 of the whole record value, the value downstream envelopes name
-    as a parent) is also computed on first access: most consumers never need it.
-    """
-
-    # Verifier.verify builds instances without __init__: a view over the checked header map,
-    # four slot writes. ``_digest`` stays unset until first read and ``_payload`` holds
-    # _UNDECODED until then (a sentinel costs a tenth of a caught AttributeError, and every
-    # consumed record reads its payload). The keyword constructor below serves tests and code
-    # that builds messages by hand.
-    __slots__ = ("_digest", "_header", "_payload", "_value", "body")
-
-    _header: dict[str, Any]
-    body: bytes
-    _value: bytes | None
-    _digest: bytes
-    _payload: object
-
-    def __init__(
-        self,
-        *,
-        body: bytes,
-        content_type: str,
-        issuer: str,
-        model: str,
-        kid: str,
-        alg: str,
-        created_at: int,
-        expires_at: int | None,
-        nonce: bytes,
-        parents: Sequence[bytes],
-        digest: bytes,
-        topic: str,
-    ) -> None:
-        header: dict[str, Any] = {
-            K_ALG: alg,
-            K_KID: kid,
-            K_ISS: issuer,
-            K_MDL: model,
-            K_CTY: content_type,
-            K_TPC: topic,
-            K_IAT: created_at,
-            K_NCE: nonce,
-            K_PAR: list(parents),
-        }
-        if expires_at is not None:
-            header[K_EXP] = expires_at
-        _set_header(self, header)
-        _set_body(self, body)
-        _set_value(self, None)
-        _set_payload(self, _UNDECODED)
-        _set_digest(self, digest)
-
-    def __setattr__(self, name: str, value: object) -> NoReturn:
-        raise dataclasses.FrozenInstanceError(f"cannot assign to field {name!r}")
-
-    def __delattr__(self, name: str) -> NoReturn:
-        raise dataclasses.FrozenInstanceError(f"cannot delete field {name!r}")
-
-    @property
-    def content_type(self) -> str:
-        return self._header[K_CTY]  # type: ignore[no-any-return]
-
-    @property
-    def issuer(self) -> str:
-        return self._header[K_ISS]  # type: ignore[no-any-return]
-
-    @property
-    def model(self) -> str:
-        return self._header[K_MDL]  # type: ignore[no-any-return]
-
-    @property
-    def kid(self) -> str:
-        return self._header[K_KID]  # type: ignore[no-any-return]
-
-    @property
-    def alg(self) -> str:
-        return self._header[K_ALG]  # type: ignore[no-any-return]
-
-    @property
-    def created_at(self) -> int:
-        return self._header[K_IAT]  # type: ignore[no-any-return]
-
-    @property
-    def expires_at(self) -> int | None:
-        return self._header.get(K_EXP)
-
-    @property
-    def nonce(self) -> bytes:
-        return self._header[K_NCE]  # type: ignore[no-any-return]
-
-    @property
-    def parents(self) -> tuple[bytes, ...]:
-        return tuple(self._header[K_PAR])
-
-    @property
-    def topic(self) -> str:
-        return self._header[K_TPC]  # type: ignore[no-any-return]
-
-    @property
-    def digest(self) -> bytes:
-        try:
-            return self._digest
-        except AttributeError:  # first read
-            assert self._value is not None
-            digest = envelope_digest(self._value)
-            _set_digest(self, digest)
-            return digest
-
-    @property
-    def payload(self) -> object:
-        """The body decoded per its content type, once.
-
-        application/msgpack and application/json are decoded; any other content type raises
-        UnsupportedContentType (read ``body`` instead). An authentic body that does not decode
-        raises MalformedEnvelope (reason "malformed").
-        """
-        payload = self._payload
-        if payload is _UNDECODED:  # first read
-            payload = self._decode_payload()
-            _set_payload(self, payload)
-        return payload
-
-    def _decode_payload(self) -> object:
-        content_type = self._header[K_CTY]
-        if content_type == CONTENT_TYPE_MSGPACK:
-            decode = decode_msgpack
-        elif content_type == CONTENT_TYPE_JSON:
-            decode = decode_json
-        else:
-            raise UnsupportedContentType(
-                f"no decoder for content type {content_type!r}; read .body instead"
-            )
-        try:
-            return decode(self.body)
-        except PayloadError as exc:  # the profile's own messages: they never quote the body
-            raise MalformedEnvelope(
-                f"body does not decode as {content_type}: {exc}",
-                kid=self.kid,
-                issuer=self.issuer,
-                topic=self.topic,
-            ) from None
-
-    def _fields(self) -> tuple[object, ...]:
-        return (
-            self.body,
-            self.content_type,
-            self.issuer,
-            self.model,
-            self.kid,
-            self.alg,
-            self.created_at,
-            self.expires_at,
-            self.nonce,
-            self.parents,
-            self.digest,
-            self.topic,
-        )
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, VerifiedMessage):
-            return NotImplemented
-        return self._fields() == other._fields()
-
-    def __hash__(self) -> int:
-        return hash(self.digest)
-
-    def __repr__(self) -> str:
-        # The body is the application's data: its size is shown, never its bytes.
-        return (
-            f"VerifiedMessage(issuer={self.issuer!r}, model={self.model!r}, kid={self.kid!r}, "
-            f"alg={self.alg!r}, topic={self.topic!r}, created_at={self.created_at}, "
-            f"expires_at={self.expires_at}, content_type={self.content_type!r}, "
-            f"body=<{len(self.body)} bytes>, nonce={self.nonce.hex()}, "
-            f"parents={len(self._header[K_PAR])}, digest={self.digest.hex()})"
-        )
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild, (self._header, self.body, self.digest))
-
-
-def _rebuild(header: dict[str, Any], body: bytes, digest: bytes) -> VerifiedMessage:
-    msg: VerifiedMessage = _new(VerifiedMessage)
-    _set_header(msg, header)
-    _set_body(msg, body)
-    _set_value(msg, None)
-    _set_payload(msg, _UNDECODED)
-    _set_digest(msg, digest)
-    return msg
-
-
-_new = object.__new__
-
-
-def _slot_setter(name: str) -> Callable[[VerifiedMessage, Any], None]:
-    # Slot descriptors write past the frozen __setattr__ (what a frozen dataclass does via
-    # object.__setattr__, at half the cost).
-    descriptor: Any = VerifiedMessage.__dict__[name]
-    return descriptor.__set__  # type: ignore[no-any-return]
-
-
-_set_header = _slot_setter("_header")
-_set_body = _slot_setter("body")
-_set_value = _slot_setter("_value")
-_set_digest = _slot_setter("_digest")
-_set_payload = _slot_setter("_payload")
 
 
 class Verifier:
@@ -325,6 +111,7 @@ class Verifier:
             freshness=freshness,
             audit=self._audit,
             clock=clock,
+            maker=MAKER,
         )
 
     @property
@@ -408,9 +195,13 @@ class Verifier:
         opener = self._opener
         if opener is not None:  # the native path (signed_bus._native): one call
             opened = opener.open(value, topic, key, reference_ms)
+            if opened.__class__ is VerifiedMessage:  # verified and fresh
+                return opened
             if opened is None:  # the keyring changed since the last call
                 opened = _native.reopen(opener, value, topic, key, reference_ms)
-            if opened.__class__ is tuple:
+                if opened.__class__ is VerifiedMessage:
+                    return opened
+            if opened.__class__ is tuple:  # authentic, not fresh: the pure rule raises
                 return self._opened(value, opened, reference_ms)
             # A refusal (or a case the extension leaves to Python): the pure path below finds
             # the same reason and raises its exception, with its message.
@@ -438,13 +229,7 @@ class Verifier:
         if answers is None:
             return [self._answer(item) for item in items]
         for index, opened in enumerate(answers):
-            if opened.__class__ is tuple and opened[2] is None:  # verified and fresh
-                msg: VerifiedMessage = _new(VerifiedMessage)
-                _set_header(msg, opened[0])
-                _set_body(msg, opened[1])
-                _set_value(msg, items[index][0])
-                _set_payload(msg, _UNDECODED)
-                answers[index] = msg
+            if opened.__class__ is VerifiedMessage:  # verified and fresh
                 continue
             if opened.__class__ is tuple:  # authentic, not fresh: the pure rule raises
                 try:

@@ -1,6 +1,7 @@
 //! The Python module `signed_bus_native` (loaded by signed_bus/_native.py).
 
 use std::collections::HashSet;
+use std::sync::Mutex;
 
 use pyo3::exceptions::PyValueError;
 use pyo3::intern;
@@ -15,7 +16,7 @@ use crate::wire::{self, Frame, Header, Reason, SealInput, Window};
 /// pickling.
 #[pyclass(frozen, module = "signed_bus_native", name = "Key")]
 pub struct NativeKey {
-    material: Material,
+    pub(crate) material: Material,
     issuers: HashSet<String>,
 }
 
@@ -149,7 +150,59 @@ pub struct Opener {
     /// The clock is signed_bus._clock.system_clock (time.time_ns() // 1_000_000): read the same
     /// wall clock here instead of calling back into Python.
     system_clock: bool,
+    /// Builds the VerifiedMessage of a verified value (see `MessageMaker`); None: answer the
+    /// `(header, body, None)` tuple instead.
+    maker: Option<MessageMaker>,
+    /// The last Python string made for each header text: headers repeat from record to record,
+    /// so most values reuse one (with its hash already computed for the keyring lookup).
+    texts: Mutex<[HeldText; 6]>,
 }
+
+/// One header text and the Python string last made for it.
+type HeldText = Option<(Box<str>, Py<PyString>)>;
+
+/// signed_bus._verifier's way of building a VerifiedMessage without __init__ (the class
+/// refuses attribute writes): `object.__new__(cls)`, then its slots written through their
+/// descriptors (`_header`, `body`, `_value`, `_payload` = the undecoded sentinel).
+struct MessageMaker {
+    new: Py<PyAny>,
+    cls: Py<PyAny>,
+    set_header: Py<PyAny>,
+    set_body: Py<PyAny>,
+    set_value: Py<PyAny>,
+    set_payload: Py<PyAny>,
+    undecoded: Py<PyAny>,
+}
+
+impl MessageMaker {
+    fn make<'py>(
+        &self,
+        py: Python<'py>,
+        header: Bound<'py, PyDict>,
+        body: Bound<'py, PyBytes>,
+        value: &Bound<'py, PyBytes>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let message = self.new.bind(py).call1((self.cls.bind(py),))?;
+        self.set_header.bind(py).call1((&message, header))?;
+        self.set_body.bind(py).call1((&message, body))?;
+        self.set_value.bind(py).call1((&message, value))?;
+        self.set_payload
+            .bind(py)
+            .call1((&message, self.undecoded.bind(py)))?;
+        Ok(message)
+    }
+}
+
+/// The pieces of a MessageMaker, as signed_bus/_native.py hands them over.
+type MakerParts = (
+    Py<PyAny>,
+    Py<PyAny>,
+    Py<PyAny>,
+    Py<PyAny>,
+    Py<PyAny>,
+    Py<PyAny>,
+    Py<PyAny>,
+);
 
 fn header_key<'py>(py: Python<'py>, index: usize) -> &'py Bound<'py, PyString> {
     match index {
@@ -239,6 +292,23 @@ type Item<'py> = (
 );
 
 impl Opener {
+    /// The header's texts as Python strings, reusing the last one made for each field when
+    /// the text is the same.
+    fn texts_of<'py>(&self, py: Python<'py>, texts: &[&str; 6]) -> Texts<'py> {
+        let mut cache = self.texts.lock().unwrap_or_else(|p| p.into_inner());
+        std::array::from_fn(|index| {
+            let text = texts[index];
+            if let Some((held, string)) = &cache[index] {
+                if **held == *text {
+                    return string.bind(py).clone();
+                }
+            }
+            let string = PyString::new(py, text);
+            cache[index] = Some((text.into(), string.clone().unbind()));
+            string
+        })
+    }
+
     /// Milliseconds since the epoch, floored, when the clock is the system clock.
     fn system_now(&self) -> Option<i64> {
         if !self.system_clock {
@@ -312,7 +382,7 @@ impl Opener {
             crate::crypto::EDDSA => 64,
             _ => return done(Outcome::Rejected(Reason::AlgorithmMismatch)),
         };
-        let texts: Texts<'py> = h.texts.map(|text| PyString::new(py, text));
+        let texts = self.texts_of(py, &h.texts);
         let keys = self.keyring.bind(py).getattr(intern!(py, "_keys"))?;
         let Ok(keys) = keys.downcast::<PyDict>() else {
             return done(Outcome::Python);
@@ -404,17 +474,22 @@ impl Opener {
 /// What `Opener.open` returns for an outcome (see there).
 fn outcome_object<'py>(
     py: Python<'py>,
-    raw: &[u8],
+    value: &Bound<'py, PyBytes>,
+    maker: Option<&MessageMaker>,
     outcome: Outcome<'_, 'py>,
 ) -> PyResult<PyObject> {
+    let raw = value.as_bytes();
     Ok(match outcome {
         Outcome::Verified(h, frame, texts) => {
             let body = PyBytes::new(py, &raw[frame.b_start..frame.b_end]);
             let header = header_dict(py, &h, &texts)?;
-            (header, body, py.None())
-                .into_pyobject(py)?
-                .into_any()
-                .unbind()
+            match maker {
+                Some(maker) => maker.make(py, header, body, value)?.unbind(),
+                None => (header, body, py.None())
+                    .into_pyobject(py)?
+                    .into_any()
+                    .unbind(),
+            }
         }
         Outcome::Stale(h, frame, texts, now, _) => {
             let body = PyBytes::new(py, &raw[frame.b_start..frame.b_end]);
@@ -465,6 +540,7 @@ impl Opener {
     }
 
     #[new]
+    #[pyo3(signature = (keyring, cache, max_bytes, max_age_ms, future_skew_ms, max_lag_ms, audit, clock, system_clock, maker = None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         keyring: Py<PyAny>,
@@ -476,6 +552,7 @@ impl Opener {
         audit: bool,
         clock: Py<PyAny>,
         system_clock: bool,
+        maker: Option<MakerParts>,
     ) -> Self {
         let window = Window {
             max_age_ms: max_age_ms as i128,
@@ -490,10 +567,25 @@ impl Opener {
             audit,
             clock,
             system_clock,
+            maker: maker.map(
+                |(new, cls, set_header, set_body, set_value, set_payload, undecoded)| {
+                    MessageMaker {
+                        new,
+                        cls,
+                        set_header,
+                        set_body,
+                        set_value,
+                        set_payload,
+                        undecoded,
+                    }
+                },
+            ),
+            texts: Mutex::new(Default::default()),
         }
     }
 
-    /// `(header, body, None)` for a verified value; `(header, body, now)` for an authentic value
+    /// The VerifiedMessage of a verified value where the opener was given a maker, else
+    /// `(header, body, None)`; `(header, body, now)` for an authentic value
     /// outside the freshness window at `now`; a reason code (str) for a refused one; `""` where
     /// the Python path must decide; None when the key cache must be refreshed first.
     #[pyo3(signature = (value, topic, key, reference_ms = None))]
@@ -505,9 +597,8 @@ impl Opener {
         key: Option<&[u8]>,
         reference_ms: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<PyObject> {
-        let raw = value.as_bytes();
-        let outcome = self.check(py, raw, topic, key, reference_ms)?;
-        outcome_object(py, raw, outcome)
+        let outcome = self.check(py, value.as_bytes(), topic, key, reference_ms)?;
+        outcome_object(py, value, self.maker.as_ref(), outcome)
     }
 
     /// `open` for every item of `items` (tuples `(value, topic, key, reference_ms)`), in order:
@@ -566,7 +657,7 @@ impl Opener {
                     self.after(py, pending, key, valid)?
                 }
             };
-            answers.append(outcome_object(py, value.as_bytes(), outcome)?)?;
+            answers.append(outcome_object(py, value, self.maker.as_ref(), outcome)?)?;
         }
         Ok(Some(answers))
     }
@@ -700,6 +791,8 @@ fn signed_bus_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("MAX_PROTECTED_BYTES", wire::MAX_PROTECTED_BYTES)?;
     m.add_class::<NativeKey>()?;
     m.add_class::<Opener>()?;
+    m.add_class::<crate::py_seal::Sealer>()?;
+    m.add_function(wrap_pyfunction!(crate::py_seal::drop_nonces, m)?)?;
     m.add_function(wrap_pyfunction!(decode_reason, m)?)?;
     m.add_function(wrap_pyfunction!(plan_claims, m)?)?;
     Ok(())

@@ -215,3 +215,38 @@ fn a_batch_gives_each_check_its_own_verdict_in_order_on_any_number_of_threads() 
         }
     }
 }
+
+#[test]
+fn pooled_nonces_never_repeat_and_a_drop_forgets_the_rest() {
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..(3 * crate::nonces::POOL_NONCES + 7) {
+        assert!(seen.insert(crate::nonces::take().unwrap()));
+    }
+    assert!(crate::nonces::left() > 0);
+    crate::nonces::drop_all();
+    assert_eq!(crate::nonces::left(), 0);
+    assert!(seen.insert(crate::nonces::take().unwrap()));
+    assert_eq!(crate::nonces::left(), crate::nonces::POOL_NONCES - 1);
+}
+
+#[test]
+fn envelopes_are_framed_in_the_shortest_form_at_every_size() {
+    for size in [0usize, 1, 255, 256, 65_535, 65_536, 70_000] {
+        let body = vec![0xABu8; size];
+        let protected = [1u8; 40];
+        let signature = [2u8; 32];
+        let value = wire::envelope(&protected, &body, &signature);
+        assert_eq!(
+            value.len(),
+            wire::envelope_len(protected.len(), body.len(), signature.len())
+        );
+        let mut expected = wire::VALUE_PREFIX.to_vec();
+        for part in [&protected[..], &body[..], &signature[..]] {
+            wire::push_bin_header(&mut expected, part.len());
+            expected.extend_from_slice(part);
+        }
+        assert_eq!(value, expected, "size {size}");
+        let frame = wire::frame(&value).unwrap();
+        assert_eq!(&value[frame.b_start..frame.b_end], &body[..]);
+    }
+}

@@ -454,18 +454,52 @@ pub fn lengths(protected: &[u8], body: &[u8]) -> [[u8; 4]; 2] {
     ]
 }
 
+/// The length of the shortest bin header for `n` bytes.
+fn bin_header_len(n: usize) -> usize {
+    if n < 0x100 {
+        2
+    } else if n < 0x1_0000 {
+        3
+    } else {
+        5
+    }
+}
+
+/// The size of the record value [TAG, protected, body, signature].
+pub fn envelope_len(protected: usize, body: usize, signature: usize) -> usize {
+    VALUE_PREFIX.len()
+        + bin_header_len(protected)
+        + protected
+        + bin_header_len(body)
+        + body
+        + bin_header_len(signature)
+        + signature
+}
+
+/// Writes the record value [TAG, protected, body, signature] into `out`, which is exactly
+/// [`envelope_len`] bytes (the caller's buffer: the Python bytes object itself).
+pub fn write_envelope(out: &mut [u8], protected: &[u8], body: &[u8], signature: &[u8]) {
+    let mut pos = 0;
+    let mut put = |bytes: &[u8]| {
+        out[pos..pos + bytes.len()].copy_from_slice(bytes);
+        pos += bytes.len();
+    };
+    put(VALUE_PREFIX);
+    for part in [protected, body, signature] {
+        let n = part.len();
+        let mut header = [0u8; 5];
+        let width = bin_header_len(n);
+        header[0] = [0xC4, 0xC5, 0, 0xC6][width - 2];
+        header[1..width].copy_from_slice(&(n as u32).to_be_bytes()[5 - width..]);
+        put(&header[..width]);
+        put(part);
+    }
+}
+
 /// The record value [TAG, protected, body, signature].
 pub fn envelope(protected: &[u8], body: &[u8], signature: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(
-        VALUE_PREFIX.len() + 15 + protected.len() + body.len() + signature.len(),
-    );
-    out.extend_from_slice(VALUE_PREFIX);
-    push_bin_header(&mut out, protected.len());
-    out.extend_from_slice(protected);
-    push_bin_header(&mut out, body.len());
-    out.extend_from_slice(body);
-    push_bin_header(&mut out, signature.len());
-    out.extend_from_slice(signature);
+    let mut out = vec![0u8; envelope_len(protected.len(), body.len(), signature.len())];
+    write_envelope(&mut out, protected, body, signature);
     out
 }
 

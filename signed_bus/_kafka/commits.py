@@ -65,16 +65,17 @@ class Commits:
         the end of a batch, an empty fetch, a held batch). Never waits; skipped while a commit
         is still in flight (the next tick retries), and left to :meth:`commit` when the last
         background commit failed (that raises its error)."""
-        if not self._cursor.finished:
-            return
-        task = self._task
-        if task is not None and (not task.done() or task.cancelled() or task.exception()):
-            return
+        # Runs once per delivered record: the cheapest test (is one due at all?) first.
         interval = self._interval
         if interval == 0:
             if not boundary:
                 return
         elif self._clock() - self._last < interval:
+            return
+        if not self._cursor.finished:
+            return
+        task = self._task
+        if task is not None and (not task.done() or task.cancelled() or task.exception()):
             return
         self._task = None
         self._start()

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 
+from signed_bus._clock import system_clock
 from signed_bus._gate import (
     RECHECK_AFTER_MS,
     WAITED_IN_BATCH,
@@ -37,7 +39,7 @@ from signed_bus._kafka.producer import SignedProducer
 from signed_bus._kafka.settle import Settler, hold_paused
 from signed_bus._lifecycle import AsyncLifecycle
 from signed_bus._metrics import ConsumerMetrics
-from signed_bus._observe import observed, observer_for, timed_receive
+from signed_bus._observe import NOOP, observed, observer_for, timed_receive
 from signed_bus._replay.guard import RedisReplayGuard
 from signed_bus._verifier import Verifier
 from signed_bus.errors import ConfigurationError, Stopped
@@ -304,22 +306,22 @@ class VerifyingConsumer(AsyncLifecycle):
         """The next verified message. Asking for it means the previous one is finished: its
         offset (and any rejected records before it) is committed with the next commit
         (``commit_interval_ms``, a rebalance) or by :meth:`stop`/:meth:`commit`."""
-        self.metrics.observer.iterated()  # the body of the loop is done with the last message
+        observer = self.metrics.observer
+        if observer is not NOOP:  # the loop's body is done with the last message
+            observer.iterated()
         if self._closed or self._stopping:
             raise StopAsyncIteration
         cursor = self._cursor
         cursor.finish()
         self._commits.tick()
-        if (
-            self._active is None
-            and self._started
-            and not cursor.due(self._clock(), RECHECK_AFTER_MS)
-        ):
-            # The batch has a message ready: nothing is awaited, so no other task can run
-            # between here and the return, and _enter/_leave would have no observer.
-            message = cursor.next()
+        if self._active is None and self._started:
+            # A message ready and not due for a re-check (system_clock read without its frame):
+            # nothing is awaited before the return, so _enter/_leave would have no observer.
+            now = time.time_ns() // 1_000_000 if self._clock is system_clock else self._clock()
+            message = cursor.next_unless_due(now, RECHECK_AFTER_MS)
             if message is not None:
-                return self.metrics.observer.iterating(message)
+                observer = self.metrics.observer
+                return message if observer is NOOP else observer.iterating(message)
         self._enter()
         try:
             while True:

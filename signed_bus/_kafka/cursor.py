@@ -80,7 +80,14 @@ class DeliveryCursor:
 
     def next(self) -> ConsumedMessage | None:
         """The next deliverable message; rejected entries passed are finished."""
+        return self.next_unless_due(None, 0)
+
+    def next_unless_due(self, now: int | None, after_ms: int) -> ConsumedMessage | None:
+        """:meth:`next`, or None without handing anything out when :meth:`due` at ``now``
+        (None: never due). One call per delivered record on the consumer's fast path."""
         queue, pos, done, revoked = self._queue, self._pos, self._done, self._revoked
+        if now is not None and now - self._checked_at > after_ms and pos < len(queue):
+            return None
         while pos < len(queue):
             tp, next_offset, message = queue[pos]
             pos += 1

@@ -18,7 +18,7 @@ from aiokafka.structs import RecordMetadata
 
 from signed_bus._lifecycle import AsyncLifecycle
 from signed_bus._metrics import ProducerMetrics
-from signed_bus._observe import observer_for
+from signed_bus._observe import NOOP, observer_for
 from signed_bus._signer import Signer
 from signed_bus.errors import ConfigurationError, Stopped
 
@@ -185,6 +185,17 @@ class SignedProducer(AsyncLifecycle):
         value = self._signer.sign(
             result, topic=topic, key=key, parents=parents, expires_at=expires_at
         )
+        producer, metrics = self._producer, self.metrics
+        if metrics.observer is NOOP and producer is not None and not self._closed:
+            # Nobody observes this front: no hook calls, no carrier, one frame less per record.
+            metrics.signed += 1
+            return await producer.send(  # type: ignore[no-any-return]
+                topic,
+                value,
+                key=key,
+                partition=partition,
+                headers=(list(headers) or None) if headers else None,
+            )
         return await self._send_value(topic, value, key, partition, headers)
 
     async def send_and_wait(

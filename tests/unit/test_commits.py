@@ -168,3 +168,18 @@ async def test_the_built_consumer_gets_the_fetch_settings() -> None:
         assert consumer._fetch_max_wait_ms == 77
     finally:
         await consumer.stop()
+
+
+def test_the_cursor_hands_out_nothing_once_its_batch_is_due_for_a_recheck() -> None:
+    cursor = DeliveryCursor(ConsumerMetrics())
+    first, second = object(), object()
+    entries: Any = [(TP0, 1, first), (TP0, 2, None), (TP0, 3, second)]
+    cursor.load(entries, checked_at=1_000)
+    assert cursor.next_unless_due(1_500, 500) is first  # 500 ms after the check: not due
+    assert cursor.next_unless_due(1_501, 500) is None  # due: nothing handed out
+    assert cursor.waiting() == entries[1:]  # nor passed over
+    assert cursor.due(1_501, 500)
+    assert cursor.next_unless_due(None, 500) is second  # None: never due
+    assert cursor.next_unless_due(10_000, 500) is None  # empty: nothing to hand out
+    cursor.finish()
+    assert cursor.finished == {TP0: 3}

@@ -4,6 +4,7 @@ claim rows, verdicts, fail open, held re-checks, rejections) driven by plain cal
 from __future__ import annotations
 
 import ast
+import dataclasses
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from signed_bus._gate import HELD_FOR_GUARD, HELD_FOR_RELAY, Gate
+from signed_bus._gate import HELD_FOR_GUARD, HELD_FOR_RELAY, ConsumedMessage, Gate
 from signed_bus._keys import Keyring, generate_hmac_key
 from signed_bus._replay.guard import ClaimVerdict
 from signed_bus._signer import Signer
@@ -200,3 +201,27 @@ def test_a_revoked_partition_is_not_rechecked() -> None:
     now[0] += 1_000
     assert gate.recheck(batch.entries, {(TOPIC, 0)}, HELD_FOR_RELAY) == []
     assert batch.entries[0][2] is not None
+
+
+def test_settled_messages_are_the_dataclass_its_constructor_builds() -> None:
+    ring = keys()
+    gate = Gate(Verifier(ring, clock=lambda: NOW))
+    sign = signer(ring).sign
+    records = [Rec(TOPIC, 0, n, sign({"n": n}, topic=TOPIC)) for n in range(3)]
+    batch = gate.receive({(TOPIC, 0): records})
+    rows = gate.claims(batch)
+    expected_rows = [
+        (m.issuer, m.nonce, m.created_at, r.topic, r.partition, r.offset)
+        for _, _, r, m in batch.verified
+    ]
+    assert rows == expected_rows
+    built = [ConsumedMessage(m, r, ClaimVerdict.NEW) for _, _, r, m in batch.verified]
+    gate.settle(batch, [ClaimVerdict.NEW] * 3)
+    delivered = [m for _, _, m in batch.entries]
+    assert delivered == built
+    assert [hash(m) for m in delivered] == [hash(m) for m in built]
+    assert [repr(m) for m in delivered] == [repr(m) for m in built]
+    first = delivered[0]
+    assert first is not None and first.payload == {"n": 0} and first.offset == 0
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        first.claim = None  # type: ignore[misc]

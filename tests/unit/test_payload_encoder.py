@@ -192,3 +192,76 @@ def test_importing_and_signing_imports_no_optional_library() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert done.stdout.strip() == "[]"
+
+
+# -- the encoder's pooled packers -----------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Row:
+    name: str
+    score: float
+
+
+def test_pooled_packers_are_never_shared_by_threads() -> None:
+    # _Row goes through the Python hook, where threads switch mid-encoding: a packer shared by
+    # two calls at once would interleave their bytes.
+    import threading
+
+    values = [{"i": i, "rows": [_Row(f"r{i}-{j}", j / 7) for j in range(5)]} for i in range(300)]
+    expected = [msgpack.packb(_plain_form(v)) for v in values]
+    wrong: list[int] = []
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+
+        def work() -> None:
+            for _ in range(5):
+                for i, value in enumerate(values):
+                    if encode_payload(value) != expected[i]:
+                        wrong.append(i)
+
+        threads = [threading.Thread(target=work) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert wrong == []
+
+
+def _plain_form(value: dict[str, object]) -> dict[str, object]:
+    rows = value["rows"]
+    assert isinstance(rows, list)
+    return {"i": value["i"], "rows": [dataclasses.asdict(row) for row in rows]}
+
+
+def test_an_encoding_inside_the_hook_gets_its_own_packer() -> None:
+    from pydantic import field_serializer
+
+    class Wrapped(BaseModel):
+        x: int
+
+        @field_serializer("x")
+        def _inner(self, x: int) -> bytes:
+            return encode_payload({"inner": x, "row": _Row("n", 0.5)})
+
+    inner = msgpack.packb({"inner": 3, "row": {"name": "n", "score": 0.5}})
+    assert encode_payload({"outer": Wrapped(x=3)}) == msgpack.packb({"outer": {"x": inner}})
+
+
+def test_a_failed_encoding_leaves_no_bytes_behind() -> None:
+    with pytest.raises(TypeError):
+        encode_payload({"a": [1, 2, object()]})
+    assert encode_payload({"b": 1}) == msgpack.packb({"b": 1})
+
+
+def test_a_packer_that_grew_large_is_not_kept() -> None:
+    from signed_bus import _payload
+
+    encode_payload(1)
+    pooled = list(_payload._packers)
+    assert pooled
+    encode_payload(b"x" * 200_000)  # takes the last pooled packer and drops it after
+    assert _payload._packers == pooled[:-1]

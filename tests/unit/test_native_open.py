@@ -1,0 +1,101 @@
+"""The native opener's answers as Verifier.verify hands them out (signed_bus/_native.py).
+
+The extension builds the VerifiedMessage of a verified value itself (through
+signed_bus._message.MAKER) and reuses the Python string of each header text from the last
+record while it is the same: both must give exactly the message the pure path builds, for
+headers that change from record to record as well. The extension must be installed: this
+module fails, it does not skip, without it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from signed_bus import _native
+from signed_bus._keys import HmacKey, Keyring
+from signed_bus._message import VerifiedMessage
+from signed_bus._signer import Signer
+from signed_bus._verifier import BatchItem, Verifier
+
+NATIVE = _native.load("1")
+NOW = 1_800_000_000_000
+
+
+@contextmanager
+def _path(module: Any) -> Iterator[None]:
+    saved = _native._module
+    _native._module = module
+    try:
+        yield
+    finally:
+        _native._module = saved
+
+
+def _ring() -> Keyring:
+    return Keyring(
+        [
+            HmacKey("k1", hashlib.sha256(b"1").digest(), issuers=["agent-a", "agent-b"]),
+            HmacKey("k2", hashlib.sha256(b"2").digest(), issuers=["agent-a", "ágent-é"]),
+        ]
+    )
+
+
+def _fields(m: VerifiedMessage) -> tuple[object, ...]:
+    return (*m._fields(), m.payload, type(m), m._value is not None)
+
+
+def _values() -> list[tuple[bytes, str, bytes | None]]:
+    """Values whose every header text changes from one to the next, then repeats."""
+    ring = _ring()
+    values = []
+    for n in range(40):
+        kid = ("k1", "k2")[n % 2]
+        issuer = ("agent-a", "agent-b", "ágent-é")[n % 3] if kid == "k1" else "ágent-é"
+        if kid == "k1" and issuer == "ágent-é":
+            issuer = "agent-a"
+        model = f"model-{n % 5}"
+        topic = ("t", "tópico", "results")[n % 3]
+        key = None if n % 4 else f"key-{n}".encode()
+        signer = Signer(ring, kid=kid, issuer=issuer, model=model, clock=lambda: NOW - 1_000)
+        content_type = ("application/msgpack", "application/json")[n % 2]
+        body = b"\x81\xa1n\x05" if n % 2 == 0 else b'{"n": 5}'
+        value = signer.sign_bytes(body, content_type=content_type, topic=topic, key=key)
+        values.append((value, topic, key))
+    return values
+
+
+def test_native_messages_are_the_pure_ones_when_every_header_text_changes() -> None:
+    ring = _ring()
+    with _path(None):
+        pure = Verifier(ring, clock=lambda: NOW)
+    with _path(NATIVE):
+        native = Verifier(ring, clock=lambda: NOW)
+    assert native._opener is not None and pure._opener is None
+    values = _values()
+    for _ in range(2):  # the second pass meets the texts the first left behind
+        for value, topic, key in values + values[::-1]:
+            expected = pure.verify(value, topic=topic, key=key)
+            got = native.verify(value, topic=topic, key=key)
+            assert _fields(got) == _fields(expected)
+            assert got.digest == hashlib.sha256(value).digest()
+            assert pickle.loads(pickle.dumps(got)) == got
+        items: list[BatchItem] = [(value, topic, key, None) for value, topic, key in values]
+        batch = native.verify_batch(items)
+        assert [_fields(m) for m in batch] == [  # type: ignore[arg-type]
+            _fields(pure.verify(v, topic=t, key=k)) for v, t, k, _ in items
+        ]
+
+
+def test_a_message_pickled_before_the_module_split_still_loads() -> None:
+    # VerifiedMessage moved to signed_bus._message; pickles name signed_bus._verifier._rebuild
+    from signed_bus import _verifier
+
+    ring = _ring()
+    value, topic, key = _values()[0]
+    message = Verifier(ring, clock=lambda: NOW).verify(value, topic=topic, key=key)
+    _, (header, body, digest) = message.__reduce__()
+    assert _verifier._rebuild(header, body, digest) == message

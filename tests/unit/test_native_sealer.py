@@ -1,0 +1,200 @@
+"""The extension's one-call signing path (``Sealer``) against the pure-Python seal.
+
+A signer with the default clock and nonce source seals a msgpack body without parents or expiry
+in one native call that reads the wall clock and takes a nonce from a pool of its own. Its
+values must be the bytes the pure path writes for the same created_at and nonce, its nonces
+never repeat (also across fork), and everything it does not serve (other topics, keys, bodies,
+parents, expiry, clocks, nonce sources) takes the pure path's route and errors. The extension
+must be installed: this module fails, it does not skip, without it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import msgpack
+import pytest
+
+from signed_bus import _native
+from signed_bus._clock import system_clock
+from signed_bus._decode import decode_envelope
+from signed_bus._envelope import CONTENT_TYPE_MSGPACK, header_prefix, seal, topic_entry
+from signed_bus._keys import Ed25519Key, HmacKey, Keyring
+from signed_bus._signer import Signer
+from signed_bus._verifier import Verifier
+
+NATIVE = _native.load("1")
+HMAC = HmacKey("h", hashlib.sha256(b"h").digest(), issuers=["agent"])
+ED = Ed25519Key.from_private_bytes("e", hashlib.sha256(b"e").digest(), issuers=["agent"])
+RING = Keyring([HMAC, ED])
+
+
+@contextmanager
+def _path(module: Any) -> Iterator[None]:
+    saved = _native._module
+    _native._module = module
+    try:
+        yield
+    finally:
+        _native._module = saved
+
+
+def _signer(kid: str = "h", **options: Any) -> Signer:
+    with _path(NATIVE):
+        return Signer(RING, kid=kid, issuer="agent", model="m", **options)
+
+
+def _pure_value(signer: Signer, value: bytes, topic: str, key: bytes | None) -> bytes:
+    """What the pure seal writes for the created_at and nonce ``value`` carries."""
+    _, protected, body, _ = msgpack.unpackb(value)
+    header = msgpack.unpackb(protected)
+    rkd = None if key is None else hashlib.sha256(key).digest()
+    assert header["rkd"] == rkd
+    prefix = header_prefix(signer.alg, signer.kid, "agent", "m", CONTENT_TYPE_MSGPACK)
+    sign = RING.get(signer.kid).sign  # type: ignore[union-attr]
+    entry = topic_entry(topic)
+    return seal(prefix, entry, rkd, header["iat"], header["nce"], b"\x90", None, body, sign)
+
+
+def test_a_default_signer_takes_the_one_call_path() -> None:
+    assert _signer()._fast is not None
+    assert _signer(clock=lambda: 1)._fast is None
+    assert _signer(nonce_source=lambda: b"n" * 16)._fast is None
+    with _path(None):
+        assert Signer(RING, kid="h", issuer="agent", model="m")._fast is None
+
+
+@pytest.mark.parametrize("kid", ["h", "e"])
+@pytest.mark.parametrize("topic", ["t", "tópico-ü", "y" * 255])
+@pytest.mark.parametrize("key", [None, b"", b"record-key"])
+@pytest.mark.parametrize("size", [0, 1, 255, 256, 65_535, 65_536, 70_000])
+def test_values_are_the_pure_seal_byte_for_byte(
+    kid: str, topic: str, key: bytes | None, size: int
+) -> None:
+    signer = _signer(kid)
+    body = msgpack.packb(b"b" * size)
+    before = system_clock()
+    for value in (
+        signer.sign_bytes(body, content_type=CONTENT_TYPE_MSGPACK, topic=topic, key=key),
+        signer.sign_bytes(body, content_type=CONTENT_TYPE_MSGPACK, topic=topic, key=key),
+        signer.sign(b"b" * size, topic=topic, key=key),
+    ):
+        assert value == _pure_value(signer, value, topic, key)
+        message = Verifier(RING).verify(value, topic=topic, key=key)
+        assert before <= message.created_at <= system_clock()
+        assert message.body == body
+    # the first call of a topic took the pure path and handed the topic over: the second and
+    # third were the extension's (proven by the call counting below)
+
+
+def test_the_extension_serves_every_call_after_the_first_of_a_topic(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    signer = _signer()
+    sealed: list[int] = []
+    original = Signer._seal
+
+    def counting(self: Signer, *args: Any) -> bytes:
+        sealed.append(1)
+        return original(self, *args)
+
+    monkeypatch.setattr(Signer, "_seal", counting)
+    for _ in range(5):
+        signer.sign({"a": 1}, topic="t")
+        signer.sign({"a": 1}, topic="u", key=b"k")
+    assert len(sealed) == 2  # once per topic
+
+
+def test_what_the_extension_does_not_serve_takes_the_pure_path_and_its_errors() -> None:
+    signer = _signer()
+    signer.sign({"a": 1}, topic="t")
+    with pytest.raises(TypeError, match="key must be bytes or None"):
+        signer.sign({"a": 1}, topic="t", key="text")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="key must be bytes or None"):
+        signer.sign({"a": 1}, topic="t", key=bytearray(b"k"))  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        signer.sign({"a": 1}, topic="z" * 256)
+    with pytest.raises(TypeError, match="body must be bytes"):
+        signer.sign_bytes("text", content_type=CONTENT_TYPE_MSGPACK, topic="t")  # type: ignore[arg-type]
+    odd = Signer(
+        RING,
+        kid="h",
+        issuer="agent",
+        model="m",
+        encoder=lambda r: bytearray(b"\x01"),  # type: ignore[arg-type,return-value]
+    )
+    with pytest.raises(TypeError, match="the encoder must return bytes"):
+        odd.sign(1, topic="t")
+    # a bytearray body, parents, expiry and other content types are sealed by the pure path
+    verifier = Verifier(RING)
+    parent = hashlib.sha256(b"p").digest()
+    value = signer.sign({"a": 1}, topic="t", parents=[parent], expires_at=system_clock() + 9_000)
+    message = verifier.verify(value, topic="t", key=None)
+    assert message.parents == (parent,)
+    assert message.expires_at is not None
+    value = signer.sign_bytes(
+        bytearray(b"\x01"),  # type: ignore[arg-type]
+        content_type=CONTENT_TYPE_MSGPACK,
+        topic="t",
+    )
+    assert verifier.verify(value, topic="t", key=None).body == b"\x01"
+    value = signer.sign_bytes(b"{}", content_type="application/json", topic="t")
+    assert verifier.verify(value, topic="t", key=None).content_type == "application/json"
+
+
+def test_the_topic_cache_is_bounded() -> None:
+    with _path(NATIVE):
+        sealer = _native.fast_sealer(HMAC, b"", 2)
+    assert sealer.add_topic("a", b"x")
+    assert sealer.add_topic("b", b"x")
+    assert sealer.add_topic("a", b"x")  # already held
+    assert not sealer.add_topic("c", b"x")
+    assert sealer.sign(b"\x01", "c", None) is None  # not held: the pure path serves it
+
+
+def test_nonces_never_repeat_across_threads() -> None:
+    signer = _signer()
+    signer.sign(1, topic="t")
+    seen: list[bytes] = []
+
+    def work() -> None:
+        nonces = [decode_envelope(signer.sign(1, topic="t")).header.nonce for _ in range(3_000)]
+        seen.extend(nonces)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(seen) == 12_000
+    assert len(set(seen)) == 12_000
+
+
+def test_a_forked_child_does_not_hand_out_its_parents_pooled_nonces() -> None:
+    signer = _signer()
+    signer.sign(1, topic="t")  # the pool now holds 255 unused nonces
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next nonces, to the parent
+        try:
+            nonces = b"".join(
+                decode_envelope(signer.sign(1, topic="t")).header.nonce for _ in range(100)
+            )
+            os.write(write, nonces)
+        finally:
+            os._exit(0)
+    os.close(write)
+    received = b""
+    while chunk := os.read(read, 4096):
+        received += chunk
+    os.close(read)
+    os.waitpid(pid, 0)
+    child = {received[i : i + 16] for i in range(0, len(received), 16)}
+    assert len(child) == 100
+    parent = {decode_envelope(signer.sign(1, topic="t")).header.nonce for _ in range(100)}
+    assert not child & parent
