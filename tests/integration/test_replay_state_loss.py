@@ -2,7 +2,7 @@
 flush or a restart without persistence does to them): the claim script notices through its epoch
 marker, the guard starts a new epoch and restores the layout record, and copies of envelopes
 created before the loss are never NEW again: quarantined, or re-claimed at their first position
-by a rebuild from Kafka."""
+by a rebuild from Kafka. Each test runs over both guards."""
 
 from __future__ import annotations
 
@@ -21,10 +21,10 @@ from signed_bus._kafka.producer import ProducerOptions, SignedProducer
 from signed_bus._replay.epoch import epoch_key, marker_key
 from signed_bus._replay.guard import ClaimRow, ClaimVerdict
 from signed_bus._replay.layout import layout_key
-from signed_bus._replay.sync_guard import SyncRedisReplayGuard
 from signed_bus.errors import ReplayStateLost
 from tests.conftest import TopicFactory
-from tests.integration.bus import guard, keyring, signer, verifier
+from tests.integration.bus import keyring, signer, verifier
+from tests.integration.guards import GUARDS, Make
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -65,8 +65,9 @@ def _wipe(redis_url: str, prefix: str) -> int:
         client.close()
 
 
+@pytest.mark.parametrize("guard", GUARDS)
 async def test_a_loss_is_detected_and_copies_from_before_it_are_never_new(
-    redis_url: str, redis_prefix: str
+    redis_url: str, redis_prefix: str, guard: Make
 ) -> None:
     group_a = guard(redis_url, redis_prefix)
     group_b = guard(redis_url, redis_prefix)
@@ -101,16 +102,7 @@ async def test_a_loss_is_detected_and_copies_from_before_it_are_never_new(
         assert await late.claim(copies[:1] + after[:1], freshness=WINDOW) == [HELD, SAME]
 
 
-def test_the_sync_guard_detects_a_loss_the_same_way(redis_url: str, redis_prefix: str) -> None:
-    before = _rows(4, created_at=_now())
-    with SyncRedisReplayGuard.from_url(redis_url, prefix=redis_prefix) as sync:
-        assert sync.claim(before, freshness=WINDOW) == [NEW] * 4
-        _wipe(redis_url, redis_prefix)
-        with pytest.raises(ReplayStateLost):
-            sync.claim(_moved(before, "t"), freshness=WINDOW)
-        assert sync.claim(_moved(before, "t"), freshness=WINDOW) == [HELD] * 4
-
-
+@pytest.mark.parametrize("guard", GUARDS)
 async def test_hold_mode_waits_for_a_rebuild_from_kafka_which_restores_first_positions(
     redis_url: str,
     redis_prefix: str,
@@ -118,6 +110,7 @@ async def test_hold_mode_waits_for_a_rebuild_from_kafka_which_restores_first_pos
     unique_topic: TopicFactory,
     capsys: pytest.CaptureFixture[str],
     tmp_path: Path,
+    guard: Make,
 ) -> None:
     ring = keyring()
     topic = await unique_topic("rebuild", partitions=2)
