@@ -67,7 +67,9 @@ class GuardCore(Generic[C]):
     nonces. ``durable_replicas`` / ``durable_timeout_ms``: a claim counts only once that many
     replicas hold it (WAIT in the same round trip). ``rebuild_from``: where the guard rebuilds
     its topics from Kafka by itself, after a loss and when it starts on a prefix with no state
-    in Redis. docs/OPERATIONS.md, "Redis replay guard"."""
+    in Redis. ``refuse_empty_prefix``: without ``rebuild_from``, a guard that finds no state for
+    its prefix does not start (ReplayStateLost; a consumer holds) until ``signed-bus guard
+    rebuild`` or a guard without the flag wrote it. docs/OPERATIONS.md, "Redis replay guard"."""
 
     def __init__(
         self,
@@ -83,6 +85,7 @@ class GuardCore(Generic[C]):
         durable_replicas: int = 0,
         durable_timeout_ms: int = 1_000,
         rebuild_from: RebuildSource | None = None,
+        refuse_empty_prefix: bool = False,
     ) -> None:
         shards = check_guard_settings(
             prefix=prefix,
@@ -110,6 +113,7 @@ class GuardCore(Generic[C]):
             layout=(lambda: self.layout) if check_layout else None,
             on_state_loss=self.on_state_loss,
             rebuilds=None if rebuild_from is None else frozenset(rebuild_from.topics),
+            refuse_empty_prefix=refuse_empty_prefix,
         )
         self._planner = ClaimPlanner(
             prefix=prefix,
@@ -154,6 +158,7 @@ class GuardCore(Generic[C]):
         durable_replicas: int = 0,
         durable_timeout_ms: int = 1_000,
         rebuild_from: RebuildSource | None = None,
+        refuse_empty_prefix: bool = False,
         **client_options: Any,
     ) -> Self:
         """Build a guard that owns its client, from ``redis://`` or ``rediss://`` (TLS).
@@ -180,6 +185,7 @@ class GuardCore(Generic[C]):
             durable_replicas=durable_replicas,
             durable_timeout_ms=durable_timeout_ms,
             rebuild_from=rebuild_from,
+            refuse_empty_prefix=refuse_empty_prefix,
         )
         guard._owns_client = True
         guard._where = f"url={checked.redacted!r}"
@@ -233,8 +239,11 @@ class GuardCore(Generic[C]):
         """What ``start()`` does: prepare, read the epoch (starting one for a prefix with no
         state: a rebuild first when the guard has ``rebuild_from``), warn of eviction."""
         yield from self._prepare_steps()
-        with contextlib.suppress(ReplayStateLost):  # claims hold until it is ready
+        try:
             yield from self._epochs.load(create=True)
+        except ReplayStateLost:  # claims hold until it is ready; a refused prefix does not start
+            if self._epochs.refuse_empty_prefix and self._epochs.state is None:
+                raise
         if not self._cluster:
             # an evicted bucket forgets its nonces: replays inside the window would pass.
             # INFO may be forbidden by an ACL; the docs say what to set

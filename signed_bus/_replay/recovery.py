@@ -25,6 +25,7 @@ from signed_bus._replay.epoch import (
 )
 from signed_bus._replay.layout import ClaimRow, layout_key
 from signed_bus._replay.steps import Command, Pipeline, RunScript, StartRebuild, Steps
+from signed_bus.errors import ReplayStateLost
 
 __all__ = ["Epochs"]
 
@@ -39,7 +40,15 @@ class Epochs:
     rebuilding until a rebuild marks it ready); ``rebuilds`` the topics the guard rebuilds by
     itself (``rebuild_from``; None without), which then always holds."""
 
-    __slots__ = ("_cluster", "_layout", "on_state_loss", "prefix", "rebuilds", "state")
+    __slots__ = (
+        "_cluster",
+        "_layout",
+        "on_state_loss",
+        "prefix",
+        "rebuilds",
+        "refuse_empty_prefix",
+        "state",
+    )
 
     def __init__(
         self,
@@ -49,8 +58,10 @@ class Epochs:
         layout: Callable[[], str] | None,
         on_state_loss: str,
         rebuilds: frozenset[str] | None = None,
+        refuse_empty_prefix: bool = False,
     ) -> None:
         self._cluster = cluster
+        self.refuse_empty_prefix = refuse_empty_prefix and rebuilds is None
         self._layout = layout
         self.prefix = prefix
         self.rebuilds = rebuilds
@@ -84,9 +95,17 @@ class Epochs:
         """Read the epoch record; with ``create`` (a guard starting), start one when there is
         none: ready, for a guard that cannot rebuild (a new prefix, or an emptied Redis no
         guard can tell from one: a WARNING says so); rebuilding from Kafka, as after a loss, for
-        a guard that can. ReplayStateLost unless the epoch is ready."""
+        a guard that can; none for a guard that refuses an empty prefix (ReplayStateLost names
+        the rebuild to run). ReplayStateLost unless the epoch is ready."""
         key = epoch_key(self.prefix)
         state = parse_epoch_record((yield Command(("HGETALL", key))))
+        if state is None and create and self.refuse_empty_prefix:
+            self.state = None
+            raise ReplayStateLost(
+                f"replay guard prefix {self.prefix!r} has no replay state in Redis (a new "
+                "prefix, or Redis lost it) and refuse_empty_prefix is set: run `signed-bus "
+                "guard rebuild TOPIC...` for it, or start one guard without the flag"
+            )
         if state is None and create:
             lost_at = int(time.time() * 1000) if self.rebuilds is not None else 0
             state = yield from self.start_epoch("", lost_at)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -171,3 +172,33 @@ async def test_hold_mode_waits_for_a_rebuild_from_kafka_which_restores_first_pos
         # a topic the rebuild did not cover: its records from before the loss stay held back
         elsewhere = _moved(rows, "not-rebuilt")
         assert await holding.claim(elsewhere, freshness=check.freshness) == [HELD] * 20
+
+
+@pytest.mark.parametrize("guard", GUARDS)
+async def test_a_guard_starting_on_a_prefix_with_no_state_says_so_once(
+    redis_url: str, redis_prefix: str, guard: Make, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, "signed_bus.replay")
+    async with guard(redis_url, redis_prefix) as first:
+        assert await first.claim(_rows(2, created_at=_now()), freshness=WINDOW) == [NEW] * 2
+    async with guard(redis_url, redis_prefix):  # the prefix has its state now
+        pass
+    warnings = [r.getMessage() for r in caplog.records if "no replay state" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert repr(redis_prefix) in warnings[0] and "signed-bus guard rebuild" in warnings[0]
+
+
+@pytest.mark.parametrize("guard", GUARDS)
+async def test_refuse_empty_prefix_holds_until_the_prefix_has_state(
+    redis_url: str, redis_prefix: str, guard: Make
+) -> None:
+    refusing = guard(redis_url, redis_prefix, refuse_empty_prefix=True)
+    with pytest.raises(ReplayStateLost, match="refuse_empty_prefix"):
+        await refusing.__aenter__()
+    rows = _rows(3, created_at=_now())
+    with pytest.raises(ReplayStateLost):  # a claim starts it: refused again, the batch is held
+        await refusing.claim(rows, freshness=WINDOW)
+    async with guard(redis_url, redis_prefix):  # one guard without the flag starts the prefix
+        pass
+    assert await refusing.claim(rows, freshness=WINDOW) == [NEW] * 3
+    await refusing.__aexit__(None, None, None)
