@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, Final, Generic, Self, TypeVar
 
@@ -24,6 +26,7 @@ from signed_bus._replay.layout import (
     ClaimRow,
     ClaimVerdict,
     ScriptCall,
+    bucket_key,
     check_layout_record,
     decode_verdicts,
     layout_descriptor,
@@ -38,11 +41,13 @@ from signed_bus._replay.settings import (
     check_state_loss_settings,
     shards_to_adopt,
     warn_if_evicting,
+    warn_outgrown_shards,
 )
 from signed_bus._replay.steps import (
     Claims,
     Command,
     LoadScript,
+    Pipeline,
     RunScript,
     Steps,
     node_claim,
@@ -50,7 +55,12 @@ from signed_bus._replay.steps import (
 )
 from signed_bus.errors import ConfigurationError, ReplayGuardUnavailable, ReplayStateLost
 
-__all__ = ["GuardCore"]
+__all__ = ["SHARD_CHECK_EVERY_S", "GuardCore"]
+
+_log = logging.getLogger("signed_bus.replay")
+
+#: Seconds between two checks that the hashes of a full bucket are still compact listpacks.
+SHARD_CHECK_EVERY_S = 30.0
 
 C = TypeVar("C")
 
@@ -127,6 +137,11 @@ class GuardCore(Generic[C]):
         self._url: RedisUrl | None = None
         self._started = False
         self._stopped = False
+        # The first shard check waits one period: a just-started guard has no full bucket to
+        # look at yet, and a check at the first claim costs a second connection and a round
+        # trip in every short-lived consumer.
+        self._checked_at = time.monotonic()
+        self._warned_hashtable = False
         self._setup()
 
     @classmethod
@@ -298,3 +313,29 @@ class GuardCore(Generic[C]):
     def _one_call(self, call: ScriptCall, ttl: int, epoch: str) -> Steps[list[Any]]:
         reply = yield RunScript(CLAIM_SCRIPT, tuple(self._keys(call)), (ttl, call.blob, epoch))
         return [reply]
+
+    def _shard_check(self, claims: Sequence[ClaimRow]) -> Steps[None] | None:
+        """Every SHARD_CHECK_EVERY_S, until it warned once: the steps that check that one
+        hash of the bucket before the batch's (a full one) is still a compact listpack, and
+        warn when the rate outgrew the shards; None when no check is due."""
+        now = time.monotonic()
+        if self._warned_hashtable or now - self._checked_at < SHARD_CHECK_EVERY_S:
+            return None
+        self._checked_at = now
+        bucket = claims[0][2] // self.bucket_ms - 1
+        return self._check_hash(bucket_key(self.prefix, bucket, int(now) % self.shards))
+
+    def _check_hash(self, key: bytes) -> Steps[None]:
+        try:
+            encoding, entries = yield Pipeline((("OBJECT", "ENCODING", key), ("HLEN", key)))
+        except Exception as exc:  # a failing Redis: the claims will say so; no check then
+            _log.debug("replay guard shard check failed: %s", type(exc).__name__)
+            return
+        if isinstance(encoding, Exception) or isinstance(entries, Exception):
+            # OBJECT may be forbidden by an ACL: no check then
+            _log.debug("replay guard shard check failed: %s", type(encoding).__name__)
+            return
+        if encoding not in (b"hashtable", "hashtable"):
+            return
+        self._warned_hashtable = True
+        warn_outgrown_shards(key, int(entries), self.prefix, self.shards, self.bucket_ms)

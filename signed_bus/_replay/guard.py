@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Callable, Sequence
 from typing import Any, Final, TypeVar
 
@@ -27,13 +26,8 @@ from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 from signed_bus._freshness import Freshness
 from signed_bus._lifecycle import AsyncLifecycle, stopped_error
 from signed_bus._replay.core import GuardCore
-from signed_bus._replay.layout import Claim, ClaimRow, ClaimVerdict, bucket_key
+from signed_bus._replay.layout import Claim, ClaimRow, ClaimVerdict
 from signed_bus._replay.rebuild import log_own_rebuild, read_records, rebuild_steps
-from signed_bus._replay.sizing import (
-    LISTPACK_ENTRIES,
-    compact_rate,
-    recommended_shards,
-)
 from signed_bus._replay.steps import (
     Claims,
     Command,
@@ -52,8 +46,6 @@ __all__ = ["Claim", "ClaimRow", "ClaimVerdict", "RedisReplayGuard"]
 _log = logging.getLogger("signed_bus.replay")
 
 _CLUSTER_CONCURRENCY: Final = 16
-#: Seconds between two checks that the hashes of a full bucket are still compact listpacks.
-_SHARD_CHECK_EVERY_S: Final = 30.0
 
 # Everything a Redis client can raise for an unreachable or failing server.
 _REDIS_FAILURES: Final = (RedisError, RedisClusterException, OSError, asyncio.TimeoutError)
@@ -76,8 +68,9 @@ class RedisReplayGuard(GuardCore["aioredis.Redis | RedisCluster"], AsyncLifecycl
     a little per key at low rates; neither affects correctness. A guard sized by ``peak_rate``
     adopts the shards already recorded for the prefix (the first guard decides; a WARNING says
     when they are fewer than its rate needs), while explicit ``shards`` must match. Every
-    ``_SHARD_CHECK_EVERY_S`` the guard also checks in the background that a full bucket's hash
-    is still a listpack and logs a WARNING (once) when the observed rate outgrew the shards.
+    ``SHARD_CHECK_EVERY_S`` (30 s) the guard also checks in the background that a full
+    bucket's hash is still a listpack and logs a WARNING (once) when the observed rate outgrew
+    the shards (the sync guard checks after a claim).
 
     Lifecycle: :meth:`start` (or the first claim) loads the script and checks the layout;
     :meth:`stop` closes a client the guard created and is idempotent; ``async with`` does both.
@@ -100,12 +93,7 @@ class RedisReplayGuard(GuardCore["aioredis.Redis | RedisCluster"], AsyncLifecycl
     def _setup(self) -> None:
         self._scripts: dict[str, AsyncScript] = {}
         self._start_lock = asyncio.Lock()
-        # The first check waits one period: a just-started guard has no full bucket to look at
-        # yet, and a check at the first claim costs a second connection and a round trip in
-        # every short-lived consumer.
-        self._checked_at = time.monotonic()
         self._check_task: asyncio.Task[None] | None = None
-        self._warned_hashtable = False
         self._rebuilding: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -166,10 +154,10 @@ class RedisReplayGuard(GuardCore["aioredis.Redis | RedisCluster"], AsyncLifecycl
         if not self._started:
             await self.start()
         verdicts = await self._run(self._claim_steps(claims, freshness))
-        now = time.monotonic()
-        if now - self._checked_at >= _SHARD_CHECK_EVERY_S and not self._warned_hashtable:
-            self._checked_at = now
-            self._check_shards(claims[0][2] // self.bucket_ms - 1)
+        if self._check_task is None or self._check_task.done():
+            check = self._shard_check(claims)
+            if check is not None:  # in the background: the batch does not wait for it
+                self._check_task = asyncio.create_task(self._drive(check))
         return verdicts
 
     async def _run(self, steps: Steps[T]) -> T:
@@ -256,43 +244,6 @@ class RedisReplayGuard(GuardCore["aioredis.Redis | RedisCluster"], AsyncLifecycl
         else:
             log_own_rebuild(self.prefix, report, None)
             self._epochs.rebuilt()
-
-    def _check_shards(self, bucket: int) -> None:
-        """In the background, check that one hash of ``bucket`` (a full one) is a listpack."""
-        if self._check_task is not None and not self._check_task.done():
-            return
-        shard = int(self._checked_at) % self.shards
-        key = bucket_key(self.prefix, bucket, shard)
-        self._check_task = asyncio.create_task(self._check_hash(key))
-
-    async def _check_hash(self, key: bytes) -> None:
-        try:
-            pipe = self._client.pipeline(transaction=False)
-            pipe.object("encoding", key)
-            pipe.hlen(key)
-            encoding, entries = await pipe.execute()
-        except _REDIS_FAILURES as exc:  # OBJECT may be forbidden by an ACL: no check then
-            _log.debug("replay guard shard check failed: %s", type(exc).__name__)
-            return
-        if encoding not in (b"hashtable", "hashtable"):
-            return
-        self._warned_hashtable = True
-        rate = int(entries) * self.shards * 1000 / self.bucket_ms
-        _log.warning(
-            "replay guard hash %s holds %d nonces, more than the compact encoding's limit "
-            "(hash-max-listpack-entries, %d by default): about %.0f envelopes/s reach prefix %r, "
-            "more than its %d shards suit (%.0f/s), so each nonce takes about 3x the memory. "
-            "Size a new prefix with peak_rate=%.0f (or shards=%d)",
-            key.decode(),
-            int(entries),
-            LISTPACK_ENTRIES,
-            rate,
-            self.prefix,
-            self.shards,
-            compact_rate(self.shards, bucket_ms=self.bucket_ms),
-            rate,
-            recommended_shards(rate, bucket_ms=self.bucket_ms),
-        )
 
 
 async def _on_node(client: RedisCluster, request: Pipeline) -> list[Any]:

@@ -117,7 +117,11 @@ class SyncRedisReplayGuard(GuardCore["redis.Redis | RedisCluster"], SyncLifecycl
             return []
         if not self._started:
             self.start()
-        return self._run(self._claim_steps(claims, freshness))
+        verdicts = self._run(self._claim_steps(claims, freshness))
+        check = self._shard_check(claims)
+        if check is not None:  # one more round trip every SHARD_CHECK_EVERY_S
+            drive(check, self._send)
+        return verdicts
 
     def _run(self, steps: Steps[T]) -> T:
         """Drive ``steps``; a Redis failure becomes ReplayGuardUnavailable."""
