@@ -180,7 +180,8 @@ class SyncRedisReplayGuard(GuardCore["redis.Redis | RedisCluster"], SyncLifecycl
         try:
             report = self._run(rebuild_steps(self, self.rebuild_from))
         except Exception as exc:  # logged; the next held claim starts another attempt
-            log_own_rebuild(self.prefix, None, exc)
+            if not self._stopped:  # a guard stopped meanwhile closed the client under it
+                log_own_rebuild(self.prefix, None, exc)
         else:
             log_own_rebuild(self.prefix, report, None)
             self._epochs.rebuilt()
