@@ -1,7 +1,9 @@
 """The Redis replay guard: one nonce set shared by every consumer group.
 
-:mod:`.layout` is the key layout and the claim script (no I/O, reusable by a sync guard),
-:mod:`.guard` the async :class:`RedisReplayGuard`, :mod:`.sizing` memory and shard estimates.
+:mod:`.layout` is the key layout and the claim script, :mod:`.core` and :mod:`.steps` the
+guards' settings and steps (no I/O), :mod:`.guard` the async :class:`RedisReplayGuard` and
+:mod:`.sync_guard` the sync one (each only the I/O that runs the steps), :mod:`.sizing` memory
+and shard estimates.
 docs/OPERATIONS.md, "Redis replay guard", says how to run and size it.
 """
 

@@ -29,14 +29,24 @@ from signed_bus._replay.epoch import (
     parse_epoch_record,
 )
 from signed_bus._replay.layout import ClaimRow, decode_verdicts
+from signed_bus._replay.steps import Claims, Command, ReadKafka, RunScript, Steps
 from signed_bus.errors import ReplayGuardUnavailable, VerificationError
 
 if TYPE_CHECKING:
     from signed_bus._freshness import Freshness
+    from signed_bus._replay.core import GuardCore
     from signed_bus._replay.guard import RedisReplayGuard
     from signed_bus._verifier import Verifier
 
-__all__ = ["Rebuild", "RebuildReport", "RebuildSource", "read_epoch", "rebuild", "rebuilder"]
+__all__ = [
+    "RebuildReport",
+    "RebuildSource",
+    "log_own_rebuild",
+    "read_epoch",
+    "read_records",
+    "rebuild",
+    "rebuild_steps",
+]
 
 _log = logging.getLogger("signed_bus.replay")
 
@@ -60,9 +70,10 @@ return 1
 
 @dataclass(frozen=True)
 class RebuildSource:
-    """Where a guard rebuilds its topics from by itself after a loss
-    (``RedisReplayGuard(rebuild_from=...)``): the Kafka cluster, every topic its consumers read,
-    the verifier that checks each record (audit mode is used), the client's security options."""
+    """Where a guard rebuilds its topics from by itself (``rebuild_from=...`` of either guard):
+    the Kafka cluster, every topic its consumers read, the verifier that checks each record
+    (audit mode is used), the client's security options. The guard rebuilds after a loss, and
+    when it starts on a prefix with no state in Redis (docs/OPERATIONS.md)."""
 
     bootstrap_servers: str
     topics: tuple[str, ...]
@@ -70,39 +81,25 @@ class RebuildSource:
     kafka_options: Mapping[str, Any] = field(default_factory=dict)
 
 
-class Rebuild:
-    """A guard's rebuild of its own topics, as the epoch code runs it (one call, one rebuild)."""
-
-    __slots__ = ("_guard", "source", "topics")
-
-    def __init__(self, guard: RedisReplayGuard, source: RebuildSource) -> None:
-        self._guard = guard
-        self.source = source
-        self.topics = frozenset(source.topics)
-
-    async def __call__(self) -> None:
-        source = self.source
-        report = await rebuild(
-            self._guard,
-            bootstrap_servers=source.bootstrap_servers,
-            topics=source.topics,
-            verifier=source.verifier,
-            kafka_options=source.kafka_options,
-        )
+def log_own_rebuild(prefix: str, report: RebuildReport | None, error: Exception | None) -> None:
+    """The log line of a guard's own rebuild (``rebuild_from``): what it covered, or why it
+    failed (claims stay held; the next held claim starts another attempt)."""
+    if report is None:
         _log.warning(
-            "replay guard prefix %r: rebuilt %s from Kafka in %.1fs (%d records, %s); failed: %s",
-            self._guard.prefix,
-            ", ".join(report.covered) or "nothing",
-            report.seconds,
-            report.read,
-            report.claimed,
-            ", ".join(report.failed) or "none",
+            "replay guard prefix %r: rebuild from Kafka failed (%s): claims stay held",
+            prefix,
+            type(error).__name__,
         )
-
-
-def rebuilder(guard: RedisReplayGuard, source: RebuildSource | None) -> Rebuild | None:
-    """The guard's rebuild of ``source`` (None without one)."""
-    return None if source is None else Rebuild(guard, source)
+        return
+    _log.warning(
+        "replay guard prefix %r: rebuilt %s from Kafka in %.1fs (%d records, %s); failed: %s",
+        prefix,
+        ", ".join(report.covered) or "nothing",
+        report.seconds,
+        report.read,
+        report.claimed,
+        ", ".join(report.failed) or "none",
+    )
 
 
 @dataclass
@@ -135,30 +132,58 @@ async def rebuild(
     kafka_options: Mapping[str, Any] | None = None,
     now_ms: int | None = None,
 ) -> RebuildReport:
-    """Rebuild the first-seen positions of ``topics`` in a new epoch and mark it ready.
+    """Rebuild the first-seen positions of ``topics`` in a new epoch and mark it ready
+    (:func:`rebuild_steps` on the async guard).
 
     ``verifier`` checks each record (its freshness is ignored: audit); ``freshness`` (default:
     the verifier's) is the consumers' window, whose retention decides how far back to read.
     Raises ReplayGuardUnavailable when Redis fails (run it again: claims are idempotent)."""
+    steps = rebuild_steps(
+        guard,
+        RebuildSource(bootstrap_servers, tuple(topics), verifier, kafka_options or {}),
+        freshness=freshness,
+        now_ms=now_ms,
+    )
+    return await guard._run(steps)
+
+
+def rebuild_steps(
+    guard: GuardCore[Any],
+    source: RebuildSource,
+    *,
+    freshness: Freshness | None = None,
+    now_ms: int | None = None,
+) -> Steps[RebuildReport]:
+    """A rebuild as steps (either guard runs them): read each topic of ``source`` over the
+    retention window, re-claim every verified record at its position, earliest first, in the
+    epoch being recovered (or a new one when Redis holds none), then mark it ready with the
+    topics read as ``covered``."""
     started = time.monotonic()
-    freshness = freshness or verifier.freshness
+    freshness = freshness or source.verifier.freshness
     now = int(time.time() * 1000) if now_ms is None else now_ms
     retention = guard.retention_ms(freshness)
-    await guard.start()
+    yield from guard._prepare_steps()
     key = epoch_key(guard.prefix)
-    current = await read_epoch(guard)
+    current = parse_epoch_record((yield Command(("HGETALL", key))))
     epochs = guard._epochs
     if current is not None:
         # rebuilding: a guard that saw the loss started the epoch and holds for it; ready:
         # re-claim inside it (consumers quarantine those topics meanwhile) and add the topics
         state = current
-    else:  # nothing survived: run before any consumer starts (docs)
-        started_epoch = await epochs.start_epoch("", now)
+    else:  # nothing survived: consumers that start meanwhile hold for this epoch
+        started_epoch = yield from epochs.start_epoch("", now)
         if started_epoch is None:
             raise ReplayGuardUnavailable("another recovery started a new epoch meanwhile")
-        state = await epochs.restore(started_epoch, ready=False)
+        state = yield from epochs.restore(started_epoch, ready=False)
     report = RebuildReport(epoch=state.epoch, lost_at=state.lost_at)
-    rows = await _read(bootstrap_servers, topics, verifier, now - retention, kafka_options, report)
+    rows: list[tuple[tuple[int, str, int, int], ClaimRow]] = yield ReadKafka(
+        source.bootstrap_servers,
+        tuple(source.topics),
+        source.verifier,
+        now - retention,
+        dict(source.kafka_options),
+        report,
+    )
     rows.sort(key=lambda item: item[0])
     oldest = freshness.oldest_acceptable(now)
     claims = [row for _, row in rows if row[2] >= oldest]
@@ -166,19 +191,32 @@ async def rebuild(
     for begin in range(0, len(claims), step):
         chunk = claims[begin : begin + step]
         calls = guard._planner.plan(chunk)
-        replies = await guard._execute(calls, retention, state.epoch)
+        replies = yield Claims(calls, retention, state.epoch)
         if any(is_lost(reply) for reply in replies):
             raise lost_error(guard.prefix, None)
         verdicts = decode_verdicts(calls, replies, len(chunk)) or []
         for verdict in verdicts:
             report.claimed[verdict.value] = report.claimed.get(verdict.value, 0) + 1
-    report.covered = sorted(topic for topic in topics if topic not in report.failed)
-    finish = guard._client.register_script(_FINISH_SCRIPT)
-    done = await finish(keys=[key], args=[state.epoch, ",".join(report.covered), READY])
+    report.covered = sorted(topic for topic in source.topics if topic not in report.failed)
+    done = yield RunScript(_FINISH_SCRIPT, (key,), (state.epoch, ",".join(report.covered), READY))
     if not done:
         raise ReplayGuardUnavailable("another recovery replaced the epoch during the rebuild")
     report.seconds = time.monotonic() - started
     return report
+
+
+async def read_records(
+    request: ReadKafka,
+) -> list[tuple[tuple[int, str, int, int], ClaimRow]]:
+    """Run a :class:`ReadKafka` request (aiokafka; the sync guard runs it in its own loop)."""
+    return await _read(
+        request.bootstrap_servers,
+        request.topics,
+        request.verifier,
+        request.since_ms,
+        request.kafka_options,
+        request.report,
+    )
 
 
 async def _read(

@@ -10,7 +10,12 @@ from typing import Any, Final
 
 from signed_bus._freshness import MAX_WINDOW_MS
 from signed_bus._replay.layout import MAX_KEYS_PER_CALL, parse_layout_descriptor
-from signed_bus._replay.sizing import DEFAULT_SHARDS, compact_rate, recommended_shards
+from signed_bus._replay.sizing import (
+    DEFAULT_SHARDS,
+    LISTPACK_ENTRIES,
+    compact_rate,
+    recommended_shards,
+)
 from signed_bus.errors import ConfigurationError, ReplayGuardUnavailable
 
 __all__ = [
@@ -21,6 +26,7 @@ __all__ = [
     "check_state_loss_settings",
     "shards_to_adopt",
     "warn_if_evicting",
+    "warn_outgrown_shards",
 ]
 
 _log = logging.getLogger("signed_bus.replay")
@@ -164,6 +170,29 @@ def warn_if_evicting(info: object) -> None:
             "replays through; set maxmemory-policy noeviction",
             policy,
         )
+
+
+def warn_outgrown_shards(
+    key: bytes, entries: int, prefix: str, shards: int, bucket_ms: int
+) -> None:
+    """Warn that the hash ``key`` (of a full bucket) left the compact encoding: the rate
+    reaching ``prefix`` outgrew its shards, and each nonce takes about 3x the memory."""
+    rate = entries * shards * 1000 / bucket_ms
+    _log.warning(
+        "replay guard hash %s holds %d nonces, more than the compact encoding's limit "
+        "(hash-max-listpack-entries, %d by default): about %.0f envelopes/s reach prefix %r, "
+        "more than its %d shards suit (%.0f/s), so each nonce takes about 3x the memory. "
+        "Size a new prefix with peak_rate=%.0f (or shards=%d)",
+        key.decode(),
+        entries,
+        LISTPACK_ENTRIES,
+        rate,
+        prefix,
+        shards,
+        compact_rate(shards, bucket_ms=bucket_ms),
+        rate,
+        recommended_shards(rate, bucket_ms=bucket_ms),
+    )
 
 
 def _check_int(name: str, value: object, *, minimum: int, maximum: int | None = None) -> None:

@@ -2,64 +2,44 @@
 :class:`~signed_bus._replay.guard.RedisReplayGuard`, run on redis-py's blocking client.
 
 For consumers that are not asyncio programs (confluent-kafka workers, threads, process pools).
-Everything but the I/O is shared with the async guard (:mod:`signed_bus._replay.layout` packs
-the claims and decodes the verdicts, :mod:`signed_bus._replay.settings` checks the settings),
+Everything but the I/O is shared with the async guard (:mod:`signed_bus._replay.core` holds the
+settings and the steps of every claim, recovery and rebuild, which this module sends with
+blocking calls),
 so a sync and an async consumer sharing a prefix claim in one nonce set: a replay across them
 is dropped, a fan-out is delivered in both. docs/OPERATIONS.md, "Redis replay guard".
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import threading
-import time
-from collections.abc import Sequence
-from typing import Any, Final
+from collections.abc import Callable, Sequence
+from typing import Any, Final, TypeVar
 
 import redis
 from redis.cluster import RedisCluster
 from redis.commands.core import Script
-from redis.crc import key_slot
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from signed_bus._freshness import Freshness
 from signed_bus._lifecycle import SyncLifecycle, stopped_error
-from signed_bus._redis_url import RedisUrl
-from signed_bus._replay.epoch import (
-    READY,
-    REBUILDING,
-    RECOVER_SCRIPT,
-    SLOTS,
-    EpochState,
-    epoch_key,
-    is_lost,
-    lost_error,
-    marker_key,
-    merge_verdicts,
-    new_epoch,
-    parse_epoch_record,
-    quarantine_split,
+from signed_bus._replay.core import GuardCore
+from signed_bus._replay.layout import ClaimRow, ClaimVerdict
+from signed_bus._replay.rebuild import log_own_rebuild, read_records, rebuild_steps
+from signed_bus._replay.steps import (
+    Claims,
+    Command,
+    LoadScript,
+    Pipeline,
+    Request,
+    RunScript,
+    StartRebuild,
+    Steps,
+    drive,
 )
-from signed_bus._replay.layout import (
-    CLAIM_SCRIPT,
-    ClaimPlanner,
-    ClaimRow,
-    ClaimVerdict,
-    ScriptCall,
-    check_layout_record,
-    decode_verdicts,
-    layout_descriptor,
-    layout_key,
-)
-from signed_bus._replay.settings import (
-    check_guard_settings,
-    check_no_window_options,
-    check_state_loss_settings,
-    shards_to_adopt,
-    warn_if_evicting,
-)
-from signed_bus.errors import ConfigurationError, ReplayGuardUnavailable, ReplayStateLost
+from signed_bus.errors import ConfigurationError
 
 __all__ = ["SyncRedisReplayGuard"]
 
@@ -68,8 +48,10 @@ _log = logging.getLogger("signed_bus.replay")
 # Everything a Redis client can raise for an unreachable or failing server.
 _REDIS_FAILURES: Final = (RedisError, RedisClusterException, OSError, TimeoutError)
 
+T = TypeVar("T")
 
-class SyncRedisReplayGuard(SyncLifecycle):
+
+class SyncRedisReplayGuard(GuardCore["redis.Redis | RedisCluster"], SyncLifecycle):
     """Claims nonces in the Redis nonce set every consumer group shares, without asyncio.
 
     ``client`` is a built ``redis.Redis`` or ``redis.cluster.RedisCluster`` (not closed by
@@ -77,143 +59,38 @@ class SyncRedisReplayGuard(SyncLifecycle):
     the layout record are those of the async guard: a sync and an async guard on one prefix
     must agree on ``bucket_ms`` and ``shards`` (:meth:`start` refuses a mismatch).
 
-    Thread-safe: redis-py's client takes a pooled connection per call, so worker threads may
-    share one guard. ``start()``/``stop()`` or ``with``; a stopped guard raises
+    Durable claims and ``rebuild_from`` work as on the async guard: its own rebuild runs in a
+    background thread (reading Kafka with aiokafka in that thread's event loop) while claims
+    hold. Thread-safe: redis-py's client takes a pooled connection per call, so worker threads
+    may share one guard. ``start()``/``stop()`` or ``with``; a stopped guard raises
     :class:`~signed_bus.errors.Stopped`.
     """
 
-    def __init__(
-        self,
-        client: redis.Redis | RedisCluster,
-        *,
-        prefix: str = "signed-bus",
-        bucket_ms: int = 1_000,
-        shards: int | None = None,
-        peak_rate: float | None = None,
-        max_claims_per_call: int = 4_096,
-        check_layout: bool = True,
-        on_state_loss: str = "quarantine",
-    ) -> None:
-        shards = check_guard_settings(
-            prefix=prefix,
-            bucket_ms=bucket_ms,
-            shards=shards,
-            peak_rate=peak_rate,
-            max_claims_per_call=max_claims_per_call,
-        )
-        self.peak_rate = peak_rate
-        self.on_state_loss = check_state_loss_settings(on_state_loss)
+    @classmethod
+    def _check_client(cls, client: object) -> bool:
         if not isinstance(client, redis.Redis | RedisCluster):
             raise ConfigurationError("client must be a redis.Redis or redis.cluster.RedisCluster")
-        self._client = client
-        self._cluster = isinstance(client, RedisCluster)
-        self.prefix = prefix
-        self.bucket_ms = bucket_ms
-        self.shards = shards
-        self.max_claims_per_call = max_claims_per_call
-        self.check_layout = check_layout
-        self._script: Script = client.register_script(CLAIM_SCRIPT)
-        self._recover: Script = client.register_script(RECOVER_SCRIPT)
-        self._epoch: EpochState | None = None
-        self._planner = ClaimPlanner(
-            prefix=prefix,
-            bucket_ms=bucket_ms,
-            shards=shards,
-            max_claims_per_call=max_claims_per_call,
-            slot_of=key_slot if self._cluster else None,
-        )
-        self._owns_client = False
-        self._where = f"client={type(client).__name__}"
-        self._url: RedisUrl | None = None
-        self._started = False
-        self._stopped = False
-        self._lock = threading.Lock()
+        return isinstance(client, RedisCluster)
 
     @classmethod
-    def from_url(
-        cls,
-        url: str,
-        *,
-        cluster: bool = False,
-        prefix: str = "signed-bus",
-        bucket_ms: int = 1_000,
-        shards: int | None = None,
-        peak_rate: float | None = None,
-        max_claims_per_call: int = 4_096,
-        check_layout: bool = True,
-        on_state_loss: str = "quarantine",
-        **client_options: Any,
-    ) -> SyncRedisReplayGuard:
-        """A guard owning its client, from ``redis://`` or ``rediss://``: as
-        :meth:`RedisReplayGuard.from_url <signed_bus.RedisReplayGuard.from_url>`."""
-        check_no_window_options(client_options)
-        checked = RedisUrl(url)
-        client_options.setdefault("socket_timeout", 2.0)
-        client_options.setdefault("socket_connect_timeout", 2.0)
-        client: redis.Redis | RedisCluster
-        if cluster:
-            client = checked.client(RedisCluster.from_url, "the replay guard", **client_options)
-        else:
-            client = checked.client(redis.Redis.from_url, "the replay guard", **client_options)
-        guard = cls(
-            client,
-            prefix=prefix,
-            bucket_ms=bucket_ms,
-            shards=shards,
-            peak_rate=peak_rate,
-            max_claims_per_call=max_claims_per_call,
-            check_layout=check_layout,
-            on_state_loss=on_state_loss,
-        )
-        guard._owns_client = True
-        guard._where = f"url={checked.redacted!r}"
-        guard._url = checked
-        return guard
+    def _client_factory(cls, cluster: bool) -> Callable[..., redis.Redis | RedisCluster]:
+        return RedisCluster.from_url if cluster else redis.Redis.from_url
 
-    def retention_ms(self, freshness: Freshness) -> int:
-        """How long a nonce claimed with ``freshness`` is kept after its last claim."""
-        return freshness.retention_ms + self.bucket_ms
-
-    @property
-    def layout(self) -> str:
-        """The layout descriptor every consumer sharing the prefix must agree on."""
-        return layout_descriptor(self.bucket_ms, self.shards)
-
-    def __repr__(self) -> str:
-        return (
-            f"SyncRedisReplayGuard({self._where}, prefix={self.prefix!r}, "
-            f"cluster={self._cluster}, layout={self.layout!r})"
-        )
+    def _setup(self) -> None:
+        self._scripts: dict[str, Script] = {}
+        self._lock = threading.Lock()
+        self._rebuilding: threading.Thread | None = None
+        self._rebuild_lock = threading.Lock()  # start() holds _lock when it starts a rebuild
 
     def start(self) -> None:
-        """Load the script and check the layout record (claims start the guard if needed)."""
+        """Check the layout record, load the script and read the epoch (as the async guard's
+        ``start``). Claims start the guard if needed."""
         with self._lock:
             if self._stopped:
                 raise stopped_error("the replay guard")
             if self._started:
                 return
-            try:
-                if self.check_layout:
-                    key = layout_key(self.prefix)
-                    self._client.set(key, self.layout.encode(), nx=True)
-                    stored = self._client.get(key)
-                    shards = shards_to_adopt(
-                        self.prefix,
-                        stored,
-                        bucket_ms=self.bucket_ms,
-                        shards=self.shards,
-                        peak_rate=self.peak_rate,
-                    )
-                    self.shards = self._planner.shards = shards
-                    check_layout_record(self.prefix, stored, self.layout)
-                self._client.script_load(CLAIM_SCRIPT)
-                with contextlib.suppress(ReplayStateLost):  # claims hold until it is ready
-                    self._load_epoch("")
-                if not self._cluster:
-                    with contextlib.suppress(RedisError):  # INFO may be forbidden by an ACL
-                        warn_if_evicting(self._client.info("memory"))
-            except _REDIS_FAILURES as exc:
-                raise self._unavailable(exc) from exc
+            self._run(self._start_steps())
             self._started = True
 
     def stop(self) -> None:
@@ -240,107 +117,94 @@ class SyncRedisReplayGuard(SyncLifecycle):
             return []
         if not self._started:
             self.start()
+        verdicts = self._run(self._claim_steps(claims, freshness))
+        check = self._shard_check(claims)
+        if check is not None:  # one more round trip every SHARD_CHECK_EVERY_S
+            drive(check, self._send)
+        return verdicts
+
+    def _run(self, steps: Steps[T]) -> T:
+        """Drive ``steps``; a Redis failure becomes ReplayGuardUnavailable."""
+        if self._stopped:
+            raise stopped_error("the replay guard")
         try:
-            epoch = self._epoch
-            if epoch is None or not epoch.ready:
-                epoch = self._load_epoch(None)
-            send, held = quarantine_split(claims, epoch, freshness.future_skew_ms)
-            rows = claims if not held else [claims[i] for i in send]
-            calls = self._planner.plan(rows) if rows else []
-            ttl = self.retention_ms(freshness)
-            replies = self._execute(calls, ttl, epoch.epoch) if calls else []
-            if any(is_lost(reply) for reply in replies):
-                self._recover_from_loss(epoch)
+            return drive(steps, self._send)
         except _REDIS_FAILURES as exc:
             raise self._unavailable(exc) from exc
-        verdicts = decode_verdicts(calls, replies, len(rows)) if rows else []
-        if verdicts is None:
-            raise ReplayGuardUnavailable("Redis returned a malformed replay claim reply")
-        return merge_verdicts(len(claims), send, verdicts) if held else verdicts
 
-    def _load_epoch(self, known: str | None) -> EpochState:
-        """Read the epoch record (see the async guard's twin)."""
-        key = epoch_key(self.prefix)
-        state = parse_epoch_record(self._client.hgetall(key))
-        if state is None and known is not None:
-            mine = new_epoch()
-            state = parse_epoch_record(self._recover(keys=[key], args=["", mine, 0, REBUILDING]))
-            if state is not None and state.epoch == mine:
-                state = self._restore(state, ready=True)
-        if state is None or not state.ready:
-            self._epoch = None
-            raise lost_error(self.prefix, state)
-        self._epoch = state
-        return state
+    def _send(self, request: Request) -> Any:
+        client = self._client
+        if isinstance(request, Claims):
+            units = self._claim_units(request)
+            return [reply for unit in units for reply in drive(unit, self._send)]
+        if isinstance(request, RunScript):
+            script = self._scripts.get(request.source)
+            if script is None:
+                script = self._scripts[request.source] = client.register_script(request.source)
+            return script(keys=list(request.keys), args=list(request.args))
+        if isinstance(request, Command):
+            return client.execute_command(*request.args)  # type: ignore[no-untyped-call]
+        if isinstance(request, Pipeline):
+            return self._pipeline(request)
+        if isinstance(request, LoadScript):
+            return client.script_load(request.source)
+        if isinstance(request, StartRebuild):
+            self._start_rebuild()
+            return None
+        # the rebuild's Kafka read is aiokafka's: run it in this (background) thread's own loop
+        return asyncio.run(read_records(request))
 
-    def _recover_from_loss(self, known: EpochState) -> None:
-        """Start a new epoch after a loss (see the async guard's twin); raises."""
-        self._epoch = None
-        mine = new_epoch()
-        lost_at = int(time.time() * 1000)
-        state = parse_epoch_record(
-            self._recover(
-                keys=[epoch_key(self.prefix)], args=[known.epoch, mine, lost_at, REBUILDING]
+    def _pipeline(self, request: Pipeline) -> list[Any]:
+        client = self._client
+        if request.node_key is not None and isinstance(client, RedisCluster):
+            return _on_node(client, request)
+        pipe = client.pipeline() if self._cluster else client.pipeline(transaction=False)
+        for command in request.commands:
+            pipe.execute_command(*command)
+        return list(pipe.execute(raise_on_error=False))
+
+    def _start_rebuild(self) -> None:
+        """Start the guard's own rebuild (``rebuild_from``) in a thread unless one runs."""
+        with self._rebuild_lock:
+            if self.rebuild_from is None or self._stopped:
+                return
+            if self._rebuilding is not None and self._rebuilding.is_alive():
+                return
+            self._rebuilding = threading.Thread(
+                target=self._rebuild, name="replay guard rebuild", daemon=True
             )
-        )
-        if state is not None and state.epoch == mine:
-            _log.error(
-                "replay guard prefix %r: Redis lost its nonces; new epoch started (%s)",
-                self.prefix,
-                self.on_state_loss,
-            )
-            state = self._restore(state, ready=self.on_state_loss == "quarantine")
-        raise lost_error(self.prefix, state)
+            self._rebuilding.start()
 
-    def _restore(self, state: EpochState, *, ready: bool) -> EpochState:
-        if self.check_layout:
-            self._client.set(layout_key(self.prefix), self.layout.encode(), nx=True)
-        value = state.epoch.encode()
-        if self._cluster:
-            pipe = self._client.pipeline()
-            for slot in range(SLOTS):
-                pipe.set(marker_key(self.prefix, slot), value)
-            pipe.execute()
+    def _rebuild(self) -> None:
+        assert self.rebuild_from is not None
+        try:
+            report = self._run(rebuild_steps(self, self.rebuild_from))
+        except Exception as exc:  # logged; the next held claim starts another attempt
+            if not self._stopped:  # a guard stopped meanwhile closed the client under it
+                log_own_rebuild(self.prefix, None, exc)
         else:
-            self._client.set(marker_key(self.prefix), value)
-        if not ready:
-            return state
-        self._client.hset(epoch_key(self.prefix), "state", READY)
-        return EpochState(state.epoch, state.lost_at, state.covered, ready=True)
+            log_own_rebuild(self.prefix, report, None)
+            self._epochs.rebuilt()
 
-    def _keys(self, call: ScriptCall) -> list[bytes]:
-        keys = list(call.keys)
-        keys.append(marker_key(self.prefix, key_slot(keys[0]) if self._cluster else None))
-        return keys
 
-    def _execute(self, calls: list[ScriptCall], ttl: int, epoch: str) -> list[Any]:
-        if len(calls) == 1 or self._cluster:
-            # redis-py refuses EVALSHA in cluster pipelines: one call per slot
-            return [self._script(keys=self._keys(c), args=[ttl, c.blob, epoch]) for c in calls]
-        replies: list[Any] = [None] * len(calls)
-        pending = list(range(len(calls)))
-        for _ in range(2):
-            pipe = self._client.pipeline(transaction=False)
-            for i in pending:
-                keys = self._keys(calls[i])
-                pipe.evalsha(self._script.sha, len(keys), *keys, ttl, calls[i].blob, epoch)
-            results = pipe.execute(raise_on_error=False)
-            missing = []
-            for i, result in zip(pending, results, strict=True):
-                if isinstance(result, NoScriptError):
-                    missing.append(i)
-                elif isinstance(result, BaseException):
-                    raise result
-                else:
-                    replies[i] = result
-            if not missing:
-                return replies
-            self._client.script_load(CLAIM_SCRIPT)
-            pending = missing
-        raise NoScriptError("the claim script is still missing after SCRIPT LOAD")
-
-    def _unavailable(self, exc: BaseException) -> ReplayGuardUnavailable:
-        detail = str(exc) if self._url is None else self._url.scrub(str(exc))
-        return ReplayGuardUnavailable(
-            f"Redis replay guard unavailable ({self._where}): {type(exc).__name__}: {detail}"
-        )
+def _on_node(client: RedisCluster, request: Pipeline) -> list[Any]:
+    """The commands on one connection to the master of ``request.node_key``'s slot (a plain
+    client's pipeline holds one connection); after a failure the client learns the new
+    topology first."""
+    assert request.node_key is not None
+    node = client.get_node_from_key(request.node_key.decode())  # type: ignore[no-untyped-call]
+    if node is None or node.redis_connection is None:
+        raise RedisClusterException(f"no node serves {request.node_key!r}")
+    pipe = node.redis_connection.pipeline(transaction=False)
+    for command in request.commands:
+        pipe.execute_command(*command)
+    try:
+        results = list(pipe.execute(raise_on_error=False))
+    except _REDIS_FAILURES:
+        with contextlib.suppress(*_REDIS_FAILURES):
+            client.nodes_manager.initialize()
+        raise
+    if any(isinstance(r, Exception) and not isinstance(r, NoScriptError) for r in results):
+        with contextlib.suppress(*_REDIS_FAILURES):
+            client.nodes_manager.initialize()
+    return results

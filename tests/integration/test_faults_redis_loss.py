@@ -6,6 +6,11 @@ rebuild their topics from Kafka by themselves (``rebuild_from``). After the rest
 script reports the loss, every group holds, one rebuild re-claims the first-seen positions, and
 the groups resume. Copies into the same topic and into another topic, and a group started
 afterwards: no copy is delivered, every honest record is delivered once per group.
+
+The second test restarts Redis empty while no consumer runs: the guard that starts next finds no
+state for its prefix, cannot tell it from a new one, and rebuilds from Kafka before its first
+claim. Both tests run over both fronts (the aiokafka consumer with the async guard, the
+confluent-kafka consumer with the sync guard).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from signed_bus._keys import Keyring
 from signed_bus._replay.rebuild import RebuildSource
 from tests.conftest import TopicFactory
 from tests.integration.bus import end_offsets, keyring, plain_producer, signer, unique, verifier
-from tests.integration.fronts import AioFront, Consuming, Spec
+from tests.integration.fronts import FRONTS, Consuming, Front, Spec
 from tests.integration.services import RedisProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(150)]
@@ -45,8 +50,9 @@ async def _honest(bootstrap: str, ring: Keyring, topic: str, tag: str, count: in
         )
 
 
+@pytest.mark.parametrize("front", FRONTS)
 async def test_redis_restarted_empty_drops_every_copy_and_loses_no_honest_record(
-    kafka_bootstrap: str, unique_topic: TopicFactory, redis_server: RedisProcess
+    front: Front, kafka_bootstrap: str, unique_topic: TopicFactory, redis_server: RedisProcess
 ) -> None:
     ring = keyring()
     topic = await unique_topic("loss", partitions=3)
@@ -74,7 +80,6 @@ async def test_redis_restarted_empty_drops_every_copy_and_loses_no_honest_record
     async with plain_producer(kafka_bootstrap) as producer:
         original = await producer.send_and_wait(topic, victim, partition=0)
 
-    front = AioFront()
     groups: dict[str, Consuming] = {}
     async with contextlib.AsyncExitStack() as stack:
         for name in "ABC":
@@ -114,3 +119,55 @@ async def test_redis_restarted_empty_drops_every_copy_and_loses_no_honest_record
         assert running.metrics.rejected == {"replay": 2, "wrong_topic": 1}, name
     # every group saw the loss and held for the rebuild (the late group started after it)
     assert all(groups[name].metrics.guard_retries > 0 for name in "ABC")
+
+
+@pytest.mark.parametrize("front", FRONTS)
+async def test_redis_restarted_empty_while_no_consumer_ran_is_rebuilt_before_the_first_claim(
+    front: Front, kafka_bootstrap: str, unique_topic: TopicFactory, redis_server: RedisProcess
+) -> None:
+    ring = keyring()
+    topic = await unique_topic("gone", partitions=2)
+    other_topic = await unique_topic("gone-other", partitions=1)
+    topics = [topic, other_topic]
+    source = RebuildSource(kafka_bootstrap, tuple(topics), verifier(ring))
+    spec = Spec(
+        kafka_bootstrap,
+        topics,
+        redis_server.url,
+        unique("p"),
+        verifier(ring),
+        group=unique("g"),
+        backoff=FAST,
+        timeout_s=0.2,
+        redis_options={"rebuild_from": source},
+    )
+    await _honest(kafka_bootstrap, ring, topic, "first", 30)
+    victim = signer(ring).sign({"seq": "victim"}, topic=topic)
+    async with plain_producer(kafka_bootstrap) as producer:
+        original = await producer.send_and_wait(topic, victim, partition=0)
+    async with front.consume(spec) as before:
+        await before.caught_up(await end_offsets(kafka_bootstrap, topics))
+
+    # every consumer is down when Redis restarts empty: no claim can notice the loss
+    await asyncio.to_thread(redis_server.stop)
+    await asyncio.to_thread(redis_server.start)
+    async with plain_producer(kafka_bootstrap) as producer:
+        copies = [
+            await producer.send_and_wait(topic, victim, partition=0),
+            await producer.send_and_wait(topic, victim, partition=1),
+            await producer.send_and_wait(other_topic, victim, partition=0),
+        ]
+    await _honest(kafka_bootstrap, ring, topic, "after", 20)
+    async with front.consume(spec) as after:  # the same group, from its committed offsets
+        await after.caught_up(await end_offsets(kafka_bootstrap, topics), within=90)
+
+    delivered = before.delivered + after.delivered
+    seqs = [m.payload["seq"] for m in delivered]  # type: ignore[index]
+    honest = {f"first-{i}" for i in range(30)} | {f"after-{i}" for i in range(20)} | {"victim"}
+    assert len(seqs) == len(set(seqs)), "a record delivered twice"
+    assert set(seqs) == honest, f"{sorted(honest - set(seqs))[:5]} missing"
+    positions = {(m.topic, m.partition, m.offset) for m in delivered}
+    assert not positions & {(c.topic, c.partition, c.offset) for c in copies}, "a copy delivered"
+    assert (original.topic, original.partition, original.offset) in positions
+    assert after.metrics.rejected == {"replay": 2, "wrong_topic": 1}
+    assert after.metrics.guard_retries > 0, "the first claim did not wait for the rebuild"

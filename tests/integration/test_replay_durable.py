@@ -1,6 +1,6 @@
 """Durable claims (``durable_replicas``): WAIT pipelined with the claim, so a claim counts only
 once a replica holds it; a failover to that replica then forgets nothing (real redis-server
-processes of the test's own: a master and a replica on loopback)."""
+processes of the test's own: a master and a replica on loopback), on both guards."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 from signed_bus._freshness import Freshness
 from signed_bus._replay.guard import ClaimRow, ClaimVerdict
 from signed_bus.errors import ReplayGuardUnavailable
-from tests.integration.bus import guard
+from tests.integration.guards import GUARDS, Make
 from tests.integration.services import HOST, RedisProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
@@ -43,8 +43,9 @@ def _rows(count: int, topic: str, first: int) -> list[ClaimRow]:
     return [("issuer", i.to_bytes(16, "big"), now, topic, 0, first + i) for i in range(count)]
 
 
+@pytest.mark.parametrize("guard", GUARDS)
 async def test_a_durable_claim_waits_for_the_replica_and_survives_a_failover(
-    pair: tuple[RedisProcess, RedisProcess],
+    pair: tuple[RedisProcess, RedisProcess], guard: Make
 ) -> None:
     master, replica = pair
     originals = _rows(200, "t", 0)
@@ -67,8 +68,9 @@ async def test_a_durable_claim_waits_for_the_replica_and_survives_a_failover(
     assert verdicts == [ClaimVerdict.REPLAY] * 200, "every copy of a durable claim is a replay"
 
 
+@pytest.mark.parametrize("guard", GUARDS)
 async def test_a_claim_no_replica_acknowledged_is_held(
-    pair: tuple[RedisProcess, RedisProcess],
+    pair: tuple[RedisProcess, RedisProcess], guard: Make
 ) -> None:
     master, replica = pair
     durable = guard(master.url, "h", durable_replicas=1, durable_timeout_ms=200)

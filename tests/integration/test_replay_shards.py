@@ -10,9 +10,9 @@ import logging
 import pytest
 
 from signed_bus._freshness import Freshness
-from signed_bus._replay import Claim, ClaimVerdict, RedisReplayGuard
-from signed_bus._replay import guard as guard_module
+from signed_bus._replay import Claim, ClaimVerdict, RedisReplayGuard, core
 from signed_bus.errors import ConfigurationError
+from tests.integration.guards import GUARDS, Guard, Make
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -58,27 +58,34 @@ async def test_guards_sized_by_rate_share_a_prefix_with_its_first_layout(
         RedisReplayGuard.from_url(redis_url, prefix=redis_prefix, shards=8, peak_rate=500)
 
 
+async def _checked(guard: Guard) -> None:
+    """Wait for the async guard's background shard check (the sync one checks in the claim)."""
+    task = getattr(guard, "_check_task", None)
+    if task is not None:
+        await asyncio.wait_for(task, 5)
+
+
+@pytest.mark.parametrize("guard", GUARDS)
 async def test_a_rate_the_shards_do_not_suit_is_warned_about_once(
     redis_url: str,
     redis_prefix: str,
+    guard: Make,
     caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(guard_module, "_SHARD_CHECK_EVERY_S", 0.0)
+    monkeypatch.setattr(core, "SHARD_CHECK_EVERY_S", 0.0)
     caplog.set_level(logging.WARNING, logger="signed_bus.replay")
-    async with RedisReplayGuard.from_url(redis_url, prefix=redis_prefix, shards=1) as guard:
+    async with guard(redis_url, redis_prefix, shards=1) as g:
         # 1,000 nonces in one 1 s bucket with one shard: 1,000/s into a layout sized for 64/s
-        await guard.claim(_claims(1_000, created_at=T0), freshness=WINDOW)
-        assert guard._check_task is not None
-        await asyncio.wait_for(guard._check_task, 5)  # the bucket before: empty
+        await g.claim(_claims(1_000, created_at=T0), freshness=WINDOW)
+        await _checked(g)  # the bucket before: empty
         assert "hash-max-listpack-entries" not in caplog.text
         # the next bucket's claim checks the full one before it
-        await guard.claim(_claims(1, created_at=T0 + 1_000, salt=b"b"), freshness=WINDOW)
-        assert guard._check_task is not None
-        await asyncio.wait_for(guard._check_task, 5)
+        await g.claim(_claims(1, created_at=T0 + 1_000, salt=b"b"), freshness=WINDOW)
+        await _checked(g)
         assert "holds 1000 nonces" in caplog.text
         assert "peak_rate=1000 (or shards=16)" in caplog.text
         caplog.clear()
-        await guard.claim(_claims(1, created_at=T0 + 2_000, salt=b"c"), freshness=WINDOW)
+        await g.claim(_claims(1, created_at=T0 + 2_000, salt=b"c"), freshness=WINDOW)
         await asyncio.sleep(0.1)
         assert "holds" not in caplog.text  # once per guard

@@ -2,12 +2,13 @@
 flush or a restart without persistence does to them): the claim script notices through its epoch
 marker, the guard starts a new epoch and restores the layout record, and copies of envelopes
 created before the loss are never NEW again: quarantined, or re-claimed at their first position
-by a rebuild from Kafka."""
+by a rebuild from Kafka. Each test runs over both guards."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -21,10 +22,10 @@ from signed_bus._kafka.producer import ProducerOptions, SignedProducer
 from signed_bus._replay.epoch import epoch_key, marker_key
 from signed_bus._replay.guard import ClaimRow, ClaimVerdict
 from signed_bus._replay.layout import layout_key
-from signed_bus._replay.sync_guard import SyncRedisReplayGuard
 from signed_bus.errors import ReplayStateLost
 from tests.conftest import TopicFactory
-from tests.integration.bus import guard, keyring, signer, verifier
+from tests.integration.bus import keyring, signer, verifier
+from tests.integration.guards import GUARDS, Make
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -65,8 +66,9 @@ def _wipe(redis_url: str, prefix: str) -> int:
         client.close()
 
 
+@pytest.mark.parametrize("guard", GUARDS)
 async def test_a_loss_is_detected_and_copies_from_before_it_are_never_new(
-    redis_url: str, redis_prefix: str
+    redis_url: str, redis_prefix: str, guard: Make
 ) -> None:
     group_a = guard(redis_url, redis_prefix)
     group_b = guard(redis_url, redis_prefix)
@@ -101,16 +103,7 @@ async def test_a_loss_is_detected_and_copies_from_before_it_are_never_new(
         assert await late.claim(copies[:1] + after[:1], freshness=WINDOW) == [HELD, SAME]
 
 
-def test_the_sync_guard_detects_a_loss_the_same_way(redis_url: str, redis_prefix: str) -> None:
-    before = _rows(4, created_at=_now())
-    with SyncRedisReplayGuard.from_url(redis_url, prefix=redis_prefix) as sync:
-        assert sync.claim(before, freshness=WINDOW) == [NEW] * 4
-        _wipe(redis_url, redis_prefix)
-        with pytest.raises(ReplayStateLost):
-            sync.claim(_moved(before, "t"), freshness=WINDOW)
-        assert sync.claim(_moved(before, "t"), freshness=WINDOW) == [HELD] * 4
-
-
+@pytest.mark.parametrize("guard", GUARDS)
 async def test_hold_mode_waits_for_a_rebuild_from_kafka_which_restores_first_positions(
     redis_url: str,
     redis_prefix: str,
@@ -118,6 +111,7 @@ async def test_hold_mode_waits_for_a_rebuild_from_kafka_which_restores_first_pos
     unique_topic: TopicFactory,
     capsys: pytest.CaptureFixture[str],
     tmp_path: Path,
+    guard: Make,
 ) -> None:
     ring = keyring()
     topic = await unique_topic("rebuild", partitions=2)
@@ -178,3 +172,33 @@ async def test_hold_mode_waits_for_a_rebuild_from_kafka_which_restores_first_pos
         # a topic the rebuild did not cover: its records from before the loss stay held back
         elsewhere = _moved(rows, "not-rebuilt")
         assert await holding.claim(elsewhere, freshness=check.freshness) == [HELD] * 20
+
+
+@pytest.mark.parametrize("guard", GUARDS)
+async def test_a_guard_starting_on_a_prefix_with_no_state_says_so_once(
+    redis_url: str, redis_prefix: str, guard: Make, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, "signed_bus.replay")
+    async with guard(redis_url, redis_prefix) as first:
+        assert await first.claim(_rows(2, created_at=_now()), freshness=WINDOW) == [NEW] * 2
+    async with guard(redis_url, redis_prefix):  # the prefix has its state now
+        pass
+    warnings = [r.getMessage() for r in caplog.records if "no replay state" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert repr(redis_prefix) in warnings[0] and "signed-bus guard rebuild" in warnings[0]
+
+
+@pytest.mark.parametrize("guard", GUARDS)
+async def test_refuse_empty_prefix_holds_until_the_prefix_has_state(
+    redis_url: str, redis_prefix: str, guard: Make
+) -> None:
+    refusing = guard(redis_url, redis_prefix, refuse_empty_prefix=True)
+    with pytest.raises(ReplayStateLost, match="refuse_empty_prefix"):
+        await refusing.__aenter__()
+    rows = _rows(3, created_at=_now())
+    with pytest.raises(ReplayStateLost):  # a claim starts it: refused again, the batch is held
+        await refusing.claim(rows, freshness=WINDOW)
+    async with guard(redis_url, redis_prefix):  # one guard without the flag starts the prefix
+        pass
+    assert await refusing.claim(rows, freshness=WINDOW) == [NEW] * 3
+    await refusing.__aexit__(None, None, None)
