@@ -6,6 +6,7 @@ After ``stop()`` an object refuses ``start()`` and use with :class:`~signed_bus.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from abc import ABC, abstractmethod
 from types import TracebackType
 from typing import Any, Self
@@ -70,13 +71,21 @@ def stopped_error(what: str) -> Stopped:
 
 
 async def start_kafka_client(client: Any) -> None:
-    """``await client.start()`` for an aiokafka consumer or producer, so that ``stop()`` may
-    follow at once.
+    """``await client.start()`` for an aiokafka consumer, producer or admin client: the one way
+    signed-bus starts one.
 
-    A consumer without a group starts a coordinator task in ``start()`` that has not run when
-    ``start()`` returns; ``stop()`` cancels and awaits it, and a task cancelled before its first
-    step raises CancelledError out of ``stop()`` (leaving the client open). One turn of the loop
-    lets it reach its first wait, where a cancel ends it cleanly.
+    If the start fails, the client is closed again before the error propagates (a client left
+    open warns "Unclosed" when collected, and may keep a connection). Once started, ``stop()``
+    may follow at once: a consumer without a group starts a coordinator task in ``start()``
+    that has not run when ``start()`` returns; ``stop()`` cancels and awaits it, and a task
+    cancelled before its first step raises CancelledError out of ``stop()`` (leaving the client
+    open). One turn of the loop lets it reach its first wait, where a cancel ends it cleanly.
     """
-    await client.start()
+    try:
+        await client.start()
+    except BaseException:
+        close = getattr(client, "stop", None) or client.close  # the admin client has close()
+        with contextlib.suppress(Exception):  # closing what never opened: the cause is raised
+            await close()
+        raise
     await asyncio.sleep(0)

@@ -5,7 +5,6 @@ command module)."""
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 from collections.abc import Callable
@@ -265,11 +264,8 @@ async def start_client(client: Any, what: str) -> None:
     from signed_bus._lifecycle import start_kafka_client
 
     try:
-        await start_kafka_client(client)
+        await start_kafka_client(client)  # closes the client again if it fails
     except (KafkaError, OSError) as exc:
-        # Closing what never opened; the cause is what gets reported.
-        with contextlib.suppress(Exception):
-            await client.stop()
         detail = type(exc).__name__
         raise Unreachable(f"{what} is unreachable ({detail})") from None
 

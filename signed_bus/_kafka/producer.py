@@ -16,7 +16,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.structs import RecordMetadata
 
-from signed_bus._lifecycle import AsyncLifecycle
+from signed_bus._lifecycle import AsyncLifecycle, start_kafka_client
 from signed_bus._metrics import ProducerMetrics
 from signed_bus._observe import NOOP, observer_for
 from signed_bus._signer import Signer
@@ -149,11 +149,7 @@ class SignedProducer(AsyncLifecycle):
         if self._options is None or self._producer is not None:
             return
         producer = self._options.build()
-        try:
-            await producer.start()
-        except BaseException:
-            await producer.stop()
-            raise
+        await start_kafka_client(producer)
         self._producer = producer
         self._owned = True
 

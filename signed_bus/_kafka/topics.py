@@ -16,6 +16,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError, for_code
 
+from signed_bus._lifecycle import start_kafka_client
+
 __all__ = ["TIMESTAMP_TYPE", "create_topics", "topic_timestamp_types"]
 
 log = logging.getLogger("signed_bus.topics")
@@ -121,9 +123,5 @@ async def _admin_client(
         return admin, False
     servers = admin if isinstance(admin, str) else list(admin)
     client = AIOKafkaAdminClient(bootstrap_servers=servers, **dict(security or {}))
-    try:
-        await client.start()
-    except BaseException:
-        await client.close()
-        raise
+    await start_kafka_client(client)
     return client, True

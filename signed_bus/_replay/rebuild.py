@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from signed_bus._lifecycle import start_kafka_client
 from signed_bus._replay.epoch import (
     READY,
     EpochState,
@@ -238,7 +239,7 @@ async def _read(
         isolation_level="read_committed",  # an aborted copy never claims
         **dict(kafka_options or {}),
     )
-    await consumer.start()
+    await start_kafka_client(consumer)
     rows: list[tuple[tuple[int, str, int, int], ClaimRow]] = []
     try:
         for topic in topics:

@@ -43,4 +43,6 @@ async def test_guard_rebuild_with_kafka_unreachable_exits_3(
     )
     assert done.returncode == 3, done.stderr
     assert "Traceback" not in done.stderr, done.stderr
+    # one line: the rebuild's consumer is closed again when its start fails (no "Unclosed")
+    assert len(done.stderr.splitlines()) == 1, done.stderr
     assert f"signed-bus: error: Kafka at {servers} is unreachable" in done.stderr
