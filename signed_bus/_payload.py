@@ -27,6 +27,8 @@ from typing import Any, Final, TypeVar, cast
 
 import msgpack
 
+from signed_bus import _native
+
 __all__ = [
     "MAX_DEPTH",
     "MAX_MSGPACK_DEPTH",
@@ -201,11 +203,19 @@ def encode_payload(result: object) -> bytes:
 
 def _check_map_keys(body: bytes) -> None:
     """The profile's map-key rule on an encoded body. msgpack's packer writes any key, so the
-    body is read back once by msgpack's C reader, which refuses the others (``strict_map_key``,
-    its default), as :func:`decode_msgpack` does; ``raw=True`` and ``use_list=False`` spare it
-    decoding text and building lists. The keys are those msgpack wrote, after ``_plain``: an
-    enum member's or a UUID's form is a str key, as a verifier reads it."""
+    body is checked after encoding: by the native extension's walk where it is loaded (no
+    objects built; it leaves anything but a clear answer to the reader below), else read back
+    once by msgpack's C reader, which refuses the others (``strict_map_key``, its default), as
+    :func:`decode_msgpack` does; ``raw=True`` and ``use_list=False`` spare it decoding text and
+    building lists. The keys are those msgpack wrote, after ``_plain``: an enum member's or a
+    UUID's form is a str key, as a verifier reads it."""
+    native = _native._module
+    verdict = -1 if native is None else native.check_map_keys(body)
+    if verdict == 1:
+        return
     try:
+        if verdict == 0:
+            raise ValueError("a map key of another type")
         if len(body) <= _PAUSE_GC_ABOVE:
             _unpackb(body, raw=True, use_list=False)
         else:

@@ -793,6 +793,7 @@ fn signed_bus_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Opener>()?;
     m.add_class::<crate::py_seal::Sealer>()?;
     m.add_function(wrap_pyfunction!(crate::py_seal::drop_nonces, m)?)?;
+    m.add_function(wrap_pyfunction!(crate::py_seal::check_map_keys, m)?)?;
     m.add_function(wrap_pyfunction!(decode_reason, m)?)?;
     m.add_function(wrap_pyfunction!(plan_claims, m)?)?;
     Ok(())

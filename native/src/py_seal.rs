@@ -129,3 +129,14 @@ impl Sealer {
 pub fn drop_nonces() {
     nonces::drop_all();
 }
+
+/// The payload body's map-key rule (`body::check_map_keys`): 1 every map key is str or bin,
+/// 0 one is not, -1 the Python check must decide (not one well-formed value, or too deep).
+#[pyfunction]
+pub fn check_map_keys(body: &[u8]) -> i8 {
+    match crate::body::check_map_keys(body) {
+        crate::body::Keys::Ok => 1,
+        crate::body::Keys::Refused => 0,
+        crate::body::Keys::Unsure => -1,
+    }
+}

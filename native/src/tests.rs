@@ -250,3 +250,25 @@ fn envelopes_are_framed_in_the_shortest_form_at_every_size() {
         assert_eq!(&value[frame.b_start..frame.b_end], &body[..]);
     }
 }
+
+#[test]
+fn map_keys_of_any_other_type_are_refused_and_malformed_bodies_left_to_python() {
+    use crate::body::{check_map_keys, Keys};
+    assert_eq!(check_map_keys(b"\x81\xa1a\x01"), Keys::Ok); // {"a": 1}
+    assert_eq!(check_map_keys(b"\x81\xc4\x01a\x01"), Keys::Ok); // {b"a": 1}
+    assert_eq!(check_map_keys(b"\x81\x00\x01"), Keys::Refused); // {0: 1}
+    assert_eq!(check_map_keys(b"\x81\xa1a\x81\xc3\x01"), Keys::Refused); // {"a": {True: 1}}
+    assert_eq!(check_map_keys(b"\x92\x01\x81\xa1k\x90"), Keys::Ok); // [1, {"k": []}]
+    assert_eq!(check_map_keys(b"\x81\xa1a\x81\xa1b\x01\x00"), Keys::Unsure); // trailing byte
+    assert_eq!(check_map_keys(b"\x81\xa1a"), Keys::Unsure); // value missing
+    assert_eq!(check_map_keys(b"\xc1"), Keys::Unsure);
+    assert_eq!(check_map_keys(b"\xdf\xff\xff\xff\xff"), Keys::Unsure); // counts, no bytes
+    assert_eq!(check_map_keys(b"\xc6\xff\xff\xff\xff"), Keys::Unsure);
+    let deep: Vec<u8> = std::iter::repeat_n(0x91u8, 2000).chain([0x01]).collect();
+    assert_eq!(check_map_keys(&deep), Keys::Unsure);
+    // a map value (not key) of any type, and an ext value
+    assert_eq!(
+        check_map_keys(b"\x82\xa1a\xd4\x01\x02\xa1b\xcb\0\0\0\0\0\0\0\0"),
+        Keys::Ok
+    );
+}
