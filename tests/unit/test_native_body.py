@@ -9,13 +9,15 @@ installed: this module fails, it does not skip, without it.
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgpack
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from signed_bus import _native
 
-NATIVE = _native.load("1")
+NATIVE: Any = _native.load("1")  # ConfigurationError without the extension
 
 _scalars = (
     st.none()
