@@ -70,6 +70,7 @@ __all__ = [
     "redis_client",
     "setup_logging",
     "shown_url",
+    "stop_key_sources",
 ]
 
 
@@ -127,7 +128,8 @@ async def load_verify_keyring() -> Keyring:
     """The ring verifiers use. ``SIGNED_BUS_JWKS_URL`` set (an https URL or a file of a JWK Set):
     the ring of a started :class:`signed_bus.KeySource` following it (new kids within
     ``SIGNED_BUS_JWKS_REFRESH_S``, an early fetch on an unknown kid at most every
-    ``SIGNED_BUS_JWKS_UNKNOWN_KID_S``; its refreshing stops with the event loop). Else
+    ``SIGNED_BUS_JWKS_UNKNOWN_KID_S``; :func:`stop_key_sources` stops it, and
+    :func:`agent_main` calls that when the agent ends). Else
     ``SIGNED_BUS_VERIFY_KEYRING_FILE`` (public keys) if set, else the agent's own ring. Keeping
     them apart lets a signing agent hold only its own private key."""
     jwks = os.environ.get("SIGNED_BUS_JWKS_URL", "").strip()
@@ -138,11 +140,21 @@ async def load_verify_keyring() -> Keyring:
             unknown_kid_interval_s=env_float("SIGNED_BUS_JWKS_UNKNOWN_KID_S", 30.0),
         )
         await source.start()  # the first load must succeed: ConfigurationError if not
-        return source.keyring  # the ring keeps the source (and its task) alive
+        _key_sources.append(source)
+        return source.keyring
     path = os.environ.get("SIGNED_BUS_VERIFY_KEYRING_FILE", "").strip()
     if path:
         return Keyring.from_file(path)
     return load_keyring()
+
+
+_key_sources: list[KeySource] = []
+
+
+async def stop_key_sources() -> None:
+    """Stop every key source :func:`load_verify_keyring` started (their rings keep their keys)."""
+    while _key_sources:
+        await _key_sources.pop().stop()
 
 
 @dataclass(frozen=True, slots=True)
@@ -368,8 +380,15 @@ def agent_main(
     except OSError as exc:
         print(f"{prog}: error: cannot serve /metrics: {printable(str(exc))}", file=sys.stderr)
         return 2
+
+    async def run_then_stop_sources() -> int:
+        try:
+            return await run()
+        finally:
+            await stop_key_sources()
+
     try:
-        return asyncio.run(run())
+        return asyncio.run(run_then_stop_sources())
     except ConfigurationError as exc:
         print(f"{prog}: error: {printable(str(exc))}", file=sys.stderr)
         return 2

@@ -136,7 +136,7 @@ def test_the_effective_settings_are_logged_without_secrets() -> None:
 async def test_verifying_agents_follow_a_jwks_when_one_is_named(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from producers.common import load_verify_keyring
+    from producers.common import _key_sources, load_verify_keyring, stop_key_sources
     from signed_bus import generate_ed25519_key
     from tests.unit.test_keysource import JwksServer, wait_until
 
@@ -153,5 +153,8 @@ async def test_verifying_agents_follow_a_jwks_when_one_is_named(
         server.status = 404  # an agent starting now cannot load the set: it must not start
         with pytest.raises(ConfigurationError, match="HTTP status 404"):
             await load_verify_keyring()
+        assert len(_key_sources) == 1  # the one that started, to be stopped with the agent
     finally:
+        await stop_key_sources()  # the test loop outlives the test: stop its refreshing
         server.close()
+    assert not _key_sources
