@@ -1,0 +1,97 @@
+"""The replay guard's recovery from a Redis loss where other guards, rebuilds and producers
+meet it (real Kafka and Redis; a loss is the prefix's keys deleted): a rebuild verifies in
+audit mode and never lets a later copy in a partition take the original's place; a guard that
+saw a loss never adopts an epoch that says nothing was lost; a rebuild another process ran is
+picked up at the next quarantine. Each test runs over both guards."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+import redis
+
+from signed_bus._replay.guard import ClaimRow, ClaimVerdict
+from signed_bus._replay.rebuild import RebuildSource
+from signed_bus.errors import ReplayStateLost
+from tests.conftest import TopicFactory
+from tests.integration.bus import WINDOW, keyring, plain_producer, signer, verifier
+from tests.integration.guards import GUARDS, Guard, Make
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
+
+NEW, SAME, REPLAY, HELD = (
+    ClaimVerdict.NEW,
+    ClaimVerdict.SAME_POSITION,
+    ClaimVerdict.REPLAY,
+    ClaimVerdict.QUARANTINED,
+)
+
+
+def _now() -> int:
+    return int(time.time() * 1000)
+
+
+def _wipe(redis_url: str, prefix: str) -> None:
+    """Delete every key of ``prefix``: what a flush or an empty restart leaves."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+        assert keys
+        client.delete(*keys)
+    finally:
+        client.close()
+
+
+async def _claim(guard: Guard, rows: list[ClaimRow], *, within: float = 45) -> list[ClaimVerdict]:
+    """Claim ``rows``, retrying while the guard holds them (a loss noticed, a rebuild running)."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            return await guard.claim(rows, freshness=WINDOW)
+        except ReplayStateLost:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+
+
+async def _produce(bootstrap: str, topic: str, value: bytes, *stamps: int | None) -> list[int]:
+    """``value`` once per stamp (None: the broker's time) to partition 0; the offsets."""
+    async with plain_producer(bootstrap) as producer:
+        sent = [
+            await producer.send_and_wait(topic, value, partition=0, timestamp_ms=stamp)
+            for stamp in stamps
+        ]
+    return [metadata.offset for metadata in sent]
+
+
+async def _lost(guard: Guard, row: ClaimRow) -> None:
+    """The guard's next claim notices the loss."""
+    with pytest.raises(ReplayStateLost):
+        await guard.claim([row], freshness=WINDOW)
+
+
+@pytest.mark.parametrize("guard", GUARDS)
+async def test_a_rebuild_with_a_consumers_verifier_still_reclaims_records_past_max_age(
+    redis_url: str, redis_prefix: str, kafka_bootstrap: str, unique_topic: TopicFactory,
+    guard: Make,
+) -> None:  # fmt: skip
+    ring = keyring()
+    topic = await unique_topic("rebuild-age")
+    created = _now() - WINDOW.max_age_ms - 60_000  # past max_age, inside max_age + max_lag
+    value = signer(ring, clock=lambda: created).sign({"x": 1}, topic=topic)
+    consumer = verifier(ring)  # what a consumer holds: not audit
+    # a lagging consumer judges it by its LogAppendTime and accepts it
+    message = consumer.verify(value, topic=topic, key=None, reference_ms=created + 60_000)
+    [offset] = await _produce(kafka_bootstrap, topic, value, None)
+    original: ClaimRow = (message.issuer, message.nonce, created, topic, 0, offset)
+    copy: ClaimRow = (message.issuer, message.nonce, created, topic, 0, offset + 1_000)
+    source = RebuildSource(kafka_bootstrap, (topic,), consumer)
+    async with guard(redis_url, redis_prefix, rebuild_from=source) as group:
+        # it started on an empty prefix: its own rebuild claimed the original already
+        assert await _claim(group, [original]) == [SAME]
+        _wipe(redis_url, redis_prefix)
+        await _lost(group, original)
+        # the rebuild re-claimed the original at its position: a copy is a replay
+        assert await _claim(group, [copy, original]) == [REPLAY, SAME]
