@@ -188,7 +188,7 @@ def rebuild_steps(
         dict(source.kafka_options),
         report,
     )
-    rows.sort(key=lambda item: item[0])
+    _in_log_order(rows)
     oldest = freshness.oldest_acceptable(now)
     claims = [row for _, row in rows if row[2] >= oldest]
     step = guard.max_claims_per_call
@@ -207,6 +207,25 @@ def rebuild_steps(
         raise ReplayGuardUnavailable("another recovery replaced the epoch during the rebuild")
     report.seconds = time.monotonic() - started
     return report
+
+
+def _in_log_order(rows: list[tuple[tuple[int, str, int, int], ClaimRow]]) -> None:
+    """Sort ``rows`` (key: timestamp, topic, partition, offset) into the order they are
+    re-claimed in: offset order within a partition, timestamp order across partitions.
+
+    A record's timestamp is the running maximum of its partition's timestamps up to it, so a
+    record never sorts before an earlier offset of its partition: on a CreateTime topic the
+    producer picks the timestamp, and a copy written later with an earlier one would otherwise
+    take the original's first-seen position."""
+    rows.sort(key=lambda item: (item[0][1], item[0][2], item[0][3]))
+    partition: tuple[str, int] | None = None
+    highest = 0
+    for index, ((stamp, topic, part, offset), row) in enumerate(rows):
+        if (topic, part) != partition:
+            partition, highest = (topic, part), stamp
+        highest = max(highest, stamp)
+        rows[index] = ((highest, topic, part, offset), row)
+    rows.sort(key=lambda item: item[0])
 
 
 def _audit(verifier: Verifier) -> Verifier:

@@ -16,7 +16,7 @@ from signed_bus._replay.guard import ClaimRow, ClaimVerdict
 from signed_bus._replay.rebuild import RebuildSource
 from signed_bus.errors import ReplayStateLost
 from tests.conftest import TopicFactory
-from tests.integration.bus import WINDOW, keyring, plain_producer, signer, verifier
+from tests.integration.bus import CREATE_TIME, WINDOW, keyring, plain_producer, signer, verifier
 from tests.integration.guards import GUARDS, Guard, Make
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
@@ -95,3 +95,25 @@ async def test_a_rebuild_with_a_consumers_verifier_still_reclaims_records_past_m
         await _lost(group, original)
         # the rebuild re-claimed the original at its position: a copy is a replay
         assert await _claim(group, [copy, original]) == [REPLAY, SAME]
+
+
+@pytest.mark.parametrize("guard", GUARDS)
+async def test_a_backdated_copy_in_the_same_partition_never_takes_the_originals_place(
+    redis_url: str, redis_prefix: str, kafka_bootstrap: str, unique_topic: TopicFactory,
+    guard: Make,
+) -> None:  # fmt: skip
+    ring = keyring()
+    topic = await unique_topic("rebuild-backdated", config=CREATE_TIME)
+    value = signer(ring).sign({"x": 1}, topic=topic)
+    check = verifier(ring)
+    message = check.verify(value, topic=topic, key=None)
+    # the original, then a copy written later with a CreateTime a minute before it
+    offsets = await _produce(kafka_bootstrap, topic, value, None, message.created_at - 60_000)
+    original, copy = ((message.issuer, message.nonce, message.created_at, topic, 0, offset)
+                      for offset in offsets)  # fmt: skip
+    source = RebuildSource(kafka_bootstrap, (topic,), check)
+    async with guard(redis_url, redis_prefix, rebuild_from=source) as group:
+        assert await _claim(group, [original, copy]) == [SAME, REPLAY]  # rebuilt at start
+        _wipe(redis_url, redis_prefix)
+        await _lost(group, original)
+        assert await _claim(group, [original, copy]) == [SAME, REPLAY]
