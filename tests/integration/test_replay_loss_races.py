@@ -12,6 +12,7 @@ import time
 import pytest
 import redis
 
+from signed_bus._replay.epoch import epoch_key
 from signed_bus._replay.guard import ClaimRow, ClaimVerdict
 from signed_bus._replay.rebuild import RebuildSource
 from signed_bus.errors import ReplayStateLost
@@ -117,3 +118,26 @@ async def test_a_backdated_copy_in_the_same_partition_never_takes_the_originals_
         _wipe(redis_url, redis_prefix)
         await _lost(group, original)
         assert await _claim(group, [original, copy]) == [SAME, REPLAY]
+
+
+@pytest.mark.parametrize("guard", GUARDS)
+async def test_a_guard_starting_on_the_lost_prefix_never_erases_the_loss_another_saw(
+    redis_url: str, redis_prefix: str, guard: Make
+) -> None:
+    nonce = b"race".ljust(16, b"\0")
+    created = _now()
+    original: ClaimRow = ("issuer", nonce, created, "t", 0, 10)
+    copies: list[ClaimRow] = [("issuer", nonce, created, "t", 0, 100 + i) for i in range(2)]
+    async with guard(redis_url, redis_prefix) as running:
+        assert await running.claim([original], freshness=WINDOW) == [NEW]
+        _wipe(redis_url, redis_prefix)
+        # another consumer starts first: it finds no state and starts the prefix afresh
+        async with guard(redis_url, redis_prefix) as starting:
+            assert await _claim(running, copies[:1]) == [HELD]
+            # the guard that started afresh learns of the loss too
+            assert await _claim(starting, copies[1:]) == [HELD]
+    client = redis.Redis.from_url(redis_url)
+    try:
+        assert int(client.hget(epoch_key(redis_prefix), "lost_at") or 0) >= created
+    finally:
+        client.close()
