@@ -13,8 +13,8 @@ import pytest
 import redis
 
 from signed_bus._replay.epoch import epoch_key
-from signed_bus._replay.guard import ClaimRow, ClaimVerdict
-from signed_bus._replay.rebuild import RebuildSource
+from signed_bus._replay.guard import ClaimRow, ClaimVerdict, RedisReplayGuard
+from signed_bus._replay.rebuild import RebuildSource, rebuild
 from signed_bus.errors import ReplayStateLost
 from tests.conftest import TopicFactory
 from tests.integration.bus import CREATE_TIME, WINDOW, keyring, plain_producer, signer, verifier
@@ -141,3 +141,30 @@ async def test_a_guard_starting_on_the_lost_prefix_never_erases_the_loss_another
         assert int(client.hget(epoch_key(redis_prefix), "lost_at") or 0) >= created
     finally:
         client.close()
+
+
+@pytest.mark.parametrize("guard", GUARDS)
+async def test_a_running_guard_picks_up_a_rebuild_another_process_ran(
+    redis_url: str, redis_prefix: str, kafka_bootstrap: str, unique_topic: TopicFactory,
+    guard: Make,
+) -> None:  # fmt: skip
+    topic = await unique_topic("rebuild-elsewhere")
+    created = _now()
+    first: ClaimRow = ("issuer", b"seen".ljust(16, b"\0"), created, topic, 0, 0)
+    # honest records created before the loss, not consumed yet
+    pending: list[ClaimRow] = [
+        ("issuer", b"p%d" % i + bytes(14), created, topic, 0, 1 + i) for i in range(2)
+    ]
+    async with guard(redis_url, redis_prefix) as running:
+        assert await running.claim([first], freshness=WINDOW) == [NEW]
+        _wipe(redis_url, redis_prefix)
+        await _lost(running, pending[0])
+        assert await running.claim(pending[:1], freshness=WINDOW) == [HELD]
+        # `signed-bus guard rebuild` (or another guard's rebuild_from) covers the topic
+        async with RedisReplayGuard.from_url(redis_url, prefix=redis_prefix) as elsewhere:
+            report = await rebuild(
+                elsewhere, bootstrap_servers=kafka_bootstrap, topics=[topic],
+                verifier=verifier(keyring(), audit=True),
+            )  # fmt: skip
+        assert report.covered == [topic]
+        assert await running.claim(pending[1:], freshness=WINDOW) == [NEW]
