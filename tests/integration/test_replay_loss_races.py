@@ -168,3 +168,38 @@ async def test_a_running_guard_picks_up_a_rebuild_another_process_ran(
             )  # fmt: skip
         assert report.covered == [topic]
         assert await running.claim(pending[1:], freshness=WINDOW) == [NEW]
+
+
+async def test_a_stopped_sync_guard_ends_its_rebuild_and_leaves_no_connection(
+    redis_url: str, redis_prefix: str, kafka_bootstrap: str, unique_topic: TopicFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    from signed_bus._replay import rebuild as rebuild_module
+    from signed_bus._replay.sync_guard import SyncRedisReplayGuard
+
+    read = rebuild_module._read
+
+    async def slow_read(*args: object, **kw: object) -> object:
+        await asyncio.sleep(2)  # stop() lands while the rebuild reads Kafka
+        return await read(*args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(rebuild_module, "_read", slow_read)
+    topic = await unique_topic("rebuild-stop")
+    source = RebuildSource(kafka_bootstrap, (topic,), verifier(keyring()))
+    group = SyncRedisReplayGuard.from_url(redis_url, prefix=redis_prefix, rebuild_from=source)
+    await asyncio.to_thread(group.start)  # no state: it starts rebuilding in a thread
+    thread = group._rebuilding
+    assert thread is not None and thread.is_alive()
+    await asyncio.to_thread(group.stop)
+    await asyncio.to_thread(thread.join, 30)
+    assert not thread.is_alive()
+    client = redis.Redis.from_url(redis_url)
+    try:  # the stopped guard's rebuild wrote nothing more: the epoch is still rebuilding
+        assert client.hget(epoch_key(redis_prefix), "state") == b"rebuilding"
+    finally:
+        client.close()
+    owned = group._client
+    assert isinstance(owned, redis.Redis)
+    pool = owned.connection_pool  # no connection was opened again after stop()
+    assert not [c for c in pool._available_connections if getattr(c, "_sock", None) is not None]
+    assert not pool._in_use_connections
