@@ -75,8 +75,8 @@ class RebuildSource:
     the Kafka cluster, every topic its consumers read, the verifier that checks each record
     (the consumers' own will do: the rebuild checks with an audit copy of it on the same
     keyring, as freshness is judged by the retention window instead), the client's security
-    options. The guard rebuilds after a loss, and
-    when it starts on a prefix with no state in Redis (docs/OPERATIONS.md)."""
+    options. The guard rebuilds after a loss, and when it starts on a prefix with no state in
+    Redis (docs/OPERATIONS.md)."""
 
     bootstrap_servers: str
     topics: tuple[str, ...]
@@ -139,8 +139,8 @@ async def rebuild(
     (:func:`rebuild_steps` on the async guard).
 
     ``verifier`` checks each record (in audit mode, a copy when it is not: its freshness is
-    never checked against now); ``freshness`` (default:
-    the verifier's) is the consumers' window, whose retention decides how far back to read.
+    never checked against now); ``freshness`` (default: the verifier's) is the consumers'
+    window, whose retention decides how far back to read.
     Raises ReplayGuardUnavailable when Redis fails (run it again: claims are idempotent)."""
     steps = rebuild_steps(
         guard,
