@@ -272,6 +272,9 @@ class GuardCore(Generic[C]):
         planned call, recovery when a call answers that Redis lost its state."""
         epoch = yield from self._epochs.current()
         send, held = quarantine_split(claims, epoch, freshness.future_skew_ms)
+        if held:  # a rebuild another process ran may have covered them since: read it again
+            epoch = yield from self._epochs.refresh()
+            send, held = quarantine_split(claims, epoch, freshness.future_skew_ms)
         if held:
             yield from self._epochs.wait_for_rebuild(claims, held)
         rows = claims if not held else [claims[i] for i in send]

@@ -75,11 +75,16 @@ REBUILDING: Final = "rebuilding"
 #: ``ARGV[4]``: the state to start in (``ready`` or ``rebuilding``).
 #:
 #: The new epoch is written only if the record is missing or still names ``ARGV[1]``: when two
-#: guards see one loss, the first starts the new epoch and the second adopts it. Returns the
-#: record as it is afterwards (a flat field/value list).
+#: guards see one loss, the first starts the new epoch and the second adopts it. One exception:
+#: a guard that saw a loss (``ARGV[1]`` set) never adopts another epoch whose ``lost_at`` is 0,
+#: one a guard starting on the emptied prefix took for a new prefix: it replaces it, so the
+#: loss is recorded and that guard's claims find their marker changed and read the record
+#: again. Returns the record as it is afterwards (a flat field/value list).
 RECOVER_SCRIPT: Final = """
 local cur = redis.call('HGET', KEYS[1], 'epoch')
-if cur == false or (ARGV[1] ~= '' and cur == ARGV[1]) then
+local unaware = cur ~= false and ARGV[1] ~= '' and cur ~= ARGV[1]
+  and redis.call('HGET', KEYS[1], 'lost_at') == '0'
+if cur == false or (ARGV[1] ~= '' and cur == ARGV[1]) or unaware then
   redis.call('DEL', KEYS[1])
   redis.call('HSET', KEYS[1], 'epoch', ARGV[2], 'lost_at', ARGV[3], 'covered', '',
              'state', ARGV[4])

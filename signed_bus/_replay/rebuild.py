@@ -73,8 +73,10 @@ return 1
 class RebuildSource:
     """Where a guard rebuilds its topics from by itself (``rebuild_from=...`` of either guard):
     the Kafka cluster, every topic its consumers read, the verifier that checks each record
-    (audit mode is used), the client's security options. The guard rebuilds after a loss, and
-    when it starts on a prefix with no state in Redis (docs/OPERATIONS.md)."""
+    (the consumers' own will do: the rebuild checks with an audit copy of it on the same
+    keyring, as freshness is judged by the retention window instead), the client's security
+    options. The guard rebuilds after a loss, and when it starts on a prefix with no state in
+    Redis (docs/OPERATIONS.md)."""
 
     bootstrap_servers: str
     topics: tuple[str, ...]
@@ -136,8 +138,9 @@ async def rebuild(
     """Rebuild the first-seen positions of ``topics`` in a new epoch and mark it ready
     (:func:`rebuild_steps` on the async guard).
 
-    ``verifier`` checks each record (its freshness is ignored: audit); ``freshness`` (default:
-    the verifier's) is the consumers' window, whose retention decides how far back to read.
+    ``verifier`` checks each record (in audit mode, a copy when it is not: its freshness is
+    never checked against now); ``freshness`` (default: the verifier's) is the consumers'
+    window, whose retention decides how far back to read.
     Raises ReplayGuardUnavailable when Redis fails (run it again: claims are idempotent)."""
     steps = rebuild_steps(
         guard,
@@ -180,12 +183,12 @@ def rebuild_steps(
     rows: list[tuple[tuple[int, str, int, int], ClaimRow]] = yield ReadKafka(
         source.bootstrap_servers,
         tuple(source.topics),
-        source.verifier,
+        _audit(source.verifier),
         now - retention,
         dict(source.kafka_options),
         report,
     )
-    rows.sort(key=lambda item: item[0])
+    _in_log_order(rows)
     oldest = freshness.oldest_acceptable(now)
     claims = [row for _, row in rows if row[2] >= oldest]
     step = guard.max_claims_per_call
@@ -204,6 +207,43 @@ def rebuild_steps(
         raise ReplayGuardUnavailable("another recovery replaced the epoch during the rebuild")
     report.seconds = time.monotonic() - started
     return report
+
+
+def _in_log_order(rows: list[tuple[tuple[int, str, int, int], ClaimRow]]) -> None:
+    """Sort ``rows`` (key: timestamp, topic, partition, offset) into the order they are
+    re-claimed in: offset order within a partition, timestamp order across partitions.
+
+    A record's timestamp is the running maximum of its partition's timestamps up to it, so a
+    record never sorts before an earlier offset of its partition: on a CreateTime topic the
+    producer picks the timestamp, and a copy written later with an earlier one would otherwise
+    take the original's first-seen position."""
+    rows.sort(key=lambda item: (item[0][1], item[0][2], item[0][3]))
+    partition: tuple[str, int] | None = None
+    highest = 0
+    for index, ((stamp, topic, part, offset), row) in enumerate(rows):
+        if (topic, part) != partition:
+            partition, highest = (topic, part), stamp
+        highest = max(highest, stamp)
+        rows[index] = ((highest, topic, part, offset), row)
+    rows.sort(key=lambda item: item[0])
+
+
+def _audit(verifier: Verifier) -> Verifier:
+    """``verifier`` in audit mode: a rebuild re-reads records older than max_age on purpose.
+    Checked against now, a record a lagging consumer still accepts (by its LogAppendTime) would
+    not be re-claimed, and a copy of it would pass as new on a covered topic; the retention
+    window (``oldest_acceptable``) is the rebuild's freshness rule instead."""
+    if verifier.audit:
+        return verifier
+    from signed_bus._verifier import Verifier
+
+    return Verifier(
+        verifier._keyring,
+        freshness=verifier.freshness,
+        max_envelope_bytes=verifier.max_envelope_bytes,
+        clock=verifier.clock,
+        audit=True,
+    )
 
 
 async def read_records(

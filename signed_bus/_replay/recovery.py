@@ -84,6 +84,13 @@ class Epochs:
         """The guard's own rebuild finished: read the epoch record again at the next claim."""
         self.state = None
 
+    def refresh(self) -> Steps[EpochState]:
+        """Read the epoch record again before quarantining: a rebuild run elsewhere (the CLI,
+        another guard's ``rebuild_from``) adds its topics to ``covered`` without this guard
+        knowing. One round trip, only on the quarantine path."""
+        self.state = None
+        return (yield from self.load(create=False))
+
     def current(self) -> Steps[EpochState]:
         """The ready epoch to claim in (read when not known); ReplayStateLost while none is."""
         state = self.state

@@ -45,6 +45,10 @@ __all__ = ["SyncRedisReplayGuard"]
 
 _log = logging.getLogger("signed_bus.replay")
 
+#: How long ``stop()`` waits for the guard's own rebuild to end before closing the client (a
+#: rebuild ends at its next request to Redis; a Kafka read under way runs to its end first).
+_REBUILD_JOIN_S: Final = 5.0
+
 # Everything a Redis client can raise for an unreachable or failing server.
 _REDIS_FAILURES: Final = (RedisError, RedisClusterException, OSError, TimeoutError)
 
@@ -94,11 +98,16 @@ class SyncRedisReplayGuard(GuardCore["redis.Redis | RedisCluster"], SyncLifecycl
             self._started = True
 
     def stop(self) -> None:
-        """Close the client if the guard created it. Idempotent."""
+        """End the guard's own rebuild (at its next request; waits up to a few seconds for
+        it) and close the client if the guard created it. Idempotent."""
         with self._lock:
             if self._stopped:
                 return
             self._stopped = True
+        with self._rebuild_lock:
+            rebuilding = self._rebuilding
+        if rebuilding is not None and rebuilding is not threading.current_thread():
+            rebuilding.join(_REBUILD_JOIN_S)
         if self._owns_client:
             try:
                 self._client.close()
@@ -133,6 +142,8 @@ class SyncRedisReplayGuard(GuardCore["redis.Redis | RedisCluster"], SyncLifecycl
             raise self._unavailable(exc) from exc
 
     def _send(self, request: Request) -> Any:
+        if self._stopped:  # a rebuild thread (or a claim) still running: no request reopens
+            raise stopped_error("the replay guard")  # the client stop() closes
         client = self._client
         if isinstance(request, Claims):
             units = self._claim_units(request)
