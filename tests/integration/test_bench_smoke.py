@@ -52,9 +52,11 @@ def test_bench_smallest_mode_writes_a_complete_sane_report(
                 assert value > 0, (name, row)
 
     targets = report["targets"]
-    # 6 from the first parts, the core seal/open and EdDSA consume targets, observability's 3
-    # and confluent's 2
-    assert len(targets) == 14
+    # 6 from the first parts, the core seal/open and EdDSA consume targets, observability's 4
+    # (metrics and 1%-sampled tracing, each per wall and per CPU second) and confluent's 2
+    assert len(targets) == 15
+    observability = [t["name"] for t in targets if t["name"].startswith("verified consume")]
+    assert len(observability) == 4 and not any("all" in name for name in observability)
     # produce, consume and the core codec rows come on both paths (the extension is installed)
     labels = {row["measurement"] for part in report["parts"].values() for row in part["rows"]}
     assert {"HS256 signed send, native", "HS256 signed send, pure"} <= labels, labels
