@@ -45,6 +45,7 @@ from signed_bus.errors import ReplayStateLost
 __all__ = [
     "LOST_REPLY",
     "READY",
+    "READY_SCRIPT",
     "REBUILDING",
     "RECOVER_SCRIPT",
     "SLOTS",
@@ -88,6 +89,19 @@ if cur == false or (ARGV[1] ~= '' and cur == ARGV[1]) or unaware then
   redis.call('DEL', KEYS[1])
   redis.call('HSET', KEYS[1], 'epoch', ARGV[2], 'lost_at', ARGV[3], 'covered', '',
              'state', ARGV[4])
+end
+return redis.call('HGETALL', KEYS[1])
+"""
+
+
+#: Marks the epoch ``ARGV[1]`` ready, unless the record names another epoch by now (another
+#: guard saw a loss and replaced it while this one restored its markers): that epoch keeps its
+#: state, so a guard holding for a rebuild of it is not released by a guard that finished
+#: restoring the one before. ``KEYS[1]``: the epoch record. Returns the record as it is
+#: afterwards (a flat field/value list).
+READY_SCRIPT: Final = """
+if redis.call('HGET', KEYS[1], 'epoch') == ARGV[1] then
+  redis.call('HSET', KEYS[1], 'state', 'ready')
 end
 return redis.call('HGETALL', KEYS[1])
 """

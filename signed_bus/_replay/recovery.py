@@ -12,7 +12,7 @@ from typing import NoReturn
 from redis.crc import key_slot
 
 from signed_bus._replay.epoch import (
-    READY,
+    READY_SCRIPT,
     REBUILDING,
     RECOVER_SCRIPT,
     SLOTS,
@@ -191,5 +191,9 @@ class Epochs:
             yield Command(("SET", marker_key(self.prefix), value))
         if not ready:
             return state
-        yield Command(("HSET", epoch_key(self.prefix), "state", READY))
-        return EpochState(state.epoch, state.lost_at, state.covered, ready=True)
+        reply = yield RunScript(READY_SCRIPT, (epoch_key(self.prefix),), (state.epoch,))
+        current = parse_epoch_record(reply)
+        if current is None or current.epoch != state.epoch:
+            # replaced meanwhile: not ready under this epoch; the next claim reads the record
+            return EpochState(state.epoch, state.lost_at, state.covered, ready=False)
+        return current

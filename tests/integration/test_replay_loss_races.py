@@ -12,7 +12,7 @@ import time
 import pytest
 import redis
 
-from signed_bus._replay.epoch import epoch_key
+from signed_bus._replay.epoch import READY_SCRIPT, REBUILDING, epoch_key, parse_epoch_record
 from signed_bus._replay.guard import ClaimRow, ClaimVerdict, RedisReplayGuard
 from signed_bus._replay.rebuild import RebuildSource, rebuild
 from signed_bus.errors import ReplayStateLost
@@ -203,3 +203,23 @@ async def test_a_stopped_sync_guard_ends_its_rebuild_and_leaves_no_connection(
     pool = owned.connection_pool  # no connection was opened again after stop()
     assert not [c for c in pool._available_connections if getattr(c, "_sock", None) is not None]
     assert not pool._in_use_connections
+
+
+def test_the_ready_mark_lands_only_on_the_epoch_it_names(redis_url: str, redis_prefix: str) -> None:
+    """The script a guard marks its new epoch ready with, on real Redis: when another guard
+    replaced the epoch meanwhile, that epoch keeps its state (rebuilding) and the reply names
+    it, so the first guard learns it is not ready."""
+    client = redis.Redis.from_url(redis_url)
+    key = epoch_key(redis_prefix)
+    try:
+        client.hset(key, mapping={"epoch": "theirs", "lost_at": "5", "covered": "",
+                                  "state": REBUILDING})  # fmt: skip
+        reply = client.eval(READY_SCRIPT, 1, key, "mine")
+        state = parse_epoch_record(reply)
+        assert state is not None and state.epoch == "theirs" and not state.ready
+        assert client.hget(key, "state") == REBUILDING.encode()
+        state = parse_epoch_record(client.eval(READY_SCRIPT, 1, key, "theirs"))
+        assert state is not None and state.epoch == "theirs" and state.ready
+    finally:
+        client.delete(key)
+        client.close()

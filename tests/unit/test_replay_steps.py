@@ -14,7 +14,13 @@ from redis.exceptions import NoPermissionError, NoScriptError
 
 from signed_bus._freshness import Freshness
 from signed_bus._keys import Keyring, generate_hmac_key
-from signed_bus._replay.epoch import READY, REBUILDING, RECOVER_SCRIPT, EpochState
+from signed_bus._replay.epoch import (
+    READY,
+    READY_SCRIPT,
+    REBUILDING,
+    RECOVER_SCRIPT,
+    EpochState,
+)
 from signed_bus._replay.layout import ClaimRow
 from signed_bus._replay.rebuild import RebuildSource
 from signed_bus._replay.settings import Durability
@@ -104,6 +110,8 @@ def test_a_lost_marker_starts_one_new_epoch_restores_the_layout_and_raises() -> 
     def answer(request: Request) -> Any:
         if isinstance(request, Claims):
             return [b"L"]
+        if isinstance(request, RunScript) and request.source == READY_SCRIPT:
+            return _record(request.args[0], lost_at=1, state=READY)
         if isinstance(request, RunScript):
             assert request.source == RECOVER_SCRIPT and request.args[0] == "old"
             return _record(request.args[1], lost_at=request.args[2], state=REBUILDING)
@@ -115,8 +123,41 @@ def test_a_lost_marker_starts_one_new_epoch_restores_the_layout_and_raises() -> 
     commands = [r.args for r in script.sent if isinstance(r, Command)]
     assert commands[0][:2] == ("SET", b"p:layout") and commands[0][-1] == "NX"
     assert commands[1][:2] == ("SET", b"p:mark")
-    assert commands[2] == ("HSET", b"p:epoch", "state", READY)  # quarantine: ready at once
+    scripts = [r for r in script.sent if isinstance(r, RunScript)]
+    new_epoch = scripts[0].args[1]
+    # quarantine: ready at once, and only the epoch it started (conditional on the record)
+    assert scripts[1].source == READY_SCRIPT and scripts[1].args == (new_epoch,)
     assert guard._epochs.state is None  # the retried batch reads the new record
+
+
+def test_an_epoch_replaced_while_its_markers_were_restored_is_not_marked_ready() -> None:
+    """Another guard saw a loss and started a rebuilding epoch between this guard's new epoch
+    and its ready mark: the mark must not land on the other epoch (it would release guards
+    holding for its rebuild), and this guard does not take its own epoch for ready."""
+    guard = _guard()
+    guard._epochs.state = EpochState("old", 0, frozenset(), ready=True)
+    theirs = _record("theirs", lost_at=5, state=REBUILDING)
+
+    def answer(request: Request) -> Any:
+        if isinstance(request, Claims):
+            return [b"L"]
+        if isinstance(request, RunScript) and request.source == READY_SCRIPT:
+            return theirs  # the script found another epoch: it changed nothing
+        if isinstance(request, RunScript):
+            return _record(request.args[1], lost_at=request.args[2], state=REBUILDING)
+        if isinstance(request, Command) and request.args[0] == "HGETALL":
+            return theirs
+        return b"OK"
+
+    script = Script(answer)
+    with pytest.raises(ReplayStateLost):
+        drive(guard._claim_steps(_rows(3), WINDOW), script)
+    assert not any(isinstance(r, Command) and r.args[0] == "HSET" for r in script.sent)
+    script.sent.clear()
+    with pytest.raises(ReplayStateLost, match="rebuild"):  # holds: their epoch is rebuilding
+        drive(guard._claim_steps(_rows(3), WINDOW), script)
+    state = guard._epochs.state
+    assert state is not None and state.epoch == "theirs" and not state.ready
 
 
 def test_an_empty_prefix_with_rebuild_from_is_a_loss_rebuilt_before_the_first_claim() -> None:
