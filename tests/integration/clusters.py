@@ -35,8 +35,9 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from types import TracebackType
 from typing import Protocol, Self
+
+from tests.integration.services import ProcessGroup
 
 __all__ = ["KafkaClusterProcesses", "Loopback", "Placement", "RedisClusterProcesses"]
 
@@ -93,7 +94,7 @@ class Loopback:
         return args
 
 
-class RedisClusterProcesses:
+class RedisClusterProcesses(ProcessGroup):
     """``masters`` redis-server masters with ``replicas`` replicas each, as one Redis Cluster
     (no persistence; ``node_timeout_ms`` decides how fast a replica takes over)."""
 
@@ -244,33 +245,6 @@ class RedisClusterProcesses:
                 raise RuntimeError(f"timed out waiting for {what}")
             time.sleep(0.1)
 
-    def close(self) -> None:
-        for proc in self._procs.values():
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self._procs.values():
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        shutil.rmtree(self.directory, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        try:
-            return self.start()
-        except BaseException:
-            self.close()
-            raise
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
 
 _KAFKA_PROPERTIES = """\
 process.roles=broker,controller
@@ -297,8 +271,10 @@ log.segment.bytes=16777216
 """
 
 
-class KafkaClusterProcesses:
+class KafkaClusterProcesses(ProcessGroup):
     """``nodes`` KRaft nodes (broker and controller each) on free loopback ports."""
+
+    stop_timeout_s = 30
 
     def __init__(self, nodes: int = 3, *, heap: str = "320m") -> None:
         lib = Path(os.environ.get("KAFKA_LIB_DIR", REPO / ".services" / "kafka" / "lib"))
@@ -370,33 +346,6 @@ class KafkaClusterProcesses:
         proc = self._procs[n]
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
-
-    def close(self) -> None:
-        for proc in self._procs.values():
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self._procs.values():
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        shutil.rmtree(self.directory, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        try:
-            return self.start()
-        except BaseException:
-            self.close()
-            raise
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def _port_open(port: int) -> bool:

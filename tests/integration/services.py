@@ -99,7 +99,54 @@ def _wait_gone(pid: int, timeout: float) -> None:
     raise ServiceError(f"process {pid} still alive after {timeout:.0f}s")
 
 
-class _Service:
+class Started:
+    """A context manager over ``start()`` and ``close()``: ``with X() as x`` starts, and closes
+    on the way out, also when ``start`` itself fails half way (every harness process class)."""
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        try:
+            return self.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class ProcessGroup(Started):
+    """Processes this object launched itself (``_procs``) in a folder it owns: ``close`` stops
+    them (SIGTERM, then SIGKILL after ``stop_timeout_s``) and deletes the folder."""
+
+    stop_timeout_s: float = 10
+    directory: Path
+    _procs: dict[int, subprocess.Popen[bytes]]
+
+    def close(self) -> None:
+        for proc in self._procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self._procs.values():
+            try:
+                proc.wait(timeout=self.stop_timeout_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+class _Service(Started):
     name = ""
 
     def __init__(self, directory: str | os.PathLike[str] | None) -> None:
@@ -206,21 +253,6 @@ class _Service:
         finally:
             if self._owns_dir:
                 shutil.rmtree(self.directory, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        try:
-            return self.start()
-        except BaseException:
-            self.close()
-            raise
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 class RedisProcess(_Service):
