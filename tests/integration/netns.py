@@ -17,7 +17,8 @@ of the cluster sees it vanish; :meth:`~NamespacedRedisCluster.heal` removes the 
 
 Names carry a fixed prefix and the creating process's pid (``sbn<pid>...``): two runs never
 collide, and a run removes what a crashed earlier one left (processes in its namespaces, the
-namespaces, the bridge) before it starts. Everything is removed when the block ends, also on
+namespaces, the bridge, the FORWARD rule that lets the nodes talk across it on a host whose
+FORWARD policy is DROP) before it starts. Everything is removed when the block ends, also on
 failure. Nothing is skipped: without ``ip netns`` or root the harness raises.
 """
 
@@ -115,10 +116,40 @@ def _delete_namespace(namespace: str) -> None:
     _run("ip", "netns", "delete", namespace, check=False)
 
 
+def _forward_rules() -> list[tuple[str, list[str]]]:
+    """The root namespace's FORWARD rules the harness added: (bridge, the rule's arguments)."""
+    rules = []
+    for line in _run(_IPTABLES, "-w", "-S", "FORWARD").splitlines():
+        words = line.split()
+        if len(words) > 2 and words[0] == "-A" and "-i" in words:
+            bridge = words[words.index("-i") + 1]
+            if _owner(bridge) is not None:
+                rules.append((bridge, words[1:]))
+    return rules
+
+
+def _allow_forwarding(bridge: str) -> list[str]:
+    """Let the nodes reach each other across ``bridge`` even where the host's FORWARD policy
+    is DROP (a Docker host, with br_netfilter loaded): one ACCEPT rule naming the bridge,
+    first in the chain. The rule's arguments, for :func:`_remove_forwarding`."""
+    rule = ["FORWARD", "-i", bridge, "-o", bridge, "-j", "ACCEPT"]
+    _run(_IPTABLES, "-w", "-I", *rule)
+    return rule
+
+
+def _remove_forwarding(rule: list[str]) -> None:
+    _run(_IPTABLES, "-w", "-D", *rule, check=False)
+
+
 def remove_leftovers() -> list[str]:
-    """Remove the namespaces (with what runs in them) and links of harness runs whose process
-    is gone; the names removed."""
+    """Remove the namespaces (with what runs in them), links and FORWARD rules of harness runs
+    whose process is gone; the names removed."""
     removed = []
+    for bridge, rule in _forward_rules():
+        owner = _owner(bridge)
+        if owner is not None and owner != os.getpid() and not _alive(owner):
+            _remove_forwarding(rule)
+            removed.append(f"FORWARD rule of {bridge}")
     for namespace in _namespaces():
         owner = _owner(namespace)
         if owner is not None and owner != os.getpid() and not _alive(owner):
@@ -147,6 +178,7 @@ class Namespaces:
         self.bridge = f"{self.tag}b"
         self.network: ipaddress.IPv4Network | None = None
         self._created: list[str] = []  # namespaces, in creation order
+        self._forwarding: list[str] | None = None  # the FORWARD rule added for the bridge
 
     def namespace(self, index: int) -> str:
         return f"{self.tag}-{index}"
@@ -177,6 +209,7 @@ class Namespaces:
             _run("ip", "link", "add", self.bridge, "type", "bridge")
             _run("ip", "addr", "add", f"{self.gateway}/24", "dev", self.bridge)
             _run("ip", "link", "set", self.bridge, "up")
+            self._forwarding = _allow_forwarding(self.bridge)
         for index in range(self.nodes):
             namespace, outside, inside = (
                 self.namespace(index),
@@ -229,10 +262,14 @@ class Namespaces:
         for link in _links():
             if link.startswith(self.tag):
                 _run("ip", "link", "delete", link, check=False)
+        if self._forwarding is not None:
+            _remove_forwarding(self._forwarding)
+            self._forwarding = None
 
     def leftovers(self) -> list[str]:
-        """This harness's namespaces and links that still exist (empty after :meth:`remove`)."""
-        names = _namespaces() + _links()
+        """This harness's namespaces, links and FORWARD rules that still exist (empty after
+        :meth:`remove`)."""
+        names = _namespaces() + _links() + [bridge for bridge, _ in _forward_rules()]
         return [name for name in names if name.startswith(self.tag)]
 
 

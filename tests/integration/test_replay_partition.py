@@ -267,16 +267,24 @@ def test_a_crashed_run_leaves_nothing_the_next_run_keeps() -> None:
         assert proc.wait(timeout=30) == -9
     left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert tag in left and _running(int(server)), "the crashed run left nothing to remove"
+    assert f"{tag}b" in _forward_chain(), "the crashed run left no FORWARD rule to remove"
 
     removed = remove_leftovers()
     assert any(name.startswith(tag) for name in removed)
     left = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
     left += subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert tag not in left and tag.startswith(PREFIX)
+    assert tag not in _forward_chain()
     deadline = time.monotonic() + 10
     while _running(int(server)):
         assert time.monotonic() < deadline, "the crashed run's redis-server still runs"
         time.sleep(0.05)
+
+
+def _forward_chain() -> str:
+    return subprocess.run(
+        ["iptables", "-w", "-S", "FORWARD"], capture_output=True, text=True, check=True
+    ).stdout
 
 
 def _running(pid: int) -> bool:
