@@ -76,3 +76,21 @@ def test_bench_smallest_mode_writes_a_complete_sane_report(
     for name in PARTS:
         assert f"\n{name} " in out
     assert str(json_path) in out and str(png_path) in out
+
+
+def test_the_durable_part_measures_both_guards_and_counts_their_waits(tmp_path: Path) -> None:
+    """The extra ``durable`` part (its own private master and replica): rows for the async
+    and the sync guard, and each guard's durable runs sent WAITs, none short."""
+    command = [sys.executable, "-m", "signed_bus", "bench", "--only", "durable", "--nonces",
+               "1500", "--out", str(tmp_path)]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    [json_path] = tmp_path.glob("bench-*.json")
+    part = json.loads(json_path.read_text())["parts"]["durable"]
+    assert part["error"] is None, part["error"]
+    labels = [row["measurement"] for row in part["rows"]]
+    for guard in ("async guard (aiokafka)", "sync guard (confluent-kafka)"):
+        assert f"claims per second, {guard}" in labels, labels
+    details = part["details"]
+    assert details["waits"]["async"] > 0 and details["waits"]["sync"] > 0, details["waits"]
+    assert details["waits_short"] == {"async": 0, "sync": 0}
