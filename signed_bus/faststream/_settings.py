@@ -47,6 +47,13 @@ def subscriber_problem(subscriber: object) -> str | None:
             "ack_policy=AckPolicy.NACK_ON_ERROR so that a failure is redelivered, not lost"
         )
     options = getattr(subscriber, "_connection_args", None)  # faststream.kafka's consumer options
+    if options is None and type(subscriber).__module__.startswith("faststream.kafka"):
+        # an aiokafka subscriber whose options this FastStream version keeps elsewhere: its
+        # isolation level cannot be read, so it cannot be shown to read committed records
+        return (
+            "its consumer options cannot be read (a FastStream version signed-bus does not "
+            "know): the isolation level must be shown to be read_committed"
+        )
     if isinstance(options, dict):
         level = options.get("isolation_level", "read_uncommitted")
         if level != "read_committed":

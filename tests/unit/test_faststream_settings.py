@@ -48,6 +48,19 @@ def test_an_aiokafka_subscriber_reading_uncommitted_records_is_refused(
     assert problem is not None and "read_committed" in problem
 
 
+def test_an_aiokafka_subscriber_whose_options_cannot_be_read_is_refused() -> None:
+    """Fail closed: were a FastStream release to keep a faststream.kafka subscriber's consumer
+    options elsewhere, its isolation level could not be checked, so it is refused."""
+    broker = KafkaBroker("127.0.0.1:1", logger=None)
+    subscriber = broker.subscriber(
+        "t", group_id="g", ack_policy=AckPolicy.NACK_ON_ERROR, isolation_level="read_committed"
+    )
+    assert subscriber_problem(subscriber) is None
+    del subscriber._connection_args
+    problem = subscriber_problem(subscriber)
+    assert problem is not None and "read_committed" in problem
+
+
 def _bus() -> SignedBus:
     ring = Keyring([generate_hmac_key("k", ["w"])])
     return SignedBus(verifier=Verifier(ring, audit=True))
