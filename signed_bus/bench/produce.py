@@ -26,7 +26,7 @@ from signed_bus._kafka.producer import SignedProducer
 from signed_bus._signer import Signer
 from signed_bus.bench.codec import ED25519_KID, HMAC_KID, ISSUER, MODEL, bench_keyring
 from signed_bus.bench.config import BenchConfig
-from signed_bus.bench.kafka import bench_topics, start_producer
+from signed_bus.bench.kafka import bench_topics, producer_options, start_producer
 from signed_bus.bench.paths import bench_paths, built_on
 from signed_bus.bench.payloads import inference_results
 from signed_bus.bench.profiling import profiled
@@ -166,7 +166,10 @@ async def _measure(config: BenchConfig, topics: dict[str, str]) -> PartResult:
             "best of interleaved rounds, every other one in reverse order, each after "
             "gc.collect(); CPU: the sending thread's, least of the rounds"
         ),
-        "producer": "one AIOKafkaProducer for all variants: acks=all, idempotence, linger_ms=0",
+        "producer": (
+            "one AIOKafkaProducer for all variants: acks=all, idempotence, linger_ms=0, "
+            f"max_batch_size={producer_options(config).max_batch_size}"
+        ),
         "topics": topics,
         "profiles": [str(path) for path in profiles],
     }
