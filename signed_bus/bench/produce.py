@@ -9,6 +9,8 @@ variant always runs first or right after the same other one), each round after a
 collection (no variant inherits another's garbage); the best round of each counts. Besides
 the rate, each round's CPU time of the sending thread (aiokafka's sender runs on the same event
 loop) is kept per record: it moves far less with the machine's load than the wall time does.
+Two more variants send values encoded or signed before the round (the results' msgpack bytes
+and their HS256 envelopes): their ratio is what the envelope's larger size alone costs.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import gc
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import msgpack
 
@@ -36,6 +38,9 @@ __all__ = ["measure_produce"]
 
 #: Signed variants are "<alg>-<path>": each algorithm on the native and the pure-Python path.
 _VARIANTS = ("raw", *(f"{alg}-{path}" for alg in ("hs256", "eddsa") for path in bench_paths()))
+#: What the envelope's size alone costs: ``send`` of values encoded or signed before the round
+#: (the results' msgpack bytes against their HS256 envelopes), nothing encoded or signed in it.
+_SIZE_VARIANTS = ("bytes-encoded", "bytes-sealed")
 
 Send = Callable[[str, object], Awaitable["asyncio.Future[Any]"]]
 _WARMUP = 200
@@ -66,7 +71,7 @@ class _Collections:
 
 
 async def measure_produce(config: BenchConfig) -> PartResult:
-    async with bench_topics(config, _VARIANTS) as topics:
+    async with bench_topics(config, (*_VARIANTS, *_SIZE_VARIANTS)) as topics:
         return await _measure(config, topics)
 
 
@@ -83,16 +88,34 @@ async def _measure(config: BenchConfig, topics: dict[str, str]) -> PartResult:
             future: asyncio.Future[Any] = await producer.send(topic, packb(result))
             return future
 
+        async def bytes_send(topic: str, value: object) -> asyncio.Future[Any]:
+            future: asyncio.Future[Any] = await producer.send(topic, value)
+            return future
+
         sends: dict[str, Send] = {"raw": raw_send}
+        signers: dict[str, Signer] = {}
         for alg, kid in (("hs256", HMAC_KID), ("eddsa", ED25519_KID)):
             for path in bench_paths():
                 with built_on(path):
-                    signer = Signer(keyring, kid=kid, issuer=ISSUER, model=MODEL)
+                    signer = signers[f"{alg}-{path}"] = Signer(
+                        keyring, kid=kid, issuer=ISSUER, model=MODEL
+                    )
                 sends[f"{alg}-{path}"] = SignedProducer(producer, signer=signer).send
+        inputs: dict[str, tuple[Sequence[object], Sequence[object]]] = {
+            variant: (warmup, results) for variant in sends
+        }
+        sealer = signers[f"hs256-{bench_paths()[0]}"]
+        sealed_topic = topics["bytes-sealed"]
+        for variant, encode in (
+            ("bytes-encoded", packb),
+            ("bytes-sealed", lambda result: sealer.sign(result, topic=sealed_topic)),
+        ):
+            sends[variant] = bytes_send
+            inputs[variant] = ([encode(r) for r in warmup], [encode(r) for r in results])
         rates: dict[str, list[float]] = {variant: [] for variant in sends}
         cpu: dict[str, list[float]] = {variant: [] for variant in sends}
         for variant, send in sends.items():
-            await _rate(send, topics[variant], warmup)
+            await _rate(send, topics[variant], inputs[variant][0])
         collections = _Collections(list(sends))
         gc.callbacks.append(collections)
         try:
@@ -101,7 +124,9 @@ async def _measure(config: BenchConfig, topics: dict[str, str]) -> PartResult:
                 for variant in order:
                     gc.collect()
                     collections.variant = variant
-                    rate, per_record = await _rate(sends[variant], topics[variant], results)
+                    rate, per_record = await _rate(
+                        sends[variant], topics[variant], inputs[variant][1]
+                    )
                     collections.variant = None
                     rates[variant].append(rate)
                     cpu[variant].append(per_record)
@@ -135,6 +160,16 @@ async def _measure(config: BenchConfig, topics: dict[str, str]) -> PartResult:
         for alg, label in (("hs256", "HS256"), ("eddsa", "EdDSA"))
         for path in bench_paths()
     ]
+    part.rows.append(
+        Row(
+            "produce",
+            "send of pre-signed envelopes (size only)",
+            unit,
+            best["bytes-encoded"],
+            best["bytes-sealed"],
+            "pre-encoded results",
+        )
+    )
     least_cpu = {variant: min(values) for variant, values in cpu.items()}
     part.rows += [
         Row(
@@ -148,6 +183,17 @@ async def _measure(config: BenchConfig, topics: dict[str, str]) -> PartResult:
         )
         for path in bench_paths()
     ]
+    part.rows.append(
+        Row(
+            "produce",
+            "send CPU per record, pre-signed envelopes (size only)",
+            "us/msg",
+            least_cpu["bytes-encoded"],
+            least_cpu["bytes-sealed"],
+            "pre-encoded results",
+            better="lower",
+        )
+    )
     # the target is the default path's: native where it is installed
     part.targets = [
         Target(
@@ -157,6 +203,9 @@ async def _measure(config: BenchConfig, topics: dict[str, str]) -> PartResult:
     part.details = {
         "messages": config.messages,
         "payload_bytes": config.payload_bytes,
+        "value_bytes": {
+            variant: len(cast(bytes, inputs[variant][1][0])) for variant in _SIZE_VARIANTS
+        },
         "rounds_msg_per_s": rates,
         "best_msg_per_s": best,
         "rounds_cpu_us_per_record": cpu,
