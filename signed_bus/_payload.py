@@ -197,7 +197,9 @@ def encode_payload(result: object) -> bytes:
     body = cast(bytes, packer.pack(result))  # on an error the packer is dropped (and resets)
     if len(body) <= _POOLED_PACKER_BYTES and len(_packers) < _MAX_POOLED_PACKERS:
         _packers.append(packer)  # a packer keeps its largest buffer: big ones are dropped
-    _check_map_keys(body)
+    native = _native._module
+    if native is None or native.check_map_keys(body) != 1:  # 1: the extension's clear yes
+        _check_map_keys(body)  # decides every other case (asks the extension once more)
     return body
 
 

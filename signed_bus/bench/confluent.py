@@ -1,15 +1,17 @@
 """Part 7: confluent-kafka (librdkafka), raw against signed, in the same run.
 
-Produce: one ``confluent_kafka.Producer`` (acks=all, idempotence, librdkafka's default linger)
-serves both variants; raw ``produce`` of the msgpack-encoded result against
-:class:`signed_bus.confluent.SignedProducer` (HS256) on the same producer, each timed from the
-first ``produce`` to the end of ``flush``. Consume: a raw ``Consumer`` (the settings the
-verifying consumer enforces: no auto commit, read_committed) decoding each value and committing
-each batch in the background, against :class:`signed_bus.confluent.VerifyingConsumer` with the
-sync replay guard (a private redis-server unless ``private_redis`` is off), each on a new group.
-Consume rates are timed from the first record handed out to the last, counting the records
-after the first batch (the group join and the first fetch are left out of both). Variants
-alternate for ``config.repeats`` rounds; the best round of each counts.
+Each signed variant runs on both envelope paths (native and pure Python, :mod:`.paths`) against
+the one raw baseline of the same run. Produce: one ``confluent_kafka.Producer`` (acks=all,
+idempotence, librdkafka's default linger) serves every variant; raw ``produce`` of the
+msgpack-encoded result against :class:`signed_bus.confluent.SignedProducer` (HS256) on the same
+producer, each timed from the first ``produce`` to the end of ``flush``. Consume: a raw
+``Consumer`` (the settings the verifying consumer enforces: no auto commit, read_committed)
+decoding each value and committing each batch in the background, against
+:class:`signed_bus.confluent.VerifyingConsumer` with the sync replay guard (a private
+redis-server unless ``private_redis`` is off), each on a new group. Consume rates are timed
+from the first record handed out to the last, counting the records after the first batch (the
+group join and the first fetch are left out of both). Variants alternate for
+``config.repeats`` rounds (every other round in reverse order); the best round of each counts.
 
 librdkafka costs far less per record than aiokafka, so signing and verifying take a larger
 share of each record here than in parts 1 and 2: the ratios say so, honestly.
@@ -31,6 +33,7 @@ from signed_bus._verifier import Verifier
 from signed_bus.bench.codec import HMAC_KID, ISSUER, MODEL, bench_keyring
 from signed_bus.bench.config import BenchConfig
 from signed_bus.bench.kafka import bench_topics, unique_name
+from signed_bus.bench.paths import bench_paths, built_on
 from signed_bus.bench.payloads import inference_results
 from signed_bus.bench.redis_server import private_redis_url
 from signed_bus.bench.results import PartResult, Row, Target
@@ -39,7 +42,8 @@ from signed_bus.confluent._records import consumer_config
 
 __all__ = ["measure_confluent"]
 
-_VARIANTS = ("raw", "hs256")
+#: The raw baseline, then HS256 on each envelope path ("hs256-native", "hs256-pure").
+_VARIANTS = ("raw", *(f"hs256-{path}" for path in bench_paths()))
 MAX_RECORDS = 500
 _WARMUP = 200
 
@@ -129,6 +133,11 @@ def _after_first_batch(seen: int, first_batch: int, elapsed: float) -> float:
     return counted / max(elapsed, 1e-6)
 
 
+def _alternating(variants: Sequence[str], round_: int) -> Sequence[str]:
+    """Every other round in reverse order, so no variant always runs first or after another."""
+    return variants if round_ % 2 == 0 else variants[::-1]
+
+
 def _run(config: BenchConfig, topics: dict[str, str], guard_url: str) -> dict[str, Any]:
     count = config.messages
     results = inference_results(count, size=config.payload_bytes)
@@ -145,29 +154,36 @@ def _run(config: BenchConfig, topics: dict[str, str], guard_url: str) -> dict[st
             except BufferError:
                 producer.poll(0.1)
 
-    signed = SignedProducer(
-        producer, signer=Signer(keyring, kid=HMAC_KID, issuer=ISSUER, model=MODEL)
-    )
-    produces = {"raw": raw_produce, "hs256": signed.produce}
+    produces: dict[str, Any] = {"raw": raw_produce}
+    verifiers: dict[str, Verifier] = {}
+    for path in bench_paths():
+        with built_on(path):
+            signer = Signer(keyring, kid=HMAC_KID, issuer=ISSUER, model=MODEL)
+            verifiers[f"hs256-{path}"] = Verifier(keyring, freshness=config.freshness)
+        produces[f"hs256-{path}"] = SignedProducer(producer, signer=signer).produce
     produce_rates: dict[str, list[float]] = {v: [] for v in _VARIANTS}
     for variant, produce in produces.items():
         _produce_rate(produce, producer.flush, topics[variant], warmup)
-    for _ in range(config.repeats):
-        for variant, produce in produces.items():
+    for round_ in range(config.repeats):
+        for variant in _alternating(_VARIANTS, round_):
             produce_rates[variant].append(
-                _produce_rate(produce, producer.flush, topics[variant], results)
+                _produce_rate(produces[variant], producer.flush, topics[variant], results)
             )
     # every round wrote `count` records per topic: each consume round reads the first `count`
-    verifier = Verifier(keyring, freshness=config.freshness)
     consume_rates: dict[str, list[float]] = {v: [] for v in _VARIANTS}
     rejected = 0
-    for _ in range(config.repeats):
-        consume_rates["raw"].append(_raw_consume(config, topics["raw"], count))
-        guard = SyncRedisReplayGuard.from_url(guard_url, prefix=f"sb-bench-{uuid.uuid4().hex[:8]}")
-        with guard:
-            rate, bad = _verified_consume(config, topics["hs256"], count, verifier, guard)
-        consume_rates["hs256"].append(rate)
-        rejected += bad
+    for round_ in range(config.repeats):
+        for variant in _alternating(_VARIANTS, round_):
+            if variant == "raw":
+                consume_rates["raw"].append(_raw_consume(config, topics["raw"], count))
+                continue
+            prefix = f"sb-bench-{uuid.uuid4().hex[:8]}"
+            with SyncRedisReplayGuard.from_url(guard_url, prefix=prefix) as guard:
+                rate, bad = _verified_consume(
+                    config, topics[variant], count, verifiers[variant], guard
+                )
+            consume_rates[variant].append(rate)
+            rejected += bad
     return {"produce": produce_rates, "consume": consume_rates, "rejected": rejected}
 
 
@@ -182,16 +198,42 @@ async def measure_confluent(config: BenchConfig) -> PartResult:
     consume = {v: max(rates) for v, rates in runs["consume"].items()}
     unit = "msg/s"
     part.rows = [
-        Row("confluent", "HS256 signed produce", unit, produce["raw"], produce["hs256"], "raw"),
-        Row("confluent", "HS256 verified + guard", unit, consume["raw"], consume["hs256"], "raw"),
+        Row(
+            "confluent",
+            f"HS256 signed produce, {path}",
+            unit,
+            produce["raw"],
+            produce[f"hs256-{path}"],
+            "raw confluent",
+        )
+        for path in bench_paths()
+    ] + [
+        Row(
+            "confluent",
+            f"HS256 verified + guard, {path}",
+            unit,
+            consume["raw"],
+            consume[f"hs256-{path}"],
+            "raw confluent",
+        )
+        for path in bench_paths()
     ]
     if runs["rejected"]:
-        part.rows[1].note = f"{runs['rejected']} records rejected during timed runs: investigate"
+        part.rows[-1].note = f"{runs['rejected']} records rejected during timed runs: investigate"
+    # the targets are the default path's: native where it is installed
+    by_label = {row.measurement: row for row in part.rows}
+    path = bench_paths()[0]
     part.targets = [
-        Target("confluent HMAC signed produce vs raw", part.rows[0].ratio, ">=", 0.90, "x"),
         Target(
-            "confluent HMAC verified consume with guard vs raw",
-            part.rows[1].ratio,
+            f"confluent HMAC signed produce vs raw ({path})",
+            by_label[f"HS256 signed produce, {path}"].ratio,
+            ">=",
+            0.90,
+            "x",
+        ),
+        Target(
+            f"confluent HMAC verified consume with guard vs raw ({path})",
+            by_label[f"HS256 verified + guard, {path}"].ratio,
             ">=",
             0.75,
             "x",
@@ -203,8 +245,12 @@ async def measure_confluent(config: BenchConfig) -> PartResult:
         "max_records": MAX_RECORDS,
         "produce_rounds_msg_per_s": runs["produce"],
         "consume_rounds_msg_per_s": runs["consume"],
-        "estimator": "best of interleaved rounds; consume timed after the first batch",
-        "producer": "one confluent_kafka.Producer for both: acks=all, idempotence",
+        "estimator": (
+            "best of interleaved rounds (every other one reversed); consume timed after the "
+            "first batch"
+        ),
+        "producer": "one confluent_kafka.Producer for every variant: acks=all, idempotence",
+        "paths": list(bench_paths()),
         "guard_redis": "private redis-server" if private else url,
         "topics": topics,
     }

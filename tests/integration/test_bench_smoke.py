@@ -60,6 +60,10 @@ def test_bench_smallest_mode_writes_a_complete_sane_report(
     # produce, consume and the core codec rows come on both paths (the extension is installed)
     labels = {row["measurement"] for part in report["parts"].values() for row in part["rows"]}
     assert {"HS256 signed send, native", "HS256 signed send, pure"} <= labels, labels
+    assert "send of pre-signed envelopes (size only)" in labels, labels
+    confluent = {f"HS256 {what}, {path}" for what in ("signed produce", "verified + guard")
+                 for path in ("native", "pure")}  # fmt: skip
+    assert confluent <= labels, labels
     assert {t["status"] for t in targets} <= {"PASS", "MISS"}
     trips = report["parts"]["redis"]["details"]["round_trips_per_batch"]
     assert float(trips).is_integer()
