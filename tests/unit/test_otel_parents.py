@@ -320,6 +320,31 @@ def test_a_records_context_kept_by_its_body_keeps_that_records_parent(
     assert trace.get_current_span(kept_context).get_span_context().trace_id == 4
 
 
+def test_handlers_running_at_once_each_keep_their_records_parent(
+    exporter: InMemorySpanExporter,
+) -> None:
+    """A handler still running holds its record's context: a handler started meanwhile (in
+    another task's context) gets its own, and each reads its own record's parent."""
+    observer = fetched(tracing(exporter, ParentBased(ALWAYS_ON)))
+    first = observer.handing(message([("traceparent", traceparent("00", trace_id=1))], 0))
+    first_context = otel_context.get_current()
+
+    def another_task() -> otel_context.Context:
+        second = observer.handing(message([("traceparent", traceparent("00", trace_id=2))], 1))
+        context = otel_context.get_current()
+        assert trace.get_current_span(first_context).get_span_context().trace_id == 1
+        observer.finished(second, None)
+        return context
+
+    second_context = contextvars.Context().run(another_task)
+    assert second_context is not first_context
+    assert trace.get_current_span(second_context).get_span_context().trace_id == 2
+    assert trace.get_current_span().get_span_context().trace_id == 1
+    observer.finished(first, None)
+    assert trace.get_current_span() is trace.INVALID_SPAN
+    assert trace.get_current_span(first_context).get_span_context().trace_id == 1
+
+
 def test_records_whose_context_nobody_kept_share_one_context_object(
     exporter: InMemorySpanExporter,
 ) -> None:
