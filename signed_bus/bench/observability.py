@@ -22,9 +22,10 @@ another, not the CPU a record costs here.
 
 The same variants also run without I/O (``hooks``): the gate verifies, claims (every verdict
 NEW) and settles fetches of those records, and ``async for``'s two hooks are called per
-record, as the consumer calls them; CPU time per record, interleaved, best of the rounds. No
-broker or Redis is involved, so other jobs on a shared machine disturb it least: it is the
-per-record cost of each observer, the figure to profile and compare changes with.
+record, as the consumer calls them; CPU time per record, the variants interleaved fetch by
+fetch, best of the rounds. No broker or Redis is involved, so other jobs on a shared machine
+disturb it least: it is the per-record cost of each observer, the figure to profile and
+compare changes with.
 ``--profile`` profiles one more, untimed consume pass with metrics and 1%-sampled tracing.
 """
 
