@@ -11,6 +11,7 @@ context, which that path sets directly.
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Sequence
 from contextvars import ContextVar
 
@@ -46,9 +47,18 @@ _HEX_AS_X = bytes(
 )
 _SHAPE = b"xx-" + b"x" * 32 + b"-" + b"x" * 16 + b"-xx"
 _ZERO_TRACE_ID, _ZERO_SPAN_ID = b"0" * 32, b"0" * 16
-_EVEN = b"02468ace"  # the last hex digit of flags whose sampled bit (the lowest) is clear
+# By byte value: true for the last hex digit of flags whose sampled bit (the lowest) is clear.
+_UNSAMPLED_FLAGS = tuple(byte in b"02468ace" for byte in range(256))
+_ZERO = ord("0")
 
 _new = object.__new__
+# Reference counts of the last context and span when only ShortPath.context holds them (its
+# attribute, its local variable, the argument of getrefcount; the span: also the context).
+_refs = (
+    sys.getrefcount if sys.implementation.name == "cpython" and sys.version_info < (3, 14) else None
+)
+_CONTEXT_REFS, _SPAN_REFS = 3, 4
+_Context = otel_context.Context
 # The key a context holds its current span under (taken from the API, not its private name).
 _SPAN_KEY = next(iter(trace.set_span_in_context(trace.INVALID_SPAN, otel_context.Context())))
 
@@ -144,11 +154,14 @@ class ShortPath:
     """The contexts of delivered records whose parent was not sampled (the caller checked the
     sampler, the propagator and :data:`CURRENT`); remembers the last one made."""
 
-    __slots__ = ("_last",)
+    __slots__ = ("_base", "_context", "_raw", "_span")
 
     def __init__(self) -> None:
-        # the last context made: (traceparent, base context, context)
-        self._last: tuple[bytes, otel_context.Context, otel_context.Context] | None = None
+        # the last context made, its traceparent and the context it was made on
+        self._raw: bytes | None = None
+        self._base: otel_context.Context | None = None
+        self._context: otel_context.Context | None = None
+        self._span: _UnsampledParent | None = None
 
     def context(self, headers: Sequence[tuple[str, bytes]] | None) -> otel_context.Context | None:
         """The context to make current for a delivered record whose only trace header is the
@@ -169,26 +182,40 @@ class ShortPath:
             raw = found
         assert CURRENT is not None  # see Tracing.received
         base = CURRENT.get()
-        last = self._last
-        if last is not None and raw == last[0] and base is last[1]:
-            return last[2]
+        if raw == self._raw and base is self._base:
+            return self._context
         # A valid parent that was not sampled, exactly as TRACEPARENT and the W3C propagator
-        # read it (version 00, lowercase hex, ids not all zero), with the sampled flag clear:
-        # C calls only (a regular expression costs more, and this runs for every record).
+        # read it (version 00, lowercase hex, ids not all zero), with the sampled flag clear.
+        # This runs for every record: one C call for the shape, byte reads for the rest (a
+        # regular expression costs more); an id is compared with zeros only when it starts
+        # with one.
         if not (
             type(raw) is bytes
             and raw.translate(_HEX_AS_X) == _SHAPE
-            and raw[54] in _EVEN
-            and raw.startswith(b"00")
-            and not raw.startswith(_ZERO_TRACE_ID, 3)
-            and not raw.startswith(_ZERO_SPAN_ID, 36)
+            and _UNSAMPLED_FLAGS[raw[54]]
+            and raw[0] == _ZERO == raw[1]
+            and (raw[3] != _ZERO or not raw.startswith(_ZERO_TRACE_ID, 3))
+            and (raw[36] != _ZERO or not raw.startswith(_ZERO_SPAN_ID, 36))
         ):
             return None
-        span = _new(_UnsampledParent)  # no __init__ frame: this runs for every record
-        span._raw = raw
-        values = {**base, _SPAN_KEY: span} if base else {_SPAN_KEY: span}
-        context = otel_context.Context(values)
-        self._last = raw, base, context
+        context = self._context
+        span = self._span
+        if (
+            base is self._base
+            and _refs is not None
+            and _refs(context) == _CONTEXT_REFS
+            and _refs(span) == _SPAN_REFS
+        ):
+            # Nothing but this object holds the last record's context and span (no task
+            # copied the context, no code kept the span): they become this record's.
+            span._raw = raw  # type: ignore[union-attr]
+            span._parsed = None  # type: ignore[union-attr]
+        else:
+            span = _new(_UnsampledParent)  # no __init__ frame
+            span._raw = raw
+            context = _Context({**base, _SPAN_KEY: span} if base else {_SPAN_KEY: span})
+            self._context, self._span = context, span
+        self._raw, self._base = raw, base
         return context
 
 

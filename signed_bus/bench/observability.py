@@ -22,9 +22,10 @@ another, not the CPU a record costs here.
 
 The same variants also run without I/O (``hooks``): the gate verifies, claims (every verdict
 NEW) and settles fetches of those records, and ``async for``'s two hooks are called per
-record, as the consumer calls them; CPU time per record, interleaved, best of the rounds. No
-broker or Redis is involved, so other jobs on a shared machine disturb it least: it is the
-per-record cost of each observer, the figure to profile and compare changes with.
+record, as the consumer calls them; CPU time per record, the variants interleaved fetch by
+fetch, best of the rounds. No broker or Redis is involved, so other jobs on a shared machine
+disturb it least: it is the per-record cost of each observer, the figure to profile and
+compare changes with.
 ``--profile`` profiles one more, untimed consume pass with metrics and 1%-sampled tracing.
 """
 
@@ -44,7 +45,7 @@ from signed_bus._gate import LOG_APPEND_TIME, Gate
 from signed_bus._kafka.consumer import VerifyingConsumer
 from signed_bus._kafka.producer import Outgoing, SignedProducer
 from signed_bus._metrics import ConsumerMetrics
-from signed_bus._observe import NOOP, Observed, attach, targets, timed_receive
+from signed_bus._observe import NOOP, Observed, Observer, attach, targets, timed_receive
 from signed_bus._replay.guard import RedisReplayGuard
 from signed_bus._replay.layout import ClaimVerdict
 from signed_bus._signer import Signer
@@ -66,6 +67,7 @@ MAX_RECORDS = 500
 PRODUCE_CHUNK = 500
 #: One consumed record in this many carries a sampled trace context (1%).
 SAMPLED_EVERY = 100
+
 
 Instrument = Callable[[SignedProducer | VerifyingConsumer], Callable[[], None]]
 #: Records of the no-I/O runs (``hooks``), in fetches of MAX_RECORDS.
@@ -134,12 +136,7 @@ async def _timed_consume(
         await wait_assigned(consumer.consumer)
         start = time.perf_counter()
         cpu = time.process_time()
-        seen = 0
-        async for message in consumer:
-            message.payload  # noqa: B018 - decode the result, as part 2 does
-            seen += 1
-            if seen >= count:
-                break
+        await _take(aiter(consumer), count)
         elapsed = time.perf_counter() - start
         cpu = time.process_time() - cpu
     finally:
@@ -147,7 +144,28 @@ async def _timed_consume(
         shutdown()
     if consumer.metrics.rejected_total:
         raise RuntimeError(f"{consumer.metrics.rejected_total} records rejected in a timed run")
-    return seen / elapsed, seen / cpu
+    return count / elapsed, count / cpu
+
+
+async def _take(consumer: VerifyingConsumer, count: int) -> None:
+    """The next ``count`` messages of an ``async for`` over ``consumer`` already begun (its
+    ``aiter`` called once: a new loop would deliver the last message again)."""
+    for _ in range(count):
+        message = await anext(consumer)
+        message.payload  # noqa: B018 - decode the result, as part 2 does
+
+
+def _orders(variants: list[str], count: int) -> list[list[str]]:
+    """``count`` orders of ``variants``, shuffled (fixed seed): each variant runs first as
+    often, and after each other one as often, as the others (rotating one fixed order would
+    always run the same variant right after the every-span one, in the caches it left)."""
+    rng = random.Random(11)  # noqa: S311 - an order, not a secret
+    orders = []
+    for _ in range(count):
+        order = list(variants)
+        rng.shuffle(order)
+        orders.append(order)
+    return orders
 
 
 async def _timed_produce(producer: SignedProducer, topic: str, results: list[Any]) -> float:
@@ -193,7 +211,12 @@ def _hooks_per_record(
     signer: Signer, verifier: Verifier, results: list[Any], repeats: int
 ) -> dict[str, float]:
     """Microseconds of CPU per delivered record through the gate and each variant's observers,
-    without I/O (see the module's docstring); best of ``repeats`` interleaved rounds."""
+    without I/O (see the module's docstring); best of ``repeats`` rounds. In a round every
+    variant has its own gate and observers and takes each fetch in turn (in another order
+    each time, :func:`_orders`): a burst of load from other jobs hits every variant alike
+    instead of one variant's whole run. Timed with this thread's CPU clock: the batch span
+    processor's export thread (of the every-span variant, mostly) is charged to no variant,
+    rather than to whichever one runs while it works."""
     now = int(time.time() * 1000)
     records = [
         _Record("bench.hooks", 0, n, now, LOG_APPEND_TIME, None, signer.sign(item.result,
@@ -202,38 +225,48 @@ def _hooks_per_record(
     ]  # fmt: skip
     fetches = [records[n : n + MAX_RECORDS] for n in range(0, len(records), MAX_RECORDS)]
     best = {variant: float("inf") for variant in VARIANTS}
-    for round_ in range(repeats):
-        shift = round_ % len(VARIANTS)
-        for variant in VARIANTS[shift:] + VARIANTS[:shift]:
-            metrics = ConsumerMetrics()
-            shutdown = _observe(variant, metrics, "bench", ["bench.hooks"])
-            gate = Gate(verifier, metrics=metrics)
-            observer = metrics.observer
+    for _ in range(repeats):
+        runs: dict[str, tuple[ConsumerMetrics, Gate, Callable[[], None]]] = {}
+        spent = dict.fromkeys(VARIANTS, 0.0)
+        try:
+            for variant in VARIANTS:
+                metrics = ConsumerMetrics()
+                shutdown = _observe(variant, metrics, "bench", ["bench.hooks"])
+                runs[variant] = metrics, Gate(verifier, metrics=metrics), shutdown
             gc.collect()
             gc.freeze()  # the records and results: long-lived, as a running consumer's heap is
-            try:
-                cpu = time.process_time()
-                for fetch in fetches:
-                    batch = timed_receive(gate, {0: fetch}, (), observer)
-                    rows = gate.claims(batch)
-                    verdicts = [ClaimVerdict.NEW] * len(rows)
-                    if observer is not NOOP:
-                        observer.claimed(rows, verdicts, 0.0)
-                    gate.settle(batch, verdicts)
-                    for _, _, message in batch.entries:
-                        if message is not None:
-                            observer.iterated()
-                            observer.iterating(message)
-                            message.payload  # noqa: B018 - decoded, as the consume runs do
-                observer.iterated()
-                cpu = time.process_time() - cpu
-            finally:
-                gc.unfreeze()
+            for fetch, order in zip(fetches, _orders(list(VARIANTS), len(fetches)), strict=True):
+                for variant in order:
+                    metrics, gate, _ = runs[variant]
+                    cpu = time.thread_time()
+                    _through_hooks(gate, fetch, metrics.observer)
+                    spent[variant] += time.thread_time() - cpu
+        finally:
+            gc.unfreeze()
+            for _, _, shutdown in runs.values():
                 shutdown()
+        for variant, (metrics, _, _) in runs.items():
             if metrics.rejected_total:
                 raise RuntimeError(f"{metrics.rejected_total} records rejected in a hooks run")
-            best[variant] = min(best[variant], cpu / len(records) * 1e6)
+            best[variant] = min(best[variant], spent[variant] / len(records) * 1e6)
     return best
+
+
+def _through_hooks(gate: Gate, fetch: list[_Record], observer: Observer) -> None:
+    """One fetch verified, claimed (every verdict NEW) and settled, and each delivered record
+    handed out and finished as ``async for`` does."""
+    batch = timed_receive(gate, {0: fetch}, (), observer)
+    rows = gate.claims(batch)
+    verdicts = [ClaimVerdict.NEW] * len(rows)
+    if observer is not NOOP:
+        observer.claimed(rows, verdicts, 0.0)
+    gate.settle(batch, verdicts)
+    for _, _, message in batch.entries:
+        if message is not None:
+            observer.iterated()
+            observer.iterating(message)
+            message.payload  # noqa: B018 - decoded, as the consume runs do
+    observer.iterated()
 
 
 async def measure_observability(config: BenchConfig) -> PartResult:
@@ -261,9 +294,8 @@ async def _measure(config: BenchConfig, topics: dict[str, str]) -> PartResult:
                     # each round starts with another variant: no variant always runs first
                     shift = round_ % len(VARIANTS)
                     for variant in VARIANTS[shift:] + VARIANTS[:shift]:
-                        instrument = _instrumenter(variant)
                         producer = SignedProducer(kafka, signer=signer)
-                        shutdown = instrument(producer)
+                        shutdown = _instrumenter(variant)(producer)
                         try:
                             rate = await _timed_produce(producer, topics["produce"], results)
                         finally:
@@ -276,8 +308,9 @@ async def _measure(config: BenchConfig, topics: dict[str, str]) -> PartResult:
                             guard=guard,
                             max_records=MAX_RECORDS,
                         )
-                        shutdown = instrument(consumer)
-                        wall, cpu = await _timed_consume(consumer, count, shutdown)
+                        wall, cpu = await _timed_consume(
+                            consumer, count, _instrumenter(variant)(consumer)
+                        )
                         consume[variant].append(wall)
                         consume_cpu[variant].append(cpu)
                 # --profile: one more, untimed consume pass of the production setting

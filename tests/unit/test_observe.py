@@ -192,6 +192,36 @@ def test_claims_are_counted_by_topic_and_verdict() -> None:
     assert [value("b", v.value) for v in ClaimVerdict] == [1, 1, None, None]
 
 
+def test_delivered_records_are_counted_by_their_age_observations() -> None:
+    """``signed_bus_delivered`` is read from the age histogram's buckets: each delivered record,
+    whichever hook handed it out, counts once in both; a consumed topic starts at 0."""
+    from prometheus_client import CollectorRegistry
+
+    from signed_bus.prometheus import Metrics
+
+    from .test_otel_parents import message
+
+    registry = CollectorRegistry()
+    metrics = Metrics(registry, "g", ["t", "idle"])
+    for offset in range(3):
+        metrics.iterated()
+        metrics.iterating(message([], offset))
+    metrics.handing(message([], 3))
+    metrics.delivered([message([], 4), message([], 5)])
+
+    def sample(name: str, topic: str) -> float | None:
+        return registry.get_sample_value(name, {"topic": topic, "group": "g"})
+
+    assert sample("signed_bus_delivered_total", "t") == 6
+    assert sample("signed_bus_record_age_seconds_count", "t") == 6
+    assert sample("signed_bus_delivered_total", "idle") == 0
+    assert sample("signed_bus_record_age_seconds_count", "idle") == 0
+    age = registry.get_sample_value(
+        "signed_bus_record_age_seconds_bucket", {"topic": "t", "group": "g", "le": "+Inf"}
+    )
+    assert age == 6
+
+
 class Finishing(Recording):
     __slots__ = ()
 

@@ -4,6 +4,7 @@ while any other sampler still decides."""
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -293,6 +294,75 @@ def test_async_for_switches_the_current_context_record_by_record(
     assert [s.context.trace_id for s in exporter.get_finished_spans()] == [3]
 
 
+def test_a_records_context_kept_by_its_body_keeps_that_records_parent(
+    exporter: InMemorySpanExporter,
+) -> None:
+    """The short path reuses the last record's context and span for the next record only when
+    nothing else holds them: a span the body kept, a context a task copied, a context read
+    and kept all still read their own record's parent afterwards."""
+    observer = fetched(tracing(exporter, ParentBased(ALWAYS_ON)))
+    kept_span: trace.Span | None = None
+    kept_task: contextvars.Context | None = None
+    kept_context: otel_context.Context | None = None
+    for n in range(6):
+        observer.iterated()
+        observer.iterating(message([("traceparent", traceparent("00", trace_id=n + 1))], n))
+        if n == 1:
+            kept_span = trace.get_current_span()
+        elif n == 2:
+            kept_task = contextvars.copy_context()  # what asyncio.create_task keeps
+        elif n == 3:
+            kept_context = otel_context.get_current()
+    observer.iterated()
+    assert kept_span is not None and kept_task is not None and kept_context is not None
+    assert kept_span.get_span_context().trace_id == 2
+    assert kept_task.run(trace.get_current_span).get_span_context().trace_id == 3
+    assert trace.get_current_span(kept_context).get_span_context().trace_id == 4
+
+
+def test_handlers_running_at_once_each_keep_their_records_parent(
+    exporter: InMemorySpanExporter,
+) -> None:
+    """A handler still running holds its record's context: a handler started meanwhile (in
+    another task's context) gets its own, and each reads its own record's parent."""
+    observer = fetched(tracing(exporter, ParentBased(ALWAYS_ON)))
+    first = observer.handing(message([("traceparent", traceparent("00", trace_id=1))], 0))
+    first_context = otel_context.get_current()
+
+    def another_task() -> otel_context.Context:
+        second = observer.handing(message([("traceparent", traceparent("00", trace_id=2))], 1))
+        context = otel_context.get_current()
+        assert trace.get_current_span(first_context).get_span_context().trace_id == 1
+        observer.finished(second, None)
+        return context
+
+    second_context = contextvars.Context().run(another_task)
+    assert second_context is not first_context
+    assert trace.get_current_span(second_context).get_span_context().trace_id == 2
+    assert trace.get_current_span().get_span_context().trace_id == 1
+    observer.finished(first, None)
+    assert trace.get_current_span() is trace.INVALID_SPAN
+    assert trace.get_current_span(first_context).get_span_context().trace_id == 1
+
+
+def test_records_whose_context_nobody_kept_share_one_context_object(
+    exporter: InMemorySpanExporter,
+) -> None:
+    """No context or span per record on the short path when the loop body keeps neither (the
+    usual case): the last record's are updated in place (CPython: checked by reference count)."""
+    observer = fetched(tracing(exporter, ParentBased(ALWAYS_ON)))
+    identities, seen = set(), []
+    for n in range(4):
+        observer.iterated()
+        observer.iterating(message([("traceparent", traceparent("00", trace_id=n + 1))], n))
+        identities.add(id(otel_context.get_current()))
+        seen.append(trace.get_current_span().get_span_context().trace_id)
+    observer.iterated()
+    assert seen == [1, 2, 3, 4]
+    assert len(identities) == 1
+    assert exporter.get_finished_spans() == ()
+
+
 def test_the_short_path_sets_the_variable_opentelemetry_reads() -> None:
     """The default runtime context is set directly: pinned, so an OpenTelemetry that moves it
     fails here rather than silently taking the slower public calls."""
@@ -320,6 +390,7 @@ def test_the_unsampled_check_agrees_with_the_propagators_reading() -> None:
     alphabet = b"0123456789abcdefABCDEF-xz 0"
     cases = [traceparent(flags) for flags in ("00", "01", "02", "03", "fe", "ff")]
     cases += [traceparent("00", trace_id=0), traceparent("00", span_id=0), b"", b"00"]
+    cases += [traceparent("00", trace_id=1), traceparent("00", span_id=1)]  # leading zeros
     for _ in range(3000):
         changed = bytearray(rng.choice(cases[:6]))
         changed[rng.randrange(len(changed))] = rng.choice(alphabet)
