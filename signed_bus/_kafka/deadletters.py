@@ -118,16 +118,21 @@ def is_retriable(exc: BaseException) -> bool:
     return isinstance(exc, KafkaError) and bool(exc.retriable)
 
 
-_Pending = tuple[Any, VerificationError, Omitted]
+#: A letter still to send: the record, its rejection, what to leave out, and whether it goes
+#: alone (in a produce request of its own).
+_Pending = tuple[Any, VerificationError, Omitted, bool]
 
 
 class DeadLetterSender:
     """Sends a batch's dead letters and waits until the broker has them all, retrying what
     failed with backoff (holding the batch meanwhile through ``hold``).
 
-    A letter too large even without the record's value and key is dropped (counted in
-    ``metrics.dead_letters_dropped``, logged at ERROR): raising would stop the consumer on that
-    record after every restart, since its offset is never committed.
+    A letter the broker refuses as too large is sent again alone first: letters queued together
+    travel in one record batch, and the topic's ``max.message.bytes`` bounds the batch, so a
+    refusal in company says nothing about the letter's own size. Refused alone, it is sent
+    without the record's value, then without its key too; a letter too large even then is
+    dropped (counted in ``metrics.dead_letters_dropped``, logged at ERROR): raising would stop
+    the consumer on that record after every restart, since its offset is never committed.
     """
 
     __slots__ = ("_backoff", "_hold", "_metrics", "_writer")
@@ -153,40 +158,46 @@ class DeadLetterSender:
         """Dead-letter ``items`` (positioned rejections); False if stopped before durable."""
         writer = self._writer
         metrics = self._metrics
-        todo: list[_Pending] = [(record, error, Omitted.NOTHING) for record, error in items]
+        todo: list[_Pending] = [
+            (record, error, Omitted.NOTHING, len(items) == 1) for record, error in items
+        ]
         attempt = 0
         while todo:
             failed: list[_Pending] = []
             sent: list[_Pending] = []
             futures: list[asyncio.Future[Any]] = []
             last_error: BaseException | None = None
-            for record, error, omit in todo:
+            todo.sort(key=lambda pending: not pending[3])  # the lone ones first
+            for record, error, omit, alone in todo:
                 try:
                     future, omit = await writer.send_letter(record, error, omit=omit)
+                    if alone:  # its own request: nothing else is queued until it is answered
+                        await asyncio.wait((future,))
                 except KafkaError as exc:
                     if is_too_large(exc):
                         self._drop(record, error, exc)
                         continue
                     if not is_retriable(exc):
                         raise
-                    failed.append((record, error, omit))
+                    failed.append((record, error, omit, alone))
                     last_error = exc
                 else:
                     futures.append(future)
-                    sent.append((record, error, omit))
+                    sent.append((record, error, omit, alone))
             results = await asyncio.gather(*futures, return_exceptions=True)
-            for (record, error, omit), result in zip(sent, results, strict=True):
+            for (record, error, omit, alone), result in zip(sent, results, strict=True):
                 if not isinstance(result, BaseException):
                     metrics.dead_lettered += 1
                     metrics.observer.dead_letter_written(record, error)
                 elif is_too_large(result):
-                    # The broker refused it (its limit is below the producer's): leave out more.
-                    if omit < Omitted.VALUE_AND_KEY:
-                        failed.append((record, error, Omitted(omit + 1)))
+                    if not alone:  # refused in company: the batch, not this letter, may be it
+                        failed.append((record, error, omit, True))
+                    elif omit < Omitted.VALUE_AND_KEY:  # refused alone: leave out more
+                        failed.append((record, error, Omitted(omit + 1), True))
                     else:
                         self._drop(record, error, result)
                 elif is_retriable(result):
-                    failed.append((record, error, omit))
+                    failed.append((record, error, omit, alone))
                     last_error = result
                 else:
                     raise result

@@ -61,3 +61,33 @@ async def test_a_tombstone_arrives_in_the_dead_letter_topic_marked_null(
         (1, "malformed", b"", False),
     ]
     assert "no value" in letters[0].error
+
+
+async def test_letters_that_each_fit_keep_their_values_when_their_batch_does_not(
+    kafka_bootstrap: str, redis_url: str, redis_prefix: str, unique_topic: TopicFactory
+) -> None:
+    """A fetch of rejected records whose letters each fit the dead-letter topic's
+    ``max.message.bytes`` but not all in one record batch: the broker refuses the batch, and
+    every letter is written with its value (sent alone), none marked as omitted."""
+    topic = await unique_topic("dlq-batch")
+    dead = await unique_topic("dlq-batch-dlq", config={"max.message.bytes": "131072"})
+    count = 12
+    async with plain_producer(kafka_bootstrap) as producer:
+        for n in range(count):
+            await producer.send(topic, bytes([65 + n]) * 30_000, key=b"k%d" % n, partition=0)
+        await producer.flush()
+    async with guard(redis_url, redis_prefix) as g:
+        consumer = VerifyingConsumer.from_options(
+            consumer_options(kafka_bootstrap, [topic]),
+            verifier=verifier(keyring()),
+            guard=g,
+            dead_letter_topic=dead,
+        )
+        async with Running(consumer) as running:
+            await running.caught_up(await end_offsets(kafka_bootstrap, [topic]))
+    assert consumer.metrics.dead_lettered == count
+    assert consumer.metrics.dead_letters_dropped == 0
+    letters = [DeadLetter.from_record(r) for r in await read_all(kafka_bootstrap, dead, count)]
+    assert sorted(d.source_offset for d in letters) == list(range(count))
+    assert not any(d.value_omitted for d in letters)
+    assert all(d.value == bytes([65 + d.source_offset]) * 30_000 for d in letters)

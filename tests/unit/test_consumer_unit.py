@@ -731,6 +731,21 @@ async def test_a_broker_refusing_a_dead_letter_as_too_large_leaves_out_value_the
     assert consumer.metrics.dead_letter_retries == 0  # nothing to wait for: no backoff
 
 
+async def test_letters_refused_as_too_large_together_are_sent_again_alone_whole() -> None:
+    # The broker bounds a record batch: two letters refused in one batch may each fit alone.
+    refused = ("fail", too_large())
+    producer = ScriptedProducer(refused, refused, "ok", "ok")
+    consumer = dead_lettering(producer)
+    rejected = [
+        (record(b"first", offset=0), BadSignature("no")),
+        (record(b"second", offset=1), BadSignature("no")),
+    ]
+    assert await consumer.sender.send(rejected)
+    assert [value for _, value, _, _ in producer.sent] == [b"first", b"second"] * 2
+    assert not any(HEADER_VALUE_OMITTED in header_map(h) for _, _, _, h in producer.sent)
+    assert consumer.metrics.dead_lettered == 2 and consumer.metrics.dead_letters_dropped == 0
+
+
 def test_metrics_snapshot_is_a_plain_copy() -> None:
     metrics = ConsumerMetrics()
     metrics.rejected["replay"] += 2
