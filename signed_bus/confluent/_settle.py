@@ -48,10 +48,19 @@ def _too_large(error: KafkaError) -> bool:
     return error.code() in _TOO_LARGE
 
 
+#: A letter still to send: the record, its rejection, what to leave out, and whether it goes
+#: alone (flushed before anything else is queued).
+_Pending = tuple[Any, VerificationError, Omitted, bool]
+
+
 class DeadLetters:
     """Produces dead letters to one topic through a plain librdkafka producer and waits until
-    the broker has them all, retrying with backoff while the topic is unavailable. A letter too
-    large even without the record's value and key is dropped (counted, logged at ERROR)."""
+    the broker has them all, retrying with backoff while the topic is unavailable.
+
+    A letter the broker refuses as too large in company is sent again alone first (letters
+    queued together share a record batch, which the topic's ``max.message.bytes`` bounds as a
+    whole); refused alone, it is sent without the record's value, then without its key too. A
+    letter too large even then is dropped (counted, logged at ERROR)."""
 
     __slots__ = ("_backoff", "_flush_s", "_metrics", "_producer", "topic")
 
@@ -72,36 +81,42 @@ class DeadLetters:
 
     def send(self, items: Sequence[Rejected], hold: Hold) -> bool:
         """Dead-letter positioned rejections; False if stopped before they were durable."""
-        todo: list[tuple[Any, VerificationError, Omitted]] = [
-            (record, error, Omitted.NOTHING) for record, error in items
+        todo: list[_Pending] = [
+            (record, error, Omitted.NOTHING, len(items) == 1) for record, error in items
         ]
         attempt = 0
         while todo:
             results: list[KafkaError | bool | None] = []
-            queued: list[tuple[Any, VerificationError, Omitted]] = []
-            for record, error, omit in todo:
-                queued.append((record, error, self._queue(record, error, omit, results)))
+            queued: list[_Pending] = []
+            todo.sort(key=lambda pending: not pending[3])  # the lone ones first
+            for record, error, omit, alone in todo:
+                omit = self._queue(record, error, omit, results)
+                queued.append((record, error, omit, alone))
+                if alone:  # its own batch: nothing else is queued until it is answered
+                    self._producer.flush(self._flush_s)
             self._producer.flush(self._flush_s)
-            retry: list[tuple[Any, VerificationError, Omitted]] = []
+            retry: list[_Pending] = []
             last: str | None = None
-            for (record, error, omit), result in zip(queued, results, strict=True):
+            for (record, error, omit, alone), result in zip(queued, results, strict=True):
                 if result is None:
                     self._metrics.dead_lettered += 1
                     self._metrics.observer.dead_letter_written(record, error)
                 elif result is False:  # refused locally even without value and key
                     self._drop(record, error, "MSG_SIZE_TOO_LARGE")
                 elif result is True:  # no delivery report within flush_s
-                    retry.append((record, error, omit))
+                    retry.append((record, error, omit, alone))
                     last = "no delivery report"
                 elif isinstance(result, KafkaError) and _too_large(result):
-                    if omit < Omitted.VALUE_AND_KEY:
-                        retry.append((record, error, Omitted(omit + 1)))
+                    if not alone:  # refused in company: the batch, not this letter, may be it
+                        retry.append((record, error, omit, True))
+                    elif omit < Omitted.VALUE_AND_KEY:  # refused alone: leave out more
+                        retry.append((record, error, Omitted(omit + 1), True))
                     else:
                         self._drop(record, error, result.name())
                 elif isinstance(result, KafkaError) and (result.fatal()):
                     raise KafkaException(result)
                 else:
-                    retry.append((record, error, omit))
+                    retry.append((record, error, omit, alone))
                     last = result.name() if isinstance(result, KafkaError) else str(result)
             todo = retry
             if todo and last is not None:

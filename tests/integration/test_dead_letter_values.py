@@ -23,6 +23,7 @@ from tests.integration.bus import (
     read_all,
     verifier,
 )
+from tests.integration.fronts import FRONTS, Front, Spec
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -63,8 +64,13 @@ async def test_a_tombstone_arrives_in_the_dead_letter_topic_marked_null(
     assert "no value" in letters[0].error
 
 
+@pytest.mark.parametrize("front", FRONTS)
 async def test_letters_that_each_fit_keep_their_values_when_their_batch_does_not(
-    kafka_bootstrap: str, redis_url: str, redis_prefix: str, unique_topic: TopicFactory
+    front: Front,
+    kafka_bootstrap: str,
+    redis_url: str,
+    redis_prefix: str,
+    unique_topic: TopicFactory,
 ) -> None:
     """A fetch of rejected records whose letters each fit the dead-letter topic's
     ``max.message.bytes`` but not all in one record batch: the broker refuses the batch, and
@@ -76,17 +82,12 @@ async def test_letters_that_each_fit_keep_their_values_when_their_batch_does_not
         for n in range(count):
             await producer.send(topic, bytes([65 + n]) * 30_000, key=b"k%d" % n, partition=0)
         await producer.flush()
-    async with guard(redis_url, redis_prefix) as g:
-        consumer = VerifyingConsumer.from_options(
-            consumer_options(kafka_bootstrap, [topic]),
-            verifier=verifier(keyring()),
-            guard=g,
-            dead_letter_topic=dead,
-        )
-        async with Running(consumer) as running:
-            await running.caught_up(await end_offsets(kafka_bootstrap, [topic]))
-    assert consumer.metrics.dead_lettered == count
-    assert consumer.metrics.dead_letters_dropped == 0
+    spec = Spec(kafka_bootstrap, [topic], redis_url, redis_prefix, verifier(keyring()),
+                dead_letter_topic=dead)  # fmt: skip
+    async with front.consume(spec) as running:
+        await running.caught_up(await end_offsets(kafka_bootstrap, [topic]))
+    assert running.metrics.dead_lettered == count
+    assert running.metrics.dead_letters_dropped == 0
     letters = [DeadLetter.from_record(r) for r in await read_all(kafka_bootstrap, dead, count)]
     assert sorted(d.source_offset for d in letters) == list(range(count))
     assert not any(d.value_omitted for d in letters)
