@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import sys
+import weakref
 from collections.abc import Sequence
 from contextvars import ContextVar
 
@@ -58,6 +59,9 @@ _refs = (
     sys.getrefcount if sys.implementation.name == "cpython" and sys.version_info < (3, 14) else None
 )
 _CONTEXT_REFS, _SPAN_REFS = 3, 4
+# Weak references do not count in getrefcount: a span or context weakly held (a weak-keyed
+# registry, a weakref.ref kept for later) must not change under its holder either.
+_weakrefs = weakref.getweakrefcount
 _Context = otel_context.Context
 # The key a context holds its current span under (taken from the API, not its private name).
 _SPAN_KEY = next(iter(trace.set_span_in_context(trace.INVALID_SPAN, otel_context.Context())))
@@ -205,9 +209,12 @@ class ShortPath:
             and _refs is not None
             and _refs(context) == _CONTEXT_REFS
             and _refs(span) == _SPAN_REFS
+            and not _weakrefs(context)
+            and not _weakrefs(span)
         ):
             # Nothing but this object holds the last record's context and span (no task
-            # copied the context, no code kept the span): they become this record's.
+            # copied the context, no code kept the span, not even weakly): they become this
+            # record's.
             span._raw = raw  # type: ignore[union-attr]
             span._parsed = None  # type: ignore[union-attr]
         else:

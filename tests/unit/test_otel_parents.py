@@ -5,6 +5,7 @@ while any other sampler still decides."""
 from __future__ import annotations
 
 import contextvars
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -318,6 +319,29 @@ def test_a_records_context_kept_by_its_body_keeps_that_records_parent(
     assert kept_span.get_span_context().trace_id == 2
     assert kept_task.run(trace.get_current_span).get_span_context().trace_id == 3
     assert trace.get_current_span(kept_context).get_span_context().trace_id == 4
+
+
+def test_a_span_or_context_held_weakly_never_reads_a_later_records_parent(
+    exporter: InMemorySpanExporter,
+) -> None:
+    """Weak references are not in the reference count the reuse checks: a span or context
+    held only weakly (a weak-keyed registry, a ``weakref.ref``) must be left alone too: it
+    reads its own record's parent while it lives."""
+    observer = fetched(tracing(exporter, ParentBased(ALWAYS_ON)))
+    spans: weakref.WeakKeyDictionary[trace.Span, int] = weakref.WeakKeyDictionary()
+    contexts: list[tuple[int, weakref.ref[otel_context.Context]]] = []
+    for n in range(5):
+        observer.iterated()
+        observer.iterating(message([("traceparent", traceparent("00", trace_id=n + 1))], n))
+        spans[trace.get_current_span()] = n + 1
+        contexts.append((n + 1, weakref.ref(otel_context.get_current())))
+    observer.iterated()
+    for span, trace_id in list(spans.items()):
+        assert span.get_span_context().trace_id == trace_id
+    for trace_id, ref in contexts:
+        context = ref()
+        if context is not None:
+            assert trace.get_current_span(context).get_span_context().trace_id == trace_id
 
 
 def test_handlers_running_at_once_each_keep_their_records_parent(
