@@ -12,7 +12,7 @@ case this cannot save).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from faststream import AckPolicy
@@ -47,14 +47,17 @@ def subscriber_problem(subscriber: object) -> str | None:
             "ack_policy=AckPolicy.NACK_ON_ERROR so that a failure is redelivered, not lost"
         )
     options = getattr(subscriber, "_connection_args", None)  # faststream.kafka's consumer options
-    if options is None and type(subscriber).__module__.startswith("faststream.kafka"):
-        # an aiokafka subscriber whose options this FastStream version keeps elsewhere: its
-        # isolation level cannot be read, so it cannot be shown to read committed records
+    if not isinstance(options, Mapping) and type(subscriber).__module__.startswith(
+        "faststream.kafka"
+    ):
+        # an aiokafka subscriber whose options this FastStream version keeps elsewhere or
+        # otherwise: its isolation level cannot be read, so it cannot be shown to read
+        # committed records
         return (
             "its consumer options cannot be read (a FastStream version signed-bus does not "
             "know): the isolation level must be shown to be read_committed"
         )
-    if isinstance(options, dict):
+    if isinstance(options, Mapping):
         level = options.get("isolation_level", "read_uncommitted")
         if level != "read_committed":
             return (

@@ -3,6 +3,7 @@ before the broker fetches anything for them."""
 
 from __future__ import annotations
 
+from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -56,6 +57,16 @@ def test_an_aiokafka_subscriber_whose_options_cannot_be_read_is_refused() -> Non
         "t", group_id="g", ack_policy=AckPolicy.NACK_ON_ERROR, isolation_level="read_committed"
     )
     assert subscriber_problem(subscriber) is None
+    options = subscriber._connection_args
+    loose: Any = subscriber  # options of other shapes than FastStream's own
+    loose._connection_args = MappingProxyType(options)  # a read-only mapping is read
+    assert subscriber_problem(subscriber) is None
+    loose._connection_args = MappingProxyType({**options, "isolation_level": "x"})
+    assert subscriber_problem(subscriber) is not None
+    for unreadable in (None, ("isolation_level", "read_committed")):
+        loose._connection_args = unreadable
+        problem = subscriber_problem(subscriber)
+        assert problem is not None and "read_committed" in problem
     del subscriber._connection_args
     problem = subscriber_problem(subscriber)
     assert problem is not None and "read_committed" in problem
