@@ -165,10 +165,11 @@ class Tee(Observer):
             vars(self)["iterating"] = _both(*iterating)
         if len(iterated) <= 1:
             vars(self)["iterated"] = iterated[0] if iterated else NOOP.iterated
-        # finished, per message of run(handler): only the observers that implement it
+        # finished, per message of run(handler): only the observers that implement it, in
+        # reverse (each may restore the context it made current, as nested managers would)
         self._finishing = [
             (n, o.finished) for n, o in enumerate(observers) if _overrides(o, "finished")
-        ]
+        ][::-1]
 
     def send(self, topic: str, carriers: Sequence[Carrier], *, client_injects: bool) -> object:
         return [o.send(topic, carriers, client_injects=client_injects) for o in self.observers]
@@ -221,7 +222,8 @@ class Tee(Observer):
         return message
 
     def iterated(self) -> None:
-        for o in self.observers:
+        # in reverse, as leave: each restores the context current before its own iterating
+        for o in reversed(self.observers):
             o.iterated()
 
     def delivered(self, messages: Sequence[ConsumedMessage]) -> None:

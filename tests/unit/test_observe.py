@@ -146,7 +146,8 @@ class Iterated(Recording):
 
 @pytest.mark.parametrize("kinds", ["", "a", "b", "ab", "aab", "abab", "ba"])
 def test_a_tee_calls_every_observer_that_iterates_in_order(kinds: str) -> None:
-    """a: observes each record handed out by async for; b: each end of a loop body."""
+    """a: observes each record handed out by async for; b: each end of a loop body, called
+    in reverse (each may restore the context it made current, as nested managers would)."""
     calls: list[tuple[str, str, object]] = []
     observers = [
         (Iterating if kind == "a" else Iterated)(f"{kind}{n}", calls)
@@ -159,7 +160,7 @@ def test_a_tee_calls_every_observer_that_iterates_in_order(kinds: str) -> None:
     expected: list[tuple[str, str, object]] = [
         (o.name, "iterating", message) for o in observers if isinstance(o, Iterating)
     ]
-    expected += [(o.name, "iterated", None) for o in observers if isinstance(o, Iterated)]
+    expected += [(o.name, "iterated", None) for o in observers[::-1] if isinstance(o, Iterated)]
     assert calls == expected
 
 
@@ -242,9 +243,9 @@ def test_a_tee_finishes_each_observer_with_its_own_token() -> None:
     attach(metrics, Finishing("d", calls))  # attached while the message is handled
     metrics.observer.finished(token, None)
     metrics.observer.finished(metrics.observer.handing(message), None)
-    assert calls == [
-        ("b", "finished", "b-handed"),
+    assert calls == [  # in reverse: the last attached finishes first, as nested managers
         ("d", "finished", None),
         ("b", "finished", "b-handed"),
         ("d", "finished", "d-handed"),
+        ("b", "finished", "b-handed"),
     ]

@@ -20,7 +20,7 @@ from opentelemetry.trace import format_span_id, format_trace_id
 
 from signed_bus import ClaimVerdict, Keyring, Signer, Verifier, generate_hmac_key
 from signed_bus._gate import ConsumedMessage
-from signed_bus._observe import Carrier
+from signed_bus._observe import Carrier, Tee
 from signed_bus.otel import Tracing
 
 TRACE = 0x0AF7651916CD43DD8448EB211C80319C
@@ -342,6 +342,29 @@ def test_a_span_or_context_held_weakly_never_reads_a_later_records_parent(
         context = ref()
         if context is not None:
             assert trace.get_current_span(context).get_span_context().trace_id == trace_id
+
+
+def test_two_tracing_observers_on_one_front_restore_the_context_they_found(
+    exporter: InMemorySpanExporter,
+) -> None:
+    """A front instrumented twice (``instrument`` and ``instrument_all``, say) tees two
+    Tracing observers: each makes a context current per record, so they must restore them in
+    reverse, as nested context managers, in ``async for`` and in ``run(handler)`` alike."""
+    tee = Tee(
+        fetched(tracing(exporter, ParentBased(ALWAYS_ON))),
+        fetched(tracing(exporter, ParentBased(ALWAYS_ON))),
+    )
+    before = otel_context.get_current()
+    for n in range(3):
+        tee.iterated()  # as the fronts' __anext__: the last record's body is done
+        tee.iterating(message([("traceparent", traceparent("00", trace_id=n + 1))], n))
+        assert trace.get_current_span().get_span_context().trace_id == n + 1
+    tee.iterated()
+    assert otel_context.get_current() is before
+    token = tee.handing(message([("traceparent", traceparent("00", trace_id=9))]))
+    assert trace.get_current_span().get_span_context().trace_id == 9
+    tee.finished(token, None)
+    assert otel_context.get_current() is before
 
 
 def test_handlers_running_at_once_each_keep_their_records_parent(
