@@ -33,7 +33,7 @@ from signed_bus._verifier import Verifier
 from signed_bus.bench.codec import HMAC_KID, ISSUER, MODEL, bench_keyring
 from signed_bus.bench.config import BenchConfig
 from signed_bus.bench.kafka import bench_topics, unique_name
-from signed_bus.bench.paths import bench_paths, built_on
+from signed_bus.bench.paths import bench_paths, built_on, on_path_of
 from signed_bus.bench.payloads import inference_results
 from signed_bus.bench.redis_server import private_redis_url
 from signed_bus.bench.results import PartResult, Row, Target
@@ -163,27 +163,32 @@ def _run(config: BenchConfig, topics: dict[str, str], guard_url: str) -> dict[st
         produces[f"hs256-{path}"] = SignedProducer(producer, signer=signer).produce
     produce_rates: dict[str, list[float]] = {v: [] for v in _VARIANTS}
     for variant, produce in produces.items():
-        _produce_rate(produce, producer.flush, topics[variant], warmup)
+        with on_path_of(variant):
+            _produce_rate(produce, producer.flush, topics[variant], warmup)
     for round_ in range(config.repeats):
         for variant in _alternating(_VARIANTS, round_):
-            produce_rates[variant].append(
-                _produce_rate(produces[variant], producer.flush, topics[variant], results)
-            )
+            with on_path_of(variant):
+                produce_rates[variant].append(
+                    _produce_rate(produces[variant], producer.flush, topics[variant], results)
+                )
     # every round wrote `count` records per topic: each consume round reads the first `count`
     consume_rates: dict[str, list[float]] = {v: [] for v in _VARIANTS}
-    rejected = 0
+    rejected = {variant: 0 for variant in _VARIANTS}
     for round_ in range(config.repeats):
         for variant in _alternating(_VARIANTS, round_):
             if variant == "raw":
                 consume_rates["raw"].append(_raw_consume(config, topics["raw"], count))
                 continue
             prefix = f"sb-bench-{uuid.uuid4().hex[:8]}"
-            with SyncRedisReplayGuard.from_url(guard_url, prefix=prefix) as guard:
+            with (
+                on_path_of(variant),
+                SyncRedisReplayGuard.from_url(guard_url, prefix=prefix) as guard,
+            ):
                 rate, bad = _verified_consume(
                     config, topics[variant], count, verifiers[variant], guard
                 )
             consume_rates[variant].append(rate)
-            rejected += bad
+            rejected[variant] += bad
     return {"produce": produce_rates, "consume": consume_rates, "rejected": rejected}
 
 
@@ -218,8 +223,10 @@ async def measure_confluent(config: BenchConfig) -> PartResult:
         )
         for path in bench_paths()
     ]
-    if runs["rejected"]:
-        part.rows[-1].note = f"{runs['rejected']} records rejected during timed runs: investigate"
+    for row, path in zip(part.rows[len(bench_paths()) :], bench_paths(), strict=True):
+        bad = runs["rejected"][f"hs256-{path}"]
+        if bad:  # on the variant's own row
+            row.note = f"{bad} records rejected during timed runs: investigate"
     # the targets are the default path's: native where it is installed
     by_label = {row.measurement: row for row in part.rows}
     path = bench_paths()[0]

@@ -1,15 +1,17 @@
 """The two envelope paths the bench compares in one run: the native extension (signed-bus-native)
 and the pure-Python reference (docs/PERFORMANCE.md). Signers and verifiers pick their path when
-they are built, so each variant builds its own under :func:`built_on`."""
+they are built, so each variant builds its own under :func:`built_on`; a few helpers (the
+encoder's map-key check, claim planning) pick theirs per call, so each variant's timed runs go
+under :func:`on_path_of` too, and a "pure" row is the pure path throughout."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 from signed_bus import _native
 
-__all__ = ["NATIVE", "PURE", "bench_paths", "built_on"]
+__all__ = ["NATIVE", "PURE", "bench_paths", "built_on", "on_path_of"]
 
 NATIVE = "native"
 PURE = "pure"
@@ -22,10 +24,17 @@ def bench_paths() -> tuple[str, ...]:
 
 @contextmanager
 def built_on(path: str) -> Iterator[None]:
-    """Signers and verifiers built inside this block use ``path``."""
+    """Signers and verifiers built, and per-call helpers run, inside this block use ``path``."""
     saved = _native._module
     _native._module = _native.load("1") if path == NATIVE else None
     try:
         yield
     finally:
         _native._module = saved
+
+
+def on_path_of(variant: str) -> AbstractContextManager[None]:
+    """:func:`built_on` the path a variant named ``<what>-<path>`` runs on; nothing for
+    another (the raw baseline)."""
+    path = variant.rsplit("-", 1)[-1]
+    return built_on(path) if path in (NATIVE, PURE) else nullcontext()

@@ -29,7 +29,7 @@ from signed_bus._signer import Signer
 from signed_bus.bench.codec import ED25519_KID, HMAC_KID, ISSUER, MODEL, bench_keyring
 from signed_bus.bench.config import BenchConfig
 from signed_bus.bench.kafka import bench_topics, producer_options, start_producer
-from signed_bus.bench.paths import bench_paths, built_on
+from signed_bus.bench.paths import bench_paths, built_on, on_path_of
 from signed_bus.bench.payloads import inference_results
 from signed_bus.bench.profiling import profiled
 from signed_bus.bench.results import PartResult, Row, Target
@@ -115,7 +115,8 @@ async def _measure(config: BenchConfig, topics: dict[str, str]) -> PartResult:
         rates: dict[str, list[float]] = {variant: [] for variant in sends}
         cpu: dict[str, list[float]] = {variant: [] for variant in sends}
         for variant, send in sends.items():
-            await _rate(send, topics[variant], inputs[variant][0])
+            with on_path_of(variant):
+                await _rate(send, topics[variant], inputs[variant][0])
         collections = _Collections(list(sends))
         gc.callbacks.append(collections)
         try:
@@ -124,9 +125,10 @@ async def _measure(config: BenchConfig, topics: dict[str, str]) -> PartResult:
                 for variant in order:
                     gc.collect()
                     collections.variant = variant
-                    rate, per_record = await _rate(
-                        sends[variant], topics[variant], inputs[variant][1]
-                    )
+                    with on_path_of(variant):
+                        rate, per_record = await _rate(
+                            sends[variant], topics[variant], inputs[variant][1]
+                        )
                     collections.variant = None
                     rates[variant].append(rate)
                     cpu[variant].append(per_record)
@@ -140,7 +142,8 @@ async def _measure(config: BenchConfig, topics: dict[str, str]) -> PartResult:
         ):
             async with profiled(config, name) as written:
                 if config.profile:
-                    await _rate(sends[variant], topics[variant], results)
+                    with on_path_of(variant):
+                        await _rate(sends[variant], topics[variant], results)
             profiles += written
     finally:
         await producer.stop()
