@@ -4,17 +4,20 @@
 
 No I/O: the steps a verifying consumer and a signing producer run per record, on the same
 512-byte results (signed_bus.bench.payloads). Every round times every step on both paths
-(interleaved, so load from other processes hits all alike); the best round counts. The native
+(interleaved, so load from other processes hits all alike); the best round counts. Then, per
+path, what the cyclic collector costs the consumer loop (see :func:`collector`). The native
 path needs signed-bus-native installed (make venv).
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import resource
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import msgpack
@@ -143,8 +146,59 @@ def main() -> None:
     print(f"{'step':60} " + " ".join(f"{path:>8}" for path in paths))
     for name in cases[paths[0]]:
         print(f"{name:60} " + " ".join(f"{best[(name, path)]:8.2f}" for path in paths))
+    collector(paths, args.repeats)
     if "native" in paths:
         parallel(args.repeats)
+
+
+def collector(paths: Sequence[str], repeats: int) -> None:
+    """What the cyclic collector costs the no-I/O consumer loop (receive, settle, cursor,
+    ``.payload``) per record: the loop with the collector on and off, the collections it ran
+    per 100 fetches of 500, and the container objects a settled record keeps alive until
+    its batch goes (the collector walks those while the batch lives)."""
+    ring = bench_keyring()
+    results = inference_results(1000, size=512)
+    print(f"collector, HS256, per record of {BATCH} (best of {repeats}):")
+    print(
+        f"{'path':8} {'gc on us':>9} {'gc off us':>10} {'gen0/1/2 per 100 fetches':>26} {'kept':>6}"
+    )
+    for path in paths:
+        with built_on(path):
+            signer = Signer(ring, kid=HMAC_KID, issuer=ISSUER, model=MODEL)
+            gate = Gate(Verifier(ring))
+        values = [signer.sign(result, topic=TOPIC) for result in results]
+        fetches = [fetch(values[i : i + BATCH]) for i in range(0, len(values), BATCH)] * 50
+        timing: dict[bool, float] = {}
+        collections: list[int] = []
+        for _ in range(repeats):
+            for enabled in (True, False):
+                (gc.enable if enabled else gc.disable)()
+                before = [stats["collections"] for stats in gc.get_stats()]
+                try:
+                    us = per_op_us(partial(deliver, gate), fetches, BATCH)
+                finally:
+                    gc.enable()
+                timing[enabled] = min(timing.get(enabled, us), us)
+                if enabled:
+                    after = [stats["collections"] for stats in gc.get_stats()]
+                    collections = [b - a for a, b in zip(before, after, strict=True)]
+        kept = _kept_per_record(gate, fetches[0])
+        per_100 = "/".join(str(round(n * 100 / len(fetches))) for n in collections)
+        print(f"{path:8} {timing[True]:9.2f} {timing[False]:10.2f} {per_100:>26} {kept:6.2f}")
+
+
+def _kept_per_record(gate: Gate, records: dict[int, list[ConsumerRecord[bytes, bytes]]]) -> float:
+    """Container objects (tracked by the collector) a settled batch keeps, per record."""
+    gc.collect()
+    gc.disable()
+    try:
+        before = len(gc.get_objects())
+        batch = gate.receive(records)
+        gate.settle(batch, [ClaimVerdict.NEW] * len(gate.claims(batch)))
+        kept = len(gc.get_objects()) - before
+    finally:
+        gc.enable()
+    return kept / len(batch.entries)
 
 
 def parallel(repeats: int) -> None:

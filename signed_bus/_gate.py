@@ -260,9 +260,11 @@ class Gate:
         warned = self._warned_create_time
         count = 0
         # One verify_batch call for the fetch (the native path checks Ed25519 signatures on
-        # several threads); the answers are verify's own, record by record.
+        # several threads); the answers are verify's own, record by record. A record's entry
+        # index is its place in ``waiting`` (ranges come after every record), and its entry
+        # holds its partition: no per-record bookkeeping object beyond the batch item.
         items: list[BatchItem] = []
-        waiting: list[tuple[int, P, Record]] = []
+        waiting: list[Record] = []
         add_item, add_waiting, add_entry = items.append, waiting.append, entries.append
         for tp, records_of_tp in records.items():
             count += len(records_of_tp)
@@ -276,17 +278,17 @@ class Gate:
                 value = record.value
                 if value is not None:
                     add_item((value, record.topic, record.key, reference))
-                add_waiting((len(entries), tp, record))
+                add_waiting(record)
                 add_entry((tp, record.offset + 1, None))
         answers = iter(self._verifier.verify_batch(items))
         add_verified = verified.append
-        for index, tp, record in waiting:
+        for index, record in enumerate(waiting):
             if record.value is None:
                 answer: VerifiedMessage | Exception = MalformedEnvelope("the record has no value")
             else:
                 answer = next(answers)
             if answer.__class__ is VerifiedMessage or not isinstance(answer, Exception):
-                add_verified((index, tp, record, answer))
+                add_verified((index, entries[index][0], record, answer))
             elif isinstance(answer, VerificationError):
                 rejected.append((record, answer))
             else:  # a verifier bug must not stop the consumer

@@ -14,11 +14,13 @@ pub mod wire;
 #[cfg(feature = "python")]
 mod py;
 #[cfg(feature = "python")]
+mod py_header;
+#[cfg(feature = "python")]
 mod py_seal;
 
 /// Bumped whenever the Python-facing interface changes; signed_bus/_native.py refuses a module
 /// with another number.
-pub const ABI_VERSION: u32 = 5;
+pub const ABI_VERSION: u32 = 6;
 
 #[cfg(test)]
 mod tests;

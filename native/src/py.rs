@@ -10,6 +10,7 @@ use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 
 use crate::batch::{self, Check};
 use crate::crypto::{sha256, Material};
+use crate::py_header::CheckedHeader;
 use crate::wire::{self, Frame, Header, Reason, SealInput, Window};
 
 /// Key material for one kid, built from a signed_bus Key. Opaque: no repr of the material, no
@@ -178,7 +179,7 @@ impl MessageMaker {
     fn make<'py>(
         &self,
         py: Python<'py>,
-        header: Bound<'py, PyDict>,
+        header: Bound<'py, PyAny>,
         body: Bound<'py, PyBytes>,
         value: &Bound<'py, PyBytes>,
     ) -> PyResult<Bound<'py, PyAny>> {
@@ -482,10 +483,16 @@ fn outcome_object<'py>(
     Ok(match outcome {
         Outcome::Verified(h, frame, texts) => {
             let body = PyBytes::new(py, &raw[frame.b_start..frame.b_end]);
-            let header = header_dict(py, &h, &texts)?;
             match maker {
-                Some(maker) => maker.make(py, header, body, value)?.unbind(),
-                None => (header, body, py.None())
+                // The message holds the checked header as one object (see `CheckedHeader`).
+                Some(maker) => match CheckedHeader::new(&h, texts.map(Bound::unbind)) {
+                    Some(checked) => {
+                        let header = Bound::new(py, checked)?.into_any();
+                        maker.make(py, header, body, value)?.unbind()
+                    }
+                    None => PyString::new(py, "").into_any().unbind(),
+                },
+                None => (header_dict(py, &h, &texts)?, body, py.None())
                     .into_pyobject(py)?
                     .into_any()
                     .unbind(),
@@ -791,6 +798,7 @@ fn signed_bus_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("MAX_PROTECTED_BYTES", wire::MAX_PROTECTED_BYTES)?;
     m.add_class::<NativeKey>()?;
     m.add_class::<Opener>()?;
+    m.add_class::<CheckedHeader>()?;
     m.add_class::<crate::py_seal::Sealer>()?;
     m.add_function(wrap_pyfunction!(crate::py_seal::drop_nonces, m)?)?;
     m.add_function(wrap_pyfunction!(crate::py_seal::check_map_keys, m)?)?;

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from typing import Any
 
 import msgpack
@@ -40,6 +39,7 @@ from signed_bus.bench.kafka import (
 )
 from signed_bus.bench.paths import bench_paths, built_on
 from signed_bus.bench.payloads import inference_results
+from signed_bus.bench.prefixes import bench_prefix
 from signed_bus.bench.profiling import profiled
 from signed_bus.bench.redis_cost import CountingConnection, counting_client, script_stats
 from signed_bus.bench.redis_server import private_redis_url
@@ -161,7 +161,7 @@ async def _measure(config: BenchConfig, topics: dict[str, str]) -> PartResult:
             def new_guard() -> RedisReplayGuard:
                 return RedisReplayGuard(
                     client,
-                    prefix=f"sb-bench-{uuid.uuid4().hex[:8]}",
+                    prefix=bench_prefix(),
                 )
 
             for _ in range(config.repeats):
@@ -239,7 +239,7 @@ async def _count_round_trips(
     try:
         guard = RedisReplayGuard(
             client,
-            prefix=f"sb-bench-{uuid.uuid4().hex[:8]}",
+            prefix=bench_prefix(),
         )
         await guard.start()  # layout check and script load happen once, not per batch
         calls_before, _ = await script_stats(observer)

@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 
 from signed_bus.bench.config import EXTRA_PARTS, PARTS, BenchConfig
 from signed_bus.bench.machine import describe_machine
+from signed_bus.bench.prefixes import quiet_new_bench_prefixes
 from signed_bus.bench.results import BenchReport, PartResult
 
 __all__ = ["BenchOutput", "run_bench"]
@@ -69,8 +70,9 @@ async def _redis_server_info(url: str) -> dict[str, Any]:
 async def _run_part(name: str, config: BenchConfig) -> PartResult:
     started = time.perf_counter()
     try:
-        outcome = _part_function(name)(config)
-        result = await outcome if inspect.isawaitable(outcome) else outcome
+        with quiet_new_bench_prefixes():  # each bench guard starts a fresh prefix on purpose
+            outcome = _part_function(name)(config)
+            result = await outcome if inspect.isawaitable(outcome) else outcome
     except Exception as exc:  # one failing part must not lose the others
         result = PartResult(name=name, title=name, error=f"{type(exc).__name__}: {exc}")
         result.details["traceback"] = traceback.format_exc()

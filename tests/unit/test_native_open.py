@@ -9,15 +9,22 @@ module fails, it does not skip, without it.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import pickle
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import pytest
+from aiokafka.structs import ConsumerRecord
+
 from signed_bus import _native
+from signed_bus._envelope import HEADER_KEYS, K_PAR
+from signed_bus._gate import Gate
 from signed_bus._keys import HmacKey, Keyring
 from signed_bus._message import VerifiedMessage
+from signed_bus._replay.guard import ClaimVerdict
 from signed_bus._signer import Signer
 from signed_bus._verifier import BatchItem, Verifier
 
@@ -99,3 +106,87 @@ def test_a_message_pickled_before_the_module_split_still_loads() -> None:
     message = Verifier(ring, clock=lambda: NOW).verify(value, topic=topic, key=key)
     _, (header, body, digest) = message.__reduce__()
     assert _verifier._rebuild(header, body, digest) == message
+
+
+def _signed(**kw: Any) -> bytes:
+    signer = Signer(_ring(), kid="k1", issuer="agent-a", model="m", clock=lambda: NOW - 1_000)
+    return signer.sign_bytes(b"\x81\xa1n\x05", content_type="application/msgpack", **kw)
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"topic": "t"},
+        {"topic": "t", "key": b"k", "expires_at": NOW + 5_000},
+        {"topic": "t", "parents": [hashlib.sha256(b"p").digest(), hashlib.sha256(b"q").digest()]},
+    ],
+)
+def test_a_native_message_holds_its_header_in_one_untracked_object(kw: dict[str, Any]) -> None:
+    ring = _ring()
+    with _path(None):
+        pure = Verifier(ring, clock=lambda: NOW)
+    with _path(NATIVE):
+        native = Verifier(ring, clock=lambda: NOW)
+    value = _signed(**kw)
+    expected = pure.verify(value, topic="t", key=kw.get("key")).__reduce__()[1][0]
+    got = native.verify(value, topic="t", key=kw.get("key"))
+    header = got._header
+    assert NATIVE is not None and type(header) is NATIVE.Header
+    assert not gc.is_tracked(header)  # one object, outside the cyclic collector's work
+    assert len(header) == len(expected)
+    for name in HEADER_KEYS:
+        assert (name in header) == (name in expected)
+        assert header.get(name) == (tuple(expected[name]) if name == K_PAR else expected.get(name))
+        if name in expected:
+            assert header[name] == header.get(name)
+    assert header.get("exp", "none") == expected.get("exp", "none")
+    with pytest.raises(KeyError):
+        header["nope"]
+    with pytest.raises(TypeError):
+        header["iss"] = "someone"  # type: ignore[index]
+    with pytest.raises(AttributeError):
+        header.iat = 0  # type: ignore[attr-defined]
+
+
+def test_both_paths_pickle_a_message_to_the_same_bytes() -> None:
+    ring = _ring()
+    with _path(None):
+        pure = Verifier(ring, clock=lambda: NOW)
+    with _path(NATIVE):
+        native = Verifier(ring, clock=lambda: NOW)
+    for kw in ({"topic": "t"}, {"topic": "t", "parents": [b"p" * 32], "expires_at": NOW + 9}):
+        value = _signed(**kw)
+        expected, got = (
+            pure.verify(value, topic="t", key=None),
+            native.verify(value, topic="t", key=None),
+        )
+        assert pickle.dumps(got) == pickle.dumps(expected)
+        clone = pickle.loads(pickle.dumps(got))
+        assert type(clone._header) is dict and clone._fields() == expected._fields()
+
+
+def test_a_settled_native_record_leaves_three_tracked_objects() -> None:
+    # The collector's work per consumed record grows with the container objects each one keeps
+    # alive until its batch is dropped: the ConsumedMessage, its VerifiedMessage and the
+    # batch entry; the checked header is not one of them.
+    ring = _ring()
+    with _path(NATIVE):
+        gate = Gate(Verifier(ring, clock=lambda: NOW))
+    values = [_signed(topic="t") for _ in range(300)]
+    records = {
+        0: [
+            ConsumerRecord("t", 0, offset, NOW, 1, None, value, None, 0, len(value), ())
+            for offset, value in enumerate(values)
+        ]
+    }
+    gc.collect()
+    gc.disable()
+    try:
+        before = len(gc.get_objects())
+        batch = gate.receive(records)
+        gate.settle(batch, [ClaimVerdict.NEW] * len(gate.claims(batch)))
+        kept = len(gc.get_objects()) - before
+    finally:
+        gc.enable()
+    assert all(message is not None for _, _, message in batch.entries)
+    assert kept <= 3 * len(values) + 10, kept / len(values)
