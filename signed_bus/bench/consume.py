@@ -37,7 +37,7 @@ from signed_bus.bench.kafka import (
     start_producer,
     wait_assigned,
 )
-from signed_bus.bench.paths import bench_paths, built_on
+from signed_bus.bench.paths import bench_paths, built_on, on_path_of
 from signed_bus.bench.payloads import inference_results
 from signed_bus.bench.prefixes import bench_prefix
 from signed_bus.bench.profiling import profiled
@@ -168,11 +168,12 @@ async def _measure(config: BenchConfig, topics: dict[str, str]) -> PartResult:
                 runs["raw"].append(await _raw_rate(config, topics["raw"], count))
                 for variant in _SIGNED:
                     path = variant.split("-", 1)[1]
-                    runs[variant].append(
-                        await _verified_rate(
-                            config, topics[variant], count, verifiers[path], new_guard()
+                    with on_path_of(variant):
+                        runs[variant].append(
+                            await _verified_rate(
+                                config, topics[variant], count, verifiers[path], new_guard()
+                            )
                         )
-                    )
             counting = await _count_round_trips(config, url, topics[_SIGNED[0]], verifier, private)
         finally:
             await client.aclose()
