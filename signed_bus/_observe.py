@@ -175,7 +175,9 @@ class Tee(Observer):
         return [o.send(topic, carriers, client_injects=client_injects) for o in self.observers]
 
     def sent(self, token: object, error: BaseException | None) -> None:
-        for o, t in zip(self.observers, _tokens(token, len(self.observers)), strict=True):
+        # in reverse, as leave: each may restore the context current before its own send
+        pairs = list(zip(self.observers, _tokens(token, len(self.observers)), strict=True))
+        for o, t in reversed(pairs):
             o.sent(t, error)
 
     def received(

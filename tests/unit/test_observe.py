@@ -74,8 +74,8 @@ def test_attach_chains_observers_and_each_gets_its_own_token() -> None:
     assert calls == [
         ("a", "send", "t"),
         ("b", "send", "t"),
+        ("b", "sent", "b-token"),  # in reverse: the last one in ends first
         ("a", "sent", "a-token"),
-        ("b", "sent", "b-token"),
         ("a", "enter", "a-token"),
         ("b", "enter", "b-token"),
         ("b", "leave", "b-entered"),  # in reverse, as nested context managers
@@ -126,7 +126,7 @@ def test_an_observer_attached_while_a_front_runs_gets_no_token_until_its_next_me
     token = metrics.observer.send("t", [[]], client_injects=False)  # before "b" is attached
     attach(metrics, Recording("b", calls))
     metrics.observer.sent(token, None)
-    assert calls[-2:] == [("a", "sent", "a-token"), ("b", "sent", None)]
+    assert calls[-2:] == [("b", "sent", None), ("a", "sent", "a-token")]
 
 
 class Iterating(Recording):

@@ -365,6 +365,15 @@ def test_two_tracing_observers_on_one_front_restore_the_context_they_found(
     assert trace.get_current_span().get_span_context().trace_id == 9
     tee.finished(token, None)
     assert otel_context.get_current() is before
+    for _ in range(2):  # a producer's sends: each its own trace, nothing left current
+        sent = tee.send("out", [[]], client_injects=False)
+        assert trace.get_current_span().get_span_context().is_valid
+        tee.sent(sent, None)
+        assert otel_context.get_current() is before
+    sends = [span for span in exporter.get_finished_spans() if span.name.startswith("send")]
+    # one trace per send (the second observer's span inside the first's), none chained on
+    assert len(sends) == 4 and len({span.context.trace_id for span in sends}) == 2
+    assert sum(span.parent is None for span in sends) == 2
 
 
 def test_handlers_running_at_once_each_keep_their_records_parent(
