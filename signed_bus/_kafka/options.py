@@ -16,6 +16,10 @@ from signed_bus.errors import ConfigurationError
 
 __all__ = ["OWNED_OPTIONS", "Backoff", "ConsumerOptions", "require_read_committed"]
 
+#: The dead-letter producer's ``max_batch_size`` (aiokafka's own default; a larger letter
+#: still travels, alone in its batch).
+DEAD_LETTER_BATCH_BYTES = 16_384
+
 _READ_COMMITTED = "read_committed"
 
 #: aiokafka consumer options the library sets itself: refused in ``ConsumerOptions.extra``.
@@ -145,10 +149,21 @@ class ConsumerOptions:
         )
 
     def dead_letter_producer(self) -> ProducerOptions:
-        """Options for the dead-letter producer built from the same connection settings."""
+        """Options for the dead-letter producer built from the same connection settings.
+
+        ``acks=all`` without idempotence, in batches of at most 16 KiB: letters are delivered
+        at least once anyway (a duplicate letter is harmless: a redrive of it is a replay), and
+        a dead-letter topic's ``max.message.bytes`` bounds a whole record batch. A batch it
+        refuses is resent letter by letter (:class:`~signed_bus._kafka.deadletters.
+        DeadLetterSender`), which an idempotent producer cannot do: the refused batch spent its
+        sequence numbers, and the next one fails with OutOfOrderSequenceNumber. Small batches
+        keep such refusals rare (a letter is usually the size of the record it carries).
+        """
         return ProducerOptions(
             bootstrap_servers=self.bootstrap_servers,
             client_id=f"{self.client_id or self.group_id}-dead-letters",
+            enable_idempotence=False,
+            max_batch_size=DEAD_LETTER_BATCH_BYTES,
             security=self.security,
         )
 

@@ -72,23 +72,29 @@ async def test_letters_that_each_fit_keep_their_values_when_their_batch_does_not
     redis_prefix: str,
     unique_topic: TopicFactory,
 ) -> None:
-    """A fetch of rejected records whose letters each fit the dead-letter topic's
-    ``max.message.bytes`` but not all in one record batch: the broker refuses the batch, and
-    every letter is written with its value (sent alone), none marked as omitted."""
+    """Rejected records whose letters each fit the dead-letter topic's ``max.message.bytes``
+    but not several in one record batch: the broker refuses such a batch, and every letter is
+    still written whole (sent again alone), none marked as omitted, and the consumer goes on.
+    The dead-letter producer has written a letter before (a producer the broker knows: an
+    idempotent one would fail the next batch with OutOfOrderSequenceNumber)."""
     topic = await unique_topic("dlq-batch")
-    dead = await unique_topic("dlq-batch-dlq", config={"max.message.bytes": "131072"})
-    count = 12
-    async with plain_producer(kafka_bootstrap) as producer:
-        for n in range(count):
-            await producer.send(topic, bytes([65 + n]) * 30_000, key=b"k%d" % n, partition=0)
-        await producer.flush()
+    dead = await unique_topic("dlq-batch-dlq", config={"max.message.bytes": "8192"})
+    count, size = 13, 3_000
     spec = Spec(kafka_bootstrap, [topic], redis_url, redis_prefix, verifier(keyring()),
                 dead_letter_topic=dead)  # fmt: skip
-    async with front.consume(spec) as running:
+    async with plain_producer(kafka_bootstrap) as producer, front.consume(spec) as running:
+        await producer.send_and_wait(topic, b"@" * size, key=b"first", partition=0)
         await running.caught_up(await end_offsets(kafka_bootstrap, [topic]))
+        assert running.metrics.dead_lettered == 1
+        for n in range(1, count):
+            await producer.send(topic, bytes([65 + n]) * size, key=b"k%d" % n, partition=0)
+        await producer.flush()
+        await running.caught_up(await end_offsets(kafka_bootstrap, [topic]))
+        assert running.alive()
     assert running.metrics.dead_lettered == count
     assert running.metrics.dead_letters_dropped == 0
     letters = [DeadLetter.from_record(r) for r in await read_all(kafka_bootstrap, dead, count)]
     assert sorted(d.source_offset for d in letters) == list(range(count))
     assert not any(d.value_omitted for d in letters)
-    assert all(d.value == bytes([65 + d.source_offset]) * 30_000 for d in letters)
+    expected = {0: b"@" * size} | {n: bytes([65 + n]) * size for n in range(1, count)}
+    assert all(d.value == expected[d.source_offset] for d in letters)

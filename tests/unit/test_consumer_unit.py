@@ -178,7 +178,9 @@ def test_consumer_options_validate_and_hide_security() -> None:
         with pytest.raises(ConfigurationError):
             ConsumerOptions(**kwargs)
     dead_letters = options.dead_letter_producer()
-    assert dead_letters.enable_idempotence and dead_letters.security == options.security
+    # acks=all, not idempotent, small batches: a refused batch is resent letter by letter
+    assert dead_letters.acks == "all" and not dead_letters.enable_idempotence
+    assert dead_letters.max_batch_size == 16_384 and dead_letters.security == options.security
 
 
 def test_producer_options_validate_and_hide_security() -> None:
