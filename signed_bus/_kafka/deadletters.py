@@ -168,11 +168,16 @@ class DeadLetterSender:
             futures: list[asyncio.Future[Any]] = []
             last_error: BaseException | None = None
             todo.sort(key=lambda pending: not pending[3])  # the lone ones first
+            stalled = False  # a lone letter failed retriably: the rest waits for the backoff
             for record, error, omit, alone in todo:
+                if stalled:
+                    failed.append((record, error, omit, alone))
+                    continue
                 try:
                     future, omit = await writer.send_letter(record, error, omit=omit)
                     if alone:  # its own request: nothing else is queued until it is answered
                         await asyncio.wait((future,))
+                        stalled = _failed_retriably(future)
                 except KafkaError as exc:
                     if is_too_large(exc):
                         self._drop(record, error, exc)
@@ -229,3 +234,12 @@ class DeadLetterSender:
             type(exc).__name__,
             error,
         )
+
+
+def _failed_retriably(future: asyncio.Future[Any]) -> bool:
+    """True when a lone letter's delivery failed for a reason a retry may cure (the topic is
+    unavailable), not for its size."""
+    if future.cancelled():
+        return False
+    problem = future.exception()
+    return problem is not None and not is_too_large(problem) and is_retriable(problem)

@@ -48,6 +48,14 @@ def _too_large(error: KafkaError) -> bool:
     return error.code() in _TOO_LARGE
 
 
+def _retriable(result: KafkaError | bool | None) -> bool:
+    """True for a letter's outcome a retry may cure: no report in time, or a failure that is
+    neither its size nor fatal."""
+    if result is True:
+        return True
+    return isinstance(result, KafkaError) and not _too_large(result) and not result.fatal()
+
+
 #: A letter still to send: the record, its rejection, what to leave out, and whether it goes
 #: alone (flushed before anything else is queued).
 _Pending = tuple[Any, VerificationError, Omitted, bool]
@@ -89,14 +97,20 @@ class DeadLetters:
             results: list[KafkaError | bool | None] = []
             queued: list[_Pending] = []
             todo.sort(key=lambda pending: not pending[3])  # the lone ones first
+            # not queued this round: a lone letter failed retriably, the rest waits for the
+            # backoff (with the topic away, each lone flush would wait flush_s)
+            waiting: list[_Pending] = []
             for record, error, omit, alone in todo:
+                if waiting or (queued and queued[-1][3] and _retriable(results[-1])):
+                    waiting.append((record, error, omit, alone))
+                    continue
                 omit = self._queue(record, error, omit, results)
                 queued.append((record, error, omit, alone))
                 if alone:  # its own batch: nothing else is queued until it is answered
                     self._producer.flush(self._flush_s)
             self._producer.flush(self._flush_s)
-            retry: list[_Pending] = []
-            last: str | None = None
+            retry: list[_Pending] = waiting
+            last: str | None = None  # set below: the queued lone letter that failed is retried
             for (record, error, omit, alone), result in zip(queued, results, strict=True):
                 if result is None:
                     self._metrics.dead_lettered += 1

@@ -748,6 +748,32 @@ async def test_letters_refused_as_too_large_together_are_sent_again_alone_whole(
     assert consumer.metrics.dead_lettered == 2 and consumer.metrics.dead_letters_dropped == 0
 
 
+async def test_lone_resends_wait_for_the_backoff_once_one_of_them_fails_retriably() -> None:
+    # The dead-letter topic goes away during the lone resends: the next lone letter is not
+    # sent (and waited for) in that round, but after the backoff, as any retriable failure.
+    refused = ("fail", too_large())
+    producer = ScriptedProducer(refused, refused, ("fail", KafkaTimeoutError()), "ok", "ok")
+    consumer = dead_lettering(producer)
+    sent_at_hold: list[int] = []
+
+    async def hold(seconds: float) -> bool:
+        sent_at_hold.append(len(producer.sent))
+        return True
+
+    consumer.sender._hold = hold
+    rejected = [
+        (record(b"first", offset=0), BadSignature("no")),
+        (record(b"second", offset=1), BadSignature("no")),
+    ]
+    assert await consumer.sender.send(rejected)
+    sent = [value for _, value, _, _ in producer.sent]
+    assert sent_at_hold == [3]  # "second" was not sent alone before the backoff
+    # together, refused; "first" alone, timed out: "second" is not sent until the retry
+    assert sent[:3] == [b"first", b"second", b"first"]
+    assert sorted(sent[3:]) == [b"first", b"second"]
+    assert consumer.metrics.dead_letter_retries == 1 and consumer.metrics.dead_lettered == 2
+
+
 def test_metrics_snapshot_is_a_plain_copy() -> None:
     metrics = ConsumerMetrics()
     metrics.rejected["replay"] += 2
