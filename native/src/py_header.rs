@@ -8,7 +8,7 @@
 
 use pyo3::exceptions::PyKeyError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyString, PyTuple};
+use pyo3::types::{PyBytes, PyIterator, PyList, PyString, PyTuple};
 
 use crate::wire::{self, Header};
 
@@ -16,7 +16,8 @@ use crate::wire::{self, Header};
 pub(crate) type HeldTexts = [Py<PyString>; 6];
 
 /// A checked protected header: `header[key]`, `header.get(key, default=None)`, `key in
-/// header` and `len(header)` answer as the pure path's dict does (the parents as a tuple).
+/// header`, `len(header)`, `keys()` and iteration answer as the pure path's dict does (the
+/// parents as a tuple; any key that is not one of its texts is absent).
 #[pyclass(frozen, module = "signed_bus_native", name = "Header")]
 pub struct CheckedHeader {
     texts: HeldTexts,
@@ -49,9 +50,20 @@ impl CheckedHeader {
         })
     }
 
-    /// The value under `key`, or None when the header has no such key.
-    fn value<'py>(&self, py: Python<'py>, key: &str) -> PyResult<Option<Bound<'py, PyAny>>> {
-        let Some(index) = wire::KEYS.iter().position(|name| *name == key) else {
+    /// The value under `key`, or None when the header has no such key (as for a dict: any
+    /// object that is not one of its text keys, a non-text one included, is just absent).
+    fn value<'py>(
+        &self,
+        py: Python<'py>,
+        key: &Bound<'py, PyAny>,
+    ) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let Ok(text) = key.downcast::<PyString>() else {
+            return Ok(None);
+        };
+        let Ok(text) = text.to_str() else {
+            return Ok(None); // a lone surrogate: no key of the header
+        };
+        let Some(index) = wire::KEYS.iter().position(|name| *name == text) else {
             return Ok(None);
         };
         Ok(Some(match index {
@@ -75,10 +87,14 @@ impl CheckedHeader {
 
 #[pymethods]
 impl CheckedHeader {
-    fn __getitem__<'py>(&self, py: Python<'py>, key: &str) -> PyResult<Bound<'py, PyAny>> {
+    fn __getitem__<'py>(
+        &self,
+        py: Python<'py>,
+        key: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
         match self.value(py, key)? {
             Some(value) => Ok(value),
-            None => Err(PyKeyError::new_err(key.to_owned())),
+            None => Err(PyKeyError::new_err(key.clone().unbind())),
         }
     }
 
@@ -86,7 +102,7 @@ impl CheckedHeader {
     fn get<'py>(
         &self,
         py: Python<'py>,
-        key: &str,
+        key: &Bound<'py, PyAny>,
         default: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         Ok(match self.value(py, key)? {
@@ -95,8 +111,18 @@ impl CheckedHeader {
         })
     }
 
-    fn __contains__(&self, py: Python<'_>, key: &str) -> PyResult<bool> {
+    fn __contains__<'py>(&self, py: Python<'py>, key: &Bound<'py, PyAny>) -> PyResult<bool> {
         Ok(self.value(py, key)?.is_some())
+    }
+
+    /// The header's keys, in the wire order (``exp`` only when present): ``dict(header)``
+    /// gives the pure path's map.
+    fn keys<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        PyList::new(py, &wire::KEYS[..self.__len__()])
+    }
+
+    fn __iter__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyIterator>> {
+        self.keys(py)?.into_any().try_iter()
     }
 
     fn __len__(&self) -> usize {

@@ -142,6 +142,13 @@ def test_a_native_message_holds_its_header_in_one_untracked_object(kw: dict[str,
     assert header.get("exp", "none") == expected.get("exp", "none")
     with pytest.raises(KeyError):
         header["nope"]
+    assert list(header) == list(expected) and list(header.keys()) == list(expected)
+    assert {k: (tuple(v) if k == K_PAR else v) for k, v in expected.items()} == dict(header)
+    loose: Any = header  # keys of any type, as a dict takes them
+    for absent in (1, None, b"iss", "\ud800", ("iss",)):  # as a dict: just not one of its keys
+        assert absent not in loose and loose.get(absent, "d") == "d"
+        with pytest.raises(KeyError):
+            loose[absent]
     with pytest.raises(TypeError):
         header["iss"] = "someone"  # type: ignore[index]
     with pytest.raises(AttributeError):
