@@ -46,6 +46,7 @@ __all__ = [
     "DeadLetter",
     "MalformedDeadLetter",
     "Omitted",
+    "after_refusal",
     "dead_letter_headers",
     "header_map",
     "letter_parts",
@@ -132,6 +133,19 @@ class Omitted(enum.IntEnum):
     NOTHING = 0
     VALUE = 1
     VALUE_AND_KEY = 2
+
+
+def after_refusal(omit: Omitted, alone: bool) -> tuple[Omitted, bool] | None:
+    """How to send again a letter the broker refused as too large (both fronts' dead-letter
+    senders): sent in company, the same letter alone (letters queued together share a record
+    batch, which the topic's ``max.message.bytes`` bounds as a whole: the refusal may be the
+    batch's); sent alone, leaving out more; None once nothing is left to leave out (drop it).
+    The result is ``(omit, alone)`` for the next attempt."""
+    if not alone:
+        return omit, True
+    if omit < Omitted.VALUE_AND_KEY:
+        return Omitted(omit + 1), True
+    return None
 
 
 def letter_parts(

@@ -19,7 +19,7 @@ from aiokafka.errors import (
     RecordTooLargeError,
 )
 
-from signed_bus._deadletter import Omitted, letter_parts
+from signed_bus._deadletter import Omitted, after_refusal, letter_parts
 from signed_bus._gate import Rejected
 from signed_bus._kafka.options import Backoff
 from signed_bus._metrics import ConsumerMetrics
@@ -195,12 +195,11 @@ class DeadLetterSender:
                     metrics.dead_lettered += 1
                     metrics.observer.dead_letter_written(record, error)
                 elif is_too_large(result):
-                    if not alone:  # refused in company: the batch, not this letter, may be it
-                        failed.append((record, error, omit, True))
-                    elif omit < Omitted.VALUE_AND_KEY:  # refused alone: leave out more
-                        failed.append((record, error, Omitted(omit + 1), True))
-                    else:
+                    again = after_refusal(omit, alone)
+                    if again is None:
                         self._drop(record, error, result)
+                    else:
+                        failed.append((record, error, *again))
                 elif is_retriable(result):
                     failed.append((record, error, omit, alone))
                     last_error = result

@@ -17,7 +17,7 @@ from aiokafka import TopicPartition
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka import TopicPartition as Partition
 
-from signed_bus._deadletter import Omitted, letter_parts
+from signed_bus._deadletter import Omitted, after_refusal, letter_parts
 from signed_bus._gate import (
     HELD_FOR_DEAD_LETTERS,
     HELD_FOR_GUARD,
@@ -121,12 +121,11 @@ class DeadLetters:
                     retry.append((record, error, omit, alone))
                     last = "no delivery report"
                 elif isinstance(result, KafkaError) and _too_large(result):
-                    if not alone:  # refused in company: the batch, not this letter, may be it
-                        retry.append((record, error, omit, True))
-                    elif omit < Omitted.VALUE_AND_KEY:  # refused alone: leave out more
-                        retry.append((record, error, Omitted(omit + 1), True))
-                    else:
+                    again = after_refusal(omit, alone)
+                    if again is None:
                         self._drop(record, error, result.name())
+                    else:
+                        retry.append((record, error, *again))
                 elif isinstance(result, KafkaError) and (result.fatal()):
                     raise KafkaException(result)
                 else:

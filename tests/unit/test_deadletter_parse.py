@@ -202,3 +202,14 @@ def test_an_undecodable_letter_names_its_skipped_range() -> None:
     backwards = [(n, b"3" if n.endswith("last-offset") else v) for n, v in headers]
     with pytest.raises(MalformedDeadLetter):  # a range cannot end before it starts
         DeadLetter.from_record(Rec(backwards, value=None, key=None))
+
+
+def test_a_refused_letter_goes_alone_first_then_gives_up_value_then_key_then_is_dropped() -> None:
+    """The one ladder both fronts' dead-letter senders climb after a "too large" refusal."""
+    from signed_bus._deadletter import Omitted, after_refusal
+
+    assert after_refusal(Omitted.NOTHING, False) == (Omitted.NOTHING, True)
+    assert after_refusal(Omitted.VALUE, False) == (Omitted.VALUE, True)
+    assert after_refusal(Omitted.NOTHING, True) == (Omitted.VALUE, True)
+    assert after_refusal(Omitted.VALUE, True) == (Omitted.VALUE_AND_KEY, True)
+    assert after_refusal(Omitted.VALUE_AND_KEY, True) is None
