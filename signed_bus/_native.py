@@ -17,7 +17,8 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from types import ModuleType
 from typing import Any, Final
 
@@ -105,6 +106,20 @@ def _drop_nonces_at_fork(module: ModuleType) -> None:
 
 
 _module: ModuleType | None = load()
+
+
+@contextmanager
+def using(module: ModuleType | None) -> Iterator[None]:
+    """Inside the block, signers and verifiers built, and the helpers that pick their path per
+    call, use ``module`` (None: the pure-Python path); the choice before it comes back after.
+    For code that compares both paths in one process (the differential tests, the bench)."""
+    global _module
+    saved = _module
+    _module = module
+    try:
+        yield
+    finally:
+        _module = saved
 
 
 def active() -> bool:

@@ -25,12 +25,8 @@ def bench_paths() -> tuple[str, ...]:
 @contextmanager
 def built_on(path: str) -> Iterator[None]:
     """Signers and verifiers built, and per-call helpers run, inside this block use ``path``."""
-    saved = _native._module
-    _native._module = _native.load("1") if path == NATIVE else None
-    try:
+    with _native.using(_native.load("1") if path == NATIVE else None):
         yield
-    finally:
-        _native._module = saved
 
 
 def on_path_of(variant: str) -> AbstractContextManager[None]:

@@ -12,8 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -44,24 +43,14 @@ GENERATED = 100_000
 NATIVE = _native.load("1")
 
 
-@contextmanager
-def _path(module: Any) -> Iterator[None]:
-    saved = _native._module
-    _native._module = module
-    try:
-        yield
-    finally:
-        _native._module = saved
-
-
 def pure_path() -> Any:
     """Build signers and verifiers on the pure path inside this block."""
-    return _path(None)
+    return _native.using(None)
 
 
 def native_path() -> Any:
     """Build signers and verifiers on the native path inside this block."""
-    return _path(NATIVE)
+    return _native.using(NATIVE)
 
 
 def outcome(verifier: Verifier, value: bytes, topic: str, key: bytes | None, ref: Any) -> Any:

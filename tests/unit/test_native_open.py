@@ -12,8 +12,6 @@ from __future__ import annotations
 import gc
 import hashlib
 import pickle
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -30,16 +28,6 @@ from signed_bus._verifier import BatchItem, Verifier
 
 NATIVE = _native.load("1")
 NOW = 1_800_000_000_000
-
-
-@contextmanager
-def _path(module: Any) -> Iterator[None]:
-    saved = _native._module
-    _native._module = module
-    try:
-        yield
-    finally:
-        _native._module = saved
 
 
 def _ring() -> Keyring:
@@ -77,9 +65,9 @@ def _values() -> list[tuple[bytes, str, bytes | None]]:
 
 def test_native_messages_are_the_pure_ones_when_every_header_text_changes() -> None:
     ring = _ring()
-    with _path(None):
+    with _native.using(None):
         pure = Verifier(ring, clock=lambda: NOW)
-    with _path(NATIVE):
+    with _native.using(NATIVE):
         native = Verifier(ring, clock=lambda: NOW)
     assert native._opener is not None and pure._opener is None
     values = _values()
@@ -123,9 +111,9 @@ def _signed(**kw: Any) -> bytes:
 )
 def test_a_native_message_holds_its_header_in_one_untracked_object(kw: dict[str, Any]) -> None:
     ring = _ring()
-    with _path(None):
+    with _native.using(None):
         pure = Verifier(ring, clock=lambda: NOW)
-    with _path(NATIVE):
+    with _native.using(NATIVE):
         native = Verifier(ring, clock=lambda: NOW)
     value = _signed(**kw)
     expected = pure.verify(value, topic="t", key=kw.get("key")).__reduce__()[1][0]
@@ -157,9 +145,9 @@ def test_a_native_message_holds_its_header_in_one_untracked_object(kw: dict[str,
 
 def test_both_paths_pickle_a_message_to_the_same_bytes() -> None:
     ring = _ring()
-    with _path(None):
+    with _native.using(None):
         pure = Verifier(ring, clock=lambda: NOW)
-    with _path(NATIVE):
+    with _native.using(NATIVE):
         native = Verifier(ring, clock=lambda: NOW)
     for kw in ({"topic": "t"}, {"topic": "t", "parents": [b"p" * 32], "expires_at": NOW + 9}):
         value = _signed(**kw)
@@ -177,7 +165,7 @@ def test_a_settled_native_record_leaves_three_tracked_objects() -> None:
     # alive until its batch is dropped: the ConsumedMessage, its VerifiedMessage and the
     # batch entry; the checked header is not one of them.
     ring = _ring()
-    with _path(NATIVE):
+    with _native.using(NATIVE):
         gate = Gate(Verifier(ring, clock=lambda: NOW))
     values = [_signed(topic="t") for _ in range(300)]
     records = {

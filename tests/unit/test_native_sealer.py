@@ -13,8 +13,6 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import msgpack
@@ -34,18 +32,8 @@ ED = Ed25519Key.from_private_bytes("e", hashlib.sha256(b"e").digest(), issuers=[
 RING = Keyring([HMAC, ED])
 
 
-@contextmanager
-def _path(module: Any) -> Iterator[None]:
-    saved = _native._module
-    _native._module = module
-    try:
-        yield
-    finally:
-        _native._module = saved
-
-
 def _signer(kid: str = "h", **options: Any) -> Signer:
-    with _path(NATIVE):
+    with _native.using(NATIVE):
         return Signer(RING, kid=kid, issuer="agent", model="m", **options)
 
 
@@ -65,7 +53,7 @@ def test_a_default_signer_takes_the_one_call_path() -> None:
     assert _signer()._fast is not None
     assert _signer(clock=lambda: 1)._fast is None
     assert _signer(nonce_source=lambda: b"n" * 16)._fast is None
-    with _path(None):
+    with _native.using(None):
         assert Signer(RING, kid="h", issuer="agent", model="m")._fast is None
 
 
@@ -148,7 +136,7 @@ def test_what_the_extension_does_not_serve_takes_the_pure_path_and_its_errors() 
 
 
 def test_the_topic_cache_is_bounded() -> None:
-    with _path(NATIVE):
+    with _native.using(NATIVE):
         sealer = _native.fast_sealer(HMAC, b"", 2)
     assert sealer.add_topic("a", b"x")
     assert sealer.add_topic("b", b"x")
