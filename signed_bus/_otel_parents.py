@@ -20,7 +20,17 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.propagators.textmap import Getter
 
-__all__ = ["CURRENT", "ROOT", "TRACEPARENT", "Parents", "ShortPath", "drops_unsampled"]
+__all__ = [
+    "CURRENT",
+    "ROOT",
+    "TRACEPARENT",
+    "Parents",
+    "ShortPath",
+    "drops_unsampled",
+    "get_current",
+    "reset_current",
+    "set_current",
+]
 
 
 class _HeaderGetter(Getter[Sequence[tuple[str, bytes]]]):
@@ -79,6 +89,10 @@ def _runtime_variable() -> ContextVar[otel_context.Context] | None:
 
 
 CURRENT = _runtime_variable()
+# Its methods, bound once for the per-record hooks of the short path, which only runs when
+# CURRENT is not None (a stand-in variable otherwise: never set, nothing reads it).
+_VARIABLE = CURRENT if CURRENT is not None else ContextVar("signed_bus.unused")
+get_current, set_current, reset_current = _VARIABLE.get, _VARIABLE.set, _VARIABLE.reset
 
 
 class Parents:
@@ -184,8 +198,7 @@ class ShortPath:
             if found is None:
                 return None
             raw = found
-        assert CURRENT is not None  # see Tracing.received
-        base = CURRENT.get()
+        base = get_current()  # CURRENT: see Tracing.received
         if raw == self._raw and base is self._base:
             return self._context
         # A valid parent that was not sampled, exactly as TRACEPARENT and the W3C propagator
@@ -207,8 +220,9 @@ class ShortPath:
         if (
             base is self._base
             and _refs is not None
-            and _refs(context) == _CONTEXT_REFS
-            and _refs(span) == _SPAN_REFS
+            # each count is at least its own (the holders above): their sum is theirs only
+            # when each one is
+            and _refs(context) + _refs(span) == _CONTEXT_REFS + _SPAN_REFS
             and not _weakrefs(context)
             and not _weakrefs(span)
         ):

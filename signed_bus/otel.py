@@ -47,6 +47,9 @@ from signed_bus._otel_parents import (
     Parents,
     ShortPath,
     drops_unsampled,
+    get_current,
+    reset_current,
+    set_current,
 )
 
 if TYPE_CHECKING:
@@ -164,8 +167,7 @@ class Tracing(Observer):
         if self._fast:
             context = self._short.context(message.record.headers)
             if context is not None:
-                assert CURRENT is not None  # _fast
-                self._entered_token = CURRENT.set(context)
+                self._entered_token = set_current(context)  # CURRENT: _fast
                 self._entered = context
                 return message
         span, remote = self._process(message)
@@ -176,10 +178,9 @@ class Tracing(Observer):
         entered = self._entered
         if entered is not None:  # the short path: no span to end
             self._entered = None
-            assert CURRENT is not None  # _fast
-            if CURRENT.get() is entered:  # see _detach
+            if get_current() is entered:  # see _detach; CURRENT: _fast
                 try:
-                    CURRENT.reset(self._entered_token)
+                    reset_current(self._entered_token)
                 except ValueError:
                     otel_context.detach(self._entered_token)
             return

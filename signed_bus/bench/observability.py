@@ -7,7 +7,8 @@ Variants, interleaved round by round so the machine's drift hits each alike:
 - ``metrics``: :func:`signed_bus.prometheus.instrument` into a fresh registry;
 - ``metrics+tracing sampled``: also :func:`signed_bus.otel.instrument` with an SDK tracer
   provider whose sampler is parent-based with a 1% trace-id ratio at the root (a usual
-  production setting), into a batch processor whose exporter drops the spans;
+  production setting), into a batch processor whose exporter encodes the spans as an OTLP
+  exporter's request body and drops it (the exporter's CPU in this process, not the wire's);
 - ``metrics+tracing all``: the same, every span recorded (always-on sampling): the whole cost
   of the SDK on this side of the wire.
 
@@ -25,7 +26,9 @@ NEW) and settles fetches of those records, and ``async for``'s two hooks are cal
 record, as the consumer calls them; CPU time per record, the variants interleaved fetch by
 fetch, best of the rounds. No broker or Redis is involved, so other jobs on a shared machine
 disturb it least: it is the per-record cost of each observer, the figure to profile and
-compare changes with.
+compare changes with. The exporter's work (its own thread) is not in them: the part times the
+OTLP encoding of one fetch's spans, every one recorded, and adds a 1%-sampled record's share
+of it to the sampled variant (``gate + hooks + OTLP encoding``).
 ``--profile`` profiles one more, untimed consume pass with metrics and 1%-sampled tracing.
 """
 
@@ -41,7 +44,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from signed_bus._gate import LOG_APPEND_TIME, Gate
+from signed_bus._gate import LOG_APPEND_TIME, ConsumedMessage, Gate
 from signed_bus._kafka.consumer import VerifyingConsumer
 from signed_bus._kafka.producer import Outgoing, SignedProducer
 from signed_bus._metrics import ConsumerMetrics
@@ -69,35 +72,50 @@ PRODUCE_CHUNK = 500
 SAMPLED_EVERY = 100
 
 
-Instrument = Callable[[SignedProducer | VerifyingConsumer], Callable[[], None]]
+@dataclass(frozen=True, slots=True)
+class _Observers:
+    """What a variant attached to a front: ``flush`` exports the spans recorded so far (inside
+    a timed run: a running front's exporter works as it goes), ``shutdown`` detaches."""
+
+    flush: Callable[[], object] = lambda: None
+    shutdown: Callable[[], object] = lambda: None
+
+
+Instrument = Callable[[SignedProducer | VerifyingConsumer], _Observers]
 #: Records of the no-I/O runs (``hooks``), in fetches of MAX_RECORDS.
 HOOK_RECORDS = 20_000
+#: Passes over one fetch's records per round of the hooks alone (``_unsampled_hooks``).
+HOOK_PASSES = 10
 
 
 def _instrumenter(variant: str) -> Instrument:
-    """Attaches ``variant``'s observers to a front; the returned callable shuts them down."""
+    """Attaches ``variant``'s observers to a front."""
 
-    def attach(front: SignedProducer | VerifyingConsumer) -> Callable[[], None]:
-        shutdowns = [
+    def attach(front: SignedProducer | VerifyingConsumer) -> _Observers:
+        attached = [
             _observe(variant, metrics, group, topics) for metrics, group, topics in targets(front)
         ]
 
-        def shutdown_all() -> None:
-            for shutdown in shutdowns:
-                shutdown()
+        def flush_all() -> None:
+            for observers in attached:
+                observers.flush()
 
-        return shutdown_all
+        def shutdown_all() -> None:
+            for observers in attached:
+                observers.shutdown()
+
+        return _Observers(flush_all, shutdown_all)
 
     return attach
 
 
 def _observe(
     variant: str, metrics: Observed, group: str | None, topics: Sequence[str]
-) -> Callable[[], None]:
-    """Attaches ``variant``'s observers to a front's metrics object (as ``instrument`` does);
-    returns what shuts them down."""
+) -> _Observers:
+    """Attaches ``variant``'s observers to a front's metrics object (as ``instrument`` does)."""
     if variant == "off":
-        return lambda: None
+        return _Observers()
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import (
         BatchSpanProcessor,
@@ -110,38 +128,43 @@ def _observe(
     from signed_bus.otel import Tracing
     from signed_bus.prometheus import Metrics
 
-    class _Dropped(SpanExporter):
+    class _Encoded(SpanExporter):
+        """An OTLP exporter's work in this process (the spans encoded as its request body),
+        without the request: what exporting costs here, not the collector."""
+
         def export(self, spans: Sequence[Any]) -> SpanExportResult:
+            encode_spans(spans).SerializeToString()
             return SpanExportResult.SUCCESS
 
     attach(metrics, Metrics(CollectorRegistry(), group, topics))
     if variant == "metrics":
-        return lambda: None
+        return _Observers()
     sampled = variant == SAMPLED
     provider = TracerProvider(
         sampler=ParentBased(TraceIdRatioBased(0.01)) if sampled else ALWAYS_ON
     )
-    provider.add_span_processor(BatchSpanProcessor(_Dropped()))
+    provider.add_span_processor(BatchSpanProcessor(_Encoded()))
     attach(metrics, Tracing(group, tracer_provider=provider))
-    return provider.shutdown
+    return _Observers(provider.force_flush, provider.shutdown)
 
 
 async def _timed_consume(
-    consumer: VerifyingConsumer, count: int, shutdown: Callable[[], None]
+    consumer: VerifyingConsumer, count: int, observers: _Observers
 ) -> tuple[float, float]:
     """Records per second of wall time and per second of this process's CPU time (which the
-    other jobs of a shared machine do not inflate)."""
+    other jobs of a shared machine do not inflate), the export of the run's spans included."""
     try:
         await consumer.start()
         await wait_assigned(consumer.consumer)
         start = time.perf_counter()
         cpu = time.process_time()
         await _take(aiter(consumer), count)
+        observers.flush()
         elapsed = time.perf_counter() - start
         cpu = time.process_time() - cpu
     finally:
         await consumer.stop()
-        shutdown()
+        observers.shutdown()
     if consumer.metrics.rejected_total:
         raise RuntimeError(f"{consumer.metrics.rejected_total} records rejected in a timed run")
     return count / elapsed, count / cpu
@@ -168,11 +191,14 @@ def _orders(variants: list[str], count: int) -> list[list[str]]:
     return orders
 
 
-async def _timed_produce(producer: SignedProducer, topic: str, results: list[Any]) -> float:
+async def _timed_produce(
+    producer: SignedProducer, topic: str, results: list[Any], observers: _Observers
+) -> float:
     start = time.perf_counter()
     for first in range(0, len(results), PRODUCE_CHUNK):
         chunk = results[first : first + PRODUCE_CHUNK]
         await producer.send_batch(topic, [Outgoing(result) for result in chunk])
+    observers.flush()
     return len(results) / (time.perf_counter() - start)
 
 
@@ -217,22 +243,17 @@ def _hooks_per_record(
     instead of one variant's whole run. Timed with this thread's CPU clock: the batch span
     processor's export thread (of the every-span variant, mostly) is charged to no variant,
     rather than to whichever one runs while it works."""
-    now = int(time.time() * 1000)
-    records = [
-        _Record("bench.hooks", 0, n, now, LOG_APPEND_TIME, None, signer.sign(item.result,
-                topic="bench.hooks"), list(item.headers or ()))
-        for n, item in enumerate(_traced(results[:HOOK_RECORDS]))
-    ]  # fmt: skip
+    records = _hook_records(signer, results[:HOOK_RECORDS])
     fetches = [records[n : n + MAX_RECORDS] for n in range(0, len(records), MAX_RECORDS)]
     best = {variant: float("inf") for variant in VARIANTS}
     for _ in range(repeats):
-        runs: dict[str, tuple[ConsumerMetrics, Gate, Callable[[], None]]] = {}
+        runs: dict[str, tuple[ConsumerMetrics, Gate, _Observers]] = {}
         spent = dict.fromkeys(VARIANTS, 0.0)
         try:
             for variant in VARIANTS:
                 metrics = ConsumerMetrics()
-                shutdown = _observe(variant, metrics, "bench", ["bench.hooks"])
-                runs[variant] = metrics, Gate(verifier, metrics=metrics), shutdown
+                observers = _observe(variant, metrics, "bench", ["bench.hooks"])
+                runs[variant] = metrics, Gate(verifier, metrics=metrics), observers
             gc.collect()
             gc.freeze()  # the records and results: long-lived, as a running consumer's heap is
             for fetch, order in zip(fetches, _orders(list(VARIANTS), len(fetches)), strict=True):
@@ -243,13 +264,98 @@ def _hooks_per_record(
                     spent[variant] += time.thread_time() - cpu
         finally:
             gc.unfreeze()
-            for _, _, shutdown in runs.values():
-                shutdown()
+            for _, _, observers in runs.values():
+                observers.shutdown()
         for variant, (metrics, _, _) in runs.items():
             if metrics.rejected_total:
                 raise RuntimeError(f"{metrics.rejected_total} records rejected in a hooks run")
             best[variant] = min(best[variant], spent[variant] / len(records) * 1e6)
     return best
+
+
+def _hook_records(signer: Signer, results: list[Any]) -> list[_Record]:
+    """``results`` signed, as fetched records with their traced upstream's headers."""
+    now = int(time.time() * 1000)
+    return [
+        _Record("bench.hooks", 0, n, now, LOG_APPEND_TIME, None, signer.sign(item.result,
+                topic="bench.hooks"), list(item.headers or ()))
+        for n, item in enumerate(_traced(results))
+    ]  # fmt: skip
+
+
+def _encoding_per_span(
+    signer: Signer, verifier: Verifier, results: list[Any], repeats: int
+) -> float:
+    """Microseconds of CPU an OTLP exporter spends encoding one recorded ``process`` span
+    (on its own thread, which the hooks rows do not time but the consume rows do), best of
+    ``repeats``: the spans of one fetch, every one recorded."""
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.sdk.trace.sampling import ALWAYS_ON
+
+    from signed_bus.otel import Tracing
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=ALWAYS_ON)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    metrics = ConsumerMetrics()
+    attach(metrics, Tracing("bench", tracer_provider=provider))
+    fetch = _hook_records(signer, results[:MAX_RECORDS])
+    _through_hooks(Gate(verifier, metrics=metrics), fetch, metrics.observer)
+    spans = exporter.get_finished_spans()
+    provider.shutdown()
+    if len(spans) != len(fetch):
+        raise RuntimeError(f"{len(spans)} spans recorded for {len(fetch)} records")
+    best = float("inf")
+    for _ in range(repeats):
+        cpu = time.thread_time()
+        encode_spans(spans).SerializeToString()
+        best = min(best, time.thread_time() - cpu)
+    return best / len(spans) * 1e6
+
+
+def _unsampled_hooks(
+    signer: Signer, verifier: Verifier, results: list[Any], repeats: int
+) -> dict[str, float]:
+    """Nanoseconds of CPU the two hooks of ``async for`` take per record whose parent was not
+    sampled, alone (no gate: the least noisy figure of the part), for metrics and for metrics
+    with 1%-sampled tracing; the variants interleaved, best of ``repeats`` rounds of
+    ``HOOK_PASSES`` passes over one fetch's delivered records."""
+    variants = ("metrics", SAMPLED)
+    fetch = _hook_records(signer, results[:MAX_RECORDS])
+    runs: dict[str, tuple[Observer, list[ConsumedMessage], _Observers]] = {}
+    for variant in variants:
+        metrics = ConsumerMetrics()
+        observers = _observe(variant, metrics, "bench", ["bench.hooks"])
+        gate = Gate(verifier, metrics=metrics)
+        batch = timed_receive(gate, {0: fetch}, (), metrics.observer)
+        gate.settle(batch, [ClaimVerdict.NEW] * len(gate.claims(batch)))
+        messages = [m for _, _, m in batch.entries if m is not None and not _sampled(m)]
+        runs[variant] = metrics.observer, messages, observers
+    best = {variant: float("inf") for variant in variants}
+    try:
+        for order in _orders(list(variants), repeats * 2):
+            for variant in order:
+                observer, messages, _ = runs[variant]
+                cpu = time.thread_time()
+                for _ in range(HOOK_PASSES):
+                    for message in messages:
+                        observer.iterated()
+                        observer.iterating(message)
+                    observer.iterated()
+                spent = time.thread_time() - cpu
+                best[variant] = min(best[variant], spent / HOOK_PASSES / len(messages) * 1e9)
+    finally:
+        for _, _, observers in runs.values():
+            observers.shutdown()
+    return best
+
+
+def _sampled(message: ConsumedMessage) -> bool:
+    """True when the record's ``traceparent`` (as :func:`_traced` writes it) is sampled."""
+    return any(name == "traceparent" and value.endswith(b"-01") for name, value in message.headers)
 
 
 def _through_hooks(gate: Gate, fetch: list[_Record], observer: Observer) -> None:
@@ -295,11 +401,13 @@ async def _measure(config: BenchConfig, topics: dict[str, str]) -> PartResult:
                     shift = round_ % len(VARIANTS)
                     for variant in VARIANTS[shift:] + VARIANTS[:shift]:
                         producer = SignedProducer(kafka, signer=signer)
-                        shutdown = _instrumenter(variant)(producer)
+                        observers = _instrumenter(variant)(producer)
                         try:
-                            rate = await _timed_produce(producer, topics["produce"], results)
+                            rate = await _timed_produce(
+                                producer, topics["produce"], results, observers
+                            )
                         finally:
-                            shutdown()
+                            observers.shutdown()
                         produce[variant].append(rate)
                         guard = RedisReplayGuard(client, prefix=f"sb-obs-{uuid.uuid4().hex[:8]}")
                         consumer = VerifyingConsumer.from_options(
@@ -328,6 +436,8 @@ async def _measure(config: BenchConfig, topics: dict[str, str]) -> PartResult:
     finally:
         await kafka.stop()
     hooks = _hooks_per_record(signer, verifier, results, max(config.repeats, 3))
+    encoding = _encoding_per_span(signer, verifier, results, max(config.repeats, 3))
+    alone = _unsampled_hooks(signer, verifier, results, max(config.repeats, 3) * 3)
     best_consume = {variant: max(rates) for variant, rates in consume.items()}
     best_produce = {variant: max(rates) for variant, rates in produce.items()}
     best_cpu = {variant: max(rates) for variant, rates in consume_cpu.items()}
@@ -359,6 +469,13 @@ async def _measure(config: BenchConfig, topics: dict[str, str]) -> PartResult:
             per_record, hooks["off"], hooks[SAMPLED], "observability off", better="lower"),
         Row("observability", "gate + hooks per record (no I/O), metrics + tracing all",
             per_record, hooks["off"], hooks[ALL], "observability off", better="lower"),
+        # the exporter thread's share: 1 record in SAMPLED_EVERY has its span encoded
+        Row("observability", "gate + hooks + OTLP encoding per record (no I/O), metrics + "
+            "tracing sampled", per_record, hooks["off"], hooks[SAMPLED] + encoding / SAMPLED_EVERY,
+            "observability off", better="lower"),
+        Row("observability", "async for hooks alone per unsampled record (no gate, no I/O), "
+            "metrics + tracing sampled", "ns CPU/record", alone["metrics"], alone[SAMPLED],
+            "metrics alone", better="lower"),
     ]  # fmt: skip
     # Every span recorded is the SDK's own cost (its rows are printed, not targeted): the target
     # is the production setting, parent-based sampling. Per CPU second too: on a shared
@@ -397,12 +514,14 @@ async def _measure(config: BenchConfig, topics: dict[str, str]) -> PartResult:
         "best_consume_msg_per_s": best_consume,
         "hooks_us_cpu_per_record": hooks,
         "hooks_added_us_per_record": {v: hooks[v] - hooks["off"] for v in VARIANTS},
+        "otlp_encoding_us_per_span": encoding,
+        "unsampled_hooks_alone_ns_per_record": alone,
         "hook_records": min(HOOK_RECORDS, count),
         "profiles": [str(path) for path in profiles],
         "best_produce_msg_per_s": best_produce,
         "estimator": "best of interleaved rounds, each round starting with another variant",
-        "tracing": "SDK TracerProvider, BatchSpanProcessor, dropping exporter; parent-based "
-        "1% ratio or always on",
+        "tracing": "SDK TracerProvider, BatchSpanProcessor, exporter encoding OTLP protobuf "
+        "(no request); parent-based 1% ratio or always on",
         "sampled_records": f"1 in {SAMPLED_EVERY} consumed records carries a sampled parent",
         "topics": topics,
     }
