@@ -42,7 +42,7 @@ __all__ = [
 
 ENV_VAR: Final = "SIGNED_BUS_NATIVE"
 #: The interface version this package speaks; the extension exports its own (native/src/lib.rs).
-ABI_VERSION: Final = 6
+ABI_VERSION: Final = 7
 #: The distribution that holds the extension.
 DISTRIBUTION: Final = "signed-bus-native"
 
@@ -154,18 +154,20 @@ def sealer(key: Key) -> SealFn:
     return seal
 
 
-def fast_sealer(key: Key, msgpack_prefix: bytes, max_topics: int) -> Any:
+def fast_sealer(key: Key, msgpack_prefix: bytes, max_topics: int, *packing: Any) -> Any:
     """The extension's one-call signing path for a signer holding ``key`` with the system clock
     and the default nonce source: ``sign(body, topic, key)`` gives the record value of an
     encoded msgpack body without parents or expiry, or None where the Python path must seal
-    (a topic not handed over with ``add_topic`` yet, a key or body that is not bytes). None on
+    (a topic not handed over with ``add_topic`` yet, a key or body that is not bytes). With
+    ``packing`` (a packer factory, the largest body after which a packer is kept, the most kept)
+    its ``seal(result, topic, key)`` also encodes the result (signed_bus/_signer.py). None on
     the pure path or for a key the extension does not hold."""
     if _module is None:
         return None
     native = _native_key(_module, key)
     if native is None or not native.can_sign:
         return None
-    return _module.Sealer(native, msgpack_prefix, max_topics)
+    return _module.Sealer(native, msgpack_prefix, max_topics, *packing)
 
 
 def opener(

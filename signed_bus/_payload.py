@@ -34,9 +34,11 @@ __all__ = [
     "MAX_MSGPACK_DEPTH",
     "Encoder",
     "PayloadError",
+    "check_map_keys",
     "decode_json",
     "decode_msgpack",
     "encode_payload",
+    "new_packer",
     "payload_as",
 ]
 
@@ -193,17 +195,23 @@ def encode_payload(result: object) -> bytes:
     try:
         packer = _packers.pop()
     except IndexError:
-        packer = msgpack.Packer(default=_plain)
+        packer = new_packer()
     body = cast(bytes, packer.pack(result))  # on an error the packer is dropped (and resets)
-    if len(body) <= _POOLED_PACKER_BYTES and len(_packers) < _MAX_POOLED_PACKERS:
+    if len(body) <= POOLED_PACKER_BYTES and len(_packers) < MAX_POOLED_PACKERS:
         _packers.append(packer)  # a packer keeps its largest buffer: big ones are dropped
     native = _native._module
     if native is None or native.check_map_keys(body) != 1:  # 1: the extension's clear yes
-        _check_map_keys(body)  # decides every other case (asks the extension once more)
+        check_map_keys(body)  # decides every other case (asks the extension once more)
     return body
 
 
-def _check_map_keys(body: bytes) -> None:
+def new_packer() -> msgpack.Packer:
+    """A packer writing the default encoder's form (the pool's; the extension's one-call seal
+    keeps its own pool of these, with the same limits: signed_bus/_signer.py)."""
+    return msgpack.Packer(default=_plain)
+
+
+def check_map_keys(body: bytes) -> None:
     """The profile's map-key rule on an encoded body. msgpack's packer writes any key, so the
     body is checked after encoding: by the native extension's walk where it is loaded (no
     objects built; it leaves anything but a clear answer to the reader below), else read back
@@ -273,8 +281,8 @@ _packb = msgpack.packb
 _unpackb = msgpack.unpackb
 _packers: list[msgpack.Packer] = []
 #: A packer that encoded more than this is not pooled (it keeps its buffer's size).
-_POOLED_PACKER_BYTES: Final = 1 << 16
-_MAX_POOLED_PACKERS: Final = 16
+POOLED_PACKER_BYTES: Final = 1 << 16
+MAX_POOLED_PACKERS: Final = 16
 
 
 # -- decoding into a type ------------------------------------------------------------------------

@@ -24,7 +24,14 @@ from signed_bus._envelope import (
     topic_entry,
 )
 from signed_bus._keys import Keyring
-from signed_bus._payload import Encoder, encode_payload
+from signed_bus._payload import (
+    MAX_POOLED_PACKERS,
+    POOLED_PACKER_BYTES,
+    Encoder,
+    check_map_keys,
+    encode_payload,
+    new_packer,
+)
 from signed_bus.errors import ConfigurationError
 
 __all__ = ["NonceSource", "Signer"]
@@ -88,6 +95,7 @@ class Signer:
         "_msgpack_prefix",
         "_nonce",
         "_seal_fn",
+        "_seal_result",
         "_sign",
         "_topics",
     )
@@ -127,10 +135,23 @@ class Signer:
         self._encode = encoder
         # The default clock and nonce source: the extension reads both itself and seals a
         # msgpack body without parents or expiry in one call (None: the path below serves).
+        # With the default encoder it also encodes (`_seal_result`: one call, no frame of ours).
+        packing = (new_packer, POOLED_PACKER_BYTES, MAX_POOLED_PACKERS)
         self._fast = (
-            _native.fast_sealer(key, self._msgpack_prefix, _MAX_CACHED_TOPICS)
+            _native.fast_sealer(
+                key,
+                self._msgpack_prefix,
+                _MAX_CACHED_TOPICS,
+                *(packing if encoder is encode_payload else ()),
+            )
             if clock is system_clock and nonce_source is None
             else None
+        )
+        #: ``seal_result(result, topic, key)``: the record value; None (nothing encoded) or
+        #: ``(body,)`` (encoded, not sealed) where :meth:`_finish` must complete the signing.
+        #: Without parents and expiry only; None where the extension does not encode.
+        self._seal_result: Callable[[object, str, bytes | None], object] | None = (
+            self._fast.seal if self._fast is not None and encoder is encode_payload else None
         )
 
     @property
@@ -169,6 +190,12 @@ class Signer:
 
         Returns the Kafka record value. Raises TypeError if the encoder cannot encode ``result``.
         """
+        seal_result = self._seal_result
+        if seal_result is not None and expires_at is None and not parents:
+            sealed = seal_result(result, topic, key)  # one native call: encode, check, seal
+            if type(sealed) is bytes:
+                return sealed
+            return self._finish(sealed, result, topic, key)
         body = self._encode(result)
         fast = self._fast
         if fast is not None and expires_at is None and not parents:
@@ -178,6 +205,19 @@ class Signer:
         if type(body) is not bytes:
             raise TypeError("the encoder must return bytes")
         return self._seal(body, self._msgpack_prefix, topic, key, parents, expires_at)
+
+    def _finish(self, sealed: object, result: object, topic: str, key: bytes | None) -> bytes:
+        """The record value where :attr:`_seal_result` answered ``sealed`` (None or ``(body,)``)
+        for ``result`` without parents or expiry: the Python path's checks and errors."""
+        if sealed is None:
+            body = self._encode(result)
+            if type(body) is not bytes:
+                raise TypeError("the encoder must return bytes")
+        else:
+            assert type(sealed) is tuple
+            body = sealed[0]
+            check_map_keys(body)  # the default encoder's check, its error where it refuses
+        return self._seal(body, self._msgpack_prefix, topic, key, (), None)
 
     def sign_bytes(
         self,

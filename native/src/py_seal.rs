@@ -5,12 +5,17 @@
 //! itself: the wall clock (signed_bus._clock.system_clock) and a nonce from the pool in
 //! `nonces`. Anything else (a topic not seen yet, a record key that is not bytes, a body that is
 //! not bytes) is answered None, and the Python path seals it and raises its own errors.
+//!
+//! With a packer factory (signed_bus._payload.new_packer), `seal` also encodes: it does what
+//! signed_bus._payload.encode_payload does (a pooled msgpack packer, the body's map-key rule)
+//! and seals, in one call with no Python frame of ours.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyString};
+use pyo3::types::{PyBytes, PyString, PyTuple};
 
 use crate::crypto::sha256;
 use crate::nonces;
@@ -26,6 +31,21 @@ pub struct Sealer {
     prefix: Vec<u8>,
     topics: Mutex<HashMap<String, Vec<u8>>>,
     max_topics: usize,
+    /// Makes a msgpack packer (None: `seal` is not served); the packers `seal` may reuse, each
+    /// used by one call at a time; a packer is kept only after encoding at most
+    /// `pooled_bytes` (it keeps its largest buffer) and while fewer than `max_pooled` are kept.
+    new_packer: Option<Py<PyAny>>,
+    packers: Mutex<Vec<Py<PyAny>>>,
+    pooled_bytes: usize,
+    max_pooled: usize,
+}
+
+/// What `Sealer::seal` answers: the record value, or the encoded body the Python path must
+/// check and seal.
+#[derive(IntoPyObject)]
+pub enum Sealed<'py> {
+    Value(Bound<'py, PyBytes>),
+    Body(Bound<'py, PyTuple>),
 }
 
 fn now_ms() -> Option<u64> {
@@ -41,14 +61,80 @@ fn now_ms() -> Option<u64> {
 impl Sealer {
     /// `prefix`: the encoded alg..cty entries (signed_bus._envelope.header_prefix) for the
     /// msgpack content type; at most `max_topics` topic entries are kept.
+    /// `new_packer`, `pooled_bytes`, `max_pooled`: see the struct's fields.
     #[new]
-    fn new(key: Py<NativeKey>, prefix: Vec<u8>, max_topics: usize) -> Self {
+    #[pyo3(signature = (key, prefix, max_topics, new_packer=None, pooled_bytes=0, max_pooled=0))]
+    fn new(
+        key: Py<NativeKey>,
+        prefix: Vec<u8>,
+        max_topics: usize,
+        new_packer: Option<Py<PyAny>>,
+        pooled_bytes: usize,
+        max_pooled: usize,
+    ) -> Self {
         Sealer {
             key,
             prefix,
             topics: Mutex::new(HashMap::new()),
             max_topics,
+            new_packer,
+            packers: Mutex::new(Vec::new()),
+            pooled_bytes,
+            max_pooled,
         }
+    }
+
+    /// `result` encoded and sealed as `sign` seals a body: the record value; None where the
+    /// Python path must encode and seal (no packer factory, a topic not str, a record key not
+    /// bytes: nothing was encoded); `(body,)` where it must check and seal the encoded body (a
+    /// map key the extension does not clear, a topic not handed over yet, no clock or nonce).
+    /// The encoder's errors propagate, as from encode_payload.
+    fn seal<'py>(
+        &self,
+        py: Python<'py>,
+        result: &Bound<'py, PyAny>,
+        topic: &Bound<'py, PyAny>,
+        key: &Bound<'py, PyAny>,
+    ) -> PyResult<Option<Sealed<'py>>> {
+        let Some(new_packer) = &self.new_packer else {
+            return Ok(None);
+        };
+        let Ok(topic) = topic.downcast_exact::<PyString>() else {
+            return Ok(None);
+        };
+        let rkd = if key.is_none() {
+            None
+        } else {
+            match key.downcast_exact::<PyBytes>() {
+                Ok(key) => Some(sha256(key.as_bytes())),
+                Err(_) => return Ok(None),
+            }
+        };
+        // No lock held while Python runs: the packer's default hook may switch threads.
+        let pooled = self.packers.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let packer = match pooled {
+            Some(packer) => packer,
+            None => new_packer.call0(py)?,
+        };
+        // On an error the packer is dropped (msgpack resets it; it is not reused).
+        let body = packer.call_method1(py, intern!(py, "pack"), (result,))?;
+        let body = body.downcast_bound::<PyBytes>(py)?;
+        let bytes = body.as_bytes();
+        if bytes.len() <= self.pooled_bytes {
+            let mut packers = self.packers.lock().unwrap_or_else(|p| p.into_inner());
+            if packers.len() < self.max_pooled {
+                packers.push(packer);
+            }
+        }
+        let cleared = crate::body::check_map_keys(bytes) == crate::body::Keys::Ok;
+        let value = match (cleared, topic.to_str()) {
+            (true, Ok(topic)) => self.seal_body(py, bytes, topic, rkd.as_ref())?,
+            _ => None,
+        };
+        Ok(Some(match value {
+            Some(value) => Sealed::Value(value),
+            None => Sealed::Body(PyTuple::new(py, [body])?),
+        }))
     }
 
     /// Keep the encoded tpc entry (signed_bus._envelope.topic_entry) of `topic`; False when
@@ -89,6 +175,20 @@ impl Sealer {
                 Err(_) => return Ok(None),
             }
         };
+        self.seal_body(py, body, topic, rkd.as_ref())
+    }
+}
+
+impl Sealer {
+    /// The record value for an encoded body; None where the Python path must seal it (a topic
+    /// not handed over, a body over 4 GiB, no clock or nonce, a key that cannot sign).
+    fn seal_body<'py>(
+        &self,
+        py: Python<'py>,
+        body: &[u8],
+        topic: &str,
+        rkd: Option<&[u8; 32]>,
+    ) -> PyResult<Option<Bound<'py, PyBytes>>> {
         if body.len() > u32::MAX as usize {
             return Ok(None);
         }
@@ -103,7 +203,7 @@ impl Sealer {
             wire::protected_header(&SealInput {
                 prefix: &self.prefix,
                 topic_part,
-                rkd: rkd.as_ref().map(|d| d.as_slice()),
+                rkd: rkd.map(|d| d.as_slice()),
                 created_at,
                 nonce: &nonce,
                 parents_part: NO_PARENTS,

@@ -96,9 +96,16 @@ class SignedProducer(SyncLifecycle):
         message)`` runs from :meth:`poll` or :meth:`flush` once the broker answered. While
         librdkafka's local queue is full this polls (serving delivery reports) until it has
         room, so a loop of ``produce`` calls never fails with BufferError."""
-        value = self._signer.sign(
-            result, topic=topic, key=key, parents=parents, expires_at=expires_at
-        )
+        signer = self._signer
+        seal = signer._seal_result
+        if seal is not None and expires_at is None and not parents:
+            value = seal(result, topic, key)  # one native call: encode, check, seal
+            if type(value) is not bytes:
+                value = signer._finish(value, result, topic, key)
+        else:
+            value = signer.sign(
+                result, topic=topic, key=key, parents=parents, expires_at=expires_at
+            )
         if self.metrics.observer is NOOP and not headers and not self._closed:
             # Nobody observes this front and there are no headers: no hook calls, no carrier,
             # no frames of ours between the signer and librdkafka for this record.

@@ -186,3 +186,96 @@ def test_a_forked_child_does_not_hand_out_its_parents_pooled_nonces() -> None:
     assert len(child) == 100
     parent = {decode_envelope(signer.sign(1, topic="t")).header.nonce for _ in range(100)}
     assert not child & parent
+
+
+# -- the one call that also encodes (Signer.sign and SignedProducer.send with the default encoder)
+
+
+def test_a_default_encoder_signer_encodes_inside_the_one_call() -> None:
+    signer = _signer()
+    seal = signer._seal_result
+    assert seal is not None
+    assert _signer(encoder=lambda r: msgpack.packb(r))._seal_result is None
+    assert _signer(clock=lambda: 1)._seal_result is None
+    signer.sign(1, topic="t")  # hands "t" over
+    result = {"label": "cat", "scores": [0.25, 0.75], b"raw": None}
+    value = seal(result, "t", b"k")
+    assert type(value) is bytes
+    assert value == _pure_value(signer, value, "t", b"k")
+    assert Verifier(RING).verify(value, topic="t", key=b"k").payload == result
+    # nothing served, nothing encoded: a key that is not bytes, a topic that is not str
+    assert seal(result, "t", "k") is None  # type: ignore[arg-type]
+    assert seal(result, 1, None) is None  # type: ignore[arg-type]
+    # encoded but left to the Python path: a topic not handed over yet
+    assert seal(result, "new", None) == (msgpack.packb(result),)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [{0: 0.1}, {"v": [{"ok": 1}, {1.5: "x"}]}, {True: 1}, {None: 1}, {(1, 2): "pair"}],
+)
+def test_the_one_call_refuses_the_map_keys_the_encoder_refuses(value: object) -> None:
+    signer = _signer()
+    signer.sign(1, topic="t")
+    seal = signer._seal_result
+    assert seal is not None
+    # the extension leaves the verdict to the Python check, which raises the encoder's error
+    assert seal(value, "t", None) == (msgpack.packb(value),)
+    with pytest.raises(TypeError, match="map key whose form is not str or bytes"):
+        signer.sign(value, topic="t")
+
+
+def test_the_one_call_raises_the_encoders_errors_and_keeps_encoding() -> None:
+    signer = _signer()
+    signer.sign(1, topic="t")
+    with pytest.raises(TypeError, match="object has no payload form"):
+        signer.sign({"a": [1, 2, object()]}, topic="t")
+    value = signer.sign({"b": 1}, topic="t")
+    assert Verifier(RING).verify(value, topic="t", key=None).body == msgpack.packb({"b": 1})
+
+
+class _Slow:
+    """Encoded through the default encoder's Python hook, where threads switch."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+
+def test_the_one_calls_packers_are_never_shared_by_threads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import sys
+
+    from signed_bus import _payload
+
+    plain = _payload._plain
+    monkeypatch.setattr(
+        _payload, "_plain", lambda v: [v.n] * 3 if isinstance(v, _Slow) else plain(v)
+    )
+    signer = _signer()  # its packers are made after the patch: they call the patched hook
+    signer.sign(1, topic="t")
+    values = [{"i": i, "rows": [_Slow(i * 10 + j) for j in range(5)]} for i in range(200)]
+    expected = [
+        msgpack.packb({"i": i, "rows": [[i * 10 + j] * 3 for j in range(5)]}) for i in range(200)
+    ]
+    verifier = Verifier(RING)
+    wrong: list[int] = []
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+
+        def work() -> None:
+            for _ in range(3):
+                for i, value in enumerate(values):
+                    signed = signer.sign(value, topic="t")
+                    if verifier.verify(signed, topic="t", key=None).body != expected[i]:
+                        wrong.append(i)
+
+        threads = [threading.Thread(target=work) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert wrong == []

@@ -1,0 +1,87 @@
+"""``SignedProducer.send`` signs when called and hands back aiokafka's own ``send`` coroutine
+where nobody observes the producer (no frame of ours between the caller and aiokafka), on the
+native and the pure path alike; what it signs is what ``Signer.sign`` signs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import inspect
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from signed_bus import _native
+from signed_bus._kafka.producer import SignedProducer
+from signed_bus._keys import HmacKey, Keyring
+from signed_bus._signer import Signer
+from signed_bus._verifier import Verifier
+
+RING = Keyring([HmacKey("h", hashlib.sha256(b"h").digest(), issuers=["agent"])])
+NATIVE = _native.load("1")
+
+
+class Recording(AIOKafkaProducer):  # type: ignore[misc]
+    """aiokafka's producer with its network left out: ``send`` keeps what it was handed."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+
+    async def send(self, topic: str, value: Any = None, **options: Any) -> asyncio.Future[Any]:
+        self.sent.append({"topic": topic, "value": value, **options})
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        future.set_result(len(self.sent))
+        return future
+
+
+@pytest.fixture(params=["native", "pure"])
+def path(request: pytest.FixtureRequest) -> Iterator[str]:
+    with _native.using(NATIVE if request.param == "native" else None):
+        yield request.param
+
+
+def _producer() -> tuple[SignedProducer, Recording]:
+    kafka = Recording()
+    signer = Signer(RING, kid="h", issuer="agent", model="m")
+    return SignedProducer(kafka, signer=signer), kafka
+
+
+async def test_send_hands_back_aiokafkas_own_coroutine(path: str) -> None:
+    producer, kafka = _producer()
+    for round_ in range(3):  # the first send of a topic hands it to the extension
+        call = producer.send("t", {"n": round_}, key=b"k", headers=[("h", b"v")], partition=0)
+        assert inspect.iscoroutine(call)
+        assert call.cr_code is Recording.send.__code__  # no coroutine of ours around it
+        future = await call
+        assert await future == round_ + 1
+    assert producer.metrics.signed == 3
+    sent = kafka.sent[-1]
+    assert (sent["topic"], sent["key"], sent["partition"]) == ("t", b"k", 0)
+    assert sent["headers"] == [("h", b"v")]
+    message = Verifier(RING).verify(sent["value"], topic="t", key=b"k")
+    assert message.payload == {"n": 2}
+
+
+async def test_signing_errors_are_raised_by_the_call(path: str) -> None:
+    producer, kafka = _producer()
+    await producer.send("t", 1)
+    with pytest.raises(TypeError, match="map key"):
+        producer.send("t", {0: 0.5}).close()  # no await: signed when send is called
+    with pytest.raises(TypeError, match="key must be bytes or None"):
+        producer.send("t", 1, key="text").close()  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="has no payload form"):
+        producer.send("t", object()).close()
+    assert len(kafka.sent) == 1
+
+
+async def test_parents_and_expiry_take_the_signers_full_path(path: str) -> None:
+    producer, kafka = _producer()
+    parent = hashlib.sha256(b"p").digest()
+    expires_at = 4_102_444_800_000
+    await producer.send("t", {"a": 1}, parents=[parent], expires_at=expires_at)
+    message = Verifier(RING).verify(kafka.sent[0]["value"], topic="t", key=None)
+    assert message.parents == (parent,)
+    assert message.expires_at == expires_at
