@@ -157,7 +157,13 @@ pub struct Opener {
     /// The last Python string made for each header text: headers repeat from record to record,
     /// so most values reuse one (with its hash already computed for the keyring lookup).
     texts: Mutex<[HeldText; 6]>,
+    /// The cache entry the last value used: its kid's string, the keyring's key object and
+    /// the native key (most values name the same kid as the one before).
+    last_key: Mutex<Option<LastKey>>,
 }
+
+/// A kid's string, the keyring's key object for it and the native key built from that object.
+type LastKey = (Py<PyString>, Py<PyAny>, Py<NativeKey>);
 
 /// One header text and the Python string last made for it.
 type HeldText = Option<(Box<str>, Py<PyString>)>;
@@ -381,15 +387,33 @@ impl Opener {
         let Some(key_obj) = keys.get_item(&texts[wire::K_KID])? else {
             return done(Outcome::Rejected(Reason::UnknownKey));
         };
-        let Some(entry) = self.cache.bind(py).get_item(&texts[wire::K_KID])? else {
-            return done(Outcome::Refresh);
-        };
-        let entry = entry.downcast_into::<PyTuple>()?;
-        if !entry.get_item(0)?.is(&key_obj) {
-            return done(Outcome::Refresh);
-        }
-        let Ok(native) = entry.get_item(1)?.downcast_into::<NativeKey>() else {
-            return done(Outcome::Python);
+        let native = {
+            let mut last = self.last_key.lock().unwrap_or_else(|p| p.into_inner());
+            match &*last {
+                Some((kid, held, native))
+                    if kid.bind(py).is(&texts[wire::K_KID]) && held.bind(py).is(&key_obj) =>
+                {
+                    native.bind(py).clone()
+                }
+                _ => {
+                    let Some(entry) = self.cache.bind(py).get_item(&texts[wire::K_KID])? else {
+                        return done(Outcome::Refresh);
+                    };
+                    let entry = entry.downcast_into::<PyTuple>()?;
+                    if !entry.get_item(0)?.is(&key_obj) {
+                        return done(Outcome::Refresh);
+                    }
+                    let Ok(native) = entry.get_item(1)?.downcast_into::<NativeKey>() else {
+                        return done(Outcome::Python);
+                    };
+                    *last = Some((
+                        texts[wire::K_KID].clone().unbind(),
+                        key_obj.clone().unbind(),
+                        native.clone().unbind(),
+                    ));
+                    native
+                }
+            }
         };
         let key_ref = native.get();
         if alg != key_ref.material.alg() {
@@ -570,6 +594,7 @@ impl Opener {
                 undecoded,
             }),
             texts: Mutex::new(Default::default()),
+            last_key: Mutex::new(None),
         }
     }
 

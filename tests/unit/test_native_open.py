@@ -26,7 +26,13 @@ from signed_bus._message import VerifiedMessage
 from signed_bus._replay.guard import ClaimVerdict
 from signed_bus._signer import Signer
 from signed_bus._verifier import BatchItem, Verifier
-from signed_bus.errors import ConfigurationError, MalformedEnvelope
+from signed_bus.errors import (
+    BadSignature,
+    ConfigurationError,
+    MalformedEnvelope,
+    UnknownKey,
+    UntrustedIssuer,
+)
 
 NATIVE = _native.load("1")
 NOW = 1_800_000_000_000
@@ -253,3 +259,25 @@ def test_the_opener_leaves_arguments_that_are_not_bytes_to_the_verifier() -> Non
             either.verify(value, topic="t", key="k")
         with pytest.raises(MalformedEnvelope, match="record value is not bytes"):
             either.verify("text", topic="t", key=b"k")
+
+
+def test_a_key_replaced_under_the_kid_just_used_is_seen_at_once() -> None:
+    # The opener keeps the key entry of the last value's kid: a replacement in the keyring
+    # (a new key object under that kid) must take effect on the very next value.
+    ring = _ring()
+    with _native.using(NATIVE):
+        native = Verifier(ring, clock=lambda: NOW)
+    old = _signed(topic="t")
+    assert native.verify(old, topic="t", key=None).kid == "k1"
+    ring.add(HmacKey("k1", hashlib.sha256(b"new").digest(), issuers=["agent-a"]), replace=True)
+    with pytest.raises(BadSignature):
+        native.verify(old, topic="t", key=None)
+    signer = Signer(ring, kid="k1", issuer="agent-a", model="m", clock=lambda: NOW - 1_000)
+    new = signer.sign_bytes(b"\x81\xa1n\x05", content_type="application/msgpack", topic="t")
+    assert native.verify(new, topic="t", key=None).kid == "k1"
+    ring.add(HmacKey("k1", hashlib.sha256(b"1").digest(), issuers=["agent-b"]), replace=True)
+    with pytest.raises(UntrustedIssuer):
+        native.verify(old, topic="t", key=None)
+    ring.remove("k1")
+    with pytest.raises(UnknownKey):
+        native.verify(new, topic="t", key=None)
