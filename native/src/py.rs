@@ -387,32 +387,44 @@ impl Opener {
         let Some(key_obj) = keys.get_item(&texts[wire::K_KID])? else {
             return done(Outcome::Rejected(Reason::UnknownKey));
         };
-        let native = {
-            let mut last = self.last_key.lock().unwrap_or_else(|p| p.into_inner());
+        // Only pointer comparisons and reference counts while the lock is held: a dict lookup
+        // could run Python code (a key's __eq__), and another thread could then wait for this
+        // lock while holding the GIL.
+        let hit = {
+            let last = self.last_key.lock().unwrap_or_else(|p| p.into_inner());
             match &*last {
                 Some((kid, held, native))
                     if kid.bind(py).is(&texts[wire::K_KID]) && held.bind(py).is(&key_obj) =>
                 {
-                    native.bind(py).clone()
+                    Some(native.clone_ref(py))
                 }
-                _ => {
-                    let Some(entry) = self.cache.bind(py).get_item(&texts[wire::K_KID])? else {
-                        return done(Outcome::Refresh);
-                    };
-                    let entry = entry.downcast_into::<PyTuple>()?;
-                    if !entry.get_item(0)?.is(&key_obj) {
-                        return done(Outcome::Refresh);
-                    }
-                    let Ok(native) = entry.get_item(1)?.downcast_into::<NativeKey>() else {
-                        return done(Outcome::Python);
-                    };
-                    *last = Some((
-                        texts[wire::K_KID].clone().unbind(),
-                        key_obj.clone().unbind(),
-                        native.clone().unbind(),
-                    ));
-                    native
+                _ => None,
+            }
+        };
+        let native = match hit {
+            Some(native) => native.into_bound(py),
+            None => {
+                let Some(entry) = self.cache.bind(py).get_item(&texts[wire::K_KID])? else {
+                    return done(Outcome::Refresh);
+                };
+                let entry = entry.downcast_into::<PyTuple>()?;
+                if !entry.get_item(0)?.is(&key_obj) {
+                    return done(Outcome::Refresh);
                 }
+                let Ok(native) = entry.get_item(1)?.downcast_into::<NativeKey>() else {
+                    return done(Outcome::Python);
+                };
+                let entry = (
+                    texts[wire::K_KID].clone().unbind(),
+                    key_obj.clone().unbind(),
+                    native.clone().unbind(),
+                );
+                let replaced = {
+                    let mut last = self.last_key.lock().unwrap_or_else(|p| p.into_inner());
+                    last.replace(entry)
+                };
+                drop(replaced); // outside the lock: freeing a key object may run Python code
+                native
             }
         };
         let key_ref = native.get();
