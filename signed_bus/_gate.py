@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from signed_bus._envelope import K_IAT, K_ISS, K_NCE
 from signed_bus._freshness import Freshness
@@ -182,11 +182,18 @@ class ConsumedMessage:
         return self.record.headers
 
 
-_new = object.__new__
-# The slots' descriptors write past the frozen dataclass's __setattr__ (as its __init__ does).
-_set_verified = ConsumedMessage.__dict__["verified"].__set__
-_set_record = ConsumedMessage.__dict__["record"].__set__
-_set_claim = ConsumedMessage.__dict__["claim"].__set__
+class _ConsumedDraft:
+    """A ConsumedMessage under construction: the same slots in the same layout, without the
+    frozen dataclass's ``__setattr__``, so :meth:`Gate.settle` writes its fields as plain
+    attributes (no Python call each, nor the dataclass ``__init__`` frame) and then assigns its
+    ``__class__``, which CPython allows between classes of the same layout."""
+
+    __slots__ = ConsumedMessage.__slots__
+
+    verified: VerifiedMessage
+    record: Record
+    claim: ClaimVerdict | None
+
 
 # One entry per consumed record, in delivery order: (partition, offset + 1, message), where the
 # message is None for a rejected record.
@@ -357,11 +364,13 @@ class Gate:
                 continue
             if verdict is same and same is not None:
                 metrics.same_position += 1
-            consumed = _new(ConsumedMessage)  # the dataclass __init__ without its frame
-            _set_verified(consumed, message)
-            _set_record(consumed, record)
-            _set_claim(consumed, verdict)
-            entries[index] = (tp, record.offset + 1, consumed)
+            # The dataclass __init__ without its frame (typed Any: it becomes the message).
+            draft: Any = _ConsumedDraft()
+            draft.verified = message
+            draft.record = record
+            draft.claim = verdict
+            draft.__class__ = ConsumedMessage
+            entries[index] = (tp, record.offset + 1, draft)
         verified.clear()
 
     def unchecked(self, batch: Settling[P], error: ReplayGuardUnavailable) -> None:

@@ -5,14 +5,16 @@ native opener's header object (``signed_bus_native.Header``: the same keys and v
 like the map, the parents as a tuple), which costs one allocation instead of a dozen and which
 the cyclic collector does not track. The body is decoded on the first read of ``payload``.
 The verifier (and the native opener, through :data:`MAKER`) builds instances without
-``__init__``: ``object.__new__`` and the slot descriptors, past the frozen ``__setattr__``.
+``__init__`` or a Python call per field: a :class:`_Draft` (the same slots, no frozen
+``__setattr__``) has its fields written as plain attributes, then becomes a VerifiedMessage by
+``__class__`` assignment, which CPython allows between classes of the same layout.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Final, NoReturn
+from typing import Any, Final, NoReturn, cast
 
 from signed_bus._envelope import (
     CONTENT_TYPE_MSGPACK,
@@ -49,11 +51,11 @@ class VerifiedMessage:
     as a parent) is also computed on first access: most consumers never need it.
     """
 
-    # Verifier.verify builds instances without __init__: a view over the checked header map,
-    # four slot writes. ``_digest`` stays unset until first read and ``_payload`` holds
-    # _UNDECODED until then (a sentinel costs a tenth of a caught AttributeError, and every
-    # consumed record reads its payload). The keyword constructor below serves tests and code
-    # that builds messages by hand.
+    # Verifier.verify builds instances without __init__: a _Draft with four plain attribute
+    # writes, then its class set to this one. ``_digest`` stays unset until first read and
+    # ``_payload`` holds _UNDECODED until then (a sentinel costs a tenth of a caught
+    # AttributeError, and every consumed record reads its payload). The keyword constructor
+    # below serves tests and code that builds messages by hand.
     __slots__ = ("_digest", "_header", "_payload", "_value", "body")
 
     _header: Mapping[str, Any]  # a dict, or the native opener's Header (read the same way)
@@ -233,13 +235,33 @@ class VerifiedMessage:
 
 
 def _rebuild(header: dict[str, Any], body: bytes, digest: bytes) -> VerifiedMessage:
-    msg: VerifiedMessage = _new(VerifiedMessage)
-    _set_header(msg, header)
-    _set_body(msg, body)
-    _set_value(msg, None)
-    _set_payload(msg, _UNDECODED)
+    msg = _build(header, body, None)
     _set_digest(msg, digest)
     return msg
+
+
+class _Draft:
+    """A VerifiedMessage under construction: its slots, in the same layout, written as plain
+    attributes (no frozen ``__setattr__``, no Python call per field); :func:`_build` then
+    assigns its ``__class__``. Nothing outside this module and the native opener sees one."""
+
+    __slots__ = VerifiedMessage.__slots__
+
+    _header: Mapping[str, Any]
+    body: bytes
+    _value: bytes | None
+    _payload: object
+
+
+def _build(header: Mapping[str, Any], body: bytes, value: bytes | None) -> VerifiedMessage:
+    """The message of a checked header, its body and the record value (None: not kept)."""
+    draft = _Draft()
+    draft._header = header
+    draft.body = body
+    draft._value = value
+    draft._payload = _UNDECODED
+    draft.__class__ = VerifiedMessage  # type: ignore[assignment]
+    return cast(VerifiedMessage, draft)
 
 
 _new = object.__new__
@@ -259,7 +281,6 @@ _set_digest = _slot_setter("_digest")
 _set_payload = _slot_setter("_payload")
 
 
-#: How the native opener builds a message (signed_bus/_native.py): ``object.__new__``, the
-#: class, the setters of ``_header``, ``body``, ``_value``, ``_payload``, and the sentinel
-#: ``_payload`` holds until the first read.
-MAKER: Final = (_new, VerifiedMessage, _set_header, _set_body, _set_value, _set_payload, _UNDECODED)
+#: How the native opener builds a message (signed_bus/_native.py), as :func:`_build` does: the
+#: draft class, the class it becomes, and the sentinel ``_payload`` holds until the first read.
+MAKER: Final = (_Draft, VerifiedMessage, _UNDECODED)

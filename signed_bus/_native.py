@@ -42,7 +42,7 @@ __all__ = [
 
 ENV_VAR: Final = "SIGNED_BUS_NATIVE"
 #: The interface version this package speaks; the extension exports its own (native/src/lib.rs).
-ABI_VERSION: Final = 7
+ABI_VERSION: Final = 9
 #: The distribution that holds the extension.
 DISTRIBUTION: Final = "signed-bus-native"
 

@@ -24,17 +24,7 @@ from signed_bus._envelope import (
 )
 from signed_bus._freshness import Freshness
 from signed_bus._keys import EDDSA, HS256, Keyring
-from signed_bus._message import (
-    _UNDECODED,
-    CONTENT_TYPE_JSON,
-    MAKER,
-    VerifiedMessage,
-    _new,
-    _set_body,
-    _set_header,
-    _set_payload,
-    _set_value,
-)
+from signed_bus._message import CONTENT_TYPE_JSON, MAKER, VerifiedMessage, _build
 from signed_bus._message import _rebuild as _rebuild  # pickles name it here
 from signed_bus.errors import (
     AlgorithmMismatch,
@@ -180,6 +170,23 @@ class Verifier:
         which check failed. A ``key`` that is not bytes-like or None is a caller bug:
         ConfigurationError.
         """
+        opener = self._opener
+        if opener is None:
+            return self._verify_other(value, topic, key, reference_ms, "")
+        # The native path (signed_bus._native): one call, which answers "" for a value or key
+        # that is not exactly bytes (or None); _verify_other checks and converts those.
+        opened = opener.open(value, topic, key, reference_ms)
+        if opened.__class__ is VerifiedMessage:  # verified and fresh: the common case
+            return opened
+        return self._verify_other(value, topic, key, reference_ms, opened)
+
+    def _verify_other(
+        self, value: Any, topic: str, key: Any, reference_ms: int | None, opened: Any
+    ) -> VerifiedMessage:
+        """:meth:`verify` for everything but a value the native opener verified: arguments
+        to check or convert, a key cache to refresh, a stale value, a refusal, the pure path.
+        ``opened`` is the opener's answer for these arguments ("" on the pure path)."""
+        converted = False
         if key is not None and type(key) is not bytes:
             if not isinstance(key, bytearray | memoryview):
                 # A caller bug (a key deserializer, a str), not bad record bytes: say so loudly
@@ -188,15 +195,18 @@ class Verifier:
                     f"record key must be bytes or None, not {type(key).__name__}"
                 )
             key = bytes(key)
+            converted = True
         if type(value) is not bytes:
             if not isinstance(value, bytearray | memoryview):
                 raise MalformedEnvelope("record value is not bytes", topic=topic)
             value = bytes(value)
+            converted = True
         opener = self._opener
-        if opener is not None:  # the native path (signed_bus._native): one call
-            opened = opener.open(value, topic, key, reference_ms)
-            if opened.__class__ is VerifiedMessage:  # verified and fresh
-                return opened
+        if opener is not None:
+            if converted:  # the opener answered "" for the arguments as given
+                opened = opener.open(value, topic, key, reference_ms)
+                if opened.__class__ is VerifiedMessage:
+                    return opened
             if opened is None:  # the keyring changed since the last call
                 opened = _native.reopen(opener, value, topic, key, reference_ms)
                 if opened.__class__ is VerifiedMessage:
@@ -264,12 +274,7 @@ class Verifier:
                 kid=header[K_KID],
                 issuer=header[K_ISS],
             )
-        msg: VerifiedMessage = _new(VerifiedMessage)
-        _set_header(msg, header)
-        _set_body(msg, body)
-        _set_value(msg, value)
-        _set_payload(msg, _UNDECODED)
-        return msg
+        return _build(header, body, value)
 
     def _verify_pure(
         self, value: bytes, topic: str, key: bytes | None, reference_ms: int | None
@@ -326,9 +331,4 @@ class Verifier:
                 kid=kid,
                 issuer=issuer,
             )
-        msg = _new(VerifiedMessage)  # no __init__: see VerifiedMessage
-        _set_header(msg, header)
-        _set_body(msg, body)
-        _set_value(msg, value)
-        _set_payload(msg, _UNDECODED)
-        return msg
+        return _build(header, body, value)  # no __init__: see VerifiedMessage

@@ -157,21 +157,25 @@ pub struct Opener {
     /// The last Python string made for each header text: headers repeat from record to record,
     /// so most values reuse one (with its hash already computed for the keyring lookup).
     texts: Mutex<[HeldText; 6]>,
+    /// The cache entry the last value used: its kid's string, the keyring's key object and
+    /// the native key (most values name the same kid as the one before).
+    last_key: Mutex<Option<LastKey>>,
 }
+
+/// A kid's string, the keyring's key object for it and the native key built from that object.
+type LastKey = (Py<PyString>, Py<PyAny>, Py<NativeKey>);
 
 /// One header text and the Python string last made for it.
 type HeldText = Option<(Box<str>, Py<PyString>)>;
 
-/// signed_bus._verifier's way of building a VerifiedMessage without __init__ (the class
-/// refuses attribute writes): `object.__new__(cls)`, then its slots written through their
-/// descriptors (`_header`, `body`, `_value`, `_payload` = the undecoded sentinel).
+/// signed_bus._message._build's way of building a VerifiedMessage without __init__ (the class
+/// refuses attribute writes) or a Python call per field: a draft (the same slots, no frozen
+/// `__setattr__`) made by calling its class, its slots written as plain attributes (`_header`,
+/// `body`, `_value`, `_payload` = the undecoded sentinel), then its `__class__` set to the
+/// message class, which CPython allows between classes of the same layout.
 struct MessageMaker {
-    new: Py<PyAny>,
+    draft: Py<PyAny>,
     cls: Py<PyAny>,
-    set_header: Py<PyAny>,
-    set_body: Py<PyAny>,
-    set_value: Py<PyAny>,
-    set_payload: Py<PyAny>,
     undecoded: Py<PyAny>,
 }
 
@@ -183,27 +187,19 @@ impl MessageMaker {
         body: Bound<'py, PyBytes>,
         value: &Bound<'py, PyBytes>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let message = self.new.bind(py).call1((self.cls.bind(py),))?;
-        self.set_header.bind(py).call1((&message, header))?;
-        self.set_body.bind(py).call1((&message, body))?;
-        self.set_value.bind(py).call1((&message, value))?;
-        self.set_payload
-            .bind(py)
-            .call1((&message, self.undecoded.bind(py)))?;
+        let message = self.draft.bind(py).call0()?;
+        message.setattr(intern!(py, "_header"), header)?;
+        message.setattr(intern!(py, "body"), body)?;
+        message.setattr(intern!(py, "_value"), value)?;
+        message.setattr(intern!(py, "_payload"), self.undecoded.bind(py))?;
+        message.setattr(intern!(py, "__class__"), self.cls.bind(py))?;
         Ok(message)
     }
 }
 
-/// The pieces of a MessageMaker, as signed_bus/_native.py hands them over.
-type MakerParts = (
-    Py<PyAny>,
-    Py<PyAny>,
-    Py<PyAny>,
-    Py<PyAny>,
-    Py<PyAny>,
-    Py<PyAny>,
-    Py<PyAny>,
-);
+/// The pieces of a MessageMaker, as signed_bus/_native.py hands them over: the draft class,
+/// the message class, the sentinel.
+type MakerParts = (Py<PyAny>, Py<PyAny>, Py<PyAny>);
 
 fn header_key<'py>(py: Python<'py>, index: usize) -> &'py Bound<'py, PyString> {
     match index {
@@ -391,15 +387,45 @@ impl Opener {
         let Some(key_obj) = keys.get_item(&texts[wire::K_KID])? else {
             return done(Outcome::Rejected(Reason::UnknownKey));
         };
-        let Some(entry) = self.cache.bind(py).get_item(&texts[wire::K_KID])? else {
-            return done(Outcome::Refresh);
+        // Only pointer comparisons and reference counts while the lock is held: a dict lookup
+        // could run Python code (a key's __eq__), and another thread could then wait for this
+        // lock while holding the GIL.
+        let hit = {
+            let last = self.last_key.lock().unwrap_or_else(|p| p.into_inner());
+            match &*last {
+                Some((kid, held, native))
+                    if kid.bind(py).is(&texts[wire::K_KID]) && held.bind(py).is(&key_obj) =>
+                {
+                    Some(native.clone_ref(py))
+                }
+                _ => None,
+            }
         };
-        let entry = entry.downcast_into::<PyTuple>()?;
-        if !entry.get_item(0)?.is(&key_obj) {
-            return done(Outcome::Refresh);
-        }
-        let Ok(native) = entry.get_item(1)?.downcast_into::<NativeKey>() else {
-            return done(Outcome::Python);
+        let native = match hit {
+            Some(native) => native.into_bound(py),
+            None => {
+                let Some(entry) = self.cache.bind(py).get_item(&texts[wire::K_KID])? else {
+                    return done(Outcome::Refresh);
+                };
+                let entry = entry.downcast_into::<PyTuple>()?;
+                if !entry.get_item(0)?.is(&key_obj) {
+                    return done(Outcome::Refresh);
+                }
+                let Ok(native) = entry.get_item(1)?.downcast_into::<NativeKey>() else {
+                    return done(Outcome::Python);
+                };
+                let entry = (
+                    texts[wire::K_KID].clone().unbind(),
+                    key_obj.clone().unbind(),
+                    native.clone().unbind(),
+                );
+                let replaced = {
+                    let mut last = self.last_key.lock().unwrap_or_else(|p| p.into_inner());
+                    last.replace(entry)
+                };
+                drop(replaced); // outside the lock: freeing a key object may run Python code
+                native
+            }
         };
         let key_ref = native.get();
         if alg != key_ref.material.alg() {
@@ -574,36 +600,42 @@ impl Opener {
             audit,
             clock,
             system_clock,
-            maker: maker.map(
-                |(new, cls, set_header, set_body, set_value, set_payload, undecoded)| {
-                    MessageMaker {
-                        new,
-                        cls,
-                        set_header,
-                        set_body,
-                        set_value,
-                        set_payload,
-                        undecoded,
-                    }
-                },
-            ),
+            maker: maker.map(|(draft, cls, undecoded)| MessageMaker {
+                draft,
+                cls,
+                undecoded,
+            }),
             texts: Mutex::new(Default::default()),
+            last_key: Mutex::new(None),
         }
     }
 
     /// The VerifiedMessage of a verified value where the opener was given a maker, else
     /// `(header, body, None)`; `(header, body, now)` for an authentic value
     /// outside the freshness window at `now`; a reason code (str) for a refused one; `""` where
-    /// the Python path must decide; None when the key cache must be refreshed first.
+    /// the Python path must decide (also for a value, or a key, that is not exactly bytes, or
+    /// None for the key: Verifier.verify checks and converts those); None when the key cache
+    /// must be refreshed first.
     #[pyo3(signature = (value, topic, key, reference_ms = None))]
     fn open<'py>(
         &self,
         py: Python<'py>,
-        value: &Bound<'py, PyBytes>,
+        value: &Bound<'py, PyAny>,
         topic: &Bound<'py, PyAny>,
-        key: Option<&[u8]>,
+        key: &Bound<'py, PyAny>,
         reference_ms: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<PyObject> {
+        let python = || Ok(PyString::new(py, "").into_any().unbind());
+        let Ok(value) = value.downcast_exact::<PyBytes>() else {
+            return python();
+        };
+        let key = match key.is_none() {
+            true => None,
+            false => match key.downcast_exact::<PyBytes>() {
+                Ok(key) => Some(key.as_bytes()),
+                Err(_) => return python(),
+            },
+        };
         let outcome = self.check(py, value.as_bytes(), topic, key, reference_ms)?;
         outcome_object(py, value, self.maker.as_ref(), outcome)
     }

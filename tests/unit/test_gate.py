@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import pickle
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -221,7 +222,13 @@ def test_settled_messages_are_the_dataclass_its_constructor_builds() -> None:
     assert delivered == built
     assert [hash(m) for m in delivered] == [hash(m) for m in built]
     assert [repr(m) for m in delivered] == [repr(m) for m in built]
+    # settle builds each message as a draft whose class is then set: what it hands out is
+    # exactly a ConsumedMessage, which pickles and compares as a constructed one
+    assert all(type(m) is ConsumedMessage for m in delivered)
+    assert [pickle.loads(pickle.dumps(m)) for m in delivered] == built
     first = delivered[0]
     assert first is not None and first.payload == {"n": 0} and first.offset == 0
     with pytest.raises(dataclasses.FrozenInstanceError):
         first.claim = None  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        del first.record

@@ -9,6 +9,7 @@ module fails, it does not skip, without it.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import hashlib
 import pickle
@@ -25,6 +26,13 @@ from signed_bus._message import VerifiedMessage
 from signed_bus._replay.guard import ClaimVerdict
 from signed_bus._signer import Signer
 from signed_bus._verifier import BatchItem, Verifier
+from signed_bus.errors import (
+    BadSignature,
+    ConfigurationError,
+    MalformedEnvelope,
+    UnknownKey,
+    UntrustedIssuer,
+)
 
 NATIVE = _native.load("1")
 NOW = 1_800_000_000_000
@@ -185,3 +193,91 @@ def test_a_settled_native_record_leaves_three_tracked_objects() -> None:
         gc.enable()
     assert all(message is not None for _, _, message in batch.entries)
     assert kept <= 3 * len(values) + 10, kept / len(values)
+
+
+def _paths() -> tuple[Verifier, Verifier]:
+    ring = _ring()
+    with _native.using(None):
+        pure = Verifier(ring, clock=lambda: NOW)
+    with _native.using(NATIVE):
+        native = Verifier(ring, clock=lambda: NOW)
+    return pure, native
+
+
+def test_both_paths_hand_out_finished_frozen_messages() -> None:
+    # Both paths build the message as a draft whose class is then set: what leaves the
+    # verifier is a VerifiedMessage (never the draft), frozen, its digest and payload unread.
+    from signed_bus._message import _UNDECODED, _Draft
+
+    assert _Draft.__slots__ == VerifiedMessage.__slots__
+    value = _signed(topic="t", key=b"k")
+    for verifier in _paths():
+        for message in (
+            verifier.verify(value, topic="t", key=b"k"),
+            *verifier.verify_batch([(value, "t", b"k", None)] * 2),
+        ):
+            assert type(message) is VerifiedMessage
+            assert isinstance(message, VerifiedMessage)
+            assert not isinstance(message, _Draft)
+            assert message._payload is _UNDECODED and message._value == value
+            with pytest.raises(AttributeError):
+                _ = message._digest  # computed on first read only
+            for name in (*VerifiedMessage.__slots__, "issuer", "other"):
+                with pytest.raises(dataclasses.FrozenInstanceError):
+                    setattr(message, name, b"")
+                with pytest.raises(dataclasses.FrozenInstanceError):
+                    delattr(message, name)
+            assert message.payload == {"n": 5} and message.body == b"\x81\xa1n\x05"
+            assert message.digest == hashlib.sha256(value).digest()
+
+
+def test_the_opener_leaves_arguments_that_are_not_bytes_to_the_verifier() -> None:
+    # Verifier.verify hands its arguments to the extension unchecked: a value or key that is
+    # not exactly bytes (or None) is answered "" there, and checked or converted in Python.
+    pure, native = _paths()
+    opener = native._opener
+    value = _signed(topic="t", key=b"k")
+    native.verify(value, topic="t", key=b"k")  # fills the opener's key cache
+    assert opener is not None and opener.open(value, "t", b"k").__class__ is VerifiedMessage
+    for args in (
+        (bytearray(value), "t", b"k"),
+        (memoryview(value), "t", b"k"),
+        ("text", "t", b"k"),
+        (value, "t", bytearray(b"k")),
+        (value, "t", "k"),
+        (value, "t", 7),
+    ):
+        assert opener.open(*args) == ""
+    for got_value, got_key in ((bytearray(value), b"k"), (value, memoryview(b"k"))):
+        loose: Any = native
+        message = loose.verify(got_value, topic="t", key=got_key)
+        assert type(message) is VerifiedMessage
+        assert _fields(message) == _fields(pure.verify(value, topic="t", key=b"k"))
+    for verifier in (pure, native):
+        either: Any = verifier
+        with pytest.raises(ConfigurationError, match="record key must be bytes or None, not str"):
+            either.verify(value, topic="t", key="k")
+        with pytest.raises(MalformedEnvelope, match="record value is not bytes"):
+            either.verify("text", topic="t", key=b"k")
+
+
+def test_a_key_replaced_under_the_kid_just_used_is_seen_at_once() -> None:
+    # The opener keeps the key entry of the last value's kid: a replacement in the keyring
+    # (a new key object under that kid) must take effect on the very next value.
+    ring = _ring()
+    with _native.using(NATIVE):
+        native = Verifier(ring, clock=lambda: NOW)
+    old = _signed(topic="t")
+    assert native.verify(old, topic="t", key=None).kid == "k1"
+    ring.add(HmacKey("k1", hashlib.sha256(b"new").digest(), issuers=["agent-a"]), replace=True)
+    with pytest.raises(BadSignature):
+        native.verify(old, topic="t", key=None)
+    signer = Signer(ring, kid="k1", issuer="agent-a", model="m", clock=lambda: NOW - 1_000)
+    new = signer.sign_bytes(b"\x81\xa1n\x05", content_type="application/msgpack", topic="t")
+    assert native.verify(new, topic="t", key=None).kid == "k1"
+    ring.add(HmacKey("k1", hashlib.sha256(b"1").digest(), issuers=["agent-b"]), replace=True)
+    with pytest.raises(UntrustedIssuer):
+        native.verify(old, topic="t", key=None)
+    ring.remove("k1")
+    with pytest.raises(UnknownKey):
+        native.verify(new, topic="t", key=None)

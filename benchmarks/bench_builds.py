@@ -1,0 +1,127 @@
+"""Two builds of the native extension, timed against each other in one process.
+
+    .venv/bin/python benchmarks/bench_builds.py A.so B.so [--rounds N] [--ops N]
+
+Both files are builds of signed-bus-native (``signed_bus_native.abi3.so`` from a venv's
+site-packages, copied aside before the next ``make venv``) with this package's interface version.
+Each gets its own Verifier on the same keyring and the same 1,000 HS256 values; every round
+times every case of both builds in turn (thread CPU time, the collector off), and the best round
+counts. On a machine shared with other work this is the way to see a change of a few percent:
+two separate runs differ by more than that.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib.util
+import sys
+import time
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
+
+from aiokafka.structs import ConsumerRecord
+
+from signed_bus import _native
+from signed_bus._gate import LOG_APPEND_TIME, Gate
+from signed_bus._keys import Keyring
+from signed_bus._signer import Signer
+from signed_bus._verifier import Verifier
+from signed_bus.bench.codec import HMAC_KID, ISSUER, MODEL, bench_keyring
+from signed_bus.bench.payloads import inference_results
+
+TOPIC = "bench"
+BATCH = 500
+
+
+def load(path: str) -> ModuleType:
+    """The extension built into ``path``, loaded beside the installed one (which stays the one
+    ``import signed_bus_native`` gives)."""
+    installed = sys.modules.get("signed_bus_native")
+    spec = importlib.util.spec_from_file_location("signed_bus_native", path)
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"{path}: not a loadable extension")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if installed is not None:  # loading an extension registers it under its name
+        sys.modules["signed_bus_native"] = installed
+    if module.ABI_VERSION != _native.ABI_VERSION:
+        raise SystemExit(
+            f"{path}: interface version {module.ABI_VERSION}, not {_native.ABI_VERSION}"
+        )
+    return module
+
+
+def cases(
+    module: ModuleType, ring: Keyring, values: list[bytes]
+) -> dict[str, Callable[[Any], object]]:
+    with _native.using(module):
+        verifier = Verifier(ring)
+    opener = verifier._opener
+    assert type(opener) is module.Opener
+    # The key cache from this build's own key objects (signed_bus._native.refresh would take
+    # the installed module's).
+    for kid, key in ring._keys.items():
+        opener.cache[kid] = (key, _native._native_key(module, key))
+    assert type(verifier.verify(values[0], topic=TOPIC, key=None)._header) is module.Header
+    gate = Gate(verifier)
+    now = time.time_ns() // 1_000_000  # the broker's LogAppendTime: fresh for the whole run
+    fetches = [
+        {
+            0: [
+                ConsumerRecord(TOPIC, 0, i, now, LOG_APPEND_TIME, None, v, None, 0, len(v), ())
+                for i, v in enumerate(values[n : n + BATCH])
+            ]
+        }
+        for n in range(0, len(values), BATCH)
+    ]
+
+    def receive(index: int) -> object:
+        return gate.receive(fetches[index % len(fetches)])
+
+    return {
+        "Verifier.verify": lambda value: verifier.verify(value, topic=TOPIC, key=None),
+        "Opener.open": lambda value: opener.open(value, TOPIC, None, None),
+        "Opener.reason": lambda value: opener.reason(value, TOPIC, None, None),
+        f"Gate.receive, per record of {BATCH}": receive,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("a")
+    parser.add_argument("b")
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--ops", type=int, default=20_000)
+    args = parser.parse_args()
+    ring = bench_keyring()
+    signer = Signer(ring, kid=HMAC_KID, issuer=ISSUER, model=MODEL)
+    values = [signer.sign(result, topic=TOPIC) for result in inference_results(1000, size=512)]
+    inputs = [values[i % len(values)] for i in range(args.ops)]
+    fetches = list(range(max(1, args.ops // BATCH)))
+    builds = {"A": cases(load(args.a), ring, values), "B": cases(load(args.b), ring, values)}
+    best: dict[tuple[str, str], float] = {}
+    gc.disable()
+    try:
+        for _ in range(args.rounds):
+            for build, timed in builds.items():
+                for name, function in timed.items():
+                    per_batch = name.startswith("Gate.receive")
+                    items: list[Any] = fetches if per_batch else inputs
+                    start = time.thread_time_ns()
+                    for item in items:
+                        function(item)
+                    count = len(items) * (BATCH if per_batch else 1)
+                    us = (time.thread_time_ns() - start) / count / 1_000
+                    best[build, name] = min(best.get((build, name), us), us)
+    finally:
+        gc.enable()
+    print(f"best of {args.rounds} rounds, thread CPU, us per value (A = {args.a}, B = {args.b})")
+    for name in builds["A"]:
+        a, b = best["A", name], best["B", name]
+        print(f"{name:36s} A {a:6.3f}   B {b:6.3f}   B/A {b / a:5.3f}")
+
+
+if __name__ == "__main__":
+    main()
