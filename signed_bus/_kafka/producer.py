@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
@@ -183,20 +183,25 @@ class SignedProducer(AsyncLifecycle):
 
         Like aiokafka's ``send``: awaiting this queues the record, awaiting the returned future
         waits for the broker's acknowledgement and gives its ``RecordMetadata``. ``headers`` are
-        not signed (see the module docstring). The result is signed when ``send`` is called
-        (its errors are raised there); what it returns is a coroutine to await, aiokafka's own
-        ``send`` where nobody observes this producer, so no frame of ours stays in between.
+        not signed (see the module docstring). The result is signed when ``send`` is called;
+        what it returns is a coroutine to await, aiokafka's own ``send`` where nobody observes
+        this producer, so no frame of ours stays in between. A result that cannot be signed
+        raises when the coroutine is awaited, as from an ``async def``: sends gathered together
+        stay independent of each other.
         """
         signer = self._signer
         seal = signer._seal_result
-        if seal is not None and expires_at is None and not parents:
-            value = seal(result, topic, key)  # one native call: encode, check, seal
-            if type(value) is not bytes:
-                value = signer._finish(value, result, topic, key)
-        else:
-            value = signer.sign(
-                result, topic=topic, key=key, parents=parents, expires_at=expires_at
-            )
+        try:
+            if seal is not None and expires_at is None and not parents:
+                value = seal(result, topic, key)  # one native call: encode, check, seal
+                if type(value) is not bytes:
+                    value = signer._finish(value, result, topic, key)
+            else:
+                value = signer.sign(
+                    result, topic=topic, key=key, parents=parents, expires_at=expires_at
+                )
+        except Exception as error:  # handed to the awaiting caller unchanged
+            return _raise(error)
         producer, metrics = self._producer, self.metrics
         if metrics.observer is NOOP and producer is not None and not self._closed:
             # Nobody observes this front: no hook calls, no carrier, one frame less per record.
@@ -381,3 +386,9 @@ def _instrumented(producer: AIOKafkaProducer) -> bool:
     """True when tracing instrumentation wraps this producer's ``send`` (the official aiokafka
     instrumentation injects trace context itself: adding ours too would duplicate it)."""
     return hasattr(type(producer).send, "__wrapped__")
+
+
+async def _raise(error: Exception) -> NoReturn:
+    """What :meth:`SignedProducer.send` returns for a result it could not sign: the error,
+    raised where the caller awaits, with its traceback."""
+    raise error

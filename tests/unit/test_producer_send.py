@@ -1,6 +1,7 @@
 """``SignedProducer.send`` signs when called and hands back aiokafka's own ``send`` coroutine
 where nobody observes the producer (no frame of ours between the caller and aiokafka), on the
-native and the pure path alike; what it signs is what ``Signer.sign`` signs.
+native and the pure path alike; what it signs is what ``Signer.sign`` signs, and a result it
+cannot sign raises where the send is awaited, as from an ``async def``.
 """
 
 from __future__ import annotations
@@ -65,16 +66,32 @@ async def test_send_hands_back_aiokafkas_own_coroutine(path: str) -> None:
     assert message.payload == {"n": 2}
 
 
-async def test_signing_errors_are_raised_by_the_call(path: str) -> None:
+async def test_signing_errors_are_raised_where_the_send_is_awaited(path: str) -> None:
     producer, kafka = _producer()
     await producer.send("t", 1)
-    with pytest.raises(TypeError, match="map key"):
-        producer.send("t", {0: 0.5}).close()  # no await: signed when send is called
-    with pytest.raises(TypeError, match="key must be bytes or None"):
-        producer.send("t", 1, key="text").close()  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="has no payload form"):
-        producer.send("t", object()).close()
+    bad = [
+        (producer.send("t", {0: 0.5}), TypeError, "map key"),
+        (producer.send("t", 1, key="text"), TypeError, "key must be bytes or None"),  # type: ignore[arg-type]
+        (producer.send("t", object()), TypeError, "has no payload form"),
+    ]
+    assert len(kafka.sent) == 1  # nothing raised by the calls themselves
+    for call, error, match in bad:
+        with pytest.raises(error, match=match):
+            await call
     assert len(kafka.sent) == 1
+    assert producer.metrics.signed == 1
+
+
+async def test_gathered_sends_stay_independent_of_a_bad_one(path: str) -> None:
+    # As with an ``async def``: one result that cannot be signed fails its own send only; the
+    # sends gathered with it are all made.
+    producer, kafka = _producer()
+    calls = [producer.send("t", {"n": n} if n != 2 else {0: 1}) for n in range(5)]
+    outcomes = await asyncio.gather(*calls, return_exceptions=True)
+    assert isinstance(outcomes[2], TypeError)
+    assert [type(o) for n, o in enumerate(outcomes) if n != 2] == [asyncio.Future] * 4
+    payloads = [Verifier(RING).verify(s["value"], topic="t", key=None).payload for s in kafka.sent]
+    assert payloads == [{"n": n} for n in (0, 1, 3, 4)]
 
 
 async def test_parents_and_expiry_take_the_signers_full_path(path: str) -> None:
