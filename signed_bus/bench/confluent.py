@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -35,6 +34,7 @@ from signed_bus.bench.config import BenchConfig
 from signed_bus.bench.kafka import bench_topics, unique_name
 from signed_bus.bench.paths import bench_paths, built_on, on_path_of
 from signed_bus.bench.payloads import inference_results
+from signed_bus.bench.prefixes import bench_prefix
 from signed_bus.bench.redis_server import private_redis_url
 from signed_bus.bench.results import PartResult, Row, Target
 from signed_bus.confluent import SignedProducer, SyncRedisReplayGuard, VerifyingConsumer
@@ -179,7 +179,7 @@ def _run(config: BenchConfig, topics: dict[str, str], guard_url: str) -> dict[st
             if variant == "raw":
                 consume_rates["raw"].append(_raw_consume(config, topics["raw"], count))
                 continue
-            prefix = f"sb-bench-{uuid.uuid4().hex[:8]}"
+            prefix = bench_prefix()
             with (
                 on_path_of(variant),
                 SyncRedisReplayGuard.from_url(guard_url, prefix=prefix) as guard,

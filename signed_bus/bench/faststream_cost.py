@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from typing import Any
 
 import msgpack
@@ -34,6 +33,7 @@ from signed_bus.bench.codec import HMAC_KID, ISSUER, MODEL, bench_keyring
 from signed_bus.bench.config import BenchConfig
 from signed_bus.bench.kafka import bench_topics, start_producer, unique_name
 from signed_bus.bench.payloads import inference_results
+from signed_bus.bench.prefixes import bench_prefix
 from signed_bus.bench.redis_server import private_redis_url
 from signed_bus.bench.results import PartResult, Row
 
@@ -152,7 +152,7 @@ async def _measure(config: BenchConfig, topics: dict[str, str]) -> PartResult:
                     batch = mode == "batch"
                     wanted = counts[mode]
                     raw = await _run(config, topics["raw"], wanted, batch=batch, bus=None)
-                    guard = RedisReplayGuard(client, prefix=f"sb-bench-{uuid.uuid4().hex[:8]}")
+                    guard = RedisReplayGuard(client, prefix=bench_prefix())
                     bus = SignedBus(verifier=verifier, guard=guard)
                     signed = await _run(config, topics["signed"], wanted, batch=batch, bus=bus)
                     runs.setdefault(f"raw {mode}", []).append(raw)

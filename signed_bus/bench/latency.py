@@ -18,7 +18,6 @@ import contextlib
 import json
 import sys
 import time
-import uuid
 from typing import Any
 
 import msgpack
@@ -31,6 +30,7 @@ from signed_bus._verifier import Verifier
 from signed_bus.bench.codec import bench_keyring
 from signed_bus.bench.config import BenchConfig
 from signed_bus.bench.kafka import bench_topics, consumer_options, start_consumer, wait_assigned
+from signed_bus.bench.prefixes import bench_prefix
 from signed_bus.bench.redis_server import private_redis_url
 from signed_bus.bench.results import PartResult, Row, Target
 from signed_bus.bench.stats import percentile, summarize_latencies
@@ -187,7 +187,7 @@ async def _round(
         if variant != "raw":
             guard = RedisReplayGuard(
                 client,
-                prefix=f"sb-bench-{uuid.uuid4().hex[:8]}",
+                prefix=bench_prefix(),
             )
             await guard.start()
         samples, producer = await _run_variant(

@@ -37,7 +37,6 @@ from __future__ import annotations
 import gc
 import random
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -57,6 +56,7 @@ from signed_bus.bench.codec import HMAC_KID, ISSUER, MODEL, bench_keyring
 from signed_bus.bench.config import BenchConfig
 from signed_bus.bench.kafka import bench_topics, consumer_options, start_producer, wait_assigned
 from signed_bus.bench.payloads import inference_results
+from signed_bus.bench.prefixes import bench_prefix
 from signed_bus.bench.profiling import profiled
 from signed_bus.bench.redis_server import private_redis_url
 from signed_bus.bench.results import PartResult, Row, Target
@@ -409,7 +409,7 @@ async def _measure(config: BenchConfig, topics: dict[str, str]) -> PartResult:
                         finally:
                             observers.shutdown()
                         produce[variant].append(rate)
-                        guard = RedisReplayGuard(client, prefix=f"sb-obs-{uuid.uuid4().hex[:8]}")
+                        guard = RedisReplayGuard(client, prefix=bench_prefix())
                         consumer = VerifyingConsumer.from_options(
                             consumer_options(config, topics["consume"]),
                             verifier=verifier,
@@ -427,7 +427,7 @@ async def _measure(config: BenchConfig, topics: dict[str, str]) -> PartResult:
                         consumer = VerifyingConsumer.from_options(
                             consumer_options(config, topics["consume"]),
                             verifier=verifier,
-                            guard=RedisReplayGuard(client, prefix=f"sb-obs-{uuid.uuid4().hex[:8]}"),
+                            guard=RedisReplayGuard(client, prefix=bench_prefix()),
                             max_records=MAX_RECORDS,
                         )
                         await _timed_consume(consumer, count, _instrumenter(SAMPLED)(consumer))

@@ -33,7 +33,6 @@ import os
 import re
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +48,7 @@ from signed_bus._verifier import Verifier
 from signed_bus.bench.codec import bench_keyring
 from signed_bus.bench.config import BenchConfig
 from signed_bus.bench.kafka import bench_topics, consumer_options, start_consumer, wait_assigned
+from signed_bus.bench.prefixes import bench_prefix
 from signed_bus.bench.redis_cost import claiming, encodings, make_claims, memory_per_nonce
 from signed_bus.bench.redis_server import private_redis, private_redis_url
 from signed_bus.bench.results import PartResult, Row, Target
@@ -229,7 +229,7 @@ async def _run(
         consuming = asyncio.ensure_future(_consume_raw(options, count, warmup, out))
     else:
         peak = config.steady_rate if variant == "signed" else None
-        guard = RedisReplayGuard(client, prefix=f"sb-steady-{uuid.uuid4().hex[:8]}", peak_rate=peak)
+        guard = RedisReplayGuard(client, prefix=bench_prefix(), peak_rate=peak)
         await guard.start()
         verifier = Verifier(keyring, freshness=config.freshness)
         consumer = VerifyingConsumer.from_options(options, verifier=verifier, guard=guard)

@@ -60,3 +60,31 @@ def test_the_bench_runs_each_part_with_the_warning_dropped(
     result = asyncio.run(runner._run_part("consume", BenchConfig()))
     assert result.error is None
     assert _warnings(caplog) == []
+
+
+def test_every_bench_guard_takes_its_prefix_from_bench_prefix() -> None:
+    # A prefix spelt by hand ("sb-obs-...") missed the filter above and printed one warning per
+    # guard: every replay guard the bench builds names bench_prefix() (or a name bound to it).
+    import ast
+    import pathlib
+
+    import signed_bus.bench
+
+    root = pathlib.Path(signed_bus.bench.__file__).parent
+    guards = 0
+    for path in sorted(root.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if not isinstance(node, ast.Call):
+                continue
+            func = node.func
+            name = func.id if isinstance(func, ast.Name) else getattr(func, "attr", "")
+            if not name.endswith("ReplayGuard"):
+                continue
+            guards += 1
+            for keyword in node.keywords:
+                if keyword.arg == "prefix":
+                    value = keyword.value
+                    assert not isinstance(value, ast.JoinedStr | ast.Constant), (
+                        f"{path.name}:{node.lineno}: a prefix spelt by hand; use bench_prefix()"
+                    )
+    assert guards >= 5
