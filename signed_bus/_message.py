@@ -264,9 +264,6 @@ def _build(header: Mapping[str, Any], body: bytes, value: bytes | None) -> Verif
     return cast(VerifiedMessage, draft)
 
 
-_new = object.__new__
-
-
 def _slot_setter(name: str) -> Callable[[VerifiedMessage, Any], None]:
     # Slot descriptors write past the frozen __setattr__ (what a frozen dataclass does via
     # object.__setattr__, at half the cost).

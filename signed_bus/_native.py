@@ -42,7 +42,7 @@ __all__ = [
 
 ENV_VAR: Final = "SIGNED_BUS_NATIVE"
 #: The interface version this package speaks; the extension exports its own (native/src/lib.rs).
-ABI_VERSION: Final = 9
+ABI_VERSION: Final = 10
 #: The distribution that holds the extension.
 DISTRIBUTION: Final = "signed-bus-native"
 
@@ -159,9 +159,10 @@ def fast_sealer(key: Key, msgpack_prefix: bytes, max_topics: int, *packing: Any)
     and the default nonce source: ``sign(body, topic, key)`` gives the record value of an
     encoded msgpack body without parents or expiry, or None where the Python path must seal
     (a topic not handed over with ``add_topic`` yet, a key or body that is not bytes). With
-    ``packing`` (a packer factory, the largest body after which a packer is kept, the most kept)
-    its ``seal(result, topic, key)`` also encodes the result (signed_bus/_signer.py). None on
-    the pure path or for a key the extension does not hold."""
+    ``packing`` (a packer factory, the pool list it shares with the default encoder, the largest
+    body after which a packer is kept, the most kept) its ``seal(result, topic, key)`` also
+    encodes the result (signed_bus/_signer.py). None on the pure path or for a key the extension
+    does not hold."""
     if _module is None:
         return None
     native = _native_key(_module, key)
@@ -216,6 +217,7 @@ def refresh(native_opener: Any) -> None:
     cache: dict[str, tuple[Key, Any]] = native_opener.cache
     keys: dict[str, Key] = native_opener.keyring._keys
     with _REFRESH_LOCK:
+        native_opener.forget_last()  # it may hold a key the keyring no longer has
         for kid in [kid for kid in list(cache) if kid not in keys]:
             cache.pop(kid, None)
         for kid, key in list(keys.items()):

@@ -221,7 +221,8 @@ class ShortPath:
             base is self._base
             and _refs is not None
             # each count is at least its own (the holders above): their sum is theirs only
-            # when each one is
+            # when each one is (a Context emptied through dict's own methods, past its
+            # immutability, would break that premise; nothing in OpenTelemetry does so)
             and _refs(context) + _refs(span) == _CONTEXT_REFS + _SPAN_REFS
             and not _weakrefs(context)
             and not _weakrefs(span)

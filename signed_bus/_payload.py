@@ -193,12 +193,12 @@ def encode_payload(result: object) -> bytes:
     # A packer from the pool instead of a new one per call (what packb does): each is used by
     # one call at a time, so threads and a _plain hook that encodes again never share one.
     try:
-        packer = _packers.pop()
+        packer = PACKER_POOL.pop()
     except IndexError:
         packer = new_packer()
     body = cast(bytes, packer.pack(result))  # on an error the packer is dropped (and resets)
-    if len(body) <= POOLED_PACKER_BYTES and len(_packers) < MAX_POOLED_PACKERS:
-        _packers.append(packer)  # a packer keeps its largest buffer: big ones are dropped
+    if len(body) <= POOLED_PACKER_BYTES and len(PACKER_POOL) < MAX_POOLED_PACKERS:
+        PACKER_POOL.append(packer)  # a packer keeps its largest buffer: big ones are dropped
     native = _native._module
     if native is None or native.check_map_keys(body) != 1:  # 1: the extension's clear yes
         check_map_keys(body)  # decides every other case (asks the extension once more)
@@ -206,8 +206,8 @@ def encode_payload(result: object) -> bytes:
 
 
 def new_packer() -> msgpack.Packer:
-    """A packer writing the default encoder's form (the pool's; the extension's one-call seal
-    keeps its own pool of these, with the same limits: signed_bus/_signer.py)."""
+    """A packer writing the default encoder's form (the pool's, which the extension's one-call
+    seal shares: signed_bus/_signer.py)."""
     return msgpack.Packer(default=_plain)
 
 
@@ -279,7 +279,9 @@ def _plain(value: object) -> object:
 _NUMPY_KINDS: Final = frozenset("biufUS")
 _packb = msgpack.packb
 _unpackb = msgpack.unpackb
-_packers: list[msgpack.Packer] = []
+#: The default encoder's packers, each used by one call at a time: one pool per process, which
+#: the extension's one-call seal shares (signed_bus/_signer.py).
+PACKER_POOL: Final[list[msgpack.Packer]] = []
 #: A packer that encoded more than this is not pooled (it keeps its buffer's size).
 POOLED_PACKER_BYTES: Final = 1 << 16
 MAX_POOLED_PACKERS: Final = 16

@@ -26,6 +26,7 @@ from signed_bus._envelope import (
 from signed_bus._keys import Keyring
 from signed_bus._payload import (
     MAX_POOLED_PACKERS,
+    PACKER_POOL,
     POOLED_PACKER_BYTES,
     Encoder,
     check_map_keys,
@@ -136,7 +137,7 @@ class Signer:
         # The default clock and nonce source: the extension reads both itself and seals a
         # msgpack body without parents or expiry in one call (None: the path below serves).
         # With the default encoder it also encodes (`_seal_result`: one call, no frame of ours).
-        packing = (new_packer, POOLED_PACKER_BYTES, MAX_POOLED_PACKERS)
+        packing = (new_packer, PACKER_POOL, POOLED_PACKER_BYTES, MAX_POOLED_PACKERS)
         self._fast = (
             _native.fast_sealer(
                 key,

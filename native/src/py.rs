@@ -354,7 +354,11 @@ impl Opener {
         let Ok(topic) = topic.downcast::<PyString>() else {
             return done(Outcome::Python);
         };
-        let topic = topic.to_str()?;
+        // A str that is not valid UTF-8 (a lone surrogate) is no topic a record was signed
+        // for: the Python path gives its verdict, as for any other topic it must judge.
+        let Ok(topic) = topic.to_str() else {
+            return done(Outcome::Python);
+        };
         let reference = match reference_ms {
             None => None,
             Some(obj) => match obj.extract::<i64>() {
@@ -608,6 +612,13 @@ impl Opener {
             texts: Mutex::new(Default::default()),
             last_key: Mutex::new(None),
         }
+    }
+
+    /// Let go of the last value's key entry (signed_bus._native.refresh calls this when the
+    /// keyring changed), so a key removed from the keyring is not kept alive here.
+    fn forget_last(&self) {
+        let last = self.last_key.lock().unwrap_or_else(|p| p.into_inner()).take();
+        drop(last); // outside the lock: freeing a key object may run Python code
     }
 
     /// The VerifiedMessage of a verified value where the opener was given a maker, else

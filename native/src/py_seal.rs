@@ -15,7 +15,7 @@ use std::sync::Mutex;
 
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyString, PyTuple};
+use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
 
 use crate::crypto::sha256;
 use crate::nonces;
@@ -31,11 +31,13 @@ pub struct Sealer {
     prefix: Vec<u8>,
     topics: Mutex<HashMap<String, Vec<u8>>>,
     max_topics: usize,
-    /// Makes a msgpack packer (None: `seal` is not served); the packers `seal` may reuse, each
-    /// used by one call at a time; a packer is kept only after encoding at most
-    /// `pooled_bytes` (it keeps its largest buffer) and while fewer than `max_pooled` are kept.
+    /// Makes a msgpack packer (None: `seal` is not served); the packers `seal` may reuse: the
+    /// default encoder's own pool (signed_bus._payload), one per process whatever the number of
+    /// signers, each packer used by one call at a time; a packer is kept only after encoding at
+    /// most `pooled_bytes` (it keeps its largest buffer) and while fewer than `max_pooled` are
+    /// kept.
     new_packer: Option<Py<PyAny>>,
-    packers: Mutex<Vec<Py<PyAny>>>,
+    packers: Option<Py<PyList>>,
     pooled_bytes: usize,
     max_pooled: usize,
 }
@@ -61,14 +63,15 @@ fn now_ms() -> Option<u64> {
 impl Sealer {
     /// `prefix`: the encoded alg..cty entries (signed_bus._envelope.header_prefix) for the
     /// msgpack content type; at most `max_topics` topic entries are kept.
-    /// `new_packer`, `pooled_bytes`, `max_pooled`: see the struct's fields.
+    /// `new_packer`, `packers`, `pooled_bytes`, `max_pooled`: see the struct's fields.
     #[new]
-    #[pyo3(signature = (key, prefix, max_topics, new_packer=None, pooled_bytes=0, max_pooled=0))]
+    #[pyo3(signature = (key, prefix, max_topics, new_packer=None, packers=None, pooled_bytes=0, max_pooled=0))]
     fn new(
         key: Py<NativeKey>,
         prefix: Vec<u8>,
         max_topics: usize,
         new_packer: Option<Py<PyAny>>,
+        packers: Option<Py<PyList>>,
         pooled_bytes: usize,
         max_pooled: usize,
     ) -> Self {
@@ -78,7 +81,7 @@ impl Sealer {
             topics: Mutex::new(HashMap::new()),
             max_topics,
             new_packer,
-            packers: Mutex::new(Vec::new()),
+            packers,
             pooled_bytes,
             max_pooled,
         }
@@ -110,20 +113,30 @@ impl Sealer {
                 Err(_) => return Ok(None),
             }
         };
-        // No lock held while Python runs: the packer's default hook may switch threads.
-        let pooled = self.packers.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        // The pool is a Python list, read and written under the GIL with no Python code in
+        // between (the item is held before it leaves the list), as the encoder's `pop`; the
+        // packer's default hook may switch threads, and no packer is in the list while used.
+        let pool = self.packers.as_ref().map(|pool| pool.bind(py));
+        let pooled = match pool {
+            Some(pool) if !pool.is_empty() => {
+                let last = pool.len() - 1;
+                let packer = pool.get_item(last)?;
+                pool.del_item(last)?;
+                Some(packer)
+            }
+            _ => None,
+        };
         let packer = match pooled {
             Some(packer) => packer,
-            None => new_packer.call0(py)?,
+            None => new_packer.bind(py).call0()?,
         };
         // On an error the packer is dropped (msgpack resets it; it is not reused).
-        let body = packer.call_method1(py, intern!(py, "pack"), (result,))?;
-        let body = body.downcast_bound::<PyBytes>(py)?;
+        let body = packer.call_method1(intern!(py, "pack"), (result,))?;
+        let body = body.downcast_into::<PyBytes>()?;
         let bytes = body.as_bytes();
-        if bytes.len() <= self.pooled_bytes {
-            let mut packers = self.packers.lock().unwrap_or_else(|p| p.into_inner());
-            if packers.len() < self.max_pooled {
-                packers.push(packer);
+        if let Some(pool) = pool {
+            if bytes.len() <= self.pooled_bytes && pool.len() < self.max_pooled {
+                pool.append(packer)?;
             }
         }
         let cleared = crate::body::check_map_keys(bytes) == crate::body::Keys::Ok;

@@ -8,9 +8,9 @@ What must be trusted goes in the result (the envelope's body) or the envelope's 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
@@ -168,7 +168,7 @@ class SignedProducer(AsyncLifecycle):
         if self._owned and self._producer is not None:
             await self._producer.stop()
 
-    def send(
+    async def send(
         self,
         topic: str,
         result: object,
@@ -178,42 +178,35 @@ class SignedProducer(AsyncLifecycle):
         headers: Headers | None = None,
         expires_at: int | None = None,
         partition: int | None = None,
-    ) -> Coroutine[Any, Any, asyncio.Future[Any]]:
+    ) -> asyncio.Future[Any]:
         """Sign ``result`` for ``topic`` (and ``key``) and queue it; return the delivery future.
 
         Like aiokafka's ``send``: awaiting this queues the record, awaiting the returned future
         waits for the broker's acknowledgement and gives its ``RecordMetadata``. ``headers`` are
-        not signed (see the module docstring). The result is signed when ``send`` is called;
-        what it returns is a coroutine to await, aiokafka's own ``send`` where nobody observes
-        this producer, so no frame of ours stays in between. A result that cannot be signed
-        raises when the coroutine is awaited, as from an ``async def``: sends gathered together
-        stay independent of each other.
+        not signed (see the module docstring).
         """
         signer = self._signer
         seal = signer._seal_result
-        try:
-            if seal is not None and expires_at is None and not parents:
-                value = seal(result, topic, key)  # one native call: encode, check, seal
-                if type(value) is not bytes:
-                    value = signer._finish(value, result, topic, key)
-            else:
-                value = signer.sign(
-                    result, topic=topic, key=key, parents=parents, expires_at=expires_at
-                )
-        except Exception as error:  # handed to the awaiting caller unchanged
-            return _raise(error)
+        if seal is not None and expires_at is None and not parents:
+            value = seal(result, topic, key)  # one native call: encode, check, seal
+            if type(value) is not bytes:
+                value = signer._finish(value, result, topic, key)
+        else:
+            value = signer.sign(
+                result, topic=topic, key=key, parents=parents, expires_at=expires_at
+            )
         producer, metrics = self._producer, self.metrics
         if metrics.observer is NOOP and producer is not None and not self._closed:
             # Nobody observes this front: no hook calls, no carrier, one frame less per record.
             metrics.signed += 1
-            return producer.send(  # type: ignore[no-any-return]
+            return await producer.send(  # type: ignore[no-any-return]
                 topic,
                 value,
                 key=key,
                 partition=partition,
                 headers=(list(headers) or None) if headers else None,
             )
-        return self._send_value(topic, value, key, partition, headers)
+        return await self._send_value(topic, value, key, partition, headers)
 
     async def send_and_wait(
         self,
@@ -386,9 +379,3 @@ def _instrumented(producer: AIOKafkaProducer) -> bool:
     """True when tracing instrumentation wraps this producer's ``send`` (the official aiokafka
     instrumentation injects trace context itself: adding ours too would duplicate it)."""
     return hasattr(type(producer).send, "__wrapped__")
-
-
-async def _raise(error: Exception) -> NoReturn:
-    """What :meth:`SignedProducer.send` returns for a result it could not sign: the error,
-    raised where the caller awaits, with its traceback."""
-    raise error

@@ -332,6 +332,9 @@ class Spy:
     def open_batch(self, items: Any) -> Any:
         return self.inner.open_batch(items)
 
+    def forget_last(self) -> None:
+        self.inner.forget_last()
+
 
 def test_the_first_batch_after_a_key_change_is_still_verified_in_one_call() -> None:
     """A new verifier's key cache is empty, and a key change makes it stale: the batch call

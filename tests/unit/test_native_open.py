@@ -32,6 +32,7 @@ from signed_bus.errors import (
     MalformedEnvelope,
     UnknownKey,
     UntrustedIssuer,
+    WrongTopic,
 )
 
 NATIVE = _native.load("1")
@@ -281,3 +282,43 @@ def test_a_key_replaced_under_the_kid_just_used_is_seen_at_once() -> None:
     ring.remove("k1")
     with pytest.raises(UnknownKey):
         native.verify(new, topic="t", key=None)
+
+
+def test_a_key_removed_from_the_keyring_is_let_go_at_the_refresh() -> None:
+    # The last value's key entry held the removed key (its secret, as Python and native
+    # material) until a value of another kid came: the refresh after a keyring change drops it.
+    import sys
+
+    ring = _ring()
+    key = HmacKey("k3", hashlib.sha256(b"3").digest(), issuers=["agent-a"])
+    ring.add(key)
+    with _native.using(NATIVE):
+        native = Verifier(ring, clock=lambda: NOW)
+    signer = Signer(ring, kid="k3", issuer="agent-a", model="m", clock=lambda: NOW - 1_000)
+    value = signer.sign_bytes(b"\x81\xa1n\x05", content_type="application/msgpack", topic="t")
+    for _ in range(2):  # the second open takes the last key entry
+        assert native.verify(value, topic="t", key=None).kid == "k3"
+    ring.remove("k3")
+    del signer
+    with pytest.raises(UnknownKey):
+        native.verify(value, topic="t", key=None)
+    opener: Any = native._opener
+    _native.refresh(opener)
+    gc.collect()
+    assert sys.getrefcount(key) == 2  # this name and the call's argument: nothing else
+
+
+@pytest.mark.parametrize("topic", ["t\ud800", "\udcff"])
+def test_a_topic_that_is_not_utf8_gets_the_pure_verdict(topic: str) -> None:
+    # A str with a lone surrogate is no topic a record was signed for: the native path raised
+    # UnicodeEncodeError where the pure path says wrong_topic.
+    pure, native = _paths()
+    value = _signed(topic="t", key=b"k")
+    outcomes = []
+    for verifier in (pure, native):
+        with pytest.raises(WrongTopic) as caught:
+            verifier.verify(value, topic=topic, key=b"k")
+        batch = verifier.verify_batch([(value, topic, b"k", None)])
+        outcomes.append((str(caught.value), [type(answer) for answer in batch]))
+    assert outcomes[0] == outcomes[1]
+    assert outcomes[0][1] == [WrongTopic]

@@ -252,7 +252,9 @@ def test_the_one_calls_packers_are_never_shared_by_threads(
     monkeypatch.setattr(
         _payload, "_plain", lambda v: [v.n] * 3 if isinstance(v, _Slow) else plain(v)
     )
-    signer = _signer()  # its packers are made after the patch: they call the patched hook
+    pooled = list(_payload.PACKER_POOL)  # made before the patch: they call the old hook
+    _payload.PACKER_POOL.clear()
+    signer = _signer()
     signer.sign(1, topic="t")
     values = [{"i": i, "rows": [_Slow(i * 10 + j) for j in range(5)]} for i in range(200)]
     expected = [
@@ -278,4 +280,25 @@ def test_the_one_calls_packers_are_never_shared_by_threads(
             thread.join()
     finally:
         sys.setswitchinterval(interval)
+        _payload.PACKER_POOL[:] = pooled  # packers that call the patched hook leave with it
     assert wrong == []
+
+
+def test_every_signer_shares_the_encoders_one_packer_pool() -> None:
+    # A pool per signer kept up to 16 packers (and their buffers) for each live signer; the
+    # one-call seal takes and returns packers in the default encoder's pool instead.
+    from signed_bus import _payload
+
+    pooled = list(_payload.PACKER_POOL)
+    _payload.PACKER_POOL.clear()
+    try:
+        signers = [_signer() for _ in range(40)]
+        for signer in signers:
+            for _ in range(2):  # the first sign of a topic takes the Python path
+                signer.sign({"a": 1}, topic="t")
+        assert len(_payload.PACKER_POOL) == 1  # one packer, handed from call to call
+        for signer in signers:
+            signer.sign({"b": b"x" * 100_000}, topic="t")  # a packer that grew is dropped
+        assert len(_payload.PACKER_POOL) == 0
+    finally:
+        _payload.PACKER_POOL[:] = pooled

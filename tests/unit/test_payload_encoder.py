@@ -261,7 +261,7 @@ def test_a_packer_that_grew_large_is_not_kept() -> None:
     from signed_bus import _payload
 
     encode_payload(1)
-    pooled = list(_payload._packers)
+    pooled = list(_payload.PACKER_POOL)
     assert pooled
     encode_payload(b"x" * 200_000)  # takes the last pooled packer and drops it after
-    assert _payload._packers == pooled[:-1]
+    assert pooled[:-1] == _payload.PACKER_POOL
