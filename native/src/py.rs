@@ -541,6 +541,17 @@ fn outcome_object<'py>(
     })
 }
 
+/// A record key as the native paths take it: `Some(None)` for None, `Some(bytes)` for exactly
+/// `bytes`; None for anything else, which the Python path checks or converts.
+pub(crate) fn record_key<'py>(key: &Bound<'py, PyAny>) -> Option<Option<Bound<'py, PyBytes>>> {
+    if key.is_none() {
+        return Some(None);
+    }
+    key.downcast_exact::<PyBytes>()
+        .ok()
+        .map(|key| Some(key.clone()))
+}
+
 /// A batch item as the checks take it; None where it is not (bytes, any, bytes or None, any;
 /// exactly bytes, as Verifier.verify takes them without a copy).
 fn item<'py>(obj: Bound<'py, PyAny>) -> Option<Item<'py>> {
@@ -554,11 +565,7 @@ fn item<'py>(obj: Bound<'py, PyAny>) -> Option<Item<'py>> {
         .downcast_into_exact::<PyBytes>()
         .ok()?;
     let topic = tuple.get_item(1).ok()?;
-    let key = tuple.get_item(2).ok()?;
-    let key = match key.is_none() {
-        true => None,
-        false => Some(key.downcast_into_exact::<PyBytes>().ok()?),
-    };
+    let key = record_key(&tuple.get_item(2).ok()?)?;
     let reference = tuple.get_item(3).ok()?;
     let reference = (!reference.is_none()).then_some(reference);
     Some((value, topic, key, reference))
@@ -617,7 +624,11 @@ impl Opener {
     /// Let go of the last value's key entry (signed_bus._native.refresh calls this when the
     /// keyring changed), so a key removed from the keyring is not kept alive here.
     fn forget_last(&self) {
-        let last = self.last_key.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let last = self
+            .last_key
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         drop(last); // outside the lock: freeing a key object may run Python code
     }
 
@@ -640,13 +651,10 @@ impl Opener {
         let Ok(value) = value.downcast_exact::<PyBytes>() else {
             return python();
         };
-        let key = match key.is_none() {
-            true => None,
-            false => match key.downcast_exact::<PyBytes>() {
-                Ok(key) => Some(key.as_bytes()),
-                Err(_) => return python(),
-            },
+        let Some(key) = record_key(key) else {
+            return python();
         };
+        let key = key.as_ref().map(|key| key.as_bytes());
         let outcome = self.check(py, value.as_bytes(), topic, key, reference_ms)?;
         outcome_object(py, value, self.maker.as_ref(), outcome)
     }

@@ -19,7 +19,7 @@ use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
 
 use crate::crypto::sha256;
 use crate::nonces;
-use crate::py::NativeKey;
+use crate::py::{record_key, NativeKey};
 use crate::wire::{self, SealInput, MAX_INT};
 
 /// The parents entry of a message without parents: an empty fixarray.
@@ -105,14 +105,10 @@ impl Sealer {
         let Ok(topic) = topic.downcast_exact::<PyString>() else {
             return Ok(None);
         };
-        let rkd = if key.is_none() {
-            None
-        } else {
-            match key.downcast_exact::<PyBytes>() {
-                Ok(key) => Some(sha256(key.as_bytes())),
-                Err(_) => return Ok(None),
-            }
+        let Some(key) = record_key(key) else {
+            return Ok(None);
         };
+        let rkd = key.map(|key| sha256(key.as_bytes()));
         // The pool is a Python list, read and written under the GIL with no Python code in
         // between (the item is held before it leaves the list), as the encoder's `pop`; the
         // packer's default hook may switch threads, and no packer is in the list while used.
@@ -180,14 +176,10 @@ impl Sealer {
         let Ok(topic) = topic.to_str() else {
             return Ok(None);
         };
-        let rkd = if key.is_none() {
-            None
-        } else {
-            match key.downcast_exact::<PyBytes>() {
-                Ok(key) => Some(sha256(key.as_bytes())),
-                Err(_) => return Ok(None),
-            }
+        let Some(key) = record_key(key) else {
+            return Ok(None);
         };
+        let rkd = key.map(|key| sha256(key.as_bytes()));
         self.seal_body(py, body, topic, rkd.as_ref())
     }
 }
