@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import threading
 from typing import Any
 
 import msgpack
@@ -25,6 +24,7 @@ from signed_bus._envelope import CONTENT_TYPE_MSGPACK, header_prefix, seal, topi
 from signed_bus._keys import Ed25519Key, HmacKey, Keyring
 from signed_bus._signer import Signer
 from signed_bus._verifier import Verifier
+from tests.unit.test_payload_encoder import race
 
 NATIVE = _native.load("1")
 HMAC = HmacKey("h", hashlib.sha256(b"h").digest(), issuers=["agent"])
@@ -154,11 +154,7 @@ def test_nonces_never_repeat_across_threads() -> None:
         nonces = [decode_envelope(signer.sign(1, topic="t")).header.nonce for _ in range(3_000)]
         seen.extend(nonces)
 
-    threads = [threading.Thread(target=work) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    race(work)
     assert len(seen) == 12_000
     assert len(set(seen)) == 12_000
 
@@ -244,8 +240,6 @@ class _Slow:
 def test_the_one_calls_packers_are_never_shared_by_threads(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import sys
-
     from signed_bus import _payload
 
     plain = _payload._plain
@@ -262,24 +256,17 @@ def test_the_one_calls_packers_are_never_shared_by_threads(
     ]
     verifier = Verifier(RING)
     wrong: list[int] = []
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
+
+    def work() -> None:
+        for _ in range(3):
+            for i, value in enumerate(values):
+                signed = signer.sign(value, topic="t")
+                if verifier.verify(signed, topic="t", key=None).body != expected[i]:
+                    wrong.append(i)
+
     try:
-
-        def work() -> None:
-            for _ in range(3):
-                for i, value in enumerate(values):
-                    signed = signer.sign(value, topic="t")
-                    if verifier.verify(signed, topic="t", key=None).body != expected[i]:
-                        wrong.append(i)
-
-        threads = [threading.Thread(target=work) for _ in range(4)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        race(work)
     finally:
-        sys.setswitchinterval(interval)
         _payload.PACKER_POOL[:] = pooled  # packers that call the patched hook leave with it
     assert wrong == []
 

@@ -10,6 +10,7 @@ import enum
 import subprocess
 import sys
 import uuid
+from collections.abc import Callable
 
 import msgpack
 import numpy as np
@@ -203,31 +204,37 @@ class _Row:
     score: float
 
 
-def test_pooled_packers_are_never_shared_by_threads() -> None:
-    # _Row goes through the Python hook, where threads switch mid-encoding: a packer shared by
-    # two calls at once would interleave their bytes.
+def race(work: Callable[[], None], threads: int = 4) -> None:
+    """Run ``work`` on ``threads`` threads at once, switching between them every microsecond,
+    so that state two calls share mid-call shows up as wrong answers."""
     import threading
 
-    values = [{"i": i, "rows": [_Row(f"r{i}-{j}", j / 7) for j in range(5)]} for i in range(300)]
-    expected = [msgpack.packb(_plain_form(v)) for v in values]
-    wrong: list[int] = []
     interval = sys.getswitchinterval()
     sys.setswitchinterval(1e-6)
     try:
-
-        def work() -> None:
-            for _ in range(5):
-                for i, value in enumerate(values):
-                    if encode_payload(value) != expected[i]:
-                        wrong.append(i)
-
-        threads = [threading.Thread(target=work) for _ in range(4)]
-        for thread in threads:
+        running = [threading.Thread(target=work) for _ in range(threads)]
+        for thread in running:
             thread.start()
-        for thread in threads:
+        for thread in running:
             thread.join()
     finally:
         sys.setswitchinterval(interval)
+
+
+def test_pooled_packers_are_never_shared_by_threads() -> None:
+    # _Row goes through the Python hook, where threads switch mid-encoding: a packer shared by
+    # two calls at once would interleave their bytes.
+    values = [{"i": i, "rows": [_Row(f"r{i}-{j}", j / 7) for j in range(5)]} for i in range(300)]
+    expected = [msgpack.packb(_plain_form(v)) for v in values]
+    wrong: list[int] = []
+
+    def work() -> None:
+        for _ in range(5):
+            for i, value in enumerate(values):
+                if encode_payload(value) != expected[i]:
+                    wrong.append(i)
+
+    race(work)
     assert wrong == []
 
 
