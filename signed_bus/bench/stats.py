@@ -6,9 +6,18 @@ import math
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["percentile", "summarize_latencies", "time_per_op_us"]
+__all__ = ["Loop", "percentile", "summarize_latencies", "time_per_op_us"]
+
+
+@dataclass(frozen=True)
+class Loop:
+    """A case that runs its own loop over all its inputs, as a caller's loop calls the API:
+    no wrapper function call per item (which would add its own frame to the figure)."""
+
+    run: Callable[[Sequence[Any]], object]
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -41,20 +50,24 @@ def summarize_latencies(latencies_ms: Sequence[float]) -> dict[str, float]:
 
 
 def time_per_op_us(
-    cases: Mapping[str, tuple[Callable[[Any], object], Sequence[Any]]], *, repeats: int
+    cases: Mapping[str, tuple[Callable[[Any], object] | Loop, Sequence[Any]]], *, repeats: int
 ) -> dict[str, float]:
     """Microseconds per call of each case's function over its inputs: the best of ``repeats``.
 
     Rounds of the different cases are interleaved so that background load on a shared machine
     hits every contender alike; the minimum over rounds is the figure least disturbed by that
-    load (the same choice as :mod:`timeit`).
+    load (the same choice as :mod:`timeit`). A :class:`Loop` case is one call over all its
+    inputs.
     """
     best = dict.fromkeys(cases, math.inf)
     for _ in range(repeats):
         for name, (function, inputs) in cases.items():
             start = time.perf_counter_ns()
-            for item in inputs:
-                function(item)
+            if isinstance(function, Loop):
+                function.run(inputs)
+            else:
+                for item in inputs:
+                    function(item)
             elapsed = time.perf_counter_ns() - start
             best[name] = min(best[name], elapsed / max(len(inputs), 1) / 1_000)
     return best

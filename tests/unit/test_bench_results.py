@@ -15,7 +15,7 @@ from signed_bus._freshness import Freshness
 from signed_bus.bench.config import PARTS, BenchConfig
 from signed_bus.bench.payloads import inference_results, packed_size
 from signed_bus.bench.results import BenchReport, PartResult, Row, Target
-from signed_bus.bench.stats import percentile, summarize_latencies, time_per_op_us
+from signed_bus.bench.stats import Loop, percentile, summarize_latencies, time_per_op_us
 from signed_bus.bench.table import format_number, format_report
 
 
@@ -42,6 +42,21 @@ def test_time_per_op_runs_every_case_and_reports_microseconds() -> None:
     assert calls.count("a") == 20
     assert calls.count("b") == 10
     assert set(result) == {"a", "b"}
+    assert all(value > 0 and math.isfinite(value) for value in result.values())
+
+
+def test_a_loop_case_runs_once_over_all_its_inputs_per_round() -> None:
+    runs: list[list[int]] = []
+    items: list[int] = []
+    result = time_per_op_us(
+        {
+            "loop": (Loop(lambda inputs: runs.append(list(inputs))), [1, 2, 3]),
+            "each": (items.append, [4, 5]),
+        },
+        repeats=3,
+    )
+    assert runs == [[1, 2, 3]] * 3
+    assert items == [4, 5] * 3
     assert all(value > 0 and math.isfinite(value) for value in result.values())
 
 
