@@ -9,6 +9,7 @@ pub mod batch;
 pub mod body;
 pub mod crypto;
 pub mod nonces;
+pub mod seal;
 pub mod wire;
 
 #[cfg(feature = "python")]

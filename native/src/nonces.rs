@@ -1,32 +1,35 @@
-//! Nonces for the sealer's default source: the OS CSPRNG read a block at a time.
+//! Nonces for the sealer's default source: ChaCha20 keyed from the OS CSPRNG.
 //!
-//! One getrandom call per 256 nonces instead of one per message. Each nonce is handed out once
-//! (the pool sits behind a lock; the caller holds the GIL anyway). A forked child must not hand
-//! out the nonces its parent still holds: signed_bus/_native.py calls [`drop_all`] in the child
-//! (os.register_at_fork), as the pure path drops its own pool.
+//! Each key is 32 bytes from one getrandom call and serves [`POOL_NONCES`] nonces; the next
+//! nonce after that comes from a new key. A nonce costs a few ChaCha20 rounds in user space
+//! instead of its share of a kernel getrandom read of 4 KiB (the former pool). Each nonce is
+//! handed out once (the generator sits behind a lock; the caller holds the GIL anyway).
+//! A forked child must not hand out the nonces its parent would: signed_bus/_native.py calls
+//! [`drop_all`] in the child (os.register_at_fork), as the pure path drops its own pool, and the
+//! child's next nonce comes from a key of its own.
 
 use std::sync::Mutex;
 
+use rand_chacha::rand_core::{RngCore, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+
 use crate::wire::NONCE_BYTES;
 
-/// Nonces per OS read.
-pub const POOL_NONCES: usize = 256;
-const POOL_BYTES: usize = NONCE_BYTES * POOL_NONCES;
+/// Nonces per OS read (per ChaCha20 key).
+pub const POOL_NONCES: usize = 1 << 16;
 
 struct Pool {
-    block: [u8; POOL_BYTES],
-    /// Offset of the next unused nonce; POOL_BYTES when the block is spent.
-    next: usize,
+    /// The generator of the current key; None before the first nonce and after [`drop_all`].
+    rng: Option<ChaCha20Rng>,
+    /// Nonces the current key still serves.
+    left: usize,
 }
 
-static POOL: Mutex<Pool> = Mutex::new(Pool {
-    block: [0; POOL_BYTES],
-    next: POOL_BYTES,
-});
+static POOL: Mutex<Pool> = Mutex::new(Pool { rng: None, left: 0 });
 
 fn pool() -> std::sync::MutexGuard<'static, Pool> {
-    // A panic cannot leave the pool half-written in a way that reuses a nonce: `next` only
-    // moves forward after the copy, and a refill replaces the whole block.
+    // A panic cannot make a nonce repeat: the generator only moves forward, and a new key
+    // replaces the whole generator.
     POOL.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
@@ -34,27 +37,31 @@ fn pool() -> std::sync::MutexGuard<'static, Pool> {
 /// Python path, which raises the OS error).
 pub fn take() -> Option<[u8; NONCE_BYTES]> {
     let mut pool = pool();
-    if pool.next >= POOL_BYTES {
-        getrandom::getrandom(&mut pool.block).ok()?;
-        pool.next = 0;
+    if pool.left == 0 || pool.rng.is_none() {
+        let mut seed = [0u8; 32];
+        getrandom::getrandom(&mut seed).ok()?;
+        pool.rng = Some(ChaCha20Rng::from_seed(seed));
+        pool.left = POOL_NONCES;
     }
-    let start = pool.next;
     let mut nonce = [0u8; NONCE_BYTES];
-    nonce.copy_from_slice(&pool.block[start..start + NONCE_BYTES]);
-    // Spent nonces are wiped: the block never holds one already handed out.
-    pool.block[start..start + NONCE_BYTES].fill(0);
-    pool.next = start + NONCE_BYTES;
+    pool.rng.as_mut()?.fill_bytes(&mut nonce);
+    pool.left -= 1;
     Some(nonce)
 }
 
-/// Forget every unused nonce (a forked child), so the next one comes from a new OS read.
+/// Forget the current key (a forked child), so the next nonce comes from a new OS read.
 pub fn drop_all() {
     let mut pool = pool();
-    pool.block.fill(0);
-    pool.next = POOL_BYTES;
+    pool.rng = None;
+    pool.left = 0;
 }
 
-/// Unused nonces left in the pool (for the tests).
+/// Nonces the current key still serves (for the tests).
 pub fn left() -> usize {
-    (POOL_BYTES - pool().next) / NONCE_BYTES
+    let pool = pool();
+    if pool.rng.is_some() {
+        pool.left
+    } else {
+        0
+    }
 }

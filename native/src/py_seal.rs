@@ -2,8 +2,8 @@
 //!
 //! It holds what is constant for the signer (the key, the msgpack header prefix, the encoded
 //! topic entries the Python side validated and handed over) and reads the per-message inputs
-//! itself: the wall clock (signed_bus._clock.system_clock) and a nonce from the pool in
-//! `nonces`. Anything else (a topic not seen yet, a record key that is not bytes, a body that is
+//! itself: the wall clock (signed_bus._clock.system_clock) and a nonce from `nonces` (ChaCha20
+//! keyed from the OS CSPRNG); `seal::Message` writes the value in one pass. Anything else (a topic not seen yet, a record key that is not bytes, a body that is
 //! not bytes) is answered None, and the Python path seals it and raises its own errors.
 //!
 //! With a packer factory (signed_bus._payload.new_packer), `seal` also encodes: it does what
@@ -20,16 +20,16 @@ use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
 use crate::crypto::sha256;
 use crate::nonces;
 use crate::py::{record_key, NativeKey};
-use crate::wire::{self, SealInput, MAX_INT};
-
-/// The parents entry of a message without parents: an empty fixarray.
-const NO_PARENTS: &[u8] = b"\x90";
+use crate::seal::{self, Message};
+use crate::wire::MAX_INT;
 
 #[pyclass(frozen, module = "signed_bus_native")]
 pub struct Sealer {
     key: Py<NativeKey>,
     prefix: Vec<u8>,
-    topics: Mutex<HashMap<String, Vec<u8>>>,
+    /// Per topic handed over: the protected header's first bytes (`seal::head`: the map marker,
+    /// `prefix`, the topic's tpc entry).
+    heads: Mutex<HashMap<String, Vec<u8>>>,
     max_topics: usize,
     /// Makes a msgpack packer (None: `seal` is not served); the packers `seal` may reuse: the
     /// default encoder's own pool (signed_bus._payload), one per process whatever the number of
@@ -78,7 +78,7 @@ impl Sealer {
         Sealer {
             key,
             prefix,
-            topics: Mutex::new(HashMap::new()),
+            heads: Mutex::new(HashMap::new()),
             max_topics,
             new_packer,
             packers,
@@ -149,11 +149,11 @@ impl Sealer {
     /// Keep the encoded tpc entry (signed_bus._envelope.topic_entry) of `topic`; False when
     /// the cache is full (that topic then keeps the Python path).
     fn add_topic(&self, topic: String, entry: Vec<u8>) -> bool {
-        let mut topics = self.topics.lock().unwrap_or_else(|p| p.into_inner());
-        if topics.len() >= self.max_topics && !topics.contains_key(&topic) {
+        let mut heads = self.heads.lock().unwrap_or_else(|p| p.into_inner());
+        if heads.len() >= self.max_topics && !heads.contains_key(&topic) {
             return false;
         }
-        topics.insert(topic, entry);
+        heads.insert(topic, seal::head(&self.prefix, &entry));
         true
     }
 
@@ -187,6 +187,7 @@ impl Sealer {
 impl Sealer {
     /// The record value for an encoded body; None where the Python path must seal it (a topic
     /// not handed over, a body over 4 GiB, no clock or nonce, a key that cannot sign).
+    /// Written in one pass into the bytes object (`seal::Message::write_value`).
     fn seal_body<'py>(
         &self,
         py: Python<'py>,
@@ -194,42 +195,35 @@ impl Sealer {
         topic: &str,
         rkd: Option<&[u8; 32]>,
     ) -> PyResult<Option<Bound<'py, PyBytes>>> {
-        if body.len() > u32::MAX as usize {
+        let material = &self.key.get().material;
+        if body.len() > u32::MAX as usize || !material.can_sign() {
             return Ok(None);
         }
         let (Some(created_at), Some(nonce)) = (now_ms(), nonces::take()) else {
             return Ok(None);
         };
-        let protected = {
-            let topics = self.topics.lock().unwrap_or_else(|p| p.into_inner());
-            let Some(topic_part) = topics.get(topic) else {
-                return Ok(None);
-            };
-            wire::protected_header(&SealInput {
-                prefix: &self.prefix,
-                topic_part,
-                rkd: rkd.map(|d| d.as_slice()),
-                created_at,
-                nonce: &nonce,
-                parents_part: NO_PARENTS,
-                expires_at: None,
-            })
-        };
-        let lengths = wire::lengths(&protected, body);
-        let parts = wire::signed_parts(&protected, body, &lengths);
-        let Some(signature) = self.key.get().material.sign(&parts) else {
+        let heads = self.heads.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(head) = heads.get(topic) else {
             return Ok(None);
         };
-        let size = wire::envelope_len(protected.len(), body.len(), signature.len());
-        PyBytes::new_with(py, size, |out| {
-            wire::write_envelope(out, &protected, body, &signature);
+        let message = Message {
+            head,
+            rkd,
+            created_at,
+            nonce: &nonce,
+            body,
+        };
+        let mut signed = true;
+        let value = PyBytes::new_with(py, message.value_len(material.signature_bytes()), |out| {
+            signed = message.write_value(material, out);
             Ok(())
-        })
-        .map(Some)
+        })?;
+        Ok(signed.then_some(value))
     }
 }
 
-/// Forget the pool's unused nonces (called in a forked child).
+/// Forget the nonce generator's key (called in a forked child): the child's next nonce comes
+/// from a key of its own.
 #[pyfunction]
 pub fn drop_nonces() {
     nonces::drop_all();

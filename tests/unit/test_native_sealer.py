@@ -161,7 +161,7 @@ def test_nonces_never_repeat_across_threads() -> None:
 
 def test_a_forked_child_does_not_hand_out_its_parents_pooled_nonces() -> None:
     signer = _signer()
-    signer.sign(1, topic="t")  # the pool now holds 255 unused nonces
+    signer.sign(1, topic="t")  # the generator now holds a key; the child must not reuse it
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: its next nonces, to the parent
