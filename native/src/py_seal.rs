@@ -27,7 +27,7 @@ use crate::wire::MAX_INT;
 pub struct Sealer {
     key: Py<NativeKey>,
     prefix: Vec<u8>,
-    /// Per topic handed over: the protected header's first bytes (`seal::head`: the map marker,
+    /// Per topic handed over: the protected header's constant bytes (`seal::head`:
     /// `prefix`, the topic's tpc entry).
     heads: Mutex<HashMap<String, Vec<u8>>>,
     max_topics: usize,

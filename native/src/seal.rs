@@ -1,69 +1,21 @@
 //! The sealer's record value written in one pass into its final buffer.
 //!
 //! The Sealer (py_seal.rs) seals a msgpack body without parents or expiry. The protected
-//! header then is a constant head (the map marker, the signer's alg..cty entries and the tpc
-//! entry, kept per topic) followed by rkd, iat, nce and an empty par. [`write_value`] writes
-//! that header and the body straight into the record value (the Python bytes object), signs
-//! the signed bytes read back from it and writes the signature after them: no buffer of the
-//! header or the signature of its own. The bytes are those of `wire::protected_header` and
-//! `wire::envelope` (the tests below compare them).
+//! header then starts with constant bytes kept per topic (the signer's alg..cty entries and the
+//! tpc entry, [`head`]). [`Message::write_value`] writes the value straight into the record
+//! value's buffer (the Python bytes object) with the writers of `wire` (the same that write
+//! `wire::protected_header` and `wire::envelope`), signs the signed bytes read back from it and
+//! writes the signature after them: no buffer of the header or of an HMAC signature of its own.
 
 use hmac::Mac;
 
 use crate::crypto::Material;
-use crate::wire::{SIGNED_PREFIX, VALUE_PREFIX};
+use crate::wire::{self, Cursor, SealInput, Sink, SIGNED_PREFIX, VALUE_PREFIX};
 
-/// The protected header's first bytes for one topic: a 10-entry map, then `prefix` (the alg..cty
-/// entries, signed_bus._envelope.header_prefix) and `topic_part` (the tpc entry).
+/// The protected header's constant bytes after its map marker for one topic: `prefix` (the
+/// alg..cty entries, signed_bus._envelope.header_prefix) and `topic_part` (the tpc entry).
 pub fn head(prefix: &[u8], topic_part: &[u8]) -> Vec<u8> {
-    let mut head = Vec::with_capacity(1 + prefix.len() + topic_part.len());
-    head.push(0x8A);
-    head.extend_from_slice(prefix);
-    head.extend_from_slice(topic_part);
-    head
-}
-
-/// A msgpack uint in its shortest form: the bytes and how many of them are used.
-fn uint(value: u64) -> ([u8; 9], usize) {
-    let mut out = [0u8; 9];
-    let used = if value < 0x80 {
-        out[0] = value as u8;
-        1
-    } else if value < 0x100 {
-        out[..2].copy_from_slice(&[0xCC, value as u8]);
-        2
-    } else if value < 0x1_0000 {
-        out[0] = 0xCD;
-        out[1..3].copy_from_slice(&(value as u16).to_be_bytes());
-        3
-    } else if value < 0x1_0000_0000 {
-        out[0] = 0xCE;
-        out[1..5].copy_from_slice(&(value as u32).to_be_bytes());
-        5
-    } else {
-        out[0] = 0xCF;
-        out[1..9].copy_from_slice(&value.to_be_bytes());
-        9
-    };
-    (out, used)
-}
-
-/// The shortest bin header for `n` bytes (n < 2**32, checked by the caller).
-fn bin_header(n: usize) -> ([u8; 5], usize) {
-    let mut out = [0u8; 5];
-    let used = if n < 0x100 {
-        out[..2].copy_from_slice(&[0xC4, n as u8]);
-        2
-    } else if n < 0x1_0000 {
-        out[0] = 0xC5;
-        out[1..3].copy_from_slice(&(n as u16).to_be_bytes());
-        3
-    } else {
-        out[0] = 0xC6;
-        out[1..5].copy_from_slice(&(n as u32).to_be_bytes());
-        5
-    };
-    (out, used)
+    [prefix, topic_part].concat()
 }
 
 /// The per-message inputs of a sealed value without parents or expiry.
@@ -80,64 +32,46 @@ pub struct Message<'a> {
 }
 
 impl Message<'_> {
-    /// The protected header's length.
-    pub fn protected_len(&self) -> usize {
-        let rkd = match self.rkd {
-            None => 5,
-            Some(_) => 4 + 2 + 32,
-        };
-        self.head.len() + rkd + 4 + uint(self.created_at).1 + 6 + 16 + 4 + 1
+    /// The protected header's inputs, as `wire::write_protected` takes them.
+    fn input(&self) -> SealInput<'_> {
+        SealInput {
+            prefix: self.head,
+            topic_part: b"",
+            rkd: self.rkd.map(|rkd| rkd.as_slice()),
+            created_at: self.created_at,
+            nonce: self.nonce,
+            parents_part: b"\x90",
+            expires_at: None,
+        }
     }
 
     /// The record value's length with a signature of `signature` bytes.
     pub fn value_len(&self, signature: usize) -> usize {
-        let protected = self.protected_len();
-        VALUE_PREFIX.len()
-            + bin_header(protected).1
-            + protected
-            + bin_header(self.body.len()).1
-            + self.body.len()
-            + bin_header(signature).1
-            + signature
+        wire::envelope_len(
+            wire::protected_len(&self.input()),
+            self.body.len(),
+            signature,
+        )
     }
 
     /// Writes the record value [TAG, protected, body, signature] signed with `key` into `out`,
     /// exactly [`Message::value_len`] bytes for the key's signature size; false (`out` then
     /// holds no valid value) where the key cannot sign.
     pub fn write_value(&self, key: &Material, out: &mut [u8]) -> bool {
-        let protected_len = self.protected_len();
-        let mut pos = 0;
-        let mut put = |bytes: &[u8]| {
-            out[pos..pos + bytes.len()].copy_from_slice(bytes);
-            pos += bytes.len();
-        };
-        put(VALUE_PREFIX);
-        let (header, used) = bin_header(protected_len);
-        put(&header[..used]);
-        let protected_at = VALUE_PREFIX.len() + used;
-        put(self.head);
-        match self.rkd {
-            None => put(b"\xa3rkd\xc0"),
-            Some(rkd) => {
-                put(b"\xa3rkd\xc4\x20");
-                put(rkd);
-            }
-        }
-        put(b"\xa3iat");
-        let (iat, used) = uint(self.created_at);
-        put(&iat[..used]);
-        put(b"\xa3nce\xc4\x10");
-        put(self.nonce);
-        put(b"\xa3par\x90");
-        let (header, used) = bin_header(self.body.len());
-        put(&header[..used]);
-        put(self.body);
-        let signature_at = pos;
-        let protected = &out[protected_at..protected_at + protected_len];
+        let input = self.input();
+        let protected_len = wire::protected_len(&input);
+        let mut cursor = Cursor::new(out);
+        cursor.put(VALUE_PREFIX);
+        wire::push_bin_header(&mut cursor, protected_len);
+        let protected_at = cursor.pos();
+        wire::write_protected(&mut cursor, &input);
+        wire::push_bin_header(&mut cursor, self.body.len());
+        cursor.put(self.body);
+        let signature_at = cursor.pos();
         let parts: [&[u8]; 5] = [
             SIGNED_PREFIX,
             &(protected_len as u32).to_be_bytes(),
-            protected,
+            &out[protected_at..protected_at + protected_len],
             &(self.body.len() as u32).to_be_bytes(),
             self.body,
         ];
@@ -161,13 +95,13 @@ impl Message<'_> {
                 None => return false,
             },
         };
-        let (header, used) = bin_header(signature.len());
-        let end = signature_at + used + signature.len();
-        if end != out.len() {
+        let (header, used) = wire::bin_header(signature.len());
+        if signature_at + used + signature.len() != out.len() {
             return false;
         }
-        out[signature_at..signature_at + used].copy_from_slice(&header[..used]);
-        out[signature_at + used..end].copy_from_slice(signature);
+        let mut cursor = Cursor::new(&mut out[signature_at..]);
+        cursor.put(&header[..used]);
+        cursor.put(signature);
         true
     }
 }
@@ -175,7 +109,6 @@ impl Message<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::{self, SealInput};
 
     fn expected(key: &Material, m: &Message<'_>, prefix: &[u8], topic_part: &[u8]) -> Vec<u8> {
         let protected = wire::protected_header(&SealInput {
@@ -250,7 +183,7 @@ mod tests {
     #[test]
     fn refuses_a_key_that_cannot_sign_or_a_buffer_of_another_size() {
         let m = Message {
-            head: b"\x8a",
+            head: b"",
             rkd: None,
             created_at: 1,
             nonce: &[0; 16],

@@ -365,34 +365,95 @@ impl Window {
     }
 }
 
-fn push_uint(out: &mut Vec<u8>, value: u64) {
-    if value < 0x80 {
-        out.push(value as u8);
+/// A msgpack uint in its shortest form: the bytes, and how many of them are used.
+pub fn uint_bytes(value: u64) -> ([u8; 9], usize) {
+    let mut out = [0u8; 9];
+    let used = if value < 0x80 {
+        out[0] = value as u8;
+        1
     } else if value < 0x100 {
-        out.extend_from_slice(&[0xCC, value as u8]);
+        out[..2].copy_from_slice(&[0xCC, value as u8]);
+        2
     } else if value < 0x1_0000 {
-        out.push(0xCD);
-        out.extend_from_slice(&(value as u16).to_be_bytes());
+        out[0] = 0xCD;
+        out[1..3].copy_from_slice(&(value as u16).to_be_bytes());
+        3
     } else if value < 0x1_0000_0000 {
-        out.push(0xCE);
-        out.extend_from_slice(&(value as u32).to_be_bytes());
+        out[0] = 0xCE;
+        out[1..5].copy_from_slice(&(value as u32).to_be_bytes());
+        5
     } else {
-        out.push(0xCF);
-        out.extend_from_slice(&value.to_be_bytes());
+        out[0] = 0xCF;
+        out[1..9].copy_from_slice(&value.to_be_bytes());
+        9
+    };
+    (out, used)
+}
+
+/// The shortest bin header for `n` bytes (n < 2**32, checked by the caller): the bytes, and how
+/// many of them are used.
+pub fn bin_header(n: usize) -> ([u8; 5], usize) {
+    let mut out = [0u8; 5];
+    let used = if n < 0x100 {
+        out[..2].copy_from_slice(&[0xC4, n as u8]);
+        2
+    } else if n < 0x1_0000 {
+        out[0] = 0xC5;
+        out[1..3].copy_from_slice(&(n as u16).to_be_bytes());
+        3
+    } else {
+        out[0] = 0xC6;
+        out[1..5].copy_from_slice(&(n as u32).to_be_bytes());
+        5
+    };
+    (out, used)
+}
+
+/// Where the writers below put bytes: a growing `Vec`, or a [`Cursor`] over a buffer of the
+/// exact size (the Python bytes object itself).
+pub trait Sink {
+    fn put(&mut self, bytes: &[u8]);
+}
+
+impl Sink for Vec<u8> {
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
     }
 }
 
-/// The shortest bin header for `n` bytes (n < 2**32, checked by the caller).
-pub fn push_bin_header(out: &mut Vec<u8>, n: usize) {
-    if n < 0x100 {
-        out.extend_from_slice(&[0xC4, n as u8]);
-    } else if n < 0x1_0000 {
-        out.push(0xC5);
-        out.extend_from_slice(&(n as u16).to_be_bytes());
-    } else {
-        out.push(0xC6);
-        out.extend_from_slice(&(n as u32).to_be_bytes());
+/// Writes into `buf` from its start; panics past its end (the callers size it exactly).
+pub struct Cursor<'a> {
+    buf: &'a mut [u8],
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    pub fn new(buf: &'a mut [u8]) -> Self {
+        Cursor { buf, pos: 0 }
     }
+
+    /// Bytes written so far.
+    pub fn pos(&self) -> usize {
+        self.pos
+    }
+}
+
+impl Sink for Cursor<'_> {
+    fn put(&mut self, bytes: &[u8]) {
+        self.buf[self.pos..self.pos + bytes.len()].copy_from_slice(bytes);
+        self.pos += bytes.len();
+    }
+}
+
+fn push_uint(out: &mut impl Sink, value: u64) {
+    let (bytes, used) = uint_bytes(value);
+    out.put(&bytes[..used]);
+}
+
+/// The shortest bin header for `n` bytes (n < 2**32, checked by the caller).
+pub fn push_bin_header(out: &mut impl Sink, n: usize) {
+    let (bytes, used) = bin_header(n);
+    out.put(&bytes[..used]);
 }
 
 /// The per-message inputs of signed_bus._envelope.seal (already validated by the signer).
@@ -406,35 +467,60 @@ pub struct SealInput<'a> {
     pub expires_at: Option<u64>,
 }
 
-/// The protected header signed_bus._envelope.seal writes.
-pub fn protected_header(input: &SealInput<'_>) -> Vec<u8> {
-    let mut p = Vec::with_capacity(
-        96 + input.prefix.len() + input.topic_part.len() + input.parents_part.len(),
-    );
-    p.push(if input.expires_at.is_none() {
-        0x8A
+/// The length of the protected header [`write_protected`] writes for `input`.
+pub fn protected_len(input: &SealInput<'_>) -> usize {
+    let rkd = match input.rkd {
+        None => 5,
+        Some(rkd) => 6 + rkd.len(),
+    };
+    let exp = match input.expires_at {
+        None => 0,
+        Some(exp) => 4 + uint_bytes(exp).1,
+    };
+    1 + input.prefix.len()
+        + input.topic_part.len()
+        + rkd
+        + 4
+        + uint_bytes(input.created_at).1
+        + 6
+        + input.nonce.len()
+        + 4
+        + input.parents_part.len()
+        + exp
+}
+
+/// Writes the protected header signed_bus._envelope.seal writes ([`protected_len`] bytes).
+pub fn write_protected(p: &mut impl Sink, input: &SealInput<'_>) {
+    p.put(if input.expires_at.is_none() {
+        b"\x8a"
     } else {
-        0x8B
+        b"\x8b"
     });
-    p.extend_from_slice(input.prefix);
-    p.extend_from_slice(input.topic_part);
+    p.put(input.prefix);
+    p.put(input.topic_part);
     match input.rkd {
-        None => p.extend_from_slice(b"\xa3rkd\xc0"),
+        None => p.put(b"\xa3rkd\xc0"),
         Some(rkd) => {
-            p.extend_from_slice(b"\xa3rkd\xc4\x20");
-            p.extend_from_slice(rkd);
+            p.put(b"\xa3rkd\xc4\x20");
+            p.put(rkd);
         }
     }
-    p.extend_from_slice(b"\xa3iat");
-    push_uint(&mut p, input.created_at);
-    p.extend_from_slice(b"\xa3nce\xc4\x10");
-    p.extend_from_slice(input.nonce);
-    p.extend_from_slice(b"\xa3par");
-    p.extend_from_slice(input.parents_part);
+    p.put(b"\xa3iat");
+    push_uint(p, input.created_at);
+    p.put(b"\xa3nce\xc4\x10");
+    p.put(input.nonce);
+    p.put(b"\xa3par");
+    p.put(input.parents_part);
     if let Some(exp) = input.expires_at {
-        p.extend_from_slice(b"\xa3exp");
-        push_uint(&mut p, exp);
+        p.put(b"\xa3exp");
+        push_uint(p, exp);
     }
+}
+
+/// The protected header signed_bus._envelope.seal writes.
+pub fn protected_header(input: &SealInput<'_>) -> Vec<u8> {
+    let mut p = Vec::with_capacity(protected_len(input));
+    write_protected(&mut p, input);
     p
 }
 
@@ -454,45 +540,25 @@ pub fn lengths(protected: &[u8], body: &[u8]) -> [[u8; 4]; 2] {
     ]
 }
 
-/// The length of the shortest bin header for `n` bytes.
-fn bin_header_len(n: usize) -> usize {
-    if n < 0x100 {
-        2
-    } else if n < 0x1_0000 {
-        3
-    } else {
-        5
-    }
-}
-
 /// The size of the record value [TAG, protected, body, signature].
 pub fn envelope_len(protected: usize, body: usize, signature: usize) -> usize {
     VALUE_PREFIX.len()
-        + bin_header_len(protected)
+        + bin_header(protected).1
         + protected
-        + bin_header_len(body)
+        + bin_header(body).1
         + body
-        + bin_header_len(signature)
+        + bin_header(signature).1
         + signature
 }
 
 /// Writes the record value [TAG, protected, body, signature] into `out`, which is exactly
 /// [`envelope_len`] bytes (the caller's buffer: the Python bytes object itself).
 pub fn write_envelope(out: &mut [u8], protected: &[u8], body: &[u8], signature: &[u8]) {
-    let mut pos = 0;
-    let mut put = |bytes: &[u8]| {
-        out[pos..pos + bytes.len()].copy_from_slice(bytes);
-        pos += bytes.len();
-    };
-    put(VALUE_PREFIX);
+    let mut out = Cursor::new(out);
+    out.put(VALUE_PREFIX);
     for part in [protected, body, signature] {
-        let n = part.len();
-        let mut header = [0u8; 5];
-        let width = bin_header_len(n);
-        header[0] = [0xC4, 0xC5, 0, 0xC6][width - 2];
-        header[1..width].copy_from_slice(&(n as u32).to_be_bytes()[5 - width..]);
-        put(&header[..width]);
-        put(part);
+        push_bin_header(&mut out, part.len());
+        out.put(part);
     }
 }
 
