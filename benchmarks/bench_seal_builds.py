@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import argparse
 import gc
-import importlib.util
-import sys
 import time
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
 import msgpack
+from bench_builds import load  # the same loading of a build beside the installed one
 
 from signed_bus import _native
 from signed_bus._envelope import CONTENT_TYPE_MSGPACK
@@ -30,24 +29,6 @@ from signed_bus.bench.codec import HMAC_KID, ISSUER, MODEL, bench_keyring
 from signed_bus.bench.payloads import inference_results
 
 TOPIC = "bench"
-
-
-def load(path: str) -> ModuleType:
-    """The extension built into ``path``, loaded beside the installed one (which stays the one
-    ``import signed_bus_native`` gives); as in benchmarks/bench_builds.py."""
-    installed = sys.modules.get("signed_bus_native")
-    spec = importlib.util.spec_from_file_location("signed_bus_native", path)
-    if spec is None or spec.loader is None:
-        raise SystemExit(f"{path}: not a loadable extension")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    if installed is not None:  # loading an extension registers it under its name
-        sys.modules["signed_bus_native"] = installed
-    if module.ABI_VERSION != _native.ABI_VERSION:
-        raise SystemExit(
-            f"{path}: interface version {module.ABI_VERSION}, not {_native.ABI_VERSION}"
-        )
-    return module
 
 
 def cases(module: ModuleType, ring: Keyring) -> dict[str, tuple[Callable[[Any], object], str]]:
