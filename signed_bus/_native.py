@@ -38,12 +38,11 @@ __all__ = [
     "opener",
     "reopen",
     "sealer",
-    "verify_entry",
 ]
 
 ENV_VAR: Final = "SIGNED_BUS_NATIVE"
 #: The interface version this package speaks; the extension exports its own (native/src/lib.rs).
-ABI_VERSION: Final = 11
+ABI_VERSION: Final = 14
 #: The distribution that holds the extension.
 DISTRIBUTION: Final = "signed-bus-native"
 
@@ -198,12 +197,6 @@ def opener(
         clock is system_clock,
         maker,
     )
-
-
-def verify_entry() -> Any:
-    """The extension's ``VerifyEntry`` (signed_bus._verifier.Verifier's base: ``verify`` in one
-    native call), or None on the pure path. Read once, when signed_bus._verifier is imported."""
-    return None if _module is None else _module.VerifyEntry
 
 
 def claim_planner() -> Callable[..., Any] | None:

@@ -9,7 +9,7 @@ raises its VerificationError subclass; nothing else escapes for any input bytes.
 from __future__ import annotations
 
 import hashlib
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from signed_bus import _native
 from signed_bus._clock import Clock, system_clock
@@ -48,53 +48,7 @@ _WITH_EXPIRY: Final = len(HEADER_KEYS)  # a header map holds exp only when it ha
 BatchItem = tuple[bytes, str, bytes | None, int | None]
 
 
-class _VerifyEntry:
-    """:meth:`Verifier.verify` in Python: Verifier's base where the extension is not loaded.
-    With it, the base is the extension's ``VerifyEntry``, the same method in one native call
-    (Python's own call and frame cost a tenth of a verify); tests pin that the two agree."""
-
-    __slots__ = ()
-
-    if TYPE_CHECKING:
-        _opener: Any
-
-        def _verify_other(
-            self, value: Any, topic: str, key: Any, reference_ms: int | None, opened: Any
-        ) -> VerifiedMessage: ...
-
-    def verify(
-        self,
-        value: bytes,
-        *,
-        topic: str,
-        key: bytes | None,
-        reference_ms: int | None = None,
-    ) -> VerifiedMessage:
-        """Verify a record value read from ``topic`` with record ``key``.
-
-        Returns the verified message; raises a VerificationError subclass whose ``reason`` says
-        which check failed. A ``key`` that is not bytes-like or None is a caller bug:
-        ConfigurationError.
-        """
-        opener = self._opener
-        if opener is None:
-            return self._verify_other(value, topic, key, reference_ms, "")
-        # The native path (signed_bus._native): one call, which answers "" for a value or key
-        # that is not exactly bytes (or None); _verify_other checks and converts those.
-        opened = opener.open(value, topic, key, reference_ms)
-        if opened.__class__ is VerifiedMessage:  # verified and fresh: the common case
-            return opened
-        return self._verify_other(value, topic, key, reference_ms, opened)
-
-
-#: Verifier's base: the native entry when the extension is loaded, else the one above.
-if TYPE_CHECKING:
-    _VerifyBase = _VerifyEntry
-else:
-    _VerifyBase = _native.verify_entry() or _VerifyEntry
-
-
-class Verifier(_VerifyBase):
+class Verifier:
     """Verifies record values against a keyring (which it reads live: rotation needs no restart).
 
     Freshness (docs/ENVELOPE.md section 7) is one :class:`~signed_bus._freshness.Freshness`
@@ -201,6 +155,30 @@ class Verifier(_VerifyBase):
             kid=message.kid,
             issuer=message.issuer,
         )
+
+    def verify(
+        self,
+        value: bytes,
+        *,
+        topic: str,
+        key: bytes | None,
+        reference_ms: int | None = None,
+    ) -> VerifiedMessage:
+        """Verify a record value read from ``topic`` with record ``key``.
+
+        Returns the verified message; raises a VerificationError subclass whose ``reason`` says
+        which check failed. A ``key`` that is not bytes-like or None is a caller bug:
+        ConfigurationError.
+        """
+        opener = self._opener
+        if opener is None:
+            return self._verify_other(value, topic, key, reference_ms, "")
+        # The native path (signed_bus._native): one call, which answers "" for a value or key
+        # that is not exactly bytes (or None); _verify_other checks and converts those.
+        opened = opener.open(value, topic, key, reference_ms)
+        if opened.__class__ is VerifiedMessage:  # verified and fresh: the common case
+            return opened
+        return self._verify_other(value, topic, key, reference_ms, opened)
 
     def _verify_other(
         self, value: Any, topic: str, key: Any, reference_ms: int | None, opened: Any

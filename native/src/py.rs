@@ -317,33 +317,6 @@ impl Opener {
         i64::try_from(since.as_millis()).ok()
     }
 
-    /// `open`'s answer, and whether it is the VerifiedMessage of a verified, fresh value (the
-    /// case Verifier.verify returns as it is).
-    pub(crate) fn open_value<'py>(
-        &self,
-        py: Python<'py>,
-        value: &Bound<'py, PyAny>,
-        topic: &Bound<'py, PyAny>,
-        key: &Bound<'py, PyAny>,
-        reference_ms: Option<&Bound<'py, PyAny>>,
-    ) -> PyResult<(PyObject, bool)> {
-        let python = || Ok((PyString::new(py, "").into_any().unbind(), false));
-        let Ok(value) = value.downcast_exact::<PyBytes>() else {
-            return python();
-        };
-        let Some(key) = record_key(key) else {
-            return python();
-        };
-        let key = key.as_ref().map(|key| key.as_bytes());
-        let outcome = self.check(py, value.as_bytes(), topic, key, reference_ms)?;
-        let answer = outcome_object(py, value, self.maker.as_ref(), outcome)?;
-        let verified = match &self.maker {
-            Some(maker) => answer.bind(py).get_type().is(maker.cls.bind(py)),
-            None => false,
-        };
-        Ok((answer, verified))
-    }
-
     /// Every check of Verifier.verify, in its order: the signature on this thread (Ed25519
     /// with the GIL released).
     fn check<'a, 'py>(
@@ -674,7 +647,16 @@ impl Opener {
         key: &Bound<'py, PyAny>,
         reference_ms: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<PyObject> {
-        Ok(self.open_value(py, value, topic, key, reference_ms)?.0)
+        let python = || Ok(PyString::new(py, "").into_any().unbind());
+        let Ok(value) = value.downcast_exact::<PyBytes>() else {
+            return python();
+        };
+        let Some(key) = record_key(key) else {
+            return python();
+        };
+        let key = key.as_ref().map(|key| key.as_bytes());
+        let outcome = self.check(py, value.as_bytes(), topic, key, reference_ms)?;
+        outcome_object(py, value, self.maker.as_ref(), outcome)
     }
 
     /// `open` for every item of `items` (tuples `(value, topic, key, reference_ms)`), in order:
@@ -869,7 +851,6 @@ fn signed_bus_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Opener>()?;
     m.add_class::<CheckedHeader>()?;
     m.add_class::<crate::py_seal::Sealer>()?;
-    m.add_class::<crate::py_verify::VerifyEntry>()?;
     m.add_function(wrap_pyfunction!(crate::py_seal::drop_nonces, m)?)?;
     m.add_function(wrap_pyfunction!(crate::py_seal::check_map_keys, m)?)?;
     m.add_function(wrap_pyfunction!(decode_reason, m)?)?;

@@ -36,7 +36,6 @@ from signed_bus.errors import (
 )
 
 NATIVE = _native.load("1")
-_NativeEntry: Any = getattr(NATIVE, "VerifyEntry", None)
 NOW = 1_800_000_000_000
 
 
@@ -323,82 +322,3 @@ def test_a_topic_that_is_not_utf8_gets_the_pure_verdict(topic: str) -> None:
         outcomes.append((str(caught.value), [type(answer) for answer in batch]))
     assert outcomes[0] == outcomes[1]
     assert outcomes[0][1] == [WrongTopic]
-
-
-def test_the_native_verify_entry_is_the_pure_method() -> None:
-    # With the extension loaded Verifier.verify is the extension's VerifyEntry.verify (no
-    # Python frame); without it, _VerifyEntry.verify. Same parameters, same documentation.
-    import inspect
-
-    from signed_bus._verifier import _VerifyEntry
-
-    native_verify = _NativeEntry.verify
-    pure_verify = _VerifyEntry.verify
-
-    def shape(function: Any) -> list[tuple[str, object, object]]:
-        parameters = inspect.signature(function).parameters.values()
-        return [(p.name, p.kind, p.default) for p in parameters if p.name != "self"]
-
-    assert shape(native_verify) == shape(pure_verify)
-    assert inspect.getdoc(native_verify) == inspect.getdoc(pure_verify)
-    base = Verifier.__mro__[1]
-    assert base in (_NativeEntry, _VerifyEntry)
-    assert (base is _NativeEntry) == _native.active()
-
-
-class _Probe(_NativeEntry):  # type: ignore[misc]
-    """The native entry over a given opener, recording what it leaves to Python."""
-
-    __slots__ = ("_opener", "left")
-
-    def __init__(self, opener: object) -> None:
-        self._opener = opener
-        self.left: list[tuple[object, ...]] = []
-
-    def _verify_other(
-        self, value: Any, topic: str, key: Any, reference_ms: int | None, opened: Any
-    ) -> Any:
-        self.left.append((value, topic, key, reference_ms, opened))
-        return "left to Python"
-
-
-class _StandIn:
-    """An opener of another build (benchmarks/bench_builds.py): answers what it is given."""
-
-    def __init__(self, answer: object) -> None:
-        self.answer = answer
-        self.calls: list[tuple[object, ...]] = []
-
-    def open(self, *args: object) -> object:
-        self.calls.append(args)
-        return self.answer
-
-
-def test_the_native_entry_returns_only_what_an_opener_verified() -> None:
-    _, native = _paths()
-    value = _signed(topic="t", key=b"k")
-    native.verify(value, topic="t", key=b"k")  # fills the opener's key cache
-    probe = _Probe(native._opener)
-    message = probe.verify(value, topic="t", key=b"k")
-    assert type(message) is VerifiedMessage and probe.left == []
-    # Everything else goes to _verify_other with the opener's answer: a refusal's reason,
-    # "" for arguments to check in Python.
-    assert probe.verify(value, topic="u", key=b"k", reference_ms=5) == "left to Python"
-    assert probe.verify(bytearray(value), topic="t", key=b"k") == "left to Python"
-    assert [left[-1] for left in probe.left] == ["wrong_topic", ""]
-    assert probe.left[0][:4] == (value, "u", b"k", 5)
-    # The pure path: no opener.
-    pure = _Probe(None)
-    assert pure.verify(value, topic="t", key=None) == "left to Python"
-    assert pure.left == [(value, "t", None, None, "")]
-    # Another build's opener: its message is returned, any other answer is left to Python.
-    stand_in = _StandIn(message)
-    assert _Probe(stand_in).verify(value, topic="t", key=b"k") is message
-    assert stand_in.calls == [(value, "t", b"k", None)]
-    answers: list[object] = ["bad_signature", "", None, ({}, b"", 7)]
-    for answer in answers:
-        other = _Probe(_StandIn(answer))
-        assert other.verify(value, topic="t", key=b"k", reference_ms=9) == "left to Python"
-        assert other.left == [(value, "t", b"k", 9, answer)]
-    with pytest.raises(TypeError):
-        probe.verify(value, "t", b"k")  # topic and key are keyword-only, as in Python
