@@ -15,8 +15,11 @@ use rand_chacha::ChaCha20Rng;
 
 use crate::wire::NONCE_BYTES;
 
-/// Nonces per OS read (per ChaCha20 key).
-pub const POOL_NONCES: usize = 1 << 16;
+/// Nonces per OS read (per ChaCha20 key). Small on purpose: a fork that bypasses Python's
+/// at-fork hooks (a fork from C, a restored snapshot) copies the generator, and parent and child
+/// then hand out the same nonces until the next key; 256 bounds that as the former 4 KiB pool
+/// did. A new key costs one 32-byte getrandom, about 2 ns per nonce at this size.
+pub const POOL_NONCES: usize = 256;
 
 struct Pool {
     /// The generator of the current key; None before the first nonce and after [`drop_all`].

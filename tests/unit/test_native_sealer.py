@@ -184,6 +184,37 @@ def test_a_forked_child_does_not_hand_out_its_parents_pooled_nonces() -> None:
     assert not child & parent
 
 
+def test_a_fork_python_does_not_see_repeats_at_most_one_keys_nonces() -> None:
+    # A fork from C (or a restored snapshot) skips os.register_at_fork: the child inherits the
+    # generator and its key. A new key every 256 nonces bounds what the two processes repeat
+    # (the first version kept a key for 65,536 nonces, and all 600 below repeated).
+    import ctypes
+
+    signer = _signer()
+    signer.sign(1, topic="t")  # the generator now holds a key
+    read, write = os.pipe()
+    pid = ctypes.CDLL(None).fork()
+    assert pid >= 0
+    if pid == 0:  # the child: its next nonces, to the parent
+        try:
+            nonces = b"".join(
+                decode_envelope(signer.sign(1, topic="t")).header.nonce for _ in range(600)
+            )
+            os.write(write, nonces)
+        finally:
+            os._exit(0)
+    os.close(write)
+    received = b""
+    while chunk := os.read(read, 4096):
+        received += chunk
+    os.close(read)
+    os.waitpid(pid, 0)
+    child = {received[i : i + 16] for i in range(0, len(received), 16)}
+    assert len(child) == 600
+    parent = {decode_envelope(signer.sign(1, topic="t")).header.nonce for _ in range(600)}
+    assert len(child & parent) < 256
+
+
 # -- the one call that also encodes (Signer.sign and SignedProducer.send with the default encoder)
 
 
