@@ -7,6 +7,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
+use pyo3::{PyTraverseError, PyVisit};
 
 use crate::batch::{self, Check};
 use crate::crypto::{sha256, Material};
@@ -619,6 +620,29 @@ impl Opener {
             texts: Mutex::new(Default::default()),
             last_key: Mutex::new(None),
         }
+    }
+
+    /// The Python objects this opener holds, for the cyclic collector: a verifier whose clock
+    /// (or keyring) refers back to an object that holds the verifier is then freed like any
+    /// other cycle (the other objects of the cycle are the ones cleared). The last key entry is
+    /// skipped while another call holds its lock: the collector then keeps what it refers to.
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.keyring)?;
+        visit.call(&self.cache)?;
+        visit.call(&self.clock)?;
+        if let Some(maker) = &self.maker {
+            visit.call(&maker.draft)?;
+            visit.call(&maker.cls)?;
+            visit.call(&maker.undecoded)?;
+        }
+        if let Ok(last) = self.last_key.try_lock() {
+            if let Some((kid, key, native)) = &*last {
+                visit.call(kid)?;
+                visit.call(key)?;
+                visit.call(native)?;
+            }
+        }
+        Ok(())
     }
 
     /// Let go of the last value's key entry (signed_bus._native.refresh calls this when the

@@ -322,3 +322,28 @@ def test_a_topic_that_is_not_utf8_gets_the_pure_verdict(topic: str) -> None:
         outcomes.append((str(caught.value), [type(answer) for answer in batch]))
     assert outcomes[0] == outcomes[1]
     assert outcomes[0][1] == [WrongTopic]
+
+
+def test_a_verifier_in_a_cycle_through_its_clock_is_collected() -> None:
+    # The opener held its clock (here a bound method of the object that holds the verifier)
+    # without telling the collector: such a cycle was never freed on the native path.
+    import weakref
+
+    class App:
+        def __init__(self) -> None:
+            with _native.using(NATIVE):
+                self.verifier = Verifier(_ring(), clock=self.now)
+
+        def now(self) -> int:
+            return NOW
+
+    apps = [App() for _ in range(5)]
+    value = _signed(topic="t")
+    for app in apps:
+        for _ in range(2):  # the second open takes the last key entry
+            assert app.verifier.verify(value, topic="t", key=None).kid == "k1"
+        assert app.verifier._opener is not None
+    refs = [weakref.ref(app) for app in apps]
+    del apps, app
+    gc.collect()
+    assert [ref() for ref in refs] == [None] * 5
