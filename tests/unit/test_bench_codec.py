@@ -30,7 +30,7 @@ def test_codec_part_measures_every_contender() -> None:
         "pure vs native",  # the core seal and open on both paths (the extension is installed)
     }
     assert [target.name for target in part.targets] == [
-        "HS256 seal per 512-byte result (native)",
+        "HS256 seal per 512-byte result, body encoded (native)",
         "HS256 open per 512-byte result (native)",
     ]
     for row in part.rows:
