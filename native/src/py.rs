@@ -223,7 +223,7 @@ fn header_dict<'py>(
     texts: &Texts<'py>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let dict = PyDict::new(py);
-    for &index in &h.order {
+    for index in h.order() {
         let key = header_key(py, index);
         match index {
             wire::K_ALG..=wire::K_TPC => dict.set_item(key, &texts[index])?,

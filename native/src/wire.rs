@@ -173,8 +173,34 @@ pub struct Header<'a> {
     pub nce: &'a [u8],
     pub par: Vec<&'a [u8]>,
     pub exp: Option<u64>,
+    /// Key indices (KEYS) in the order received: the first `keys` of them.
+    order: [u8; KEYS.len()],
+    keys: u8,
+}
+
+impl Header<'_> {
     /// Key indices (KEYS) in the order received.
-    pub order: Vec<usize>,
+    pub fn order(&self) -> impl Iterator<Item = usize> + '_ {
+        self.order[..self.keys as usize].iter().map(|&i| i as usize)
+    }
+}
+
+/// The index in KEYS of a 3-byte key name.
+pub(crate) fn key_index(name: &[u8]) -> Option<usize> {
+    Some(match name {
+        b"alg" => K_ALG,
+        b"kid" => K_KID,
+        b"iss" => K_ISS,
+        b"mdl" => K_MDL,
+        b"cty" => K_CTY,
+        b"tpc" => K_TPC,
+        b"rkd" => K_RKD,
+        b"iat" => K_IAT,
+        b"nce" => K_NCE,
+        b"par" => K_PAR,
+        b"exp" => K_EXP,
+        _ => return None,
+    })
 }
 
 struct Reader<'a> {
@@ -264,7 +290,8 @@ pub fn parse_header(protected: &[u8]) -> R<Header<'_>> {
         nce: &[],
         par: Vec::new(),
         exp: None,
-        order: Vec::with_capacity(size),
+        order: [0; KEYS.len()],
+        keys: 0,
     };
     let mut seen = [false; 11];
     for _ in 0..size {
@@ -273,15 +300,13 @@ pub fn parse_header(protected: &[u8]) -> R<Header<'_>> {
             return Err(Reason::Malformed);
         }
         let name = r.take(3)?;
-        let index = KEYS
-            .iter()
-            .position(|k| k.as_bytes() == name)
-            .ok_or(Reason::Malformed)?;
+        let index = key_index(name).ok_or(Reason::Malformed)?;
         if seen[index] {
             return Err(Reason::Malformed);
         }
         seen[index] = true;
-        h.order.push(index);
+        h.order[h.keys as usize] = index as u8;
+        h.keys += 1;
         match index {
             K_ALG..=K_TPC => h.texts[index] = r.text()?,
             K_RKD => {
