@@ -290,20 +290,32 @@ type Item<'py> = (
 
 impl Opener {
     /// The header's texts as Python strings, reusing the last one made for each field when
-    /// the text is the same.
-    fn texts_of<'py>(&self, py: Python<'py>, texts: &[&str; 6]) -> Texts<'py> {
+    /// the text has the same bytes (which proves them UTF-8: only a new text is checked);
+    /// Err(malformed) for a text that is not UTF-8.
+    fn texts_of<'py>(&self, py: Python<'py>, texts: &[&[u8]; 6]) -> Result<Texts<'py>, Reason> {
         let mut cache = self.texts.lock().unwrap_or_else(|p| p.into_inner());
-        std::array::from_fn(|index| {
-            let text = texts[index];
-            if let Some((held, string)) = &cache[index] {
-                if **held == *text {
+        // Every text is checked before any string is made: the first invalid one decides.
+        let mut fresh = [false; 6];
+        for (index, text) in texts.iter().enumerate() {
+            fresh[index] = match &cache[index] {
+                Some((held, _)) if held.as_bytes() == *text => false,
+                _ => {
+                    wire::utf8(text)?;
+                    true
+                }
+            };
+        }
+        Ok(std::array::from_fn(|index| {
+            if !fresh[index] {
+                if let Some((_, string)) = &cache[index] {
                     return string.bind(py).clone();
                 }
             }
+            let text = wire::utf8(texts[index]).unwrap_or_default();
             let string = PyString::new(py, text);
             cache[index] = Some((text.into(), string.clone().unbind()));
             string
-        })
+        }))
     }
 
     /// Milliseconds since the epoch, floored, when the clock is the system clock.
@@ -373,17 +385,23 @@ impl Opener {
             Ok(frame) => frame,
             Err(reason) => return done(Outcome::Rejected(reason)),
         };
-        let h = match wire::parse_header(&value[frame.p_start..frame.p_end]) {
+        let h = match wire::parse_header_fields(&value[frame.p_start..frame.p_end]) {
             Ok(h) => h,
             Err(reason) => return done(Outcome::Rejected(reason)),
         };
-        let [alg, _, issuer, _, _, _] = h.texts;
-        let sig_bytes = match alg {
-            crate::crypto::HS256 => 32,
-            crate::crypto::EDDSA => 64,
-            _ => return done(Outcome::Rejected(Reason::AlgorithmMismatch)),
+        // The texts' UTF-8, the last rule of the decode, before any policy check.
+        let texts = match self.texts_of(py, &h.texts) {
+            Ok(texts) => texts,
+            Err(reason) => return done(Outcome::Rejected(reason)),
         };
-        let texts = self.texts_of(py, &h.texts);
+        let alg = h.texts[wire::K_ALG];
+        let sig_bytes = if alg == crate::crypto::HS256.as_bytes() {
+            32
+        } else if alg == crate::crypto::EDDSA.as_bytes() {
+            64
+        } else {
+            return done(Outcome::Rejected(Reason::AlgorithmMismatch));
+        };
         let keys = self.keyring.bind(py).getattr(intern!(py, "_keys"))?;
         let Ok(keys) = keys.downcast::<PyDict>() else {
             return done(Outcome::Python);
@@ -432,10 +450,10 @@ impl Opener {
             }
         };
         let key_ref = native.get();
-        if alg != key_ref.material.alg() {
+        if alg != key_ref.material.alg().as_bytes() {
             return done(Outcome::Rejected(Reason::AlgorithmMismatch));
         }
-        if !key_ref.issuers.contains(issuer) {
+        if !key_ref.issuers.contains(texts[wire::K_ISS].to_str()?) {
             return done(Outcome::Rejected(Reason::UntrustedIssuer));
         }
         if value.len() - frame.s_start != sig_bytes {
@@ -471,7 +489,7 @@ impl Opener {
             texts,
             ..
         } = pending;
-        if h.texts[wire::K_TPC] != topic {
+        if h.texts[wire::K_TPC] != topic.as_bytes() {
             return Ok(Outcome::Rejected(Reason::WrongTopic));
         }
         let key_matches = match (h.rkd, key) {
