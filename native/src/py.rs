@@ -1,6 +1,6 @@
 //! The Python module `signed_bus_native` (loaded by signed_bus/_native.py).
 
-use std::collections::HashSet;
+use std::collections::BTreeSet;
 use std::sync::Mutex;
 
 use pyo3::exceptions::PyValueError;
@@ -18,13 +18,15 @@ use crate::wire::{self, Frame, Header, Reason, SealInput, Window};
 #[pyclass(frozen, module = "signed_bus_native", name = "Key")]
 pub struct NativeKey {
     pub(crate) material: Material,
-    issuers: HashSet<String>,
+    /// Ordered: a key trusts a few issuers, found by a comparison or two (a hash set hashed
+    /// the issuer of every value first).
+    issuers: BTreeSet<String>,
 }
 
 #[pymethods]
 impl NativeKey {
     #[staticmethod]
-    fn hmac(secret: &[u8], issuers: HashSet<String>) -> Self {
+    fn hmac(secret: &[u8], issuers: BTreeSet<String>) -> Self {
         NativeKey {
             material: Material::hmac(secret),
             issuers,
@@ -34,7 +36,7 @@ impl NativeKey {
     /// None when the key does not decode here (the Python path then serves this kid).
     #[staticmethod]
     #[pyo3(signature = (public, issuers, private = None))]
-    fn ed25519(public: &[u8], issuers: HashSet<String>, private: Option<&[u8]>) -> Option<Self> {
+    fn ed25519(public: &[u8], issuers: BTreeSet<String>, private: Option<&[u8]>) -> Option<Self> {
         let public: &[u8; 32] = public.try_into().ok()?;
         let private: Option<&[u8; 32]> = match private {
             None => None,
