@@ -210,7 +210,7 @@ def test_both_paths_hand_out_finished_frozen_messages() -> None:
     # verifier is a VerifiedMessage (never the draft), frozen, its digest and payload unread.
     from signed_bus._message import _UNDECODED, _Draft
 
-    assert _Draft.__slots__ == VerifiedMessage.__slots__
+    assert _Draft.__bases__ == (VerifiedMessage,) and _Draft.__slots__ == ()
     value = _signed(topic="t", key=b"k")
     for verifier in _paths():
         for message in (
