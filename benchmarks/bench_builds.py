@@ -2,12 +2,14 @@
 
     .venv/bin/python benchmarks/bench_builds.py A.so B.so [--rounds N] [--ops N]
 
-Both files are builds of signed-bus-native (``signed_bus_native.abi3.so`` from a venv's
-site-packages, copied aside before the next ``make venv``) with this package's interface version.
+Both files are builds of signed-bus-native (``signed_bus_native.abi3.so`` inside the
+``signed_bus_native`` package of a venv's site-packages, copied aside before the next ``make
+venv``) with this package's interface version.
 Each gets its own Verifier on the same keyring and the same 1,000 HS256 values; every round
 times every case of both builds in turn (thread CPU time, the collector off), and the best round
 counts. On a machine shared with other work this is the way to see a change of a few percent:
-two separate runs differ by more than that.
+two separate runs differ by more than that. Both builds share this checkout's Python; the
+"unrelated draft" case times one Python-side choice (how the message is drafted) on each.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from aiokafka.structs import ConsumerRecord
 from signed_bus import _native
 from signed_bus._gate import LOG_APPEND_TIME, Gate
 from signed_bus._keys import Keyring
+from signed_bus._message import _UNDECODED, VerifiedMessage
 from signed_bus._signer import Signer
 from signed_bus._verifier import Verifier
 from signed_bus.bench.codec import HMAC_KID, ISSUER, MODEL, bench_keyring
@@ -33,6 +36,14 @@ from signed_bus.bench.payloads import inference_results
 
 TOPIC = "bench"
 BATCH = 500
+
+
+class _SameSlots:
+    """A draft as messages were built before the draft became a VerifiedMessage subclass: an
+    unrelated class with the same slots (its ``__class__`` assignment compares the two classes'
+    slots on every message). Timed as "Opener.open, unrelated draft" against "Opener.open"."""
+
+    __slots__ = VerifiedMessage.__slots__
 
 
 def load(path: str) -> ModuleType:
@@ -58,12 +69,21 @@ def cases(
 ) -> dict[str, Callable[[Any], object]]:
     with _native.using(module):
         verifier = Verifier(ring)
+        unrelated = _native.opener(
+            ring,
+            max_envelope_bytes=verifier._max_bytes,
+            freshness=verifier._freshness,
+            audit=verifier._audit,
+            clock=verifier._clock,
+            maker=(_SameSlots, VerifiedMessage, _UNDECODED),
+        )
     opener = verifier._opener
     assert type(opener) is module.Opener
     # The key cache from this build's own key objects (signed_bus._native.refresh would take
     # the installed module's).
     for kid, key in ring._keys.items():
-        opener.cache[kid] = (key, _native._native_key(module, key))
+        opener.cache[kid] = unrelated.cache[kid] = (key, _native._native_key(module, key))
+    assert type(unrelated.open(values[0], TOPIC, None, None)) is VerifiedMessage
     assert type(verifier.verify(values[0], topic=TOPIC, key=None)._header) is module.Header
     gate = Gate(verifier)
     now = time.time_ns() // 1_000_000  # the broker's LogAppendTime: fresh for the whole run
@@ -83,6 +103,7 @@ def cases(
     return {
         "Verifier.verify": lambda value: verifier.verify(value, topic=TOPIC, key=None),
         "Opener.open": lambda value: opener.open(value, TOPIC, None, None),
+        "Opener.open, unrelated draft": lambda value: unrelated.open(value, TOPIC, None, None),
         "Opener.reason": lambda value: opener.reason(value, TOPIC, None, None),
         f"Gate.receive, per record of {BATCH}": receive,
     }

@@ -5,9 +5,10 @@ native opener's header object (``signed_bus_native.Header``: the same keys and v
 like the map, the parents as a tuple), which costs one allocation instead of a dozen and which
 the cyclic collector does not track. The body is decoded on the first read of ``payload``.
 The verifier (and the native opener, through :data:`MAKER`) builds instances without
-``__init__`` or a Python call per field: a :class:`_Draft` (the same slots, no frozen
-``__setattr__``) has its fields written as plain attributes, then becomes a VerifiedMessage by
-``__class__`` assignment, which CPython allows between classes of the same layout.
+``__init__`` or a Python call per field: a :class:`_Draft` (a subclass that adds no slots and
+drops the frozen ``__setattr__``) has its fields written as plain attributes, then becomes a
+VerifiedMessage by ``__class__`` assignment, which CPython allows between classes of the same
+layout.
 """
 
 from __future__ import annotations
@@ -240,17 +241,18 @@ def _rebuild(header: dict[str, Any], body: bytes, digest: bytes) -> VerifiedMess
     return msg
 
 
-class _Draft:
-    """A VerifiedMessage under construction: its slots, in the same layout, written as plain
-    attributes (no frozen ``__setattr__``, no Python call per field); :func:`_build` then
-    assigns its ``__class__``. Nothing outside this module and the native opener sees one."""
+class _Draft(VerifiedMessage):
+    """A VerifiedMessage under construction: its slots (inherited, none added) written as plain
+    attributes (object's ``__setattr__`` and ``__init__``, so no Python call per field);
+    :func:`_build` then assigns its ``__class__``. As a subclass that adds nothing, it shares
+    VerifiedMessage's layout by construction, and CPython's check of the assignment stops at
+    the common base instead of comparing the slots of two unrelated classes. Nothing outside
+    this module and the native opener sees one."""
 
-    __slots__ = VerifiedMessage.__slots__
-
-    _header: Mapping[str, Any]
-    body: bytes
-    _value: bytes | None
-    _payload: object
+    __slots__ = ()
+    __init__ = object.__init__
+    __setattr__ = object.__setattr__  # type: ignore[assignment]
+    __delattr__ = object.__delattr__  # type: ignore[assignment]
 
 
 def _build(header: Mapping[str, Any], body: bytes, value: bytes | None) -> VerifiedMessage:
@@ -260,7 +262,7 @@ def _build(header: Mapping[str, Any], body: bytes, value: bytes | None) -> Verif
     draft.body = body
     draft._value = value
     draft._payload = _UNDECODED
-    draft.__class__ = VerifiedMessage  # type: ignore[assignment]
+    draft.__class__ = VerifiedMessage
     return cast(VerifiedMessage, draft)
 
 

@@ -1,7 +1,7 @@
 //! The Python module `signed_bus_native` (loaded by signed_bus/_native.py).
 
-use std::collections::HashSet;
-use std::sync::Mutex;
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
 
 use pyo3::exceptions::PyValueError;
 use pyo3::intern;
@@ -19,13 +19,15 @@ use crate::wire::{self, Frame, Header, Reason, SealInput, Window};
 #[pyclass(frozen, module = "signed_bus_native", name = "Key")]
 pub struct NativeKey {
     pub(crate) material: Material,
-    issuers: HashSet<String>,
+    /// Ordered: a key trusts a few issuers, found by a comparison or two (a hash set hashed
+    /// the issuer of every value first).
+    issuers: BTreeSet<String>,
 }
 
 #[pymethods]
 impl NativeKey {
     #[staticmethod]
-    fn hmac(secret: &[u8], issuers: HashSet<String>) -> Self {
+    fn hmac(secret: &[u8], issuers: BTreeSet<String>) -> Self {
         NativeKey {
             material: Material::hmac(secret),
             issuers,
@@ -35,7 +37,7 @@ impl NativeKey {
     /// None when the key does not decode here (the Python path then serves this kid).
     #[staticmethod]
     #[pyo3(signature = (public, issuers, private = None))]
-    fn ed25519(public: &[u8], issuers: HashSet<String>, private: Option<&[u8]>) -> Option<Self> {
+    fn ed25519(public: &[u8], issuers: BTreeSet<String>, private: Option<&[u8]>) -> Option<Self> {
         let public: &[u8; 32] = public.try_into().ok()?;
         let private: Option<&[u8; 32]> = match private {
             None => None,
@@ -124,14 +126,15 @@ fn verify_parts(py: Python<'_>, material: &Material, parts: &[&[u8]], signature:
     }
 }
 
-/// The header's six texts as Python strings, built once per value: the keyring lookups and the
-/// header map share them.
-type Texts<'py> = [Bound<'py, PyString>; 6];
+/// The header's six texts as Python strings, shared by the keyring lookups, the header map or
+/// object, and every value whose six texts are those of the value before (one reference count
+/// instead of six per value, and again when its message goes).
+type Texts = Arc<[Py<PyString>; 6]>;
 
-enum Outcome<'a, 'py> {
-    Verified(Header<'a>, Frame, Texts<'py>),
+enum Outcome<'a> {
+    Verified(Header<'a>, Frame, Texts),
     /// Authentic, but outside the freshness window at `now`.
-    Stale(Header<'a>, Frame, Texts<'py>, i64, Reason),
+    Stale(Header<'a>, Frame, Texts, i64, Reason),
     Rejected(Reason),
     /// The Python path must decide (a key without native material, a clock that is not an int).
     Python,
@@ -157,7 +160,7 @@ pub struct Opener {
     maker: Option<MessageMaker>,
     /// The last Python string made for each header text: headers repeat from record to record,
     /// so most values reuse one (with its hash already computed for the keyring lookup).
-    texts: Mutex<[HeldText; 6]>,
+    texts: Mutex<Option<HeldTexts>>,
     /// The cache entry the last value used: its kid's string, the keyring's key object and
     /// the native key (most values name the same kid as the one before).
     last_key: Mutex<Option<LastKey>>,
@@ -166,8 +169,11 @@ pub struct Opener {
 /// A kid's string, the keyring's key object for it and the native key built from that object.
 type LastKey = (Py<PyString>, Py<PyAny>, Py<NativeKey>);
 
-/// One header text and the Python string last made for it.
-type HeldText = Option<(Box<str>, Py<PyString>)>;
+/// The last header texts and the Python strings made for them.
+struct HeldTexts {
+    raw: [Box<str>; 6],
+    strings: Texts,
+}
 
 /// signed_bus._message._build's way of building a VerifiedMessage without __init__ (the class
 /// refuses attribute writes) or a Python call per field: a draft (the same slots, no frozen
@@ -221,13 +227,13 @@ fn header_key<'py>(py: Python<'py>, index: usize) -> &'py Bound<'py, PyString> {
 fn header_dict<'py>(
     py: Python<'py>,
     h: &Header<'_>,
-    texts: &Texts<'py>,
+    texts: &Texts,
 ) -> PyResult<Bound<'py, PyDict>> {
     let dict = PyDict::new(py);
-    for &index in &h.order {
+    for index in h.order() {
         let key = header_key(py, index);
         match index {
-            wire::K_ALG..=wire::K_TPC => dict.set_item(key, &texts[index])?,
+            wire::K_ALG..=wire::K_TPC => dict.set_item(key, texts[index].bind(py))?,
             wire::K_RKD => match h.rkd {
                 None => dict.set_item(key, py.None())?,
                 Some(rkd) => dict.set_item(key, PyBytes::new(py, rkd))?,
@@ -249,7 +255,7 @@ fn header_dict<'py>(
 
 /// What the checks before the signature found.
 enum Step<'a, 'py> {
-    Done(Outcome<'a, 'py>),
+    Done(Outcome<'a>),
     /// The policy allows the value: its signature decides, then destination and freshness.
     Sign(Pending<'a, 'py>),
 }
@@ -262,7 +268,7 @@ struct Pending<'a, 'py> {
     reference: Option<i64>,
     frame: Frame,
     h: Header<'a>,
-    texts: Texts<'py>,
+    texts: Texts,
 }
 
 impl<'a> Pending<'a, '_> {
@@ -291,20 +297,37 @@ type Item<'py> = (
 
 impl Opener {
     /// The header's texts as Python strings, reusing the last one made for each field when
-    /// the text is the same.
-    fn texts_of<'py>(&self, py: Python<'py>, texts: &[&str; 6]) -> Texts<'py> {
-        let mut cache = self.texts.lock().unwrap_or_else(|p| p.into_inner());
-        std::array::from_fn(|index| {
-            let text = texts[index];
-            if let Some((held, string)) = &cache[index] {
-                if **held == *text {
-                    return string.bind(py).clone();
-                }
+    /// the text has the same bytes (which proves them UTF-8: only a new text is checked);
+    /// Err(malformed) for a text that is not UTF-8.
+    fn texts_of(&self, py: Python<'_>, texts: &[&[u8]; 6]) -> Result<Texts, Reason> {
+        let mut held = self.texts.lock().unwrap_or_else(|p| p.into_inner());
+        let same: [bool; 6] = std::array::from_fn(|index| match &*held {
+            Some(last) => last.raw[index].as_bytes() == texts[index],
+            None => false,
+        });
+        // Every text is checked before any string is made: the first invalid one decides.
+        for (index, text) in texts.iter().enumerate() {
+            if !same[index] {
+                wire::utf8(text)?;
             }
-            let string = PyString::new(py, text);
-            cache[index] = Some((text.into(), string.clone().unbind()));
-            string
-        })
+        }
+        if let (true, Some(last)) = (same.iter().all(|same| *same), &*held) {
+            return Ok(last.strings.clone());
+        }
+        let text = |index: usize| wire::utf8(texts[index]).unwrap_or_default();
+        let strings: [Py<PyString>; 6] = std::array::from_fn(|index| match &*held {
+            Some(last) if same[index] => last.strings[index].clone_ref(py),
+            _ => PyString::new(py, text(index)).unbind(),
+        });
+        let strings = Arc::new(strings);
+        let raw = std::array::from_fn(|index| text(index).into());
+        let replaced = held.replace(HeldTexts {
+            raw,
+            strings: strings.clone(),
+        });
+        drop(held);
+        drop(replaced); // outside the lock
+        Ok(strings)
     }
 
     /// Milliseconds since the epoch, floored, when the clock is the system clock.
@@ -327,7 +350,7 @@ impl Opener {
         topic: &'a Bound<'py, PyAny>,
         key: Option<&[u8]>,
         reference_ms: Option<&Bound<'py, PyAny>>,
-    ) -> PyResult<Outcome<'a, 'py>> {
+    ) -> PyResult<Outcome<'a>> {
         match self.before(py, value, topic, reference_ms)? {
             Step::Done(outcome) => Ok(outcome),
             Step::Sign(pending) => {
@@ -374,22 +397,28 @@ impl Opener {
             Ok(frame) => frame,
             Err(reason) => return done(Outcome::Rejected(reason)),
         };
-        let h = match wire::parse_header(&value[frame.p_start..frame.p_end]) {
+        let h = match wire::parse_header_fields(&value[frame.p_start..frame.p_end]) {
             Ok(h) => h,
             Err(reason) => return done(Outcome::Rejected(reason)),
         };
-        let [alg, _, issuer, _, _, _] = h.texts;
-        let sig_bytes = match alg {
-            crate::crypto::HS256 => 32,
-            crate::crypto::EDDSA => 64,
-            _ => return done(Outcome::Rejected(Reason::AlgorithmMismatch)),
+        // The texts' UTF-8, the last rule of the decode, before any policy check.
+        let texts = match self.texts_of(py, &h.texts) {
+            Ok(texts) => texts,
+            Err(reason) => return done(Outcome::Rejected(reason)),
         };
-        let texts = self.texts_of(py, &h.texts);
+        let alg = h.texts[wire::K_ALG];
+        let sig_bytes = if alg == crate::crypto::HS256.as_bytes() {
+            32
+        } else if alg == crate::crypto::EDDSA.as_bytes() {
+            64
+        } else {
+            return done(Outcome::Rejected(Reason::AlgorithmMismatch));
+        };
         let keys = self.keyring.bind(py).getattr(intern!(py, "_keys"))?;
         let Ok(keys) = keys.downcast::<PyDict>() else {
             return done(Outcome::Python);
         };
-        let Some(key_obj) = keys.get_item(&texts[wire::K_KID])? else {
+        let Some(key_obj) = keys.get_item(texts[wire::K_KID].bind(py))? else {
             return done(Outcome::Rejected(Reason::UnknownKey));
         };
         // Only pointer comparisons and reference counts while the lock is held: a dict lookup
@@ -399,7 +428,7 @@ impl Opener {
             let last = self.last_key.lock().unwrap_or_else(|p| p.into_inner());
             match &*last {
                 Some((kid, held, native))
-                    if kid.bind(py).is(&texts[wire::K_KID]) && held.bind(py).is(&key_obj) =>
+                    if kid.is(&texts[wire::K_KID]) && held.bind(py).is(&key_obj) =>
                 {
                     Some(native.clone_ref(py))
                 }
@@ -409,7 +438,7 @@ impl Opener {
         let native = match hit {
             Some(native) => native.into_bound(py),
             None => {
-                let Some(entry) = self.cache.bind(py).get_item(&texts[wire::K_KID])? else {
+                let Some(entry) = self.cache.bind(py).get_item(texts[wire::K_KID].bind(py))? else {
                     return done(Outcome::Refresh);
                 };
                 let entry = entry.downcast_into::<PyTuple>()?;
@@ -420,7 +449,7 @@ impl Opener {
                     return done(Outcome::Python);
                 };
                 let entry = (
-                    texts[wire::K_KID].clone().unbind(),
+                    texts[wire::K_KID].clone_ref(py),
                     key_obj.clone().unbind(),
                     native.clone().unbind(),
                 );
@@ -433,10 +462,13 @@ impl Opener {
             }
         };
         let key_ref = native.get();
-        if alg != key_ref.material.alg() {
+        if alg != key_ref.material.alg().as_bytes() {
             return done(Outcome::Rejected(Reason::AlgorithmMismatch));
         }
-        if !key_ref.issuers.contains(issuer) {
+        if !key_ref
+            .issuers
+            .contains(texts[wire::K_ISS].bind(py).to_str()?)
+        {
             return done(Outcome::Rejected(Reason::UntrustedIssuer));
         }
         if value.len() - frame.s_start != sig_bytes {
@@ -460,7 +492,7 @@ impl Opener {
         pending: Pending<'a, 'py>,
         key: Option<&[u8]>,
         valid: bool,
-    ) -> PyResult<Outcome<'a, 'py>> {
+    ) -> PyResult<Outcome<'a>> {
         if !valid {
             return Ok(Outcome::Rejected(Reason::BadSignature));
         }
@@ -472,7 +504,7 @@ impl Opener {
             texts,
             ..
         } = pending;
-        if h.texts[wire::K_TPC] != topic {
+        if h.texts[wire::K_TPC] != topic.as_bytes() {
             return Ok(Outcome::Rejected(Reason::WrongTopic));
         }
         let key_matches = match (h.rkd, key) {
@@ -508,7 +540,7 @@ fn outcome_object<'py>(
     py: Python<'py>,
     value: &Bound<'py, PyBytes>,
     maker: Option<&MessageMaker>,
-    outcome: Outcome<'_, 'py>,
+    outcome: Outcome<'_>,
 ) -> PyResult<PyObject> {
     let raw = value.as_bytes();
     Ok(match outcome {
@@ -516,7 +548,7 @@ fn outcome_object<'py>(
             let body = PyBytes::new(py, &raw[frame.b_start..frame.b_end]);
             match maker {
                 // The message holds the checked header as one object (see `CheckedHeader`).
-                Some(maker) => match CheckedHeader::new(&h, texts.map(Bound::unbind)) {
+                Some(maker) => match CheckedHeader::new(&h, texts) {
                     Some(checked) => {
                         let header = Bound::new(py, checked)?.into_any();
                         maker.make(py, header, body, value)?.unbind()

@@ -12,8 +12,9 @@ use pyo3::types::{PyBytes, PyIterator, PyList, PyString, PyTuple};
 
 use crate::wire::{self, Header};
 
-/// The header's six texts, in `wire::KEYS` order (alg, kid, iss, mdl, cty, tpc).
-pub(crate) type HeldTexts = [Py<PyString>; 6];
+/// The header's six texts, in `wire::KEYS` order (alg, kid, iss, mdl, cty, tpc), shared with
+/// the opener (and the other messages of values with the same texts).
+pub(crate) type HeldTexts = std::sync::Arc<[Py<PyString>; 6]>;
 
 /// A checked protected header: `header[key]`, `header.get(key, default=None)`, `key in
 /// header`, `len(header)`, `keys()` and iteration answer as the pure path's dict does (the

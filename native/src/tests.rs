@@ -1,6 +1,6 @@
 //! Known answers for the pure-Rust core; the Python differential tests cover the rest.
 
-use crate::crypto::{sha256, Material};
+use crate::crypto::{sha256, tags_equal, Material};
 use crate::wire::{self, Reason, SealInput, Window};
 
 fn input<'a>(prefix: &'a [u8], topic: &'a [u8], nonce: &'a [u8]) -> SealInput<'a> {
@@ -52,11 +52,14 @@ fn a_sealed_value_frames_decodes_and_verifies() {
     let frame = wire::frame(&value).unwrap();
     let header = wire::parse_header(&value[frame.p_start..frame.p_end]).unwrap();
     assert_eq!(
-        header.texts,
+        header.texts.map(|text| wire::utf8(text).unwrap()),
         ["HS256", "k", "a", "m", "application/msgpack", "t"]
     );
     assert_eq!(header.iat, 1_700_000_000_000);
-    assert_eq!(header.order, (0..10).collect::<Vec<_>>());
+    assert_eq!(
+        header.order().collect::<Vec<_>>(),
+        (0..10).collect::<Vec<_>>()
+    );
     let protected = &value[frame.p_start..frame.p_end];
     let body = &value[frame.b_start..frame.b_end];
     let lengths = wire::lengths(protected, body);
@@ -271,4 +274,30 @@ fn map_keys_of_any_other_type_are_refused_and_malformed_bodies_left_to_python() 
         check_map_keys(b"\x82\xa1a\xd4\x01\x02\xa1b\xcb\0\0\0\0\0\0\0\0"),
         Keys::Ok
     );
+}
+
+#[test]
+fn every_header_key_name_reads_as_its_index_and_nothing_else_does() {
+    for (index, name) in wire::KEYS.iter().enumerate() {
+        assert_eq!(wire::key_index(name.as_bytes()), Some(index));
+    }
+    for other in [&b"ALG"[..], b"al", b"algo", b"", b"ex\0"] {
+        assert_eq!(wire::key_index(other), None);
+    }
+}
+
+#[test]
+fn a_tag_is_equal_only_to_the_same_32_bytes() {
+    let tag: [u8; 32] = std::array::from_fn(|i| i as u8);
+    assert!(tags_equal(&tag, &tag));
+    for i in 0..32 {
+        for bit in [0x01u8, 0x80] {
+            let mut other = tag;
+            other[i] ^= bit;
+            assert!(!tags_equal(&tag, &other), "byte {i} bit {bit:#x}");
+        }
+    }
+    assert!(!tags_equal(&tag, &tag[..31]));
+    assert!(!tags_equal(&tag, &[tag.as_slice(), &[0]].concat()));
+    assert!(!tags_equal(&tag, &[]));
 }

@@ -167,14 +167,42 @@ pub fn classify_foreign(value: &[u8]) -> Reason {
 /// A strictly decoded protected header, borrowing from the value.
 #[derive(Debug, Clone)]
 pub struct Header<'a> {
-    pub texts: [&'a str; 6],
+    /// The six texts (alg, kid, iss, mdl, cty, tpc) as their bytes: valid UTF-8 where the
+    /// header came from `parse_header`; from `parse_header_fields`, not yet checked.
+    pub texts: [&'a [u8]; 6],
     pub rkd: Option<&'a [u8]>,
     pub iat: u64,
     pub nce: &'a [u8],
     pub par: Vec<&'a [u8]>,
     pub exp: Option<u64>,
+    /// Key indices (KEYS) in the order received: the first `keys` of them.
+    order: [u8; KEYS.len()],
+    keys: u8,
+}
+
+impl Header<'_> {
     /// Key indices (KEYS) in the order received.
-    pub order: Vec<usize>,
+    pub fn order(&self) -> impl Iterator<Item = usize> + '_ {
+        self.order[..self.keys as usize].iter().map(|&i| i as usize)
+    }
+}
+
+/// The index in KEYS of a 3-byte key name.
+pub(crate) fn key_index(name: &[u8]) -> Option<usize> {
+    Some(match name {
+        b"alg" => K_ALG,
+        b"kid" => K_KID,
+        b"iss" => K_ISS,
+        b"mdl" => K_MDL,
+        b"cty" => K_CTY,
+        b"tpc" => K_TPC,
+        b"rkd" => K_RKD,
+        b"iat" => K_IAT,
+        b"nce" => K_NCE,
+        b"par" => K_PAR,
+        b"exp" => K_EXP,
+        _ => return None,
+    })
 }
 
 struct Reader<'a> {
@@ -198,8 +226,9 @@ impl<'a> Reader<'a> {
         self.pos += n;
         Ok(out)
     }
-    /// A str in shortest form of 1 to MAX_TEXT_BYTES bytes of UTF-8.
-    fn text(&mut self) -> R<&'a str> {
+    /// A str in shortest form of 1 to MAX_TEXT_BYTES bytes (their UTF-8 is checked apart:
+    /// see `parse_header_fields`).
+    fn text(&mut self) -> R<&'a [u8]> {
         let n = match self.byte()? {
             k @ 0xA1..=0xBF => (k & 0x1F) as usize,
             0xD9 => {
@@ -211,7 +240,7 @@ impl<'a> Reader<'a> {
             }
             _ => return Err(Reason::Malformed),
         };
-        std::str::from_utf8(self.take(n)?).map_err(|_| Reason::Malformed)
+        self.take(n)
     }
     /// A bin 8 of exactly `n` bytes (every bin in the header is shorter than 256 bytes).
     fn bin(&mut self, n: usize) -> R<&'a [u8]> {
@@ -245,6 +274,22 @@ impl<'a> Reader<'a> {
 /// once, every value of its exact type, length and range, every item in shortest form, nothing
 /// after the map. Every failure is malformed.
 pub fn parse_header(protected: &[u8]) -> R<Header<'_>> {
+    let h = parse_header_fields(protected)?;
+    for text in h.texts {
+        utf8(text)?;
+    }
+    Ok(h)
+}
+
+/// A header text as a str; malformed where it is not UTF-8.
+pub fn utf8(text: &[u8]) -> R<&str> {
+    std::str::from_utf8(text).map_err(|_| Reason::Malformed)
+}
+
+/// `parse_header` but for the UTF-8 of the six texts, which the caller checks (with `utf8`, or
+/// by equality with a text it checked before) before it reads them or checks anything else:
+/// a text that is not UTF-8 makes the header malformed, as any other failure here does.
+pub fn parse_header_fields(protected: &[u8]) -> R<Header<'_>> {
     if protected.len() > MAX_PROTECTED_BYTES {
         return Err(Reason::Malformed);
     }
@@ -258,13 +303,14 @@ pub fn parse_header(protected: &[u8]) -> R<Header<'_>> {
         _ => return Err(Reason::Malformed),
     };
     let mut h = Header {
-        texts: [""; 6],
+        texts: [&[]; 6],
         rkd: None,
         iat: 0,
         nce: &[],
         par: Vec::new(),
         exp: None,
-        order: Vec::with_capacity(size),
+        order: [0; KEYS.len()],
+        keys: 0,
     };
     let mut seen = [false; 11];
     for _ in 0..size {
@@ -273,15 +319,13 @@ pub fn parse_header(protected: &[u8]) -> R<Header<'_>> {
             return Err(Reason::Malformed);
         }
         let name = r.take(3)?;
-        let index = KEYS
-            .iter()
-            .position(|k| k.as_bytes() == name)
-            .ok_or(Reason::Malformed)?;
+        let index = key_index(name).ok_or(Reason::Malformed)?;
         if seen[index] {
             return Err(Reason::Malformed);
         }
         seen[index] = true;
-        h.order.push(index);
+        h.order[h.keys as usize] = index as u8;
+        h.keys += 1;
         match index {
             K_ALG..=K_TPC => h.texts[index] = r.text()?,
             K_RKD => {

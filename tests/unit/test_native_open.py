@@ -210,7 +210,7 @@ def test_both_paths_hand_out_finished_frozen_messages() -> None:
     # verifier is a VerifiedMessage (never the draft), frozen, its digest and payload unread.
     from signed_bus._message import _UNDECODED, _Draft
 
-    assert _Draft.__slots__ == VerifiedMessage.__slots__
+    assert _Draft.__bases__ == (VerifiedMessage,) and _Draft.__slots__ == ()
     value = _signed(topic="t", key=b"k")
     for verifier in _paths():
         for message in (
@@ -347,3 +347,36 @@ def test_a_verifier_in_a_cycle_through_its_clock_is_collected() -> None:
     del apps, app
     gc.collect()
     assert [ref() for ref in refs] == [None] * 5
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        (b"alg", b"HS256"),
+        (b"kid", b"k1"),
+        (b"iss", b"agent-a"),
+        (b"mdl", b"m"),
+        (b"cty", b"application/msgpack"),
+        (b"tpc", b"t"),
+    ],
+)
+def test_a_header_text_that_is_not_utf8_is_malformed_before_any_policy_check(
+    name: bytes, text: bytes
+) -> None:
+    # The opener checks a header text's UTF-8 only when its bytes differ from the text it
+    # made a string of last: a text of the same length with one byte that is no UTF-8 must
+    # still be malformed (not algorithm_mismatch, unknown_key, ...), and the held texts must
+    # still serve the next good value.
+    pure, native = _paths()
+    good = _signed(topic="t")
+    field = b"\xa3" + name + bytes([0xA0 | len(text)])
+    assert good.count(field + text) == 1
+    bad = good.replace(field + text, field + text[:-1] + b"\xff")
+    opener: Any = native._opener
+    for verifier in (pure, native):
+        assert verifier.verify(good, topic="t", key=None).body == b"\x81\xa1n\x05"
+        with pytest.raises(MalformedEnvelope):
+            verifier.verify(bad, topic="t", key=None)
+        assert verifier.verify(good, topic="t", key=None).body == b"\x81\xa1n\x05"
+    assert opener.reason(bad, "t", None) == "malformed"
+    assert opener.reason(good, "t", None) == ""
