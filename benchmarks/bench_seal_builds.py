@@ -12,14 +12,12 @@ CPU time, the collector off), and the best round counts.
 from __future__ import annotations
 
 import argparse
-import gc
-import time
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
 import msgpack
-from bench_builds import load  # the same loading of a build beside the installed one
+from bench_builds import best_per_value_ns, load  # the same loading and timing
 
 from signed_bus import _native
 from signed_bus._envelope import CONTENT_TYPE_MSGPACK
@@ -62,21 +60,14 @@ def main() -> None:
         "result": [results[i % len(results)] for i in range(args.ops)],
         "body": [msgpack.packb(results[i % len(results)]) for i in range(args.ops)],
     }
-    builds = {"A": cases(load(args.a), ring), "B": cases(load(args.b), ring)}
-    best: dict[tuple[str, str], float] = {}
-    gc.disable()
-    try:
-        for _ in range(args.rounds):
-            for build, timed in builds.items():
-                for name, (function, kind) in timed.items():
-                    items = inputs[kind]
-                    start = time.thread_time_ns()
-                    for item in items:
-                        function(item)
-                    ns = (time.thread_time_ns() - start) / len(items)
-                    best[build, name] = min(best.get((build, name), ns), ns)
-    finally:
-        gc.enable()
+    builds = {
+        build: {
+            name: (function, inputs[kind], 1)
+            for name, (function, kind) in cases(load(path), ring).items()
+        }
+        for build, path in (("A", args.a), ("B", args.b))
+    }
+    best = best_per_value_ns(builds, args.rounds)
     print(f"best of {args.rounds} rounds, thread CPU, ns per call (A = {args.a}, B = {args.b})")
     for name in builds["A"]:
         a, b = best["A", name], best["B", name]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -159,15 +160,17 @@ def test_nonces_never_repeat_across_threads() -> None:
     assert len(set(seen)) == 12_000
 
 
-def test_a_forked_child_does_not_hand_out_its_parents_pooled_nonces() -> None:
+def _nonces_across_a_fork(fork: Callable[[], int], count: int) -> tuple[set[bytes], set[bytes]]:
+    """The next ``count`` nonces of one signer in a child made by ``fork``, and in the parent."""
     signer = _signer()
-    signer.sign(1, topic="t")  # the generator now holds a key; the child must not reuse it
+    signer.sign(1, topic="t")  # the generator now holds a key
     read, write = os.pipe()
-    pid = os.fork()
+    pid = fork()
+    assert pid >= 0
     if pid == 0:  # the child: its next nonces, to the parent
         try:
             nonces = b"".join(
-                decode_envelope(signer.sign(1, topic="t")).header.nonce for _ in range(100)
+                decode_envelope(signer.sign(1, topic="t")).header.nonce for _ in range(count)
             )
             os.write(write, nonces)
         finally:
@@ -179,8 +182,13 @@ def test_a_forked_child_does_not_hand_out_its_parents_pooled_nonces() -> None:
     os.close(read)
     os.waitpid(pid, 0)
     child = {received[i : i + 16] for i in range(0, len(received), 16)}
-    assert len(child) == 100
-    parent = {decode_envelope(signer.sign(1, topic="t")).header.nonce for _ in range(100)}
+    assert len(child) == count
+    parent = {decode_envelope(signer.sign(1, topic="t")).header.nonce for _ in range(count)}
+    return child, parent
+
+
+def test_a_forked_child_does_not_hand_out_its_parents_pooled_nonces() -> None:
+    child, parent = _nonces_across_a_fork(os.fork, 100)
     assert not child & parent
 
 
@@ -190,28 +198,7 @@ def test_a_fork_python_does_not_see_repeats_at_most_one_keys_nonces() -> None:
     # (the first version kept a key for 65,536 nonces, and all 600 below repeated).
     import ctypes
 
-    signer = _signer()
-    signer.sign(1, topic="t")  # the generator now holds a key
-    read, write = os.pipe()
-    pid = ctypes.CDLL(None).fork()
-    assert pid >= 0
-    if pid == 0:  # the child: its next nonces, to the parent
-        try:
-            nonces = b"".join(
-                decode_envelope(signer.sign(1, topic="t")).header.nonce for _ in range(600)
-            )
-            os.write(write, nonces)
-        finally:
-            os._exit(0)
-    os.close(write)
-    received = b""
-    while chunk := os.read(read, 4096):
-        received += chunk
-    os.close(read)
-    os.waitpid(pid, 0)
-    child = {received[i : i + 16] for i in range(0, len(received), 16)}
-    assert len(child) == 600
-    parent = {decode_envelope(signer.sign(1, topic="t")).header.nonce for _ in range(600)}
+    child, parent = _nonces_across_a_fork(ctypes.CDLL(None).fork, 600)
     assert len(child & parent) < 256
 
 
